@@ -1,0 +1,106 @@
+//! End-to-end harness: starts the real parts (the stand-in provider, the
+//! `authstamp` token service, Envoy loading the built `.wasm`) on free
+//! loopback ports, waits for each to be ready, and walks the OAuth flow as a
+//! browser would. Each process's output goes to `target/e2e-logs/<test>/`,
+//! kept after the run so a failure can be read.
+
+pub mod browser;
+pub mod process;
+pub mod stack;
+
+use std::path::{Path, PathBuf};
+
+pub use stack::{Stack, StackOptions};
+
+/// The workspace root (the parent of this crate's folder).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// A file the tests need, from an environment variable or its default place.
+/// Missing means the build step was skipped: fail loudly, never skip.
+fn required_file(env_var: &str, default: PathBuf) -> PathBuf {
+    let path = std::env::var_os(env_var).map(PathBuf::from).unwrap_or(default);
+    assert!(
+        path.is_file(),
+        "{} not found (set {env_var} or run `make build`)",
+        path.display()
+    );
+    path
+}
+
+pub fn authstamp_bin() -> PathBuf {
+    required_file(
+        "AUTHSTAMP_BIN",
+        workspace_root().join("target/debug/authstamp"),
+    )
+}
+
+pub fn standin_bin() -> PathBuf {
+    required_file(
+        "AUTHSTAMP_STANDIN_BIN",
+        workspace_root().join("target/debug/authstamp-standin"),
+    )
+}
+
+pub fn filter_wasm() -> PathBuf {
+    required_file(
+        "AUTHSTAMP_WASM",
+        workspace_root().join("target/wasm32-wasip1/release/authstamp_filter.wasm"),
+    )
+}
+
+/// Envoy: `ENVOY_BIN`, else the Makefile's pinned venv, else `envoy` on PATH.
+pub fn envoy_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("ENVOY_BIN") {
+        return required_file("ENVOY_BIN", PathBuf::from(path));
+    }
+    let venv = workspace_root().join(".venv/bin/envoy");
+    if venv.is_file() {
+        return venv;
+    }
+    let on_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
+        .map(|dir| dir.join("envoy"))
+        .find(|candidate| candidate.is_file());
+    on_path.expect("no Envoy: set ENVOY_BIN or run `make envoy`")
+}
+
+/// A fresh, kept log folder for one test.
+pub fn log_dir(test_name: &str) -> PathBuf {
+    let dir = workspace_root().join("target/e2e-logs").join(test_name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create log dir");
+    dir
+}
+
+/// Random URL-safe string for secrets the tests hand out.
+pub fn random_token(prefix: &str) -> String {
+    use base64::Engine;
+    let mut bytes = [0u8; 24];
+    getrandom(&mut bytes);
+    format!(
+        "{prefix}{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    )
+}
+
+fn getrandom(buf: &mut [u8]) {
+    use std::io::Read;
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(buf))
+        .expect("read /dev/urandom");
+}
+
+/// Hex SHA-256, as the stand-in provider reports request bodies.
+pub fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}

@@ -1,0 +1,344 @@
+//! One complete authstamp deployment for a test: stand-in provider, token
+//! service with a fresh vault, an app with a provider configuration, and
+//! Envoy running `envoy/envoy.yaml` with only its ports and paths changed.
+
+use crate::browser::{browser_client, walk_connect, ConnectOutcome};
+use crate::process::Process;
+use reqwest::{Client, Method, RequestBuilder, StatusCode};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+pub const PROVIDER: &str = "standin";
+pub const CLIENT_ID: &str = "authstamp-e2e-client";
+
+pub struct StackOptions {
+    /// Envoy worker threads.
+    pub envoy_concurrency: u32,
+    /// The token service's early-refresh window.
+    pub refresh_skew: &'static str,
+}
+
+impl Default for StackOptions {
+    fn default() -> Self {
+        StackOptions {
+            envoy_concurrency: 1,
+            refresh_skew: "60s",
+        }
+    }
+}
+
+pub struct Stack {
+    pub log_dir: PathBuf,
+    pub standin: Process,
+    pub standin_url: String,
+    pub token_service: Process,
+    pub service_url: String,
+    pub envoy: Process,
+    /// The listener apps send provider requests to.
+    pub envoy_url: String,
+    pub envoy_admin_url: String,
+    pub app_id: String,
+    pub app_key: String,
+    pub admin_token: String,
+    pub client_secret: String,
+    pub master_key: String,
+    pub http: Client,
+}
+
+impl Stack {
+    pub async fn start(test_name: &str, options: StackOptions) -> Stack {
+        let log_dir = crate::log_dir(test_name);
+        let http = Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(20))
+            .build()
+            .expect("http client");
+
+        let client_secret = crate::random_token("cs_");
+        let mut command = Command::new(crate::standin_bin());
+        command
+            .args(["--listen", "127.0.0.1:0", "--client-id", CLIENT_ID])
+            .args(["--access-token-ttl", "3600s"])
+            .env("AUTHSTAMP_STANDIN_CLIENT_SECRET", &client_secret);
+        let mut standin = Process::spawn("standin", command, &log_dir, "listening on");
+        let standin_url = standin.wait_for_listen_url(READY_TIMEOUT);
+
+        let master_key = {
+            use base64::Engine;
+            let mut key = [0u8; 32];
+            crate::getrandom(&mut key);
+            base64::engine::general_purpose::STANDARD.encode(key)
+        };
+        let admin_token = crate::random_token("adm_");
+        let data_dir = log_dir.join("data");
+        std::fs::create_dir_all(&data_dir).expect("data dir");
+        let mut command = Command::new(crate::authstamp_bin());
+        command
+            .arg("serve")
+            .args(["--listen", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .args(["--refresh-skew", options.refresh_skew])
+            .env("AUTHSTAMP_MASTER_KEY", &master_key)
+            .env("AUTHSTAMP_ADMIN_TOKEN", &admin_token)
+            .env("RUST_LOG", "debug");
+        let mut token_service = Process::spawn("token-service", command, &log_dir, "listening on");
+        let service_url = token_service.wait_for_listen_url(READY_TIMEOUT);
+
+        let (envoy, envoy_url, envoy_admin_url) = start_envoy(
+            &log_dir,
+            &service_url,
+            options.envoy_concurrency,
+        )
+        .await;
+
+        let mut stack = Stack {
+            log_dir,
+            standin,
+            standin_url,
+            token_service,
+            service_url,
+            envoy,
+            envoy_url,
+            envoy_admin_url,
+            app_id: String::new(),
+            app_key: String::new(),
+            admin_token,
+            client_secret,
+            master_key,
+            http,
+        };
+        let (app_id, app_key) = stack.create_app("e2e", &["http://127.0.0.1/return"]).await;
+        stack.app_id = app_id;
+        stack.app_key = app_key;
+        stack.configure_provider(&stack.app_id.clone(), PROVIDER).await;
+        stack
+    }
+
+    pub fn admin(&self, method: Method, path: &str) -> RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.service_url))
+            .bearer_auth(&self.admin_token)
+    }
+
+    /// A new app through the admin API: `(app_id, app_key)`.
+    pub async fn create_app(&self, name: &str, allowed_return_to: &[&str]) -> (String, String) {
+        let response = self
+            .admin(Method::POST, "/v1/apps")
+            .json(&json!({"name": name, "allowed_return_to": allowed_return_to}))
+            .send()
+            .await
+            .expect("create app");
+        assert_eq!(response.status(), StatusCode::CREATED);
+        let body: Value = response.json().await.expect("app json");
+        (
+            body["app_id"].as_str().expect("app_id").to_string(),
+            body["app_key"].as_str().expect("app_key").to_string(),
+        )
+    }
+
+    /// Points `provider` of `app_id` at the stand-in provider.
+    pub async fn configure_provider(&self, app_id: &str, provider: &str) {
+        let response = self
+            .admin(Method::PUT, &format!("/v1/apps/{app_id}/providers/{provider}"))
+            .json(&json!({
+                "client_id": CLIENT_ID,
+                "client_secret": self.client_secret,
+                "authorize_url": format!("{}/oauth/authorize", self.standin_url),
+                "token_url": format!("{}/oauth/token", self.standin_url),
+                "api_base_url": self.standin_url,
+                "scopes": ["read", "write"],
+            }))
+            .send()
+            .await
+            .expect("put provider");
+        assert_eq!(response.status(), StatusCode::OK, "{:?}", response.text().await);
+    }
+
+    /// Connects `user` of the stack's app through the whole browser flow.
+    pub async fn connect_user(&self, user: &str) -> ConnectOutcome {
+        self.connect_user_as(&self.app_id, &self.app_key, user).await
+    }
+
+    pub async fn connect_user_as(&self, app_id: &str, app_key: &str, user: &str) -> ConnectOutcome {
+        let response = self
+            .http
+            .post(format!("{}/v1/connect-sessions", self.service_url))
+            .header("x-authstamp-app", app_id)
+            .header("x-authstamp-app-key", app_key)
+            .json(&json!({"provider": PROVIDER, "user": user}))
+            .send()
+            .await
+            .expect("connect session");
+        assert_eq!(response.status(), StatusCode::CREATED);
+        let body: Value = response.json().await.expect("session json");
+        let connect_url = body["connect_url"].as_str().expect("connect_url");
+        let outcome = walk_connect(&browser_client(), connect_url, user).await;
+        assert_eq!(outcome.final_status, StatusCode::OK, "{}", outcome.final_body);
+        outcome
+    }
+
+    /// A provider API request through Envoy for `user` of the stack's app.
+    pub fn call(&self, method: Method, path: &str, user: &str) -> RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.envoy_url))
+            .header("x-authstamp-provider", PROVIDER)
+            .header("x-authstamp-user", user)
+            .header("x-authstamp-app", &self.app_id)
+            .header("x-authstamp-app-key", &self.app_key)
+    }
+
+    /// Token lookups the token service has answered, from its `/metrics`.
+    pub async fn token_lookups(&self) -> u64 {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.service_url))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text");
+        metric_sum(&text, "authstamp_token_lookups_total")
+    }
+
+    pub async fn standin_stats(&self) -> Value {
+        self.http
+            .get(format!("{}/_standin/stats", self.standin_url))
+            .send()
+            .await
+            .expect("standin stats")
+            .json()
+            .await
+            .expect("stats json")
+    }
+
+    pub async fn refresh_calls(&self) -> u64 {
+        self.standin_stats().await["token_calls"]["refresh_token"]
+            .as_u64()
+            .expect("refresh count")
+    }
+
+    pub async fn set_quirks(&self, quirks: Value) {
+        let response = self
+            .http
+            .post(format!("{}/_standin/quirks", self.standin_url))
+            .json(&quirks)
+            .send()
+            .await
+            .expect("quirks");
+        assert!(response.status().is_success());
+    }
+
+    /// Everything every process of the stack printed so far.
+    pub fn all_output(&self) -> String {
+        [&self.standin, &self.token_service, &self.envoy]
+            .iter()
+            .map(|p| p.logs())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("test failed; logs kept in {}", self.log_dir.display());
+            let output = self.all_output();
+            let tail: String = output
+                .lines()
+                .rev()
+                .take(200)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join("\n");
+            eprintln!("{tail}");
+        }
+    }
+}
+
+/// Sum of every sample of `name` in Prometheus text.
+pub fn metric_sum(text: &str, name: &str) -> u64 {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter(|line| {
+            line.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// The Envoy bootstrap of `envoy/envoy.yaml` with free ports, the given token
+/// service, and absolute paths. Each replaced value must be found exactly
+/// once, so a change to the real file breaks the tests instead of escaping them.
+pub fn local_bootstrap(service_url: &str) -> String {
+    let root = crate::workspace_root();
+    let original =
+        std::fs::read_to_string(root.join("envoy/envoy.yaml")).expect("read envoy/envoy.yaml");
+    let service_port = service_url.rsplit(':').next().expect("service port");
+    let wasm = crate::filter_wasm();
+    let replacements = [
+        ("port_value: 9901", "port_value: 0".to_string()),
+        ("port_value: 10000", "port_value: 0".to_string()),
+        ("port_value: 8080", format!("port_value: {service_port}")),
+        (
+            "filename: target/wasm32-wasip1/release/authstamp_filter.wasm",
+            format!("filename: {}", wasm.display()),
+        ),
+    ];
+    let mut config = original;
+    for (from, to) in replacements {
+        assert_eq!(config.matches(from).count(), 1, "envoy.yaml: `{from}` once");
+        config = config.replace(from, &to);
+    }
+    config
+}
+
+async fn start_envoy(log_dir: &Path, service_url: &str, concurrency: u32) -> (Process, String, String) {
+    let config_path = log_dir.join("envoy.yaml");
+    std::fs::write(&config_path, local_bootstrap(service_url)).expect("write envoy config");
+    let admin_path = log_dir.join("envoy-admin-address");
+    let mut command = Command::new(crate::envoy_bin());
+    command
+        .arg("-c")
+        .arg(&config_path)
+        .args(["--concurrency", &concurrency.to_string()])
+        .arg("--disable-hot-restart")
+        .arg("--admin-address-path")
+        .arg(&admin_path)
+        .args(["-l", "info", "--component-log-level", "wasm:debug"]);
+    let mut envoy = Process::spawn("envoy", command, log_dir, "\u{0}never");
+    let http = Client::new();
+    let deadline = Instant::now() + READY_TIMEOUT;
+    // Readiness: admin address written, `/ready` says LIVE, listener bound.
+    loop {
+        assert!(Instant::now() < deadline, "Envoy not ready\n{}", envoy.logs());
+        assert!(envoy.is_running(), "Envoy exited\n{}", envoy.logs());
+        if let Ok(address) = std::fs::read_to_string(&admin_path) {
+            let admin_url = format!("http://{}", address.trim());
+            let live = http.get(format!("{admin_url}/ready")).send().await;
+            if live.is_ok_and(|r| r.status().is_success()) {
+                let listeners: Value = http
+                    .get(format!("{admin_url}/listeners?format=json"))
+                    .send()
+                    .await
+                    .expect("listeners")
+                    .json()
+                    .await
+                    .expect("listeners json");
+                let port = listeners["listener_statuses"][0]["local_address"]["socket_address"]
+                    ["port_value"]
+                    .as_u64()
+                    .expect("listener port");
+                return (envoy, format!("http://127.0.0.1:{port}"), admin_url);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
