@@ -1,0 +1,84 @@
+//! Test controls and small endpoints: stats, quirks, user revocation, health, metadata.
+
+use axum::body::Bytes;
+use axum::extract::{RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use crate::params::Params;
+use crate::quirks::QuirksPatch;
+use crate::AppState;
+
+/// `GET /_standin/stats`
+pub async fn stats(State(state): State<AppState>) -> Response {
+    Json(state.store().stats.clone()).into_response()
+}
+
+/// `GET /_standin/quirks`
+pub async fn get_quirks(State(state): State<AppState>) -> Response {
+    Json(state.store().quirks.clone()).into_response()
+}
+
+/// `POST /_standin/quirks`: partial update, answers the merged state.
+pub async fn set_quirks(State(state): State<AppState>, body: Bytes) -> Response {
+    let patch: QuirksPatch = match serde_json::from_slice(&body) {
+        Ok(p) => p,
+        Err(e) => return bad_request(&e.to_string()),
+    };
+    let mut store = state.store();
+    match store.quirks.apply(patch) {
+        Ok(()) => {
+            tracing::info!(quirks = ?store.quirks, "quirks updated");
+            Json(store.quirks.clone()).into_response()
+        }
+        Err(e) => bad_request(&e),
+    }
+}
+
+/// `POST /_standin/revoke?login=X`: the user revokes the app; all their tokens die.
+pub async fn revoke(State(state): State<AppState>, RawQuery(query): RawQuery) -> Response {
+    let params = Params::from_query(query.as_deref());
+    let login = match params.single("login") {
+        Ok(Some(login)) => login,
+        _ => return bad_request("exactly one non-empty login parameter is required"),
+    };
+    let revoked = state.store().revoke_login(login);
+    Json(json!({
+        "login": login,
+        "families_revoked": revoked.families_revoked,
+        "tokens_revoked": revoked.tokens_revoked,
+    }))
+    .into_response()
+}
+
+/// `GET /healthz`
+pub async fn healthz() -> &'static str {
+    "ok"
+}
+
+/// `GET /.well-known/oauth-authorization-server` (RFC 8414).
+pub async fn metadata(State(state): State<AppState>) -> Response {
+    let config = state.config();
+    let base = config.issuer_base();
+    Json(json!({
+        "issuer": config.issuer,
+        "authorization_endpoint": format!("{base}/oauth/authorize"),
+        "token_endpoint": format!("{base}/oauth/token"),
+        "response_types_supported": ["code"],
+        "grant_types_supported": ["authorization_code", "refresh_token"],
+        "code_challenge_methods_supported": ["S256"],
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "authorization_response_iss_parameter_supported": config.send_iss,
+    }))
+    .into_response()
+}
+
+fn bad_request(message: &str) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        Json(json!({"error": "invalid_request", "error_description": message})),
+    )
+        .into_response()
+}
