@@ -1,0 +1,628 @@
+//! The filter's JSON plugin configuration: parsing, defaults and validation.
+//!
+//! ```json
+//! {
+//!   "token_service": {"cluster": "authstamp_token_service", "authority": "authstamp-token-service", "timeout": "2s"},
+//!   "app": {"id": "app_…", "key_env": "AUTHSTAMP_APP_KEY"},
+//!   "refresh_skew": "30s",
+//!   "max_cache_ttl": "5m",
+//!   "unmarked_requests": "pass",
+//!   "headers": {"provider": "x-authstamp-provider", "user": "x-authstamp-user",
+//!               "app": "x-authstamp-app", "app_key": "x-authstamp-app-key"}
+//! }
+//! ```
+//!
+//! Only `token_service.cluster` and `token_service.authority` are required.
+//! With `app` the filter runs in mesh mode (the app is bound by configuration
+//! and its key read from the VM environment variable `key_env`); without it,
+//! in gateway mode (every request carries the app id and key).
+
+use std::fmt;
+use std::time::Duration;
+
+use authstamp_protocol::headers;
+use serde::Deserialize;
+
+/// Bounds of `token_service.timeout`.
+pub const MIN_TIMEOUT: Duration = Duration::from_millis(1);
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Bounds of `refresh_skew`.
+pub const MAX_REFRESH_SKEW: Duration = Duration::from_secs(3600);
+pub const DEFAULT_REFRESH_SKEW: Duration = Duration::from_secs(30);
+/// Bounds of `max_cache_ttl` (the cache works in whole seconds).
+pub const MIN_CACHE_TTL: Duration = Duration::from_secs(1);
+pub const MAX_CACHE_TTL: Duration = Duration::from_secs(24 * 3600);
+pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(300);
+/// Longest app id or app key accepted, the same limit as for request headers.
+pub const MAX_IDENTIFIER_BYTES: usize = 256;
+
+/// Header names the configuration may not claim: they are set, removed or
+/// interpreted by the filter or by HTTP itself.
+const RESERVED_HEADER_NAMES: [&str; 10] = [
+    "host",
+    "authorization",
+    "proxy-authorization",
+    "x-forwarded-host",
+    "content-length",
+    "content-type",
+    "transfer-encoding",
+    "connection",
+    headers::ROUTE,
+    headers::ERROR,
+];
+
+/// A credential: compared and sent, never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// What to do with a request that carries no authstamp header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Unmarked {
+    /// Not ours: continue untouched.
+    Pass,
+    /// Answer 400 `bad_request`.
+    Reject,
+}
+
+/// Where the app identity of a request comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AppBinding {
+    /// One workload, one app: bound by configuration; request headers cannot
+    /// override it.
+    Mesh { id: String, key: Secret },
+    /// Each request carries the app id and app key headers.
+    Gateway,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenService {
+    /// Envoy cluster of the token service.
+    pub cluster: String,
+    /// `:authority` of the lookup requests.
+    pub authority: String,
+    pub timeout: Duration,
+}
+
+/// The request header names the filter reads (all lowercase).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeaderNames {
+    pub provider: String,
+    pub user: String,
+    pub app: String,
+    pub app_key: String,
+}
+
+impl HeaderNames {
+    pub fn all(&self) -> [&str; 4] {
+        [&self.provider, &self.user, &self.app, &self.app_key]
+    }
+}
+
+impl Default for HeaderNames {
+    fn default() -> Self {
+        HeaderNames {
+            provider: headers::PROVIDER.to_string(),
+            user: headers::USER.to_string(),
+            app: headers::APP.to_string(),
+            app_key: headers::APP_KEY.to_string(),
+        }
+    }
+}
+
+/// The validated configuration, shared by every stream of a root context.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub token_service: TokenService,
+    pub app: AppBinding,
+    pub refresh_skew: Duration,
+    pub max_cache_ttl: Duration,
+    pub unmarked: Unmarked,
+    pub headers: HeaderNames,
+}
+
+/// Why a configuration was refused; the message names the field.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError(String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+fn invalid(message: impl Into<String>) -> ConfigError {
+    ConfigError(message.into())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    token_service: RawTokenService,
+    #[serde(default)]
+    app: Option<RawApp>,
+    #[serde(default)]
+    refresh_skew: Option<String>,
+    #[serde(default)]
+    max_cache_ttl: Option<String>,
+    #[serde(default)]
+    unmarked_requests: Option<Unmarked>,
+    #[serde(default)]
+    headers: Option<RawHeaders>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTokenService {
+    cluster: String,
+    authority: String,
+    #[serde(default)]
+    timeout: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApp {
+    id: String,
+    key_env: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawHeaders {
+    #[serde(default)]
+    provider: Option<String>,
+    #[serde(default)]
+    user: Option<String>,
+    #[serde(default)]
+    app: Option<String>,
+    #[serde(default)]
+    app_key: Option<String>,
+}
+
+impl Config {
+    /// Parses and validates the plugin configuration. `env` looks up the VM's
+    /// environment variables (`std::env::var` in Envoy, a map in tests).
+    pub fn parse(raw: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        if raw.iter().all(u8::is_ascii_whitespace) {
+            return Err(invalid(
+                "the plugin configuration is empty: token_service.cluster and token_service.authority are required",
+            ));
+        }
+        let raw: RawConfig = serde_json::from_slice(raw)
+            .map_err(|e| invalid(format!("not a valid configuration: {e}")))?;
+
+        let cluster = raw.token_service.cluster;
+        if cluster.is_empty() || !cluster.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(invalid(
+                "token_service.cluster must be a non-empty cluster name without spaces or control characters",
+            ));
+        }
+        let authority = raw.token_service.authority;
+        if authority.is_empty()
+            || authority.len() > 255
+            || !authority.bytes().all(|b| b.is_ascii_graphic())
+        {
+            return Err(invalid(
+                "token_service.authority must be a non-empty host[:port] without spaces or control characters",
+            ));
+        }
+        let timeout = optional_duration(
+            "token_service.timeout",
+            raw.token_service.timeout,
+            DEFAULT_TIMEOUT,
+        )?;
+        if !(MIN_TIMEOUT..=MAX_TIMEOUT).contains(&timeout) {
+            return Err(invalid("token_service.timeout must be between 1ms and 60s"));
+        }
+
+        let app = match raw.app {
+            None => AppBinding::Gateway,
+            Some(app) => {
+                check_identifier("app.id", &app.id)?;
+                if app.key_env.is_empty() {
+                    return Err(invalid("app.key_env must name an environment variable"));
+                }
+                let key = env(&app.key_env).unwrap_or_default();
+                if key.is_empty() {
+                    return Err(invalid(format!(
+                        "app.key_env: the environment variable {} is not set or empty \
+                         (pass it with vm_config.environment_variables)",
+                        app.key_env
+                    )));
+                }
+                if check_identifier("app key", &key).is_err() {
+                    return Err(invalid(format!(
+                        "app.key_env: the app key in {} is longer than {MAX_IDENTIFIER_BYTES} bytes or contains control characters",
+                        app.key_env
+                    )));
+                }
+                AppBinding::Mesh {
+                    id: app.id,
+                    key: Secret(key),
+                }
+            }
+        };
+
+        let refresh_skew =
+            optional_duration("refresh_skew", raw.refresh_skew, DEFAULT_REFRESH_SKEW)?;
+        if refresh_skew > MAX_REFRESH_SKEW {
+            return Err(invalid("refresh_skew must be at most 1h"));
+        }
+        let max_cache_ttl =
+            optional_duration("max_cache_ttl", raw.max_cache_ttl, DEFAULT_CACHE_TTL)?;
+        if !(MIN_CACHE_TTL..=MAX_CACHE_TTL).contains(&max_cache_ttl) {
+            return Err(invalid("max_cache_ttl must be between 1s and 24h"));
+        }
+
+        let raw_headers = raw.headers.unwrap_or_default();
+        let defaults = HeaderNames::default();
+        let headers = HeaderNames {
+            provider: raw_headers.provider.unwrap_or(defaults.provider),
+            user: raw_headers.user.unwrap_or(defaults.user),
+            app: raw_headers.app.unwrap_or(defaults.app),
+            app_key: raw_headers.app_key.unwrap_or(defaults.app_key),
+        };
+        let fields = [
+            "headers.provider",
+            "headers.user",
+            "headers.app",
+            "headers.app_key",
+        ];
+        let names = headers.all();
+        for (field, name) in fields.iter().zip(names) {
+            check_header_name(field, name)?;
+        }
+        for (i, name) in names.iter().enumerate() {
+            if names[..i].contains(name) {
+                return Err(invalid(format!(
+                    "{}: the header names must be distinct",
+                    fields[i]
+                )));
+            }
+        }
+
+        Ok(Config {
+            token_service: TokenService {
+                cluster,
+                authority,
+                timeout,
+            },
+            app,
+            refresh_skew,
+            max_cache_ttl,
+            unmarked: raw.unmarked_requests.unwrap_or(Unmarked::Pass),
+            headers,
+        })
+    }
+
+    pub fn is_mesh(&self) -> bool {
+        matches!(self.app, AppBinding::Mesh { .. })
+    }
+}
+
+fn optional_duration(
+    field: &str,
+    value: Option<String>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(text) => parse_duration(&text).ok_or_else(|| {
+            invalid(format!(
+                "{field} must be a duration such as \"500ms\", \"2s\", \"5m\" or \"1h\""
+            ))
+        }),
+    }
+}
+
+/// `<digits><unit>` with the unit one of `ms`, `s`, `m`, `h`.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (digits, unit) = text.split_at(split);
+    if digits.is_empty() || digits.len() > 12 {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    match unit {
+        "ms" => Some(Duration::from_millis(n)),
+        "s" => Some(Duration::from_secs(n)),
+        "m" => n.checked_mul(60).map(Duration::from_secs),
+        "h" => n.checked_mul(3600).map(Duration::from_secs),
+        _ => None,
+    }
+}
+
+fn check_identifier(field: &str, value: &str) -> Result<(), ConfigError> {
+    if value.is_empty() || value.len() > MAX_IDENTIFIER_BYTES || value.chars().any(char::is_control)
+    {
+        return Err(invalid(format!(
+            "{field} must be non-empty, at most {MAX_IDENTIFIER_BYTES} bytes, without control characters"
+        )));
+    }
+    Ok(())
+}
+
+/// An RFC 9110 token character.
+pub fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// A non-empty, lowercase header field name.
+pub fn is_lowercase_header_name(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| is_tchar(b) && !b.is_ascii_uppercase())
+}
+
+fn check_header_name(field: &str, name: &str) -> Result<(), ConfigError> {
+    if !is_lowercase_header_name(name) || name.len() > 128 {
+        return Err(invalid(format!(
+            "{field} must be a non-empty lowercase header name"
+        )));
+    }
+    if RESERVED_HEADER_NAMES.contains(&name) {
+        return Err(invalid(format!("{field}: the header {name} is reserved")));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    const MINIMAL: &str = r#"{"token_service": {"cluster": "ts", "authority": "ts.local"}}"#;
+
+    fn parse_with(json: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::parse(json.as_bytes(), &|name| env.get(name).cloned())
+    }
+
+    fn parse(json: &str) -> Result<Config, ConfigError> {
+        parse_with(json, &[])
+    }
+
+    #[test]
+    fn minimal_config_gets_the_defaults() {
+        let config = parse(MINIMAL).unwrap();
+        assert_eq!(config.token_service.cluster, "ts");
+        assert_eq!(config.token_service.authority, "ts.local");
+        assert_eq!(config.token_service.timeout, Duration::from_secs(2));
+        assert_eq!(config.app, AppBinding::Gateway);
+        assert_eq!(config.refresh_skew, Duration::from_secs(30));
+        assert_eq!(config.max_cache_ttl, Duration::from_secs(300));
+        assert_eq!(config.unmarked, Unmarked::Pass);
+        assert_eq!(config.headers, HeaderNames::default());
+        assert_eq!(config.headers.provider, headers::PROVIDER);
+        assert!(!config.is_mesh());
+    }
+
+    #[test]
+    fn full_config_in_mesh_mode_reads_the_key_from_the_environment() {
+        let json = r#"{
+            "token_service": {"cluster": "authstamp_token_service", "authority": "authstamp-token-service", "timeout": "500ms"},
+            "app": {"id": "app_1", "key_env": "AUTHSTAMP_APP_KEY"},
+            "refresh_skew": "0s",
+            "max_cache_ttl": "1h",
+            "unmarked_requests": "reject",
+            "headers": {"provider": "x-p", "user": "x-u", "app": "x-a", "app_key": "x-k"}
+        }"#;
+        let config = parse_with(json, &[("AUTHSTAMP_APP_KEY", "ask_secret")]).unwrap();
+        assert_eq!(config.token_service.timeout, Duration::from_millis(500));
+        assert_eq!(
+            config.app,
+            AppBinding::Mesh {
+                id: "app_1".into(),
+                key: Secret::new("ask_secret")
+            }
+        );
+        assert!(config.is_mesh());
+        assert_eq!(config.refresh_skew, Duration::ZERO);
+        assert_eq!(config.max_cache_ttl, Duration::from_secs(3600));
+        assert_eq!(config.unmarked, Unmarked::Reject);
+        assert_eq!(config.headers.all(), ["x-p", "x-u", "x-a", "x-k"]);
+    }
+
+    #[test]
+    fn debug_of_the_config_never_prints_the_app_key() {
+        let json = r#"{"token_service": {"cluster": "ts", "authority": "ts"},
+                       "app": {"id": "app_1", "key_env": "K"}}"#;
+        let config = parse_with(json, &[("K", "ask_very-secret-key")]).unwrap();
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("ask_very-secret-key"), "{debug}");
+        assert!(debug.contains("app_1"), "{debug}");
+        assert!(debug.contains("<redacted>"), "{debug}");
+        let pretty = format!("{config:#?}");
+        assert!(!pretty.contains("very-secret"), "{pretty}");
+    }
+
+    #[test]
+    fn bad_configs_are_rejected_with_a_message_naming_the_field() {
+        let cases: &[(&str, &str)] = &[
+            ("", "empty"),
+            ("   ", "empty"),
+            ("{}", "token_service"),
+            ("null", "not a valid configuration"),
+            ("not json", "not a valid configuration"),
+            (r#"{"token_service": {"authority": "a"}}"#, "cluster"),
+            (r#"{"token_service": {"cluster": "c"}}"#, "authority"),
+            (
+                r#"{"token_service": {"cluster": "", "authority": "a"}}"#,
+                "token_service.cluster",
+            ),
+            (
+                r#"{"token_service": {"cluster": "c d", "authority": "a"}}"#,
+                "token_service.cluster",
+            ),
+            (
+                r#"{"token_service": {"cluster": "c", "authority": ""}}"#,
+                "token_service.authority",
+            ),
+            (
+                r#"{"token_service": {"cluster": "c", "authority": "a", "timeout": "0ms"}}"#,
+                "token_service.timeout",
+            ),
+            (
+                r#"{"token_service": {"cluster": "c", "authority": "a", "timeout": "61s"}}"#,
+                "token_service.timeout",
+            ),
+            (
+                r#"{"token_service": {"cluster": "c", "authority": "a", "timeout": "2"}}"#,
+                "token_service.timeout",
+            ),
+            (
+                r#"{"token_service": {"cluster": "c", "authority": "a", "timeout": "2 s"}}"#,
+                "token_service.timeout",
+            ),
+            (
+                r#"{"token_service": {"cluster": "c", "authority": "a", "timeout": "-2s"}}"#,
+                "token_service.timeout",
+            ),
+            (
+                r#"{"token_service": {"cluster": "c", "authority": "a", "timeout": 2}}"#,
+                "not a valid configuration",
+            ),
+            (
+                r#"{"token_service": {"cluster": "c", "authority": "a", "extra": 1}}"#,
+                "extra",
+            ),
+            (
+                r#"{"token_service": {"cluster": "c", "authority": "a"}, "cache": true}"#,
+                "cache",
+            ),
+            (
+                r#"{"token_service": {"cluster": "c", "authority": "a"}, "max_cache_ttl": "0s"}"#,
+                "max_cache_ttl",
+            ),
+            (
+                r#"{"token_service": {"cluster": "c", "authority": "a"}, "max_cache_ttl": "500ms"}"#,
+                "max_cache_ttl",
+            ),
+            (
+                r#"{"token_service": {"cluster": "c", "authority": "a"}, "max_cache_ttl": "2d"}"#,
+                "max_cache_ttl",
+            ),
+            (
+                r#"{"token_service": {"cluster": "c", "authority": "a"}, "refresh_skew": "2h"}"#,
+                "refresh_skew",
+            ),
+            (
+                r#"{"token_service": {"cluster": "c", "authority": "a"}, "refresh_skew": "fast"}"#,
+                "refresh_skew",
+            ),
+            (
+                r#"{"token_service": {"cluster": "c", "authority": "a"}, "unmarked_requests": "drop"}"#,
+                "drop",
+            ),
+            (
+                r#"{"token_service": {"cluster": "c", "authority": "a"}, "headers": {"provider": "X-Provider"}}"#,
+                "headers.provider",
+            ),
+            (
+                r#"{"token_service": {"cluster": "c", "authority": "a"}, "headers": {"user": ""}}"#,
+                "headers.user",
+            ),
+            (
+                r#"{"token_service": {"cluster": "c", "authority": "a"}, "headers": {"app": "x app"}}"#,
+                "headers.app",
+            ),
+            (
+                r#"{"token_service": {"cluster": "c", "authority": "a"}, "headers": {"app_key": "authorization"}}"#,
+                "headers.app_key",
+            ),
+            (
+                r#"{"token_service": {"cluster": "c", "authority": "a"}, "headers": {"user": "x-authstamp-provider"}}"#,
+                "distinct",
+            ),
+            (
+                r#"{"token_service": {"cluster": "c", "authority": "a"}, "headers": {"tenant": "x-t"}}"#,
+                "tenant",
+            ),
+            (
+                r#"{"token_service": {"cluster": "c", "authority": "a"}, "app": {"id": "app_1"}}"#,
+                "key_env",
+            ),
+            (
+                r#"{"token_service": {"cluster": "c", "authority": "a"}, "app": {"id": "", "key_env": "K"}}"#,
+                "app.id",
+            ),
+            (
+                r#"{"token_service": {"cluster": "c", "authority": "a"}, "app": {"id": "a", "key_env": ""}}"#,
+                "app.key_env",
+            ),
+            (
+                r#"{"token_service": {"cluster": "c", "authority": "a"}, "app": {"id": "a", "key_env": "MISSING"}}"#,
+                "MISSING",
+            ),
+            (
+                r#"{"token_service": {"cluster": "c", "authority": "a"}, "app": {"id": "a", "key_env": "EMPTY"}}"#,
+                "EMPTY",
+            ),
+        ];
+        for (json, needle) in cases {
+            let err = parse_with(json, &[("EMPTY", "")]).expect_err(json);
+            let message = err.to_string();
+            assert!(
+                message.contains(needle),
+                "{json}: {message:?} should mention {needle:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_bad_app_key_in_the_environment_is_rejected_without_printing_it() {
+        let json = r#"{"token_service": {"cluster": "c", "authority": "a"}, "app": {"id": "a", "key_env": "K"}}"#;
+        let err = parse_with(json, &[("K", "ask_bad\nkey")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("K"), "{err}");
+        assert!(!err.contains("ask_bad"), "{err}");
+        let long = "k".repeat(MAX_IDENTIFIER_BYTES + 1);
+        assert!(parse_with(json, &[("K", &long)]).is_err());
+    }
+
+    #[test]
+    fn durations_parse_in_their_units() {
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2s"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("0s"), Some(Duration::ZERO));
+        for bad in [
+            "",
+            "s",
+            "5",
+            "5sec",
+            "1.5s",
+            "-1s",
+            " 1s",
+            "1s ",
+            "1S",
+            "1m30s",
+            "9999999999999s",
+        ] {
+            assert_eq!(parse_duration(bad), None, "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,1480 @@
+//! The per-request state machine of the hot path. `lib.rs` takes a stream's
+//! [`State`] out on each callback, passes it here with the host, and puts the
+//! returned state back.
+//!
+//! 1. Unmarked requests pass untouched (or are refused, by configuration).
+//! 2. Marked requests need a valid identity and an origin-form target.
+//! 3. A valid cache entry for the same app key: stamp and continue.
+//! 4. Otherwise join a lookup in flight for the same key and app key, or
+//!    dispatch one to the token service, and pause.
+//! 5. The answer is validated, cached, and every waiting stream is stamped
+//!    and resumed, or answered locally.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Duration;
+
+use authstamp_protocol::{
+    headers, paths, ErrorBody, ErrorCode, TokenLookupRequest, TokenLookupResponse,
+};
+
+use crate::cache;
+use crate::config::{Config, Unmarked};
+use crate::host::{DispatchError, Host};
+use crate::inflight::{Done, Inflight, Lookup};
+use crate::reply::Rejection;
+use crate::request::{self, Classified, Identity};
+use crate::stamp;
+
+/// Largest token-service answer read.
+pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
+/// Tick period asked for when an orphaned lookup must be dispatched again.
+pub const ORPHAN_TICK: Duration = Duration::from_millis(1);
+
+/// What the host should do with the stream after a callback.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Continue,
+    Pause,
+}
+
+/// Where a stream is on the hot path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    /// No request headers seen yet.
+    Fresh,
+    /// Not ours, or stamped: the request goes on.
+    Passed,
+    /// Paused on token lookup `id`.
+    Waiting(u64),
+    /// Answered locally.
+    Replied,
+}
+
+/// What a token-lookup answer means for the streams waiting on it.
+enum Outcome {
+    Stamp(TokenLookupResponse),
+    Refuse(Rejection),
+}
+
+fn refuse(host: &dyn Host, rejection: Rejection) -> (State, Verdict) {
+    log::info!(
+        "authstamp: refused status={} code={}",
+        rejection.status,
+        rejection.code
+    );
+    rejection.send(host);
+    (State::Replied, Verdict::Pause)
+}
+
+/// `on_http_request_headers` of stream `stream`.
+pub fn on_request_headers(
+    host: &dyn Host,
+    config: Option<&Rc<Config>>,
+    inflight: &RefCell<Inflight>,
+    stream: u32,
+) -> (State, Verdict) {
+    let request_headers = host.request_headers();
+    let Some(config) = config else {
+        // Without a configuration nothing can be stamped: refuse what is
+        // ours, let the rest through.
+        let marked = request_headers
+            .iter()
+            .any(|(n, _)| n.to_ascii_lowercase().starts_with(headers::PREFIX));
+        if marked {
+            return refuse(
+                host,
+                Rejection::new(
+                    ErrorCode::Internal,
+                    "the authstamp filter has no valid configuration",
+                ),
+            );
+        }
+        return (State::Passed, Verdict::Continue);
+    };
+
+    let identity = match request::classify(&request_headers, config) {
+        Ok(Classified::Marked(identity)) => identity,
+        Ok(Classified::Unmarked) => {
+            return match config.unmarked {
+                Unmarked::Pass => (State::Passed, Verdict::Continue),
+                Unmarked::Reject => refuse(
+                    host,
+                    Rejection::bad_request(format!(
+                        "the request carries no authstamp headers ({} and {} are required)",
+                        config.headers.provider, config.headers.user
+                    )),
+                ),
+            };
+        }
+        Err(rejection) => return refuse(host, rejection),
+    };
+    if let Err(rejection) = stamp::request_path(&request_headers) {
+        return refuse(host, rejection);
+    }
+
+    let cache_key = cache::key(
+        &config.token_service.cluster,
+        &identity.app_id,
+        &identity.provider,
+        &identity.user,
+    );
+    if let Some(now) = host.now_unix_secs() {
+        if let Some(entry) = cache::lookup(host, &cache_key, identity.app_key.expose(), now) {
+            log::debug!("authstamp: cache hit provider={}", identity.provider);
+            return match stamp::stamp(host, &config.headers, &entry.header, &entry.upstream) {
+                Ok(()) => (State::Passed, Verdict::Continue),
+                Err(rejection) => refuse(host, rejection),
+            };
+        }
+    }
+
+    let joined = {
+        let mut inflight = inflight.borrow_mut();
+        inflight
+            .find(&cache_key, identity.app_key.expose())
+            .filter(|id| inflight.join(*id, stream))
+    };
+    if let Some(id) = joined {
+        log::debug!(
+            "authstamp: joined a lookup in flight provider={}",
+            identity.provider
+        );
+        return (State::Waiting(id), Verdict::Pause);
+    }
+
+    match dispatch_lookup(host, config, &identity) {
+        Ok(token) => {
+            log::debug!("authstamp: cache miss provider={}", identity.provider);
+            let lookup = Lookup {
+                cache_key,
+                identity,
+                config: Rc::clone(config),
+            };
+            let id = inflight.borrow_mut().start(lookup, stream, token);
+            (State::Waiting(id), Verdict::Pause)
+        }
+        Err(DispatchError) => {
+            log::warn!(
+                "authstamp: could not dispatch to the token service provider={}",
+                identity.provider
+            );
+            refuse(
+                host,
+                Rejection::unavailable("the token service cannot be reached"),
+            )
+        }
+    }
+}
+
+/// Sends `POST /v1/token-lookup` for `identity` from the effective context.
+fn dispatch_lookup(
+    host: &dyn Host,
+    config: &Config,
+    identity: &Identity,
+) -> Result<u32, DispatchError> {
+    let body = serde_json::to_vec(&TokenLookupRequest {
+        provider: identity.provider.clone(),
+        user: identity.user.clone(),
+        force_refresh: false,
+    })
+    .map_err(|_| DispatchError)?;
+    let ts = &config.token_service;
+    host.dispatch_http_call(
+        &ts.cluster,
+        &[
+            (":method", "POST"),
+            (":path", paths::TOKEN_LOOKUP),
+            (":authority", &ts.authority),
+            ("content-type", "application/json"),
+            (headers::APP, &identity.app_id),
+            (headers::APP_KEY, identity.app_key.expose()),
+        ],
+        &body,
+        ts.timeout,
+    )
+}
+
+/// Reads the answer being delivered (before any switch of effective context).
+fn read_answer(host: &dyn Host, body_size: usize, provider: &str) -> Outcome {
+    let answer_headers = host.http_call_response_headers();
+    let status = answer_headers
+        .iter()
+        .find(|(n, _)| n == ":status")
+        .and_then(|(_, v)| std::str::from_utf8(v).ok())
+        .and_then(|v| v.parse::<u16>().ok());
+    let Some(status) = status else {
+        log::warn!("authstamp: token service timed out or reset provider={provider}");
+        return Outcome::Refuse(Rejection::unavailable(
+            "the token service did not answer in time",
+        ));
+    };
+    if body_size > MAX_ANSWER_BYTES {
+        log::warn!("authstamp: token service answer too large status={status} provider={provider}");
+        return Outcome::Refuse(Rejection::unavailable(
+            "the token service answer is too large",
+        ));
+    }
+    let body = if body_size == 0 {
+        Vec::new()
+    } else {
+        host.http_call_response_body(body_size).unwrap_or_default()
+    };
+    if status == 200 {
+        return match serde_json::from_slice::<TokenLookupResponse>(&body) {
+            Ok(answer) => {
+                match stamp::validate_answer(&answer) {
+                    Ok(()) => Outcome::Stamp(answer),
+                    Err(reason) => {
+                        log::warn!("authstamp: token service answer refused ({reason}) provider={provider}");
+                        Outcome::Refuse(Rejection::unavailable(
+                            "the token service answer is invalid",
+                        ))
+                    }
+                }
+            }
+            Err(_) => {
+                log::warn!(
+                    "authstamp: token service answer unreadable status=200 provider={provider}"
+                );
+                Outcome::Refuse(Rejection::unavailable(
+                    "the token service answer is unreadable",
+                ))
+            }
+        };
+    }
+    match serde_json::from_slice::<ErrorBody>(&body) {
+        Ok(error) => {
+            log::info!(
+                "authstamp: token service refused status={status} code={} provider={provider}",
+                error.error
+            );
+            Outcome::Refuse(Rejection::from_token_service(status, error))
+        }
+        Err(_) => {
+            log::warn!("authstamp: token service failed status={status} provider={provider}");
+            Outcome::Refuse(Rejection::unavailable(format!(
+                "the token service answered status {status}"
+            )))
+        }
+    }
+}
+
+fn cache_answer(host: &dyn Host, lookup: &Lookup, answer: &TokenLookupResponse) {
+    let Some(now) = host.now_unix_secs() else {
+        return;
+    };
+    let config = &lookup.config;
+    let valid_until = cache::valid_until(
+        now,
+        answer.expires_at,
+        config.refresh_skew,
+        config.max_cache_ttl,
+    );
+    if valid_until <= now {
+        return;
+    }
+    let entry = cache::Entry {
+        app_key: lookup.identity.app_key.expose().to_string(),
+        header: answer.header.clone(),
+        upstream: answer.upstream.clone(),
+        valid_until,
+    };
+    cache::store(host, &lookup.cache_key, &entry);
+}
+
+/// Completes every member: makes it the effective context, stamps and
+/// resumes it or answers it locally, and records how. Then makes `current`
+/// effective again.
+fn complete(
+    host: &dyn Host,
+    inflight: &RefCell<Inflight>,
+    members: &[u32],
+    lookup: &Lookup,
+    outcome: &Outcome,
+    current: u32,
+) {
+    for &member in members {
+        if !host.set_effective_context(member) {
+            log::warn!("authstamp: a waiting stream is gone");
+            continue;
+        }
+        let result = match outcome {
+            Outcome::Stamp(answer) => stamp::stamp(
+                host,
+                &lookup.config.headers,
+                &answer.header,
+                &answer.upstream,
+            ),
+            Outcome::Refuse(rejection) => Err(rejection.clone()),
+        };
+        let done = match result {
+            Ok(()) => {
+                host.resume_request();
+                Done::Stamped
+            }
+            Err(rejection) => {
+                rejection.send(host);
+                Done::Replied
+            }
+        };
+        inflight.borrow_mut().record(member, done);
+    }
+    host.set_effective_context(current);
+}
+
+/// `on_http_call_response` for `token`, delivered to context `current` (a
+/// stream or the root context).
+pub fn on_call_response(
+    host: &dyn Host,
+    inflight: &RefCell<Inflight>,
+    token: u32,
+    body_size: usize,
+    current: u32,
+) {
+    let Some(pending) = inflight.borrow_mut().take_by_token(token) else {
+        log::debug!("authstamp: answer for a lookup nobody waits for");
+        return;
+    };
+    let outcome = read_answer(host, body_size, &pending.lookup.identity.provider);
+    if let Outcome::Stamp(answer) = &outcome {
+        cache_answer(host, &pending.lookup, answer);
+    }
+    complete(
+        host,
+        inflight,
+        &pending.members,
+        &pending.lookup,
+        &outcome,
+        current,
+    );
+}
+
+/// The root context's tick: dispatches orphaned lookups again, then stops
+/// the ticks.
+pub fn on_tick(host: &dyn Host, inflight: &RefCell<Inflight>, root: u32) {
+    let orphans = inflight.borrow().orphans();
+    for (id, lookup) in orphans {
+        match dispatch_lookup(host, &lookup.config, &lookup.identity) {
+            Ok(token) => inflight.borrow_mut().adopt(id, token),
+            Err(DispatchError) => {
+                log::warn!(
+                    "authstamp: could not dispatch to the token service provider={}",
+                    lookup.identity.provider
+                );
+                let removed = inflight.borrow_mut().remove(id);
+                if let Some(pending) = removed {
+                    let outcome = Outcome::Refuse(Rejection::unavailable(
+                        "the token service cannot be reached",
+                    ));
+                    complete(host, inflight, &pending.members, &lookup, &outcome, root);
+                }
+            }
+        }
+    }
+    host.set_tick_period(Duration::ZERO);
+}
+
+/// Brings a waiting stream's state up to date: another context may have
+/// completed it.
+pub fn settle(state: State, inflight: &RefCell<Inflight>, stream: u32) -> State {
+    match state {
+        State::Waiting(_) => match inflight.borrow_mut().settle(stream) {
+            Some(Done::Stamped) => State::Passed,
+            Some(Done::Replied) => State::Replied,
+            None => state,
+        },
+        other => other,
+    }
+}
+
+/// Request body or trailers: held while the stream waits (or was answered),
+/// so nothing reaches the router before the token is stamped.
+pub fn on_request_data(
+    state: State,
+    inflight: &RefCell<Inflight>,
+    stream: u32,
+) -> (State, Verdict) {
+    let state = settle(state, inflight, stream);
+    let verdict = match state {
+        State::Waiting(_) | State::Replied => Verdict::Pause,
+        State::Fresh | State::Passed => Verdict::Continue,
+    };
+    (state, verdict)
+}
+
+/// The stream is done. If it still waited, it leaves its lookup; if it owned
+/// the call and others still wait, the root context is asked to tick and
+/// dispatch again.
+pub fn on_done(host: &dyn Host, state: State, inflight: &RefCell<Inflight>, stream: u32) -> State {
+    let state = settle(state, inflight, stream);
+    if let State::Waiting(id) = state {
+        let orphaned = inflight.borrow_mut().leave(id, stream);
+        if orphaned {
+            host.set_tick_period(ORPHAN_TICK);
+        }
+    }
+    state
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::host::mock::{MockHost, ROOT};
+    use crate::inflight::Owner;
+    use authstamp_protocol::TokenLookupRequest;
+
+    const NOW: u64 = 1_700_000_000;
+    const APP: &str = "app_1";
+    const KEY: &str = "ask_right-key";
+
+    fn config_from(json: &str) -> Rc<Config> {
+        Rc::new(
+            Config::parse(json.as_bytes(), &|name| {
+                (name == "APP_KEY").then(|| "ask_mesh-key".to_string())
+            })
+            .unwrap(),
+        )
+    }
+
+    fn gateway() -> Rc<Config> {
+        config_from(
+            r#"{"token_service": {"cluster": "ts_cluster", "authority": "ts.internal", "timeout": "750ms"},
+                "refresh_skew": "30s", "max_cache_ttl": "5m"}"#,
+        )
+    }
+
+    fn mesh() -> Rc<Config> {
+        config_from(
+            r#"{"token_service": {"cluster": "ts_cluster", "authority": "ts.internal"},
+                "app": {"id": "app_mesh", "key_env": "APP_KEY"}}"#,
+        )
+    }
+
+    /// A test bench: one host, one worker's in-flight table, one config.
+    struct Bench {
+        host: MockHost,
+        inflight: RefCell<Inflight>,
+        config: Rc<Config>,
+        states: RefCell<std::collections::HashMap<u32, State>>,
+    }
+
+    impl Bench {
+        fn new(config: Rc<Config>) -> Self {
+            Bench {
+                host: MockHost::new(NOW),
+                inflight: RefCell::new(Inflight::default()),
+                config,
+                states: RefCell::new(Default::default()),
+            }
+        }
+
+        fn state(&self, stream: u32) -> State {
+            self.states
+                .borrow()
+                .get(&stream)
+                .copied()
+                .unwrap_or(State::Fresh)
+        }
+
+        /// A request arrives on `stream`.
+        fn request(&self, stream: u32, headers: &[(&str, &str)]) -> Verdict {
+            self.host.add_stream(stream, headers);
+            self.headers_arrive(stream)
+        }
+
+        fn headers_arrive(&self, stream: u32) -> Verdict {
+            self.host.enter(stream);
+            let (state, verdict) =
+                on_request_headers(&self.host, Some(&self.config), &self.inflight, stream);
+            self.states.borrow_mut().insert(stream, state);
+            verdict
+        }
+
+        /// A marked gateway request for `user` with app key `key`.
+        fn call(&self, stream: u32, user: &str, key: &str) -> Verdict {
+            self.request(stream, &marked(user, key))
+        }
+
+        /// The token service answers the call `token`, delivered to `to`.
+        fn answer(&self, to: u32, token: u32, status: Option<u16>, body: &str) {
+            self.host.set_call_response(status, body);
+            self.host.enter(to);
+            let size = self.host.call_response_body_len();
+            on_call_response(&self.host, &self.inflight, token, size, to);
+            if to != ROOT {
+                let state = settle(self.state(to), &self.inflight, to);
+                self.states.borrow_mut().insert(to, state);
+            }
+        }
+
+        /// Answers the last dispatched call, delivered to its dispatcher.
+        fn answer_last(&self, status: Option<u16>, body: &str) {
+            let dispatch = self.host.dispatches().last().cloned().expect("a dispatch");
+            self.answer(dispatch.from, dispatch.token, status, body);
+        }
+
+        fn body_arrives(&self, stream: u32) -> Verdict {
+            self.host.enter(stream);
+            let (state, verdict) = on_request_data(self.state(stream), &self.inflight, stream);
+            self.states.borrow_mut().insert(stream, state);
+            verdict
+        }
+
+        fn done(&self, stream: u32) {
+            self.host.enter(stream);
+            let state = on_done(&self.host, self.state(stream), &self.inflight, stream);
+            self.states.borrow_mut().insert(stream, state);
+            self.host.delete_stream(stream);
+        }
+
+        fn tick(&self) {
+            self.host.enter(ROOT);
+            on_tick(&self.host, &self.inflight, ROOT);
+        }
+
+        fn reply_of(&self, stream: u32) -> (u16, ErrorCode, String) {
+            let reply = self.host.reply(stream).expect("a local reply");
+            assert_eq!(reply.header("content-type"), Some("application/json"));
+            let body = reply.error_body();
+            assert_eq!(reply.header("x-authstamp-error"), Some(body.error.as_str()));
+            (reply.status, body.error, body.message)
+        }
+
+        fn assert_untouched(&self, stream: u32, original: &[(&str, &str)]) {
+            let expected: Vec<(String, Vec<u8>)> = original
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+                .collect();
+            assert_eq!(
+                self.host.stream(stream).headers,
+                expected,
+                "headers of {stream} changed"
+            );
+        }
+    }
+
+    fn marked_owned(user: &str, key: &str) -> Vec<(String, String)> {
+        vec![
+            (":method".into(), "GET".into()),
+            (":path".into(), "/api/users.info?user=U1".into()),
+            (":authority".into(), "envoy.local:10000".into()),
+            ("x-authstamp-provider".into(), "slack".into()),
+            ("x-authstamp-user".into(), user.into()),
+            ("x-authstamp-app".into(), APP.into()),
+            ("x-authstamp-app-key".into(), key.into()),
+            ("accept".into(), "application/json".into()),
+        ]
+    }
+
+    fn marked(user: &str, key: &str) -> Vec<(&'static str, &'static str)> {
+        marked_owned(user, key)
+            .into_iter()
+            .map(|(n, v)| (leak(n), leak(v)))
+            .collect()
+    }
+
+    fn leak(s: String) -> &'static str {
+        Box::leak(s.into_boxed_str())
+    }
+
+    fn token_answer(expires_at: Option<u64>) -> String {
+        answer_json(
+            "authorization",
+            "Bearer xoxb-secret",
+            "https",
+            "slack.com",
+            "/api-base",
+            expires_at,
+        )
+    }
+
+    fn answer_json(
+        name: &str,
+        value: &str,
+        scheme: &str,
+        authority: &str,
+        base: &str,
+        expires_at: Option<u64>,
+    ) -> String {
+        serde_json::json!({
+            "header": {"name": name, "value": value},
+            "upstream": {"scheme": scheme, "authority": authority, "base_path": base},
+            "expires_at": expires_at,
+        })
+        .to_string()
+    }
+
+    fn error_json(code: &str, message: &str) -> String {
+        serde_json::json!({"error": code, "message": message}).to_string()
+    }
+
+    fn assert_stamped(bench: &Bench, stream: u32, token: &str) {
+        let host = &bench.host;
+        assert_eq!(host.reply(stream), None, "no local reply for {stream}");
+        assert_eq!(
+            host.header_values(stream, "authorization"),
+            vec![token.to_string()]
+        );
+        assert_eq!(
+            host.header(stream, ":authority").as_deref(),
+            Some("slack.com")
+        );
+        assert_eq!(
+            host.header(stream, ":path").as_deref(),
+            Some("/api-base/api/users.info?user=U1")
+        );
+        assert_eq!(
+            host.header(stream, "x-authstamp-route").as_deref(),
+            Some("https")
+        );
+        let leaked: Vec<String> = host
+            .header_names(stream)
+            .into_iter()
+            .filter(|n| n.starts_with("x-authstamp-") && n != "x-authstamp-route")
+            .collect();
+        assert!(leaked.is_empty(), "authstamp headers left: {leaked:?}");
+        assert_eq!(
+            host.header(stream, "accept").as_deref(),
+            Some("application/json")
+        );
+    }
+
+    // --- unmarked requests ---------------------------------------------------
+
+    #[test]
+    fn unmarked_requests_pass_untouched() {
+        let bench = Bench::new(gateway());
+        let original = [
+            (":method", "GET"),
+            (":path", "//odd"),
+            ("authorization", "Bearer mine"),
+            ("x-other", "1"),
+        ];
+        assert_eq!(bench.request(2, &original), Verdict::Continue);
+        bench.assert_untouched(2, &original);
+        assert_eq!(bench.host.reply(2), None);
+        assert_eq!(bench.host.dispatch_count(), 0);
+        assert!(bench.host.shared_keys().is_empty());
+        assert_eq!(bench.state(2), State::Passed);
+        assert_eq!(bench.body_arrives(2), Verdict::Continue);
+    }
+
+    #[test]
+    fn unmarked_requests_are_refused_when_configured() {
+        let bench = Bench::new(config_from(
+            r#"{"token_service": {"cluster": "c", "authority": "a"}, "unmarked_requests": "reject"}"#,
+        ));
+        assert_eq!(bench.request(2, &[(":path", "/x")]), Verdict::Pause);
+        let (status, code, message) = bench.reply_of(2);
+        assert_eq!((status, code), (400, ErrorCode::BadRequest));
+        assert!(message.contains("x-authstamp-provider"), "{message}");
+        assert_eq!(bench.host.dispatch_count(), 0);
+    }
+
+    #[test]
+    fn configured_header_names_mark_a_request() {
+        let bench = Bench::new(config_from(
+            r#"{"token_service": {"cluster": "c", "authority": "a"},
+                "headers": {"provider": "x-p", "user": "x-u", "app": "x-a", "app_key": "x-k"}}"#,
+        ));
+        bench.request(2, &[(":path", "/x"), ("x-u", "alice")]);
+        let (status, _, message) = bench.reply_of(2);
+        assert_eq!(status, 400);
+        assert!(message.contains("x-p"), "{message}");
+
+        bench.request(
+            3,
+            &[
+                (":path", "/x"),
+                ("x-p", "slack"),
+                ("x-u", "alice"),
+                ("x-a", APP),
+                ("x-k", KEY),
+            ],
+        );
+        assert_eq!(bench.host.dispatch_count(), 1);
+        let d = &bench.host.dispatches()[0];
+        assert_eq!(
+            d.header("x-authstamp-app"),
+            Some(APP),
+            "the lookup uses the protocol names"
+        );
+        bench.answer_last(Some(200), &token_answer(None));
+        let names = bench.host.header_names(3);
+        for gone in ["x-p", "x-u", "x-a", "x-k"] {
+            assert!(
+                !names.contains(&gone.to_string()),
+                "{gone} left in {names:?}"
+            );
+        }
+    }
+
+    // --- bad identity headers ------------------------------------------------
+
+    #[test]
+    fn each_bad_identity_header_is_a_bad_request_naming_the_header() {
+        let long = "u".repeat(257);
+        let base = marked("alice", KEY);
+        let without = |name: &str| -> Vec<(&str, &str)> {
+            base.iter().copied().filter(|(n, _)| *n != name).collect()
+        };
+        let with = |name: &'static str, value: &'static str| -> Vec<(&str, &str)> {
+            let mut h = without(name);
+            h.push((name, value));
+            h
+        };
+        let twice = |name: &'static str| -> Vec<(&str, &str)> {
+            let mut h = base.clone();
+            h.push((name, "again"));
+            h
+        };
+        // (request headers, header named in the message, why)
+        type Case<'a> = (Vec<(&'a str, &'a str)>, &'a str, &'a str);
+        let cases: Vec<Case> = vec![
+            (
+                without("x-authstamp-provider"),
+                "x-authstamp-provider",
+                "missing",
+            ),
+            (without("x-authstamp-user"), "x-authstamp-user", "missing"),
+            (without("x-authstamp-app"), "x-authstamp-app", "missing"),
+            (
+                without("x-authstamp-app-key"),
+                "x-authstamp-app-key",
+                "missing",
+            ),
+            (
+                twice("x-authstamp-provider"),
+                "x-authstamp-provider",
+                "exactly once",
+            ),
+            (
+                twice("x-authstamp-user"),
+                "x-authstamp-user",
+                "exactly once",
+            ),
+            (
+                twice("x-authstamp-app-key"),
+                "x-authstamp-app-key",
+                "exactly once",
+            ),
+            (with("x-authstamp-user", ""), "x-authstamp-user", "empty"),
+            (
+                with("x-authstamp-provider", ""),
+                "x-authstamp-provider",
+                "empty",
+            ),
+            (
+                with("x-authstamp-user", leak(long.clone())),
+                "x-authstamp-user",
+                "256",
+            ),
+            (
+                with("x-authstamp-user", "al\tice"),
+                "x-authstamp-user",
+                "control",
+            ),
+            (
+                with("x-authstamp-app", "app\u{7f}"),
+                "x-authstamp-app",
+                "control",
+            ),
+            (
+                with("x-authstamp-app-key", "ask_\u{1b}[2J"),
+                "x-authstamp-app-key",
+                "control",
+            ),
+        ];
+        for (i, (headers, name, why)) in cases.into_iter().enumerate() {
+            let bench = Bench::new(gateway());
+            let stream = 10 + i as u32;
+            assert_eq!(bench.request(stream, &headers), Verdict::Pause);
+            let (status, code, message) = bench.reply_of(stream);
+            assert_eq!((status, code), (400, ErrorCode::BadRequest), "{name} {why}");
+            assert!(
+                message.contains(name) && message.contains(why),
+                "{message:?} for {name} {why}"
+            );
+            assert!(
+                !message.contains(KEY) && !message.contains("ask_"),
+                "{message}"
+            );
+            assert_eq!(bench.host.dispatch_count(), 0);
+            assert_eq!(bench.host.resumed(stream), 0);
+        }
+    }
+
+    #[test]
+    fn invalid_utf8_is_a_bad_request() {
+        let bench = Bench::new(gateway());
+        let mut headers: Vec<(String, Vec<u8>)> = marked_owned("alice", KEY)
+            .into_iter()
+            .filter(|(n, _)| n != "x-authstamp-user")
+            .map(|(n, v)| (n, v.into_bytes()))
+            .collect();
+        headers.push(("x-authstamp-user".into(), vec![b'a', 0xff, 0xfe]));
+        bench.host.add_stream_bytes(2, headers);
+        bench.headers_arrive(2);
+        let (status, _, message) = bench.reply_of(2);
+        assert_eq!(status, 400);
+        assert!(
+            message.contains("x-authstamp-user") && message.contains("UTF-8"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn targets_other_than_a_path_are_forbidden() {
+        for path in ["http://evil.example/x", "//evil.example/x", "*"] {
+            let bench = Bench::new(gateway());
+            let mut headers = marked("alice", KEY);
+            headers.retain(|(n, _)| *n != ":path");
+            headers.push((":path", path));
+            assert_eq!(bench.request(2, &headers), Verdict::Pause);
+            let (status, code, _) = bench.reply_of(2);
+            assert_eq!(
+                (status, code),
+                (403, ErrorCode::ForbiddenDestination),
+                "{path}"
+            );
+            assert_eq!(bench.host.dispatch_count(), 0);
+        }
+    }
+
+    // --- miss, answer, stamp -------------------------------------------------
+
+    #[test]
+    fn a_miss_dispatches_one_lookup_and_the_answer_is_stamped() {
+        let bench = Bench::new(gateway());
+        let mut headers = marked("alice", KEY);
+        headers.push(("authorization", "Bearer forged-by-the-app"));
+        headers.push(("proxy-authorization", "Basic Zm9v"));
+        headers.push(("x-forwarded-host", "evil.example"));
+        headers.push(("x-authstamp-debug", "1"));
+        headers.push(("x-authstamp-route", "http"));
+        assert_eq!(bench.request(2, &headers), Verdict::Pause);
+        assert_eq!(bench.state(2), State::Waiting(1));
+        assert_eq!(bench.host.resumed(2), 0);
+
+        let dispatches = bench.host.dispatches();
+        assert_eq!(dispatches.len(), 1);
+        let d = &dispatches[0];
+        assert_eq!(d.from, 2);
+        assert_eq!(d.cluster, "ts_cluster");
+        assert_eq!(d.timeout, Duration::from_millis(750));
+        assert_eq!(d.header(":method"), Some("POST"));
+        assert_eq!(d.header(":path"), Some("/v1/token-lookup"));
+        assert_eq!(d.header(":authority"), Some("ts.internal"));
+        assert_eq!(d.header("content-type"), Some("application/json"));
+        assert_eq!(d.header("x-authstamp-app"), Some(APP));
+        assert_eq!(d.header("x-authstamp-app-key"), Some(KEY));
+        let body: TokenLookupRequest = serde_json::from_slice(&d.body).unwrap();
+        assert_eq!(
+            body,
+            TokenLookupRequest {
+                provider: "slack".into(),
+                user: "alice".into(),
+                force_refresh: false
+            }
+        );
+
+        // The body is held while the lookup is in flight.
+        assert_eq!(bench.body_arrives(2), Verdict::Pause);
+
+        bench.answer(2, d.token, Some(200), &token_answer(Some(NOW + 3600)));
+        assert_stamped(&bench, 2, "Bearer xoxb-secret");
+        for gone in [
+            "proxy-authorization",
+            "x-forwarded-host",
+            "x-authstamp-debug",
+        ] {
+            assert_eq!(bench.host.header(2, gone), None, "{gone}");
+        }
+        assert_eq!(bench.host.resumed(2), 1);
+        assert_eq!(bench.state(2), State::Passed);
+        assert_eq!(bench.body_arrives(2), Verdict::Continue);
+        assert_eq!(bench.host.current(), 2, "effective context restored");
+        assert_eq!(bench.inflight.borrow().pending_count(), 0);
+        assert_eq!(bench.inflight.borrow().completed_count(), 0);
+    }
+
+    #[test]
+    fn inbound_credentials_are_stripped_even_when_the_stamp_is_another_header() {
+        let bench = Bench::new(gateway());
+        let mut headers = marked("alice", KEY);
+        headers.push(("authorization", "Bearer forged-by-the-app"));
+        headers.push(("proxy-authorization", "Basic Zm9v"));
+        headers.push(("x-forwarded-host", "evil.example"));
+        headers.push(("x-api-key", "forged-key"));
+        bench.request(2, &headers);
+        bench.answer_last(
+            Some(200),
+            &answer_json(
+                "x-api-key",
+                "hs-real-key",
+                "https",
+                "api.hubapi.com",
+                "",
+                None,
+            ),
+        );
+        assert_eq!(
+            bench.host.header_values(2, "x-api-key"),
+            vec!["hs-real-key".to_string()]
+        );
+        for gone in ["authorization", "proxy-authorization", "x-forwarded-host"] {
+            assert_eq!(
+                bench.host.header_values(2, gone),
+                Vec::<String>::new(),
+                "{gone}"
+            );
+        }
+        assert_eq!(
+            bench.host.header(2, ":authority").as_deref(),
+            Some("api.hubapi.com")
+        );
+        assert_eq!(
+            bench.host.header(2, ":path").as_deref(),
+            Some("/api/users.info?user=U1")
+        );
+        assert_eq!(bench.host.resumed(2), 1);
+    }
+
+    #[test]
+    fn the_second_request_is_a_cache_hit_without_a_dispatch() {
+        let bench = Bench::new(gateway());
+        bench.call(2, "alice", KEY);
+        bench.answer_last(Some(200), &token_answer(Some(NOW + 3600)));
+        assert_eq!(bench.host.dispatch_count(), 1);
+        let key = cache::key("ts_cluster", APP, "slack", "alice");
+        assert_eq!(bench.host.shared_keys(), vec![key.clone()]);
+        let entry = cache::Entry::decode(&bench.host.shared_value(&key).unwrap()).unwrap();
+        assert_eq!(
+            entry.valid_until,
+            NOW + 300,
+            "max_cache_ttl bounds a long-lived token"
+        );
+        assert_eq!(entry.app_key, KEY);
+
+        bench.host.set_now(NOW + 299);
+        assert_eq!(bench.call(3, "alice", KEY), Verdict::Continue);
+        assert_eq!(bench.host.dispatch_count(), 1, "a hit never dispatches");
+        assert_stamped(&bench, 3, "Bearer xoxb-secret");
+        assert_eq!(
+            bench.host.resumed(3),
+            0,
+            "a hit continues, it was never paused"
+        );
+
+        // Another user of the same app is a different key.
+        bench.call(4, "bob", KEY);
+        assert_eq!(bench.host.dispatch_count(), 2);
+    }
+
+    #[test]
+    fn a_wrong_key_after_the_right_one_goes_to_the_token_service_and_fails() {
+        let bench = Bench::new(gateway());
+        bench.call(2, "alice", KEY);
+        bench.answer_last(Some(200), &token_answer(None));
+        assert_eq!(bench.host.dispatch_count(), 1);
+
+        assert_eq!(bench.call(3, "alice", "ask_wrong"), Verdict::Pause);
+        assert_eq!(bench.host.dispatch_count(), 2, "a different key is a miss");
+        assert_eq!(
+            bench.host.dispatches()[1].header("x-authstamp-app-key"),
+            Some("ask_wrong")
+        );
+        bench.answer_last(
+            Some(401),
+            &error_json("bad_app_key", "the app key does not match"),
+        );
+        let (status, code, message) = bench.reply_of(3);
+        assert_eq!(
+            (status, code, message.as_str()),
+            (401, ErrorCode::BadAppKey, "the app key does not match")
+        );
+        assert_eq!(bench.host.resumed(3), 0);
+        assert_eq!(
+            bench.host.header_values(3, "authorization"),
+            Vec::<String>::new()
+        );
+
+        // The right key still hits the cache, the wrong one never does.
+        assert_eq!(bench.call(4, "alice", KEY), Verdict::Continue);
+        assert_eq!(bench.host.dispatch_count(), 2);
+        bench.call(5, "alice", "ask_wrong");
+        assert_eq!(bench.host.dispatch_count(), 3);
+    }
+
+    #[test]
+    fn expiry_honours_the_refresh_skew() {
+        let bench = Bench::new(gateway());
+        bench.call(2, "alice", KEY);
+        bench.answer_last(Some(200), &token_answer(Some(NOW + 100)));
+        bench.host.set_now(NOW + 69);
+        assert_eq!(bench.call(3, "alice", KEY), Verdict::Continue);
+        assert_eq!(bench.host.dispatch_count(), 1);
+        bench.host.set_now(NOW + 70);
+        assert_eq!(
+            bench.call(4, "alice", KEY),
+            Verdict::Pause,
+            "inside the skew: ask again"
+        );
+        assert_eq!(bench.host.dispatch_count(), 2);
+    }
+
+    #[test]
+    fn expiry_honours_the_max_ttl_without_expires_at() {
+        let bench = Bench::new(gateway());
+        bench.call(2, "alice", KEY);
+        bench.answer_last(Some(200), &token_answer(None));
+        bench.host.set_now(NOW + 299);
+        assert_eq!(bench.call(3, "alice", KEY), Verdict::Continue);
+        bench.host.set_now(NOW + 300);
+        assert_eq!(bench.call(4, "alice", KEY), Verdict::Pause);
+        assert_eq!(bench.host.dispatch_count(), 2);
+    }
+
+    #[test]
+    fn a_token_already_inside_the_skew_is_stamped_but_not_cached() {
+        let bench = Bench::new(gateway());
+        bench.call(2, "alice", KEY);
+        bench.answer_last(Some(200), &token_answer(Some(NOW + 20)));
+        assert_stamped(&bench, 2, "Bearer xoxb-secret");
+        assert!(bench.host.shared_keys().is_empty());
+        bench.call(3, "alice", KEY);
+        assert_eq!(bench.host.dispatch_count(), 2);
+    }
+
+    #[test]
+    fn a_broken_clock_disables_the_cache_but_not_the_filter() {
+        let bench = Bench::new(gateway());
+        bench.host.set_clock_broken();
+        bench.call(2, "alice", KEY);
+        bench.answer_last(Some(200), &token_answer(None));
+        assert_stamped(&bench, 2, "Bearer xoxb-secret");
+        assert!(bench.host.shared_keys().is_empty());
+    }
+
+    #[test]
+    fn a_deleted_or_garbled_cache_entry_is_a_miss() {
+        let bench = Bench::new(gateway());
+        let key = cache::key("ts_cluster", APP, "slack", "alice");
+        bench.host.put_shared(&key, b"");
+        bench.call(2, "alice", KEY);
+        assert_eq!(bench.host.dispatch_count(), 1);
+        bench.answer_last(Some(404), &error_json("not_connected", "no"));
+        bench.host.put_shared(&key, b"{\"not\":\"an entry\"}");
+        bench.call(3, "alice", KEY);
+        assert_eq!(bench.host.dispatch_count(), 2);
+        assert_eq!(bench.host.reply(3), None);
+    }
+
+    #[test]
+    fn the_cache_write_uses_cas_and_a_conflict_is_not_an_error() {
+        let bench = Bench::new(gateway());
+        let key = cache::key("ts_cluster", APP, "slack", "alice");
+        bench.host.put_shared(&key, b"");
+        bench.call(2, "alice", KEY);
+        bench.host.set_cas_conflict();
+        bench.answer_last(Some(200), &token_answer(None));
+        assert_stamped(&bench, 2, "Bearer xoxb-secret");
+        let writes = bench.host.shared_writes();
+        assert_eq!(writes.len(), 1);
+        assert!(writes[0].1.is_some(), "written with the CAS just read");
+        assert_eq!(
+            bench.host.shared_value(&key),
+            Some(Vec::new()),
+            "the conflicting write lost"
+        );
+    }
+
+    // --- mesh mode -----------------------------------------------------------
+
+    #[test]
+    fn mesh_mode_binds_the_app_and_ignores_request_app_headers() {
+        let bench = Bench::new(mesh());
+        let headers = [
+            (":path", "/api/x"),
+            ("x-authstamp-provider", "slack"),
+            ("x-authstamp-user", "alice"),
+            ("x-authstamp-app", "app_other"),
+            ("x-authstamp-app-key", "ask_other"),
+            ("x-authstamp-app-key", "ask_twice"),
+        ];
+        assert_eq!(bench.request(2, &headers), Verdict::Pause);
+        let d = &bench.host.dispatches()[0];
+        assert_eq!(d.header("x-authstamp-app"), Some("app_mesh"));
+        assert_eq!(d.header("x-authstamp-app-key"), Some("ask_mesh-key"));
+        assert_eq!(d.timeout, Duration::from_secs(2));
+        bench.answer_last(
+            Some(200),
+            &answer_json(
+                "authorization",
+                "Bearer t",
+                "http",
+                "127.0.0.1:8081",
+                "",
+                None,
+            ),
+        );
+        assert_eq!(bench.host.header(2, ":path").as_deref(), Some("/api/x"));
+        assert_eq!(
+            bench.host.header(2, ":authority").as_deref(),
+            Some("127.0.0.1:8081")
+        );
+        assert_eq!(
+            bench.host.header(2, "x-authstamp-route").as_deref(),
+            Some("http")
+        );
+        assert_eq!(bench.host.header(2, "x-authstamp-app"), None);
+        assert_eq!(
+            bench.host.header_values(2, "x-authstamp-app-key"),
+            Vec::<String>::new()
+        );
+        // Only provider and user are needed.
+        bench.request(
+            3,
+            &[
+                (":path", "/api/x"),
+                ("x-authstamp-provider", "slack"),
+                ("x-authstamp-user", "alice"),
+            ],
+        );
+        assert_eq!(bench.host.dispatch_count(), 1, "cached for the mesh app");
+        assert_eq!(
+            bench.host.header(3, "authorization").as_deref(),
+            Some("Bearer t")
+        );
+    }
+
+    // --- token-service failures ----------------------------------------------
+
+    #[test]
+    fn token_service_errors_are_passed_on() {
+        for (status, code, expected_status) in [
+            (404, "not_connected", 404),
+            (404, "unknown_provider", 404),
+            (401, "unknown_app", 401),
+            (409, "reauth_required", 409),
+            (502, "provider_unavailable", 502),
+            (429, "rate_limited", 429),
+        ] {
+            let bench = Bench::new(gateway());
+            bench.call(2, "alice", KEY);
+            bench.answer_last(Some(status), &error_json(code, "why it failed"));
+            let (got_status, got_code, message) = bench.reply_of(2);
+            assert_eq!(got_status, expected_status);
+            assert_eq!(got_code.as_str(), code);
+            assert_eq!(message, "why it failed");
+            assert_eq!(bench.host.resumed(2), 0);
+            assert!(bench.host.shared_keys().is_empty());
+            assert_eq!(bench.state(2), State::Replied);
+        }
+    }
+
+    #[test]
+    fn timeouts_resets_and_garbage_are_503() {
+        let cases: [(Option<u16>, String); 6] = [
+            (None, String::new()),
+            (
+                Some(503),
+                "upstream connect error or disconnect/reset before headers".to_string(),
+            ),
+            (Some(200), "not json".to_string()),
+            (
+                Some(200),
+                r#"{"header": {"name": "authorization"}}"#.to_string(),
+            ),
+            (Some(500), String::new()),
+            (Some(200), "x".repeat(MAX_ANSWER_BYTES + 1)),
+        ];
+        for (status, body) in cases {
+            let bench = Bench::new(gateway());
+            bench.call(2, "alice", KEY);
+            bench.answer_last(status, &body);
+            let (got_status, code, _) = bench.reply_of(2);
+            assert_eq!(
+                (got_status, code),
+                (503, ErrorCode::TokenServiceUnavailable),
+                "{status:?} {body:.40}"
+            );
+            assert_eq!(bench.host.resumed(2), 0);
+            assert_eq!(
+                bench.host.header(2, "x-authstamp-user").as_deref(),
+                Some("alice"),
+                "nothing stamped"
+            );
+            assert!(bench.host.shared_keys().is_empty());
+        }
+    }
+
+    #[test]
+    fn a_dispatch_failure_is_503() {
+        let bench = Bench::new(gateway());
+        bench.host.set_fail_dispatch(true);
+        assert_eq!(bench.call(2, "alice", KEY), Verdict::Pause);
+        let (status, code, _) = bench.reply_of(2);
+        assert_eq!((status, code), (503, ErrorCode::TokenServiceUnavailable));
+        assert_eq!(bench.inflight.borrow().pending_count(), 0);
+        assert_eq!(bench.state(2), State::Replied);
+    }
+
+    #[test]
+    fn an_invalid_upstream_or_header_in_the_answer_is_503_and_nothing_is_stamped() {
+        let bad_answers = [
+            answer_json("authorization", "Bearer t", "ftp", "slack.com", "", None),
+            answer_json(
+                "authorization",
+                "Bearer t",
+                "https",
+                "user@slack.com",
+                "",
+                None,
+            ),
+            answer_json(
+                "authorization",
+                "Bearer t",
+                "https",
+                "slack.com/x",
+                "",
+                None,
+            ),
+            answer_json(
+                "authorization",
+                "Bearer t",
+                "https",
+                "slack.com?x",
+                "",
+                None,
+            ),
+            answer_json(
+                "authorization",
+                "Bearer t",
+                "https",
+                "slack.com",
+                "/base/",
+                None,
+            ),
+            answer_json(
+                "authorization",
+                "Bearer t",
+                "https",
+                "slack.com",
+                "base",
+                None,
+            ),
+            answer_json("Authorization", "Bearer t", "https", "slack.com", "", None),
+            answer_json("x-authstamp-route", "http", "https", "slack.com", "", None),
+            answer_json(
+                "authorization",
+                "Bearer t\r\nx-evil: 1",
+                "https",
+                "slack.com",
+                "",
+                None,
+            ),
+            answer_json("authorization", "", "https", "slack.com", "", None),
+        ];
+        for answer in bad_answers {
+            let bench = Bench::new(gateway());
+            let original = marked("alice", KEY);
+            bench.request(2, &original);
+            bench.answer_last(Some(200), &answer);
+            let (status, code, _) = bench.reply_of(2);
+            assert_eq!(
+                (status, code),
+                (503, ErrorCode::TokenServiceUnavailable),
+                "{answer}"
+            );
+            bench.assert_untouched(2, &original);
+            assert_eq!(bench.host.resumed(2), 0);
+            assert!(bench.host.shared_keys().is_empty(), "{answer} was cached");
+        }
+    }
+
+    #[test]
+    fn an_unknown_token_is_ignored() {
+        let bench = Bench::new(gateway());
+        bench.call(2, "alice", KEY);
+        bench.answer(2, 9999, Some(200), &token_answer(None));
+        assert_eq!(bench.host.reply(2), None);
+        assert_eq!(bench.host.resumed(2), 0);
+        assert_eq!(bench.state(2), State::Waiting(1));
+    }
+
+    #[test]
+    fn without_a_configuration_marked_requests_are_refused() {
+        let host = MockHost::new(NOW);
+        let inflight = RefCell::new(Inflight::default());
+        host.add_stream(2, &[(":path", "/x"), ("x-authstamp-user", "alice")]);
+        host.enter(2);
+        let (state, verdict) = on_request_headers(&host, None, &inflight, 2);
+        assert_eq!((state, verdict), (State::Replied, Verdict::Pause));
+        assert_eq!(host.reply(2).unwrap().status, 500);
+        host.add_stream(3, &[(":path", "/x")]);
+        host.enter(3);
+        assert_eq!(
+            on_request_headers(&host, None, &inflight, 3).1,
+            Verdict::Continue
+        );
+    }
+
+    // --- coalescing ----------------------------------------------------------
+
+    #[test]
+    fn concurrent_misses_share_one_lookup_and_all_are_completed() {
+        let bench = Bench::new(gateway());
+        assert_eq!(bench.call(2, "alice", KEY), Verdict::Pause);
+        assert_eq!(bench.call(3, "alice", KEY), Verdict::Pause);
+        assert_eq!(bench.call(4, "alice", KEY), Verdict::Pause);
+        assert_eq!(bench.host.dispatch_count(), 1, "one call for three misses");
+        assert_eq!(bench.state(3), State::Waiting(1));
+        assert_eq!(bench.body_arrives(3), Verdict::Pause);
+
+        bench.answer(2, bench.host.last_token(), Some(200), &token_answer(None));
+        for stream in [2, 3, 4] {
+            assert_stamped(&bench, stream, "Bearer xoxb-secret");
+            assert_eq!(bench.host.resumed(stream), 1, "{stream} resumed once");
+        }
+        assert_eq!(
+            bench.host.current(),
+            2,
+            "effective context back to the callback's"
+        );
+        // The waiters learn it on their next callback.
+        assert_eq!(bench.body_arrives(3), Verdict::Continue);
+        assert_eq!(bench.state(3), State::Passed);
+        bench.done(4);
+        assert_eq!(bench.state(4), State::Passed);
+        assert_eq!(bench.inflight.borrow().completed_count(), 0);
+    }
+
+    #[test]
+    fn concurrent_misses_share_a_refusal_too() {
+        let bench = Bench::new(gateway());
+        bench.call(2, "alice", KEY);
+        bench.call(3, "alice", KEY);
+        bench.answer_last(Some(404), &error_json("not_connected", "connect first"));
+        for stream in [2, 3] {
+            assert_eq!(bench.reply_of(stream).1, ErrorCode::NotConnected);
+            assert_eq!(bench.host.resumed(stream), 0);
+        }
+        bench.body_arrives(3);
+        assert_eq!(bench.state(3), State::Replied);
+    }
+
+    #[test]
+    fn a_different_app_key_never_piggybacks() {
+        let bench = Bench::new(gateway());
+        bench.call(2, "alice", KEY);
+        bench.call(3, "alice", "ask_wrong");
+        bench.call(4, "alice", KEY);
+        bench.call(5, "alice", "ask_wrong");
+        let dispatches = bench.host.dispatches();
+        assert_eq!(dispatches.len(), 2, "one call per app key");
+        assert_eq!(dispatches[0].header("x-authstamp-app-key"), Some(KEY));
+        assert_eq!(
+            dispatches[1].header("x-authstamp-app-key"),
+            Some("ask_wrong")
+        );
+
+        bench.answer(
+            3,
+            dispatches[1].token,
+            Some(401),
+            &error_json("bad_app_key", "wrong key"),
+        );
+        for stream in [3, 5] {
+            assert_eq!(bench.reply_of(stream).0, 401);
+        }
+        assert_eq!(bench.host.reply(2), None);
+        assert_eq!(bench.host.reply(4), None);
+        bench.answer(2, dispatches[0].token, Some(200), &token_answer(None));
+        assert_stamped(&bench, 2, "Bearer xoxb-secret");
+        assert_stamped(&bench, 4, "Bearer xoxb-secret");
+    }
+
+    #[test]
+    fn a_waiter_that_goes_away_is_not_completed() {
+        let bench = Bench::new(gateway());
+        bench.call(2, "alice", KEY);
+        bench.call(3, "alice", KEY);
+        bench.done(3);
+        assert_eq!(bench.host.tick(), None);
+        bench.answer_last(Some(200), &token_answer(None));
+        assert_stamped(&bench, 2, "Bearer xoxb-secret");
+        assert_eq!(bench.host.resumed(3), 0);
+        assert_eq!(bench.host.reply(3), None);
+    }
+
+    #[test]
+    fn when_the_dispatcher_goes_away_the_root_context_asks_again_for_the_waiters() {
+        let bench = Bench::new(gateway());
+        bench.call(2, "alice", KEY);
+        bench.call(3, "alice", KEY);
+        let first = bench.host.last_token();
+        bench.done(2);
+        assert_eq!(
+            bench.host.tick(),
+            Some(ORPHAN_TICK),
+            "the root context is asked to tick"
+        );
+        assert_eq!(bench.inflight.borrow().owner(1), Some(Owner::Orphaned));
+        assert_eq!(bench.inflight.borrow().members(1), vec![3]);
+
+        // A request arriving meanwhile joins the orphan.
+        bench.call(4, "alice", KEY);
+        assert_eq!(bench.host.dispatch_count(), 1);
+
+        bench.tick();
+        assert_eq!(bench.host.tick(), None, "ticks stop");
+        let dispatches = bench.host.dispatches();
+        assert_eq!(dispatches.len(), 2);
+        assert_eq!(dispatches[1].from, ROOT, "dispatched by the root context");
+        assert_eq!(dispatches[1].header("x-authstamp-app-key"), Some(KEY));
+        assert_eq!(bench.inflight.borrow().owner(1), Some(Owner::Root));
+
+        // The first call may still be answered (to the root): its token means nothing any more.
+        bench.answer(ROOT, first, Some(200), &token_answer(None));
+        assert_eq!(bench.host.resumed(3), 0);
+
+        bench.answer(ROOT, dispatches[1].token, Some(200), &token_answer(None));
+        assert_stamped(&bench, 3, "Bearer xoxb-secret");
+        assert_stamped(&bench, 4, "Bearer xoxb-secret");
+        assert_eq!(bench.host.current(), ROOT);
+        bench.body_arrives(3);
+        assert_eq!(bench.state(3), State::Passed);
+    }
+
+    #[test]
+    fn an_orphan_whose_redispatch_fails_answers_503() {
+        let bench = Bench::new(gateway());
+        bench.call(2, "alice", KEY);
+        bench.call(3, "alice", KEY);
+        bench.done(2);
+        bench.host.set_fail_dispatch(true);
+        bench.tick();
+        assert_eq!(bench.reply_of(3).1, ErrorCode::TokenServiceUnavailable);
+        assert_eq!(bench.inflight.borrow().pending_count(), 0);
+        assert_eq!(bench.host.tick(), None);
+    }
+
+    #[test]
+    fn a_lonely_dispatcher_that_goes_away_leaves_nothing_behind() {
+        let bench = Bench::new(gateway());
+        bench.call(2, "alice", KEY);
+        bench.done(2);
+        assert_eq!(bench.host.tick(), None);
+        assert_eq!(bench.inflight.borrow().pending_count(), 0);
+    }
+
+    #[test]
+    fn the_route_header_cannot_be_smuggled_in() {
+        // An inbound x-authstamp-route marks the request: without identity it is refused.
+        let bench = Bench::new(gateway());
+        bench.request(2, &[(":path", "/x"), ("x-authstamp-route", "https")]);
+        assert_eq!(bench.reply_of(2).0, 400);
+    }
+}

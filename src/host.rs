@@ -1,0 +1,482 @@
+//! The few host calls the filter needs, behind a trait: `lib.rs` implements
+//! it over `proxy_wasm::hostcalls`, the unit tests over [`mock::MockHost`].
+//!
+//! Every call acts on the host's current *effective* context, exactly like
+//! the hostcalls: request headers, local replies and resumes go to whichever
+//! stream [`Host::set_effective_context`] selected last.
+
+use std::time::Duration;
+
+/// Header pairs as the host gives them: names as strings, values as bytes
+/// (a value need not be UTF-8).
+pub type HeaderPairs = Vec<(String, Vec<u8>)>;
+
+/// Why a shared-data write did not happen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SharedDataError {
+    /// Someone else wrote the key since we read it: not an error.
+    CasMismatch,
+    /// Any other refusal of the host.
+    Failed,
+}
+
+/// The host refused to start an HTTP call (unknown cluster, bad headers…).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DispatchError;
+
+pub trait Host {
+    /// The request headers of the effective stream.
+    fn request_headers(&self) -> HeaderPairs;
+    /// Replaces every value of `name` with `value`.
+    fn set_request_header(&self, name: &str, value: &str);
+    /// Removes every value of `name`.
+    fn remove_request_header(&self, name: &str);
+
+    /// Starts an HTTP call; its answer arrives as `on_http_call_response`
+    /// with the returned token.
+    fn dispatch_http_call(
+        &self,
+        cluster: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        timeout: Duration,
+    ) -> Result<u32, DispatchError>;
+    /// Headers of the HTTP call answer being delivered (empty on timeout or reset).
+    fn http_call_response_headers(&self) -> HeaderPairs;
+    /// Body of the HTTP call answer being delivered.
+    fn http_call_response_body(&self, size: usize) -> Option<Vec<u8>>;
+
+    /// Value and CAS of a shared-data key (shared by all workers of the VM id).
+    fn get_shared_data(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>);
+    /// Writes a shared-data key if its CAS is still `cas` (`None`: unconditionally).
+    fn set_shared_data(
+        &self,
+        key: &str,
+        value: &[u8],
+        cas: Option<u32>,
+    ) -> Result<(), SharedDataError>;
+
+    /// The host's wall clock in Unix seconds; `None` if it cannot tell.
+    fn now_unix_secs(&self) -> Option<u64>;
+
+    /// Answers the effective stream locally.
+    fn send_local_reply(&self, status: u16, headers: &[(&str, &str)], body: &[u8]);
+    /// Resumes the paused request of the effective stream.
+    fn resume_request(&self);
+    /// Makes `context_id` the effective context; `false` if it is gone.
+    fn set_effective_context(&self, context_id: u32) -> bool;
+    /// Sets the root context's tick period (zero stops the ticks).
+    fn set_tick_period(&self, period: Duration);
+}
+
+#[cfg(test)]
+pub mod mock {
+    //! An in-memory host with several streams, a clock, shared data with CAS
+    //! and a record of every dispatch, local reply and resume.
+
+    use super::*;
+    use authstamp_protocol::ErrorBody;
+    use std::cell::RefCell;
+    use std::collections::{BTreeMap, HashSet};
+
+    pub const ROOT: u32 = 1;
+
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub struct LocalReply {
+        pub status: u16,
+        pub headers: Vec<(String, String)>,
+        pub body: Vec<u8>,
+    }
+
+    impl LocalReply {
+        pub fn header(&self, name: &str) -> Option<&str> {
+            self.headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str())
+        }
+
+        pub fn error_body(&self) -> ErrorBody {
+            serde_json::from_slice(&self.body).expect("local reply body is an ErrorBody")
+        }
+    }
+
+    #[derive(Clone, Debug, Default)]
+    pub struct Stream {
+        pub headers: HeaderPairs,
+        pub reply: Option<LocalReply>,
+        pub resumed: usize,
+    }
+
+    #[derive(Clone, Debug)]
+    pub struct Dispatch {
+        /// The effective context that made the call.
+        pub from: u32,
+        pub token: u32,
+        pub cluster: String,
+        pub headers: Vec<(String, String)>,
+        pub body: Vec<u8>,
+        pub timeout: Duration,
+    }
+
+    impl Dispatch {
+        pub fn header(&self, name: &str) -> Option<&str> {
+            self.headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.as_str())
+        }
+    }
+
+    #[derive(Debug)]
+    pub struct State {
+        pub current: u32,
+        pub live: HashSet<u32>,
+        pub streams: BTreeMap<u32, Stream>,
+        pub now: Option<u64>,
+        pub dispatches: Vec<Dispatch>,
+        pub next_token: u32,
+        pub fail_dispatch: bool,
+        pub shared: BTreeMap<String, (Vec<u8>, u32)>,
+        pub next_cas: u32,
+        pub shared_writes: Vec<(String, Option<u32>)>,
+        /// Forces the next shared-data write to fail with a CAS mismatch.
+        pub cas_conflict: bool,
+        pub call_response: (HeaderPairs, Vec<u8>),
+        pub tick: Option<Duration>,
+    }
+
+    pub struct MockHost {
+        pub state: RefCell<State>,
+    }
+
+    impl MockHost {
+        pub fn new(now: u64) -> Self {
+            MockHost {
+                state: RefCell::new(State {
+                    current: ROOT,
+                    live: HashSet::from([ROOT]),
+                    streams: BTreeMap::new(),
+                    now: Some(now),
+                    dispatches: Vec::new(),
+                    next_token: 100,
+                    fail_dispatch: false,
+                    shared: BTreeMap::new(),
+                    next_cas: 1,
+                    shared_writes: Vec::new(),
+                    cas_conflict: false,
+                    call_response: (Vec::new(), Vec::new()),
+                    tick: None,
+                }),
+            }
+        }
+
+        /// A new stream with these request headers (names lowercase, as Envoy gives them).
+        pub fn add_stream(&self, id: u32, headers: &[(&str, &str)]) {
+            let headers = headers
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+                .collect();
+            self.add_stream_bytes(id, headers);
+        }
+
+        pub fn add_stream_bytes(&self, id: u32, headers: HeaderPairs) {
+            let mut state = self.state.borrow_mut();
+            state.live.insert(id);
+            state.streams.insert(
+                id,
+                Stream {
+                    headers,
+                    ..Stream::default()
+                },
+            );
+        }
+
+        /// The host calls into `id` (as the SDK does before a callback).
+        pub fn enter(&self, id: u32) {
+            self.state.borrow_mut().current = id;
+        }
+
+        pub fn current(&self) -> u32 {
+            self.state.borrow().current
+        }
+
+        /// The stream is deleted by the host.
+        pub fn delete_stream(&self, id: u32) {
+            self.state.borrow_mut().live.remove(&id);
+        }
+
+        pub fn stream(&self, id: u32) -> Stream {
+            self.state
+                .borrow()
+                .streams
+                .get(&id)
+                .cloned()
+                .expect("known stream")
+        }
+
+        pub fn reply(&self, id: u32) -> Option<LocalReply> {
+            self.stream(id).reply
+        }
+
+        pub fn resumed(&self, id: u32) -> usize {
+            self.stream(id).resumed
+        }
+
+        /// Every value of a request header of a stream, as text.
+        pub fn header_values(&self, id: u32, name: &str) -> Vec<String> {
+            self.stream(id)
+                .headers
+                .iter()
+                .filter(|(n, _)| n == name)
+                .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+                .collect()
+        }
+
+        pub fn header(&self, id: u32, name: &str) -> Option<String> {
+            let values = self.header_values(id, name);
+            assert!(values.len() <= 1, "{name} appears {} times", values.len());
+            values.into_iter().next()
+        }
+
+        pub fn header_names(&self, id: u32) -> Vec<String> {
+            self.stream(id)
+                .headers
+                .iter()
+                .map(|(n, _)| n.clone())
+                .collect()
+        }
+
+        pub fn dispatches(&self) -> Vec<Dispatch> {
+            self.state.borrow().dispatches.clone()
+        }
+
+        pub fn dispatch_count(&self) -> usize {
+            self.state.borrow().dispatches.len()
+        }
+
+        pub fn last_token(&self) -> u32 {
+            self.state
+                .borrow()
+                .dispatches
+                .last()
+                .expect("a dispatch")
+                .token
+        }
+
+        pub fn set_now(&self, now: u64) {
+            self.state.borrow_mut().now = Some(now);
+        }
+
+        pub fn set_clock_broken(&self) {
+            self.state.borrow_mut().now = None;
+        }
+
+        pub fn set_fail_dispatch(&self, fail: bool) {
+            self.state.borrow_mut().fail_dispatch = fail;
+        }
+
+        /// The answer the next `on_http_call_response` reads; `status: None`
+        /// is a timeout or reset (no headers at all).
+        pub fn set_call_response(&self, status: Option<u16>, body: &str) {
+            let headers = match status {
+                Some(status) => vec![
+                    (":status".to_string(), status.to_string().into_bytes()),
+                    ("content-type".to_string(), b"application/json".to_vec()),
+                ],
+                None => Vec::new(),
+            };
+            self.state.borrow_mut().call_response = (headers, body.as_bytes().to_vec());
+        }
+
+        pub fn call_response_body_len(&self) -> usize {
+            self.state.borrow().call_response.1.len()
+        }
+
+        pub fn shared_value(&self, key: &str) -> Option<Vec<u8>> {
+            self.state.borrow().shared.get(key).map(|(v, _)| v.clone())
+        }
+
+        pub fn shared_keys(&self) -> Vec<String> {
+            self.state.borrow().shared.keys().cloned().collect()
+        }
+
+        pub fn put_shared(&self, key: &str, value: &[u8]) {
+            let mut state = self.state.borrow_mut();
+            let cas = state.next_cas;
+            state.next_cas += 1;
+            state.shared.insert(key.to_string(), (value.to_vec(), cas));
+        }
+
+        pub fn shared_writes(&self) -> Vec<(String, Option<u32>)> {
+            self.state.borrow().shared_writes.clone()
+        }
+
+        pub fn set_cas_conflict(&self) {
+            self.state.borrow_mut().cas_conflict = true;
+        }
+
+        pub fn tick(&self) -> Option<Duration> {
+            self.state.borrow().tick
+        }
+    }
+
+    impl Host for MockHost {
+        fn request_headers(&self) -> HeaderPairs {
+            let state = self.state.borrow();
+            state
+                .streams
+                .get(&state.current)
+                .map(|s| s.headers.clone())
+                .unwrap_or_default()
+        }
+
+        fn set_request_header(&self, name: &str, value: &str) {
+            let mut state = self.state.borrow_mut();
+            let current = state.current;
+            let stream = state
+                .streams
+                .get_mut(&current)
+                .expect("a stream is effective");
+            assert!(
+                stream.reply.is_none(),
+                "headers changed after a local reply"
+            );
+            stream.headers.retain(|(n, _)| n != name);
+            stream
+                .headers
+                .push((name.to_string(), value.as_bytes().to_vec()));
+        }
+
+        fn remove_request_header(&self, name: &str) {
+            let mut state = self.state.borrow_mut();
+            let current = state.current;
+            let stream = state
+                .streams
+                .get_mut(&current)
+                .expect("a stream is effective");
+            stream.headers.retain(|(n, _)| n != name);
+        }
+
+        fn dispatch_http_call(
+            &self,
+            cluster: &str,
+            headers: &[(&str, &str)],
+            body: &[u8],
+            timeout: Duration,
+        ) -> Result<u32, DispatchError> {
+            let mut state = self.state.borrow_mut();
+            if state.fail_dispatch {
+                return Err(DispatchError);
+            }
+            let token = state.next_token;
+            state.next_token += 1;
+            let from = state.current;
+            state.dispatches.push(Dispatch {
+                from,
+                token,
+                cluster: cluster.to_string(),
+                headers: headers
+                    .iter()
+                    .map(|(n, v)| (n.to_string(), v.to_string()))
+                    .collect(),
+                body: body.to_vec(),
+                timeout,
+            });
+            Ok(token)
+        }
+
+        fn http_call_response_headers(&self) -> HeaderPairs {
+            self.state.borrow().call_response.0.clone()
+        }
+
+        fn http_call_response_body(&self, size: usize) -> Option<Vec<u8>> {
+            let state = self.state.borrow();
+            let body = &state.call_response.1;
+            Some(body[..size.min(body.len())].to_vec())
+        }
+
+        fn get_shared_data(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+            match self.state.borrow().shared.get(key) {
+                Some((value, cas)) => (Some(value.clone()), Some(*cas)),
+                None => (None, None),
+            }
+        }
+
+        fn set_shared_data(
+            &self,
+            key: &str,
+            value: &[u8],
+            cas: Option<u32>,
+        ) -> Result<(), SharedDataError> {
+            let mut state = self.state.borrow_mut();
+            state.shared_writes.push((key.to_string(), cas));
+            if std::mem::take(&mut state.cas_conflict) {
+                return Err(SharedDataError::CasMismatch);
+            }
+            if let (Some(expected), Some((_, current))) = (cas, state.shared.get(key)) {
+                if expected != *current {
+                    return Err(SharedDataError::CasMismatch);
+                }
+            }
+            let next = state.next_cas;
+            state.next_cas += 1;
+            state.shared.insert(key.to_string(), (value.to_vec(), next));
+            Ok(())
+        }
+
+        fn now_unix_secs(&self) -> Option<u64> {
+            self.state.borrow().now
+        }
+
+        fn send_local_reply(&self, status: u16, headers: &[(&str, &str)], body: &[u8]) {
+            let mut state = self.state.borrow_mut();
+            let current = state.current;
+            let stream = state
+                .streams
+                .get_mut(&current)
+                .expect("a stream is effective");
+            assert!(
+                stream.reply.is_none(),
+                "a second local reply for stream {current}"
+            );
+            assert_eq!(
+                stream.resumed, 0,
+                "a local reply after resuming stream {current}"
+            );
+            stream.reply = Some(LocalReply {
+                status,
+                headers: headers
+                    .iter()
+                    .map(|(n, v)| (n.to_string(), v.to_string()))
+                    .collect(),
+                body: body.to_vec(),
+            });
+        }
+
+        fn resume_request(&self) {
+            let mut state = self.state.borrow_mut();
+            let current = state.current;
+            let stream = state
+                .streams
+                .get_mut(&current)
+                .expect("a stream is effective");
+            assert!(stream.reply.is_none(), "resumed after a local reply");
+            stream.resumed += 1;
+        }
+
+        fn set_effective_context(&self, context_id: u32) -> bool {
+            let mut state = self.state.borrow_mut();
+            if state.live.contains(&context_id) {
+                state.current = context_id;
+                true
+            } else {
+                false
+            }
+        }
+
+        fn set_tick_period(&self, period: Duration) {
+            self.state.borrow_mut().tick = if period.is_zero() { None } else { Some(period) };
+        }
+    }
+}

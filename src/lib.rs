@@ -1,0 +1,271 @@
+//! authstamp filter: a proxy-wasm HTTP filter that stamps a user's OAuth
+//! access token on provider API requests.
+//!
+//! All logic lives behind the [`host::Host`] trait and is unit-tested natively
+//! with a mock host; this file only wires proxy-wasm's root and HTTP contexts
+//! to it and implements the trait over `proxy_wasm::hostcalls` (built for
+//! wasm32 only: a native build never links against the host's imports).
+
+pub mod cache;
+pub mod config;
+pub mod filter;
+pub mod host;
+pub mod inflight;
+pub mod reply;
+pub mod request;
+pub mod stamp;
+
+#[cfg(target_arch = "wasm32")]
+mod glue {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use proxy_wasm::hostcalls;
+    use proxy_wasm::traits::{Context, HttpContext, RootContext};
+    use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, Status};
+
+    use crate::config::Config;
+    use crate::filter::{self, State, Verdict};
+    use crate::host::{DispatchError, HeaderPairs, Host, SharedDataError};
+    use crate::inflight::Inflight;
+
+    proxy_wasm::main! {{
+        proxy_wasm::set_log_level(LogLevel::Info);
+        proxy_wasm::set_root_context(|context_id| -> Box<dyn RootContext> {
+            Box::new(Root {
+                id: context_id,
+                config: None,
+                inflight: Rc::new(RefCell::new(Inflight::default())),
+            })
+        });
+    }}
+
+    /// The [`Host`] of the running proxy: every call acts on the host's
+    /// effective context. Host refusals are logged, never unwrapped.
+    struct HostCalls;
+
+    impl Host for HostCalls {
+        fn request_headers(&self) -> HeaderPairs {
+            hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default()
+        }
+
+        fn set_request_header(&self, name: &str, value: &str) {
+            if hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value)).is_err() {
+                log::warn!("authstamp: could not set a request header");
+            }
+        }
+
+        fn remove_request_header(&self, name: &str) {
+            if hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None).is_err() {
+                log::warn!("authstamp: could not remove a request header");
+            }
+        }
+
+        fn dispatch_http_call(
+            &self,
+            cluster: &str,
+            headers: &[(&str, &str)],
+            body: &[u8],
+            timeout: Duration,
+        ) -> Result<u32, DispatchError> {
+            hostcalls::dispatch_http_call(
+                cluster,
+                headers.to_vec(),
+                Some(body),
+                Vec::new(),
+                timeout,
+            )
+            .map_err(|_| DispatchError)
+        }
+
+        fn http_call_response_headers(&self) -> HeaderPairs {
+            hostcalls::get_map_bytes(MapType::HttpCallResponseHeaders).unwrap_or_default()
+        }
+
+        fn http_call_response_body(&self, size: usize) -> Option<Vec<u8>> {
+            hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, size)
+                .ok()
+                .flatten()
+        }
+
+        fn get_shared_data(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+            hostcalls::get_shared_data(key).unwrap_or((None, None))
+        }
+
+        fn set_shared_data(
+            &self,
+            key: &str,
+            value: &[u8],
+            cas: Option<u32>,
+        ) -> Result<(), SharedDataError> {
+            match hostcalls::set_shared_data(key, Some(value), cas) {
+                Ok(()) => Ok(()),
+                Err(Status::CasMismatch) => Err(SharedDataError::CasMismatch),
+                Err(_) => Err(SharedDataError::Failed),
+            }
+        }
+
+        fn now_unix_secs(&self) -> Option<u64> {
+            let now = hostcalls::get_current_time().ok()?;
+            now.duration_since(UNIX_EPOCH).ok().map(|d| d.as_secs())
+        }
+
+        fn send_local_reply(&self, status: u16, headers: &[(&str, &str)], body: &[u8]) {
+            if hostcalls::send_http_response(u32::from(status), headers.to_vec(), Some(body))
+                .is_err()
+            {
+                log::error!("authstamp: could not send a local reply status={status}");
+            }
+        }
+
+        fn resume_request(&self) {
+            if hostcalls::resume_http_request().is_err() {
+                log::error!("authstamp: could not resume a request");
+            }
+        }
+
+        fn set_effective_context(&self, context_id: u32) -> bool {
+            hostcalls::set_effective_context(context_id).is_ok()
+        }
+
+        fn set_tick_period(&self, period: Duration) {
+            if hostcalls::set_tick_period(period).is_err() {
+                log::warn!("authstamp: could not set the tick period");
+            }
+        }
+    }
+
+    /// One per worker: the configuration and the worker's lookups in flight.
+    struct Root {
+        id: u32,
+        config: Option<Rc<Config>>,
+        inflight: Rc<RefCell<Inflight>>,
+    }
+
+    impl Context for Root {
+        fn on_http_call_response(
+            &mut self,
+            token_id: u32,
+            _num_headers: usize,
+            body_size: usize,
+            _num_trailers: usize,
+        ) {
+            filter::on_call_response(&HostCalls, &self.inflight, token_id, body_size, self.id);
+        }
+    }
+
+    impl RootContext for Root {
+        fn on_configure(&mut self, plugin_configuration_size: usize) -> bool {
+            let raw = match hostcalls::get_buffer(
+                BufferType::PluginConfiguration,
+                0,
+                plugin_configuration_size,
+            ) {
+                Ok(raw) => raw.unwrap_or_default(),
+                Err(_) => Vec::new(),
+            };
+            match Config::parse(&raw, &|name| std::env::var(name).ok()) {
+                Ok(config) => {
+                    log::info!(
+                        "authstamp: configured mode={} cluster={}",
+                        if config.is_mesh() { "mesh" } else { "gateway" },
+                        config.token_service.cluster
+                    );
+                    self.config = Some(Rc::new(config));
+                    true
+                }
+                Err(error) => {
+                    log::error!("authstamp: invalid plugin configuration: {error}");
+                    false
+                }
+            }
+        }
+
+        fn on_tick(&mut self) {
+            filter::on_tick(&HostCalls, &self.inflight, self.id);
+        }
+
+        fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+            Some(Box::new(Stream {
+                id: context_id,
+                config: self.config.clone(),
+                inflight: Rc::clone(&self.inflight),
+                state: State::Fresh,
+            }))
+        }
+
+        fn get_type(&self) -> Option<ContextType> {
+            Some(ContextType::HttpContext)
+        }
+    }
+
+    /// One per request.
+    struct Stream {
+        id: u32,
+        config: Option<Rc<Config>>,
+        inflight: Rc<RefCell<Inflight>>,
+        state: State,
+    }
+
+    fn action(verdict: Verdict) -> Action {
+        match verdict {
+            Verdict::Continue => Action::Continue,
+            Verdict::Pause => Action::Pause,
+        }
+    }
+
+    impl Stream {
+        fn take_state(&mut self) -> State {
+            std::mem::replace(&mut self.state, State::Fresh)
+        }
+
+        fn on_data(&mut self) -> Action {
+            let state = self.take_state();
+            let (state, verdict) = filter::on_request_data(state, &self.inflight, self.id);
+            self.state = state;
+            action(verdict)
+        }
+    }
+
+    impl Context for Stream {
+        fn on_http_call_response(
+            &mut self,
+            token_id: u32,
+            _num_headers: usize,
+            body_size: usize,
+            _num_trailers: usize,
+        ) {
+            filter::on_call_response(&HostCalls, &self.inflight, token_id, body_size, self.id);
+            let state = self.take_state();
+            self.state = filter::settle(state, &self.inflight, self.id);
+        }
+
+        fn on_done(&mut self) -> bool {
+            let state = self.take_state();
+            self.state = filter::on_done(&HostCalls, state, &self.inflight, self.id);
+            true
+        }
+    }
+
+    impl HttpContext for Stream {
+        fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+            let (state, verdict) = filter::on_request_headers(
+                &HostCalls,
+                self.config.as_ref(),
+                &self.inflight,
+                self.id,
+            );
+            self.state = state;
+            action(verdict)
+        }
+
+        fn on_http_request_body(&mut self, _body_size: usize, _end_of_stream: bool) -> Action {
+            self.on_data()
+        }
+
+        fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+            self.on_data()
+        }
+    }
+}

@@ -1,0 +1,312 @@
+//! Where a token may go and how it is put on the request: validation of the
+//! token service's answer, of the request target, and the stamping itself.
+
+use authstamp_protocol::{headers, ErrorCode, StampHeader, TokenLookupResponse, Upstream};
+use url::Url;
+
+use crate::config::{is_lowercase_header_name, HeaderNames};
+use crate::host::{HeaderPairs, Host};
+use crate::reply::Rejection;
+
+/// Inbound headers that never reach a provider, besides every `x-authstamp-*`
+/// header, the configured names and the stamp header itself.
+pub const STRIPPED: [&str; 3] = ["authorization", "proxy-authorization", "x-forwarded-host"];
+
+/// Header names a token may not be stamped as: HTTP framing and routing.
+const FORBIDDEN_STAMP_NAMES: [&str; 10] = [
+    "host",
+    "content-length",
+    "content-type",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+/// Longest accepted stamp header value.
+pub const MAX_STAMP_VALUE_BYTES: usize = 16 * 1024;
+
+/// Checks everything the filter will act on in a token-lookup answer.
+pub fn validate_answer(answer: &TokenLookupResponse) -> Result<(), &'static str> {
+    validate_header(&answer.header)?;
+    validate_upstream(&answer.upstream)
+}
+
+/// The stamp header: a lowercase token name that is not HTTP framing or
+/// authstamp's own, and a non-empty value without CR, LF or NUL.
+pub fn validate_header(header: &StampHeader) -> Result<(), &'static str> {
+    if !is_lowercase_header_name(&header.name) || header.name.len() > 128 {
+        return Err("stamp header name is not a lowercase header name");
+    }
+    if header.name.starts_with(headers::PREFIX)
+        || FORBIDDEN_STAMP_NAMES.contains(&header.name.as_str())
+    {
+        return Err("stamp header name is reserved");
+    }
+    if header.value.is_empty() || header.value.len() > MAX_STAMP_VALUE_BYTES {
+        return Err("stamp header value is empty or too long");
+    }
+    if header.value.bytes().any(|b| matches!(b, b'\r' | b'\n' | 0)) {
+        return Err("stamp header value contains CR, LF or NUL");
+    }
+    Ok(())
+}
+
+/// The upstream: `http` or `https`, an authority that is exactly `host[:port]`
+/// (no userinfo, path, query or fragment), and a base path that is empty or
+/// starts with `/`, has no trailing `/` and no empty or dot segments.
+pub fn validate_upstream(upstream: &Upstream) -> Result<(), &'static str> {
+    if upstream.scheme != "http" && upstream.scheme != "https" {
+        return Err("upstream scheme is not http or https");
+    }
+    validate_authority(&upstream.scheme, &upstream.authority)?;
+    validate_base_path(&upstream.base_path)
+}
+
+fn validate_authority(scheme: &str, authority: &str) -> Result<(), &'static str> {
+    const BAD: &str = "upstream authority is not host[:port]";
+    if authority.is_empty()
+        || authority.len() > 255
+        || authority
+            .bytes()
+            .any(|b| !b.is_ascii_graphic() || b"@/\\?#".contains(&b))
+    {
+        return Err(BAD);
+    }
+    let url = Url::parse(&format!("{scheme}://{authority}/")).map_err(|_| BAD)?;
+    if !url.username().is_empty()
+        || url.password().is_some()
+        || url.path() != "/"
+        || url.query().is_some()
+        || url.fragment().is_some()
+    {
+        return Err(BAD);
+    }
+    let host = url.host_str().ok_or(BAD)?;
+    if host.is_empty() {
+        return Err(BAD);
+    }
+    // The authority must be the canonical form of what the URL parser
+    // understood (up to case and an explicit default port), so Envoy and
+    // the provider see the same host the parser validated.
+    let canonical = match url.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_string(),
+    };
+    let with_default_port = url
+        .port_or_known_default()
+        .map(|port| format!("{host}:{port}"));
+    if authority.eq_ignore_ascii_case(&canonical)
+        || with_default_port
+            .is_some_and(|p| url.port().is_none() && authority.eq_ignore_ascii_case(&p))
+    {
+        Ok(())
+    } else {
+        Err("upstream authority is not in canonical host[:port] form")
+    }
+}
+
+fn validate_base_path(base_path: &str) -> Result<(), &'static str> {
+    if base_path.is_empty() {
+        return Ok(());
+    }
+    if !base_path.starts_with('/') || base_path.ends_with('/') {
+        return Err("upstream base_path must start with / and not end with /");
+    }
+    if base_path
+        .bytes()
+        .any(|b| !b.is_ascii_graphic() || b"?#\\".contains(&b))
+    {
+        return Err("upstream base_path contains a forbidden character");
+    }
+    if base_path[1..]
+        .split('/')
+        .any(|s| s.is_empty() || s == "." || s == "..")
+    {
+        return Err("upstream base_path contains an empty or dot segment");
+    }
+    Ok(())
+}
+
+/// The request's `:path`, if it is an origin-form target: it starts with a
+/// single `/`. Absolute-form, scheme-relative, `*` and missing targets are
+/// refused, since a token must only travel to its provider's authority.
+pub fn request_path(headers: &HeaderPairs) -> Result<String, Rejection> {
+    let forbidden = || {
+        Rejection::new(
+            ErrorCode::ForbiddenDestination,
+            "the request target must be a path starting with a single /",
+        )
+    };
+    let mut paths = headers.iter().filter(|(n, _)| n == ":path").map(|(_, v)| v);
+    let path = paths.next().ok_or_else(forbidden)?;
+    if paths.next().is_some() {
+        return Err(forbidden());
+    }
+    let path = std::str::from_utf8(path).map_err(|_| forbidden())?;
+    if !path.starts_with('/') || path.starts_with("//") {
+        return Err(forbidden());
+    }
+    Ok(path.to_string())
+}
+
+fn is_stripped(name: &str, names: &HeaderNames, stamp_name: &str) -> bool {
+    name.starts_with(headers::PREFIX)
+        || names.all().contains(&name)
+        || STRIPPED.contains(&name)
+        || name == stamp_name
+}
+
+/// Stamps the effective stream's request: removes every authstamp header
+/// (prefix and configured names), any inbound credential and forwarded host,
+/// then sets the token header, `:authority`, `:path` (base path + original
+/// path) and the route header for Envoy's route table.
+pub fn stamp(
+    host: &dyn Host,
+    names: &HeaderNames,
+    header: &StampHeader,
+    upstream: &Upstream,
+) -> Result<(), Rejection> {
+    let request = host.request_headers();
+    let path = request_path(&request)?;
+    let mut doomed: Vec<String> = request
+        .iter()
+        .map(|(n, _)| n.to_ascii_lowercase())
+        .filter(|n| is_stripped(n, names, &header.name))
+        .collect();
+    doomed.sort();
+    doomed.dedup();
+    for name in &doomed {
+        host.remove_request_header(name);
+    }
+    host.set_request_header(&header.name, &header.value);
+    host.set_request_header(":authority", &upstream.authority);
+    host.set_request_header(":path", &format!("{}{}", upstream.base_path, path));
+    host.set_request_header(headers::ROUTE, &upstream.scheme);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upstream(scheme: &str, authority: &str, base_path: &str) -> Upstream {
+        Upstream {
+            scheme: scheme.into(),
+            authority: authority.into(),
+            base_path: base_path.into(),
+        }
+    }
+
+    fn header(name: &str, value: &str) -> StampHeader {
+        StampHeader {
+            name: name.into(),
+            value: value.into(),
+        }
+    }
+
+    #[test]
+    fn good_upstreams_pass() {
+        for (scheme, authority, base) in [
+            ("https", "slack.com", ""),
+            ("https", "graph.microsoft.com", "/v1.0"),
+            ("https", "api.hubapi.com:443", "/crm/v3"),
+            ("http", "127.0.0.1:8081", ""),
+            ("http", "localhost:8081", "/api"),
+            ("https", "Slack.COM", ""),
+            ("http", "[::1]:8080", ""),
+            ("https", "www.googleapis.com", "/gmail/v1/users/me%40x"),
+        ] {
+            assert_eq!(
+                validate_upstream(&upstream(scheme, authority, base)),
+                Ok(()),
+                "{authority}{base}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_upstreams_fail() {
+        for (scheme, authority, base) in [
+            ("ftp", "slack.com", ""),
+            ("HTTPS", "slack.com", ""),
+            ("", "slack.com", ""),
+            ("https", "", ""),
+            ("https", "user@slack.com", ""),
+            ("https", "user:pw@slack.com", ""),
+            ("https", "slack.com/path", ""),
+            ("https", "slack.com?q=1", ""),
+            ("https", "slack.com#f", ""),
+            ("https", "slack.com:", ""),
+            ("https", "slack.com:99999", ""),
+            ("https", "slack com", ""),
+            ("https", "evil.com\\@slack.com", ""),
+            ("https", "0x7f.1", ""),
+            ("https", "%65vil.com", ""),
+            ("https", ":443", ""),
+            ("https", "slack.com", "v1"),
+            ("https", "slack.com", "/v1/"),
+            ("https", "slack.com", "/"),
+            ("https", "slack.com", "//evil.com"),
+            ("https", "slack.com", "/v1//x"),
+            ("https", "slack.com", "/v1/../admin"),
+            ("https", "slack.com", "/v1?x=1"),
+            ("https", "slack.com", "/v 1"),
+            ("https", "slack.com", "/v1#f"),
+        ] {
+            assert!(
+                validate_upstream(&upstream(scheme, authority, base)).is_err(),
+                "{scheme}://{authority}{base}"
+            );
+        }
+    }
+
+    #[test]
+    fn stamp_headers_are_checked() {
+        assert_eq!(
+            validate_header(&header("authorization", "Bearer x")),
+            Ok(())
+        );
+        assert_eq!(validate_header(&header("x-api-key", "k")), Ok(()));
+        for (name, value) in [
+            ("Authorization", "Bearer x"),
+            ("", "x"),
+            ("auth header", "x"),
+            (":authority", "x"),
+            ("host", "x"),
+            ("content-length", "1"),
+            ("x-authstamp-route", "https"),
+            ("authorization", ""),
+            ("authorization", "Bearer x\r\nx-injected: 1"),
+            ("authorization", "Bearer x\n"),
+            ("authorization", "Bearer \0"),
+        ] {
+            assert!(
+                validate_header(&header(name, value)).is_err(),
+                "{name}: {value:?}"
+            );
+        }
+        let long = "a".repeat(MAX_STAMP_VALUE_BYTES + 1);
+        assert!(validate_header(&header("authorization", &long)).is_err());
+    }
+
+    #[test]
+    fn request_targets_must_be_origin_form() {
+        let pairs = |p: &str| vec![(":path".to_string(), p.as_bytes().to_vec())];
+        assert_eq!(request_path(&pairs("/api/x?y=1")).unwrap(), "/api/x?y=1");
+        assert_eq!(request_path(&pairs("/")).unwrap(), "/");
+        for bad in ["http://evil.com/x", "//evil.com/x", "*", "", "api/x"] {
+            let err = request_path(&pairs(bad)).unwrap_err();
+            assert_eq!(
+                (err.status, err.code),
+                (403, ErrorCode::ForbiddenDestination),
+                "{bad}"
+            );
+        }
+        assert!(request_path(&Vec::new()).is_err(), "no :path at all");
+        assert!(request_path(&vec![(":path".to_string(), vec![b'/', 0xff])]).is_err());
+    }
+}
