@@ -1,0 +1,364 @@
+//! The `authstamp` command line: `serve`, and admin commands that open the
+//! database directly and call the same service functions as the admin API.
+//! Every option also reads an `AUTHSTAMP_*` variable; secrets are never flags.
+
+use crate::admin::{self, CreateApp, HeaderSpec, PutProvider};
+use crate::config::{self, PublicUrl, SecretEnv};
+use crate::db::Db;
+use crate::logging::{self, LogFormat};
+use crate::secrets::ClientSecret;
+use crate::serve;
+use crate::store::providers::ClientAuth;
+use crate::vault::Vault;
+use anyhow::{bail, Context as _};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::io::{Read as _, Write as _};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "authstamp",
+    version,
+    about = "authstamp token service: OAuth connections, encrypted token vault and token lookup for the Envoy filter"
+)]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, env = "AUTHSTAMP_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP service.
+    Serve(ServeArgs),
+    /// Manage apps.
+    App {
+        #[command(subcommand)]
+        command: AppCommand,
+    },
+    /// Manage an app's provider configurations.
+    Provider {
+        #[command(subcommand)]
+        command: ProviderCommand,
+    },
+}
+
+/// Where the data lives and how to unlock it.
+#[derive(Debug, Clone, Args)]
+pub struct StoreArgs {
+    /// Directory of the SQLite database and, with --local, the key files.
+    #[arg(long, env = "AUTHSTAMP_DATA_DIR", default_value = "./authstamp-data")]
+    pub data_dir: PathBuf,
+    /// postgres://… to use PostgreSQL instead of <data-dir>/authstamp.db.
+    #[arg(long, env = "AUTHSTAMP_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// File holding the master key (base64 of 32 bytes); or set AUTHSTAMP_MASTER_KEY.
+    #[arg(long, env = "AUTHSTAMP_MASTER_KEY_FILE")]
+    pub master_key_file: Option<PathBuf>,
+    /// Local development: create <data-dir>/master.key and admin.token when missing.
+    #[arg(long, env = "AUTHSTAMP_LOCAL")]
+    pub local: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, env = "AUTHSTAMP_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Externally visible base URL (redirect URI, connect links); default http://<bound address>.
+    #[arg(long, env = "AUTHSTAMP_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// File holding the admin API token; or set AUTHSTAMP_ADMIN_TOKEN.
+    #[arg(long, env = "AUTHSTAMP_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    /// Refresh access tokens this long before they expire.
+    #[arg(long, env = "AUTHSTAMP_REFRESH_SKEW", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub refresh_skew: Duration,
+    /// Total timeout of a call to a provider's token endpoint.
+    #[arg(long, env = "AUTHSTAMP_PROVIDER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub provider_timeout: Duration,
+    /// Lifetime of a connect link.
+    #[arg(long, env = "AUTHSTAMP_CONNECT_SESSION_TTL", default_value = "10m", value_parser = humantime::parse_duration)]
+    pub connect_session_ttl: Duration,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AppCommand {
+    /// Create an app; prints {"app_id", "app_key"} (the key is shown only once).
+    Create(AppCreateArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct AppCreateArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[arg(long)]
+    pub name: String,
+    /// URL prefix that connect sessions may return to (repeatable).
+    #[arg(long = "allow-return-to", value_name = "URL")]
+    pub allow_return_to: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProviderCommand {
+    /// Create or replace a provider configuration; prints it (without the secret).
+    Set(Box<ProviderSetArgs>),
+    /// Print a provider configuration (without the secret).
+    Get(ProviderGetArgs),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ClientAuthArg {
+    Basic,
+    Body,
+}
+
+impl From<ClientAuthArg> for ClientAuth {
+    fn from(arg: ClientAuthArg) -> Self {
+        match arg {
+            ClientAuthArg::Basic => ClientAuth::Basic,
+            ClientAuthArg::Body => ClientAuth::Body,
+        }
+    }
+}
+
+/// Exactly one source of the client secret.
+#[derive(Debug, Clone, Args)]
+#[group(required = true, multiple = false)]
+pub struct SecretSource {
+    /// Read the client secret from this environment variable.
+    #[arg(long, value_name = "VAR")]
+    pub client_secret_env: Option<String>,
+    /// Read the client secret from this file.
+    #[arg(long, value_name = "PATH")]
+    pub client_secret_file: Option<PathBuf>,
+    /// Read the client secret from standard input.
+    #[arg(long)]
+    pub client_secret_stdin: bool,
+}
+
+impl SecretSource {
+    fn read(&self) -> anyhow::Result<ClientSecret> {
+        let raw = zeroize::Zeroizing::new(if let Some(var) = &self.client_secret_env {
+            std::env::var(var).with_context(|| format!("environment variable {var} is not set"))?
+        } else if let Some(path) = &self.client_secret_file {
+            std::fs::read_to_string(path)
+                .with_context(|| format!("could not read {}", path.display()))?
+        } else if self.client_secret_stdin {
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .context("could not read the client secret from stdin")?;
+            text
+        } else {
+            bail!("give one of --client-secret-env, --client-secret-file, --client-secret-stdin");
+        });
+        // A trailing newline from a file or a pipe is not part of the secret.
+        Ok(ClientSecret::new(raw.trim_end_matches(['\r', '\n'])))
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ProviderSetArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[arg(long, value_name = "APP_ID")]
+    pub app: String,
+    #[arg(long, value_name = "NAME")]
+    pub provider: String,
+    #[arg(long)]
+    pub client_id: String,
+    #[command(flatten)]
+    pub secret: SecretSource,
+    #[arg(long, value_name = "URL")]
+    pub authorize_url: String,
+    #[arg(long, value_name = "URL")]
+    pub token_url: String,
+    #[arg(long, value_name = "URL")]
+    pub api_base_url: String,
+    /// Scope to request (repeatable).
+    #[arg(long = "scope", value_name = "S")]
+    pub scopes: Vec<String>,
+    #[arg(long, default_value = " ")]
+    pub scope_separator: String,
+    #[arg(long, value_enum, default_value_t = ClientAuthArg::Basic)]
+    pub client_auth: ClientAuthArg,
+    /// Header the filter sets on provider requests.
+    #[arg(long, default_value = "authorization")]
+    pub header_name: String,
+    /// Its value; {token} is replaced by the access token.
+    #[arg(long, default_value = "Bearer {token}")]
+    pub header_format: String,
+    /// Public URL of the service, to print the redirect URI to register.
+    #[arg(long, env = "AUTHSTAMP_PUBLIC_URL")]
+    pub public_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ProviderGetArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[arg(long, value_name = "APP_ID")]
+    pub app: String,
+    #[arg(long, value_name = "NAME")]
+    pub provider: String,
+    #[arg(long, env = "AUTHSTAMP_PUBLIC_URL")]
+    pub public_url: Option<String>,
+}
+
+/// Runs a parsed command line.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    logging::init(cli.log_format);
+    let env = SecretEnv::from_process();
+    match cli.command {
+        Command::Serve(args) => serve::run(args, env).await,
+        Command::App {
+            command: AppCommand::Create(args),
+        } => {
+            let db = open_db(&args.store).await?;
+            let created = admin::create_app(
+                &db,
+                CreateApp {
+                    name: Some(args.name),
+                    allowed_return_to: args.allow_return_to,
+                },
+            )
+            .await;
+            db.close().await;
+            print_json(&created?)
+        }
+        Command::Provider {
+            command: ProviderCommand::Set(args),
+        } => {
+            let store = &args.store;
+            let master_key = config::load_master_key(
+                &env,
+                store.master_key_file.as_deref(),
+                store.local,
+                &store.data_dir,
+            )?;
+            let vault = Vault::new(&master_key);
+            let public_url = args
+                .public_url
+                .as_deref()
+                .map(PublicUrl::parse)
+                .transpose()?;
+            let input = PutProvider {
+                client_id: args.client_id,
+                client_secret: args.secret.read()?,
+                authorize_url: args.authorize_url,
+                token_url: args.token_url,
+                api_base_url: args.api_base_url,
+                scopes: args.scopes,
+                scope_separator: args.scope_separator,
+                client_auth: args.client_auth.into(),
+                header: HeaderSpec {
+                    name: args.header_name,
+                    format: args.header_format,
+                },
+            };
+            let db = open_db(store).await?;
+            let view = admin::put_provider(
+                &db,
+                &vault,
+                public_url.as_ref(),
+                &args.app,
+                &args.provider,
+                input,
+            )
+            .await;
+            db.close().await;
+            print_json(&view?)
+        }
+        Command::Provider {
+            command: ProviderCommand::Get(args),
+        } => {
+            let public_url = args
+                .public_url
+                .as_deref()
+                .map(PublicUrl::parse)
+                .transpose()?;
+            let db = open_db(&args.store).await?;
+            let view =
+                admin::get_provider(&db, public_url.as_ref(), &args.app, &args.provider).await;
+            db.close().await;
+            print_json(&view?)
+        }
+    }
+}
+
+async fn open_db(store: &StoreArgs) -> anyhow::Result<Db> {
+    Db::open(store.database_url.as_deref(), &store.data_dir).await
+}
+
+fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, value)?;
+    writeln!(out)?;
+    out.flush()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn serve_defaults() {
+        let cli = Cli::try_parse_from(["authstamp", "serve"]).unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("not serve")
+        };
+        assert_eq!(args.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(args.refresh_skew, Duration::from_secs(60));
+        assert_eq!(args.provider_timeout, Duration::from_secs(10));
+        assert_eq!(args.connect_session_ttl, Duration::from_secs(600));
+        assert_eq!(args.store.data_dir, PathBuf::from("./authstamp-data"));
+        assert!(!args.store.local);
+    }
+
+    #[test]
+    fn provider_set_needs_exactly_one_secret_source() {
+        let base = [
+            "authstamp",
+            "provider",
+            "set",
+            "--app",
+            "app_1",
+            "--provider",
+            "p",
+            "--client-id",
+            "id",
+            "--authorize-url",
+            "https://p/auth",
+            "--token-url",
+            "https://p/token",
+            "--api-base-url",
+            "https://p/api",
+        ];
+        assert!(Cli::try_parse_from(base).is_err());
+        let mut one = base.to_vec();
+        one.extend(["--client-secret-stdin"]);
+        assert!(Cli::try_parse_from(&one).is_ok());
+        one.extend(["--client-secret-env", "X"]);
+        assert!(Cli::try_parse_from(&one).is_err());
+    }
+
+    #[test]
+    fn secrets_are_not_flags() {
+        assert!(Cli::try_parse_from(["authstamp", "serve", "--master-key", "x"]).is_err());
+        assert!(Cli::try_parse_from(["authstamp", "serve", "--admin-token", "x"]).is_err());
+    }
+}

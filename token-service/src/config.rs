@@ -1,0 +1,332 @@
+//! Resolved configuration: the public URL, and the secrets that never come
+//! from flags (master key, admin token) with their local-mode files.
+
+use crate::secrets::{AdminToken, MasterKey};
+use anyhow::{bail, Context as _};
+use std::fmt;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use url::Url;
+
+pub const MASTER_KEY_ENV: &str = "AUTHSTAMP_MASTER_KEY";
+pub const ADMIN_TOKEN_ENV: &str = "AUTHSTAMP_ADMIN_TOKEN";
+const MASTER_KEY_FILE: &str = "master.key";
+const ADMIN_TOKEN_FILE: &str = "admin.token";
+
+/// Secrets taken from the environment (read once in `main`, passed in so
+/// that tests do not depend on the process environment).
+#[derive(Default, Clone)]
+pub struct SecretEnv {
+    pub master_key: Option<String>,
+    pub admin_token: Option<String>,
+}
+
+impl SecretEnv {
+    pub fn from_process() -> Self {
+        let read = |name| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        Self {
+            master_key: read(MASTER_KEY_ENV),
+            admin_token: read(ADMIN_TOKEN_ENV),
+        }
+    }
+}
+
+impl fmt::Debug for SecretEnv {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SecretEnv")
+            .field(
+                "master_key",
+                &self.master_key.as_ref().map(|_| "<redacted>"),
+            )
+            .field(
+                "admin_token",
+                &self.admin_token.as_ref().map(|_| "<redacted>"),
+            )
+            .finish()
+    }
+}
+
+/// The externally visible base URL of the service (redirect URI, connect
+/// links, cookie path and `Secure` flag derive from it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PublicUrl {
+    /// Without a trailing slash.
+    base: String,
+    path_prefix: String,
+    https: bool,
+}
+
+impl PublicUrl {
+    pub fn parse(text: &str) -> anyhow::Result<Self> {
+        let url = Url::parse(text.trim()).context("the public URL is not an absolute URL")?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+            bail!("the public URL must be http:// or https:// with a host");
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            bail!("the public URL must not contain user info");
+        }
+        if url.query().is_some() || url.fragment().is_some() {
+            bail!("the public URL must not have a query or fragment");
+        }
+        let base = url.as_str().trim_end_matches('/').to_owned();
+        let path_prefix = url.path().trim_end_matches('/').to_owned();
+        Ok(Self {
+            base,
+            path_prefix,
+            https: url.scheme() == "https",
+        })
+    }
+
+    /// `path` starts with `/`.
+    pub fn join(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// The path as the browser sees it (public path prefix included).
+    pub fn browser_path(&self, path: &str) -> String {
+        format!("{}{}", self.path_prefix, path)
+    }
+
+    pub fn is_https(&self) -> bool {
+        self.https
+    }
+
+    pub fn redirect_uri(&self) -> String {
+        self.join(authstamp_protocol::paths::OAUTH_CALLBACK)
+    }
+}
+
+/// Creates a directory (and parents) readable only by the owner.
+pub fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt as _;
+        builder.mode(0o700);
+    }
+    builder
+        .create(dir)
+        .with_context(|| format!("could not create the data directory {}", dir.display()))
+}
+
+/// The master key from `AUTHSTAMP_MASTER_KEY` or the key file; in local mode
+/// `<data_dir>/master.key`, created when missing. Otherwise no start.
+pub fn load_master_key(
+    env: &SecretEnv,
+    key_file: Option<&Path>,
+    local: bool,
+    data_dir: &Path,
+) -> anyhow::Result<MasterKey> {
+    match (&env.master_key, key_file) {
+        (Some(_), Some(_)) => bail!(
+            "both {MASTER_KEY_ENV} and --master-key-file (AUTHSTAMP_MASTER_KEY_FILE) are set; use one"
+        ),
+        (Some(text), None) => MasterKey::from_base64(text)
+            .with_context(|| format!("{MASTER_KEY_ENV} is invalid")),
+        (None, Some(path)) => read_master_key_file(path),
+        (None, None) if local => {
+            let path = data_dir.join(MASTER_KEY_FILE);
+            if path.exists() {
+                return read_master_key_file(&path);
+            }
+            let key = MasterKey::generate();
+            let mut text = key.to_base64();
+            text.push('\n');
+            write_new_private_file(data_dir, &path, text.as_bytes())?;
+            tracing::warn!(
+                path = %path.display(),
+                "local mode: created a new master key file; back it up, the vault cannot be read without it"
+            );
+            Ok(key)
+        }
+        (None, None) => bail!(
+            "no master key: set {MASTER_KEY_ENV} (base64 of 32 random bytes) or \
+             --master-key-file PATH (env AUTHSTAMP_MASTER_KEY_FILE); \
+             for local development, --local creates one under the data directory"
+        ),
+    }
+}
+
+fn read_master_key_file(path: &Path) -> anyhow::Result<MasterKey> {
+    warn_if_readable_by_others(path);
+    let text = zeroize::Zeroizing::new(
+        std::fs::read_to_string(path)
+            .with_context(|| format!("could not read the master key file {}", path.display()))?,
+    );
+    MasterKey::from_base64(&text)
+        .with_context(|| format!("the master key file {} is invalid", path.display()))
+}
+
+/// The admin token from `AUTHSTAMP_ADMIN_TOKEN` or the token file; in local
+/// mode `<data_dir>/admin.token`, created when missing. `None`: the admin
+/// API refuses every call.
+pub fn load_admin_token(
+    env: &SecretEnv,
+    token_file: Option<&Path>,
+    local: bool,
+    data_dir: &Path,
+) -> anyhow::Result<Option<AdminToken>> {
+    match (&env.admin_token, token_file) {
+        (Some(_), Some(_)) => bail!(
+            "both {ADMIN_TOKEN_ENV} and --admin-token-file (AUTHSTAMP_ADMIN_TOKEN_FILE) are set; use one"
+        ),
+        (Some(text), None) => Ok(Some(AdminToken::new(text.trim()))),
+        (None, Some(path)) => read_admin_token_file(path).map(Some),
+        (None, None) if local => {
+            let path = data_dir.join(ADMIN_TOKEN_FILE);
+            if path.exists() {
+                return read_admin_token_file(&path).map(Some);
+            }
+            let token = AdminToken::generate();
+            write_new_private_file(data_dir, &path, format!("{}\n", token.expose()).as_bytes())?;
+            tracing::warn!(path = %path.display(), "local mode: created a new admin token file");
+            Ok(Some(token))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+fn read_admin_token_file(path: &Path) -> anyhow::Result<AdminToken> {
+    warn_if_readable_by_others(path);
+    let text = zeroize::Zeroizing::new(
+        std::fs::read_to_string(path)
+            .with_context(|| format!("could not read the admin token file {}", path.display()))?,
+    );
+    let token = text.trim();
+    if token.is_empty() {
+        bail!("the admin token file {} is empty", path.display());
+    }
+    Ok(AdminToken::new(token))
+}
+
+/// Writes a new file with mode 0600; fails if it already exists.
+fn write_new_private_file(dir: &Path, path: &PathBuf, contents: &[u8]) -> anyhow::Result<()> {
+    create_private_dir(dir)?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("could not create {}", path.display()))?;
+    file.write_all(contents)
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("could not write {}", path.display()))
+}
+
+fn warn_if_readable_by_others(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        if let Ok(meta) = std::fs::metadata(path) {
+            if meta.permissions().mode() & 0o077 != 0 {
+                tracing::warn!(path = %path.display(), "secret file is readable by group or others; chmod 600 it");
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_master_key_is_an_error_naming_both_options() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = load_master_key(&SecretEnv::default(), None, false, dir.path()).unwrap_err();
+        let text = format!("{err:#}");
+        assert!(text.contains("AUTHSTAMP_MASTER_KEY"), "{text}");
+        assert!(text.contains("--master-key-file"), "{text}");
+        assert!(!dir.path().join(MASTER_KEY_FILE).exists());
+    }
+
+    #[test]
+    fn local_mode_creates_a_private_key_file_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let first = load_master_key(&SecretEnv::default(), None, true, &data).unwrap();
+        let path = data.join(MASTER_KEY_FILE);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        let second = load_master_key(&SecretEnv::default(), None, true, &data).unwrap();
+        assert_eq!(first.expose(), second.expose());
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(
+            MasterKey::from_base64(&text).unwrap().expose(),
+            first.expose()
+        );
+
+        let token = load_admin_token(&SecretEnv::default(), None, true, &data)
+            .unwrap()
+            .unwrap();
+        let again = load_admin_token(&SecretEnv::default(), None, true, &data)
+            .unwrap()
+            .unwrap();
+        assert_eq!(token.expose(), again.expose());
+        assert!(load_admin_token(&SecretEnv::default(), None, false, &data)
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
+    fn env_key_wins_and_is_validated() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = MasterKey::generate();
+        let env = SecretEnv {
+            master_key: Some(key.to_base64().to_string()),
+            admin_token: None,
+        };
+        let loaded = load_master_key(&env, None, false, dir.path()).unwrap();
+        assert_eq!(loaded.expose(), key.expose());
+        let bad = SecretEnv {
+            master_key: Some("c2hvcnQ=".into()),
+            admin_token: None,
+        };
+        assert!(load_master_key(&bad, None, true, dir.path()).is_err());
+        let file = dir.path().join("k");
+        std::fs::write(&file, key.to_base64().as_bytes()).unwrap();
+        assert!(load_master_key(&env, Some(&file), false, dir.path()).is_err());
+        let from_file =
+            load_master_key(&SecretEnv::default(), Some(&file), false, dir.path()).unwrap();
+        assert_eq!(from_file.expose(), key.expose());
+    }
+
+    #[test]
+    fn public_url_keeps_its_path_prefix() {
+        let url = PublicUrl::parse("https://auth.example/stamp/").unwrap();
+        assert_eq!(
+            url.redirect_uri(),
+            "https://auth.example/stamp/v1/oauth/callback"
+        );
+        assert_eq!(
+            url.browser_path("/v1/oauth/callback"),
+            "/stamp/v1/oauth/callback"
+        );
+        assert!(url.is_https());
+        let plain = PublicUrl::parse("http://127.0.0.1:8080").unwrap();
+        assert_eq!(
+            plain.redirect_uri(),
+            "http://127.0.0.1:8080/v1/oauth/callback"
+        );
+        assert_eq!(
+            plain.browser_path("/v1/oauth/callback"),
+            "/v1/oauth/callback"
+        );
+        assert!(PublicUrl::parse("ftp://x").is_err());
+        assert!(PublicUrl::parse("https://u:p@x").is_err());
+        assert!(PublicUrl::parse("https://x/?a=b").is_err());
+    }
+}

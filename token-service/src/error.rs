@@ -1,0 +1,159 @@
+//! The one error type of the HTTP API: an [`ErrorCode`] plus a message,
+//! answered as `{"error", "message"}` with `x-authstamp-error` and the code's
+//! status. Also the JSON and path extractors that answer with it.
+
+use authstamp_protocol::{headers, ErrorBody, ErrorCode};
+use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::extract::{FromRequest, FromRequestParts, Request};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::de::DeserializeOwned;
+use std::fmt;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    code: ErrorCode,
+    message: String,
+}
+
+impl ApiError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::BadRequest, message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::NotFound, message)
+    }
+
+    pub fn invalid_state() -> Self {
+        Self::new(
+            ErrorCode::InvalidState,
+            "the connect link or OAuth state is unknown, already used or expired",
+        )
+    }
+
+    /// A bug or storage failure: the details go to the log, not the caller.
+    /// `err` must not carry secrets (sqlx and vault errors do not).
+    pub fn internal(context: &str, err: impl fmt::Display) -> Self {
+        tracing::error!(error = %err, "{context}");
+        Self::new(ErrorCode::Internal, "internal error")
+    }
+
+    pub fn code(&self) -> ErrorCode {
+        self.code
+    }
+
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    pub fn status(&self) -> StatusCode {
+        StatusCode::from_u16(self.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let code = self.code;
+        let mut response = (
+            status,
+            Json(ErrorBody {
+                error: code,
+                message: self.message,
+            }),
+        )
+            .into_response();
+        response
+            .headers_mut()
+            .insert(headers::ERROR, HeaderValue::from_static(code.as_str()));
+        response
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(err: sqlx::Error) -> Self {
+        Self::internal("database error", err)
+    }
+}
+
+impl From<crate::vault::VaultError> for ApiError {
+    fn from(err: crate::vault::VaultError) -> Self {
+        Self::internal("vault error", err)
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            return Self::bad_request("request body is larger than 64 KiB");
+        }
+        Self::bad_request(rejection.body_text())
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> Self {
+        Self::bad_request(rejection.body_text())
+    }
+}
+
+/// `axum::Json` whose rejections are [`ApiError`]s (400 `bad_request`).
+#[derive(Debug)]
+pub struct ApiJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for ApiJson<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let Json(value) = Json::<T>::from_request(req, state).await?;
+        Ok(Self(value))
+    }
+}
+
+/// `axum::extract::Path` whose rejections are [`ApiError`]s.
+#[derive(Debug)]
+pub struct ApiPath<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for ApiPath<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned + Send,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let axum::extract::Path(value) =
+            axum::extract::Path::<T>::from_request_parts(parts, state).await?;
+        Ok(Self(value))
+    }
+}
+
+pub async fn not_found_fallback() -> ApiError {
+    ApiError::not_found("no such endpoint")
+}
+
+pub async fn method_not_allowed_fallback() -> ApiError {
+    ApiError::bad_request("method not allowed for this endpoint")
+}

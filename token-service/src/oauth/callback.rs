@@ -1,0 +1,253 @@
+//! `GET /v1/oauth/callback`: the provider sends the browser back with a
+//! code (or an error). The state is taken once, checked against the
+//! browser's nonce cookie, and the code is exchanged for tokens.
+
+use super::client::{sanitize_code, ClientCredentials, GrantRequest, TokenError};
+use super::connect::{app_provider, NONCE_COOKIE};
+use crate::db;
+use crate::error::ApiError;
+use crate::html;
+use crate::metrics::Grant;
+use crate::secrets::{
+    digest_eq, sha256, AuthorizationCode, ClientSecret, OAuthState, PkceVerifier,
+};
+use crate::store::connections::{self, ConnKey, NewConnection};
+use crate::store::sessions::{self, OAuthStateRecord};
+use crate::vault::{Aad, Field};
+use crate::AppState;
+use authstamp_protocol::{paths, ErrorCode};
+use axum::extract::{RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use url::{form_urlencoded, Url};
+
+/// The callback's query; `code` and `state` are secrets.
+#[derive(Default)]
+struct CallbackQuery {
+    code: Option<AuthorizationCode>,
+    state: Option<OAuthState>,
+    error: Option<String>,
+}
+
+fn parse_query(raw: Option<&str>) -> CallbackQuery {
+    let mut q = CallbackQuery::default();
+    for (k, v) in form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
+        match k.as_ref() {
+            // The first of a repeated parameter wins; repeats are ignored.
+            "code" if q.code.is_none() => q.code = Some(AuthorizationCode::new(v.into_owned())),
+            "state" if q.state.is_none() => q.state = Some(OAuthState::new(v.into_owned())),
+            "error" if q.error.is_none() => q.error = Some(v.into_owned()),
+            _ => {}
+        }
+    }
+    q
+}
+
+/// Values of the nonce cookie in every `Cookie` header.
+fn nonce_cookies(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| {
+            let (name, value) = pair.trim().split_once('=')?;
+            (name.trim() == NONCE_COOKIE).then(|| value.trim().trim_matches('"'))
+        })
+}
+
+pub async fn handler(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Result<Response, ApiError> {
+    let query = parse_query(raw.as_deref());
+    let oauth_state = query
+        .state
+        .filter(|s| !s.expose().is_empty())
+        .ok_or_else(ApiError::invalid_state)?;
+    let now = db::now();
+    let state_hash = sha256(oauth_state.expose().as_bytes());
+    drop(oauth_state);
+    let record = sessions::take_state(&state.db, &state_hash)
+        .await?
+        .filter(|r| r.expires_at > now)
+        .ok_or_else(ApiError::invalid_state)?;
+    // Only the browser that opened the connect link may finish it.
+    let mut browser_matches = false;
+    for value in nonce_cookies(&headers) {
+        browser_matches |= digest_eq(&sha256(value.as_bytes()), &record.nonce_hash);
+    }
+    if !browser_matches {
+        return Err(ApiError::invalid_state());
+    }
+
+    if let Some(error) = query.error {
+        let code = sanitize_code(&error);
+        tracing::info!(provider = %record.provider, error = %code, "provider refused the authorization");
+        return Err(ApiError::new(
+            ErrorCode::OauthFailed,
+            format!("the provider refused the authorization ({code})"),
+        ));
+    }
+    let code = query
+        .code
+        .filter(|c| !c.expose().is_empty())
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::OauthFailed,
+                "the provider sent no authorization code",
+            )
+        })?;
+
+    let connected = exchange_and_store(&state, &record, &code, now).await?;
+    let mut response = match &record.return_to {
+        Some(return_to) => {
+            let mut url = Url::parse(return_to)
+                .map_err(|e| ApiError::internal("stored return_to is invalid", e))?;
+            url.query_pairs_mut()
+                .append_pair("authstamp_status", "connected");
+            let mut response = StatusCode::FOUND.into_response();
+            let location = HeaderValue::from_str(url.as_str())
+                .map_err(|e| ApiError::internal("invalid return_to header", e))?;
+            response.headers_mut().insert(header::LOCATION, location);
+            response
+        }
+        None => html::connected_page(&connected.provider, &connected.user_id),
+    };
+    // The nonce has done its job.
+    let clear = format!(
+        "{NONCE_COOKIE}=; Path={}; HttpOnly; SameSite=Lax; Max-Age=0",
+        state.public_url.browser_path(paths::OAUTH_CALLBACK)
+    );
+    if let Ok(value) = HeaderValue::from_str(&clear) {
+        response.headers_mut().insert(header::SET_COOKIE, value);
+    }
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    // The callback URL carried the code and the state.
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    Ok(response)
+}
+
+/// Exchanges the code at the provider and stores the connection.
+async fn exchange_and_store(
+    state: &AppState,
+    record: &OAuthStateRecord,
+    code: &AuthorizationCode,
+    now: i64,
+) -> Result<ConnKey, ApiError> {
+    let provider = app_provider(state, &record.app_id, &record.provider).await?;
+    let verifier = PkceVerifier::new(
+        state
+            .vault
+            .open_string(&Aad::oauth_state(&record.state_hash), &record.pkce_verifier)?
+            .as_str(),
+    );
+    let secret = ClientSecret::new(
+        state
+            .vault
+            .open_string(
+                &Aad::provider_secret(&provider.app_id, &provider.provider),
+                &provider.client_secret,
+            )?
+            .as_str(),
+    );
+    state.metrics.provider_call(Grant::AuthorizationCode);
+    let tokens = state
+        .token_client
+        .request(
+            &provider.token_url,
+            &ClientCredentials {
+                client_id: &provider.client_id,
+                client_secret: &secret,
+                auth: provider.client_auth,
+            },
+            &GrantRequest::AuthorizationCode {
+                code,
+                redirect_uri: &record.redirect_uri,
+                code_verifier: &verifier,
+            },
+        )
+        .await
+        .map_err(|err| {
+            tracing::warn!(provider = %provider.provider, reason = %err.reason(), permanent = err.is_permanent(), "code exchange failed");
+            let message = match &err {
+                TokenError::Permanent(code) => {
+                    format!("the provider refused the authorization code ({code})")
+                }
+                TokenError::Transient(reason) => {
+                    format!("the provider's token endpoint failed ({reason})")
+                }
+            };
+            ApiError::new(ErrorCode::OauthFailed, message)
+        })?;
+
+    let key = ConnKey {
+        app_id: record.app_id.clone(),
+        provider: record.provider.clone(),
+        user_id: record.user_id.clone(),
+    };
+    let seal = |field, value: &str| {
+        state.vault.seal_str(
+            &Aad::connection(&key.app_id, &key.provider, &key.user_id, field),
+            value,
+        )
+    };
+    let access_token = seal(Field::AccessToken, tokens.access_token.expose())?;
+    let refresh_token = tokens
+        .refresh_token
+        .as_ref()
+        .map(|t| seal(Field::RefreshToken, t.expose()))
+        .transpose()?;
+    let scopes = tokens.scope.as_deref().unwrap_or(&record.requested_scope);
+    connections::upsert_connected(
+        &state.db,
+        NewConnection {
+            key: &key,
+            access_token,
+            refresh_token,
+            expires_at: tokens
+                .expires_in
+                .map(|secs| now.saturating_add(i64::try_from(secs).unwrap_or(i64::MAX))),
+            scopes,
+            now,
+        },
+    )
+    .await?;
+    tracing::info!(app_id = %key.app_id, provider = %key.provider, "connection stored");
+    Ok(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_parsing_keeps_the_first_value() {
+        let q = parse_query(Some("code=a%2Bb&state=s1&state=s2&iss=x"));
+        assert_eq!(q.code.unwrap().expose(), "a+b");
+        assert_eq!(q.state.unwrap().expose(), "s1");
+        assert!(q.error.is_none());
+        let q = parse_query(None);
+        assert!(q.state.is_none());
+    }
+
+    #[test]
+    fn finds_the_nonce_cookie_among_others() {
+        let mut headers = HeaderMap::new();
+        headers.append(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; authstamp_connect=n1"),
+        );
+        headers.append(
+            header::COOKIE,
+            HeaderValue::from_static("authstamp_connect=n2"),
+        );
+        let found: Vec<&str> = nonce_cookies(&headers).collect();
+        assert_eq!(found, ["n1", "n2"]);
+    }
+}

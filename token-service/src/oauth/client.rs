@@ -1,0 +1,373 @@
+//! Calls to a provider's token endpoint (code exchange and refresh), and the
+//! classification of their failures into transient and permanent.
+//!
+//! Response bodies may carry tokens: they are read into zeroized buffers,
+//! capped at 1 MiB, and never put in errors or logs (only a sanitized
+//! `error` code is kept).
+
+use crate::secrets::{AccessToken, AuthorizationCode, ClientSecret, PkceVerifier, RefreshToken};
+use crate::store::providers::ClientAuth;
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use reqwest::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE};
+use reqwest::StatusCode;
+use serde_json::{Map, Value};
+use std::time::Duration;
+use url::form_urlencoded;
+use zeroize::Zeroizing;
+
+const MAX_BODY: usize = 1024 * 1024;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Ten years: longer lifetimes are treated as this.
+const MAX_EXPIRES_IN: u64 = 10 * 365 * 24 * 3600;
+
+/// RFC 6749 §5.2 codes (and common variants) that mean the grant or the
+/// client is dead, not the provider.
+const PERMANENT_OAUTH_ERRORS: &[&str] = &[
+    "invalid_grant",
+    "invalid_client",
+    "unauthorized_client",
+    "invalid_scope",
+    "unsupported_grant_type",
+    "invalid_refresh_token",
+    "token_revoked",
+    "bad_refresh_token",
+];
+
+/// GitHub/Slack style: HTTP 200 with an error field.
+const PERMANENT_200_ERRORS: &[&str] = &[
+    "invalid_grant",
+    "invalid_refresh_token",
+    "token_revoked",
+    "invalid_client",
+    "bad_refresh_token",
+];
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// Worth retrying later: network, timeout, 5xx, 429, unexpected answers.
+    #[error("token endpoint unavailable ({0})")]
+    Transient(String),
+    /// The provider refused the grant or the client: retrying cannot help.
+    #[error("token endpoint refused the request ({0})")]
+    Permanent(String),
+}
+
+impl TokenError {
+    pub fn reason(&self) -> &str {
+        match self {
+            TokenError::Transient(r) | TokenError::Permanent(r) => r,
+        }
+    }
+
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, TokenError::Permanent(_))
+    }
+}
+
+pub struct ClientCredentials<'a> {
+    pub client_id: &'a str,
+    pub client_secret: &'a ClientSecret,
+    pub auth: ClientAuth,
+}
+
+pub enum GrantRequest<'a> {
+    AuthorizationCode {
+        code: &'a AuthorizationCode,
+        /// Exactly as sent to the authorize endpoint.
+        redirect_uri: &'a str,
+        code_verifier: &'a PkceVerifier,
+    },
+    RefreshToken {
+        refresh_token: &'a RefreshToken,
+    },
+}
+
+/// A successful token response.
+#[derive(Debug)]
+pub struct TokenSet {
+    pub access_token: AccessToken,
+    pub refresh_token: Option<RefreshToken>,
+    pub expires_in: Option<u64>,
+    pub scope: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct TokenClient {
+    http: reqwest::Client,
+}
+
+impl TokenClient {
+    pub fn new(total_timeout: Duration) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            // A token endpoint that redirects is misconfigured; following it
+            // would resend the code and the client credentials elsewhere.
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(total_timeout)
+            .user_agent(concat!("authstamp/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Self { http })
+    }
+
+    pub async fn request(
+        &self,
+        token_url: &str,
+        client: &ClientCredentials<'_>,
+        grant: &GrantRequest<'_>,
+    ) -> Result<TokenSet, TokenError> {
+        let body = form_body(client, grant);
+        let mut request = self
+            .http
+            .post(token_url)
+            .header(ACCEPT, "application/json")
+            .header(CONTENT_TYPE, "application/x-www-form-urlencoded");
+        if client.auth == ClientAuth::Basic {
+            request = request.header(AUTHORIZATION, basic_auth(client)?);
+        }
+        let response = request
+            .body(body.as_bytes().to_vec())
+            .send()
+            .await
+            .map_err(classify_send_error)?;
+        let status = response.status();
+        if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+            return Err(TokenError::Transient(format!("http_{}", status.as_u16())));
+        }
+        let form_body = response
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| {
+                ct.starts_with("application/x-www-form-urlencoded") || ct.starts_with("text/plain")
+            });
+        let bytes = read_capped(response).await?;
+        let fields = parse_fields(&bytes, form_body);
+        if status == StatusCode::BAD_REQUEST || status == StatusCode::UNAUTHORIZED {
+            let code = fields.as_ref().and_then(error_code);
+            return Err(match code {
+                Some(code) if PERMANENT_OAUTH_ERRORS.contains(&code.as_str()) => {
+                    TokenError::Permanent(code)
+                }
+                Some(code) => TokenError::Transient(code),
+                None => TokenError::Transient(format!("http_{}", status.as_u16())),
+            });
+        }
+        if !status.is_success() {
+            return Err(TokenError::Transient(format!("http_{}", status.as_u16())));
+        }
+        let fields = fields.ok_or_else(|| TokenError::Transient("invalid_response".into()))?;
+        let ok_false = fields.get("ok").and_then(Value::as_bool) == Some(false);
+        if fields.contains_key("error") || ok_false {
+            let code = error_code(&fields).unwrap_or_else(|| "error".to_owned());
+            return Err(if PERMANENT_200_ERRORS.contains(&code.as_str()) {
+                TokenError::Permanent(code)
+            } else {
+                TokenError::Transient(code)
+            });
+        }
+        token_set(&fields)
+    }
+}
+
+/// The form body of a token request (built apart: the serializer is not
+/// `Send`).
+fn form_body(client: &ClientCredentials<'_>, grant: &GrantRequest<'_>) -> Zeroizing<String> {
+    let mut form = form_urlencoded::Serializer::new(String::new());
+    match grant {
+        GrantRequest::AuthorizationCode {
+            code,
+            redirect_uri,
+            code_verifier,
+        } => {
+            form.append_pair("grant_type", "authorization_code")
+                .append_pair("code", code.expose())
+                .append_pair("redirect_uri", redirect_uri)
+                .append_pair("code_verifier", code_verifier.expose());
+        }
+        GrantRequest::RefreshToken { refresh_token } => {
+            form.append_pair("grant_type", "refresh_token")
+                .append_pair("refresh_token", refresh_token.expose());
+        }
+    }
+    if client.auth == ClientAuth::Body {
+        form.append_pair("client_id", client.client_id)
+            .append_pair("client_secret", client.client_secret.expose());
+    }
+    Zeroizing::new(form.finish())
+}
+
+fn basic_auth(client: &ClientCredentials<'_>) -> Result<HeaderValue, TokenError> {
+    // RFC 6749 §2.3.1: both parts form-urlencoded before base64.
+    let id: String = form_urlencoded::byte_serialize(client.client_id.as_bytes()).collect();
+    let secret = Zeroizing::new(
+        form_urlencoded::byte_serialize(client.client_secret.expose().as_bytes())
+            .collect::<String>(),
+    );
+    let joined = Zeroizing::new(format!("{id}:{}", secret.as_str()));
+    let value = Zeroizing::new(format!("Basic {}", STANDARD.encode(joined.as_bytes())));
+    let mut header = HeaderValue::from_str(&value)
+        .map_err(|_| TokenError::Permanent("invalid_client_credentials".into()))?;
+    header.set_sensitive(true);
+    Ok(header)
+}
+
+fn classify_send_error(err: reqwest::Error) -> TokenError {
+    // The error's text names the URL; keep only its kind.
+    let kind = if err.is_timeout() {
+        "timeout"
+    } else if err.is_connect() {
+        "connect"
+    } else {
+        "request"
+    };
+    TokenError::Transient(kind.into())
+}
+
+async fn read_capped(mut response: reqwest::Response) -> Result<Zeroizing<Vec<u8>>, TokenError> {
+    let mut body = Zeroizing::new(Vec::new());
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > MAX_BODY {
+                    return Err(TokenError::Transient("response_too_large".into()));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(body),
+            Err(err) => return Err(classify_send_error(err)),
+        }
+    }
+}
+
+/// A JSON object, or a form-encoded body when the provider sends one.
+fn parse_fields(bytes: &[u8], form_body: bool) -> Option<Map<String, Value>> {
+    if let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(bytes) {
+        return Some(map);
+    }
+    if !form_body {
+        return None;
+    }
+    let map: Map<String, Value> = form_urlencoded::parse(bytes)
+        .map(|(k, v)| (k.into_owned(), Value::String(v.into_owned())))
+        .collect();
+    (!map.is_empty()).then_some(map)
+}
+
+/// The provider's `error` code, reduced to `[A-Za-z0-9_.-]` and 64 bytes so
+/// it is safe to log and to echo.
+fn error_code(fields: &Map<String, Value>) -> Option<String> {
+    let code = fields.get("error")?.as_str()?;
+    let clean = sanitize_code(code);
+    (!clean.is_empty()).then_some(clean)
+}
+
+pub fn sanitize_code(code: &str) -> String {
+    code.chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+        .take(64)
+        .collect()
+}
+
+fn token_set(fields: &Map<String, Value>) -> Result<TokenSet, TokenError> {
+    let invalid = || TokenError::Transient("invalid_response".into());
+    let access_token = fields
+        .get("access_token")
+        .and_then(Value::as_str)
+        .filter(|t| is_usable_token(t))
+        .ok_or_else(invalid)?;
+    let refresh_token = fields
+        .get("refresh_token")
+        .and_then(Value::as_str)
+        .filter(|t| is_usable_token(t))
+        .map(RefreshToken::new);
+    Ok(TokenSet {
+        access_token: AccessToken::new(access_token),
+        refresh_token,
+        expires_in: fields.get("expires_in").and_then(parse_expires_in),
+        scope: fields.get("scope").and_then(parse_scope),
+    })
+}
+
+/// Non-empty, no whitespace or control characters: it ends up in a header.
+fn is_usable_token(token: &str) -> bool {
+    !token.is_empty()
+        && token.len() <= 16 * 1024
+        && !token.chars().any(|c| c.is_control() || c.is_whitespace())
+}
+
+/// A number or a numeric string (some providers quote it).
+fn parse_expires_in(value: &Value) -> Option<u64> {
+    let secs = match value {
+        Value::Number(n) => n
+            .as_u64()
+            .or_else(|| n.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64)),
+        Value::String(s) => s.trim().parse::<u64>().ok(),
+        _ => None,
+    }?;
+    Some(secs.min(MAX_EXPIRES_IN))
+}
+
+fn parse_scope(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) if !s.is_empty() => Some(s.clone()),
+        Value::Array(items) => {
+            let parts: Vec<&str> = items.iter().filter_map(Value::as_str).collect();
+            (!parts.is_empty()).then(|| parts.join(" "))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn fields(v: Value) -> Map<String, Value> {
+        match v {
+            Value::Object(m) => m,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn parses_lenient_token_responses() {
+        let set = token_set(&fields(json!({
+            "access_token": "at", "token_type": "BEARER", "expires_in": "3600",
+            "refresh_token": "", "scope": "a b"
+        })))
+        .unwrap();
+        assert_eq!(set.access_token.expose(), "at");
+        assert!(
+            set.refresh_token.is_none(),
+            "empty refresh token is no refresh token"
+        );
+        assert_eq!(set.expires_in, Some(3600));
+        assert_eq!(set.scope.as_deref(), Some("a b"));
+        let set = token_set(&fields(json!({"access_token": "at", "expires_in": 60}))).unwrap();
+        assert_eq!(set.expires_in, Some(60));
+        assert_eq!(set.scope, None);
+        assert!(token_set(&fields(json!({"access_token": ""}))).is_err());
+        assert!(token_set(&fields(json!({"token_type": "bearer"}))).is_err());
+        assert!(token_set(&fields(json!({"access_token": "a\r\nb"}))).is_err());
+    }
+
+    #[test]
+    fn error_codes_are_sanitized() {
+        let f = fields(json!({"error": "invalid_grant<script>\n and more"}));
+        assert_eq!(
+            error_code(&f).as_deref(),
+            Some("invalid_grantscriptandmore")
+        );
+        let long = "x".repeat(500);
+        assert_eq!(sanitize_code(&long).len(), 64);
+    }
+
+    #[test]
+    fn form_bodies_parse_when_declared() {
+        let f = parse_fields(b"access_token=abc&scope=repo", true).unwrap();
+        assert_eq!(f["access_token"], "abc");
+        assert!(parse_fields(b"access_token=abc", false).is_none());
+    }
+}

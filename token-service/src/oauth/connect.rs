@@ -1,0 +1,216 @@
+//! Starting a connection: the app asks for a connect link, the user's
+//! browser opens it and is sent to the provider's authorize endpoint.
+
+use crate::auth::AppAuth;
+use crate::db;
+use crate::error::{ApiError, ApiJson, ApiPath};
+use crate::secrets::{sha256, BrowserNonce, OAuthState, SessionToken};
+use crate::store::providers::{self, ProviderRecord};
+use crate::store::sessions::{self, ConnectSession, OAuthStateRecord};
+use crate::validate;
+use crate::vault::Aad;
+use crate::AppState;
+use authstamp_protocol::{paths, ErrorCode};
+use axum::extract::State;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use oauth2::PkceCodeChallenge;
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+/// How long the browser has between opening the connect link and coming
+/// back to the callback.
+pub const STATE_TTL_SECS: i64 = 600;
+pub const NONCE_COOKIE: &str = "authstamp_connect";
+pub const CONNECT_PATH: &str = "/v1/connect";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSession {
+    pub provider: String,
+    pub user: String,
+    #[serde(default)]
+    pub return_to: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CreatedSession {
+    pub connect_url: String,
+    pub expires_at: i64,
+}
+
+pub(crate) async fn app_provider(
+    state: &AppState,
+    app_id: &str,
+    provider: &str,
+) -> Result<ProviderRecord, ApiError> {
+    let unknown = || {
+        ApiError::new(
+            ErrorCode::UnknownProvider,
+            format!("the app has no provider {provider:?}"),
+        )
+    };
+    if validate::provider_name(provider).is_err() {
+        return Err(unknown());
+    }
+    providers::get(&state.db, app_id, provider)
+        .await?
+        .ok_or_else(unknown)
+}
+
+/// `POST /v1/connect-sessions`: a single-use connect link for one user.
+pub async fn create_session(
+    State(state): State<AppState>,
+    AppAuth(app): AppAuth,
+    ApiJson(input): ApiJson<CreateSession>,
+) -> Result<(StatusCode, Json<CreatedSession>), ApiError> {
+    validate::user_id(&input.user)?;
+    let provider = app_provider(&state, &app.app_id, &input.provider).await?;
+    let return_to = match &input.return_to {
+        None => None,
+        Some(text) => {
+            let url = validate::http_url("return_to", text)?;
+            if !validate::return_to_allowed(&url, &app.allowed_return_to) {
+                return Err(ApiError::bad_request(
+                    "return_to is not under any of the app's allowed_return_to URLs",
+                ));
+            }
+            Some(url.to_string())
+        }
+    };
+    let now = db::now();
+    let ttl = i64::try_from(state.connect_session_ttl.as_secs()).unwrap_or(i64::MAX);
+    let token = SessionToken::generate();
+    let session = ConnectSession {
+        token_hash: sha256(token.expose().as_bytes()).to_vec(),
+        app_id: app.app_id,
+        provider: provider.provider,
+        user_id: input.user,
+        return_to,
+        created_at: now,
+        expires_at: now.saturating_add(ttl),
+    };
+    sessions::purge_expired(&state.db, now).await?;
+    sessions::insert_session(&state.db, &session).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedSession {
+            connect_url: state
+                .public_url
+                .join(&format!("{CONNECT_PATH}/{}", token.expose())),
+            expires_at: session.expires_at,
+        }),
+    ))
+}
+
+/// `GET /v1/connect/{session_token}`: consumes the session, stores a state
+/// with a PKCE verifier and a browser nonce, and redirects to the provider.
+pub async fn start(
+    State(state): State<AppState>,
+    ApiPath(token): ApiPath<String>,
+) -> Result<Response, ApiError> {
+    let token = SessionToken::new(token);
+    let now = db::now();
+    let session = sessions::take_session(&state.db, &sha256(token.expose().as_bytes()))
+        .await?
+        .filter(|s| s.expires_at > now)
+        .ok_or_else(ApiError::invalid_state)?;
+    let provider = app_provider(&state, &session.app_id, &session.provider).await?;
+
+    let oauth_state = OAuthState::generate();
+    let state_hash = sha256(oauth_state.expose().as_bytes());
+    let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+    let nonce = BrowserNonce::generate();
+    let redirect_uri = state.public_url.redirect_uri();
+    let scope = provider.scopes.join(&provider.scope_separator);
+    let record = OAuthStateRecord {
+        state_hash: state_hash.to_vec(),
+        app_id: session.app_id,
+        provider: session.provider,
+        user_id: session.user_id,
+        return_to: session.return_to,
+        pkce_verifier: state
+            .vault
+            .seal_str(&Aad::oauth_state(&state_hash), verifier.secret())?,
+        nonce_hash: sha256(nonce.expose().as_bytes()).to_vec(),
+        redirect_uri: redirect_uri.clone(),
+        requested_scope: scope.clone(),
+        created_at: now,
+        expires_at: now + STATE_TTL_SECS,
+    };
+    sessions::insert_state(&state.db, &record).await?;
+
+    let location = authorize_url(
+        &provider,
+        &redirect_uri,
+        &scope,
+        &oauth_state,
+        challenge.as_str(),
+    )?;
+    let mut cookie = format!(
+        "{NONCE_COOKIE}={}; Path={}; HttpOnly; SameSite=Lax; Max-Age={STATE_TTL_SECS}",
+        nonce.expose(),
+        state.public_url.browser_path(paths::OAUTH_CALLBACK)
+    );
+    if state.public_url.is_https() {
+        cookie.push_str("; Secure");
+    }
+    let header_value = |v: &str| {
+        HeaderValue::from_str(v).map_err(|e| ApiError::internal("invalid redirect header", e))
+    };
+    let mut response = StatusCode::FOUND.into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::LOCATION, header_value(location.as_str())?);
+    headers.insert(header::SET_COOKIE, header_value(&cookie)?);
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    Ok(response)
+}
+
+/// The provider's authorize URL with the authorization request parameters
+/// added; its own query parameters stay unless they collide with ours.
+fn authorize_url(
+    provider: &ProviderRecord,
+    redirect_uri: &str,
+    scope: &str,
+    state: &OAuthState,
+    code_challenge: &str,
+) -> Result<Url, ApiError> {
+    let mut url = Url::parse(&provider.authorize_url)
+        .map_err(|e| ApiError::internal("stored authorize_url is invalid", e))?;
+    let ours = [
+        "response_type",
+        "client_id",
+        "redirect_uri",
+        "scope",
+        "state",
+        "code_challenge",
+        "code_challenge_method",
+    ];
+    let kept: Vec<(String, String)> = url
+        .query_pairs()
+        .filter(|(k, _)| !ours.contains(&k.as_ref()))
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    url.set_query(None);
+    {
+        let mut query = url.query_pairs_mut();
+        query.extend_pairs(kept);
+        query
+            .append_pair("response_type", "code")
+            .append_pair("client_id", &provider.client_id)
+            .append_pair("redirect_uri", redirect_uri);
+        if !scope.is_empty() {
+            query.append_pair("scope", scope);
+        }
+        query
+            .append_pair("state", state.expose())
+            .append_pair("code_challenge", code_challenge)
+            .append_pair("code_challenge_method", "S256");
+    }
+    Ok(url)
+}

@@ -1,0 +1,5 @@
+//! The OAuth side: token endpoint client, connect flow and callback.
+
+pub mod callback;
+pub mod client;
+pub mod connect;

@@ -1,0 +1,138 @@
+//! `authstamp serve`: resolve secrets, open the database, bind, announce the
+//! address on stdout, serve until SIGINT/SIGTERM.
+
+use crate::cli::ServeArgs;
+use crate::config::{self, PublicUrl, SecretEnv};
+use crate::db::Db;
+use crate::vault::Vault;
+use crate::{app, AppState, StateOptions};
+use anyhow::Context as _;
+use std::io::Write as _;
+
+pub async fn run(args: ServeArgs, env: SecretEnv) -> anyhow::Result<()> {
+    let store = &args.store;
+    // Secrets first: without a key nothing else happens.
+    let master_key = config::load_master_key(
+        &env,
+        store.master_key_file.as_deref(),
+        store.local,
+        &store.data_dir,
+    )?;
+    let admin_token = config::load_admin_token(
+        &env,
+        args.admin_token_file.as_deref(),
+        store.local,
+        &store.data_dir,
+    )?;
+    if admin_token.is_none() {
+        tracing::warn!("no admin token configured (AUTHSTAMP_ADMIN_TOKEN or --admin-token-file): the admin API answers 401");
+    }
+    let public_url = args
+        .public_url
+        .as_deref()
+        .map(PublicUrl::parse)
+        .transpose()?;
+    let db = Db::open(store.database_url.as_deref(), &store.data_dir).await?;
+
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("could not listen on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    let public_url = match public_url {
+        Some(url) => url,
+        None => PublicUrl::parse(&format!("http://{addr}"))?,
+    };
+    let state = AppState::new(
+        db.clone(),
+        Vault::new(&master_key),
+        StateOptions {
+            public_url: public_url.clone(),
+            admin_token,
+            refresh_skew: args.refresh_skew,
+            provider_timeout: args.provider_timeout,
+            connect_session_ttl: args.connect_session_ttl,
+        },
+    )?;
+    drop(master_key);
+
+    {
+        // The one line on stdout; tests and scripts read the port from it.
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "authstamp listening on http://{addr}")?;
+        out.flush()?;
+    }
+    tracing::info!(%addr, redirect_uri = %public_url.redirect_uri(), "listening");
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("server error")?;
+    db.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let interrupt = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {}
+        () = terminate => {}
+    }
+    tracing::info!("shutting down");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cli::{Cli, Command};
+    use clap::Parser as _;
+
+    fn serve_args(extra: &[&str]) -> ServeArgs {
+        let mut argv = vec!["authstamp", "serve", "--listen", "127.0.0.1:0"];
+        argv.extend_from_slice(extra);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Serve(args) => args,
+            _ => unreachable!(),
+        }
+    }
+
+    #[tokio::test]
+    async fn serve_without_a_master_key_refuses_to_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let args = serve_args(&["--data-dir", data.to_str().unwrap()]);
+        let err = run(args, SecretEnv::default()).await.unwrap_err();
+        let text = format!("{err:#}");
+        assert!(text.contains("AUTHSTAMP_MASTER_KEY"), "{text}");
+        assert!(text.contains("--master-key-file"), "{text}");
+        // Nothing was created: no database, no key.
+        assert!(!data.exists());
+    }
+
+    #[tokio::test]
+    async fn serve_with_a_missing_key_file_refuses_to_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope.key");
+        let args = serve_args(&[
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "--master-key-file",
+            missing.to_str().unwrap(),
+        ]);
+        assert!(run(args, SecretEnv::default()).await.is_err());
+    }
+}

@@ -1,0 +1,54 @@
+//! `apps`: an app id, the SHA-256 of its key and where connect flows may
+//! return to.
+
+use crate::db::Db;
+use sqlx::any::AnyRow;
+use sqlx::Row as _;
+
+#[derive(Clone, Debug)]
+pub struct AppRecord {
+    pub app_id: String,
+    pub name: String,
+    pub key_hash: Vec<u8>,
+    pub allowed_return_to: Vec<String>,
+    pub created_at: i64,
+}
+
+impl AppRecord {
+    fn from_row(row: &AnyRow) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            app_id: row.try_get("app_id")?,
+            name: row.try_get("name")?,
+            key_hash: row.try_get("key_hash")?,
+            allowed_return_to: super::json_column(&row.try_get::<String, _>("allowed_return_to")?)?,
+            created_at: row.try_get("created_at")?,
+        })
+    }
+}
+
+pub async fn insert(db: &Db, app: &AppRecord) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO apps (app_id, name, key_hash, allowed_return_to, created_at) \
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(&app.app_id)
+    .bind(&app.name)
+    .bind(&app.key_hash)
+    .bind(super::to_json(&app.allowed_return_to)?)
+    .bind(app.created_at)
+    .execute(db.pool())
+    .await?;
+    Ok(())
+}
+
+pub async fn get(db: &Db, app_id: &str) -> Result<Option<AppRecord>, sqlx::Error> {
+    sqlx::query(
+        "SELECT app_id, name, key_hash, allowed_return_to, created_at FROM apps WHERE app_id = $1",
+    )
+    .bind(app_id)
+    .fetch_optional(db.pool())
+    .await?
+    .as_ref()
+    .map(AppRecord::from_row)
+    .transpose()
+}

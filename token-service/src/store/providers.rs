@@ -1,0 +1,145 @@
+//! `providers`: one OAuth client configuration per (app, provider); the
+//! client secret is a vault envelope.
+
+use crate::db::Db;
+use serde::{Deserialize, Serialize};
+use sqlx::any::AnyRow;
+use sqlx::Row as _;
+
+/// How the client authenticates at the token endpoint (RFC 6749 §2.3.1).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    /// HTTP Basic with form-urlencoded id and secret.
+    #[default]
+    Basic,
+    /// `client_id` and `client_secret` in the request body.
+    Body,
+}
+
+impl ClientAuth {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientAuth::Basic => "basic",
+            ClientAuth::Body => "body",
+        }
+    }
+
+    fn parse(text: &str) -> Result<Self, sqlx::Error> {
+        match text {
+            "basic" => Ok(ClientAuth::Basic),
+            "body" => Ok(ClientAuth::Body),
+            other => Err(sqlx::Error::Decode(
+                format!("unknown client_auth {other:?}").into(),
+            )),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct ProviderRecord {
+    pub app_id: String,
+    pub provider: String,
+    pub client_id: String,
+    /// Vault envelope.
+    pub client_secret: Vec<u8>,
+    pub authorize_url: String,
+    pub token_url: String,
+    pub api_base_url: String,
+    pub scopes: Vec<String>,
+    pub scope_separator: String,
+    pub client_auth: ClientAuth,
+    pub header_name: String,
+    pub header_format: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl std::fmt::Debug for ProviderRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProviderRecord")
+            .field("app_id", &self.app_id)
+            .field("provider", &self.provider)
+            .field("client_id", &self.client_id)
+            .field("token_url", &self.token_url)
+            .field("api_base_url", &self.api_base_url)
+            .finish_non_exhaustive()
+    }
+}
+
+const COLUMNS: &str = "app_id, provider, client_id, client_secret, authorize_url, token_url, \
+    api_base_url, scopes, scope_separator, client_auth, header_name, header_format, \
+    created_at, updated_at";
+
+impl ProviderRecord {
+    fn from_row(row: &AnyRow) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            app_id: row.try_get("app_id")?,
+            provider: row.try_get("provider")?,
+            client_id: row.try_get("client_id")?,
+            client_secret: row.try_get("client_secret")?,
+            authorize_url: row.try_get("authorize_url")?,
+            token_url: row.try_get("token_url")?,
+            api_base_url: row.try_get("api_base_url")?,
+            scopes: super::json_column(&row.try_get::<String, _>("scopes")?)?,
+            scope_separator: row.try_get("scope_separator")?,
+            client_auth: ClientAuth::parse(&row.try_get::<String, _>("client_auth")?)?,
+            header_name: row.try_get("header_name")?,
+            header_format: row.try_get("header_format")?,
+            created_at: row.try_get("created_at")?,
+            updated_at: row.try_get("updated_at")?,
+        })
+    }
+}
+
+/// Inserts or replaces the configuration (keeping its `created_at`) and
+/// returns the stored row.
+pub async fn upsert(db: &Db, p: &ProviderRecord) -> Result<ProviderRecord, sqlx::Error> {
+    let sql = format!(
+        "INSERT INTO providers ({COLUMNS}) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+         ON CONFLICT (app_id, provider) DO UPDATE SET \
+           client_id = excluded.client_id, client_secret = excluded.client_secret, \
+           authorize_url = excluded.authorize_url, token_url = excluded.token_url, \
+           api_base_url = excluded.api_base_url, scopes = excluded.scopes, \
+           scope_separator = excluded.scope_separator, client_auth = excluded.client_auth, \
+           header_name = excluded.header_name, header_format = excluded.header_format, \
+           updated_at = excluded.updated_at \
+         RETURNING {COLUMNS}"
+    );
+    let row = sqlx::query(&sql)
+        .bind(&p.app_id)
+        .bind(&p.provider)
+        .bind(&p.client_id)
+        .bind(&p.client_secret)
+        .bind(&p.authorize_url)
+        .bind(&p.token_url)
+        .bind(&p.api_base_url)
+        .bind(super::to_json(&p.scopes)?)
+        .bind(&p.scope_separator)
+        .bind(p.client_auth.as_str())
+        .bind(&p.header_name)
+        .bind(&p.header_format)
+        .bind(p.created_at)
+        .bind(p.updated_at)
+        .fetch_one(db.pool())
+        .await?;
+    ProviderRecord::from_row(&row)
+}
+
+pub async fn get(
+    db: &Db,
+    app_id: &str,
+    provider: &str,
+) -> Result<Option<ProviderRecord>, sqlx::Error> {
+    sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM providers WHERE app_id = $1 AND provider = $2"
+    ))
+    .bind(app_id)
+    .bind(provider)
+    .fetch_optional(db.pool())
+    .await?
+    .as_ref()
+    .map(ProviderRecord::from_row)
+    .transpose()
+}

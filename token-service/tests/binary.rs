@@ -1,0 +1,382 @@
+//! The `authstamp` binary: refusing to start without a key, local mode,
+//! the CLI admin commands, a whole connect flow over real sockets, graceful
+//! shutdown, and logs free of secrets.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
+
+use authstamp_token_service::secrets::MasterKey;
+use axum::routing::post;
+use axum::Router;
+use serde_json::{json, Value};
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_authstamp");
+
+fn command(data_dir: &Path) -> Command {
+    let mut cmd = Command::new(BIN);
+    for (name, _) in std::env::vars() {
+        if name.starts_with("AUTHSTAMP_") {
+            cmd.env_remove(name);
+        }
+    }
+    cmd.env("AUTHSTAMP_DATA_DIR", data_dir)
+        .env("RUST_LOG", "info");
+    cmd
+}
+
+struct Server {
+    child: Child,
+    url: String,
+    stderr: Arc<Mutex<Vec<u8>>>,
+}
+
+impl Server {
+    fn start(mut cmd: Command) -> Self {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let sink = stderr.clone();
+        let mut pipe = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = pipe.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line
+            .trim_end()
+            .strip_prefix("authstamp listening on ")
+            .unwrap_or_else(|| {
+                panic!(
+                    "unexpected first line {line:?}; stderr: {}",
+                    String::from_utf8_lossy(&stderr.lock().unwrap())
+                )
+            })
+            .to_owned();
+        assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+        Self { child, url, stderr }
+    }
+
+    fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    fn stop(mut self) -> String {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(
+                    status.success(),
+                    "exit status {status}; stderr: {}",
+                    self.stderr()
+                );
+                break;
+            }
+            assert!(Instant::now() < deadline, "did not stop on SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        self.stderr()
+    }
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn serve_without_a_master_key_exits_with_a_clear_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = command(&dir.path().join("data"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(output.stdout.is_empty());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("AUTHSTAMP_MASTER_KEY"), "{stderr}");
+    assert!(stderr.contains("--master-key-file"), "{stderr}");
+}
+
+#[tokio::test]
+async fn local_mode_creates_its_secrets_and_serves() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut cmd = command(&data);
+    cmd.args(["serve", "--local", "--listen", "127.0.0.1:0"]);
+    let server = Server::start(cmd);
+
+    let key_path = data.join("master.key");
+    let token_path = data.join("admin.token");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        for path in [&key_path, &token_path] {
+            let mode = std::fs::metadata(path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{}", path.display());
+        }
+    }
+    let key = std::fs::read_to_string(&key_path).unwrap();
+    assert!(MasterKey::from_base64(&key).is_ok());
+    let admin_token = std::fs::read_to_string(&token_path)
+        .unwrap()
+        .trim()
+        .to_owned();
+    assert!(data.join("authstamp.db").exists());
+
+    let client = http();
+    let health = client
+        .get(format!("{}/healthz", server.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    let created = client
+        .post(format!("{}/v1/apps", server.url))
+        .bearer_auth(&admin_token)
+        .json(&json!({"name": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let denied = client
+        .post(format!("{}/v1/apps", server.url))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(denied.status(), 401);
+    assert_eq!(denied.headers()["x-authstamp-error"], "unauthorized");
+
+    let logs = server.stop();
+    assert!(
+        logs.contains(&key_path.display().to_string()),
+        "logs name the key file: {logs}"
+    );
+    assert!(!logs.contains(key.trim()), "the key itself is never logged");
+    assert!(!logs.contains(&admin_token));
+
+    // A second start reuses the same files.
+    let mut cmd = command(&data);
+    cmd.args(["serve", "--local", "--listen", "127.0.0.1:0"]);
+    let server = Server::start(cmd);
+    assert_eq!(std::fs::read_to_string(&key_path).unwrap(), key);
+    server.stop();
+}
+
+fn run_json(cmd: &mut Command, stdin: Option<&str>) -> Value {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut pipe = child.stdin.take().unwrap();
+    if let Some(input) = stdin {
+        pipe.write_all(input.as_bytes()).unwrap();
+    }
+    drop(pipe);
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "stderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn cli_admin_commands_then_a_connect_flow_over_http() {
+    // The provider's token endpoint.
+    let router = Router::new().route(
+        "/token",
+        post(|body: String| async move {
+            assert!(body.contains("grant_type=authorization_code"));
+            axum::Json(json!({"access_token": "xoxp-LOGCHECK-access", "refresh_token": "xoxe-LOGCHECK-refresh", "expires_in": 43200}))
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let token_url = format!("http://{}/token", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let master_key = MasterKey::generate().to_base64().to_string();
+    let admin_token = "admin-LOGCHECK-token";
+
+    let app = run_json(
+        command(&data)
+            .env("AUTHSTAMP_MASTER_KEY", &master_key)
+            .args([
+                "app",
+                "create",
+                "--name",
+                "demo",
+                "--allow-return-to",
+                "https://app.test/done",
+            ]),
+        None,
+    );
+    let app_id = app["app_id"].as_str().unwrap().to_owned();
+    let app_key = app["app_key"].as_str().unwrap().to_owned();
+    assert!(app_key.starts_with("ask_"));
+
+    let provider = run_json(
+        command(&data)
+            .env("AUTHSTAMP_MASTER_KEY", &master_key)
+            .args([
+                "provider",
+                "set",
+                "--app",
+                &app_id,
+                "--provider",
+                "slack",
+                "--client-id",
+                "cid",
+                "--client-secret-stdin",
+                "--authorize-url",
+                "https://slack.test/oauth/v2/authorize",
+                "--token-url",
+                &token_url,
+                "--api-base-url",
+                "https://slack.test/api",
+                "--scope",
+                "chat:write",
+                "--scope",
+                "users:read",
+                "--scope-separator",
+                ",",
+                "--client-auth",
+                "body",
+            ]),
+        Some("cli-LOGCHECK-secret\n"),
+    );
+    assert_eq!(provider["client_secret_set"], true);
+    assert_eq!(provider["scopes"], json!(["chat:write", "users:read"]));
+    assert_eq!(provider["client_auth"], "body");
+    assert!(!provider.to_string().contains("LOGCHECK"));
+
+    let mut cmd = command(&data);
+    cmd.env("AUTHSTAMP_MASTER_KEY", &master_key)
+        .env("AUTHSTAMP_ADMIN_TOKEN", admin_token)
+        .env("AUTHSTAMP_LOG_FORMAT", "json")
+        .args(["serve", "--listen", "127.0.0.1:0"]);
+    let server = Server::start(cmd);
+    let base = server.url.clone();
+    let client = http();
+
+    let view: Value = client
+        .get(format!("{base}/v1/apps/{app_id}/providers/slack"))
+        .bearer_auth(admin_token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(view["redirect_uri"], format!("{base}/v1/oauth/callback"));
+
+    let session: Value = client
+        .post(format!("{base}/v1/connect-sessions"))
+        .header("x-authstamp-app", &app_id)
+        .header("x-authstamp-app-key", &app_key)
+        .json(&json!({"provider": "slack", "user": "U123", "return_to": "https://app.test/done"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let connect_url = session["connect_url"].as_str().unwrap().to_owned();
+    let session_token = connect_url.rsplit('/').next().unwrap().to_owned();
+    let redirect = client.get(&connect_url).send().await.unwrap();
+    assert_eq!(redirect.status(), 302);
+    let location = url::Url::parse(redirect.headers()["location"].to_str().unwrap()).unwrap();
+    let state = location
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .unwrap()
+        .1
+        .into_owned();
+    let cookie = redirect.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let code = "code-LOGCHECK-value";
+    let callback = client
+        .get(format!(
+            "{base}/v1/oauth/callback?code={code}&state={state}"
+        ))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(callback.status(), 302);
+    assert_eq!(
+        callback.headers()["location"],
+        "https://app.test/done?authstamp_status=connected"
+    );
+
+    let lookup: Value = client
+        .post(format!("{base}/v1/token-lookup"))
+        .header("x-authstamp-app", &app_id)
+        .header("x-authstamp-app-key", &app_key)
+        .json(&json!({"provider": "slack", "user": "U123"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(lookup["header"]["value"], "Bearer xoxp-LOGCHECK-access");
+    assert_eq!(
+        lookup["upstream"],
+        json!({"scheme": "https", "authority": "slack.test", "base_path": "/api"})
+    );
+
+    let logs = server.stop();
+    // JSON lines with the route template, never a secret or a query string.
+    assert!(logs.contains("/v1/oauth/callback"), "{logs}");
+    assert!(logs.contains("/v1/connect/{session_token}"), "{logs}");
+    for secret in [
+        "LOGCHECK",
+        state.as_str(),
+        session_token.as_str(),
+        app_key.as_str(),
+        master_key.as_str(),
+        cookie.as_str(),
+        "code=",
+    ] {
+        assert!(!logs.contains(secret), "{secret:?} in logs:\n{logs}");
+    }
+    for line in logs.lines().filter(|l| !l.trim().is_empty()) {
+        serde_json::from_str::<Value>(line)
+            .unwrap_or_else(|_| panic!("not a JSON log line: {line}"));
+    }
+}

@@ -1,0 +1,474 @@
+//! Test harness: the token service over a temp-dir SQLite, driven with
+//! tower's `oneshot`, and a fake provider token endpoint on 127.0.0.1:0.
+
+#![allow(dead_code)]
+
+use authstamp_token_service::config::PublicUrl;
+use authstamp_token_service::db::Db;
+use authstamp_token_service::secrets::{AdminToken, MasterKey};
+use authstamp_token_service::vault::Vault;
+use authstamp_token_service::{app, AppState, StateOptions};
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, Method, Request, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::post;
+use axum::{Form, Router};
+use http_body_util::BodyExt as _;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tower::ServiceExt as _;
+use url::Url;
+
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+pub const PUBLIC_URL: &str = "http://authstamp.test";
+pub const CLIENT_ID: &str = "client id/1";
+/// Characters that RFC 6749 §2.3.1 form-encodes before Basic auth.
+pub const CLIENT_SECRET: &str = "s3cr:t+/= top-secret-client-value";
+
+/// One request the fake token endpoint received.
+#[derive(Clone, Debug)]
+pub struct TokenCall {
+    pub form: HashMap<String, String>,
+    pub authorization: Option<String>,
+}
+
+impl TokenCall {
+    pub fn grant_type(&self) -> &str {
+        self.form
+            .get("grant_type")
+            .map(String::as_str)
+            .unwrap_or("")
+    }
+}
+
+type Responder = Box<dyn Fn(&TokenCall) -> (u16, Value) + Send + Sync>;
+
+#[derive(Clone)]
+pub struct FakeProvider {
+    pub token_url: String,
+    calls: Arc<Mutex<Vec<TokenCall>>>,
+    responder: Arc<Mutex<Responder>>,
+    delay: Arc<Mutex<Duration>>,
+}
+
+impl FakeProvider {
+    pub async fn start() -> Self {
+        let provider = Self {
+            token_url: String::new(),
+            calls: Arc::default(),
+            responder: Arc::new(Mutex::new(Box::new(|call: &TokenCall| {
+                match call.grant_type() {
+                    "authorization_code" => (
+                        200,
+                        json!({"access_token": "at-1", "refresh_token": "rt-1", "token_type": "Bearer",
+                               "expires_in": 3600, "scope": "read write"}),
+                    ),
+                    _ => (
+                        200,
+                        json!({"access_token": "at-refreshed", "expires_in": 3600}),
+                    ),
+                }
+            }))),
+            delay: Arc::new(Mutex::new(Duration::ZERO)),
+        };
+        let router = Router::new()
+            .route("/token", post(token_endpoint))
+            .with_state(provider.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            axum::serve(listener, router).await.unwrap();
+        });
+        Self {
+            token_url: format!("http://{addr}/token"),
+            ..provider
+        }
+    }
+
+    pub fn respond(&self, f: impl Fn(&TokenCall) -> (u16, Value) + Send + Sync + 'static) {
+        *self.responder.lock().unwrap() = Box::new(f);
+    }
+
+    pub fn set_delay(&self, delay: Duration) {
+        *self.delay.lock().unwrap() = delay;
+    }
+
+    pub fn calls(&self) -> Vec<TokenCall> {
+        self.calls.lock().unwrap().clone()
+    }
+
+    pub fn calls_of(&self, grant_type: &str) -> Vec<TokenCall> {
+        self.calls()
+            .into_iter()
+            .filter(|c| c.grant_type() == grant_type)
+            .collect()
+    }
+}
+
+async fn token_endpoint(
+    State(provider): State<FakeProvider>,
+    headers: HeaderMap,
+    Form(form): Form<HashMap<String, String>>,
+) -> impl IntoResponse {
+    let call = TokenCall {
+        form,
+        authorization: headers
+            .get(header::AUTHORIZATION)
+            .map(|v| v.to_str().unwrap().to_owned()),
+    };
+    provider.calls.lock().unwrap().push(call.clone());
+    let delay = *provider.delay.lock().unwrap();
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    let (status, body) = (provider.responder.lock().unwrap())(&call);
+    (StatusCode::from_u16(status).unwrap(), axum::Json(body))
+}
+
+pub struct Harness {
+    pub dir: tempfile::TempDir,
+    pub state: AppState,
+    pub router: Router,
+    pub provider: FakeProvider,
+}
+
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(|v| v.to_str().unwrap())
+    }
+
+    /// Asserts an error reply in the protocol's shape.
+    pub fn assert_error(&self, status: u16, code: &str) {
+        assert_eq!(self.status.as_u16(), status, "body: {}", self.text());
+        assert_eq!(
+            self.header("x-authstamp-error"),
+            Some(code),
+            "body: {}",
+            self.text()
+        );
+        assert!(
+            self.header("content-type")
+                .unwrap_or("")
+                .starts_with("application/json"),
+            "content-type of {}",
+            self.text()
+        );
+        let body = self.json();
+        assert_eq!(body["error"], code, "{body}");
+        assert!(
+            body["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{body}"
+        );
+    }
+}
+
+pub struct Options {
+    pub admin_token: Option<&'static str>,
+    /// `None`: SQLite in the temp dir.
+    pub database_url: Option<String>,
+    pub refresh_skew: Duration,
+    pub provider_timeout: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            admin_token: Some(ADMIN_TOKEN),
+            database_url: None,
+            refresh_skew: Duration::from_secs(60),
+            provider_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+pub struct ConnectedApp {
+    pub app_id: String,
+    pub app_key: String,
+    pub provider: String,
+}
+
+impl Harness {
+    pub async fn new() -> Self {
+        Self::with(Options::default()).await
+    }
+
+    pub async fn with(options: Options) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(options.database_url.as_deref(), dir.path())
+            .await
+            .unwrap();
+        let state = AppState::new(
+            db,
+            Vault::new(&MasterKey::generate()),
+            StateOptions {
+                public_url: PublicUrl::parse(PUBLIC_URL).unwrap(),
+                admin_token: options.admin_token.map(AdminToken::new),
+                refresh_skew: options.refresh_skew,
+                provider_timeout: options.provider_timeout,
+                connect_session_ttl: Duration::from_secs(600),
+            },
+        )
+        .unwrap();
+        Self {
+            router: app(state.clone()),
+            state,
+            dir,
+            provider: FakeProvider::start().await,
+        }
+    }
+
+    pub async fn send(&self, request: Request<Body>) -> Reply {
+        send_to(self.router.clone(), request).await
+    }
+
+    pub async fn get(&self, uri: &str) -> Reply {
+        self.send(Request::get(uri).body(Body::empty()).unwrap())
+            .await
+    }
+
+    pub async fn admin(&self, method: Method, uri: &str, body: Option<Value>) -> Reply {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(header::AUTHORIZATION, format!("Bearer {ADMIN_TOKEN}"));
+        let body = match body {
+            Some(v) => {
+                request = request.header(header::CONTENT_TYPE, "application/json");
+                Body::from(v.to_string())
+            }
+            None => Body::empty(),
+        };
+        self.send(request.body(body).unwrap()).await
+    }
+
+    pub async fn as_app(&self, app_id: &str, app_key: &str, uri: &str, body: Value) -> Reply {
+        self.send(app_request(app_id, app_key, uri, body)).await
+    }
+
+    pub async fn create_app(&self, allowed_return_to: &[&str]) -> (String, String) {
+        let reply = self
+            .admin(
+                Method::POST,
+                "/v1/apps",
+                Some(json!({"name": "test app", "allowed_return_to": allowed_return_to})),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
+        let body = reply.json();
+        (
+            body["app_id"].as_str().unwrap().to_owned(),
+            body["app_key"].as_str().unwrap().to_owned(),
+        )
+    }
+
+    pub fn provider_config(&self) -> Value {
+        json!({
+            "client_id": CLIENT_ID,
+            "client_secret": CLIENT_SECRET,
+            "authorize_url": "https://provider.test/oauth/authorize?access_type=offline&prompt=consent",
+            "token_url": self.provider.token_url,
+            "api_base_url": "https://api.provider.test:8443/v2/",
+            "scopes": ["read", "write"],
+            "scope_separator": ",",
+        })
+    }
+
+    pub async fn put_provider(&self, app_id: &str, name: &str, config: Value) -> Reply {
+        self.admin(
+            Method::PUT,
+            &format!("/v1/apps/{app_id}/providers/{name}"),
+            Some(config),
+        )
+        .await
+    }
+
+    /// An app with provider `fake`, return_to allowed under https://app.test/done.
+    pub async fn app_with_provider(&self) -> ConnectedApp {
+        let (app_id, app_key) = self.create_app(&["https://app.test/done"]).await;
+        let reply = self
+            .put_provider(&app_id, "fake", self.provider_config())
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        ConnectedApp {
+            app_id,
+            app_key,
+            provider: "fake".into(),
+        }
+    }
+
+    /// Connect link → authorize redirect; returns (state, cookie value, authorize URL).
+    pub async fn start_connect(
+        &self,
+        app: &ConnectedApp,
+        user: &str,
+        return_to: Option<&str>,
+    ) -> (String, String, Url) {
+        let mut body = json!({"provider": app.provider, "user": user});
+        if let Some(r) = return_to {
+            body["return_to"] = json!(r);
+        }
+        let reply = self
+            .as_app(&app.app_id, &app.app_key, "/v1/connect-sessions", body)
+            .await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
+        let connect_url = reply.json()["connect_url"].as_str().unwrap().to_owned();
+        let path = connect_url.strip_prefix(PUBLIC_URL).unwrap().to_owned();
+        let reply = self.get(&path).await;
+        assert_eq!(reply.status, StatusCode::FOUND, "{}", reply.text());
+        let location = Url::parse(reply.header("location").unwrap()).unwrap();
+        let state = query_param(&location, "state").unwrap();
+        let cookie = reply.header("set-cookie").unwrap();
+        let nonce = cookie
+            .split(';')
+            .next()
+            .unwrap()
+            .strip_prefix("authstamp_connect=")
+            .unwrap()
+            .to_owned();
+        (state, nonce, location)
+    }
+
+    pub async fn callback(&self, query: &str, cookie: Option<&str>) -> Reply {
+        let mut request = Request::get(format!("/v1/oauth/callback?{query}"));
+        if let Some(nonce) = cookie {
+            request = request.header(
+                header::COOKIE,
+                format!("other=1; authstamp_connect={nonce}"),
+            );
+        }
+        self.send(request.body(Body::empty()).unwrap()).await
+    }
+
+    /// Runs the whole connect flow for `user`.
+    pub async fn connect(&self, app: &ConnectedApp, user: &str) {
+        let (state, nonce, _) = self
+            .start_connect(app, user, Some("https://app.test/done"))
+            .await;
+        let reply = self
+            .callback(
+                &format!("code=the-code&state={}", urlencode(&state)),
+                Some(&nonce),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::FOUND, "{}", reply.text());
+    }
+
+    pub fn lookup_request(
+        &self,
+        app: &ConnectedApp,
+        user: &str,
+        force_refresh: bool,
+    ) -> Request<Body> {
+        let mut body = json!({"provider": app.provider, "user": user});
+        if force_refresh {
+            body["force_refresh"] = json!(true);
+        }
+        app_request(&app.app_id, &app.app_key, "/v1/token-lookup", body)
+    }
+
+    pub async fn lookup(&self, app: &ConnectedApp, user: &str, force_refresh: bool) -> Reply {
+        self.send(self.lookup_request(app, user, force_refresh))
+            .await
+    }
+
+    /// Moves a connection's expiry to `now + secs`.
+    pub async fn set_expires_in(&self, app: &ConnectedApp, user: &str, secs: i64) {
+        let now = authstamp_token_service::db::now();
+        sqlx::query("UPDATE connections SET expires_at = $1 WHERE app_id = $2 AND provider = $3 AND user_id = $4")
+            .bind(now + secs)
+            .bind(&app.app_id)
+            .bind(&app.provider)
+            .bind(user)
+            .execute(self.state.db.pool())
+            .await
+            .unwrap();
+    }
+
+    pub async fn connection_row(
+        &self,
+        app: &ConnectedApp,
+        user: &str,
+    ) -> (String, i64, Option<String>) {
+        sqlx::query_as(
+            "SELECT status, failure_count, last_refresh_error FROM connections \
+             WHERE app_id = $1 AND provider = $2 AND user_id = $3",
+        )
+        .bind(&app.app_id)
+        .bind(&app.provider)
+        .bind(user)
+        .fetch_one(self.state.db.pool())
+        .await
+        .unwrap()
+    }
+
+    /// Every byte of the SQLite database, WAL included.
+    pub fn raw_database(&self) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        for name in ["authstamp.db", "authstamp.db-wal", "authstamp.db-shm"] {
+            if let Ok(b) = std::fs::read(self.dir.path().join(name)) {
+                bytes.extend(b);
+            }
+        }
+        assert!(!bytes.is_empty());
+        bytes
+    }
+}
+
+pub async fn send_to(router: Router, request: Request<Body>) -> Reply {
+    let response = router.oneshot(request).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes()
+        .to_vec();
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+pub fn app_request(app_id: &str, app_key: &str, uri: &str, body: Value) -> Request<Body> {
+    Request::post(uri)
+        .header("x-authstamp-app", app_id)
+        .header("x-authstamp-app-key", app_key)
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap()
+}
+
+pub fn query_param(url: &Url, name: &str) -> Option<String> {
+    url.query_pairs()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
+pub fn urlencode(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}

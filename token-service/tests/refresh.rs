@@ -1,0 +1,304 @@
+//! Refresh on lookup: single flight, rotation, permanent and transient
+//! provider failures.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
+
+mod common;
+
+use axum::http::StatusCode;
+use common::*;
+use serde_json::json;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+async fn connected() -> (Harness, ConnectedApp) {
+    let h = Harness::new().await;
+    let app = h.app_with_provider().await;
+    h.connect(&app, "alice").await;
+    (h, app)
+}
+
+fn token_of(reply: &Reply) -> String {
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    reply.json()["header"]["value"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_lookups_of_an_expiring_token_refresh_once() {
+    let (h, app) = connected().await;
+    h.set_expires_in(&app, "alice", 30).await; // inside the 60 s skew
+    let counter = Arc::new(AtomicUsize::new(0));
+    let seen = counter.clone();
+    h.provider.respond(move |call| {
+        assert_eq!(call.grant_type(), "refresh_token");
+        let n = seen.fetch_add(1, Ordering::SeqCst) + 1;
+        (
+            200,
+            json!({"access_token": format!("at-new-{n}"), "refresh_token": format!("rt-new-{n}"),
+                   "expires_in": "7200", "token_type": "bearer"}),
+        )
+    });
+    h.provider.set_delay(Duration::from_millis(300));
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        tasks.spawn(send_to(
+            h.router.clone(),
+            h.lookup_request(&app, "alice", false),
+        ));
+    }
+    let replies = tasks.join_all().await;
+    assert_eq!(replies.len(), 8);
+    for reply in &replies {
+        assert_eq!(token_of(reply), "Bearer at-new-1");
+    }
+    assert_eq!(
+        h.provider.calls_of("refresh_token").len(),
+        1,
+        "single flight"
+    );
+    let call = &h.provider.calls_of("refresh_token")[0];
+    assert_eq!(call.form["refresh_token"], "rt-1");
+    assert!(call.authorization.as_deref().unwrap().starts_with("Basic "));
+
+    let expires_at = replies[0].json()["expires_at"].as_i64().unwrap();
+    let now = authstamp_token_service::db::now();
+    assert!(
+        (now + 7190..=now + 7210).contains(&expires_at),
+        "numeric string expires_in"
+    );
+
+    // The rotated refresh token is the one used next time.
+    h.provider.set_delay(Duration::ZERO);
+    assert_eq!(
+        token_of(&h.lookup(&app, "alice", true).await),
+        "Bearer at-new-2"
+    );
+    let calls = h.provider.calls_of("refresh_token");
+    assert_eq!(calls.len(), 2);
+    assert_eq!(calls[1].form["refresh_token"], "rt-new-1");
+
+    let (status, failures, _) = h.connection_row(&app, "alice").await;
+    assert_eq!((status.as_str(), failures), ("active", 0));
+    let raw = h.raw_database();
+    for secret in ["at-new-2", "rt-new-2", "rt-new-1"] {
+        assert!(
+            !contains(&raw, secret.as_bytes()),
+            "{secret} stored in clear"
+        );
+    }
+}
+
+#[tokio::test]
+async fn old_refresh_token_is_kept_when_none_is_returned() {
+    let (h, app) = connected().await;
+    h.provider.respond(|_| {
+        (
+            200,
+            json!({"access_token": "at-2", "expires_in": 3600, "refresh_token": ""}),
+        )
+    });
+    assert_eq!(
+        token_of(&h.lookup(&app, "alice", true).await),
+        "Bearer at-2"
+    );
+    h.provider
+        .respond(|_| (200, json!({"access_token": "at-3", "expires_in": 3600})));
+    assert_eq!(
+        token_of(&h.lookup(&app, "alice", true).await),
+        "Bearer at-3"
+    );
+    let calls = h.provider.calls_of("refresh_token");
+    assert_eq!(calls.len(), 2);
+    assert_eq!(calls[0].form["refresh_token"], "rt-1");
+    assert_eq!(
+        calls[1].form["refresh_token"], "rt-1",
+        "kept, never replaced by an empty one"
+    );
+    // Not inside the skew and not forced: served from the vault.
+    assert_eq!(
+        token_of(&h.lookup(&app, "alice", false).await),
+        "Bearer at-3"
+    );
+    assert_eq!(h.provider.calls_of("refresh_token").len(), 2);
+}
+
+#[tokio::test]
+async fn invalid_grant_requires_reauth() {
+    let (h, app) = connected().await;
+    h.set_expires_in(&app, "alice", 10).await;
+    h.provider.respond(|_| {
+        (
+            400,
+            json!({"error": "invalid_grant", "error_description": "revoked"}),
+        )
+    });
+    h.lookup(&app, "alice", false)
+        .await
+        .assert_error(409, "reauth_required");
+    let (status, failures, error) = h.connection_row(&app, "alice").await;
+    assert_eq!(status, "reauth_required");
+    assert_eq!(failures, 1);
+    assert_eq!(error.as_deref(), Some("invalid_grant"));
+    // From now on without asking the provider again.
+    h.lookup(&app, "alice", false)
+        .await
+        .assert_error(409, "reauth_required");
+    assert_eq!(h.provider.calls_of("refresh_token").len(), 1);
+
+    // Connecting again heals the connection.
+    h.provider.respond(|_| {
+        (
+            200,
+            json!({"access_token": "at-fresh", "refresh_token": "rt-fresh", "expires_in": 3600}),
+        )
+    });
+    h.connect(&app, "alice").await;
+    assert_eq!(
+        token_of(&h.lookup(&app, "alice", false).await),
+        "Bearer at-fresh"
+    );
+    let (status, failures, error) = h.connection_row(&app, "alice").await;
+    assert_eq!((status.as_str(), failures, error), ("active", 0, None));
+}
+
+#[tokio::test]
+async fn slack_style_ok_false_is_classified_by_its_error() {
+    let (h, app) = connected().await;
+    h.provider
+        .respond(|_| (200, json!({"ok": false, "error": "invalid_refresh_token"})));
+    h.lookup(&app, "alice", true)
+        .await
+        .assert_error(409, "reauth_required");
+
+    let (h, app) = connected().await;
+    h.provider
+        .respond(|_| (200, json!({"ok": false, "error": "ratelimited"})));
+    // Transient, and the token is still valid: served.
+    assert_eq!(
+        token_of(&h.lookup(&app, "alice", true).await),
+        "Bearer at-1"
+    );
+    let (status, failures, _) = h.connection_row(&app, "alice").await;
+    assert_eq!((status.as_str(), failures), ("active", 1));
+}
+
+#[tokio::test]
+async fn transient_failure_serves_a_still_valid_token() {
+    let (h, app) = connected().await;
+    h.set_expires_in(&app, "alice", 30).await;
+    h.provider
+        .respond(|_| (503, json!({"error": "temporarily_unavailable"})));
+    let reply = h.lookup(&app, "alice", false).await;
+    assert_eq!(token_of(&reply), "Bearer at-1");
+    let (status, failures, error) = h.connection_row(&app, "alice").await;
+    assert_eq!((status.as_str(), failures), ("active", 1));
+    assert_eq!(error.as_deref(), Some("http_503"));
+
+    // Expired and the provider still down: nothing left to serve.
+    h.set_expires_in(&app, "alice", -5).await;
+    h.lookup(&app, "alice", false)
+        .await
+        .assert_error(502, "provider_unavailable");
+    let (status, failures, _) = h.connection_row(&app, "alice").await;
+    assert_eq!((status.as_str(), failures), ("active", 2));
+
+    // The provider is back.
+    h.provider
+        .respond(|_| (200, json!({"access_token": "at-back", "expires_in": 3600})));
+    assert_eq!(
+        token_of(&h.lookup(&app, "alice", false).await),
+        "Bearer at-back"
+    );
+    let (_, failures, error) = h.connection_row(&app, "alice").await;
+    assert_eq!((failures, error), (0, None));
+}
+
+#[tokio::test]
+async fn unreachable_token_endpoint_is_transient() {
+    let h = Harness::with(Options {
+        provider_timeout: Duration::from_millis(300),
+        ..Options::default()
+    })
+    .await;
+    let app = h.app_with_provider().await;
+    h.connect(&app, "alice").await;
+    h.set_expires_in(&app, "alice", 30).await;
+    h.provider.set_delay(Duration::from_secs(2));
+    assert_eq!(
+        token_of(&h.lookup(&app, "alice", false).await),
+        "Bearer at-1"
+    );
+    let (_, failures, error) = h.connection_row(&app, "alice").await;
+    assert_eq!((failures, error.as_deref()), (1, Some("timeout")));
+}
+
+#[tokio::test]
+async fn without_a_refresh_token_the_token_is_served_until_it_expires() {
+    let h = Harness::new().await;
+    let app = h.app_with_provider().await;
+    h.provider
+        .respond(|_| (200, json!({"access_token": "at-only", "expires_in": 3600})));
+    h.connect(&app, "alice").await;
+    h.set_expires_in(&app, "alice", 30).await;
+    assert_eq!(
+        token_of(&h.lookup(&app, "alice", false).await),
+        "Bearer at-only"
+    );
+    h.lookup(&app, "alice", true)
+        .await
+        .assert_error(409, "reauth_required");
+    h.set_expires_in(&app, "alice", -1).await;
+    h.lookup(&app, "alice", false)
+        .await
+        .assert_error(409, "reauth_required");
+    assert!(h.provider.calls_of("refresh_token").is_empty());
+}
+
+#[tokio::test]
+async fn tokens_without_a_lifetime_are_not_refreshed_unless_forced() {
+    let h = Harness::new().await;
+    let app = h.app_with_provider().await;
+    h.provider.respond(|call| match call.grant_type() {
+        "authorization_code" => (
+            200,
+            json!({"access_token": "at-forever", "refresh_token": "rt-1"}),
+        ),
+        _ => (200, json!({"access_token": "at-forced"})),
+    });
+    h.connect(&app, "alice").await;
+    let reply = h.lookup(&app, "alice", false).await;
+    assert_eq!(token_of(&reply), "Bearer at-forever");
+    assert!(reply.json()["expires_at"].is_null());
+    assert_eq!(
+        token_of(&h.lookup(&app, "alice", true).await),
+        "Bearer at-forced"
+    );
+    assert_eq!(h.provider.calls_of("refresh_token").len(), 1);
+}
+
+#[tokio::test]
+async fn refresh_metrics() {
+    let (h, app) = connected().await;
+    h.provider.respond(|_| (500, json!({})));
+    assert_eq!(h.lookup(&app, "alice", true).await.status, StatusCode::OK);
+    h.provider
+        .respond(|_| (401, json!({"error": "invalid_client"})));
+    h.lookup(&app, "alice", true)
+        .await
+        .assert_error(409, "reauth_required");
+    let text = h.get("/metrics").await.text();
+    for line in [
+        "authstamp_refreshes_total{outcome=\"ok\"} 0",
+        "authstamp_refreshes_total{outcome=\"transient\"} 1",
+        "authstamp_refreshes_total{outcome=\"permanent\"} 1",
+        "authstamp_provider_token_calls_total{grant=\"refresh_token\"} 2",
+        "authstamp_token_lookups_total{outcome=\"reauth_required\"} 1",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in\n{text}"
+        );
+    }
+}
