@@ -27,31 +27,61 @@ pub fn browser_client() -> Client {
 /// provider's redirect back to the token service's callback.
 pub async fn walk_connect(browser: &Client, connect_url: &str, login: &str) -> ConnectOutcome {
     // 1. The token service sends the browser to the provider's authorize URL.
-    let response = browser.get(connect_url).send().await.expect("open connect_url");
-    assert_eq!(response.status(), StatusCode::FOUND, "connect_url must redirect");
+    let response = browser
+        .get(connect_url)
+        .send()
+        .await
+        .expect("open connect_url");
+    assert_eq!(
+        response.status(),
+        StatusCode::FOUND,
+        "connect_url must redirect"
+    );
     let authorize_url = location(&response);
     let authorize = Url::parse(&authorize_url).expect("authorize URL");
     let params: Vec<(String, String)> = authorize.query_pairs().into_owned().collect();
-    let param = |name: &str| params.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    let param = |name: &str| {
+        params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
     assert_eq!(param("response_type").as_deref(), Some("code"));
     assert_eq!(param("code_challenge_method").as_deref(), Some("S256"));
     assert!(param("code_challenge").is_some_and(|c| c.len() == 43));
     assert!(param("state").is_some_and(|s| s.len() >= 32));
 
     // 2. The provider shows its consent page; the user types a login and approves.
-    let page = browser.get(authorize.clone()).send().await.expect("authorize page");
+    let page = browser
+        .get(authorize.clone())
+        .send()
+        .await
+        .expect("authorize page");
     assert_eq!(page.status(), StatusCode::OK);
     let html = page.text().await.expect("consent html");
     let mut form = hidden_inputs(&html);
     form.push(("login".into(), login.into()));
     form.push(("decision".into(), "approve".into()));
     let action = authorize.join("/oauth/authorize").expect("form action");
-    let approved = browser.post(action).form(&form).send().await.expect("approve");
-    assert_eq!(approved.status(), StatusCode::FOUND, "consent must redirect back");
+    let approved = browser
+        .post(action)
+        .form(&form)
+        .send()
+        .await
+        .expect("approve");
+    assert_eq!(
+        approved.status(),
+        StatusCode::FOUND,
+        "consent must redirect back"
+    );
     let callback_url = Url::parse(&location(&approved)).expect("callback URL");
 
     // 3. Back at the token service's callback, with the cookie set in step 1.
-    let done = browser.get(callback_url.clone()).send().await.expect("callback");
+    let done = browser
+        .get(callback_url.clone())
+        .send()
+        .await
+        .expect("callback");
     let final_status = done.status();
     let final_location = done
         .headers()
@@ -85,7 +115,10 @@ pub fn hidden_inputs(html: &str) -> Vec<(String, String)> {
             if attribute(tag, "type").as_deref() != Some("hidden") {
                 return None;
             }
-            Some((attribute(tag, "name")?, attribute(tag, "value").unwrap_or_default()))
+            Some((
+                attribute(tag, "name")?,
+                attribute(tag, "value").unwrap_or_default(),
+            ))
         })
         .collect()
 }

@@ -23,7 +23,9 @@ pub fn workspace_root() -> PathBuf {
 /// A file the tests need, from an environment variable or its default place.
 /// Missing means the build step was skipped: fail loudly, never skip.
 fn required_file(env_var: &str, default: PathBuf) -> PathBuf {
-    let path = std::env::var_os(env_var).map(PathBuf::from).unwrap_or(default);
+    let path = std::env::var_os(env_var)
+        .map(PathBuf::from)
+        .unwrap_or(default);
     assert!(
         path.is_file(),
         "{} not found (set {env_var} or run `make build`)",

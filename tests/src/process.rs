@@ -59,7 +59,10 @@ impl Process {
         match self.ready_line.recv_timeout(timeout) {
             Ok(line) => line,
             Err(_) => {
-                let status = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+                let status = self
+                    .child
+                    .as_mut()
+                    .and_then(|c| c.try_wait().ok().flatten());
                 panic!(
                     "{} not ready after {timeout:?} (exit status {status:?})\n{}",
                     self.name,

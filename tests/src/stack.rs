@@ -84,16 +84,12 @@ impl Stack {
             .args(["--refresh-skew", options.refresh_skew])
             .env("AUTHSTAMP_MASTER_KEY", &master_key)
             .env("AUTHSTAMP_ADMIN_TOKEN", &admin_token)
-            .env("RUST_LOG", "debug");
+            .env("RUST_LOG", "debug,sqlx=info");
         let mut token_service = Process::spawn("token-service", command, &log_dir, "listening on");
         let service_url = token_service.wait_for_listen_url(READY_TIMEOUT);
 
-        let (envoy, envoy_url, envoy_admin_url) = start_envoy(
-            &log_dir,
-            &service_url,
-            options.envoy_concurrency,
-        )
-        .await;
+        let (envoy, envoy_url, envoy_admin_url) =
+            start_envoy(&log_dir, &service_url, options.envoy_concurrency).await;
 
         let mut stack = Stack {
             log_dir,
@@ -114,7 +110,9 @@ impl Stack {
         let (app_id, app_key) = stack.create_app("e2e", &["http://127.0.0.1/return"]).await;
         stack.app_id = app_id;
         stack.app_key = app_key;
-        stack.configure_provider(&stack.app_id.clone(), PROVIDER).await;
+        stack
+            .configure_provider(&stack.app_id.clone(), PROVIDER)
+            .await;
         stack
     }
 
@@ -143,7 +141,10 @@ impl Stack {
     /// Points `provider` of `app_id` at the stand-in provider.
     pub async fn configure_provider(&self, app_id: &str, provider: &str) {
         let response = self
-            .admin(Method::PUT, &format!("/v1/apps/{app_id}/providers/{provider}"))
+            .admin(
+                Method::PUT,
+                &format!("/v1/apps/{app_id}/providers/{provider}"),
+            )
             .json(&json!({
                 "client_id": CLIENT_ID,
                 "client_secret": self.client_secret,
@@ -155,12 +156,18 @@ impl Stack {
             .send()
             .await
             .expect("put provider");
-        assert_eq!(response.status(), StatusCode::OK, "{:?}", response.text().await);
+        assert_eq!(
+            response.status(),
+            StatusCode::OK,
+            "{:?}",
+            response.text().await
+        );
     }
 
     /// Connects `user` of the stack's app through the whole browser flow.
     pub async fn connect_user(&self, user: &str) -> ConnectOutcome {
-        self.connect_user_as(&self.app_id, &self.app_key, user).await
+        self.connect_user_as(&self.app_id, &self.app_key, user)
+            .await
     }
 
     pub async fn connect_user_as(&self, app_id: &str, app_key: &str, user: &str) -> ConnectOutcome {
@@ -177,7 +184,12 @@ impl Stack {
         let body: Value = response.json().await.expect("session json");
         let connect_url = body["connect_url"].as_str().expect("connect_url");
         let outcome = walk_connect(&browser_client(), connect_url, user).await;
-        assert_eq!(outcome.final_status, StatusCode::OK, "{}", outcome.final_body);
+        assert_eq!(
+            outcome.final_status,
+            StatusCode::OK,
+            "{}",
+            outcome.final_body
+        );
         outcome
     }
 
@@ -300,7 +312,11 @@ pub fn local_bootstrap(service_url: &str) -> String {
     config
 }
 
-async fn start_envoy(log_dir: &Path, service_url: &str, concurrency: u32) -> (Process, String, String) {
+async fn start_envoy(
+    log_dir: &Path,
+    service_url: &str,
+    concurrency: u32,
+) -> (Process, String, String) {
     let config_path = log_dir.join("envoy.yaml");
     std::fs::write(&config_path, local_bootstrap(service_url)).expect("write envoy config");
     let admin_path = log_dir.join("envoy-admin-address");
@@ -318,7 +334,11 @@ async fn start_envoy(log_dir: &Path, service_url: &str, concurrency: u32) -> (Pr
     let deadline = Instant::now() + READY_TIMEOUT;
     // Readiness: admin address written, `/ready` says LIVE, listener bound.
     loop {
-        assert!(Instant::now() < deadline, "Envoy not ready\n{}", envoy.logs());
+        assert!(
+            Instant::now() < deadline,
+            "Envoy not ready\n{}",
+            envoy.logs()
+        );
         assert!(envoy.is_running(), "Envoy exited\n{}", envoy.logs());
         if let Ok(address) = std::fs::read_to_string(&admin_path) {
             let admin_url = format!("http://{}", address.trim());

