@@ -55,6 +55,7 @@ pub async fn run(args: ServeArgs, env: SecretEnv) -> anyhow::Result<()> {
     )?;
     drop(master_key);
 
+    let shutdown = shutdown_signal()?;
     {
         // The one line on stdout; tests and scripts read the port from it.
         let mut out = std::io::stdout().lock();
@@ -63,7 +64,7 @@ pub async fn run(args: ServeArgs, env: SecretEnv) -> anyhow::Result<()> {
     }
     tracing::info!(%addr, redirect_uri = %public_url.redirect_uri(), "listening");
     axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(shutdown)
         .await
         .context("server error")?;
     db.close().await;
@@ -71,28 +72,19 @@ pub async fn run(args: ServeArgs, env: SecretEnv) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let interrupt = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
+/// Installs the SIGINT and SIGTERM handlers at once, before the ready line is
+/// printed, so a signal sent right after that line is never missed.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut interrupt = signal(SignalKind::interrupt()).context("could not handle SIGINT")?;
+    let mut terminate = signal(SignalKind::terminate()).context("could not handle SIGTERM")?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
         }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = interrupt => {}
-        () = terminate => {}
-    }
-    tracing::info!("shutting down");
+        tracing::info!("shutting down");
+    })
 }
 
 #[cfg(test)]
