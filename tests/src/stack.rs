@@ -62,7 +62,8 @@ impl Stack {
         command
             .args(["--listen", "127.0.0.1:0", "--client-id", CLIENT_ID])
             .args(["--access-token-ttl", "3600s"])
-            .env("AUTHSTAMP_STANDIN_CLIENT_SECRET", &client_secret);
+            .env("AUTHSTAMP_STANDIN_CLIENT_SECRET", &client_secret)
+            .env("RUST_LOG", "debug");
         let mut standin = Process::spawn("standin", command, &log_dir, "listening on");
         let standin_url = standin.wait_for_listen_url(READY_TIMEOUT);
 
