@@ -16,12 +16,18 @@
 //! With `app` the filter runs in mesh mode (the app is bound by configuration
 //! and its key read from the VM environment variable `key_env`); without it,
 //! in gateway mode (every request carries the app id and key).
+//!
+//! Transparent egress adds `provider_hosts` (`{"slack.com": "slack"}`) and
+//! `unmapped_hosts` (`pass` | `reject`): see [`crate::egress`].
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
 use authstamp_protocol::headers;
 use serde::Deserialize;
+
+use crate::egress::{Egress, Unmapped};
 
 /// Bounds of `token_service.timeout`.
 pub const MIN_TIMEOUT: Duration = Duration::from_millis(1);
@@ -136,6 +142,8 @@ pub struct Config {
     pub max_cache_ttl: Duration,
     pub unmarked: Unmarked,
     pub headers: HeaderNames,
+    /// Transparent egress: provider by request host, and unmapped hosts.
+    pub egress: Egress,
 }
 
 /// Why a configuration was refused; the message names the field.
@@ -168,6 +176,10 @@ struct RawConfig {
     unmarked_requests: Option<Unmarked>,
     #[serde(default)]
     headers: Option<RawHeaders>,
+    #[serde(default)]
+    provider_hosts: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    unmapped_hosts: Option<Unmapped>,
 }
 
 #[derive(Deserialize)]
@@ -301,6 +313,8 @@ impl Config {
             }
         }
 
+        let egress = Egress::parse(raw.provider_hosts, raw.unmapped_hosts).map_err(invalid)?;
+
         Ok(Config {
             token_service: TokenService {
                 cluster,
@@ -312,6 +326,7 @@ impl Config {
             max_cache_ttl,
             unmarked: raw.unmarked_requests.unwrap_or(Unmarked::Pass),
             headers,
+            egress,
         })
     }
 
@@ -600,6 +615,41 @@ mod tests {
         assert!(!err.contains("ask_bad"), "{err}");
         let long = "k".repeat(MAX_IDENTIFIER_BYTES + 1);
         assert!(parse_with(json, &[("K", &long)]).is_err());
+    }
+
+    #[test]
+    fn provider_hosts_and_unmapped_hosts_are_parsed_and_checked() {
+        let json = r#"{"token_service": {"cluster": "c", "authority": "a"},
+                       "app": {"id": "app_1", "key_env": "K"},
+                       "provider_hosts": {"Slack.com": "slack", "127.0.0.1:9100": "demo"},
+                       "unmapped_hosts": "reject"}"#;
+        let config = parse_with(json, &[("K", "ask_k")]).unwrap();
+        assert!(config.egress.is_enabled());
+        assert_eq!(config.egress.unmapped, Unmapped::Reject);
+        assert_eq!(config.egress.provider_for("slack.com:443"), Some("slack"));
+        assert_eq!(config.egress.provider_for("127.0.0.1:9100"), Some("demo"));
+        assert!(!parse(MINIMAL).unwrap().egress.is_enabled());
+        for (json, needle) in [
+            (
+                r#"{"token_service": {"cluster": "c", "authority": "a"}, "provider_hosts": {"https://x.com": "x"}}"#,
+                "provider_hosts",
+            ),
+            (
+                r#"{"token_service": {"cluster": "c", "authority": "a"}, "unmapped_hosts": "reject"}"#,
+                "unmapped_hosts",
+            ),
+            (
+                r#"{"token_service": {"cluster": "c", "authority": "a"}, "provider_hosts": {"x.com": "x"}, "unmapped_hosts": "drop"}"#,
+                "drop",
+            ),
+            (
+                r#"{"token_service": {"cluster": "c", "authority": "a"}, "provider_hosts": ["x.com"]}"#,
+                "not a valid configuration",
+            ),
+        ] {
+            let err = parse(json).unwrap_err().to_string();
+            assert!(err.contains(needle), "{json}: {err}");
+        }
     }
 
     #[test]

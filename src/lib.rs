@@ -8,6 +8,7 @@
 
 pub mod cache;
 pub mod config;
+pub mod egress;
 pub mod filter;
 pub mod host;
 pub mod inflight;

@@ -164,6 +164,11 @@ fn is_stripped(name: &str, names: &HeaderNames, stamp_name: &str) -> bool {
 /// (prefix and configured names), any inbound credential and forwarded host,
 /// then sets the token header, `:authority`, `:path` (base path + original
 /// path) and the route header for Envoy's route table.
+///
+/// A request without a provider header got its provider from its host
+/// (transparent egress, see [`crate::egress`]; classification refuses it
+/// otherwise): it already names its provider's host and full path, so its
+/// host must be the connection's API host and its path is kept as sent.
 pub fn stamp(
     host: &dyn Host,
     names: &HeaderNames,
@@ -172,6 +177,24 @@ pub fn stamp(
 ) -> Result<(), Rejection> {
     let request = host.request_headers();
     let path = request_path(&request)?;
+    let transparent = !request
+        .iter()
+        .any(|(n, _)| n.eq_ignore_ascii_case(&names.provider));
+    let path = if transparent {
+        let authority = crate::egress::authority(&request).unwrap_or_default();
+        if !crate::egress::same_host(&authority, &upstream.authority) {
+            return Err(Rejection::new(
+                ErrorCode::ForbiddenDestination,
+                format!(
+                    "this host is mapped to a provider whose API host is {}: its token goes nowhere else",
+                    upstream.authority
+                ),
+            ));
+        }
+        path
+    } else {
+        format!("{}{}", upstream.base_path, path)
+    };
     let mut doomed: Vec<String> = request
         .iter()
         .map(|(n, _)| n.to_ascii_lowercase())
@@ -184,7 +207,7 @@ pub fn stamp(
     }
     host.set_request_header(&header.name, &header.value);
     host.set_request_header(":authority", &upstream.authority);
-    host.set_request_header(":path", &format!("{}{}", upstream.base_path, path));
+    host.set_request_header(":path", &path);
     host.set_request_header(headers::ROUTE, &upstream.scheme);
     Ok(())
 }
@@ -291,6 +314,65 @@ mod tests {
         }
         let long = "a".repeat(MAX_STAMP_VALUE_BYTES + 1);
         assert!(validate_header(&header("authorization", &long)).is_err());
+    }
+
+    #[test]
+    fn transparent_requests_keep_their_path_and_must_name_the_api_host() {
+        use crate::host::mock::MockHost;
+        let names = HeaderNames::default();
+        let token = header("authorization", "Bearer t");
+        let graph = upstream("https", "graph.microsoft.com", "/v1.0");
+        let host = MockHost::new(1);
+        host.add_stream(
+            7,
+            &[
+                (":authority", "Graph.Microsoft.com"),
+                (":path", "/v1.0/me?x=1"),
+                ("x-authstamp-user", "u"),
+                ("authorization", "Bearer forged"),
+            ],
+        );
+        host.enter(7);
+        stamp(&host, &names, &token, &graph).unwrap();
+        assert_eq!(host.header(7, ":path").as_deref(), Some("/v1.0/me?x=1"));
+        assert_eq!(
+            host.header(7, ":authority").as_deref(),
+            Some("graph.microsoft.com")
+        );
+        assert_eq!(host.header_values(7, "authorization"), vec!["Bearer t"]);
+        assert_eq!(host.header(7, "x-authstamp-user"), None);
+        assert_eq!(host.header(7, headers::ROUTE).as_deref(), Some("https"));
+
+        // The same request with the provider header is an explicit one: base path + path.
+        host.add_stream(
+            8,
+            &[
+                (":authority", "127.0.0.1:10000"),
+                (":path", "/me"),
+                ("x-authstamp-provider", "microsoft"),
+                ("x-authstamp-user", "u"),
+            ],
+        );
+        host.enter(8);
+        stamp(&host, &names, &token, &graph).unwrap();
+        assert_eq!(host.header(8, ":path").as_deref(), Some("/v1.0/me"));
+
+        // A host that is not the connection's API host gets no token.
+        host.add_stream(
+            9,
+            &[
+                (":authority", "files.example.com"),
+                (":path", "/x"),
+                ("x-authstamp-user", "u"),
+            ],
+        );
+        host.enter(9);
+        let err = stamp(&host, &names, &token, &graph).unwrap_err();
+        assert_eq!(
+            (err.status, err.code),
+            (403, ErrorCode::ForbiddenDestination)
+        );
+        assert_eq!(host.header(9, "authorization"), None);
     }
 
     #[test]
