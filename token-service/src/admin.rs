@@ -5,6 +5,7 @@ use crate::auth::AdminAuth;
 use crate::config::PublicUrl;
 use crate::db::{self, Db};
 use crate::error::{ApiError, ApiJson, ApiPath};
+use crate::policy::PolicyOverrides;
 use crate::secrets::{hex, random_bytes, sha256, AppKey, ClientSecret};
 use crate::store::apps::{self, AppRecord};
 use crate::store::providers::{self, ClientAuth, ProviderRecord};
@@ -111,6 +112,9 @@ pub struct PutProvider {
     pub client_auth: ClientAuth,
     #[serde(default)]
     pub header: HeaderSpec,
+    /// Refresh policy overrides for this provider (absent: the service's defaults).
+    #[serde(default)]
+    pub refresh: PolicyOverrides,
 }
 
 /// A stored provider configuration as shown to admins: never the secret.
@@ -127,6 +131,8 @@ pub struct ProviderView {
     pub scope_separator: String,
     pub client_auth: ClientAuth,
     pub header: HeaderSpec,
+    /// This provider's refresh policy overrides.
+    pub refresh: PolicyOverrides,
     /// The redirect URI to register with the provider.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redirect_uri: Option<String>,
@@ -151,6 +157,7 @@ impl ProviderView {
                 name: p.header_name,
                 format: p.header_format,
             },
+            refresh: p.policy,
             redirect_uri: public_url.map(PublicUrl::redirect_uri),
             created_at: p.created_at,
             updated_at: p.updated_at,
@@ -187,6 +194,7 @@ pub async fn put_provider(
     validate::scopes(&input.scopes, &input.scope_separator)?;
     validate::header_name(&input.header.name)?;
     validate::header_format(&input.header.format)?;
+    input.refresh.validate()?;
     require_app(db, app_id).await?;
 
     let now = db::now();
@@ -203,6 +211,7 @@ pub async fn put_provider(
         client_auth: input.client_auth,
         header_name: input.header.name,
         header_format: input.header.format,
+        policy: input.refresh,
         created_at: now,
         updated_at: now,
     };

@@ -6,6 +6,7 @@ use crate::admin::{self, CreateApp, HeaderSpec, PutProvider};
 use crate::config::{self, PublicUrl, SecretEnv};
 use crate::db::Db;
 use crate::logging::{self, LogFormat};
+use crate::policy::{PolicyOverrides, RefreshPolicy};
 use crate::secrets::ClientSecret;
 use crate::serve;
 use crate::store::providers::ClientAuth;
@@ -45,6 +46,73 @@ pub enum Command {
         #[command(subcommand)]
         command: ProviderCommand,
     },
+    /// Inspect connections (status, last refresh, failures; never tokens).
+    Connection {
+        #[command(subcommand)]
+        command: ConnectionCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConnectionCommand {
+    /// Print one connection.
+    Get(ConnectionGetArgs),
+    /// Print every connection of one user of an app.
+    List(ConnectionListArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ConnectionGetArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[arg(long, value_name = "APP_ID")]
+    pub app: String,
+    #[arg(long, value_name = "NAME")]
+    pub provider: String,
+    #[arg(long, value_name = "USER")]
+    pub user: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ConnectionListArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[arg(long, value_name = "APP_ID")]
+    pub app: String,
+    #[arg(long, value_name = "USER")]
+    pub user: String,
+}
+
+/// A provider's refresh policy overrides (absent: the service's defaults).
+#[derive(Debug, Clone, Default, Args)]
+pub struct PolicyArgs {
+    /// Refresh on lookup this long before expiry.
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub refresh_skew: Option<Duration>,
+    /// Lifetime assumed for tokens sent without expires_in.
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub max_token_lifetime: Option<Duration>,
+    /// Background refresh this long before expiry (0s: only on lookup).
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub background_window: Option<Duration>,
+    /// Refresh connections whose tokens are this old, used or not (0s: off).
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub keepalive: Option<Duration>,
+    /// Pause after a transient refresh failure (doubles per failure).
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub failure_cooldown: Option<Duration>,
+}
+
+impl From<PolicyArgs> for PolicyOverrides {
+    fn from(a: PolicyArgs) -> Self {
+        PolicyOverrides {
+            skew: a.refresh_skew,
+            max_token_lifetime: a.max_token_lifetime,
+            background_window: a.background_window,
+            keepalive: a.keepalive,
+            failure_cooldown: a.failure_cooldown,
+        }
+    }
 }
 
 /// Where the data lives and how to unlock it.
@@ -77,12 +145,33 @@ pub struct ServeArgs {
     /// File holding the admin API token; or set AUTHSTAMP_ADMIN_TOKEN.
     #[arg(long, env = "AUTHSTAMP_ADMIN_TOKEN_FILE")]
     pub admin_token_file: Option<PathBuf>,
-    /// Refresh access tokens this long before they expire.
+    /// Refresh access tokens this long before they expire (at most half their lifetime).
     #[arg(long, env = "AUTHSTAMP_REFRESH_SKEW", default_value = "60s", value_parser = humantime::parse_duration)]
     pub refresh_skew: Duration,
+    /// Lifetime assumed for access tokens sent without expires_in (refreshed after it).
+    #[arg(long, env = "AUTHSTAMP_MAX_TOKEN_LIFETIME", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub max_token_lifetime: Duration,
+    /// The background refresher renews tokens expiring within this window (0s: off).
+    #[arg(long, env = "AUTHSTAMP_BACKGROUND_WINDOW", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub background_window: Duration,
+    /// Refresh connections whose tokens are this old even if unused (0s: off).
+    #[arg(long, env = "AUTHSTAMP_KEEPALIVE", default_value = "0s", value_parser = humantime::parse_duration)]
+    pub keepalive: Duration,
+    /// No refresh attempt this long after a transient failure; doubles per failure.
+    #[arg(long, env = "AUTHSTAMP_FAILURE_COOLDOWN", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub failure_cooldown: Duration,
+    /// Upper bound of the doubling cooldown.
+    #[arg(long, env = "AUTHSTAMP_MAX_FAILURE_COOLDOWN", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub max_failure_cooldown: Duration,
+    /// How often the background refresher looks for due connections (0s: not in this replica).
+    #[arg(long, env = "AUTHSTAMP_BACKGROUND_INTERVAL", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub background_interval: Duration,
     /// Total timeout of a call to a provider's token endpoint.
     #[arg(long, env = "AUTHSTAMP_PROVIDER_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub provider_timeout: Duration,
+    /// How long a refresh lease lasts; longer than --provider-timeout (default: it plus 5s).
+    #[arg(long, env = "AUTHSTAMP_REFRESH_LEASE", value_parser = humantime::parse_duration)]
+    pub refresh_lease: Option<Duration>,
     /// Lifetime of a connect link.
     #[arg(long, env = "AUTHSTAMP_CONNECT_SESSION_TTL", default_value = "10m", value_parser = humantime::parse_duration)]
     pub connect_session_ttl: Duration,
@@ -198,6 +287,8 @@ pub struct ProviderSetArgs {
     /// Public URL of the service, to print the redirect URI to register.
     #[arg(long, env = "AUTHSTAMP_PUBLIC_URL")]
     pub public_url: Option<String>,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -262,6 +353,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     name: args.header_name,
                     format: args.header_format,
                 },
+                refresh: args.policy.into(),
             };
             let db = open_db(store).await?;
             let view = admin::put_provider(
@@ -289,6 +381,35 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 admin::get_provider(&db, public_url.as_ref(), &args.app, &args.provider).await;
             db.close().await;
             print_json(&view?)
+        }
+        Command::Connection {
+            command: ConnectionCommand::Get(args),
+        } => {
+            let db = open_db(&args.store).await?;
+            let view = crate::connections::get_connection(
+                &db,
+                &RefreshPolicy::default(),
+                &args.app,
+                &args.provider,
+                &args.user,
+            )
+            .await;
+            db.close().await;
+            print_json(&view?)
+        }
+        Command::Connection {
+            command: ConnectionCommand::List(args),
+        } => {
+            let db = open_db(&args.store).await?;
+            let list = crate::connections::list_connections(
+                &db,
+                &RefreshPolicy::default(),
+                &args.app,
+                &args.user,
+            )
+            .await;
+            db.close().await;
+            print_json(&list?)
         }
     }
 }

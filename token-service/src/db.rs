@@ -111,6 +111,14 @@ pub fn now() -> i64 {
         .unwrap_or(0)
 }
 
+/// Current time in unix milliseconds (refresh leases).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

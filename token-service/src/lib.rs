@@ -7,8 +7,10 @@
 
 pub mod admin;
 pub mod auth;
+pub mod background;
 pub mod cli;
 pub mod config;
+pub mod connections;
 pub mod db;
 pub mod error;
 pub mod html;
@@ -16,6 +18,8 @@ pub mod logging;
 pub mod lookup;
 pub mod metrics;
 pub mod oauth;
+pub mod policy;
+pub mod refresh;
 pub mod secrets;
 pub mod serve;
 pub mod store;
@@ -25,10 +29,12 @@ pub mod vault;
 use crate::config::PublicUrl;
 use crate::db::Db;
 use crate::error::ApiError;
-use crate::lookup::RefreshLocks;
 use crate::metrics::Metrics;
 use crate::oauth::client::TokenClient;
+use crate::policy::RefreshPolicy;
+use crate::refresh::{LeaseOwners, RefreshLocks};
 use crate::secrets::{sha256, AdminToken, Digest};
+use crate::store::connections::StatusCounts;
 use crate::vault::Vault;
 use authstamp_protocol::paths;
 use axum::extract::{DefaultBodyLimit, State};
@@ -37,8 +43,8 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use std::ops::Deref;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// Request bodies larger than this are refused.
 pub const BODY_LIMIT: usize = 64 * 1024;
@@ -54,17 +60,53 @@ pub struct Inner {
     pub token_client: TokenClient,
     pub metrics: Metrics,
     pub refresh_locks: RefreshLocks,
-    pub refresh_skew: Duration,
+    /// Service-wide refresh policy; providers may override parts of it.
+    pub policy: RefreshPolicy,
+    /// Upper bound of the doubling failure cooldown.
+    pub max_failure_cooldown: Duration,
+    /// How long a refresh lease lasts (longer than the provider timeout).
+    pub refresh_lease: Duration,
+    pub lease_owners: LeaseOwners,
+    /// Held by every running refresh task; shutdown waits for them.
+    pub refresh_tasks: Arc<tokio::sync::Semaphore>,
+    pub background: BackgroundOptions,
     pub connect_session_ttl: Duration,
     admin_token_digest: Option<Digest>,
+    status_cache: Mutex<Option<(Instant, StatusCounts)>>,
 }
+
+/// The background refresher: how often the leader scans, and how much.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BackgroundOptions {
+    /// Zero: no background refresher in this replica.
+    pub interval: Duration,
+    /// Connections refreshed per pass at most.
+    pub batch: i64,
+    /// Refreshes running at once.
+    pub concurrency: usize,
+}
+
+impl Default for BackgroundOptions {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(15),
+            batch: 500,
+            concurrency: 8,
+        }
+    }
+}
+
+/// Permits of [`Inner::refresh_tasks`].
+pub const MAX_REFRESH_TASKS: u32 = 4096;
 
 impl std::fmt::Debug for Inner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Inner")
             .field("db", &self.db)
             .field("public_url", &self.public_url)
-            .field("refresh_skew", &self.refresh_skew)
+            .field("policy", &self.policy)
+            .field("refresh_lease", &self.refresh_lease)
+            .field("replica", &self.lease_owners.replica())
             .field("connect_session_ttl", &self.connect_session_ttl)
             .field("admin_api_enabled", &self.admin_token_digest.is_some())
             .finish_non_exhaustive()
@@ -85,13 +127,47 @@ pub struct StateOptions {
     pub public_url: PublicUrl,
     /// `None`: the admin API answers 401 to everyone.
     pub admin_token: Option<AdminToken>,
-    pub refresh_skew: Duration,
+    pub policy: RefreshPolicy,
+    pub max_failure_cooldown: Duration,
     pub provider_timeout: Duration,
+    /// `None`: the provider timeout plus 5 s.
+    pub refresh_lease: Option<Duration>,
+    pub background: BackgroundOptions,
     pub connect_session_ttl: Duration,
+}
+
+impl StateOptions {
+    /// Defaults for tests and embedding: everything as `authstamp serve`
+    /// without flags, but no background refresher.
+    pub fn new(public_url: PublicUrl) -> Self {
+        Self {
+            public_url,
+            admin_token: None,
+            policy: RefreshPolicy::default(),
+            max_failure_cooldown: Duration::from_secs(300),
+            provider_timeout: Duration::from_secs(10),
+            refresh_lease: None,
+            background: BackgroundOptions {
+                interval: Duration::ZERO,
+                ..BackgroundOptions::default()
+            },
+            connect_session_ttl: Duration::from_secs(600),
+        }
+    }
 }
 
 impl AppState {
     pub fn new(db: Db, vault: Vault, options: StateOptions) -> anyhow::Result<Self> {
+        let refresh_lease = options
+            .refresh_lease
+            .unwrap_or(options.provider_timeout + Duration::from_secs(5));
+        if refresh_lease <= options.provider_timeout {
+            anyhow::bail!(
+                "the refresh lease ({}) must be longer than the provider timeout ({})",
+                humantime::format_duration(refresh_lease),
+                humantime::format_duration(options.provider_timeout)
+            );
+        }
         Ok(Self(Arc::new(Inner {
             db,
             vault,
@@ -99,10 +175,50 @@ impl AppState {
             token_client: TokenClient::new(options.provider_timeout)?,
             metrics: Metrics::default(),
             refresh_locks: RefreshLocks::default(),
-            refresh_skew: options.refresh_skew,
+            policy: options.policy,
+            max_failure_cooldown: options.max_failure_cooldown,
+            refresh_lease,
+            lease_owners: LeaseOwners::new(),
+            refresh_tasks: Arc::new(tokio::sync::Semaphore::new(MAX_REFRESH_TASKS as usize)),
+            background: options.background,
             connect_session_ttl: options.connect_session_ttl,
             admin_token_digest: options.admin_token.map(|t| sha256(t.expose().as_bytes())),
+            status_cache: Mutex::new(None),
         })))
+    }
+
+    /// A fresh lease owner name of this replica.
+    pub fn lease_owner(&self) -> String {
+        self.lease_owners.next()
+    }
+
+    /// Connections by status, counted at most every 10 s.
+    pub async fn status_counts(&self) -> Option<StatusCounts> {
+        let cached = *self.status_cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((at, counts)) = cached {
+            if at.elapsed() < Duration::from_secs(10) {
+                return Some(counts);
+            }
+        }
+        match store::connections::count_by_status(&self.db).await {
+            Ok(counts) => {
+                *self.status_cache.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some((Instant::now(), counts));
+                Some(counts)
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "could not count connections for /metrics");
+                None
+            }
+        }
+    }
+
+    /// Waits (at most `limit`) until no refresh task is running.
+    pub async fn drain_refreshes(&self, limit: Duration) {
+        let all = self.refresh_tasks.acquire_many(MAX_REFRESH_TASKS);
+        if tokio::time::timeout(limit, all).await.is_err() {
+            tracing::warn!("refreshes still running at shutdown");
+        }
     }
 
     pub fn admin_token_digest(&self) -> Option<&Digest> {
@@ -121,6 +237,11 @@ pub fn app(state: AppState) -> Router {
             put(admin::put_provider_handler).get(admin::get_provider_handler),
         )
         .route("/v1/connect-sessions", post(oauth::connect::create_session))
+        .route("/v1/connections", get(connections::list_handler))
+        .route(
+            "/v1/connections/{provider}/{user}",
+            get(connections::get_handler),
+        )
         .route(paths::TOKEN_LOOKUP, post(lookup::handler))
         .route("/v1/connect/{session_token}", get(oauth::connect::start))
         .route(paths::OAUTH_CALLBACK, get(oauth::callback::handler))
@@ -137,11 +258,12 @@ async fn healthz(State(state): State<AppState>) -> Result<impl IntoResponse, Api
 }
 
 async fn metrics_text(State(state): State<AppState>) -> impl IntoResponse {
+    let counts = state.status_counts().await;
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        state.metrics.render(),
+        state.metrics.render(counts),
     )
 }

@@ -5,6 +5,8 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::store::connections::StatusCounts;
+
 const LOOKUP_BUCKETS: [f64; 11] = [
     0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
 ];
@@ -14,7 +16,17 @@ pub enum RefreshOutcome {
     Ok,
     Transient,
     Permanent,
+    /// The provider refused an old refresh token after another refresh had
+    /// rotated it: the newer tokens were served, the connection stays.
+    Superseded,
 }
+
+const REFRESH_OUTCOMES: [(&str, RefreshOutcome); 4] = [
+    ("ok", RefreshOutcome::Ok),
+    ("transient", RefreshOutcome::Transient),
+    ("permanent", RefreshOutcome::Permanent),
+    ("superseded", RefreshOutcome::Superseded),
+];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Grant {
@@ -35,7 +47,15 @@ impl Grant {
 pub struct Metrics {
     lookups_ok: AtomicU64,
     lookups_err: [AtomicU64; ErrorCode::ALL.len()],
-    refreshes: [AtomicU64; 3],
+    refreshes: [AtomicU64; 4],
+    background_refreshes: AtomicU64,
+    background_runs: AtomicU64,
+    background_leader: AtomicU64,
+    cooldown_skips: AtomicU64,
+    lease_waits: AtomicU64,
+    lease_wait_micros: AtomicU64,
+    lease_takeovers: AtomicU64,
+    lease_lost: AtomicU64,
     provider_calls: [AtomicU64; 2],
     lookup_buckets: [AtomicU64; LOOKUP_BUCKETS.len()],
     lookup_count: AtomicU64,
@@ -71,6 +91,44 @@ impl Metrics {
         inc(&self.refreshes[outcome as usize]);
     }
 
+    pub fn background_refresh(&self) {
+        inc(&self.background_refreshes);
+    }
+
+    pub fn background_run(&self) {
+        inc(&self.background_runs);
+    }
+
+    pub fn set_background_leader(&self, leader: bool) {
+        self.background_leader
+            .store(u64::from(leader), Ordering::Relaxed);
+    }
+
+    pub fn cooldown_skip(&self) {
+        inc(&self.cooldown_skips);
+    }
+
+    /// A caller waited for another holder's refresh lease.
+    pub fn lease_wait(&self, waited: Duration) {
+        inc(&self.lease_waits);
+        let micros = u64::try_from(waited.as_micros()).unwrap_or(u64::MAX);
+        self.lease_wait_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    /// A lease left behind by another holder expired and was taken over.
+    pub fn lease_takeover(&self) {
+        inc(&self.lease_takeovers);
+    }
+
+    /// A refresh finished after its lease had been taken over.
+    pub fn lease_lost(&self) {
+        inc(&self.lease_lost);
+    }
+
+    pub fn refreshes(&self, outcome: RefreshOutcome) -> u64 {
+        self.refreshes[outcome as usize].load(Ordering::Relaxed)
+    }
+
     pub fn provider_call(&self, grant: Grant) {
         inc(&self.provider_calls[grant as usize]);
     }
@@ -79,8 +137,9 @@ impl Metrics {
         self.provider_calls[grant as usize].load(Ordering::Relaxed)
     }
 
-    /// Prometheus text exposition format 0.0.4.
-    pub fn render(&self) -> String {
+    /// Prometheus text exposition format 0.0.4; `connections` when the
+    /// database answered.
+    pub fn render(&self, connections: Option<StatusCounts>) -> String {
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let mut out = String::with_capacity(2048);
         out.push_str(
@@ -104,16 +163,78 @@ impl Metrics {
             "# HELP authstamp_refreshes_total Refresh attempts at providers by outcome.\n",
         );
         out.push_str("# TYPE authstamp_refreshes_total counter\n");
-        for (name, outcome) in [
-            ("ok", RefreshOutcome::Ok),
-            ("transient", RefreshOutcome::Transient),
-            ("permanent", RefreshOutcome::Permanent),
-        ] {
+        for (name, outcome) in REFRESH_OUTCOMES {
             let _ = writeln!(
                 out,
                 "authstamp_refreshes_total{{outcome=\"{name}\"}} {}",
                 load(&self.refreshes[outcome as usize])
             );
+        }
+        let counters: [(&str, &str, &AtomicU64); 6] = [
+            (
+                "authstamp_background_refreshes_total",
+                "Refresh attempts started by the background refresher (also in authstamp_refreshes_total).",
+                &self.background_refreshes,
+            ),
+            (
+                "authstamp_background_runs_total",
+                "Background refresher passes run by this replica as the leader.",
+                &self.background_runs,
+            ),
+            (
+                "authstamp_refresh_cooldown_skips_total",
+                "Refreshes not attempted because the connection is cooling down after a failure.",
+                &self.cooldown_skips,
+            ),
+            (
+                "authstamp_refresh_lease_waits_total",
+                "Lookups that waited for a refresh lease held by another request or replica.",
+                &self.lease_waits,
+            ),
+            (
+                "authstamp_refresh_lease_takeovers_total",
+                "Refresh leases taken over after their holder let them expire (e.g. it died).",
+                &self.lease_takeovers,
+            ),
+            (
+                "authstamp_refresh_lease_lost_total",
+                "Refreshes that finished after their lease had expired.",
+                &self.lease_lost,
+            ),
+        ];
+        for (name, help, counter) in counters {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                load(counter)
+            );
+        }
+        let wait = load(&self.lease_wait_micros);
+        let _ = writeln!(
+            out,
+            "# HELP authstamp_refresh_lease_wait_seconds_total Time spent waiting for refresh leases.\n\
+             # TYPE authstamp_refresh_lease_wait_seconds_total counter\n\
+             authstamp_refresh_lease_wait_seconds_total {}.{:06}",
+            wait / 1_000_000,
+            wait % 1_000_000
+        );
+        let _ = writeln!(
+            out,
+            "# HELP authstamp_background_leader 1 while this replica runs the background refresher.\n\
+             # TYPE authstamp_background_leader gauge\n\
+             authstamp_background_leader {}",
+            load(&self.background_leader)
+        );
+        if let Some(c) = connections {
+            out.push_str("# HELP authstamp_connections Stored connections by status (failing: active, last refresh failed).\n");
+            out.push_str("# TYPE authstamp_connections gauge\n");
+            for (status, n) in [
+                ("active", c.active),
+                ("reauth_required", c.reauth_required),
+                ("failing", c.failing),
+            ] {
+                let _ = writeln!(out, "authstamp_connections{{status=\"{status}\"}} {n}");
+            }
         }
         out.push_str("# HELP authstamp_provider_token_calls_total Calls to provider token endpoints by grant.\n");
         out.push_str("# TYPE authstamp_provider_token_calls_total counter\n");
@@ -163,7 +284,19 @@ mod tests {
         m.lookup(Err(ErrorCode::NotConnected), Duration::from_millis(30));
         m.refresh(RefreshOutcome::Transient);
         m.provider_call(Grant::RefreshToken);
-        let text = m.render();
+        m.lease_wait(Duration::from_millis(1500));
+        let text = m.render(Some(StatusCounts {
+            active: 3,
+            reauth_required: 1,
+            failing: 2,
+        }));
+        assert!(
+            text.contains("authstamp_refresh_lease_waits_total 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("authstamp_refresh_lease_wait_seconds_total 1.500000\n"));
+        assert!(text.contains("authstamp_connections{status=\"reauth_required\"} 1\n"));
+        assert!(text.contains("authstamp_connections{status=\"failing\"} 2\n"));
         assert!(text.contains("authstamp_token_lookups_total{outcome=\"ok\"} 1\n"));
         assert!(text.contains("authstamp_token_lookups_total{outcome=\"not_connected\"} 1\n"));
         assert!(text.contains("authstamp_refreshes_total{outcome=\"transient\"} 1\n"));

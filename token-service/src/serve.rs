@@ -4,8 +4,9 @@
 use crate::cli::ServeArgs;
 use crate::config::{self, PublicUrl, SecretEnv};
 use crate::db::Db;
+use crate::policy::RefreshPolicy;
 use crate::vault::Vault;
-use crate::{app, AppState, StateOptions};
+use crate::{app, AppState, BackgroundOptions, StateOptions};
 use anyhow::Context as _;
 use std::io::Write as _;
 
@@ -48,8 +49,20 @@ pub async fn run(args: ServeArgs, env: SecretEnv) -> anyhow::Result<()> {
         StateOptions {
             public_url: public_url.clone(),
             admin_token,
-            refresh_skew: args.refresh_skew,
+            policy: RefreshPolicy {
+                skew: args.refresh_skew,
+                max_token_lifetime: args.max_token_lifetime,
+                background_window: args.background_window,
+                keepalive: args.keepalive,
+                failure_cooldown: args.failure_cooldown,
+            },
+            max_failure_cooldown: args.max_failure_cooldown,
             provider_timeout: args.provider_timeout,
+            refresh_lease: args.refresh_lease,
+            background: BackgroundOptions {
+                interval: args.background_interval,
+                ..BackgroundOptions::default()
+            },
             connect_session_ttl: args.connect_session_ttl,
         },
     )?;
@@ -62,11 +75,21 @@ pub async fn run(args: ServeArgs, env: SecretEnv) -> anyhow::Result<()> {
         writeln!(out, "authstamp listening on http://{addr}")?;
         out.flush()?;
     }
-    tracing::info!(%addr, redirect_uri = %public_url.redirect_uri(), "listening");
-    axum::serve(listener, app(state))
+    tracing::info!(%addr, redirect_uri = %public_url.redirect_uri(), replica = state.lease_owners.replica(), backend = ?db.backend(), "listening");
+    // The background refresher stops with the server.
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let background = tokio::spawn(crate::background::run(state.clone(), async move {
+        let _ = stop_rx.wait_for(|stop| *stop).await;
+    }));
+    let served = axum::serve(listener, app(state.clone()))
         .with_graceful_shutdown(shutdown)
         .await
-        .context("server error")?;
+        .context("server error");
+    let _ = stop_tx.send(true);
+    let _ = background.await;
+    // Refreshes whose callers went away still finish and store their tokens.
+    state.drain_refreshes(state.refresh_lease).await;
+    served?;
     db.close().await;
     tracing::info!("stopped");
     Ok(())

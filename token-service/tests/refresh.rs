@@ -1,5 +1,6 @@
 //! Refresh on lookup: single flight, rotation, permanent and transient
-//! provider failures.
+//! provider failures, cooldown, tokens without a lifetime, the connection
+//! view. Every test runs on SQLite and on PostgreSQL.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
@@ -12,8 +13,19 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-async fn connected() -> (Harness, ConnectedApp) {
-    let h = Harness::new().await;
+/// Options without the failure cooldown (tests that retry at once).
+fn no_cooldown(backend: Backend) -> Options {
+    let mut o = Options::on(backend);
+    o.policy.failure_cooldown = Duration::ZERO;
+    o
+}
+
+async fn connected(backend: Backend) -> (Harness, ConnectedApp) {
+    connected_with(no_cooldown(backend)).await
+}
+
+async fn connected_with(options: Options) -> (Harness, ConnectedApp) {
+    let h = Harness::with(options).await;
     let app = h.app_with_provider().await;
     h.connect(&app, "alice").await;
     (h, app)
@@ -24,9 +36,13 @@ fn token_of(reply: &Reply) -> String {
     reply.json()["header"]["value"].as_str().unwrap().to_owned()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn concurrent_lookups_of_an_expiring_token_refresh_once() {
-    let (h, app) = connected().await;
+both_backends!(
+    concurrent_lookups_of_an_expiring_token_refresh_once,
+    concurrent_lookups_of_an_expiring_token_refresh_once_case
+);
+
+async fn concurrent_lookups_of_an_expiring_token_refresh_once_case(backend: Backend) {
+    let (h, app) = connected(backend).await;
     h.set_expires_in(&app, "alice", 30).await; // inside the 60 s skew
     let counter = Arc::new(AtomicUsize::new(0));
     let seen = counter.clone();
@@ -81,18 +97,18 @@ async fn concurrent_lookups_of_an_expiring_token_refresh_once() {
 
     let (status, failures, _) = h.connection_row(&app, "alice").await;
     assert_eq!((status.as_str(), failures), ("active", 0));
-    let raw = h.raw_database();
     for secret in ["at-new-2", "rt-new-2", "rt-new-1"] {
-        assert!(
-            !contains(&raw, secret.as_bytes()),
-            "{secret} stored in clear"
-        );
+        assert!(!h.stores_in_clear(secret).await, "{secret} stored in clear");
     }
 }
 
-#[tokio::test]
-async fn old_refresh_token_is_kept_when_none_is_returned() {
-    let (h, app) = connected().await;
+both_backends!(
+    old_refresh_token_is_kept_when_none_is_returned,
+    old_refresh_token_is_kept_when_none_is_returned_case
+);
+
+async fn old_refresh_token_is_kept_when_none_is_returned_case(backend: Backend) {
+    let (h, app) = connected(backend).await;
     h.provider.respond(|_| {
         (
             200,
@@ -124,9 +140,13 @@ async fn old_refresh_token_is_kept_when_none_is_returned() {
     assert_eq!(h.provider.calls_of("refresh_token").len(), 2);
 }
 
-#[tokio::test]
-async fn invalid_grant_requires_reauth() {
-    let (h, app) = connected().await;
+both_backends!(
+    invalid_grant_requires_reauth,
+    invalid_grant_requires_reauth_case
+);
+
+async fn invalid_grant_requires_reauth_case(backend: Backend) {
+    let (h, app) = connected(backend).await;
     h.set_expires_in(&app, "alice", 10).await;
     h.provider.respond(|_| {
         (
@@ -163,16 +183,20 @@ async fn invalid_grant_requires_reauth() {
     assert_eq!((status.as_str(), failures, error), ("active", 0, None));
 }
 
-#[tokio::test]
-async fn slack_style_ok_false_is_classified_by_its_error() {
-    let (h, app) = connected().await;
+both_backends!(
+    slack_style_ok_false_is_classified_by_its_error,
+    slack_style_ok_false_is_classified_by_its_error_case
+);
+
+async fn slack_style_ok_false_is_classified_by_its_error_case(backend: Backend) {
+    let (h, app) = connected(backend).await;
     h.provider
         .respond(|_| (200, json!({"ok": false, "error": "invalid_refresh_token"})));
     h.lookup(&app, "alice", true)
         .await
         .assert_error(409, "reauth_required");
 
-    let (h, app) = connected().await;
+    let (h, app) = connected(backend).await;
     h.provider
         .respond(|_| (200, json!({"ok": false, "error": "ratelimited"})));
     // Transient, and the token is still valid: served.
@@ -184,9 +208,13 @@ async fn slack_style_ok_false_is_classified_by_its_error() {
     assert_eq!((status.as_str(), failures), ("active", 1));
 }
 
-#[tokio::test]
-async fn transient_failure_serves_a_still_valid_token() {
-    let (h, app) = connected().await;
+both_backends!(
+    transient_failure_serves_a_still_valid_token,
+    transient_failure_serves_a_still_valid_token_case
+);
+
+async fn transient_failure_serves_a_still_valid_token_case(backend: Backend) {
+    let (h, app) = connected(backend).await;
     h.set_expires_in(&app, "alice", 30).await;
     h.provider
         .respond(|_| (503, json!({"error": "temporarily_unavailable"})));
@@ -215,11 +243,15 @@ async fn transient_failure_serves_a_still_valid_token() {
     assert_eq!((failures, error), (0, None));
 }
 
-#[tokio::test]
-async fn unreachable_token_endpoint_is_transient() {
+both_backends!(
+    unreachable_token_endpoint_is_transient,
+    unreachable_token_endpoint_is_transient_case
+);
+
+async fn unreachable_token_endpoint_is_transient_case(backend: Backend) {
     let h = Harness::with(Options {
         provider_timeout: Duration::from_millis(300),
-        ..Options::default()
+        ..no_cooldown(backend)
     })
     .await;
     let app = h.app_with_provider().await;
@@ -234,9 +266,13 @@ async fn unreachable_token_endpoint_is_transient() {
     assert_eq!((failures, error.as_deref()), (1, Some("timeout")));
 }
 
-#[tokio::test]
-async fn without_a_refresh_token_the_token_is_served_until_it_expires() {
-    let h = Harness::new().await;
+both_backends!(
+    without_a_refresh_token_the_token_is_served_until_it_expires,
+    without_a_refresh_token_the_token_is_served_until_it_expires_case
+);
+
+async fn without_a_refresh_token_the_token_is_served_until_it_expires_case(backend: Backend) {
+    let h = Harness::with(no_cooldown(backend)).await;
     let app = h.app_with_provider().await;
     h.provider
         .respond(|_| (200, json!({"access_token": "at-only", "expires_in": 3600})));
@@ -256,31 +292,65 @@ async fn without_a_refresh_token_the_token_is_served_until_it_expires() {
     assert!(h.provider.calls_of("refresh_token").is_empty());
 }
 
-#[tokio::test]
-async fn tokens_without_a_lifetime_are_not_refreshed_unless_forced() {
-    let h = Harness::new().await;
+both_backends!(
+    tokens_without_a_lifetime_live_the_maximum_lifetime,
+    tokens_without_a_lifetime_case
+);
+
+/// No `expires_in`: neither forever nor a refresh on every call, but one
+/// refresh after `max_token_lifetime` (1 h by default).
+async fn tokens_without_a_lifetime_case(backend: Backend) {
+    let h = Harness::with(no_cooldown(backend)).await;
     let app = h.app_with_provider().await;
     h.provider.respond(|call| match call.grant_type() {
         "authorization_code" => (
             200,
             json!({"access_token": "at-forever", "refresh_token": "rt-1"}),
         ),
-        _ => (200, json!({"access_token": "at-forced"})),
+        _ => (200, json!({"access_token": "at-renewed"})),
     });
     h.connect(&app, "alice").await;
-    let reply = h.lookup(&app, "alice", false).await;
-    assert_eq!(token_of(&reply), "Bearer at-forever");
-    assert!(reply.json()["expires_at"].is_null());
+    let now = authstamp_token_service::db::now();
+    for _ in 0..5 {
+        let reply = h.lookup(&app, "alice", false).await;
+        assert_eq!(token_of(&reply), "Bearer at-forever");
+        let expires_at = reply.json()["expires_at"].as_i64().unwrap();
+        assert!(
+            (now + 3590..=now + 3610).contains(&expires_at),
+            "the filter caches it at most until the refresh"
+        );
+    }
+    assert!(
+        h.provider.calls_of("refresh_token").is_empty(),
+        "not on every call"
+    );
+    // An hour later: exactly one refresh, then served again from the vault.
+    h.exec(&format!(
+        "UPDATE connections SET issued_at = {} WHERE user_id = 'alice'",
+        now - 3601
+    ))
+    .await;
+    for _ in 0..3 {
+        assert_eq!(
+            token_of(&h.lookup(&app, "alice", false).await),
+            "Bearer at-renewed"
+        );
+    }
+    assert_eq!(h.provider.calls_of("refresh_token").len(), 1);
+    let view = h.connection_view(&app, "alice").await.json();
+    assert_eq!(view["expires_at"], serde_json::Value::Null);
+    assert!(view["refresh_due_at"].as_i64().unwrap() >= now + 3590);
     assert_eq!(
         token_of(&h.lookup(&app, "alice", true).await),
-        "Bearer at-forced"
+        "Bearer at-renewed"
     );
-    assert_eq!(h.provider.calls_of("refresh_token").len(), 1);
+    assert_eq!(h.provider.calls_of("refresh_token").len(), 2, "forced");
 }
 
-#[tokio::test]
-async fn refresh_metrics() {
-    let (h, app) = connected().await;
+both_backends!(refresh_metrics, refresh_metrics_case);
+
+async fn refresh_metrics_case(backend: Backend) {
+    let (h, app) = connected(backend).await;
     h.provider.respond(|_| (500, json!({})));
     assert_eq!(h.lookup(&app, "alice", true).await.status, StatusCode::OK);
     h.provider

@@ -3,6 +3,7 @@
 
 pub mod apps;
 pub mod connections;
+pub mod leases;
 pub mod providers;
 pub mod sessions;
 

@@ -2,6 +2,7 @@
 //! client secret is a vault envelope.
 
 use crate::db::Db;
+use crate::policy::PolicyOverrides;
 use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
 use sqlx::Row as _;
@@ -51,6 +52,8 @@ pub struct ProviderRecord {
     pub client_auth: ClientAuth,
     pub header_name: String,
     pub header_format: String,
+    /// Refresh policy overrides (absent: the service's defaults).
+    pub policy: PolicyOverrides,
     pub created_at: i64,
     pub updated_at: i64,
 }
@@ -69,7 +72,8 @@ impl std::fmt::Debug for ProviderRecord {
 
 const COLUMNS: &str = "app_id, provider, client_id, client_secret, authorize_url, token_url, \
     api_base_url, scopes, scope_separator, client_auth, header_name, header_format, \
-    created_at, updated_at";
+    created_at, updated_at, refresh_skew_secs, max_token_lifetime_secs, background_window_secs, \
+    keepalive_secs, failure_cooldown_secs";
 
 impl ProviderRecord {
     fn from_row(row: &AnyRow) -> Result<Self, sqlx::Error> {
@@ -86,6 +90,13 @@ impl ProviderRecord {
             client_auth: ClientAuth::parse(&row.try_get::<String, _>("client_auth")?)?,
             header_name: row.try_get("header_name")?,
             header_format: row.try_get("header_format")?,
+            policy: PolicyOverrides::from_columns([
+                row.try_get("refresh_skew_secs")?,
+                row.try_get("max_token_lifetime_secs")?,
+                row.try_get("background_window_secs")?,
+                row.try_get("keepalive_secs")?,
+                row.try_get("failure_cooldown_secs")?,
+            ]),
             created_at: row.try_get("created_at")?,
             updated_at: row.try_get("updated_at")?,
         })
@@ -97,17 +108,22 @@ impl ProviderRecord {
 pub async fn upsert(db: &Db, p: &ProviderRecord) -> Result<ProviderRecord, sqlx::Error> {
     let sql = format!(
         "INSERT INTO providers ({COLUMNS}) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, \
+           $15, $16, $17, $18, $19) \
          ON CONFLICT (app_id, provider) DO UPDATE SET \
            client_id = excluded.client_id, client_secret = excluded.client_secret, \
            authorize_url = excluded.authorize_url, token_url = excluded.token_url, \
            api_base_url = excluded.api_base_url, scopes = excluded.scopes, \
            scope_separator = excluded.scope_separator, client_auth = excluded.client_auth, \
            header_name = excluded.header_name, header_format = excluded.header_format, \
-           updated_at = excluded.updated_at \
+           updated_at = excluded.updated_at, refresh_skew_secs = excluded.refresh_skew_secs, \
+           max_token_lifetime_secs = excluded.max_token_lifetime_secs, \
+           background_window_secs = excluded.background_window_secs, \
+           keepalive_secs = excluded.keepalive_secs, \
+           failure_cooldown_secs = excluded.failure_cooldown_secs \
          RETURNING {COLUMNS}"
     );
-    let row = sqlx::query(&sql)
+    let mut query = sqlx::query(&sql)
         .bind(&p.app_id)
         .bind(&p.provider)
         .bind(&p.client_id)
@@ -121,9 +137,11 @@ pub async fn upsert(db: &Db, p: &ProviderRecord) -> Result<ProviderRecord, sqlx:
         .bind(&p.header_name)
         .bind(&p.header_format)
         .bind(p.created_at)
-        .bind(p.updated_at)
-        .fetch_one(db.pool())
-        .await?;
+        .bind(p.updated_at);
+    for column in p.policy.to_columns() {
+        query = query.bind(column);
+    }
+    let row = query.fetch_one(db.pool()).await?;
     ProviderRecord::from_row(&row)
 }
 
@@ -142,4 +160,14 @@ pub async fn get(
     .as_ref()
     .map(ProviderRecord::from_row)
     .transpose()
+}
+
+/// Every provider configuration (a small table: one row per app and provider).
+pub async fn all(db: &Db) -> Result<Vec<ProviderRecord>, sqlx::Error> {
+    sqlx::query(&format!("SELECT {COLUMNS} FROM providers"))
+        .fetch_all(db.pool())
+        .await?
+        .iter()
+        .map(ProviderRecord::from_row)
+        .collect()
 }

@@ -3,8 +3,10 @@
 
 #![allow(dead_code)]
 
+use authstamp_e2e::postgres::TestPostgres;
 use authstamp_token_service::config::PublicUrl;
 use authstamp_token_service::db::Db;
+use authstamp_token_service::policy::RefreshPolicy;
 use authstamp_token_service::secrets::{AdminToken, MasterKey};
 use authstamp_token_service::vault::Vault;
 use authstamp_token_service::{app, AppState, StateOptions};
@@ -133,6 +135,9 @@ pub struct Harness {
     pub state: AppState,
     pub router: Router,
     pub provider: FakeProvider,
+    /// `None`: SQLite in `dir`.
+    pub database_url: Option<String>,
+    pub master_key: MasterKey,
 }
 
 pub struct Reply {
@@ -180,23 +185,62 @@ impl Reply {
     }
 }
 
+/// Which database a harness runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    /// A fresh database on the test process's own PostgreSQL.
+    Postgres,
+}
+
 pub struct Options {
     pub admin_token: Option<&'static str>,
-    /// `None`: SQLite in the temp dir.
-    pub database_url: Option<String>,
-    pub refresh_skew: Duration,
+    pub backend: Backend,
+    pub policy: RefreshPolicy,
     pub provider_timeout: Duration,
+    pub refresh_lease: Option<Duration>,
 }
 
 impl Default for Options {
     fn default() -> Self {
         Self {
             admin_token: Some(ADMIN_TOKEN),
-            database_url: None,
-            refresh_skew: Duration::from_secs(60),
+            backend: Backend::Sqlite,
+            policy: RefreshPolicy::default(),
             provider_timeout: Duration::from_secs(5),
+            refresh_lease: None,
         }
     }
+}
+
+impl Options {
+    pub fn on(backend: Backend) -> Self {
+        Self {
+            backend,
+            ..Self::default()
+        }
+    }
+}
+
+/// Runs an async test body once on SQLite and once on PostgreSQL:
+/// `both_backends!(name, body)` with `async fn body(backend: Backend)`.
+#[macro_export]
+macro_rules! both_backends {
+    ($name:ident, $body:path) => {
+        mod $name {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn sqlite() {
+                $body(Backend::Sqlite).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn postgres() {
+                $body(Backend::Postgres).await;
+            }
+        }
+    };
 }
 
 pub struct ConnectedApp {
@@ -212,27 +256,43 @@ impl Harness {
 
     pub async fn with(options: Options) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let db = Db::open(options.database_url.as_deref(), dir.path())
-            .await
-            .unwrap();
-        let state = AppState::new(
-            db,
-            Vault::new(&MasterKey::generate()),
-            StateOptions {
-                public_url: PublicUrl::parse(PUBLIC_URL).unwrap(),
-                admin_token: options.admin_token.map(AdminToken::new),
-                refresh_skew: options.refresh_skew,
-                provider_timeout: options.provider_timeout,
-                connect_session_ttl: Duration::from_secs(600),
-            },
-        )
-        .unwrap();
+        let database_url = match options.backend {
+            Backend::Sqlite => None,
+            Backend::Postgres => Some(TestPostgres::shared().create_database("ts")),
+        };
+        let db = Db::open(database_url.as_deref(), dir.path()).await.unwrap();
+        let mut state_options = StateOptions::new(PublicUrl::parse(PUBLIC_URL).unwrap());
+        state_options.admin_token = options.admin_token.map(AdminToken::new);
+        state_options.policy = options.policy;
+        state_options.provider_timeout = options.provider_timeout;
+        state_options.refresh_lease = options.refresh_lease;
+        let master_key = MasterKey::generate();
+        let vault_key = MasterKey::from_base64(&master_key.to_base64()).unwrap();
+        let state = AppState::new(db, Vault::new(&master_key), state_options).unwrap();
         Self {
             router: app(state.clone()),
             state,
             dir,
             provider: FakeProvider::start().await,
+            database_url,
+            master_key: vault_key,
         }
+    }
+
+    /// Another replica: its own state (lease owner, locks, metrics) on the
+    /// same database and vault key, like a second `authstamp serve`.
+    pub async fn replica(&self, options: Options) -> (AppState, Router) {
+        let db = Db::open(self.database_url.as_deref(), self.dir.path())
+            .await
+            .unwrap();
+        let mut state_options = StateOptions::new(PublicUrl::parse(PUBLIC_URL).unwrap());
+        state_options.admin_token = options.admin_token.map(AdminToken::new);
+        state_options.policy = options.policy;
+        state_options.provider_timeout = options.provider_timeout;
+        state_options.refresh_lease = options.refresh_lease;
+        let key = MasterKey::from_base64(&self.master_key.to_base64()).unwrap();
+        let state = AppState::new(db, Vault::new(&key), state_options).unwrap();
+        (state.clone(), app(state))
     }
 
     pub async fn send(&self, request: Request<Body>) -> Reply {
@@ -389,17 +449,76 @@ impl Harness {
             .await
     }
 
-    /// Moves a connection's expiry to `now + secs`.
+    /// Moves a connection's expiry to `now + secs` (for a token obtained an
+    /// hour ago, so that the skew applies in full).
     pub async fn set_expires_in(&self, app: &ConnectedApp, user: &str, secs: i64) {
         let now = authstamp_token_service::db::now();
-        sqlx::query("UPDATE connections SET expires_at = $1 WHERE app_id = $2 AND provider = $3 AND user_id = $4")
+        sqlx::query("UPDATE connections SET expires_at = $1, issued_at = $5 WHERE app_id = $2 AND provider = $3 AND user_id = $4")
             .bind(now + secs)
             .bind(&app.app_id)
             .bind(&app.provider)
             .bind(user)
+            .bind(now - 3600)
             .execute(self.state.db.pool())
             .await
             .unwrap();
+    }
+
+    /// Runs SQL against the harness's database.
+    pub async fn exec(&self, sql: &str) {
+        sqlx::query(sql)
+            .execute(self.state.db.pool())
+            .await
+            .unwrap();
+    }
+
+    /// `GET /v1/connections/{provider}/{user}` as the app.
+    pub async fn connection_view(&self, app: &ConnectedApp, user: &str) -> Reply {
+        self.send(
+            Request::get(format!(
+                "/v1/connections/{}/{}",
+                app.provider,
+                urlencode(user)
+            ))
+            .header("x-authstamp-app", &app.app_id)
+            .header("x-authstamp-app-key", &app.app_key)
+            .body(Body::empty())
+            .unwrap(),
+        )
+        .await
+    }
+
+    /// Every byte the database holds that could carry a secret: the SQLite
+    /// files, or every bytea/text column of PostgreSQL as hex and text.
+    pub async fn all_stored_bytes(&self) -> Vec<u8> {
+        if self.database_url.is_none() {
+            return self.raw_database();
+        }
+        let mut bytes = Vec::new();
+        for table in [
+            "apps",
+            "providers",
+            "connections",
+            "connect_sessions",
+            "oauth_states",
+        ] {
+            let rows: Vec<(String,)> = sqlx::query_as(&format!("SELECT t::text FROM {table} t"))
+                .fetch_all(self.state.db.pool())
+                .await
+                .unwrap();
+            for (row,) in rows {
+                bytes.extend(row.into_bytes());
+            }
+        }
+        bytes
+    }
+
+    /// Whether `secret` is anywhere in the database, in clear (or, on
+    /// PostgreSQL, as the hex text of a bytea).
+    pub async fn stores_in_clear(&self, secret: &str) -> bool {
+        let bytes = self.all_stored_bytes().await;
+        let hex: String = secret.bytes().map(|b| format!("{b:02x}")).collect();
+        contains(&bytes, secret.as_bytes()) || contains(&bytes, hex.as_bytes())
     }
 
     pub async fn connection_row(

@@ -1,0 +1,604 @@
+//! Refresh: one provider call per connection at a time, in this process and
+//! across every replica that shares the database.
+//!
+//! 1. In-process single flight: callers of one connection queue on a local
+//!    mutex, so only one of them talks to the database lease at a time.
+//! 2. Across replicas: the connection row's lease (`refresh_lease_owner`,
+//!    `refresh_lease_until`) is taken with one conditional `UPDATE` (free or
+//!    expired). It lasts longer than the provider timeout, so a live holder
+//!    always finishes (or gives up) before it runs out.
+//! 3. After taking it the row is read again: if someone refreshed (or failed)
+//!    meanwhile, their result is used and the provider is not called.
+//! 4. The new tokens, the healthy status and the release of the lease are
+//!    one `UPDATE`. A missing refresh token in the answer keeps the old one.
+//! 5. Others wait with a backoff bounded by the holder's lease, then read the
+//!    result; a lease whose holder died expires and is taken over.
+//! 6. The provider call runs in its own task: a caller that goes away (the
+//!    filter's timeout) never drops a provider answer on the floor.
+//!
+//! Failures: a permanent refusal marks the connection `reauth_required`,
+//! unless the token version changed meanwhile (another refresh had rotated
+//! the refresh token: the refusal concerned an old one). A transient failure
+//! counts, sets a cooldown (doubling per failure) during which nobody asks the
+//! provider again, and a still-valid token keeps being served.
+
+use crate::db;
+use crate::error::ApiError;
+use crate::metrics::{Grant, RefreshOutcome};
+use crate::oauth::client::{ClientCredentials, GrantRequest, TokenError};
+use crate::policy::{secs, RefreshPolicy};
+use crate::secrets::{AccessToken, ClientSecret, RefreshToken};
+use crate::store::connections::{self, ConnKey, ConnectionRecord, ConnectionStatus, Refreshed};
+use crate::store::providers::ProviderRecord;
+use crate::vault::{Aad, Field};
+use crate::AppState;
+use authstamp_protocol::ErrorCode;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+/// A caller whose stored token is still valid waits at most this long for
+/// another holder's refresh before it is served the current token.
+const VALID_TOKEN_MAX_WAIT: Duration = Duration::from_secs(1);
+const FIRST_BACKOFF: Duration = Duration::from_millis(5);
+const MAX_BACKOFF: Duration = Duration::from_millis(200);
+
+/// The token to stamp and when it expires (as told to the filter).
+pub struct Served {
+    pub access_token: AccessToken,
+    pub expires_at: Option<i64>,
+}
+
+/// Why a refresh is attempted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Need {
+    /// A lookup found the token inside the refresh window.
+    Due,
+    /// A lookup asked for a refresh whatever the expiry.
+    Force,
+    /// The background refresher: expiring soon, or keep-alive.
+    Background,
+}
+
+pub fn reauth_required() -> ApiError {
+    ApiError::new(
+        ErrorCode::ReauthRequired,
+        "the provider no longer accepts this connection; the user must connect again",
+    )
+}
+
+pub fn provider_unavailable(reason: &str) -> ApiError {
+    ApiError::new(
+        ErrorCode::ProviderUnavailable,
+        format!("the provider's token endpoint failed ({reason}) and no valid token is left"),
+    )
+}
+
+/// When the stored token is due for a refresh by a lookup; `None`: never by
+/// time (no refresh token). The skew is at most half the token's lifetime,
+/// and tokens without `expires_in` live `max_token_lifetime`: never a
+/// refresh on every call, never a token kept forever.
+pub fn refresh_due_at(c: &ConnectionRecord, p: &RefreshPolicy) -> Option<i64> {
+    c.refresh_token.as_ref()?;
+    Some(match c.expires_at {
+        Some(exp) => {
+            let lifetime = exp.saturating_sub(c.issued_at).max(0);
+            exp.saturating_sub(secs(p.skew).min(lifetime / 2))
+        }
+        None => c.issued_at.saturating_add(secs(p.max_token_lifetime)),
+    })
+}
+
+pub fn is_due(c: &ConnectionRecord, p: &RefreshPolicy, now: i64) -> bool {
+    refresh_due_at(c, p).is_some_and(|at| at <= now)
+}
+
+/// Whether the background refresher should renew this connection now.
+pub fn background_due(c: &ConnectionRecord, p: &RefreshPolicy, now: i64) -> bool {
+    if c.status != ConnectionStatus::Active || c.refresh_token.is_none() {
+        return false;
+    }
+    let keepalive = !p.keepalive.is_zero() && c.issued_at.saturating_add(secs(p.keepalive)) <= now;
+    let by_expiry = !p.background_window.is_zero() && {
+        let end = c
+            .expires_at
+            .unwrap_or_else(|| c.issued_at.saturating_add(secs(p.max_token_lifetime)));
+        let lifetime = end.saturating_sub(c.issued_at).max(0);
+        end.saturating_sub(secs(p.background_window).min(lifetime / 2)) <= now
+    };
+    keepalive || by_expiry || is_due(c, p, now)
+}
+
+/// The expiry told to the filter: the provider's, or for a refreshable token
+/// without one, when it will be refreshed.
+pub fn reported_expiry(c: &ConnectionRecord, p: &RefreshPolicy) -> Option<i64> {
+    c.expires_at
+        .or_else(|| refresh_due_at(c, p).filter(|_| c.expires_at.is_none()))
+}
+
+pub fn open_access_token(state: &AppState, c: &ConnectionRecord) -> Result<AccessToken, ApiError> {
+    let aad = Aad::connection(
+        &c.key.app_id,
+        &c.key.provider,
+        &c.key.user_id,
+        Field::AccessToken,
+    );
+    Ok(AccessToken::new(
+        state.vault.open_string(&aad, &c.access_token)?.as_str(),
+    ))
+}
+
+fn serve(state: &AppState, c: &ConnectionRecord, p: &RefreshPolicy) -> Result<Served, ApiError> {
+    Ok(Served {
+        access_token: open_access_token(state, c)?,
+        expires_at: reported_expiry(c, p),
+    })
+}
+
+/// Refreshes `snapshot`'s connection (or uses the refresh someone else
+/// finished meanwhile). Runs in its own task: see the module docs.
+pub async fn refresh(
+    state: &AppState,
+    provider: &ProviderRecord,
+    snapshot: ConnectionRecord,
+    need: Need,
+) -> Result<Served, ApiError> {
+    let state = state.clone();
+    let provider = provider.clone();
+    let permit = state.refresh_tasks.clone().acquire_owned().await;
+    tokio::spawn(async move {
+        let _permit = permit;
+        run(&state, &provider, snapshot, need).await
+    })
+    .await
+    .map_err(|e| ApiError::internal("refresh task failed", e))?
+}
+
+/// Records the time a caller spent waiting for someone else's lease.
+struct WaitTimer<'a> {
+    state: &'a AppState,
+    started: Option<Instant>,
+}
+
+impl Drop for WaitTimer<'_> {
+    fn drop(&mut self) {
+        if let Some(started) = self.started {
+            self.state.metrics.lease_wait(started.elapsed());
+        }
+    }
+}
+
+async fn run(
+    state: &AppState,
+    provider: &ProviderRecord,
+    snapshot: ConnectionRecord,
+    need: Need,
+) -> Result<Served, ApiError> {
+    let policy = state.policy.with(&provider.policy);
+    if snapshot.refresh_token.is_none() {
+        // Nothing to refresh with: serve what is left, if anything.
+        if need != Need::Force && snapshot.is_valid_at(db::now()) {
+            return serve(state, &snapshot, &policy);
+        }
+        return Err(reauth_required());
+    }
+    let key = snapshot.key.clone();
+    let lock = state.refresh_locks.lock_for(&key);
+    let _local = lock.lock().await;
+    let owner = state.lease_owner();
+    let mut timer = WaitTimer {
+        state,
+        started: None,
+    };
+    let mut backoff = FIRST_BACKOFF;
+    let begun = Instant::now();
+    loop {
+        let now = db::now();
+        let now_ms = db::now_ms();
+        let current = connections::get(&state.db, &key)
+            .await?
+            .ok_or_else(|| ApiError::new(ErrorCode::NotConnected, "the connection was removed"))?;
+        if current.status == ConnectionStatus::ReauthRequired {
+            return Err(reauth_required());
+        }
+        if current.token_version != snapshot.token_version && current.is_valid_at(now) {
+            // Someone refreshed (or reconnected) since the caller looked.
+            return serve(state, &current, &policy);
+        }
+        if current.token_version == snapshot.token_version
+            && current.failure_count > snapshot.failure_count
+        {
+            // Someone tried while this caller waited, and failed.
+            return if current.is_valid_at(now) {
+                serve(state, &current, &policy)
+            } else {
+                Err(provider_unavailable(
+                    current
+                        .last_refresh_error
+                        .as_deref()
+                        .unwrap_or("earlier attempt"),
+                ))
+            };
+        }
+        let still_needed = match need {
+            Need::Force => true,
+            Need::Due => is_due(&current, &policy, now),
+            Need::Background => background_due(&current, &policy, now),
+        };
+        if !still_needed {
+            return serve(state, &current, &policy);
+        }
+        if current.retry_at.is_some_and(|at| at > now) {
+            state.metrics.cooldown_skip();
+            return if current.is_valid_at(now) {
+                serve(state, &current, &policy)
+            } else {
+                Err(provider_unavailable(
+                    current
+                        .last_refresh_error
+                        .as_deref()
+                        .unwrap_or("cooling down after a failure"),
+                ))
+            };
+        }
+        let lease_ms = i64::try_from(state.refresh_lease.as_millis()).unwrap_or(i64::MAX);
+        if connections::try_take_lease(
+            &state.db,
+            &key,
+            &owner,
+            now_ms,
+            now_ms.saturating_add(lease_ms),
+        )
+        .await?
+        {
+            if let Some(previous) = current
+                .lease_owner
+                .as_deref()
+                .filter(|_| current.lease_until.is_some_and(|u| u <= now_ms))
+            {
+                state.metrics.lease_takeover();
+                tracing::warn!(app_id = %key.app_id, provider = %key.provider, previous, "took over an expired refresh lease");
+            }
+            // Re-read: a refresh may have finished between the read and the take.
+            let fresh = connections::get(&state.db, &key).await?;
+            match fresh {
+                Some(fresh)
+                    if fresh.token_version == current.token_version
+                        && fresh.failure_count == current.failure_count
+                        && fresh.status == ConnectionStatus::Active =>
+                {
+                    drop(timer);
+                    return attempt(state, provider, &policy, fresh, &owner, need).await;
+                }
+                _ => {
+                    connections::release_lease(&state.db, &key, &owner).await?;
+                    continue;
+                }
+            }
+        }
+        // Held by another request or replica.
+        if need == Need::Background {
+            return serve(state, &current, &policy);
+        }
+        timer.started.get_or_insert(begun);
+        if need != Need::Force
+            && current.is_valid_at(now)
+            && begun.elapsed() >= VALID_TOKEN_MAX_WAIT
+        {
+            return serve(state, &current, &policy);
+        }
+        let until_ms = current.lease_until.unwrap_or(now_ms);
+        let left = Duration::from_millis(u64::try_from(until_ms - now_ms).unwrap_or(0).max(1));
+        tokio::time::sleep(backoff.min(left)).await;
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// The provider call and its outcome, while holding the lease.
+async fn attempt(
+    state: &AppState,
+    provider: &ProviderRecord,
+    policy: &RefreshPolicy,
+    current: ConnectionRecord,
+    owner: &str,
+    need: Need,
+) -> Result<Served, ApiError> {
+    let key = &current.key;
+    let aad = |field| Aad::connection(&key.app_id, &key.provider, &key.user_id, field);
+    let Some(refresh_blob) = current.refresh_token.as_ref() else {
+        connections::release_lease(&state.db, key, owner).await?;
+        return Err(reauth_required());
+    };
+    let refresh_token = RefreshToken::new(
+        state
+            .vault
+            .open_string(&aad(Field::RefreshToken), refresh_blob)?
+            .as_str(),
+    );
+    let secret = ClientSecret::new(
+        state
+            .vault
+            .open_string(
+                &Aad::provider_secret(&provider.app_id, &provider.provider),
+                &provider.client_secret,
+            )?
+            .as_str(),
+    );
+    state.metrics.provider_call(Grant::RefreshToken);
+    if need == Need::Background {
+        state.metrics.background_refresh();
+    }
+    let result = state
+        .token_client
+        .request(
+            &provider.token_url,
+            &ClientCredentials {
+                client_id: &provider.client_id,
+                client_secret: &secret,
+                auth: provider.client_auth,
+            },
+            &GrantRequest::RefreshToken {
+                refresh_token: &refresh_token,
+            },
+        )
+        .await;
+    let now = db::now();
+    match result {
+        Ok(tokens) => {
+            let expires_at = tokens
+                .expires_in
+                .map(|secs| now.saturating_add(i64::try_from(secs).unwrap_or(i64::MAX)));
+            let access_blob = state
+                .vault
+                .seal_str(&aad(Field::AccessToken), tokens.access_token.expose())?;
+            // `token_set` already dropped empty refresh tokens: `None` keeps the old one.
+            let refresh_blob = tokens
+                .refresh_token
+                .as_ref()
+                .map(|t| state.vault.seal_str(&aad(Field::RefreshToken), t.expose()))
+                .transpose()?;
+            let stored = connections::store_refreshed(
+                &state.db,
+                Refreshed {
+                    key,
+                    owner,
+                    base_version: current.token_version,
+                    access_token: access_blob,
+                    refresh_token: refresh_blob,
+                    expires_at,
+                    scopes: tokens.scope.as_deref(),
+                    now,
+                },
+            )
+            .await?;
+            state.metrics.refresh(RefreshOutcome::Ok);
+            if stored {
+                tracing::info!(app_id = %key.app_id, provider = %key.provider, rotated = tokens.refresh_token.is_some(), ?need, "refreshed access token");
+            } else {
+                state.metrics.lease_lost();
+                tracing::warn!(app_id = %key.app_id, provider = %key.provider, "refresh finished after its lease expired and newer tokens were stored; kept the newer ones");
+            }
+            let reported = expires_at.or_else(|| {
+                Some(now.saturating_add(secs(policy.max_token_lifetime)))
+                    .filter(|_| tokens.refresh_token.is_some() || current.refresh_token.is_some())
+            });
+            Ok(Served {
+                access_token: tokens.access_token,
+                expires_at: reported,
+            })
+        }
+        Err(TokenError::Permanent(code)) => {
+            let marked = connections::mark_reauth_required(
+                &state.db,
+                key,
+                owner,
+                current.token_version,
+                &code,
+                now,
+            )
+            .await?;
+            if marked {
+                state.metrics.refresh(RefreshOutcome::Permanent);
+                tracing::warn!(app_id = %key.app_id, provider = %key.provider, reason = %code, "refresh refused: connection needs a new connect");
+                return Err(reauth_required());
+            }
+            // The tokens changed while we asked: our refresh token was an old one.
+            let latest = connections::get(&state.db, key).await?;
+            match latest {
+                Some(latest)
+                    if latest.status == ConnectionStatus::Active && latest.is_valid_at(now) =>
+                {
+                    state.metrics.refresh(RefreshOutcome::Superseded);
+                    tracing::info!(app_id = %key.app_id, provider = %key.provider, reason = %code, "old refresh token refused after a concurrent rotation; serving the newer tokens");
+                    serve(state, &latest, policy)
+                }
+                _ => {
+                    state.metrics.refresh(RefreshOutcome::Permanent);
+                    Err(reauth_required())
+                }
+            }
+        }
+        Err(TokenError::Transient(reason)) => {
+            let failures = current.failure_count.saturating_add(1);
+            let cooldown = cooldown(
+                policy.failure_cooldown,
+                state.max_failure_cooldown,
+                failures,
+            );
+            let retry_at = now.saturating_add(i64::try_from(cooldown.as_secs()).unwrap_or(0));
+            connections::record_transient_failure(&state.db, key, owner, &reason, now, retry_at)
+                .await?;
+            state.metrics.refresh(RefreshOutcome::Transient);
+            tracing::warn!(app_id = %key.app_id, provider = %key.provider, %reason, failures, cooldown_secs = cooldown.as_secs(), "refresh failed; will retry after the cooldown");
+            if current.is_valid_at(now) {
+                serve(state, &current, policy)
+            } else {
+                Err(provider_unavailable(&reason))
+            }
+        }
+    }
+}
+
+/// `base` doubled per failure after the first, at most `max`.
+pub fn cooldown(base: Duration, max: Duration, failures: i64) -> Duration {
+    let doublings = u32::try_from(failures.saturating_sub(1).clamp(0, 20)).unwrap_or(20);
+    base.saturating_mul(1u32 << doublings).min(max.max(base))
+}
+
+/// One async mutex per connection, held while refreshing it. Entries are
+/// weak so that idle connections cost nothing.
+#[derive(Debug, Default)]
+pub struct RefreshLocks {
+    locks: Mutex<HashMap<ConnKey, Weak<tokio::sync::Mutex<()>>>>,
+}
+
+impl RefreshLocks {
+    pub fn lock_for(&self, key: &ConnKey) -> Arc<tokio::sync::Mutex<()>> {
+        // A poisoned map is still a valid map.
+        let mut locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(lock) = locks.get(key).and_then(Weak::upgrade) {
+            return lock;
+        }
+        if locks.len() >= 1024 {
+            locks.retain(|_, weak| weak.strong_count() > 0);
+        }
+        let lock = Arc::new(tokio::sync::Mutex::new(()));
+        locks.insert(key.clone(), Arc::downgrade(&lock));
+        lock
+    }
+}
+
+/// Lease owner names: this replica's random id and a sequence number.
+#[derive(Debug)]
+pub struct LeaseOwners {
+    replica: String,
+    next: AtomicU64,
+}
+
+impl LeaseOwners {
+    pub fn new() -> Self {
+        Self {
+            replica: crate::secrets::hex(&crate::secrets::random_bytes::<6>()),
+            next: AtomicU64::new(1),
+        }
+    }
+
+    pub fn replica(&self) -> &str {
+        &self.replica
+    }
+
+    pub fn next(&self) -> String {
+        format!(
+            "{}#{}",
+            self.replica,
+            self.next.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+}
+
+impl Default for LeaseOwners {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(user: &str) -> ConnKey {
+        ConnKey {
+            app_id: "app".into(),
+            provider: "p".into(),
+            user_id: user.into(),
+        }
+    }
+
+    fn record(expires_at: Option<i64>, issued_at: i64, refresh: bool) -> ConnectionRecord {
+        ConnectionRecord {
+            key: key("a"),
+            access_token: vec![],
+            refresh_token: refresh.then(Vec::new),
+            expires_at,
+            scopes: String::new(),
+            status: ConnectionStatus::Active,
+            failure_count: 0,
+            last_refresh_at: None,
+            last_refresh_error: None,
+            last_attempt_at: None,
+            retry_at: None,
+            issued_at,
+            token_version: 1,
+            lease_owner: None,
+            lease_until: None,
+            created_at: 0,
+            updated_at: 0,
+        }
+    }
+
+    #[test]
+    fn one_lock_per_live_connection() {
+        let locks = RefreshLocks::default();
+        let a = locks.lock_for(&key("a"));
+        let a2 = locks.lock_for(&key("a"));
+        let b = locks.lock_for(&key("b"));
+        assert!(Arc::ptr_eq(&a, &a2));
+        assert!(!Arc::ptr_eq(&a, &b));
+        drop((a, a2));
+        // Dropped locks are recreated, not resurrected.
+        let a3 = locks.lock_for(&key("a"));
+        assert_eq!(Arc::strong_count(&a3), 1);
+    }
+
+    #[test]
+    fn due_times_never_mean_every_call_or_forever() {
+        let p = RefreshPolicy::default(); // skew 60 s, max lifetime 1 h
+                                          // An hour-long token: refreshed 60 s before it expires.
+        assert_eq!(refresh_due_at(&record(Some(3600), 0, true), &p), Some(3540));
+        // A 30 s token: the skew shrinks to half its life, not every call.
+        assert_eq!(
+            refresh_due_at(&record(Some(1030), 1000, true), &p),
+            Some(1015)
+        );
+        // No expires_in: the maximum lifetime.
+        assert_eq!(refresh_due_at(&record(None, 1000, true), &p), Some(4600));
+        // Nothing to refresh with: never due.
+        assert_eq!(refresh_due_at(&record(Some(3600), 0, false), &p), None);
+        assert!(is_due(&record(None, 1000, true), &p, 4600));
+        assert!(!is_due(&record(None, 1000, true), &p, 4599));
+        assert_eq!(reported_expiry(&record(None, 1000, true), &p), Some(4600));
+        assert_eq!(reported_expiry(&record(None, 1000, false), &p), None);
+    }
+
+    #[test]
+    fn background_window_and_keepalive() {
+        let mut p = RefreshPolicy::default(); // window 5 min, keep-alive off
+        let hour = record(Some(3600), 0, true);
+        assert!(!background_due(&hour, &p, 3299));
+        assert!(background_due(&hour, &p, 3300));
+        // A 2 min token is not renewed in a loop: half its life first.
+        let short = record(Some(120), 0, true);
+        assert!(!background_due(&short, &p, 59));
+        assert!(background_due(&short, &p, 60));
+        let long = record(Some(90 * 86400), 0, true);
+        assert!(!background_due(&long, &p, 86400));
+        p.keepalive = Duration::from_secs(86400);
+        assert!(background_due(&long, &p, 86400));
+        p.background_window = Duration::ZERO;
+        assert!(!background_due(&hour, &p, 3300));
+        assert!(background_due(&hour, &p, 3540), "still due by the skew");
+    }
+
+    #[test]
+    fn cooldown_doubles_up_to_the_maximum() {
+        let base = Duration::from_secs(5);
+        let max = Duration::from_secs(60);
+        assert_eq!(cooldown(base, max, 1), Duration::from_secs(5));
+        assert_eq!(cooldown(base, max, 2), Duration::from_secs(10));
+        assert_eq!(cooldown(base, max, 4), Duration::from_secs(40));
+        assert_eq!(cooldown(base, max, 5), Duration::from_secs(60));
+        assert_eq!(cooldown(base, max, 500), Duration::from_secs(60));
+        assert_eq!(cooldown(Duration::ZERO, max, 3), Duration::ZERO);
+    }
+}
