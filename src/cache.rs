@@ -1,5 +1,21 @@
 //! The token cache in proxy-wasm shared data (one per VM id, shared by every
-//! worker): key and value encoding, expiry, lookup and CAS write.
+//! worker): a fixed number of slots, key and value encoding, expiry, lookup,
+//! CAS write, invalidation, and the markers of lookups in flight.
+//!
+//! Shared data has no delete and no enumeration, so the cache never creates
+//! keys on demand. It has `cache_capacity` slots, `authstamp/v2/slot/<n>`;
+//! a connection's cache key (cluster, app, provider, user) hashes (FNV-1a 64,
+//! stable across workers and restarts) to two candidate slots. A lookup reads
+//! the first candidate and, unless it holds this key, the second; an entry
+//! carries its full cache key, so a slot holding another key is a miss, never
+//! a wrong token. A write goes to the candidate that already holds the key,
+//! else to an unused or expired one, else evicts the entry that expires first.
+//! So at most `cache_capacity` keys ever exist and memory stays flat however
+//! many users pass; writing an empty value is how an entry is deleted.
+//!
+//! Markers (`authstamp/v2/pending/<n>`, one per slot, same bound) say "a
+//! worker is asking the token service for this key until <time>", so that
+//! the other workers wait for its answer instead of asking too.
 
 use std::fmt;
 use std::time::Duration;
@@ -11,14 +27,16 @@ use crate::host::{Host, SharedDataError};
 use crate::stamp;
 
 /// Version of the key and value layout: a change makes old entries invisible.
-const KEY_PREFIX: &str = "authstamp/v1/";
+const SLOT_PREFIX: &str = "authstamp/v2/slot/";
+const PENDING_PREFIX: &str = "authstamp/v2/pending/";
 
-/// The shared-data key of a connection. Each part is length-prefixed, so
-/// the key is unambiguous for any strings. The token-service cluster is part
-/// of the key, so that two filter configurations sharing a VM id but asking
+/// The cache key of a connection. Each part is length-prefixed, so the key
+/// is unambiguous for any strings. The token-service cluster is part of the
+/// key, so that two filter configurations sharing a VM id but asking
 /// different token services never see each other's entries.
 pub fn key(cluster: &str, app_id: &str, provider: &str, user: &str) -> String {
-    let mut key = String::from(KEY_PREFIX);
+    let mut key =
+        String::with_capacity(cluster.len() + app_id.len() + provider.len() + user.len() + 16);
     for part in [cluster, app_id, provider, user] {
         key.push_str(&part.len().to_string());
         key.push(':');
@@ -27,11 +45,60 @@ pub fn key(cluster: &str, app_id: &str, provider: &str, user: &str) -> String {
     key
 }
 
-/// A cached token: what to stamp, where to send it, for which app key and
-/// until when (Unix seconds).
+/// FNV-1a, 64 bits: stable across workers, restarts and platforms.
+pub fn hash(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// A cache key with its two candidate slots.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Slotted {
+    pub key: String,
+    pub slots: [u32; 2],
+}
+
+impl Slotted {
+    pub fn new(key: String, capacity: u32) -> Slotted {
+        let capacity = u64::from(capacity.max(1));
+        let h = hash(key.as_bytes());
+        // Two independent halves of the hash pick the two candidates.
+        let first = (h % capacity) as u32;
+        let mut second = ((h >> 32) ^ (h << 7)) % capacity;
+        if second == u64::from(first) && capacity > 1 {
+            second = (second + 1) % capacity;
+        }
+        Slotted {
+            key,
+            slots: [first, second as u32],
+        }
+    }
+
+    /// The distinct candidate slots, first choice first.
+    fn candidates(&self) -> impl Iterator<Item = u32> + '_ {
+        let [a, b] = self.slots;
+        std::iter::once(a).chain((b != a).then_some(b))
+    }
+}
+
+pub fn slot_key(slot: u32) -> String {
+    format!("{SLOT_PREFIX}{slot}")
+}
+
+fn pending_key(slot: u32) -> String {
+    format!("{PENDING_PREFIX}{slot}")
+}
+
+/// A cached token: for which cache key and app key, what to stamp, where to
+/// send it and until when (Unix seconds).
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Entry {
+    pub key: String,
     pub app_key: String,
     pub header: StampHeader,
     pub upstream: Upstream,
@@ -41,6 +108,7 @@ pub struct Entry {
 impl fmt::Debug for Entry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Entry")
+            .field("key", &self.key)
             .field("app_key", &"<redacted>")
             .field("header", &self.header)
             .field("upstream", &self.upstream)
@@ -94,11 +162,24 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     std::hint::black_box(diff) == 0
 }
 
-/// A usable entry: present, not deleted, well formed, still valid at `now`,
-/// and for this app key.
-pub fn lookup(host: &dyn Host, key: &str, app_key: &str, now: u64) -> Option<Entry> {
-    let (value, _cas) = host.get_shared_data(key);
-    let entry = Entry::decode(&value?)?;
+/// The entry of `key` in its first candidate slot that holds it, if any.
+fn find(host: &dyn Host, key: &Slotted) -> Option<Entry> {
+    for slot in key.candidates() {
+        let (value, _cas) = host.get_shared_data(&slot_key(slot));
+        let Some(entry) = value.as_deref().and_then(Entry::decode) else {
+            continue;
+        };
+        if entry.key == key.key {
+            return Some(entry);
+        }
+    }
+    None
+}
+
+/// A usable entry: present, not deleted, for this cache key, well formed,
+/// still valid at `now`, and for this app key.
+pub fn lookup(host: &dyn Host, key: &Slotted, app_key: &str, now: u64) -> Option<Entry> {
+    let entry = find(host, key)?;
     if entry.valid_until <= now {
         return None;
     }
@@ -114,19 +195,173 @@ pub fn lookup(host: &dyn Host, key: &str, app_key: &str, now: u64) -> Option<Ent
     Some(entry)
 }
 
-/// Writes an entry with the CAS just read. Losing a CAS race is fine: the
-/// other writer's entry is as good as ours.
-pub fn store(host: &dyn Host, key: &str, entry: &Entry) {
+/// What a write did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stored {
+    /// Written into a slot that did not exist yet.
+    NewSlot,
+    /// Written into an existing slot.
+    Replaced,
+    /// Not written: another writer won the CAS race, or the host refused.
+    Skipped,
+}
+
+/// Writes an entry into the best candidate slot, with the CAS just read:
+/// the slot holding this key, else one that is deleted, unreadable or
+/// expired, else one that does not exist yet, else the one whose entry
+/// expires first. Losing a
+/// CAS race is fine: the other writer's entry is as good as ours.
+pub fn store(host: &dyn Host, key: &Slotted, entry: &Entry, now: u64) -> Stored {
     let Some(bytes) = entry.encode() else {
-        return;
+        return Stored::Skipped;
     };
-    let (_current, cas) = host.get_shared_data(key);
-    match host.set_shared_data(key, &bytes, cas) {
-        Ok(()) => {}
-        Err(SharedDataError::CasMismatch) => {
-            log::debug!("authstamp: cache entry written concurrently")
+    // (rank, slot, cas, exists): the lowest rank wins, first candidate on ties.
+    let mut best: Option<(u64, u32, Option<u32>, bool)> = None;
+    for slot in key.candidates() {
+        let (value, cas) = host.get_shared_data(&slot_key(slot));
+        let rank = match value.as_deref().map(Entry::decode) {
+            Some(Some(held)) if held.key == key.key => 0,
+            // Reusing a dead slot before creating one keeps fewer keys.
+            Some(None) => 1,
+            Some(Some(held)) if held.valid_until <= now => 1,
+            None => 2,
+            Some(Some(held)) => 3 + held.valid_until.saturating_sub(now),
+        };
+        if best.is_none_or(|(r, ..)| rank < r) {
+            best = Some((rank, slot, cas, value.is_some()));
         }
-        Err(SharedDataError::Failed) => log::warn!("authstamp: could not write the token cache"),
+    }
+    let Some((_, slot, cas, existed)) = best else {
+        return Stored::Skipped;
+    };
+    match host.set_shared_data(&slot_key(slot), &bytes, cas) {
+        Ok(()) if existed => Stored::Replaced,
+        Ok(()) => Stored::NewSlot,
+        Err(SharedDataError::CasMismatch) => {
+            log::debug!("authstamp: cache slot written concurrently");
+            Stored::Skipped
+        }
+        Err(SharedDataError::Failed) => {
+            log::warn!("authstamp: could not write the token cache");
+            Stored::Skipped
+        }
+    }
+}
+
+/// Deletes the entry of `key` if it still holds the token whose value
+/// hashes to `stamped` (a provider refused that token). Returns `true` when
+/// this call deleted it: the caller then asks for a fresh token; a later
+/// 401 for the same, already deleted token does nothing.
+pub fn invalidate(host: &dyn Host, key: &Slotted, stamped: u64) -> bool {
+    let mut deleted = false;
+    for slot in key.candidates() {
+        let name = slot_key(slot);
+        let (value, cas) = host.get_shared_data(&name);
+        let Some(entry) = value.as_deref().and_then(Entry::decode) else {
+            continue;
+        };
+        if entry.key == key.key
+            && hash(entry.header.value.as_bytes()) == stamped
+            && host.set_shared_data(&name, b"", cas).is_ok()
+        {
+            deleted = true;
+        }
+    }
+    deleted
+}
+
+/// A lookup in flight somewhere, as its marker says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Marker {
+    until_ms: u64,
+    key: String,
+}
+
+impl Marker {
+    fn encode(&self) -> Vec<u8> {
+        format!("{}\n{}", self.until_ms, self.key).into_bytes()
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Marker> {
+        let text = std::str::from_utf8(bytes).ok()?;
+        let (until, key) = text.split_once('\n')?;
+        Some(Marker {
+            until_ms: until.parse().ok()?,
+            key: key.to_string(),
+        })
+    }
+}
+
+/// The answer of [`claim`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Claim {
+    /// Ask the token service; the marker (if written) expires at `until_ms`.
+    Ask { until_ms: u64 },
+    /// Another worker is asking for this key until `until_ms`: wait for its answer.
+    Wait { until_ms: u64 },
+}
+
+fn live_marker(value: Option<&[u8]>, key: &Slotted, now_ms: u64) -> Option<Marker> {
+    let marker = Marker::decode(value?)?;
+    (marker.key == key.key && marker.until_ms > now_ms).then_some(marker)
+}
+
+/// Before asking the token service for `key`: if another worker's marker
+/// for it is live, wait for that; otherwise write ours (until `now_ms +
+/// ttl_ms`) and ask. `force` asks regardless (a forced refresh must not wait
+/// for a plain lookup that may bring back the refused token). Inserting a
+/// new key never fails CAS, so two workers may both ask for a key whose
+/// marker slot never existed; once it exists, the CAS makes the claim exclusive.
+pub fn claim(host: &dyn Host, key: &Slotted, now_ms: u64, ttl_ms: u64, force: bool) -> Claim {
+    let name = pending_key(key.slots[0]);
+    let (value, cas) = host.get_shared_data(&name);
+    if !force {
+        if let Some(marker) = live_marker(value.as_deref(), key, now_ms) {
+            return Claim::Wait {
+                until_ms: marker.until_ms,
+            };
+        }
+    }
+    let until_ms = now_ms.saturating_add(ttl_ms);
+    let ours = Marker {
+        until_ms,
+        key: key.key.clone(),
+    };
+    match host.set_shared_data(&name, &ours.encode(), cas) {
+        Ok(()) | Err(SharedDataError::Failed) => Claim::Ask { until_ms },
+        Err(SharedDataError::CasMismatch) => {
+            let (value, _) = host.get_shared_data(&name);
+            match live_marker(value.as_deref(), key, now_ms) {
+                Some(marker) if !force => Claim::Wait {
+                    until_ms: marker.until_ms,
+                },
+                // Someone else's key took the marker slot: ask without a marker.
+                _ => Claim::Ask { until_ms: 0 },
+            }
+        }
+    }
+}
+
+/// Whether a live marker still says that someone asks for `key`.
+pub fn is_pending(host: &dyn Host, key: &Slotted, now_ms: u64) -> bool {
+    let (value, _) = host.get_shared_data(&pending_key(key.slots[0]));
+    live_marker(value.as_deref(), key, now_ms).is_some()
+}
+
+/// Clears our marker for `key` (the one that expires at `until_ms`) once the
+/// answer is in, so that waiting workers look at the cache at once.
+pub fn release(host: &dyn Host, key: &Slotted, until_ms: u64) {
+    if until_ms == 0 {
+        return;
+    }
+    let name = pending_key(key.slots[0]);
+    let (value, cas) = host.get_shared_data(&name);
+    let ours = value
+        .as_deref()
+        .and_then(Marker::decode)
+        .is_some_and(|m| m.key == key.key && m.until_ms == until_ms);
+    if ours {
+        let _ = host.set_shared_data(&name, b"", cas);
     }
 }
 
@@ -135,12 +370,13 @@ mod tests {
     use super::*;
     use crate::host::mock::MockHost;
 
-    fn entry(valid_until: u64) -> Entry {
+    fn entry_for(key: &Slotted, valid_until: u64) -> Entry {
         Entry {
+            key: key.key.clone(),
             app_key: "ask_1".into(),
             header: StampHeader {
                 name: "authorization".into(),
-                value: "Bearer tok".into(),
+                value: format!("Bearer tok-{}", key.key),
             },
             upstream: Upstream {
                 scheme: "https".into(),
@@ -151,16 +387,42 @@ mod tests {
         }
     }
 
+    fn slotted(user: &str, capacity: u32) -> Slotted {
+        Slotted::new(key("ts", "app", "slack", user), capacity)
+    }
+
     #[test]
     fn keys_are_unambiguous() {
         assert_ne!(key("c", "a:b", "c", "d"), key("c", "a", "b:c", "d"));
         assert_ne!(key("c", "a", "b", "cd"), key("c", "a", "bc", "d"));
         assert_ne!(key("c", "1:a", "", "x"), key("c", "", "1:a", "x"));
         assert_ne!(key("c1", "a", "p", "u"), key("c2", "a", "p", "u"));
-        assert_eq!(
-            key("ts", "app", "slack", "u1"),
-            "authstamp/v1/2:ts3:app5:slack2:u1"
-        );
+        assert_eq!(key("ts", "app", "slack", "u1"), "2:ts3:app5:slack2:u1");
+    }
+
+    #[test]
+    fn slots_are_stable_distinct_and_within_capacity() {
+        // FNV-1a test vectors: the hash must never change, or every
+        // worker of a running Envoy would look in different slots.
+        assert_eq!(hash(b""), 0xcbf29ce484222325);
+        assert_eq!(hash(b"a"), 0xaf63dc4c8601ec8c);
+        assert_eq!(hash(b"foobar"), 0x85944171f73967e8);
+        for capacity in [1, 2, 3, 16, 1000] {
+            for i in 0..200 {
+                let k = slotted(&format!("user{i}"), capacity);
+                assert!(k.slots.iter().all(|s| *s < capacity), "{k:?}");
+                if capacity > 1 {
+                    assert_ne!(k.slots[0], k.slots[1], "{k:?}");
+                }
+                assert_eq!(k, slotted(&format!("user{i}"), capacity));
+            }
+        }
+        // The slots spread: 1000 keys over 64 slots use nearly all of them.
+        let mut used = std::collections::HashSet::new();
+        for i in 0..1000 {
+            used.extend(slotted(&format!("u{i}"), 64).slots);
+        }
+        assert!(used.len() >= 60, "{}", used.len());
     }
 
     #[test]
@@ -189,14 +451,14 @@ mod tests {
 
     #[test]
     fn entries_round_trip_and_debug_hides_secrets() {
-        let e = entry(5);
+        let e = entry_for(&slotted("u", 8), 5);
         let bytes = e.encode().unwrap();
         assert_eq!(Entry::decode(&bytes), Some(e.clone()));
         assert_eq!(Entry::decode(b""), None);
         assert_eq!(Entry::decode(b"{"), None);
         let debug = format!("{e:?}");
         assert!(
-            !debug.contains("ask_1") && !debug.contains("tok"),
+            !debug.contains("ask_1") && !debug.contains("tok-"),
             "{debug}"
         );
     }
@@ -204,62 +466,226 @@ mod tests {
     #[test]
     fn lookup_needs_a_valid_entry_for_the_same_key() {
         let host = MockHost::new(100);
-        assert_eq!(lookup(&host, "k", "ask_1", 100), None);
-        host.put_shared("k", &entry(101).encode().unwrap());
-        assert!(lookup(&host, "k", "ask_1", 100).is_some());
+        let k = slotted("alice", 8);
+        assert_eq!(lookup(&host, &k, "ask_1", 100), None);
+        assert_eq!(store(&host, &k, &entry_for(&k, 101), 100), Stored::NewSlot);
+        assert!(lookup(&host, &k, "ask_1", 100).is_some());
         assert_eq!(
-            lookup(&host, "k", "ask_1", 101),
+            lookup(&host, &k, "ask_1", 101),
             None,
             "expired at valid_until"
         );
-        assert_eq!(lookup(&host, "k", "ask_2", 100), None, "another app key");
-        assert_eq!(lookup(&host, "k", "", 100), None);
-        host.put_shared("k", b"");
+        assert_eq!(lookup(&host, &k, "ask_2", 100), None, "another app key");
+        assert_eq!(lookup(&host, &k, "", 100), None);
+        host.put_shared(&slot_key(k.slots[0]), b"");
+        host.put_shared(&slot_key(k.slots[1]), b"");
         assert_eq!(
-            lookup(&host, "k", "ask_1", 100),
+            lookup(&host, &k, "ask_1", 100),
             None,
             "empty value means deleted"
         );
-        let mut bad = entry(500);
+        let mut bad = entry_for(&k, 500);
         bad.upstream.authority = "user@evil.example".into();
-        host.put_shared("k", &bad.encode().unwrap());
+        host.put_shared(&slot_key(k.slots[0]), &bad.encode().unwrap());
         assert_eq!(
-            lookup(&host, "k", "ask_1", 100),
+            lookup(&host, &k, "ask_1", 100),
             None,
             "malformed entries are ignored"
         );
     }
 
     #[test]
+    fn a_slot_holding_another_key_is_a_miss_never_its_token() {
+        let host = MockHost::new(100);
+        let alice = slotted("alice", 8);
+        let bob = slotted("bob", 8);
+        // Bob's entry sits in both of alice's candidate slots.
+        let mut planted = entry_for(&bob, 500);
+        planted.key = bob.key.clone();
+        for slot in alice.slots {
+            host.put_shared(&slot_key(slot), &planted.encode().unwrap());
+        }
+        assert_eq!(lookup(&host, &alice, "ask_1", 100), None);
+        // Alice's entry in her second slot is found.
+        host.put_shared(
+            &slot_key(alice.slots[1]),
+            &entry_for(&alice, 500).encode().unwrap(),
+        );
+        let found = lookup(&host, &alice, "ask_1", 100).unwrap();
+        assert_eq!(found.header.value, format!("Bearer tok-{}", alice.key));
+    }
+
+    #[test]
+    fn store_prefers_the_own_slot_then_a_free_one_then_the_first_to_expire() {
+        let host = MockHost::new(100);
+        let k = slotted("alice", 8);
+        let [first, second] = k.slots.map(slot_key);
+        let other = |until| {
+            let mut e = entry_for(&slotted("zed", 8), until);
+            e.key = "someone else".into();
+            e.encode().unwrap()
+        };
+        // Both free: the first candidate.
+        assert_eq!(store(&host, &k, &entry_for(&k, 200), 100), Stored::NewSlot);
+        assert!(host.shared_value(&first).is_some());
+        assert!(host.shared_value(&second).is_none());
+        // Its own slot again, even when the other one is free.
+        assert_eq!(store(&host, &k, &entry_for(&k, 300), 100), Stored::Replaced);
+        assert!(host.shared_value(&second).is_none());
+
+        // First held by a live entry, second free: the second.
+        let host = MockHost::new(100);
+        host.put_shared(&first, &other(500));
+        assert_eq!(store(&host, &k, &entry_for(&k, 200), 100), Stored::NewSlot);
+        assert_eq!(host.shared_value(&first).unwrap(), other(500));
+        assert!(lookup(&host, &k, "ask_1", 100).is_some());
+
+        // Both live: the one that expires first is evicted.
+        let host = MockHost::new(100);
+        host.put_shared(&first, &other(900));
+        host.put_shared(&second, &other(400));
+        assert_eq!(store(&host, &k, &entry_for(&k, 200), 100), Stored::Replaced);
+        assert_eq!(host.shared_value(&first).unwrap(), other(900));
+        assert!(lookup(&host, &k, "ask_1", 100).is_some());
+
+        // An expired or deleted entry goes before a live one.
+        let host = MockHost::new(100);
+        host.put_shared(&first, &other(900));
+        host.put_shared(&second, &other(50));
+        store(&host, &k, &entry_for(&k, 200), 100);
+        assert_eq!(host.shared_value(&first).unwrap(), other(900));
+        let host = MockHost::new(100);
+        host.put_shared(&first, &other(900));
+        host.put_shared(&second, b"");
+        store(&host, &k, &entry_for(&k, 200), 100);
+        assert_eq!(host.shared_value(&first).unwrap(), other(900));
+    }
+
+    #[test]
     fn store_writes_with_the_cas_it_read() {
         let host = MockHost::new(100);
-        store(&host, "k", &entry(200));
-        host.put_shared("k", &entry(150).encode().unwrap());
-        store(&host, "k", &entry(300));
+        let k = slotted("alice", 1);
+        assert_eq!(k.slots, [0, 0]);
+        store(&host, &k, &entry_for(&k, 200), 100);
+        store(&host, &k, &entry_for(&k, 300), 100);
         let writes = host.shared_writes();
         assert_eq!(
             writes[0],
-            ("k".to_string(), None),
+            (slot_key(0), None),
             "a new key is written unconditionally"
         );
         assert!(
             writes[1].1.is_some(),
             "an existing key is written with its CAS"
         );
-        assert_eq!(
-            Entry::decode(&host.shared_value("k").unwrap())
-                .unwrap()
-                .valid_until,
-            300
-        );
-
         host.set_cas_conflict();
-        store(&host, "k", &entry(400));
+        assert_eq!(store(&host, &k, &entry_for(&k, 400), 100), Stored::Skipped);
+        let held = Entry::decode(&host.shared_value(&slot_key(0)).unwrap()).unwrap();
+        assert_eq!(held.valid_until, 300);
+    }
+
+    #[test]
+    fn a_hundred_thousand_users_never_make_more_keys_than_the_capacity() {
+        // Every key maps into 0..capacity (checked for a million keys), so
+        // no number of users makes more slot keys than that.
+        for i in 0..1_000_000u32 {
+            let k = Slotted::new(i.to_string(), 1024);
+            assert!(k.slots[0] < 1024 && k.slots[1] < 1024);
+        }
+        let host = MockHost::new(100);
+        let capacity = 1024;
+        let mut new_slots = 0;
+        for i in 0..100_000u32 {
+            let k = Slotted::new(key("ts", "app", "slack", &i.to_string()), capacity);
+            if store(&host, &k, &entry_for(&k, 1000 + u64::from(i % 500)), 100) == Stored::NewSlot {
+                new_slots += 1;
+            }
+        }
+        let keys = host.shared_keys();
+        assert_eq!(keys.len(), capacity as usize, "every slot used, none more");
+        assert_eq!(new_slots, capacity);
+        assert!(keys.iter().all(|k| k.starts_with(SLOT_PREFIX)));
+        // The most recent users are still served.
+        let recent = Slotted::new(key("ts", "app", "slack", "99999"), capacity);
+        assert!(lookup(&host, &recent, "ask_1", 100).is_some());
+    }
+
+    #[test]
+    fn invalidate_deletes_only_the_refused_token() {
+        let host = MockHost::new(100);
+        let k = slotted("alice", 8);
+        let e = entry_for(&k, 500);
+        store(&host, &k, &e, 100);
+        let refused = hash(e.header.value.as_bytes());
+        assert!(!invalidate(&host, &k, hash(b"Bearer another")));
+        assert!(lookup(&host, &k, "ask_1", 100).is_some());
+        assert!(!invalidate(&host, &slotted("bob", 8), refused));
+        assert!(invalidate(&host, &k, refused));
+        assert_eq!(lookup(&host, &k, "ask_1", 100), None);
+        assert!(!invalidate(&host, &k, refused), "already deleted");
+    }
+
+    #[test]
+    fn markers_make_other_workers_wait_until_released_or_expired() {
+        let host = MockHost::new(100);
+        let k = slotted("alice", 8);
+        let Claim::Ask { until_ms } = claim(&host, &k, 1_000, 2_000, false) else {
+            panic!("first claim asks")
+        };
+        assert_eq!(until_ms, 3_000);
+        assert!(is_pending(&host, &k, 1_500));
         assert_eq!(
-            Entry::decode(&host.shared_value("k").unwrap())
-                .unwrap()
-                .valid_until,
-            300
+            claim(&host, &k, 1_500, 2_000, false),
+            Claim::Wait { until_ms: 3_000 }
         );
+        // Another key in the same marker slot does not wait.
+        let other = Slotted {
+            key: "other".into(),
+            slots: k.slots,
+        };
+        assert!(!is_pending(&host, &other, 1_500));
+        // A forced refresh asks anyway.
+        assert!(matches!(
+            claim(&host, &k, 1_500, 2_000, true),
+            Claim::Ask { until_ms: 3_500 }
+        ));
+        // Released only by its owner.
+        release(&host, &k, 3_000);
+        assert!(is_pending(&host, &k, 1_600));
+        release(&host, &k, 3_500);
+        assert!(!is_pending(&host, &k, 1_600));
+        // An expired marker does not hold anyone.
+        claim(&host, &k, 10_000, 2_000, false);
+        assert!(is_pending(&host, &k, 11_999));
+        assert!(!is_pending(&host, &k, 12_000));
+        assert!(matches!(
+            claim(&host, &k, 12_000, 2_000, false),
+            Claim::Ask { .. }
+        ));
+        assert_eq!(
+            host.shared_keys()
+                .iter()
+                .filter(|k| k.starts_with(PENDING_PREFIX))
+                .count(),
+            1,
+            "one marker key per slot, reused"
+        );
+    }
+
+    #[test]
+    fn a_refused_marker_write_still_asks() {
+        let host = MockHost::new(100);
+        let k = slotted("alice", 8);
+        claim(&host, &k, 1_000, 2_000, false);
+        release(&host, &k, 3_000);
+        // Someone wrote the marker slot between our read and our write, and
+        // what is there now is no live marker of this key: ask, without a marker.
+        host.set_cas_conflict();
+        assert_eq!(
+            claim(&host, &k, 4_000, 2_000, false),
+            Claim::Ask { until_ms: 0 }
+        );
+        release(&host, &k, 0);
+        assert!(!is_pending(&host, &k, 4_000));
     }
 }

@@ -6,6 +6,7 @@
 //!   "app": {"id": "app_…", "key_env": "AUTHSTAMP_APP_KEY"},
 //!   "refresh_skew": "30s",
 //!   "max_cache_ttl": "5m",
+//!   "cache_capacity": 16384,
 //!   "unmarked_requests": "pass",
 //!   "headers": {"provider": "x-authstamp-provider", "user": "x-authstamp-user",
 //!               "app": "x-authstamp-app", "app_key": "x-authstamp-app-key"}
@@ -40,6 +41,11 @@ pub const DEFAULT_REFRESH_SKEW: Duration = Duration::from_secs(30);
 pub const MIN_CACHE_TTL: Duration = Duration::from_secs(1);
 pub const MAX_CACHE_TTL: Duration = Duration::from_secs(24 * 3600);
 pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(300);
+/// Bounds of `cache_capacity`: the number of shared-data slots of the token
+/// cache (see `cache.rs`), hence the most entries it ever holds.
+pub const MIN_CACHE_CAPACITY: u32 = 1;
+pub const MAX_CACHE_CAPACITY: u32 = 4 * 1024 * 1024;
+pub const DEFAULT_CACHE_CAPACITY: u32 = 16 * 1024;
 /// Longest app id or app key accepted, the same limit as for request headers.
 pub const MAX_IDENTIFIER_BYTES: usize = 256;
 
@@ -140,6 +146,8 @@ pub struct Config {
     pub app: AppBinding,
     pub refresh_skew: Duration,
     pub max_cache_ttl: Duration,
+    /// Slots of the shared-data token cache: the cap on cached entries.
+    pub cache_capacity: u32,
     pub unmarked: Unmarked,
     pub headers: HeaderNames,
     /// Transparent egress: provider by request host, and unmapped hosts.
@@ -172,6 +180,8 @@ struct RawConfig {
     refresh_skew: Option<String>,
     #[serde(default)]
     max_cache_ttl: Option<String>,
+    #[serde(default)]
+    cache_capacity: Option<u32>,
     #[serde(default)]
     unmarked_requests: Option<Unmarked>,
     #[serde(default)]
@@ -285,6 +295,12 @@ impl Config {
         if !(MIN_CACHE_TTL..=MAX_CACHE_TTL).contains(&max_cache_ttl) {
             return Err(invalid("max_cache_ttl must be between 1s and 24h"));
         }
+        let cache_capacity = raw.cache_capacity.unwrap_or(DEFAULT_CACHE_CAPACITY);
+        if !(MIN_CACHE_CAPACITY..=MAX_CACHE_CAPACITY).contains(&cache_capacity) {
+            return Err(invalid(format!(
+                "cache_capacity must be between {MIN_CACHE_CAPACITY} and {MAX_CACHE_CAPACITY}"
+            )));
+        }
 
         let raw_headers = raw.headers.unwrap_or_default();
         let defaults = HeaderNames::default();
@@ -324,6 +340,7 @@ impl Config {
             app,
             refresh_skew,
             max_cache_ttl,
+            cache_capacity,
             unmarked: raw.unmarked_requests.unwrap_or(Unmarked::Pass),
             headers,
             egress,
@@ -427,6 +444,7 @@ mod tests {
         assert_eq!(config.app, AppBinding::Gateway);
         assert_eq!(config.refresh_skew, Duration::from_secs(30));
         assert_eq!(config.max_cache_ttl, Duration::from_secs(300));
+        assert_eq!(config.cache_capacity, DEFAULT_CACHE_CAPACITY);
         assert_eq!(config.unmarked, Unmarked::Pass);
         assert_eq!(config.headers, HeaderNames::default());
         assert_eq!(config.headers.provider, headers::PROVIDER);
@@ -440,6 +458,7 @@ mod tests {
             "app": {"id": "app_1", "key_env": "AUTHSTAMP_APP_KEY"},
             "refresh_skew": "0s",
             "max_cache_ttl": "1h",
+            "cache_capacity": 100,
             "unmarked_requests": "reject",
             "headers": {"provider": "x-p", "user": "x-u", "app": "x-a", "app_key": "x-k"}
         }"#;
@@ -455,6 +474,7 @@ mod tests {
         assert!(config.is_mesh());
         assert_eq!(config.refresh_skew, Duration::ZERO);
         assert_eq!(config.max_cache_ttl, Duration::from_secs(3600));
+        assert_eq!(config.cache_capacity, 100);
         assert_eq!(config.unmarked, Unmarked::Reject);
         assert_eq!(config.headers.all(), ["x-p", "x-u", "x-a", "x-k"]);
     }
@@ -537,6 +557,22 @@ mod tests {
             (
                 r#"{"token_service": {"cluster": "c", "authority": "a"}, "max_cache_ttl": "2d"}"#,
                 "max_cache_ttl",
+            ),
+            (
+                r#"{"token_service": {"cluster": "c", "authority": "a"}, "cache_capacity": 0}"#,
+                "cache_capacity",
+            ),
+            (
+                r#"{"token_service": {"cluster": "c", "authority": "a"}, "cache_capacity": 4194305}"#,
+                "cache_capacity",
+            ),
+            (
+                r#"{"token_service": {"cluster": "c", "authority": "a"}, "cache_capacity": -1}"#,
+                "not a valid configuration",
+            ),
+            (
+                r#"{"token_service": {"cluster": "c", "authority": "a"}, "cache_capacity": "big"}"#,
+                "not a valid configuration",
             ),
             (
                 r#"{"token_service": {"cluster": "c", "authority": "a"}, "refresh_skew": "2h"}"#,

@@ -1,14 +1,19 @@
 //! The per-request state machine of the hot path. `lib.rs` takes a stream's
-//! [`State`] out on each callback, passes it here with the host, and puts the
-//! returned state back.
+//! [`State`] out on each callback, passes it here with the host and its
+//! worker, and puts the returned state back.
 //!
 //! 1. Unmarked requests pass untouched (or are refused, by configuration).
 //! 2. Marked requests need a valid identity and an origin-form target.
 //! 3. A valid cache entry for the same app key: stamp and continue.
-//! 4. Otherwise join a lookup in flight for the same key and app key, or
-//!    dispatch one to the token service, and pause.
+//! 4. Otherwise join a lookup in flight in this worker for the same key and
+//!    app key; or wait for another worker's lookup of the key (its
+//!    shared-data marker is live); or dispatch one to the token service; and
+//!    pause.
 //! 5. The answer is validated, cached, and every waiting stream is stamped
 //!    and resumed, or answered locally.
+//! 6. A provider answering 401 to a stamped request deletes the cached entry
+//!    that held the refused token and has the root context ask the token
+//!    service for a forced refresh; requests arriving meanwhile wait for it.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -18,18 +23,44 @@ use authstamp_protocol::{
     headers, paths, ErrorBody, ErrorCode, TokenLookupRequest, TokenLookupResponse,
 };
 
-use crate::cache;
+use crate::cache::{self, Claim, Slotted, Stored};
 use crate::config::{Config, Unmarked};
 use crate::host::{DispatchError, Host};
-use crate::inflight::{Done, Inflight, Lookup};
+use crate::inflight::{Done, Inflight, Left, Lookup, Owner};
+use crate::metrics::Metrics;
 use crate::reply::Rejection;
-use crate::request::{self, Classified, Identity};
+use crate::request::{self, Classified};
 use crate::stamp;
 
 /// Largest token-service answer read.
 pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
-/// Tick period asked for when an orphaned lookup must be dispatched again.
-pub const ORPHAN_TICK: Duration = Duration::from_millis(1);
+/// Tick period of the root context while it has lookups to dispatch or
+/// another worker's lookup to wait for.
+pub const TICK: Duration = Duration::from_millis(1);
+/// Kept for the tests and callers of the first version.
+pub const ORPHAN_TICK: Duration = TICK;
+/// How long a marker outlives the token-service timeout, so that waiting
+/// workers take over only once the owner's call has surely ended.
+pub const MARKER_GRACE_MS: u64 = 250;
+
+/// One worker's filter state: its root context id, its lookups in flight
+/// and its metric ids. Shared by the worker's root context and streams.
+#[derive(Debug, Default)]
+pub struct Worker {
+    pub root: u32,
+    pub inflight: RefCell<Inflight>,
+    pub metrics: Metrics,
+}
+
+impl Worker {
+    pub fn new(root: u32, metrics: Metrics) -> Worker {
+        Worker {
+            root,
+            inflight: RefCell::new(Inflight::default()),
+            metrics,
+        }
+    }
+}
 
 /// What the host should do with the stream after a callback.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,16 +70,25 @@ pub enum Verdict {
 }
 
 /// Where a stream is on the hot path.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum State {
     /// No request headers seen yet.
     Fresh,
-    /// Not ours, or stamped: the request goes on.
+    /// Not ours: the request goes on untouched.
     Passed,
+    /// Stamped for `lookup` with the token whose value hashes to the `u64`:
+    /// the request goes on; a 401 answer refreshes that token.
+    Stamped(Rc<Lookup>, u64),
     /// Paused on token lookup `id`.
     Waiting(u64),
     /// Answered locally.
     Replied,
+}
+
+impl State {
+    pub fn is_stamped(&self) -> bool {
+        matches!(self, State::Stamped(..))
+    }
 }
 
 /// What a token-lookup answer means for the streams waiting on it.
@@ -57,23 +97,42 @@ enum Outcome {
     Refuse(Rejection),
 }
 
-fn refuse(host: &dyn Host, rejection: Rejection) -> (State, Verdict) {
+fn refuse(host: &dyn Host, metrics: &Metrics, rejection: Rejection) -> (State, Verdict) {
     log::info!(
         "authstamp: refused status={} code={}",
         rejection.status,
         rejection.code
     );
+    metrics.error(host, rejection.code);
     rejection.send(host);
     (State::Replied, Verdict::Pause)
+}
+
+fn stamp_with(
+    host: &dyn Host,
+    metrics: &Metrics,
+    lookup: Rc<Lookup>,
+    header: &authstamp_protocol::StampHeader,
+    upstream: &authstamp_protocol::Upstream,
+) -> (State, Verdict) {
+    match stamp::stamp(host, &lookup.config.headers, header, upstream) {
+        Ok(()) => {
+            metrics.stamped(host);
+            let token = cache::hash(header.value.as_bytes());
+            (State::Stamped(lookup, token), Verdict::Continue)
+        }
+        Err(rejection) => refuse(host, metrics, rejection),
+    }
 }
 
 /// `on_http_request_headers` of stream `stream`.
 pub fn on_request_headers(
     host: &dyn Host,
     config: Option<&Rc<Config>>,
-    inflight: &RefCell<Inflight>,
+    worker: &Worker,
     stream: u32,
 ) -> (State, Verdict) {
+    let metrics = &worker.metrics;
     let request_headers = host.request_headers();
     let Some(config) = config else {
         // Without a configuration nothing can be stamped: refuse what is
@@ -84,6 +143,7 @@ pub fn on_request_headers(
         if marked {
             return refuse(
                 host,
+                metrics,
                 Rejection::new(
                     ErrorCode::Internal,
                     "the authstamp filter has no valid configuration",
@@ -100,6 +160,7 @@ pub fn on_request_headers(
                 Unmarked::Pass => (State::Passed, Verdict::Continue),
                 Unmarked::Reject => refuse(
                     host,
+                    metrics,
                     Rejection::bad_request(format!(
                         "the request carries no authstamp headers ({} and {} are required)",
                         config.headers.provider, config.headers.user
@@ -107,32 +168,40 @@ pub fn on_request_headers(
                 ),
             };
         }
-        Err(rejection) => return refuse(host, rejection),
+        Err(rejection) => return refuse(host, metrics, rejection),
     };
     if let Err(rejection) = stamp::request_path(&request_headers) {
-        return refuse(host, rejection);
+        return refuse(host, metrics, rejection);
     }
 
-    let cache_key = cache::key(
-        &config.token_service.cluster,
-        &identity.app_id,
-        &identity.provider,
-        &identity.user,
+    let cache_key = Slotted::new(
+        cache::key(
+            &config.token_service.cluster,
+            &identity.app_id,
+            &identity.provider,
+            &identity.user,
+        ),
+        config.cache_capacity,
     );
     if let Some(now) = host.now_unix_secs() {
         if let Some(entry) = cache::lookup(host, &cache_key, identity.app_key.expose(), now) {
             log::debug!("authstamp: cache hit provider={}", identity.provider);
-            return match stamp::stamp(host, &config.headers, &entry.header, &entry.upstream) {
-                Ok(()) => (State::Passed, Verdict::Continue),
-                Err(rejection) => refuse(host, rejection),
-            };
+            metrics.hit(host);
+            let lookup = Rc::new(Lookup {
+                cache_key,
+                identity,
+                config: Rc::clone(config),
+                force_refresh: false,
+            });
+            return stamp_with(host, metrics, lookup, &entry.header, &entry.upstream);
         }
     }
+    metrics.miss(host);
 
     let joined = {
-        let mut inflight = inflight.borrow_mut();
+        let mut inflight = worker.inflight.borrow_mut();
         inflight
-            .find(&cache_key, identity.app_key.expose())
+            .find(&cache_key.key, identity.app_key.expose())
             .filter(|id| inflight.join(*id, stream))
     };
     if let Some(id) = joined {
@@ -140,47 +209,91 @@ pub fn on_request_headers(
             "authstamp: joined a lookup in flight provider={}",
             identity.provider
         );
+        metrics.coalesced(host);
         return (State::Waiting(id), Verdict::Pause);
     }
 
-    match dispatch_lookup(host, config, &identity) {
+    let lookup = Rc::new(Lookup {
+        cache_key,
+        identity,
+        config: Rc::clone(config),
+        force_refresh: false,
+    });
+    let until_ms = match claim(host, &lookup) {
+        Claim::Wait { until_ms } => {
+            log::debug!(
+                "authstamp: waiting for another worker's lookup provider={}",
+                lookup.identity.provider
+            );
+            metrics.coalesced(host);
+            let id = worker
+                .inflight
+                .borrow_mut()
+                .start_remote(lookup, stream, until_ms);
+            host.set_tick_period(TICK);
+            return (State::Waiting(id), Verdict::Pause);
+        }
+        Claim::Ask { until_ms } => until_ms,
+    };
+    match dispatch_lookup(host, metrics, &lookup) {
         Ok(token) => {
-            log::debug!("authstamp: cache miss provider={}", identity.provider);
-            let lookup = Lookup {
-                cache_key,
-                identity,
-                config: Rc::clone(config),
-            };
-            let id = inflight.borrow_mut().start(lookup, stream, token);
+            log::debug!(
+                "authstamp: cache miss provider={}",
+                lookup.identity.provider
+            );
+            let started = host.now_unix_nanos().unwrap_or(0);
+            let id = worker
+                .inflight
+                .borrow_mut()
+                .start(lookup, stream, token, until_ms, started);
             (State::Waiting(id), Verdict::Pause)
         }
         Err(DispatchError) => {
             log::warn!(
                 "authstamp: could not dispatch to the token service provider={}",
-                identity.provider
+                lookup.identity.provider
             );
+            cache::release(host, &lookup.cache_key, until_ms);
             refuse(
                 host,
+                metrics,
                 Rejection::unavailable("the token service cannot be reached"),
             )
         }
     }
 }
 
-/// Sends `POST /v1/token-lookup` for `identity` from the effective context.
+/// Claims the shared-data marker of `lookup`'s key (see `cache::claim`); a
+/// host without a clock asks without a marker.
+fn claim(host: &dyn Host, lookup: &Lookup) -> Claim {
+    let Some(now_ms) = host.now_unix_millis() else {
+        return Claim::Ask { until_ms: 0 };
+    };
+    let timeout_ms = u64::try_from(lookup.config.token_service.timeout.as_millis()).unwrap_or(0);
+    cache::claim(
+        host,
+        &lookup.cache_key,
+        now_ms,
+        timeout_ms + MARKER_GRACE_MS,
+        lookup.force_refresh,
+    )
+}
+
+/// Sends `POST /v1/token-lookup` for `lookup` from the effective context.
 fn dispatch_lookup(
     host: &dyn Host,
-    config: &Config,
-    identity: &Identity,
+    metrics: &Metrics,
+    lookup: &Lookup,
 ) -> Result<u32, DispatchError> {
+    let identity = &lookup.identity;
     let body = serde_json::to_vec(&TokenLookupRequest {
         provider: identity.provider.clone(),
         user: identity.user.clone(),
-        force_refresh: false,
+        force_refresh: lookup.force_refresh,
     })
     .map_err(|_| DispatchError)?;
-    let ts = &config.token_service;
-    host.dispatch_http_call(
+    let ts = &lookup.config.token_service;
+    let token = host.dispatch_http_call(
         &ts.cluster,
         &[
             (":method", "POST"),
@@ -192,7 +305,12 @@ fn dispatch_lookup(
         ],
         &body,
         ts.timeout,
-    )
+    )?;
+    metrics.call(host);
+    if lookup.force_refresh {
+        metrics.forced_refresh(host);
+    }
+    Ok(token)
 }
 
 /// Reads the answer being delivered (before any switch of effective context).
@@ -260,7 +378,7 @@ fn read_answer(host: &dyn Host, body_size: usize, provider: &str) -> Outcome {
     }
 }
 
-fn cache_answer(host: &dyn Host, lookup: &Lookup, answer: &TokenLookupResponse) {
+fn cache_answer(host: &dyn Host, metrics: &Metrics, lookup: &Lookup, answer: &TokenLookupResponse) {
     let Some(now) = host.now_unix_secs() else {
         return;
     };
@@ -275,12 +393,15 @@ fn cache_answer(host: &dyn Host, lookup: &Lookup, answer: &TokenLookupResponse) 
         return;
     }
     let entry = cache::Entry {
+        key: lookup.cache_key.key.clone(),
         app_key: lookup.identity.app_key.expose().to_string(),
         header: answer.header.clone(),
         upstream: answer.upstream.clone(),
         valid_until,
     };
-    cache::store(host, &lookup.cache_key, &entry);
+    if cache::store(host, &lookup.cache_key, &entry, now) == Stored::NewSlot {
+        metrics.slot_created(host);
+    }
 }
 
 /// Completes every member: makes it the effective context, stamps and
@@ -288,12 +409,13 @@ fn cache_answer(host: &dyn Host, lookup: &Lookup, answer: &TokenLookupResponse) 
 /// effective again.
 fn complete(
     host: &dyn Host,
-    inflight: &RefCell<Inflight>,
+    worker: &Worker,
     members: &[u32],
-    lookup: &Lookup,
+    lookup: &Rc<Lookup>,
     outcome: &Outcome,
     current: u32,
 ) {
+    let metrics = &worker.metrics;
     for &member in members {
         if !host.set_effective_context(member) {
             log::warn!("authstamp: a waiting stream is gone");
@@ -305,20 +427,23 @@ fn complete(
                 &lookup.config.headers,
                 &answer.header,
                 &answer.upstream,
-            ),
+            )
+            .map(|()| cache::hash(answer.header.value.as_bytes())),
             Outcome::Refuse(rejection) => Err(rejection.clone()),
         };
         let done = match result {
-            Ok(()) => {
+            Ok(token) => {
+                metrics.stamped(host);
                 host.resume_request();
-                Done::Stamped
+                Done::Stamped(Rc::clone(lookup), token)
             }
             Err(rejection) => {
+                metrics.error(host, rejection.code);
                 rejection.send(host);
                 Done::Replied
             }
         };
-        inflight.borrow_mut().record(member, done);
+        worker.inflight.borrow_mut().record(member, done);
     }
     host.set_effective_context(current);
 }
@@ -327,60 +452,144 @@ fn complete(
 /// stream or the root context).
 pub fn on_call_response(
     host: &dyn Host,
-    inflight: &RefCell<Inflight>,
+    worker: &Worker,
     token: u32,
     body_size: usize,
     current: u32,
 ) {
-    let Some(pending) = inflight.borrow_mut().take_by_token(token) else {
+    let Some(pending) = worker.inflight.borrow_mut().take_by_token(token) else {
         log::debug!("authstamp: answer for a lookup nobody waits for");
         return;
     };
-    let outcome = read_answer(host, body_size, &pending.lookup.identity.provider);
-    if let Outcome::Stamp(answer) = &outcome {
-        cache_answer(host, &pending.lookup, answer);
+    if let Some(now) = host.now_unix_nanos() {
+        if pending.started_ns != 0 {
+            let micros = now.saturating_sub(pending.started_ns) / 1_000;
+            worker.metrics.fetch_latency(host, micros);
+        }
     }
-    complete(
-        host,
-        inflight,
-        &pending.members,
-        &pending.lookup,
-        &outcome,
-        current,
-    );
+    let lookup = &pending.lookup;
+    let outcome = read_answer(host, body_size, &lookup.identity.provider);
+    if let Outcome::Stamp(answer) = &outcome {
+        cache_answer(host, &worker.metrics, lookup, answer);
+    }
+    cache::release(host, &lookup.cache_key, pending.until_ms);
+    complete(host, worker, &pending.members, lookup, &outcome, current);
 }
 
-/// The root context's tick: dispatches orphaned lookups again, then stops
-/// the ticks.
-pub fn on_tick(host: &dyn Host, inflight: &RefCell<Inflight>, root: u32) {
-    let orphans = inflight.borrow().orphans();
-    for (id, lookup) in orphans {
-        match dispatch_lookup(host, &lookup.config, &lookup.identity) {
-            Ok(token) => inflight.borrow_mut().adopt(id, token),
-            Err(DispatchError) => {
-                log::warn!(
-                    "authstamp: could not dispatch to the token service provider={}",
-                    lookup.identity.provider
+/// Dispatches lookup `id` from the root context (the effective context of
+/// the tick), claiming its marker when `claim_marker`; a failure answers its
+/// members 503.
+fn dispatch_from_root(
+    host: &dyn Host,
+    worker: &Worker,
+    id: u64,
+    lookup: &Rc<Lookup>,
+    claim_marker: bool,
+) {
+    let until_ms = if claim_marker {
+        match claim(host, lookup) {
+            Claim::Ask { until_ms } => Some(until_ms),
+            Claim::Wait { until_ms } => {
+                // Another worker asks for this key meanwhile: wait for it.
+                worker.inflight.borrow_mut().wait_remote(id, until_ms);
+                return;
+            }
+        }
+    } else {
+        None
+    };
+    match dispatch_lookup(host, &worker.metrics, lookup) {
+        Ok(token) => {
+            let started = host.now_unix_nanos().unwrap_or(0);
+            worker
+                .inflight
+                .borrow_mut()
+                .adopt(id, token, until_ms, started);
+        }
+        Err(DispatchError) => {
+            log::warn!(
+                "authstamp: could not dispatch to the token service provider={}",
+                lookup.identity.provider
+            );
+            let removed = worker.inflight.borrow_mut().remove(id);
+            if let Some(pending) = removed {
+                cache::release(
+                    host,
+                    &lookup.cache_key,
+                    until_ms.unwrap_or(pending.until_ms),
                 );
-                let removed = inflight.borrow_mut().remove(id);
-                if let Some(pending) = removed {
-                    let outcome = Outcome::Refuse(Rejection::unavailable(
-                        "the token service cannot be reached",
-                    ));
-                    complete(host, inflight, &pending.members, &lookup, &outcome, root);
-                }
+                let outcome = Outcome::Refuse(Rejection::unavailable(
+                    "the token service cannot be reached",
+                ));
+                complete(
+                    host,
+                    worker,
+                    &pending.members,
+                    lookup,
+                    &outcome,
+                    worker.root,
+                );
             }
         }
     }
-    host.set_tick_period(Duration::ZERO);
+}
+
+/// The root context's tick: dispatches orphaned lookups and forced
+/// refreshes, polls waits on other workers, and stops the ticks when
+/// nothing is left to do.
+pub fn on_tick(host: &dyn Host, worker: &Worker) {
+    let orphans = worker.inflight.borrow().orphans();
+    for (id, lookup) in orphans {
+        // A forced refresh claims the marker; a re-dispatch still holds its own.
+        dispatch_from_root(host, worker, id, &lookup, lookup.force_refresh);
+    }
+
+    let remotes = worker.inflight.borrow().owned_by(Owner::Remote);
+    for (id, lookup) in remotes {
+        let app_key = lookup.identity.app_key.expose();
+        let entry = host
+            .now_unix_secs()
+            .and_then(|now| cache::lookup(host, &lookup.cache_key, app_key, now));
+        if let Some(entry) = entry {
+            let removed = worker.inflight.borrow_mut().remove(id);
+            if let Some(pending) = removed {
+                let outcome = Outcome::Stamp(TokenLookupResponse {
+                    header: entry.header,
+                    upstream: entry.upstream,
+                    expires_at: None,
+                });
+                complete(
+                    host,
+                    worker,
+                    &pending.members,
+                    &lookup,
+                    &outcome,
+                    worker.root,
+                );
+            }
+            continue;
+        }
+        let still_pending = host
+            .now_unix_millis()
+            .is_some_and(|now_ms| cache::is_pending(host, &lookup.cache_key, now_ms));
+        if !still_pending {
+            // The other worker is done (or gone) and left nothing usable for
+            // this app key: ask ourselves.
+            dispatch_from_root(host, worker, id, &lookup, true);
+        }
+    }
+
+    if !worker.inflight.borrow().needs_tick() {
+        host.set_tick_period(Duration::ZERO);
+    }
 }
 
 /// Brings a waiting stream's state up to date: another context may have
 /// completed it.
-pub fn settle(state: State, inflight: &RefCell<Inflight>, stream: u32) -> State {
+pub fn settle(state: State, worker: &Worker, stream: u32) -> State {
     match state {
-        State::Waiting(_) => match inflight.borrow_mut().settle(stream) {
-            Some(Done::Stamped) => State::Passed,
+        State::Waiting(_) => match worker.inflight.borrow_mut().settle(stream) {
+            Some(Done::Stamped(lookup, token)) => State::Stamped(lookup, token),
             Some(Done::Replied) => State::Replied,
             None => state,
         },
@@ -390,28 +599,67 @@ pub fn settle(state: State, inflight: &RefCell<Inflight>, stream: u32) -> State 
 
 /// Request body or trailers: held while the stream waits (or was answered),
 /// so nothing reaches the router before the token is stamped.
-pub fn on_request_data(
-    state: State,
-    inflight: &RefCell<Inflight>,
-    stream: u32,
-) -> (State, Verdict) {
-    let state = settle(state, inflight, stream);
+pub fn on_request_data(state: State, worker: &Worker, stream: u32) -> (State, Verdict) {
+    let state = settle(state, worker, stream);
     let verdict = match state {
         State::Waiting(_) | State::Replied => Verdict::Pause,
-        State::Fresh | State::Passed => Verdict::Continue,
+        State::Fresh | State::Passed | State::Stamped(..) => Verdict::Continue,
     };
     (state, verdict)
+}
+
+/// The provider's response headers for a stamped request. A 401 means the
+/// provider refused the token: if the cache still holds exactly that token
+/// it is deleted, and (once per refused token, whatever the number of
+/// workers and requests that saw the 401) a forced refresh is queued for the
+/// root context, so that it outlives this stream. Requests for the key that
+/// arrive in this worker meanwhile wait for the refresh; the 401 itself goes
+/// back to the client unchanged.
+pub fn on_response_headers(host: &dyn Host, state: State, worker: &Worker, stream: u32) -> State {
+    let state = settle(state, worker, stream);
+    let State::Stamped(lookup, token) = &state else {
+        return state;
+    };
+    if host.response_status() != Some(401) {
+        return state;
+    }
+    worker.metrics.unauthorized(host);
+    if !cache::invalidate(host, &lookup.cache_key, *token) {
+        log::debug!("authstamp: provider 401 for a token no longer cached");
+        return state;
+    }
+    let mut inflight = worker.inflight.borrow_mut();
+    if inflight.has_forced(&lookup.cache_key.key) {
+        return state;
+    }
+    log::info!(
+        "authstamp: provider answered 401; refreshing provider={}",
+        lookup.identity.provider
+    );
+    let forced = Lookup {
+        force_refresh: true,
+        ..Lookup::clone(lookup)
+    };
+    inflight.start_orphan(Rc::new(forced));
+    drop(inflight);
+    host.set_tick_period(TICK);
+    state
 }
 
 /// The stream is done. If it still waited, it leaves its lookup; if it owned
 /// the call and others still wait, the root context is asked to tick and
 /// dispatch again.
-pub fn on_done(host: &dyn Host, state: State, inflight: &RefCell<Inflight>, stream: u32) -> State {
-    let state = settle(state, inflight, stream);
+pub fn on_done(host: &dyn Host, state: State, worker: &Worker, stream: u32) -> State {
+    let state = settle(state, worker, stream);
     if let State::Waiting(id) = state {
-        let orphaned = inflight.borrow_mut().leave(id, stream);
-        if orphaned {
-            host.set_tick_period(ORPHAN_TICK);
+        let left = worker.inflight.borrow_mut().leave(id, stream);
+        match left {
+            Left::Orphaned => host.set_tick_period(TICK),
+            Left::Removed {
+                cache_key,
+                until_ms,
+            } => cache::release(host, &cache_key, until_ms),
+            Left::Nothing => {}
         }
     }
     state
@@ -422,6 +670,7 @@ mod tests {
     use super::*;
     use crate::host::mock::{MockHost, ROOT};
     use crate::inflight::Owner;
+    use crate::metrics;
     use authstamp_protocol::TokenLookupRequest;
 
     const NOW: u64 = 1_700_000_000;
@@ -451,21 +700,43 @@ mod tests {
         )
     }
 
-    /// A test bench: one host, one worker's in-flight table, one config.
+    /// The root context of the second worker of a bench.
+    const OTHER_ROOT: u32 = 1000;
+
+    /// A test bench: one host (shared data is shared by all workers), two
+    /// workers, one config. Streams run on the first worker unless started
+    /// with [`Bench::call_on`].
     struct Bench {
         host: MockHost,
-        inflight: RefCell<Inflight>,
+        worker: Worker,
+        other: Worker,
         config: Rc<Config>,
         states: RefCell<std::collections::HashMap<u32, State>>,
+        on_other: RefCell<std::collections::HashSet<u32>>,
     }
 
     impl Bench {
         fn new(config: Rc<Config>) -> Self {
+            let host = MockHost::new(NOW);
+            host.add_context(OTHER_ROOT);
+            let metrics = Metrics::define(&host);
+            let other_metrics = Metrics::define(&host);
             Bench {
-                host: MockHost::new(NOW),
-                inflight: RefCell::new(Inflight::default()),
+                host,
+                worker: Worker::new(ROOT, metrics),
+                other: Worker::new(OTHER_ROOT, other_metrics),
                 config,
                 states: RefCell::new(Default::default()),
+                on_other: RefCell::new(Default::default()),
+            }
+        }
+
+        /// The worker of a stream or root context.
+        fn worker_of(&self, context: u32) -> &Worker {
+            if context == OTHER_ROOT || self.on_other.borrow().contains(&context) {
+                &self.other
+            } else {
+                &self.worker
             }
         }
 
@@ -473,7 +744,7 @@ mod tests {
             self.states
                 .borrow()
                 .get(&stream)
-                .copied()
+                .cloned()
                 .unwrap_or(State::Fresh)
         }
 
@@ -485,8 +756,9 @@ mod tests {
 
         fn headers_arrive(&self, stream: u32) -> Verdict {
             self.host.enter(stream);
+            let worker = self.worker_of(stream);
             let (state, verdict) =
-                on_request_headers(&self.host, Some(&self.config), &self.inflight, stream);
+                on_request_headers(&self.host, Some(&self.config), worker, stream);
             self.states.borrow_mut().insert(stream, state);
             verdict
         }
@@ -496,14 +768,21 @@ mod tests {
             self.request(stream, &marked(user, key))
         }
 
+        /// The same, on the second worker.
+        fn call_on_other(&self, stream: u32, user: &str, key: &str) -> Verdict {
+            self.on_other.borrow_mut().insert(stream);
+            self.call(stream, user, key)
+        }
+
         /// The token service answers the call `token`, delivered to `to`.
         fn answer(&self, to: u32, token: u32, status: Option<u16>, body: &str) {
             self.host.set_call_response(status, body);
             self.host.enter(to);
             let size = self.host.call_response_body_len();
-            on_call_response(&self.host, &self.inflight, token, size, to);
-            if to != ROOT {
-                let state = settle(self.state(to), &self.inflight, to);
+            let worker = self.worker_of(to);
+            on_call_response(&self.host, worker, token, size, to);
+            if to != ROOT && to != OTHER_ROOT {
+                let state = settle(self.state(to), worker, to);
                 self.states.borrow_mut().insert(to, state);
             }
         }
@@ -516,21 +795,62 @@ mod tests {
 
         fn body_arrives(&self, stream: u32) -> Verdict {
             self.host.enter(stream);
-            let (state, verdict) = on_request_data(self.state(stream), &self.inflight, stream);
+            let worker = self.worker_of(stream);
+            let (state, verdict) = on_request_data(self.state(stream), worker, stream);
             self.states.borrow_mut().insert(stream, state);
             verdict
         }
 
+        /// The provider answers `status` to the stamped request of `stream`.
+        fn response_arrives(&self, stream: u32, status: u16) {
+            self.host.set_response_status(stream, status);
+            self.host.enter(stream);
+            let worker = self.worker_of(stream);
+            let state = on_response_headers(&self.host, self.state(stream), worker, stream);
+            self.states.borrow_mut().insert(stream, state);
+        }
+
         fn done(&self, stream: u32) {
             self.host.enter(stream);
-            let state = on_done(&self.host, self.state(stream), &self.inflight, stream);
+            let worker = self.worker_of(stream);
+            let state = on_done(&self.host, self.state(stream), worker, stream);
             self.states.borrow_mut().insert(stream, state);
             self.host.delete_stream(stream);
         }
 
         fn tick(&self) {
             self.host.enter(ROOT);
-            on_tick(&self.host, &self.inflight, ROOT);
+            on_tick(&self.host, &self.worker);
+        }
+
+        fn tick_other(&self) {
+            self.host.enter(OTHER_ROOT);
+            on_tick(&self.host, &self.other);
+        }
+
+        fn key_of(&self, user: &str) -> Slotted {
+            Slotted::new(
+                cache::key("ts_cluster", APP, "slack", user),
+                self.config.cache_capacity,
+            )
+        }
+
+        /// The cache entry of `user`, wherever it is.
+        fn entry_of(&self, user: &str) -> Option<cache::Entry> {
+            let key = self.key_of(user);
+            key.slots.iter().find_map(|slot| {
+                let value = self.host.shared_value(&cache::slot_key(*slot))?;
+                cache::Entry::decode(&value).filter(|e| e.key == key.key)
+            })
+        }
+
+        /// The shared-data keys of cache slots.
+        fn slot_keys(&self) -> Vec<String> {
+            self.host
+                .shared_keys()
+                .into_iter()
+                .filter(|k| k.starts_with("authstamp/v2/slot/"))
+                .collect()
         }
 
         fn reply_of(&self, stream: u32) -> (u16, ErrorCode, String) {
@@ -892,11 +1212,11 @@ mod tests {
             assert_eq!(bench.host.header(2, gone), None, "{gone}");
         }
         assert_eq!(bench.host.resumed(2), 1);
-        assert_eq!(bench.state(2), State::Passed);
+        assert!(bench.state(2).is_stamped());
         assert_eq!(bench.body_arrives(2), Verdict::Continue);
         assert_eq!(bench.host.current(), 2, "effective context restored");
-        assert_eq!(bench.inflight.borrow().pending_count(), 0);
-        assert_eq!(bench.inflight.borrow().completed_count(), 0);
+        assert_eq!(bench.worker.inflight.borrow().pending_count(), 0);
+        assert_eq!(bench.worker.inflight.borrow().completed_count(), 0);
     }
 
     #[test]
@@ -947,9 +1267,15 @@ mod tests {
         bench.call(2, "alice", KEY);
         bench.answer_last(Some(200), &token_answer(Some(NOW + 3600)));
         assert_eq!(bench.host.dispatch_count(), 1);
-        let key = cache::key("ts_cluster", APP, "slack", "alice");
-        assert_eq!(bench.host.shared_keys(), vec![key.clone()]);
-        let entry = cache::Entry::decode(&bench.host.shared_value(&key).unwrap()).unwrap();
+        let key = bench.key_of("alice");
+        assert_eq!(bench.slot_keys(), vec![cache::slot_key(key.slots[0])]);
+        assert_eq!(
+            bench.host.shared_keys().len(),
+            2,
+            "the slot and the (released) marker of the lookup"
+        );
+        let entry = bench.entry_of("alice").unwrap();
+        assert_eq!(entry.key, key.key);
         assert_eq!(
             entry.valid_until,
             NOW + 300,
@@ -1042,7 +1368,7 @@ mod tests {
         bench.call(2, "alice", KEY);
         bench.answer_last(Some(200), &token_answer(Some(NOW + 20)));
         assert_stamped(&bench, 2, "Bearer xoxb-secret");
-        assert!(bench.host.shared_keys().is_empty());
+        assert!(bench.slot_keys().is_empty());
         bench.call(3, "alice", KEY);
         assert_eq!(bench.host.dispatch_count(), 2);
     }
@@ -1054,13 +1380,13 @@ mod tests {
         bench.call(2, "alice", KEY);
         bench.answer_last(Some(200), &token_answer(None));
         assert_stamped(&bench, 2, "Bearer xoxb-secret");
-        assert!(bench.host.shared_keys().is_empty());
+        assert!(bench.slot_keys().is_empty());
     }
 
     #[test]
     fn a_deleted_or_garbled_cache_entry_is_a_miss() {
         let bench = Bench::new(gateway());
-        let key = cache::key("ts_cluster", APP, "slack", "alice");
+        let key = cache::slot_key(bench.key_of("alice").slots[0]);
         bench.host.put_shared(&key, b"");
         bench.call(2, "alice", KEY);
         assert_eq!(bench.host.dispatch_count(), 1);
@@ -1074,13 +1400,18 @@ mod tests {
     #[test]
     fn the_cache_write_uses_cas_and_a_conflict_is_not_an_error() {
         let bench = Bench::new(gateway());
-        let key = cache::key("ts_cluster", APP, "slack", "alice");
+        let key = cache::slot_key(bench.key_of("alice").slots[0]);
         bench.host.put_shared(&key, b"");
         bench.call(2, "alice", KEY);
         bench.host.set_cas_conflict();
         bench.answer_last(Some(200), &token_answer(None));
         assert_stamped(&bench, 2, "Bearer xoxb-secret");
-        let writes = bench.host.shared_writes();
+        let writes: Vec<_> = bench
+            .host
+            .shared_writes()
+            .into_iter()
+            .filter(|(k, _)| k.contains("/slot/"))
+            .collect();
         assert_eq!(writes.len(), 1);
         assert!(writes[0].1.is_some(), "written with the CAS just read");
         assert_eq!(
@@ -1169,7 +1500,7 @@ mod tests {
             assert_eq!(got_code.as_str(), code);
             assert_eq!(message, "why it failed");
             assert_eq!(bench.host.resumed(2), 0);
-            assert!(bench.host.shared_keys().is_empty());
+            assert!(bench.slot_keys().is_empty());
             assert_eq!(bench.state(2), State::Replied);
         }
     }
@@ -1206,7 +1537,7 @@ mod tests {
                 Some("alice"),
                 "nothing stamped"
             );
-            assert!(bench.host.shared_keys().is_empty());
+            assert!(bench.slot_keys().is_empty());
         }
     }
 
@@ -1217,7 +1548,7 @@ mod tests {
         assert_eq!(bench.call(2, "alice", KEY), Verdict::Pause);
         let (status, code, _) = bench.reply_of(2);
         assert_eq!((status, code), (503, ErrorCode::TokenServiceUnavailable));
-        assert_eq!(bench.inflight.borrow().pending_count(), 0);
+        assert_eq!(bench.worker.inflight.borrow().pending_count(), 0);
         assert_eq!(bench.state(2), State::Replied);
     }
 
@@ -1290,7 +1621,7 @@ mod tests {
             );
             bench.assert_untouched(2, &original);
             assert_eq!(bench.host.resumed(2), 0);
-            assert!(bench.host.shared_keys().is_empty(), "{answer} was cached");
+            assert!(bench.slot_keys().is_empty(), "{answer} was cached");
         }
     }
 
@@ -1307,16 +1638,16 @@ mod tests {
     #[test]
     fn without_a_configuration_marked_requests_are_refused() {
         let host = MockHost::new(NOW);
-        let inflight = RefCell::new(Inflight::default());
+        let worker = Worker::default();
         host.add_stream(2, &[(":path", "/x"), ("x-authstamp-user", "alice")]);
         host.enter(2);
-        let (state, verdict) = on_request_headers(&host, None, &inflight, 2);
+        let (state, verdict) = on_request_headers(&host, None, &worker, 2);
         assert_eq!((state, verdict), (State::Replied, Verdict::Pause));
         assert_eq!(host.reply(2).unwrap().status, 500);
         host.add_stream(3, &[(":path", "/x")]);
         host.enter(3);
         assert_eq!(
-            on_request_headers(&host, None, &inflight, 3).1,
+            on_request_headers(&host, None, &worker, 3).1,
             Verdict::Continue
         );
     }
@@ -1345,10 +1676,10 @@ mod tests {
         );
         // The waiters learn it on their next callback.
         assert_eq!(bench.body_arrives(3), Verdict::Continue);
-        assert_eq!(bench.state(3), State::Passed);
+        assert!(bench.state(3).is_stamped());
         bench.done(4);
-        assert_eq!(bench.state(4), State::Passed);
-        assert_eq!(bench.inflight.borrow().completed_count(), 0);
+        assert!(bench.state(4).is_stamped());
+        assert_eq!(bench.worker.inflight.borrow().completed_count(), 0);
     }
 
     #[test]
@@ -1373,27 +1704,45 @@ mod tests {
         bench.call(4, "alice", KEY);
         bench.call(5, "alice", "ask_wrong");
         let dispatches = bench.host.dispatches();
-        assert_eq!(dispatches.len(), 2, "one call per app key");
+        assert_eq!(dispatches.len(), 1, "the other key waits for the marker");
         assert_eq!(dispatches[0].header("x-authstamp-app-key"), Some(KEY));
+        assert_eq!(
+            bench.state(5),
+            bench.state(3),
+            "the same app key shares a wait"
+        );
+        assert_eq!(bench.host.tick(), Some(TICK), "the wait is polled");
+
+        bench.answer(2, dispatches[0].token, Some(200), &token_answer(None));
+        assert_stamped(&bench, 2, "Bearer xoxb-secret");
+        assert_stamped(&bench, 4, "Bearer xoxb-secret");
+        assert_eq!(bench.host.reply(3), None);
+
+        // The entry is for the right key only: the other key asks for itself.
+        bench.tick();
+        let dispatches = bench.host.dispatches();
+        assert_eq!(dispatches.len(), 2, "one call per app key");
+        assert_eq!(dispatches[1].from, ROOT);
         assert_eq!(
             dispatches[1].header("x-authstamp-app-key"),
             Some("ask_wrong")
         );
-
         bench.answer(
-            3,
+            ROOT,
             dispatches[1].token,
             Some(401),
             &error_json("bad_app_key", "wrong key"),
         );
         for stream in [3, 5] {
             assert_eq!(bench.reply_of(stream).0, 401);
+            assert_eq!(bench.host.resumed(stream), 0);
+            assert_eq!(
+                bench.host.header_values(stream, "authorization"),
+                Vec::<String>::new()
+            );
         }
-        assert_eq!(bench.host.reply(2), None);
-        assert_eq!(bench.host.reply(4), None);
-        bench.answer(2, dispatches[0].token, Some(200), &token_answer(None));
-        assert_stamped(&bench, 2, "Bearer xoxb-secret");
-        assert_stamped(&bench, 4, "Bearer xoxb-secret");
+        bench.tick();
+        assert_eq!(bench.host.tick(), None, "nothing left to poll");
     }
 
     #[test]
@@ -1421,8 +1770,11 @@ mod tests {
             Some(ORPHAN_TICK),
             "the root context is asked to tick"
         );
-        assert_eq!(bench.inflight.borrow().owner(1), Some(Owner::Orphaned));
-        assert_eq!(bench.inflight.borrow().members(1), vec![3]);
+        assert_eq!(
+            bench.worker.inflight.borrow().owner(1),
+            Some(Owner::Orphaned)
+        );
+        assert_eq!(bench.worker.inflight.borrow().members(1), vec![3]);
 
         // A request arriving meanwhile joins the orphan.
         bench.call(4, "alice", KEY);
@@ -1434,7 +1786,7 @@ mod tests {
         assert_eq!(dispatches.len(), 2);
         assert_eq!(dispatches[1].from, ROOT, "dispatched by the root context");
         assert_eq!(dispatches[1].header("x-authstamp-app-key"), Some(KEY));
-        assert_eq!(bench.inflight.borrow().owner(1), Some(Owner::Root));
+        assert_eq!(bench.worker.inflight.borrow().owner(1), Some(Owner::Root));
 
         // The first call may still be answered (to the root): its token means nothing any more.
         bench.answer(ROOT, first, Some(200), &token_answer(None));
@@ -1445,7 +1797,7 @@ mod tests {
         assert_stamped(&bench, 4, "Bearer xoxb-secret");
         assert_eq!(bench.host.current(), ROOT);
         bench.body_arrives(3);
-        assert_eq!(bench.state(3), State::Passed);
+        assert!(bench.state(3).is_stamped());
     }
 
     #[test]
@@ -1457,7 +1809,7 @@ mod tests {
         bench.host.set_fail_dispatch(true);
         bench.tick();
         assert_eq!(bench.reply_of(3).1, ErrorCode::TokenServiceUnavailable);
-        assert_eq!(bench.inflight.borrow().pending_count(), 0);
+        assert_eq!(bench.worker.inflight.borrow().pending_count(), 0);
         assert_eq!(bench.host.tick(), None);
     }
 
@@ -1467,7 +1819,7 @@ mod tests {
         bench.call(2, "alice", KEY);
         bench.done(2);
         assert_eq!(bench.host.tick(), None);
-        assert_eq!(bench.inflight.borrow().pending_count(), 0);
+        assert_eq!(bench.worker.inflight.borrow().pending_count(), 0);
     }
 
     #[test]
@@ -1476,5 +1828,324 @@ mod tests {
         let bench = Bench::new(gateway());
         bench.request(2, &[(":path", "/x"), ("x-authstamp-route", "https")]);
         assert_eq!(bench.reply_of(2).0, 400);
+    }
+
+    // --- across workers ------------------------------------------------------
+
+    #[test]
+    fn another_worker_waits_for_the_first_lookup_and_stamps_from_the_cache() {
+        let bench = Bench::new(gateway());
+        bench.call(2, "alice", KEY);
+        assert_eq!(bench.call_on_other(3, "alice", KEY), Verdict::Pause);
+        assert_eq!(bench.call_on_other(4, "alice", KEY), Verdict::Pause);
+        assert_eq!(bench.host.dispatch_count(), 1, "one call in all workers");
+        assert_eq!(
+            bench.other.inflight.borrow().owned_by(Owner::Remote).len(),
+            1
+        );
+        assert_eq!(bench.host.tick(), Some(TICK));
+
+        // Polling before the answer changes nothing.
+        bench.tick_other();
+        assert_eq!(bench.host.resumed(3), 0);
+        assert_eq!(bench.host.dispatch_count(), 1);
+
+        bench.answer_last(Some(200), &token_answer(None));
+        assert_stamped(&bench, 2, "Bearer xoxb-secret");
+        bench.tick_other();
+        for stream in [3, 4] {
+            assert_stamped(&bench, stream, "Bearer xoxb-secret");
+            assert_eq!(bench.host.resumed(stream), 1);
+        }
+        assert_eq!(bench.host.current(), OTHER_ROOT);
+        bench.body_arrives(3);
+        assert!(bench.state(3).is_stamped());
+        assert_eq!(bench.other.inflight.borrow().pending_count(), 0);
+        assert_eq!(bench.host.dispatch_count(), 1);
+        assert_eq!(bench.host.metric(metrics::COALESCED), 2);
+        assert_eq!(bench.host.metric(metrics::TOKEN_SERVICE_CALLS), 1);
+    }
+
+    #[test]
+    fn when_the_first_lookup_fails_the_waiting_worker_asks_itself() {
+        let bench = Bench::new(gateway());
+        bench.call(2, "alice", KEY);
+        bench.call_on_other(3, "alice", KEY);
+        bench.answer_last(Some(503), &error_json("internal", "storage hiccup"));
+        assert_eq!(bench.reply_of(2).0, 503);
+        bench.tick_other();
+        let dispatches = bench.host.dispatches();
+        assert_eq!(dispatches.len(), 2);
+        assert_eq!(dispatches[1].from, OTHER_ROOT);
+        bench.answer(
+            OTHER_ROOT,
+            dispatches[1].token,
+            Some(200),
+            &token_answer(None),
+        );
+        assert_stamped(&bench, 3, "Bearer xoxb-secret");
+    }
+
+    #[test]
+    fn a_marker_left_by_a_vanished_worker_expires() {
+        let bench = Bench::new(gateway());
+        bench.call(2, "alice", KEY);
+        bench.call_on_other(3, "alice", KEY);
+        // The first worker never answers (its VM went away).
+        bench.host.advance_millis(749 + MARKER_GRACE_MS);
+        bench.tick_other();
+        assert_eq!(bench.host.dispatch_count(), 1, "the marker is still live");
+        bench.host.advance_millis(1);
+        bench.tick_other();
+        assert_eq!(bench.host.dispatch_count(), 2, "expired: ask ourselves");
+        bench.answer_last(Some(200), &token_answer(None));
+        assert_stamped(&bench, 3, "Bearer xoxb-secret");
+    }
+
+    #[test]
+    fn a_waiter_on_another_worker_that_goes_away_stops_the_polling() {
+        let bench = Bench::new(gateway());
+        bench.call(2, "alice", KEY);
+        bench.call_on_other(3, "alice", KEY);
+        bench.done(3);
+        assert_eq!(bench.other.inflight.borrow().pending_count(), 0);
+        bench.tick_other();
+        assert_eq!(bench.host.tick(), None);
+        assert_eq!(bench.host.dispatch_count(), 1);
+    }
+
+    #[test]
+    fn a_lonely_dispatcher_releases_its_marker_when_it_goes_away() {
+        let bench = Bench::new(gateway());
+        bench.call(2, "alice", KEY);
+        bench.done(2);
+        // Another worker does not wait for a lookup whose answer nobody reads.
+        assert_eq!(bench.call_on_other(3, "alice", KEY), Verdict::Pause);
+        assert_eq!(bench.host.dispatch_count(), 2);
+        assert_eq!(bench.host.dispatches()[1].from, 3);
+    }
+
+    // --- provider 401 --------------------------------------------------------
+
+    fn refreshed_answer() -> String {
+        answer_json(
+            "authorization",
+            "Bearer xoxb-fresh",
+            "https",
+            "slack.com",
+            "/api-base",
+            None,
+        )
+    }
+
+    #[test]
+    fn a_provider_401_drops_the_token_and_forces_one_refresh_from_the_root() {
+        let bench = Bench::new(gateway());
+        bench.call(2, "alice", KEY);
+        bench.answer_last(Some(200), &token_answer(None));
+        bench.call(3, "alice", KEY);
+        bench.call(4, "alice", KEY);
+        assert_eq!(bench.host.dispatch_count(), 1);
+
+        // A 2xx or another error changes nothing.
+        bench.response_arrives(2, 200);
+        bench.response_arrives(2, 403);
+        assert!(bench.entry_of("alice").is_some());
+        assert_eq!(bench.host.tick(), None);
+
+        bench.response_arrives(3, 401);
+        assert!(
+            bench.entry_of("alice").is_none(),
+            "the refused token is gone"
+        );
+        assert_eq!(bench.host.tick(), Some(TICK));
+        assert_eq!(
+            bench.host.dispatch_count(),
+            1,
+            "dispatched by the root, not the stream"
+        );
+        // Every other request that carried the refused token gets its 401 too: nothing more.
+        bench.response_arrives(4, 401);
+        bench.done(3);
+        bench.done(4);
+
+        // A request arriving before the tick waits for the forced refresh.
+        assert_eq!(bench.call(5, "alice", KEY), Verdict::Pause);
+        bench.tick();
+        let dispatches = bench.host.dispatches();
+        assert_eq!(dispatches.len(), 2);
+        let forced = &dispatches[1];
+        assert_eq!(forced.from, ROOT);
+        let body: TokenLookupRequest = serde_json::from_slice(&forced.body).unwrap();
+        assert!(body.force_refresh);
+        assert_eq!(
+            (body.provider.as_str(), body.user.as_str()),
+            ("slack", "alice")
+        );
+        assert_eq!(forced.header("x-authstamp-app-key"), Some(KEY));
+        assert_eq!(bench.host.tick(), None);
+
+        // A request arriving while the refresh is in flight waits for it too.
+        assert_eq!(bench.call(6, "alice", KEY), Verdict::Pause);
+        assert_eq!(bench.host.dispatch_count(), 2);
+        bench.answer(ROOT, forced.token, Some(200), &refreshed_answer());
+        for stream in [5, 6] {
+            assert_eq!(
+                bench.host.header_values(stream, "authorization"),
+                vec!["Bearer xoxb-fresh".to_string()]
+            );
+        }
+        assert_eq!(
+            bench.entry_of("alice").unwrap().header.value,
+            "Bearer xoxb-fresh"
+        );
+        assert_eq!(bench.call(7, "alice", KEY), Verdict::Continue);
+        assert_eq!(bench.host.metric(metrics::PROVIDER_UNAUTHORIZED), 2);
+        assert_eq!(bench.host.metric(metrics::FORCED_REFRESHES), 1);
+    }
+
+    #[test]
+    fn a_late_401_for_an_old_token_keeps_the_fresh_one() {
+        let bench = Bench::new(gateway());
+        bench.call(2, "alice", KEY);
+        bench.answer_last(Some(200), &token_answer(None));
+        bench.call(3, "alice", KEY);
+        bench.response_arrives(2, 401);
+        bench.tick();
+        bench.answer_last(Some(200), &refreshed_answer());
+        // Stream 3 was stamped with the old token before the refresh.
+        bench.response_arrives(3, 401);
+        assert_eq!(
+            bench.entry_of("alice").unwrap().header.value,
+            "Bearer xoxb-fresh"
+        );
+        assert_eq!(bench.host.tick(), None);
+        assert_eq!(bench.host.dispatch_count(), 2);
+    }
+
+    #[test]
+    fn a_401_seen_by_two_workers_forces_one_refresh() {
+        let bench = Bench::new(gateway());
+        bench.call(2, "alice", KEY);
+        bench.answer_last(Some(200), &token_answer(None));
+        bench.call_on_other(3, "alice", KEY);
+        assert!(bench.state(3).is_stamped(), "a hit on the other worker");
+        bench.response_arrives(2, 401);
+        bench.response_arrives(3, 401);
+        bench.tick();
+        bench.tick_other();
+        assert_eq!(bench.host.dispatch_count(), 2, "one forced refresh in all");
+        // The other worker's new requests wait for it through the marker.
+        assert_eq!(bench.call_on_other(4, "alice", KEY), Verdict::Pause);
+        assert_eq!(bench.host.dispatch_count(), 2);
+        bench.answer_last(Some(200), &refreshed_answer());
+        bench.tick_other();
+        assert_eq!(
+            bench.host.header_values(4, "authorization"),
+            vec!["Bearer xoxb-fresh".to_string()]
+        );
+    }
+
+    #[test]
+    fn a_failed_forced_refresh_answers_the_waiters_and_leaves_the_cache_empty() {
+        let bench = Bench::new(gateway());
+        bench.call(2, "alice", KEY);
+        bench.answer_last(Some(200), &token_answer(None));
+        bench.response_arrives(2, 401);
+        bench.call(3, "alice", KEY);
+        bench.tick();
+        bench.answer_last(Some(409), &error_json("reauth_required", "connect again"));
+        assert_eq!(bench.reply_of(3).1, ErrorCode::ReauthRequired);
+        assert!(bench.entry_of("alice").is_none());
+        assert_eq!(bench.worker.inflight.borrow().pending_count(), 0);
+    }
+
+    #[test]
+    fn unmarked_and_refused_requests_ignore_the_response() {
+        let bench = Bench::new(gateway());
+        bench.request(2, &[(":path", "/x")]);
+        bench.response_arrives(2, 401);
+        bench.call(3, "alice", KEY);
+        bench.answer_last(Some(404), &error_json("not_connected", "no"));
+        bench.response_arrives(3, 401);
+        assert_eq!(bench.host.metric(metrics::PROVIDER_UNAUTHORIZED), 0);
+        assert_eq!(bench.host.tick(), None);
+    }
+
+    // --- bounded cache -------------------------------------------------------
+
+    #[test]
+    fn many_users_through_a_tiny_cache_never_get_a_wrong_token() {
+        let bench = Bench::new(config_from(
+            r#"{"token_service": {"cluster": "ts_cluster", "authority": "ts.internal"},
+                "cache_capacity": 4}"#,
+        ));
+        let mut stream = 10;
+        for round in 0..3 {
+            for user in 0..40 {
+                stream += 1;
+                let user = format!("user{user}");
+                if bench.call(stream, &user, KEY) == Verdict::Pause {
+                    bench.answer_last(
+                        Some(200),
+                        &answer_json(
+                            "authorization",
+                            &format!("Bearer tok-{user}"),
+                            "https",
+                            "slack.com",
+                            "/api-base",
+                            None,
+                        ),
+                    );
+                }
+                assert_eq!(
+                    bench.host.header_values(stream, "authorization"),
+                    vec![format!("Bearer tok-{user}")],
+                    "round {round}"
+                );
+            }
+        }
+        assert!(bench.slot_keys().len() <= 4, "{:?}", bench.slot_keys());
+        assert!(bench.host.metric(metrics::CACHE_SLOTS) <= 4);
+        let markers = bench
+            .host
+            .shared_keys()
+            .into_iter()
+            .filter(|k| k.starts_with("authstamp/v2/pending/"))
+            .count();
+        assert!(markers <= 4, "{markers}");
+        assert!(
+            bench.host.metric(metrics::CACHE_MISSES) >= 100,
+            "mostly misses"
+        );
+    }
+
+    // --- metrics -------------------------------------------------------------
+
+    #[test]
+    fn metrics_count_hits_misses_stamps_errors_calls_and_fetch_latency() {
+        let bench = Bench::new(gateway());
+        bench.call(2, "alice", KEY);
+        bench.host.advance_millis(3);
+        bench.answer_last(Some(200), &token_answer(None));
+        bench.call(3, "alice", KEY);
+        bench.call(4, "alice", KEY);
+        bench.call(5, "bob", KEY);
+        bench.call(6, "bob", KEY);
+        bench.answer_last(Some(404), &error_json("not_connected", "no"));
+        bench.request(7, &[(":path", "/x"), ("x-authstamp-user", "carol")]);
+        bench.request(8, &[(":path", "/x")]);
+
+        let host = &bench.host;
+        assert_eq!(host.metric(metrics::CACHE_HITS), 2);
+        assert_eq!(host.metric(metrics::CACHE_MISSES), 3);
+        assert_eq!(host.metric(metrics::COALESCED), 1);
+        assert_eq!(host.metric(metrics::STAMPED), 3);
+        assert_eq!(host.metric(metrics::TOKEN_SERVICE_CALLS), 2);
+        assert_eq!(host.metric("authstamp_errors_not_connected_total"), 2);
+        assert_eq!(host.metric("authstamp_errors_bad_request_total"), 1);
+        assert_eq!(host.metric(metrics::CACHE_SLOTS), 1);
+        let samples = host.samples(metrics::TOKEN_FETCH_US);
+        assert_eq!(samples, vec![3_000, 0]);
     }
 }

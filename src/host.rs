@@ -24,6 +24,14 @@ pub enum SharedDataError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DispatchError;
 
+/// Kinds of proxy-wasm metrics (Envoy stats).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetricKind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
 pub trait Host {
     /// The request headers of the effective stream.
     fn request_headers(&self) -> HeaderPairs;
@@ -56,8 +64,28 @@ pub trait Host {
         cas: Option<u32>,
     ) -> Result<(), SharedDataError>;
 
-    /// The host's wall clock in Unix seconds; `None` if it cannot tell.
-    fn now_unix_secs(&self) -> Option<u64>;
+    /// The host's wall clock in Unix nanoseconds; `None` if it cannot tell.
+    fn now_unix_nanos(&self) -> Option<u64>;
+
+    /// The host's wall clock in Unix seconds.
+    fn now_unix_secs(&self) -> Option<u64> {
+        self.now_unix_nanos().map(|n| n / 1_000_000_000)
+    }
+
+    /// The host's wall clock in Unix milliseconds.
+    fn now_unix_millis(&self) -> Option<u64> {
+        self.now_unix_nanos().map(|n| n / 1_000_000)
+    }
+
+    /// The `:status` of the effective stream's response headers.
+    fn response_status(&self) -> Option<u16>;
+
+    /// Defines (or finds) a metric of the plugin; `None` if the host refuses.
+    fn define_metric(&self, kind: MetricKind, name: &str) -> Option<u32>;
+    /// Adds `delta` to a counter or gauge.
+    fn increment_metric(&self, id: u32, delta: i64);
+    /// Records a histogram sample (or sets a gauge).
+    fn record_metric(&self, id: u32, value: u64);
 
     /// Answers the effective stream locally.
     fn send_local_reply(&self, status: u16, headers: &[(&str, &str)], body: &[u8]);
@@ -106,6 +134,7 @@ pub mod mock {
         pub headers: HeaderPairs,
         pub reply: Option<LocalReply>,
         pub resumed: usize,
+        pub response_status: Option<u16>,
     }
 
     #[derive(Clone, Debug)]
@@ -133,6 +162,7 @@ pub mod mock {
         pub current: u32,
         pub live: HashSet<u32>,
         pub streams: BTreeMap<u32, Stream>,
+        /// Unix nanoseconds.
         pub now: Option<u64>,
         pub dispatches: Vec<Dispatch>,
         pub next_token: u32,
@@ -144,6 +174,16 @@ pub mod mock {
         pub cas_conflict: bool,
         pub call_response: (HeaderPairs, Vec<u8>),
         pub tick: Option<Duration>,
+        /// Metrics by id: name, kind, value (counter or gauge), samples (histogram).
+        pub metrics: Vec<Metric>,
+    }
+
+    #[derive(Clone, Debug)]
+    pub struct Metric {
+        pub name: String,
+        pub kind: MetricKind,
+        pub value: i64,
+        pub samples: Vec<u64>,
     }
 
     pub struct MockHost {
@@ -157,7 +197,7 @@ pub mod mock {
                     current: ROOT,
                     live: HashSet::from([ROOT]),
                     streams: BTreeMap::new(),
-                    now: Some(now),
+                    now: Some(now * 1_000_000_000),
                     dispatches: Vec::new(),
                     next_token: 100,
                     fail_dispatch: false,
@@ -167,6 +207,7 @@ pub mod mock {
                     cas_conflict: false,
                     call_response: (Vec::new(), Vec::new()),
                     tick: None,
+                    metrics: Vec::new(),
                 }),
             }
         }
@@ -190,6 +231,11 @@ pub mod mock {
                     ..Stream::default()
                 },
             );
+        }
+
+        /// Another root context (a second worker's).
+        pub fn add_context(&self, id: u32) {
+            self.state.borrow_mut().live.insert(id);
         }
 
         /// The host calls into `id` (as the SDK does before a callback).
@@ -264,8 +310,55 @@ pub mod mock {
                 .token
         }
 
+        /// Sets the clock to `now` Unix seconds.
         pub fn set_now(&self, now: u64) {
-            self.state.borrow_mut().now = Some(now);
+            self.state.borrow_mut().now = Some(now * 1_000_000_000);
+        }
+
+        /// Moves the clock forward.
+        pub fn advance_millis(&self, millis: u64) {
+            let mut state = self.state.borrow_mut();
+            state.now = state.now.map(|n| n + millis * 1_000_000);
+        }
+
+        /// The response status the effective stream's upstream answered.
+        pub fn set_response_status(&self, id: u32, status: u16) {
+            let mut state = self.state.borrow_mut();
+            if let Some(stream) = state.streams.get_mut(&id) {
+                stream.response_status = Some(status);
+            }
+        }
+
+        /// The value of a counter or gauge, by name (summed over definitions,
+        /// as Envoy does for the same stat defined by several contexts).
+        pub fn metric(&self, name: &str) -> i64 {
+            self.state
+                .borrow()
+                .metrics
+                .iter()
+                .filter(|m| m.name == name)
+                .map(|m| m.value)
+                .sum()
+        }
+
+        /// Every sample of a histogram, by name.
+        pub fn samples(&self, name: &str) -> Vec<u64> {
+            self.state
+                .borrow()
+                .metrics
+                .iter()
+                .filter(|m| m.name == name)
+                .flat_map(|m| m.samples.clone())
+                .collect()
+        }
+
+        pub fn metric_names(&self) -> Vec<String> {
+            self.state
+                .borrow()
+                .metrics
+                .iter()
+                .map(|m| m.name.clone())
+                .collect()
         }
 
         pub fn set_clock_broken(&self) {
@@ -425,8 +518,49 @@ pub mod mock {
             Ok(())
         }
 
-        fn now_unix_secs(&self) -> Option<u64> {
+        fn now_unix_nanos(&self) -> Option<u64> {
             self.state.borrow().now
+        }
+
+        fn response_status(&self) -> Option<u16> {
+            let state = self.state.borrow();
+            state
+                .streams
+                .get(&state.current)
+                .and_then(|s| s.response_status)
+        }
+
+        fn define_metric(&self, kind: MetricKind, name: &str) -> Option<u32> {
+            let mut state = self.state.borrow_mut();
+            state.metrics.push(Metric {
+                name: name.to_string(),
+                kind,
+                value: 0,
+                samples: Vec::new(),
+            });
+            u32::try_from(state.metrics.len() - 1).ok()
+        }
+
+        fn increment_metric(&self, id: u32, delta: i64) {
+            let mut state = self.state.borrow_mut();
+            let metric = &mut state.metrics[id as usize];
+            assert_ne!(metric.kind, MetricKind::Histogram, "{}", metric.name);
+            metric.value += delta;
+            assert!(
+                metric.kind == MetricKind::Gauge || metric.value >= 0,
+                "counter {} went negative",
+                metric.name
+            );
+        }
+
+        fn record_metric(&self, id: u32, value: u64) {
+            let mut state = self.state.borrow_mut();
+            let metric = &mut state.metrics[id as usize];
+            match metric.kind {
+                MetricKind::Histogram => metric.samples.push(value),
+                MetricKind::Gauge => metric.value = value as i64,
+                MetricKind::Counter => panic!("record on counter {}", metric.name),
+            }
         }
 
         fn send_local_reply(&self, status: u16, headers: &[(&str, &str)], body: &[u8]) {

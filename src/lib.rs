@@ -12,13 +12,13 @@ pub mod egress;
 pub mod filter;
 pub mod host;
 pub mod inflight;
+pub mod metrics;
 pub mod reply;
 pub mod request;
 pub mod stamp;
 
 #[cfg(target_arch = "wasm32")]
 mod glue {
-    use std::cell::RefCell;
     use std::rc::Rc;
     use std::time::{Duration, UNIX_EPOCH};
 
@@ -26,18 +26,20 @@ mod glue {
     use proxy_wasm::traits::{Context, HttpContext, RootContext};
     use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, Status};
 
+    use proxy_wasm::types::MetricType;
+
     use crate::config::Config;
-    use crate::filter::{self, State, Verdict};
-    use crate::host::{DispatchError, HeaderPairs, Host, SharedDataError};
-    use crate::inflight::Inflight;
+    use crate::filter::{self, State, Verdict, Worker};
+    use crate::host::{DispatchError, HeaderPairs, Host, MetricKind, SharedDataError};
+    use crate::metrics::Metrics;
 
     proxy_wasm::main! {{
         proxy_wasm::set_log_level(LogLevel::Info);
         proxy_wasm::set_root_context(|context_id| -> Box<dyn RootContext> {
             Box::new(Root {
-                id: context_id,
                 config: None,
-                inflight: Rc::new(RefCell::new(Inflight::default())),
+                worker: Rc::new(Worker::new(context_id, Metrics::default())),
+                metrics_defined: false,
             })
         });
     }}
@@ -107,9 +109,34 @@ mod glue {
             }
         }
 
-        fn now_unix_secs(&self) -> Option<u64> {
+        fn now_unix_nanos(&self) -> Option<u64> {
             let now = hostcalls::get_current_time().ok()?;
-            now.duration_since(UNIX_EPOCH).ok().map(|d| d.as_secs())
+            let since = now.duration_since(UNIX_EPOCH).ok()?;
+            u64::try_from(since.as_nanos()).ok()
+        }
+
+        fn response_status(&self) -> Option<u16> {
+            let status = hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, ":status")
+                .ok()
+                .flatten()?;
+            std::str::from_utf8(&status).ok()?.parse().ok()
+        }
+
+        fn define_metric(&self, kind: MetricKind, name: &str) -> Option<u32> {
+            let kind = match kind {
+                MetricKind::Counter => MetricType::Counter,
+                MetricKind::Gauge => MetricType::Gauge,
+                MetricKind::Histogram => MetricType::Histogram,
+            };
+            hostcalls::define_metric(kind, name).ok()
+        }
+
+        fn increment_metric(&self, id: u32, delta: i64) {
+            let _ = hostcalls::increment_metric(id, delta);
+        }
+
+        fn record_metric(&self, id: u32, value: u64) {
+            let _ = hostcalls::record_metric(id, value);
         }
 
         fn send_local_reply(&self, status: u16, headers: &[(&str, &str)], body: &[u8]) {
@@ -137,11 +164,12 @@ mod glue {
         }
     }
 
-    /// One per worker: the configuration and the worker's lookups in flight.
+    /// One per worker: the configuration, the worker's lookups in flight and
+    /// its metrics.
     struct Root {
-        id: u32,
         config: Option<Rc<Config>>,
-        inflight: Rc<RefCell<Inflight>>,
+        worker: Rc<Worker>,
+        metrics_defined: bool,
     }
 
     impl Context for Root {
@@ -152,12 +180,23 @@ mod glue {
             body_size: usize,
             _num_trailers: usize,
         ) {
-            filter::on_call_response(&HostCalls, &self.inflight, token_id, body_size, self.id);
+            filter::on_call_response(
+                &HostCalls,
+                &self.worker,
+                token_id,
+                body_size,
+                self.worker.root,
+            );
         }
     }
 
     impl RootContext for Root {
         fn on_configure(&mut self, plugin_configuration_size: usize) -> bool {
+            if !self.metrics_defined {
+                // Before any stream exists: nobody else holds the worker yet.
+                self.worker = Rc::new(Worker::new(self.worker.root, Metrics::define(&HostCalls)));
+                self.metrics_defined = true;
+            }
             let raw = match hostcalls::get_buffer(
                 BufferType::PluginConfiguration,
                 0,
@@ -184,14 +223,14 @@ mod glue {
         }
 
         fn on_tick(&mut self) {
-            filter::on_tick(&HostCalls, &self.inflight, self.id);
+            filter::on_tick(&HostCalls, &self.worker);
         }
 
         fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
             Some(Box::new(Stream {
                 id: context_id,
                 config: self.config.clone(),
-                inflight: Rc::clone(&self.inflight),
+                worker: Rc::clone(&self.worker),
                 state: State::Fresh,
             }))
         }
@@ -205,7 +244,7 @@ mod glue {
     struct Stream {
         id: u32,
         config: Option<Rc<Config>>,
-        inflight: Rc<RefCell<Inflight>>,
+        worker: Rc<Worker>,
         state: State,
     }
 
@@ -223,7 +262,7 @@ mod glue {
 
         fn on_data(&mut self) -> Action {
             let state = self.take_state();
-            let (state, verdict) = filter::on_request_data(state, &self.inflight, self.id);
+            let (state, verdict) = filter::on_request_data(state, &self.worker, self.id);
             self.state = state;
             action(verdict)
         }
@@ -237,26 +276,22 @@ mod glue {
             body_size: usize,
             _num_trailers: usize,
         ) {
-            filter::on_call_response(&HostCalls, &self.inflight, token_id, body_size, self.id);
+            filter::on_call_response(&HostCalls, &self.worker, token_id, body_size, self.id);
             let state = self.take_state();
-            self.state = filter::settle(state, &self.inflight, self.id);
+            self.state = filter::settle(state, &self.worker, self.id);
         }
 
         fn on_done(&mut self) -> bool {
             let state = self.take_state();
-            self.state = filter::on_done(&HostCalls, state, &self.inflight, self.id);
+            self.state = filter::on_done(&HostCalls, state, &self.worker, self.id);
             true
         }
     }
 
     impl HttpContext for Stream {
         fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-            let (state, verdict) = filter::on_request_headers(
-                &HostCalls,
-                self.config.as_ref(),
-                &self.inflight,
-                self.id,
-            );
+            let (state, verdict) =
+                filter::on_request_headers(&HostCalls, self.config.as_ref(), &self.worker, self.id);
             self.state = state;
             action(verdict)
         }
@@ -267,6 +302,19 @@ mod glue {
 
         fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
             self.on_data()
+        }
+
+        fn on_http_response_headers(
+            &mut self,
+            _num_headers: usize,
+            _end_of_stream: bool,
+        ) -> Action {
+            // Only stamped requests care about the answer (a 401 refreshes the token).
+            if matches!(self.state, State::Stamped(..) | State::Waiting(_)) {
+                let state = self.take_state();
+                self.state = filter::on_response_headers(&HostCalls, state, &self.worker, self.id);
+            }
+            Action::Continue
         }
     }
 }
