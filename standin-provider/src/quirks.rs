@@ -19,6 +19,11 @@ pub struct Quirks {
     pub error_in_200: Option<String>,
     /// Sleep this long before answering the token endpoint.
     pub token_delay_ms: u64,
+    /// With `token_delay_ms`: issue (and rotate) first, then sleep, then answer,
+    /// like a provider that committed a refresh whose answer never arrives. A
+    /// client that gives up or dies during the sleep has still used up its
+    /// refresh token.
+    pub delay_after_issuing: bool,
     /// The token endpoint answers this status with a small body instead of working.
     pub token_status: Option<u16>,
     /// Code exchange answers in Slack's `oauth.v2.access` shape with `authed_user`.
@@ -35,6 +40,7 @@ impl Quirks {
             omit_refresh_token_on_refresh: false,
             error_in_200: None,
             token_delay_ms: 0,
+            delay_after_issuing: false,
             token_status: None,
             slack_authed_user: false,
         }
@@ -67,6 +73,9 @@ impl Quirks {
         if let Some(v) = patch.token_delay_ms {
             self.token_delay_ms = v;
         }
+        if let Some(v) = patch.delay_after_issuing {
+            self.delay_after_issuing = v;
+        }
         if let Some(v) = patch.token_status {
             self.token_status = v;
         }
@@ -94,6 +103,8 @@ pub struct QuirksPatch {
     pub error_in_200: Option<Option<String>>,
     #[serde(default)]
     pub token_delay_ms: Option<u64>,
+    #[serde(default)]
+    pub delay_after_issuing: Option<bool>,
     #[serde(default, deserialize_with = "present")]
     pub token_status: Option<Option<u16>>,
     #[serde(default)]

@@ -36,8 +36,9 @@ pub async fn token(State(state): State<AppState>, headers: HeaderMap, body: Byte
         }
         store.quirks.clone()
     };
-    if quirks.token_delay_ms > 0 {
-        tokio::time::sleep(Duration::from_millis(quirks.token_delay_ms)).await;
+    let delay = Duration::from_millis(quirks.token_delay_ms);
+    if !delay.is_zero() && !quirks.delay_after_issuing {
+        tokio::time::sleep(delay).await;
     }
     let mut response = if let Some(resp) = quirk_response(&quirks) {
         resp
@@ -47,6 +48,10 @@ pub async fn token(State(state): State<AppState>, headers: HeaderMap, body: Byte
     } else {
         handle(&state, &headers, &params).unwrap_or_else(IntoResponse::into_response)
     };
+    if !delay.is_zero() && quirks.delay_after_issuing {
+        // The grant is done (a rotated refresh token is already retired).
+        tokio::time::sleep(delay).await;
+    }
     no_store(&mut response);
     response
 }

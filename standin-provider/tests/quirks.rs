@@ -22,6 +22,7 @@ async fn get_and_partial_update() {
         "omit_refresh_token_on_refresh": false,
         "error_in_200": null,
         "token_delay_ms": 0,
+        "delay_after_issuing": false,
         "token_status": null,
         "slack_authed_user": false,
     });
@@ -159,6 +160,30 @@ async fn token_delay_ms() {
     let start = Instant::now();
     assert_eq!(s.refresh(&t.refresh).await.status, StatusCode::OK);
     assert!(start.elapsed() >= Duration::from_millis(200));
+}
+
+#[tokio::test]
+async fn delay_after_issuing_rotates_even_when_the_client_gives_up() {
+    let s = Standin::with_config(|c| c.rotate_refresh_tokens = true);
+    let t = s.login("alice").await;
+    s.quirks(json!({"token_delay_ms": 500, "delay_after_issuing": true}))
+        .await;
+    // The client goes away while the provider sleeps on its answer.
+    let gave_up = tokio::time::timeout(Duration::from_millis(100), s.refresh(&t.refresh)).await;
+    assert!(gave_up.is_err());
+    s.quirks(json!({"token_delay_ms": 0})).await;
+    // The refresh token was rotated all the same: presenting it is reuse,
+    // which revokes the whole family (RFC 9700 §4.14.2).
+    s.refresh(&t.refresh)
+        .await
+        .assert_oauth_error(StatusCode::BAD_REQUEST, "invalid_grant");
+    let stats = s.stats().await;
+    assert_eq!(stats["token_calls"]["refresh_token"], 2);
+    assert_eq!(stats["families_revoked"], 1);
+    assert_eq!(
+        s.api(Method::GET, "/api/me", Some(&t.access)).await.status,
+        StatusCode::UNAUTHORIZED
+    );
 }
 
 #[tokio::test]
