@@ -51,6 +51,34 @@ pub enum Command {
         #[command(subcommand)]
         command: ConnectionCommand,
     },
+    /// Benchmarks only: insert N connected users with fake tokens (see seed.rs).
+    #[command(hide = true)]
+    BenchSeed(BenchSeedArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BenchSeedArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    #[arg(long, value_name = "APP_ID")]
+    pub app: String,
+    #[arg(long, value_name = "NAME")]
+    pub provider: String,
+    /// How many users: <prefix><start> … <prefix><start + users - 1>.
+    #[arg(long)]
+    pub users: u64,
+    #[arg(long, default_value = "user")]
+    pub prefix: String,
+    #[arg(long, default_value_t = 0)]
+    pub start: u64,
+    /// Access token of each user: <token-prefix><user id>.
+    #[arg(long, default_value = "seeded_")]
+    pub token_prefix: String,
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    pub expires_in: Duration,
+    /// Rows per transaction.
+    #[arg(long, default_value_t = 5000)]
+    pub batch: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -381,6 +409,30 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 admin::get_provider(&db, public_url.as_ref(), &args.app, &args.provider).await;
             db.close().await;
             print_json(&view?)
+        }
+        Command::BenchSeed(args) => {
+            let store = &args.store;
+            let master_key = config::load_master_key(
+                &env,
+                store.master_key_file.as_deref(),
+                store.local,
+                &store.data_dir,
+            )?;
+            let vault = Vault::new(&master_key);
+            let db = open_db(store).await?;
+            let seed = crate::seed::Seed {
+                app_id: args.app,
+                provider: args.provider,
+                users: args.users,
+                start: args.start,
+                prefix: args.prefix,
+                token_prefix: args.token_prefix,
+                expires_in: args.expires_in,
+                batch: args.batch,
+            };
+            let seeded = crate::seed::run(&db, &vault, &seed).await;
+            db.close().await;
+            print_json(&seeded?)
         }
         Command::Connection {
             command: ConnectionCommand::Get(args),

@@ -21,6 +21,7 @@ pub mod oauth;
 pub mod policy;
 pub mod refresh;
 pub mod secrets;
+pub mod seed;
 pub mod serve;
 pub mod store;
 pub mod validate;

@@ -169,6 +169,17 @@ pub struct NewConnection<'a> {
 }
 
 pub async fn upsert_connected(db: &Db, c: NewConnection<'_>) -> Result<(), sqlx::Error> {
+    upsert_connected_on(db.pool(), c).await
+}
+
+/// [`upsert_connected`] on any executor, e.g. a transaction (bulk seeding).
+pub async fn upsert_connected_on<'e, E>(
+    executor: E,
+    c: NewConnection<'_>,
+) -> Result<(), sqlx::Error>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
     sqlx::query(
         "INSERT INTO connections (app_id, provider, user_id, access_token, refresh_token, \
            expires_at, scopes, status, failure_count, last_refresh_at, last_refresh_error, \
@@ -193,7 +204,7 @@ pub async fn upsert_connected(db: &Db, c: NewConnection<'_>) -> Result<(), sqlx:
     .bind(c.expires_at)
     .bind(c.scopes)
     .bind(c.now)
-    .execute(db.pool())
+    .execute(executor)
     .await?;
     Ok(())
 }
