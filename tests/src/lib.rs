@@ -8,6 +8,7 @@ pub mod browser;
 pub mod deploy;
 pub mod postgres;
 pub mod process;
+pub mod replicas;
 pub mod stack;
 
 use std::path::{Path, PathBuf};

@@ -374,7 +374,7 @@ async fn attempt(
             .await?;
             state.metrics.refresh(RefreshOutcome::Ok);
             if stored {
-                tracing::info!(app_id = %key.app_id, provider = %key.provider, rotated = tokens.refresh_token.is_some(), ?need, "refreshed access token");
+                tracing::info!(app_id = %key.app_id, provider = %key.provider, refresh_token_returned = tokens.refresh_token.is_some(), ?need, "refreshed access token");
             } else {
                 state.metrics.lease_lost();
                 tracing::warn!(app_id = %key.app_id, provider = %key.provider, "refresh finished after its lease expired and newer tokens were stored; kept the newer ones");
