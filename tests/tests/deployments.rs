@@ -11,6 +11,7 @@ use authstamp_e2e::stack::PROVIDER;
 use authstamp_e2e::{filter_wasm, Stack, StackOptions};
 use reqwest::StatusCode;
 use serde_json::Value;
+use std::time::Duration;
 
 const LOCAL_WASM: &str = "target/wasm32-wasip1/release/authstamp_filter.wasm";
 
@@ -175,4 +176,364 @@ async fn the_snippet_pasted_into_an_existing_envoy_stamps_and_leaves_its_routes_
     assert_eq!(seen[0]["request_line"], "GET /orders/7 HTTP/1.1");
     assert_eq!(seen[0]["headers"]["authorization"], "Bearer users-own");
     assert_eq!(stack.standin_stats().await["api_calls"], 2);
+}
+
+/// `docker-compose config` of the repository's compose file, parsed.
+fn compose_config() -> serde_yaml_ng::Value {
+    let output = std::process::Command::new("docker-compose")
+        .args(["-f", "docker-compose.yml", "config"])
+        .current_dir(authstamp_e2e::workspace_root())
+        .output()
+        .expect("run docker-compose (apt-get install -y docker-compose)");
+    assert!(
+        output.status.success(),
+        "docker-compose config: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    parse_yaml(&String::from_utf8_lossy(&output.stdout))
+}
+
+/// `ENVOY_VERSION` of the Makefile: the version the tests run.
+fn tested_envoy_version() -> String {
+    read_repo_file("Makefile")
+        .lines()
+        .find_map(|l| l.strip_prefix("ENVOY_VERSION := "))
+        .expect("ENVOY_VERSION in the Makefile")
+        .trim()
+        .to_string()
+}
+
+/// `(source, target)` of each bind mount of a service (`docker-compose
+/// config` makes sources absolute; named volumes are left out).
+fn bind_mounts(service: &serde_yaml_ng::Value) -> Vec<(String, String)> {
+    service["volumes"]
+        .as_sequence()
+        .map(|v| v.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|v| v.as_str())
+        .filter(|v| v.starts_with('/'))
+        .map(|v| {
+            let mut parts = v.split(':');
+            (
+                parts.next().unwrap().to_string(),
+                parts.next().expect("mount target").to_string(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn docker_compose_is_valid_and_everything_it_builds_or_mounts_exists() {
+    let root = authstamp_e2e::workspace_root();
+    let config = compose_config();
+    let services = config["services"].as_mapping().expect("services");
+    let names: Vec<&str> = services.keys().filter_map(|k| k.as_str()).collect();
+    for expected in ["standin", "authstamp-token-service", "setup", "envoy"] {
+        assert!(
+            names.contains(&expected),
+            "no service {expected}: {names:?}"
+        );
+    }
+    let dockerfile_text = read_repo_file("Dockerfile");
+    for (name, service) in services {
+        let name = name.as_str().unwrap();
+        if let Some(build) = service.get("build") {
+            let context = std::path::Path::new(build["context"].as_str().unwrap());
+            assert!(context.is_dir(), "{name}: build context {context:?}");
+            let dockerfile = context.join(build["dockerfile"].as_str().unwrap_or("Dockerfile"));
+            assert!(dockerfile.is_file(), "{name}: {dockerfile:?}");
+            let target = build["target"].as_str().expect("build target");
+            assert!(
+                dockerfile_text.contains(&format!(" AS {target}\n")),
+                "{name}: no stage {target}"
+            );
+        }
+        for (source, target) in bind_mounts(service) {
+            assert!(
+                std::path::Path::new(&source).is_file(),
+                "{name} mounts {source} at {target}: missing (run `make wasm` for the filter)"
+            );
+            assert!(source.starts_with(root.to_str().unwrap()), "{source}");
+        }
+        for volume in service["volumes"].as_sequence().unwrap() {
+            let volume = volume.as_str().unwrap();
+            if !volume.starts_with('/') {
+                let named = volume.split(':').next().unwrap();
+                assert!(
+                    config["volumes"].get(named).is_some(),
+                    "{name}: volume {named} not declared"
+                );
+            }
+        }
+        for port in service["ports"]
+            .as_sequence()
+            .map(|p| p.as_slice())
+            .unwrap_or_default()
+        {
+            let port = port.as_str().unwrap();
+            assert!(
+                port.starts_with("127.0.0.1:"),
+                "{name} publishes {port} beyond loopback"
+            );
+        }
+        if name == "setup" {
+            assert_eq!(service["restart"].as_str(), Some("no"));
+        } else {
+            assert!(
+                service["healthcheck"]["test"].as_sequence().is_some(),
+                "{name} has no health check"
+            );
+        }
+        if let Some(deps) = service["depends_on"].as_mapping() {
+            for (dep, condition) in deps {
+                let dep = dep.as_str().unwrap();
+                let condition = condition["condition"].as_str().unwrap();
+                match condition {
+                    "service_healthy" => assert!(
+                        config["services"][dep]["healthcheck"].get("test").is_some(),
+                        "{name} waits for {dep} to be healthy, which it cannot tell"
+                    ),
+                    "service_completed_successfully" => {
+                        assert_eq!(config["services"][dep]["restart"].as_str(), Some("no"))
+                    }
+                    other => panic!("{name} -> {dep}: {other}: start order not enforced"),
+                }
+            }
+        }
+    }
+    assert_eq!(
+        config["services"]["envoy"]["image"].as_str(),
+        Some(format!("envoyproxy/envoy:v{}", tested_envoy_version()).as_str()),
+        "the compose Envoy must be the version the tests run"
+    );
+    // The token service's data dir is a volume.
+    let data_volume = config["services"]["authstamp-token-service"]["volumes"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v.as_str())
+        .any(|v| v.ends_with(":/data:rw") || v.ends_with(":/data"));
+    assert!(data_volume, "the token service's /data is a volume");
+
+    // The Dockerfile: multi-stage, small runtime, non-root, a data volume.
+    let froms = dockerfile_text
+        .lines()
+        .filter(|l| l.starts_with("FROM "))
+        .count();
+    assert!(froms >= 3, "a build stage and runtime stages");
+    assert!(dockerfile_text.contains("FROM debian:${DEBIAN_RELEASE}-slim AS runtime"));
+    for stage in ["token-service", "standin"] {
+        let body = dockerfile_text
+            .split(&format!(" AS {stage}\n"))
+            .nth(1)
+            .unwrap()
+            .split("\nFROM ")
+            .next()
+            .unwrap();
+        assert!(
+            body.contains("\nUSER 10001:10001\n"),
+            "{stage} runs as root"
+        );
+    }
+    assert!(dockerfile_text.contains("VOLUME [\"/data\"]"));
+    let dockerignore = read_repo_file(".dockerignore");
+    assert!(dockerignore.lines().any(|l| l == "target"));
+}
+
+#[test]
+fn the_compose_envoy_config_validates_with_its_service_names() {
+    let config = compose_config();
+    let envoy = &config["services"]["envoy"];
+    let mounts = bind_mounts(envoy);
+    let (bootstrap_source, _) = mounts
+        .iter()
+        .find(|(_, target)| target == "/etc/envoy/envoy.yaml")
+        .expect("the bootstrap is mounted");
+    // Envoy checks that the files it names exist: point the container paths
+    // at the files mounted there.
+    let mut text = std::fs::read_to_string(bootstrap_source).expect("read bootstrap");
+    for (source, target) in &mounts {
+        text = text.replace(
+            &format!("filename: {target}\n"),
+            &format!("filename: {source}\n"),
+        );
+    }
+    // Every cluster address that is a name is a compose service.
+    let bootstrap = parse_yaml(&text);
+    for cluster in bootstrap["static_resources"]["clusters"]
+        .as_sequence()
+        .unwrap()
+    {
+        let Some(endpoints) = cluster["load_assignment"]["endpoints"].as_sequence() else {
+            continue;
+        };
+        for endpoint in endpoints {
+            for lb in endpoint["lb_endpoints"].as_sequence().unwrap() {
+                let address = lb["endpoint"]["address"]["socket_address"]["address"]
+                    .as_str()
+                    .unwrap();
+                assert!(
+                    config["services"].get(address).is_some(),
+                    "cluster {:?} points at {address}, not a compose service",
+                    cluster["name"]
+                );
+                assert_eq!(
+                    cluster["type"].as_str(),
+                    Some("STRICT_DNS"),
+                    "service names need DNS"
+                );
+            }
+        }
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("compose-envoy.yaml");
+    std::fs::write(&path, &text).expect("write");
+    let output = std::process::Command::new(authstamp_e2e::envoy_bin())
+        .args(["--mode", "validate", "-l", "warn", "-c"])
+        .arg(&path)
+        .output()
+        .expect("run envoy");
+    assert!(
+        output.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// The compose trial without Docker: the stand-in and the token service run
+/// as the compose file runs them (the client secret from a file, local
+/// mode), `scripts/compose-setup.sh` sets the demo up, Envoy runs
+/// `envoy/compose.yaml` with the service names pointed at loopback, and the
+/// commands the setup prints are run as printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_compose_setup_prints_commands_that_work() {
+    use authstamp_e2e::process::Process;
+    use std::process::Command;
+    let log_dir = authstamp_e2e::log_dir("compose_setup");
+    let secrets = log_dir.join("secrets");
+    let data = log_dir.join("data");
+    std::fs::create_dir_all(&secrets).unwrap();
+    std::fs::create_dir_all(&data).unwrap();
+    let secret_file = secrets.join("demo-client-secret");
+    std::fs::write(
+        &secret_file,
+        format!("{}\n", authstamp_e2e::random_token("cs_")),
+    )
+    .unwrap();
+    let secret = std::fs::read_to_string(&secret_file)
+        .unwrap()
+        .trim()
+        .to_string();
+
+    let mut command = Command::new(authstamp_e2e::standin_bin());
+    command
+        .env("AUTHSTAMP_STANDIN_LISTEN", "127.0.0.1:0")
+        .env("AUTHSTAMP_STANDIN_CLIENT_ID", "demo-client")
+        .env("AUTHSTAMP_STANDIN_CLIENT_SECRET", &secret);
+    let mut standin = Process::spawn("standin", command, &log_dir, "listening on");
+    let standin_url = standin.wait_for_listen_url(Duration::from_secs(30));
+    let mut command = Command::new(authstamp_e2e::authstamp_bin());
+    command
+        .args(["serve", "--local"])
+        .env("AUTHSTAMP_LISTEN", "127.0.0.1:0")
+        .env("AUTHSTAMP_DATA_DIR", &data);
+    let mut service = Process::spawn("token-service", command, &log_dir, "listening on");
+    let service_url = service.wait_for_listen_url(Duration::from_secs(30));
+
+    let bootstrap = replace_once(
+        &read_repo_file("envoy/compose.yaml"),
+        &[
+            (
+                "address: 0.0.0.0, port_value: 9901",
+                "address: 127.0.0.1, port_value: 0".to_string(),
+            ),
+            (
+                "address: 0.0.0.0, port_value: 10000",
+                "address: 127.0.0.1, port_value: 0".to_string(),
+            ),
+            (
+                "address: authstamp-token-service, port_value: 8080",
+                format!("address: 127.0.0.1, port_value: {}", port_of(&service_url)),
+            ),
+            (
+                "filename: /etc/envoy/authstamp_filter.wasm",
+                format!("filename: {}", filter_wasm().display()),
+            ),
+        ],
+    );
+    let envoy = Envoy::start(&log_dir, "envoy", &bootstrap, &[]).await;
+    let envoy_url = envoy.listener("authstamp_egress").to_string();
+
+    let bin_dir = authstamp_e2e::authstamp_bin()
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let setup = || {
+        let output = Command::new("bash")
+            .arg(authstamp_e2e::workspace_root().join("scripts/compose-setup.sh"))
+            .env("PATH", &path)
+            .env("AUTHSTAMP_DATA_DIR", &data)
+            .env("DEMO_CLIENT_SECRET_FILE", &secret_file)
+            .env("DEMO_PROVIDER_BROWSER_URL", &standin_url)
+            .env("DEMO_PROVIDER_URL", &standin_url)
+            .env("DEMO_SERVICE_URL", &service_url)
+            .env("DEMO_ENVOY_URL", &envoy_url)
+            .output()
+            .expect("run compose-setup.sh");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let printed = setup();
+    // Run again (a restarted setup): the same app, nothing breaks.
+    assert_eq!(setup(), printed);
+
+    // The two commands, as printed (a line ending in `\` goes on).
+    let commands: Vec<String> = printed
+        .split("\n\n")
+        .filter(|block| block.trim_start().starts_with("curl "))
+        .map(|block| block.replace("\\\n", " "))
+        .collect();
+    assert_eq!(commands.len(), 2, "{printed}");
+    let run = |command: &str| {
+        let output = Command::new("bash")
+            .args(["-c", command])
+            .output()
+            .expect("run curl");
+        assert!(output.status.success(), "{command}");
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        serde_json::from_str::<Value>(&text).unwrap_or_else(|e| panic!("{e}: {text}"))
+    };
+    let session = run(&commands[0]);
+    let connect_url = session["connect_url"].as_str().expect("connect_url");
+    let outcome = authstamp_e2e::browser::walk_connect(
+        &authstamp_e2e::browser::browser_client(),
+        connect_url,
+        "alice",
+    )
+    .await;
+    assert_eq!(
+        outcome.final_status,
+        StatusCode::OK,
+        "{}",
+        outcome.final_body
+    );
+    let echo = run(&commands[1]);
+    assert_eq!(echo["user"], "alice", "{echo}");
+    assert_eq!(echo["path"], "/api/hello");
+    assert!(echo["headers"]["authorization"][0]
+        .as_str()
+        .unwrap()
+        .starts_with("Bearer sat_"));
+    drop((standin, service));
 }
