@@ -100,3 +100,22 @@ compose: wasm
 # What an Istio WasmPlugin's sha256 must be for the module built here.
 wasm-sha256: wasm
 	@sha256sum $(WASM)
+
+# Token service benchmark (issue 3): lookups on SQLite and PostgreSQL with
+# 1,000 and 1,000,000 connections; target/bench/service.{json,md}.
+.PHONY: bench-service bench-service-quick postgres-check
+bench-service: postgres-check
+	cargo build --profile service -p authstamp-token-service
+	cargo build --profile service -p authstamp-e2e --bin bench-service
+	AUTHSTAMP_BIN=$(CURDIR)/target/service/authstamp target/service/bench-service
+
+# The same four cells with 1,000 and 20,000 connections and debug binaries (CI).
+bench-service-quick: postgres-check
+	cargo build -p authstamp-token-service
+	cargo build -p authstamp-e2e --bin bench-service
+	AUTHSTAMP_BIN=$(CURDIR)/target/debug/authstamp target/debug/bench-service --quick
+
+# Tests and benchmarks start their own PostgreSQL (initdb + postgres).
+postgres-check:
+	@command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+		{ echo "PostgreSQL is missing: apt-get install postgresql (see .ci/run)"; exit 1; }

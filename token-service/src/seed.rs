@@ -5,8 +5,9 @@
 //! active connection of the given app and provider whose access token is
 //! `<token-prefix><user>`, sealed by the vault exactly as the callback seals
 //! real tokens, expiring `expires_in` from now, without a refresh token.
-//! Rows go in batched transactions (one commit per `batch` rows), through
-//! the same upsert as a completed connect, so re-seeding replaces rows.
+//! Rows go in batched transactions (one commit per `batch` rows) as
+//! multi-row upserts (the same conflict rule as a completed connect, so
+//! re-seeding replaces rows).
 //! The provider configuration must exist. Never use it on a real vault:
 //! these tokens are fake.
 
@@ -89,31 +90,31 @@ pub async fn run(db: &Db, vault: &Vault, seed: &Seed) -> anyhow::Result<Seeded> 
             .begin()
             .await
             .context("begin a seeding transaction")?;
-        for i in n..=end {
-            let user_id = user(&seed.prefix, i);
-            let key = ConnKey {
+        let keys: Vec<ConnKey> = (n..=end)
+            .map(|i| ConnKey {
                 app_id: seed.app_id.clone(),
                 provider: seed.provider.clone(),
-                user_id,
-            };
+                user_id: user(&seed.prefix, i),
+            })
+            .collect();
+        let mut rows = Vec::with_capacity(keys.len());
+        for key in &keys {
             let aad = Aad::connection(&key.app_id, &key.provider, &key.user_id, Field::AccessToken);
             let token = format!("{}{}", seed.token_prefix, key.user_id);
-            let access_token = vault.seal_str(&aad, &token)?;
-            connections::upsert_connected_on(
-                &mut *tx,
-                NewConnection {
-                    key: &key,
-                    access_token,
-                    refresh_token: None,
-                    expires_at: Some(expires_at),
-                    scopes: "",
-                    now,
-                },
-            )
-            .await
-            .context("insert a seeded connection")?;
-            inserted += 1;
+            rows.push(NewConnection {
+                key,
+                access_token: vault.seal_str(&aad, &token)?,
+                refresh_token: None,
+                expires_at: Some(expires_at),
+                scopes: "",
+                now,
+            });
         }
+        inserted += u64::try_from(rows.len()).unwrap_or(u64::MAX);
+        // Multi-row statements: one round trip per 500 rows.
+        connections::upsert_many_on(&mut tx, rows)
+            .await
+            .context("insert seeded connections")?;
         tx.commit().await.context("commit a seeding transaction")?;
         if end == last {
             break;

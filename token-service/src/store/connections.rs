@@ -209,6 +209,72 @@ where
     Ok(())
 }
 
+/// Rows per statement of [`upsert_many_on`] (8 bind parameters each; well
+/// under SQLite's and PostgreSQL's limits).
+pub const UPSERT_CHUNK: usize = 500;
+
+/// Many [`upsert_connected`]s as multi-row statements of up to
+/// [`UPSERT_CHUNK`] rows (bulk seeding: one round trip per chunk instead of
+/// per row). Keys must be distinct.
+pub async fn upsert_many_on(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    rows: Vec<NewConnection<'_>>,
+) -> Result<(), sqlx::Error> {
+    let mut rows = rows.into_iter().peekable();
+    while rows.peek().is_some() {
+        let chunk: Vec<NewConnection<'_>> = rows.by_ref().take(UPSERT_CHUNK).collect();
+        let mut sql = String::with_capacity(200 + chunk.len() * 64);
+        sql.push_str(
+            "INSERT INTO connections (app_id, provider, user_id, access_token, refresh_token, \
+               expires_at, scopes, status, failure_count, issued_at, token_version, \
+               created_at, updated_at) VALUES ",
+        );
+        for i in 0..chunk.len() {
+            let b = i * 8;
+            if i > 0 {
+                sql.push(',');
+            }
+            sql.push_str(&format!(
+                "(${}, ${}, ${}, ${}, ${}, ${}, ${}, 'active', 0, ${}, 1, ${}, ${})",
+                b + 1,
+                b + 2,
+                b + 3,
+                b + 4,
+                b + 5,
+                b + 6,
+                b + 7,
+                b + 8,
+                b + 8,
+                b + 8
+            ));
+        }
+        sql.push_str(
+            " ON CONFLICT (app_id, provider, user_id) DO UPDATE SET \
+               access_token = excluded.access_token, refresh_token = excluded.refresh_token, \
+               expires_at = excluded.expires_at, scopes = excluded.scopes, status = 'active', \
+               failure_count = 0, last_refresh_at = NULL, last_refresh_error = NULL, \
+               last_attempt_at = NULL, retry_at = NULL, issued_at = excluded.issued_at, \
+               token_version = connections.token_version + 1, \
+               refresh_lease_owner = NULL, refresh_lease_until = NULL, \
+               updated_at = excluded.updated_at",
+        );
+        let mut query = sqlx::query(&sql);
+        for c in chunk {
+            query = query
+                .bind(c.key.app_id.clone())
+                .bind(c.key.provider.clone())
+                .bind(c.key.user_id.clone())
+                .bind(c.access_token)
+                .bind(c.refresh_token)
+                .bind(c.expires_at)
+                .bind(c.scopes.to_owned())
+                .bind(c.now);
+        }
+        query.execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
 /// Takes the refresh lease when it is free or expired. `true`: ours until
 /// `until_ms`.
 pub async fn try_take_lease(
