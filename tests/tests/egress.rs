@@ -106,7 +106,8 @@ async fn a_call_to_the_providers_own_host_with_only_the_user_header_arrives_stam
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     let echo = json_of(response).await;
-    assert_eq!(echo["headers"]["authorization"][0], token);
+    assert_eq!(echo["headers"]["authorization"][0], token, "from the cache");
+    assert_eq!(echo["path"], "/api/chat.postMessage");
     assert_eq!(echo["body_len"], 13);
 
     // A user of the bound app who never connected.
@@ -119,6 +120,11 @@ async fn a_call_to_the_providers_own_host_with_only_the_user_header_arrives_stam
     assert_refused(response, StatusCode::NOT_FOUND, "not_connected").await;
     let api_calls = stack.standin_stats().await["api_calls"].as_u64().unwrap();
     assert_eq!(api_calls, 2);
+    assert_eq!(
+        stack.token_lookups().await,
+        2,
+        "alice once (then cached), nobody once"
+    );
 
     // Another host, without authstamp headers: the service's own traffic,
     // passed on untouched (its own credential included).
