@@ -33,12 +33,14 @@ async fn no_process_prints_a_secret_at_debug_level() {
     // Short first token: the first proxied call refreshes it, so refresh
     // tokens flow through the service too.
     stack
-        .set_quirks(json!({"access_token_ttl_secs": 30, "rotate_refresh_tokens": true}))
+        .set_quirks(json!({"access_token_ttl_secs": 2, "rotate_refresh_tokens": true}))
         .await;
     let outcome = stack.connect_user("heidi").await;
     stack
         .set_quirks(json!({"access_token_ttl_secs": 3600}))
         .await;
+    // Due after half its 2 s life (the skew is capped at half a lifetime).
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     let query: Vec<(String, String)> = outcome.callback_url.query_pairs().into_owned().collect();
     let param = |name: &str| {
         query

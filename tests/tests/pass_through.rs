@@ -181,12 +181,15 @@ async fn second_call_is_served_from_the_filter_cache() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_inside_the_refresh_skew_is_refreshed_once_and_the_new_token_used() {
     let stack = Stack::start("refresh", StackOptions::default()).await;
-    // Issue the first token with 30 s left: inside the token service's 60 s skew.
-    stack.set_quirks(json!({"access_token_ttl_secs": 30})).await;
+    // Issue the first token with 2 s to live. The token service's 60 s skew
+    // is capped at half a token's lifetime (never a refresh on every call),
+    // so it is due after 1 s.
+    stack.set_quirks(json!({"access_token_ttl_secs": 2})).await;
     stack.connect_user("dave").await;
     stack
         .set_quirks(json!({"access_token_ttl_secs": 3600}))
         .await;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     assert_eq!(stack.refresh_calls().await, 0);
 
     let response = stack

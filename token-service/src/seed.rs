@@ -45,6 +45,8 @@ pub struct Seeded {
     pub inserted: u64,
     pub expires_at: i64,
     pub millis: u64,
+    /// Of `millis`, the time spent sealing access tokens with the vault.
+    pub seal_millis: u64,
 }
 
 /// The user id of seeded user `n`.
@@ -82,6 +84,7 @@ pub async fn run(db: &Db, vault: &Vault, seed: &Seed) -> anyhow::Result<Seeded> 
     let expires_at =
         now.saturating_add(i64::try_from(seed.expires_in.as_secs()).unwrap_or(i64::MAX));
     let mut inserted = 0;
+    let mut sealing = Duration::ZERO;
     let mut n = seed.start;
     while n <= last {
         let end = n.saturating_add(seed.batch - 1).min(last);
@@ -98,6 +101,7 @@ pub async fn run(db: &Db, vault: &Vault, seed: &Seed) -> anyhow::Result<Seeded> 
             })
             .collect();
         let mut rows = Vec::with_capacity(keys.len());
+        let seal_started = Instant::now();
         for key in &keys {
             let aad = Aad::connection(&key.app_id, &key.provider, &key.user_id, Field::AccessToken);
             let token = format!("{}{}", seed.token_prefix, key.user_id);
@@ -110,6 +114,7 @@ pub async fn run(db: &Db, vault: &Vault, seed: &Seed) -> anyhow::Result<Seeded> 
                 now,
             });
         }
+        sealing += seal_started.elapsed();
         inserted += u64::try_from(rows.len()).unwrap_or(u64::MAX);
         // Multi-row statements: one round trip per 500 rows.
         connections::upsert_many_on(&mut tx, rows)
@@ -129,5 +134,6 @@ pub async fn run(db: &Db, vault: &Vault, seed: &Seed) -> anyhow::Result<Seeded> 
         inserted,
         expires_at,
         millis: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        seal_millis: u64::try_from(sealing.as_millis()).unwrap_or(u64::MAX),
     })
 }
