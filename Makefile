@@ -119,3 +119,19 @@ bench-service-quick: postgres-check
 postgres-check:
 	@command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
 		{ echo "PostgreSQL is missing: apt-get install postgresql (see .ci/run)"; exit 1; }
+
+# Filter benchmark (issue 4): the same upstream behind Envoy configured five
+# ways (plain, route header, credential_injector, authstamp hit, authstamp
+# miss) plus two Wasm reference rows, loaded with wrk on loopback;
+# target/bench/filter.{json,md}. bench-quick: one short round (CI).
+.PHONY: bench bench-quick bench-build
+bench-build: wasm-target envoy
+	@command -v wrk >/dev/null || { echo "wrk is missing: apt-get install -y wrk (see .ci/run)"; exit 1; }
+	cargo build --release --target wasm32-wasip1 -p authstamp-filter -p authstamp-bench-floor
+	cargo build --profile service -p authstamp-token-service -p authstamp-bench
+
+bench: bench-build
+	target/service/authstamp-bench
+
+bench-quick: bench-build
+	BENCH_QUICK=1 target/service/authstamp-bench

@@ -1,0 +1,185 @@
+//! The five Envoy bootstraps of the benchmark. All of them: one listener,
+//! the same HTTP connection manager, the same static upstream cluster, the
+//! router; admin and listener on free ports. They differ only in what
+//! stamps the credential.
+
+use std::path::Path;
+
+/// The credential the static scenarios (b) and (c) send.
+pub const STATIC_CREDENTIAL: &str = "Bearer bench-static-token-0123456789abcdef";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// (a) plain routing.
+    Plain,
+    /// (b) `request_headers_to_add` on the route.
+    RouteHeader,
+    /// (c) the native credential_injector filter, generic credential.
+    CredentialInjector,
+    /// (d) and (e): the authstamp filter.
+    Authstamp,
+    /// Reference rows: the cheapest proxy-wasm filter (bench/floor-filter),
+    /// doing nothing (`false`) or setting one static header (`true`).
+    WasmFloor { stamp: bool },
+}
+
+pub struct Ports {
+    pub upstream: u16,
+    pub token_service: u16,
+}
+
+fn route_to_upstream(extra: &str) -> String {
+    format!(
+        r#"
+              - match: {{ prefix: "/" }}
+                route: {{ cluster: bench_upstream, timeout: 10s }}{extra}"#
+    )
+}
+
+const ROUTER: &str = r#"
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"#;
+
+/// The filter configuration of (d) and (e), as in envoy/envoy.yaml.
+pub const AUTHSTAMP_CONFIG: &str = r#"{"token_service": {"cluster": "authstamp_token_service", "authority": "authstamp-token-service", "timeout": "2s"}, "refresh_skew": "30s", "max_cache_ttl": "5m"}"#;
+
+fn wasm_filter(name: &str, vm_id: &str, configuration: &str, wasm: &Path) -> String {
+    format!(
+        r#"
+          - name: {name}
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+              config:
+                name: {name}
+                root_id: {name}
+                fail_open: false
+                configuration:
+                  "@type": type.googleapis.com/google.protobuf.StringValue
+                  value: '{configuration}'
+                vm_config:
+                  vm_id: {vm_id}
+                  runtime: envoy.wasm.runtime.v8
+                  code: {{ local: {{ filename: "{wasm}" }} }}{ROUTER}"#,
+        wasm = wasm.display()
+    )
+}
+
+/// `wasm`: the authstamp filter; `floor_wasm`: bench/floor-filter.
+pub fn bootstrap(kind: Kind, ports: &Ports, wasm: &Path, floor_wasm: &Path) -> String {
+    let (routes, filters, extra_clusters, secrets) = match kind {
+        Kind::WasmFloor { stamp } => (
+            route_to_upstream(""),
+            wasm_filter(
+                "floor",
+                "floor",
+                if stamp { "stamp" } else { "noop" },
+                floor_wasm,
+            ),
+            String::new(),
+            String::new(),
+        ),
+        Kind::Plain => (
+            route_to_upstream(""),
+            ROUTER.to_string(),
+            String::new(),
+            String::new(),
+        ),
+        Kind::RouteHeader => (
+            route_to_upstream(&format!(
+                r#"
+                request_headers_to_add:
+                - header: {{ key: authorization, value: "{STATIC_CREDENTIAL}" }}
+                  append_action: OVERWRITE_IF_EXISTS_OR_ADD"#
+            )),
+            ROUTER.to_string(),
+            String::new(),
+            String::new(),
+        ),
+        Kind::CredentialInjector => (
+            route_to_upstream(""),
+            format!(
+                r#"
+          - name: envoy.filters.http.credential_injector
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.credential_injector.v3.CredentialInjector
+              overwrite: true
+              credential:
+                name: envoy.http.injected_credentials.generic
+                typed_config:
+                  "@type": type.googleapis.com/envoy.extensions.http.injected_credentials.generic.v3.Generic
+                  credential: {{ name: bench-credential }}
+                  header: authorization{ROUTER}"#
+            ),
+            String::new(),
+            format!(
+                r#"
+  secrets:
+  - name: bench-credential
+    generic_secret:
+      secret: {{ inline_string: "{STATIC_CREDENTIAL}" }}"#
+            ),
+        ),
+        Kind::Authstamp => (
+            r#"
+              - match:
+                  prefix: "/"
+                  headers:
+                  - name: x-authstamp-route
+                    string_match: { exact: http }
+                route: { cluster: bench_upstream, timeout: 10s }
+                request_headers_to_remove: [x-authstamp-route]
+              - match: { prefix: "/" }
+                direct_response: { status: 404 }"#
+                .to_string(),
+            wasm_filter("authstamp", "authstamp", AUTHSTAMP_CONFIG, wasm),
+            format!(
+                r#"
+  - name: authstamp_token_service
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: authstamp_token_service
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {} }} }} }}"#,
+                ports.token_service
+            ),
+            String::new(),
+        ),
+    };
+    format!(
+        r#"# authstamp benchmark bootstrap ({kind:?}); generated by bench/src/configs.rs
+admin:
+  address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+static_resources:
+  listeners:
+  - name: bench
+    address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: bench
+          codec_type: AUTO
+          route_config:
+            name: bench
+            virtual_hosts:
+            - name: bench
+              domains: ["*"]
+              routes:{routes}
+          http_filters:{filters}
+  clusters:
+  - name: bench_upstream
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: bench_upstream
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {upstream} }} }} }}{extra_clusters}{secrets}
+"#,
+        upstream = ports.upstream
+    )
+}

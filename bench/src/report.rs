@@ -1,0 +1,342 @@
+//! Results: one wrk run, a scenario's runs and median, the ratios to (b),
+//! the goals, the JSON file and the markdown table.
+
+use serde::Serialize;
+use serde_json::{json, Value};
+
+/// One wrk run.
+#[derive(Clone, Debug, Serialize)]
+pub struct Run {
+    pub requests: u64,
+    pub seconds: f64,
+    pub rps: f64,
+    pub p50_us: u64,
+    pub p90_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+    pub mean_us: f64,
+    pub max_us: u64,
+    /// Socket errors, timeouts and non-2xx/3xx answers.
+    pub errors: u64,
+    /// Envoy's CPU time (all threads) per request, in µs.
+    pub envoy_cpu_us: f64,
+}
+
+impl Run {
+    pub fn from_wrk(v: Value) -> anyhow::Result<Run> {
+        let n = |p: &str| v.pointer(p).and_then(Value::as_u64).unwrap_or(0);
+        let requests = n("/requests");
+        let seconds = n("/duration_us") as f64 / 1e6;
+        let errors = ["connect", "read", "write", "status", "timeout"]
+            .iter()
+            .map(|e| n(&format!("/errors/{e}")))
+            .sum();
+        Ok(Run {
+            requests,
+            seconds,
+            rps: if seconds > 0.0 {
+                requests as f64 / seconds
+            } else {
+                0.0
+            },
+            p50_us: n("/latency_us/p50"),
+            p90_us: n("/latency_us/p90"),
+            p99_us: n("/latency_us/p99"),
+            p999_us: n("/latency_us/p999"),
+            mean_us: v
+                .pointer("/latency_us/mean")
+                .and_then(Value::as_f64)
+                .unwrap_or(0.0),
+            max_us: n("/latency_us/max"),
+            errors,
+            envoy_cpu_us: 0.0,
+        })
+    }
+}
+
+pub struct Scenario {
+    pub id: char,
+    pub name: String,
+    pub runs: Vec<Run>,
+}
+
+/// The median of each number over the rounds.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Summary {
+    pub rps: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub p999_us: f64,
+    pub requests: u64,
+    pub errors: u64,
+    pub envoy_cpu_us: f64,
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    if values.len() % 2 == 1 {
+        values[mid]
+    } else {
+        (values[mid - 1] + values[mid]) / 2.0
+    }
+}
+
+impl Scenario {
+    pub fn new(id: char, name: &str) -> Scenario {
+        Scenario {
+            id,
+            name: name.to_string(),
+            runs: Vec::new(),
+        }
+    }
+
+    pub fn summary(&self) -> Summary {
+        let m = |f: fn(&Run) -> f64| median(self.runs.iter().map(f).collect());
+        Summary {
+            rps: m(|r| r.rps),
+            p50_us: m(|r| r.p50_us as f64),
+            p99_us: m(|r| r.p99_us as f64),
+            p999_us: m(|r| r.p999_us as f64),
+            requests: self.runs.iter().map(|r| r.requests).sum(),
+            errors: self.runs.iter().map(|r| r.errors).sum(),
+            envoy_cpu_us: m(|r| r.envoy_cpu_us),
+        }
+    }
+}
+
+/// Sum of every sample of `name` in Prometheus text.
+pub fn metric_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter(|line| {
+            line.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Every `authstamp_*` sample Envoy prints (histogram buckets left out).
+pub fn authstamp_metrics(text: &str) -> Value {
+    let mut out = serde_json::Map::new();
+    for line in text.lines() {
+        if line.starts_with('#') || !line.starts_with("authstamp_") || line.contains("_bucket") {
+            continue;
+        }
+        if let Some((name, value)) = line.rsplit_once(' ') {
+            if let Ok(v) = value.parse::<f64>() {
+                if v != 0.0 {
+                    out.insert(name.to_string(), json!(v));
+                }
+            }
+        }
+    }
+    Value::Object(out)
+}
+
+fn ratio(a: f64, b: f64) -> Option<f64> {
+    (b > 0.0).then(|| a / b)
+}
+
+fn fmt_ratio(r: Option<f64>) -> String {
+    r.map(|r| format!("{r:.2}")).unwrap_or_else(|| "–".into())
+}
+
+/// The JSON document and the markdown table.
+pub fn render(scenarios: &[Scenario], meta: Value) -> (Value, String) {
+    let summaries: Vec<(char, &str, Summary)> = scenarios
+        .iter()
+        .map(|s| (s.id, s.name.as_str(), s.summary()))
+        .collect();
+    let base = summaries
+        .iter()
+        .find(|(id, ..)| *id == 'b')
+        .map(|(.., s)| s.clone());
+    let get = |id: char| {
+        summaries
+            .iter()
+            .find(|(i, ..)| *i == id)
+            .map(|(.., s)| s.clone())
+    };
+
+    let mut md = String::new();
+    md.push_str(
+        "| scenario | rps | p50 µs | p99 µs | p99.9 µs | rps ÷ (b) | p50 − (b) µs | p99 ÷ (b) | p99.9 ÷ (b) | Envoy CPU µs/req | errors |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    let mut rows = Vec::new();
+    for (id, name, s) in &summaries {
+        let (rps_r, p50_d, p99_r, p999_r) = match &base {
+            Some(b) => (
+                ratio(s.rps, b.rps),
+                Some(s.p50_us - b.p50_us),
+                ratio(s.p99_us, b.p99_us),
+                ratio(s.p999_us, b.p999_us),
+            ),
+            None => (None, None, None, None),
+        };
+        md.push_str(&format!(
+            "| ({id}) {name} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {} | {} | {} | {:.1} | {} |\n",
+            s.rps,
+            s.p50_us,
+            s.p99_us,
+            s.p999_us,
+            fmt_ratio(rps_r),
+            p50_d
+                .map(|d| format!("{d:+.0}"))
+                .unwrap_or_else(|| "–".into()),
+            fmt_ratio(p99_r),
+            fmt_ratio(p999_r),
+            s.envoy_cpu_us,
+            s.errors
+        ));
+        let runs: Vec<&Run> = scenarios
+            .iter()
+            .find(|x| x.id == *id)
+            .map(|x| x.runs.iter().collect())
+            .unwrap_or_default();
+        rows.push(json!({
+            "id": id.to_string(),
+            "name": name,
+            "median": s,
+            "runs": runs,
+            "ratios_to_b": {
+                "rps": rps_r,
+                "p50_added_us": p50_d,
+                "p99": p99_r,
+                "p999": p999_r,
+            },
+        }));
+    }
+
+    let mut goals = Vec::new();
+    if let (Some(b), Some(d)) = (&base, get('d')) {
+        goals.push(goal("(d) rps ≥ 0.90 × (b)", d.rps / b.rps, 0.90, true, "×"));
+        goals.push(goal(
+            "(d) p50 added ≤ 30 µs over (b)",
+            d.p50_us - b.p50_us,
+            30.0,
+            false,
+            "µs",
+        ));
+        goals.push(goal(
+            "(d) p99 ≤ 1.2 × (b)",
+            d.p99_us / b.p99_us,
+            1.2,
+            false,
+            "×",
+        ));
+        if let Some(c) = get('c') {
+            goals.push(goal("(d) rps ≥ (c) rps", d.rps / c.rps, 1.0, true, "× (c)"));
+        }
+    }
+    md.push('\n');
+    for g in &goals {
+        md.push_str(&format!(
+            "- {} {}: measured {}\n",
+            if g["met"] == json!(true) {
+                "✅"
+            } else {
+                "❌"
+            },
+            g["goal"].as_str().unwrap_or_default(),
+            g["measured"].as_str().unwrap_or_default()
+        ));
+    }
+    md.push_str(&format!(
+        "\nwrk {} connection(s), {} thread(s); Envoy --concurrency {}; {} round(s) of {} s, medians; {} CPUs, load {} → {}.\n",
+        meta["wrk_connections"], meta["wrk_threads"], meta["envoy_concurrency"], meta["rounds"],
+        meta["duration_s"], meta["cpus"],
+        meta["loadavg_before"].as_str().unwrap_or_default(),
+        meta["loadavg_after"].as_str().unwrap_or_default()
+    ));
+    let doc = json!({ "scenarios": rows, "goals": goals, "meta": meta });
+    (doc, md)
+}
+
+fn goal(name: &str, measured: f64, bound: f64, at_least: bool, unit: &str) -> Value {
+    let met = if at_least {
+        measured >= bound
+    } else {
+        measured <= bound
+    };
+    json!({
+        "goal": name,
+        "value": measured,
+        "bound": bound,
+        "met": met,
+        "measured": format!("{measured:.2} {unit}"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn run(rps: f64, p50: u64, p99: u64) -> Run {
+        Run {
+            requests: 100,
+            seconds: 1.0,
+            rps,
+            p50_us: p50,
+            p90_us: p50,
+            p99_us: p99,
+            p999_us: p99 * 2,
+            mean_us: p50 as f64,
+            max_us: p99 * 3,
+            errors: 0,
+            envoy_cpu_us: 50.0,
+        }
+    }
+
+    #[test]
+    fn wrk_json_becomes_a_run() {
+        let v: Value = serde_json::from_str(
+            r#"{"requests":2000,"duration_us":2000000,"bytes":1,"errors":{"connect":0,"read":1,"write":0,"status":2,"timeout":0},
+                "latency_us":{"mean":120.5,"max":900,"p50":100,"p90":150,"p99":300,"p999":700}}"#,
+        )
+        .unwrap();
+        let r = Run::from_wrk(v).unwrap();
+        assert_eq!(r.rps, 1000.0);
+        assert_eq!(
+            (r.p50_us, r.p99_us, r.p999_us, r.errors),
+            (100, 300, 700, 3)
+        );
+    }
+
+    #[test]
+    fn medians_ratios_and_goals() {
+        let mut b = Scenario::new('b', "static");
+        b.runs = vec![
+            run(1000.0, 100, 200),
+            run(900.0, 110, 220),
+            run(1100.0, 90, 180),
+        ];
+        let mut d = Scenario::new('d', "hit");
+        d.runs = vec![run(950.0, 120, 230)];
+        assert_eq!(b.summary().rps, 1000.0);
+        assert_eq!(b.summary().p50_us, 100.0);
+        let (doc, md) = render(&[b, d], json!({}));
+        assert!(md.contains("| (d) hit | 950 | 120 | 230 |"), "{md}");
+        assert!(md.contains("| 0.95 | +20 | 1.15 | 1.15 | 50.0 |"), "{md}");
+        let goals = doc["goals"].as_array().unwrap();
+        assert_eq!(goals.len(), 3);
+        assert!(goals.iter().all(|g| g["met"] == json!(true)), "{goals:?}");
+    }
+
+    #[test]
+    fn metrics_are_read_from_prometheus_text() {
+        let text = "# TYPE authstamp_cache_hits_total counter\nauthstamp_cache_hits_total 5\n\
+                    authstamp_token_fetch_us_bucket{le=\"1\"} 0\nauthstamp_errors_internal_total 0\n\
+                    envoy_x 3\nauthstamp_token_lookups_total{outcome=\"ok\"} 2\nauthstamp_token_lookups_total{outcome=\"x\"} 1\n";
+        assert_eq!(metric_sum(text, "authstamp_token_lookups_total"), 3.0);
+        let m = authstamp_metrics(text);
+        assert_eq!(m["authstamp_cache_hits_total"], json!(5.0));
+        assert!(m.get("authstamp_errors_internal_total").is_none());
+    }
+}
