@@ -369,6 +369,80 @@ mod tests {
     }
 
     #[test]
+    fn through_the_filter_a_transparent_request_is_looked_up_stamped_and_then_cached() {
+        use crate::config::Config;
+        use crate::filter::{on_call_response, on_request_headers, Verdict, Worker};
+        use crate::host::mock::{MockHost, ROOT};
+        use crate::metrics::Metrics;
+        use authstamp_protocol::TokenLookupRequest;
+        use std::rc::Rc;
+
+        let config = Rc::new(
+            Config::parse(
+                br#"{"token_service": {"cluster": "ts", "authority": "ts.internal"},
+                     "app": {"id": "app_mesh", "key_env": "K"},
+                     "provider_hosts": {"graph.microsoft.com": "microsoft"}}"#,
+                &|_| Some("ask_mesh".to_string()),
+            )
+            .unwrap(),
+        );
+        let host = MockHost::new(1_700_000_000);
+        let worker = Worker::new(ROOT, Metrics::default());
+        let request = |stream: u32, path: &str| {
+            host.add_stream(
+                stream,
+                &[
+                    (":method", "GET"),
+                    (":authority", "graph.microsoft.com"),
+                    (":path", path),
+                    ("x-authstamp-user", "u1"),
+                ],
+            );
+            host.enter(stream);
+            on_request_headers(&host, Some(&config), &worker, stream).1
+        };
+
+        assert_eq!(request(2, "/v1.0/me"), Verdict::Pause);
+        let dispatch = host.dispatches().last().cloned().unwrap();
+        let body: TokenLookupRequest = serde_json::from_slice(&dispatch.body).unwrap();
+        assert_eq!(
+            (body.provider.as_str(), body.user.as_str()),
+            ("microsoft", "u1")
+        );
+        assert_eq!(dispatch.header("x-authstamp-app"), Some("app_mesh"));
+        assert_eq!(dispatch.header("x-authstamp-app-key"), Some("ask_mesh"));
+
+        host.set_call_response(
+            Some(200),
+            r#"{"header": {"name": "authorization", "value": "Bearer t1"},
+                "upstream": {"scheme": "https", "authority": "graph.microsoft.com", "base_path": "/v1.0"},
+                "expires_at": null}"#,
+        );
+        host.enter(2);
+        let size = host.call_response_body_len();
+        on_call_response(&host, &worker, dispatch.token, size, 2);
+        assert_eq!(host.resumed(2), 1);
+        assert_eq!(host.header(2, ":path").as_deref(), Some("/v1.0/me"));
+        assert_eq!(
+            host.header(2, "authorization").as_deref(),
+            Some("Bearer t1")
+        );
+        assert_eq!(host.header(2, "x-authstamp-user"), None);
+
+        // The next one is served from the cache, its path kept too.
+        assert_eq!(request(3, "/v1.0/me/messages"), Verdict::Continue);
+        assert_eq!(host.dispatch_count(), 1);
+        assert_eq!(
+            host.header(3, ":path").as_deref(),
+            Some("/v1.0/me/messages")
+        );
+        assert_eq!(
+            host.header(3, "authorization").as_deref(),
+            Some("Bearer t1")
+        );
+    }
+
+    #[test]
     fn same_host_ignores_case_and_port() {
         assert!(same_host("Slack.com", "slack.com:443"));
         assert!(same_host("127.0.0.1:9100", "127.0.0.1:9100"));
