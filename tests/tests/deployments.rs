@@ -204,20 +204,27 @@ fn tested_envoy_version() -> String {
 }
 
 /// `(source, target)` of each bind mount of a service (`docker-compose
-/// config` makes sources absolute; named volumes are left out).
+/// config` makes sources absolute; named volumes are left out). Bind mounts
+/// must use the long form, so that a missing file is an error rather than a
+/// directory Docker creates in its place.
 fn bind_mounts(service: &serde_yaml_ng::Value) -> Vec<(String, String)> {
-    service["volumes"]
+    let volumes = service["volumes"]
         .as_sequence()
         .map(|v| v.as_slice())
-        .unwrap_or_default()
+        .unwrap_or_default();
+    for volume in volumes {
+        if let Some(short) = volume.as_str() {
+            assert!(!short.starts_with('/'), "short-form bind mount {short}");
+        }
+    }
+    volumes
         .iter()
-        .filter_map(|v| v.as_str())
-        .filter(|v| v.starts_with('/'))
+        .filter(|v| v["type"].as_str() == Some("bind"))
         .map(|v| {
-            let mut parts = v.split(':');
+            assert_eq!(v["read_only"].as_bool(), Some(true), "{v:?} is writable");
             (
-                parts.next().unwrap().to_string(),
-                parts.next().expect("mount target").to_string(),
+                v["source"].as_str().expect("source").to_string(),
+                v["target"].as_str().expect("target").to_string(),
             )
         })
         .collect()
@@ -257,8 +264,7 @@ fn docker_compose_is_valid_and_everything_it_builds_or_mounts_exists() {
             assert!(source.starts_with(root.to_str().unwrap()), "{source}");
         }
         for volume in service["volumes"].as_sequence().unwrap() {
-            let volume = volume.as_str().unwrap();
-            if !volume.starts_with('/') {
+            if let Some(volume) = volume.as_str() {
                 let named = volume.split(':').next().unwrap();
                 assert!(
                     config["volumes"].get(named).is_some(),
