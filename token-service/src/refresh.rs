@@ -427,8 +427,16 @@ async fn attempt(
                 failures,
             );
             let retry_at = now.saturating_add(i64::try_from(cooldown.as_secs()).unwrap_or(0));
-            connections::record_transient_failure(&state.db, key, owner, &reason, now, retry_at)
-                .await?;
+            connections::record_transient_failure(
+                &state.db,
+                key,
+                owner,
+                current.token_version,
+                &reason,
+                now,
+                retry_at,
+            )
+            .await?;
             state.metrics.refresh(RefreshOutcome::Transient);
             tracing::warn!(app_id = %key.app_id, provider = %key.provider, %reason, failures, cooldown_secs = cooldown.as_secs(), "refresh failed; will retry after the cooldown");
             if current.is_valid_at(now) {

@@ -277,7 +277,6 @@ both_backends!(
 async fn background_case(backend: Backend) {
     let h = Harness::with(Options::on(backend)).await;
     let app = h.app_with_provider().await;
-    rotating(&h);
     h.connect(&app, "alice").await;
     h.connect(&app, "bob").await;
     h.connect(&app, "carol").await;
@@ -314,8 +313,11 @@ async fn background_case(backend: Backend) {
     );
     assert_eq!(a2.unwrap() + b2.unwrap(), 0);
     assert_eq!(h.provider.calls_of("refresh_token").len(), 2);
-    let alice = h.connection_view(&app, "alice").await.json();
-    assert!(alice["last_refresh_at"].as_i64().is_some());
+    for user in ["alice", "carol"] {
+        let view = h.connection_view(&app, user).await.json();
+        assert!(view["last_refresh_at"].as_i64().is_some(), "{view}");
+        assert_eq!(view["status"], "active", "{view}");
+    }
     let bob = h.connection_view(&app, "bob").await.json();
     assert!(bob["last_refresh_at"].is_null());
 }

@@ -6,7 +6,9 @@
 //! with the CLI, `authstamp bench-seed` for the connections (timed), then
 //! `authstamp serve` and a closed-loop load of `POST /v1/token-lookup` for
 //! uniformly random users from this process (CONCURRENCY requests in
-//! flight), then the server's memory from /proc. Results go to
+//! flight), then the server's memory from /proc. The small and the large
+//! cell of a backend run side by side and are measured in alternating
+//! rounds, so that other load on the machine hits both alike. Results go to
 //! `target/bench/service.json` and `target/bench/service.md`.
 //!
 //! `--quick`: 1,000 and 20,000 connections, fewer requests, every cell
@@ -144,7 +146,7 @@ fn master_key() -> String {
     base64::engine::general_purpose::STANDARD.encode(key)
 }
 
-/// One measured load: latencies in microseconds, errors, wall time.
+/// One load: latencies in microseconds, errors, wall time.
 struct Load {
     latencies_us: Vec<u64>,
     errors: u64,
@@ -219,14 +221,30 @@ fn percentile_ms(sorted_us: &[u64], p: f64) -> f64 {
     sorted_us[rank.clamp(1, sorted_us.len()) - 1] as f64 / 1000.0
 }
 
-async fn cell(
+/// A seeded database with its server running.
+struct Prepared {
+    backend: &'static str,
+    connections: u64,
+    store: Store,
+    server: Server,
+    app_id: String,
+    app_key: String,
+    seeded: Value,
+    seed_wall: f64,
+    idle_rss: f64,
+    latencies_us: Vec<u64>,
+    errors: u64,
+    busy: Duration,
+}
+
+async fn prepare(
     bin: &Path,
     plan: &Plan,
-    backend: &str,
+    backend: &'static str,
     connections: u64,
     pg: Option<&TestPostgres>,
     work: &Path,
-) -> Value {
+) -> Prepared {
     let dir = work.join(format!("{backend}-{connections}"));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("cell dir");
@@ -281,8 +299,6 @@ async fn cell(
     );
     let seed_wall = seed_started.elapsed().as_secs_f64();
     assert_eq!(seeded["inserted"].as_u64(), Some(connections));
-    // The inserts themselves (sealing included), without process start.
-    let seed_secs = seeded["millis"].as_f64().unwrap_or(seed_wall * 1000.0) / 1000.0;
     let server = Server::start(bin, &store, &dir.join("serve.log"));
     let (idle_rss, _) = server.memory_mib();
     let warm = load(&server.url, &app_id, &app_key, connections, plan.warmup).await;
@@ -292,32 +308,74 @@ async fn cell(
         "warm-up lookups failed; see {}",
         dir.display()
     );
-    let measured = load(&server.url, &app_id, &app_key, connections, plan.requests).await;
-    let (rss, peak_rss) = server.memory_mib();
-    drop(server);
-    let n = measured.latencies_us.len() as f64;
-    let throughput = n / measured.wall.as_secs_f64();
+    Prepared {
+        backend,
+        connections,
+        store,
+        server,
+        app_id,
+        app_key,
+        seeded,
+        seed_wall,
+        idle_rss,
+        latencies_us: Vec::new(),
+        errors: 0,
+        busy: Duration::ZERO,
+    }
+}
+
+/// Measures the small and the large cell of one backend in alternating
+/// rounds, so that whatever else the machine does hits both alike.
+async fn measure_pair(plan: &Plan, cells: &mut [Prepared; 2]) {
+    let rounds = 3;
+    for _ in 0..rounds {
+        for cell in cells.iter_mut() {
+            let l = load(
+                &cell.server.url,
+                &cell.app_id,
+                &cell.app_key,
+                cell.connections,
+                plan.requests / rounds,
+            )
+            .await;
+            cell.latencies_us.extend(l.latencies_us);
+            cell.errors += l.errors;
+            cell.busy += l.wall;
+        }
+    }
+}
+
+fn finish(mut cell: Prepared, pg: Option<&TestPostgres>) -> Value {
+    cell.latencies_us.sort_unstable();
+    let (rss, peak_rss) = cell.server.memory_mib();
+    let seed_secs = cell.seeded["millis"]
+        .as_f64()
+        .unwrap_or(cell.seed_wall * 1000.0)
+        / 1000.0;
+    let n = cell.latencies_us.len() as f64;
     let result = json!({
-        "backend": backend,
-        "connections": connections,
+        "backend": cell.backend,
+        "connections": cell.connections,
         "seed_seconds": round(seed_secs, 2),
-        "seed_command_seconds": round(seed_wall, 2),
-        "seed_sealing_seconds": round(seeded["seal_millis"].as_f64().unwrap_or(f64::NAN) / 1000.0, 2),
-        "seed_rows_per_second": round(connections as f64 / seed_secs, 0),
-        "requests": measured.latencies_us.len(),
-        "errors": measured.errors,
+        "seed_command_seconds": round(cell.seed_wall, 2),
+        "seed_sealing_seconds": round(cell.seeded["seal_millis"].as_f64().unwrap_or(f64::NAN) / 1000.0, 2),
+        "seed_rows_per_second": round(cell.connections as f64 / seed_secs, 0),
+        "requests": cell.latencies_us.len(),
+        "errors": cell.errors,
         "concurrency": CONCURRENCY,
-        "throughput_rps": round(throughput, 0),
-        "p50_ms": round(percentile_ms(&measured.latencies_us, 50.0), 3),
-        "p99_ms": round(percentile_ms(&measured.latencies_us, 99.0), 3),
-        "rss_idle_mib": round(idle_rss, 1),
+        "throughput_rps": round(n / cell.busy.as_secs_f64(), 0),
+        "p50_ms": round(percentile_ms(&cell.latencies_us, 50.0), 3),
+        "p99_ms": round(percentile_ms(&cell.latencies_us, 99.0), 3),
+        "rss_idle_mib": round(cell.idle_rss, 1),
         "rss_mib": round(rss, 1),
         "rss_peak_mib": round(peak_rss, 1),
     });
     eprintln!("{result}");
+    drop(cell.server);
     if let Some(pg) = pg {
         // Free the disk: a million rows per cell add up.
-        if let Some(name) = store
+        if let Some(name) = cell
+            .store
             .database_url
             .as_deref()
             .and_then(|u| u.rsplit('/').next())
@@ -325,7 +383,7 @@ async fn cell(
             pg.psql("postgres", &format!("DROP DATABASE {name}"));
         }
     }
-    let _ = std::fs::remove_dir_all(&store.data_dir);
+    let _ = std::fs::remove_dir_all(&cell.store.data_dir);
     result
 }
 
@@ -406,9 +464,13 @@ async fn main() {
     let pg = TestPostgres::start();
     let mut cells = Vec::new();
     for backend in ["sqlite", "postgres"] {
-        for &size in &plan.sizes {
-            let pg = (backend == "postgres").then_some(&pg);
-            cells.push(cell(&bin, &plan, backend, size, pg, &work).await);
+        let pg = (backend == "postgres").then_some(&pg);
+        let small = prepare(&bin, &plan, backend, plan.sizes[0], pg, &work).await;
+        let large = prepare(&bin, &plan, backend, plan.sizes[1], pg, &work).await;
+        let mut pair = [small, large];
+        measure_pair(&plan, &mut pair).await;
+        for cell in pair {
+            cells.push(finish(cell, pg));
         }
     }
     drop(pg);

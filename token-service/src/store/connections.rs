@@ -359,21 +359,24 @@ pub async fn store_refreshed(db: &Db, r: Refreshed<'_>) -> Result<bool, sqlx::Er
     Ok(done.rows_affected() == 1)
 }
 
-/// Counts a transient failure, sets the cooldown and releases the lease.
+/// Counts a transient failure, sets the cooldown and releases the lease,
+/// unless newer tokens than `base_version` were stored meanwhile (then only
+/// the lease is released: the connection is healthy).
 pub async fn record_transient_failure(
     db: &Db,
     key: &ConnKey,
     owner: &str,
+    base_version: i64,
     error: &str,
     now: i64,
     retry_at: i64,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(&format!(
+    let done = sqlx::query(&format!(
         "UPDATE connections SET failure_count = failure_count + 1, last_refresh_error = $4, \
            last_attempt_at = $5, retry_at = $6, updated_at = $5, \
            refresh_lease_owner = CASE WHEN refresh_lease_owner = $7 THEN NULL ELSE refresh_lease_owner END, \
            refresh_lease_until = CASE WHEN refresh_lease_owner = $7 THEN NULL ELSE refresh_lease_until END \
-         WHERE {WHERE_KEY}"
+         WHERE {WHERE_KEY} AND token_version = $8"
     ))
     .bind(&key.app_id)
     .bind(&key.provider)
@@ -382,8 +385,12 @@ pub async fn record_transient_failure(
     .bind(now)
     .bind(retry_at)
     .bind(owner)
+    .bind(base_version)
     .execute(db.pool())
     .await?;
+    if done.rows_affected() == 0 {
+        release_lease(db, key, owner).await?;
+    }
     Ok(())
 }
 
