@@ -220,6 +220,53 @@ fn the_token_service_deployment_service_and_secret_agree() {
         browser["spec"]["http"][0]["route"][0]["destination"]["port"]["number"],
         service_port["port"]
     );
+
+    // The authorization policy: on the token service's pods; browsers get the
+    // gateway's paths and nothing else; the workload's namespace gets the
+    // lookup; no rule opens the admin API.
+    let policy = m.named(
+        "AuthorizationPolicy",
+        "authstamp",
+        "authstamp-token-service",
+    );
+    assert_eq!(policy["spec"]["action"], "ALLOW");
+    for (key, value) in policy["spec"]["selector"]["matchLabels"]
+        .as_mapping()
+        .unwrap()
+    {
+        assert_eq!(labels.get(key), Some(value));
+    }
+    let rules = policy["spec"]["rules"].as_sequence().unwrap();
+    let paths_of = |rule: &Yaml| strings(&rule["to"][0]["operation"]["paths"]);
+    let browser_paths: Vec<String> = matches
+        .iter()
+        .map(
+            |m| match (m["uri"]["prefix"].as_str(), m["uri"]["exact"].as_str()) {
+                (Some(prefix), None) => format!("{prefix}*"),
+                (None, Some(exact)) => exact.to_string(),
+                _ => panic!("uri match {m:?}"),
+            },
+        )
+        .collect();
+    let gateway_rule = rules
+        .iter()
+        .find(|r| !strings(&r["from"][0]["source"]["principals"]).is_empty())
+        .expect("a rule for the ingress gateway");
+    assert_eq!(paths_of(gateway_rule), browser_paths);
+    let plugin = m.one("WasmPlugin");
+    let workload_rule = rules
+        .iter()
+        .find(|r| {
+            strings(&r["from"][0]["source"]["namespaces"]).contains(&namespace(plugin).to_string())
+        })
+        .expect("a rule for the workload's namespace");
+    assert!(paths_of(workload_rule).contains(&"/v1/token-lookup".to_string()));
+    for rule in rules {
+        assert!(
+            paths_of(rule).iter().all(|p| !p.starts_with("/v1/apps")),
+            "the admin API is open"
+        );
+    }
 }
 
 #[test]
