@@ -530,6 +530,67 @@ mod tests {
     }
 
     #[test]
+    fn refresh_policy_flags() {
+        let cli = Cli::try_parse_from([
+            "authstamp",
+            "provider",
+            "set",
+            "--app",
+            "app_1",
+            "--provider",
+            "p",
+            "--client-id",
+            "id",
+            "--client-secret-stdin",
+            "--authorize-url",
+            "https://p/auth",
+            "--token-url",
+            "https://p/token",
+            "--api-base-url",
+            "https://p/api",
+            "--refresh-skew",
+            "2m",
+            "--keepalive",
+            "30days",
+        ])
+        .unwrap();
+        let Command::Provider {
+            command: ProviderCommand::Set(args),
+        } = cli.command
+        else {
+            panic!("not provider set")
+        };
+        let policy = PolicyOverrides::from(args.policy.clone());
+        assert_eq!(policy.skew, Some(Duration::from_secs(120)));
+        assert_eq!(policy.keepalive, Some(Duration::from_secs(30 * 86400)));
+        assert_eq!(policy.max_token_lifetime, None);
+
+        let cli = Cli::try_parse_from(["authstamp", "serve"]).unwrap();
+        let Command::Serve(args) = cli.command else {
+            panic!("not serve")
+        };
+        assert_eq!(args.max_token_lifetime, Duration::from_secs(3600));
+        assert_eq!(args.background_window, Duration::from_secs(300));
+        assert_eq!(args.keepalive, Duration::ZERO);
+        assert_eq!(args.failure_cooldown, Duration::from_secs(5));
+        assert_eq!(args.background_interval, Duration::from_secs(15));
+        assert_eq!(args.refresh_lease, None);
+        assert!(Cli::try_parse_from([
+            "authstamp",
+            "connection",
+            "get",
+            "--app",
+            "a",
+            "--provider",
+            "p",
+            "--user",
+            "u"
+        ])
+        .is_ok());
+        assert!(Cli::try_parse_from(["authstamp", "connection", "list", "--app", "a"]).is_err());
+    }
+
+    #[test]
     fn secrets_are_not_flags() {
         assert!(Cli::try_parse_from(["authstamp", "serve", "--master-key", "x"]).is_err());
         assert!(Cli::try_parse_from(["authstamp", "serve", "--admin-token", "x"]).is_err());

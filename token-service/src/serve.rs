@@ -139,6 +139,29 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_refresh_lease_not_longer_than_the_provider_timeout_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let args = serve_args(&[
+            "--data-dir",
+            dir.path().to_str().unwrap(),
+            "--provider-timeout",
+            "10s",
+            "--refresh-lease",
+            "10s",
+        ]);
+        let env = SecretEnv {
+            master_key: Some(
+                crate::secrets::MasterKey::generate()
+                    .to_base64()
+                    .to_string(),
+            ),
+            admin_token: None,
+        };
+        let err = run(args, env).await.unwrap_err();
+        assert!(format!("{err:#}").contains("refresh lease"), "{err:#}");
+    }
+
+    #[tokio::test]
     async fn serve_with_a_missing_key_file_refuses_to_start() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("nope.key");
