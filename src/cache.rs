@@ -21,7 +21,6 @@ use std::fmt;
 use std::time::Duration;
 
 use authstamp_protocol::{StampHeader, Upstream};
-use serde::{Deserialize, Serialize};
 
 use crate::host::{Host, SharedDataError};
 use crate::stamp;
@@ -95,8 +94,7 @@ fn pending_key(slot: u32) -> String {
 
 /// A cached token: for which cache key and app key, what to stamp, where to
 /// send it and until when (Unix seconds).
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Entry {
     pub key: String,
     pub app_key: String,
@@ -117,9 +115,39 @@ impl fmt::Debug for Entry {
     }
 }
 
+/// First line of an encoded entry.
+const ENTRY_TAG: &str = "authstamp-entry-v2";
+
 impl Entry {
+    /// One field per line (read on every cache hit: no JSON). No field can
+    /// hold a line break: identities, app keys, stamp values and upstreams
+    /// are validated without control characters before they are cached; an
+    /// entry that has one is not encoded.
     pub fn encode(&self) -> Option<Vec<u8>> {
-        serde_json::to_vec(self).ok()
+        let fields = [
+            self.key.as_str(),
+            &self.app_key,
+            &self.header.name,
+            &self.header.value,
+            &self.upstream.scheme,
+            &self.upstream.authority,
+            &self.upstream.base_path,
+        ];
+        if fields.iter().any(|f| f.contains('\n')) {
+            return None;
+        }
+        let until = self.valid_until.to_string();
+        let size =
+            ENTRY_TAG.len() + until.len() + fields.iter().map(|f| f.len() + 1).sum::<usize>() + 1;
+        let mut out = String::with_capacity(size);
+        out.push_str(ENTRY_TAG);
+        out.push('\n');
+        out.push_str(&until);
+        for field in fields {
+            out.push('\n');
+            out.push_str(field);
+        }
+        Some(out.into_bytes())
     }
 
     /// An entry from shared data; an empty value means deleted.
@@ -127,7 +155,31 @@ impl Entry {
         if bytes.is_empty() {
             return None;
         }
-        serde_json::from_slice(bytes).ok()
+        let text = std::str::from_utf8(bytes).ok()?;
+        let mut fields = text.split('\n');
+        if fields.next()? != ENTRY_TAG {
+            return None;
+        }
+        let valid_until = fields.next()?.parse().ok()?;
+        let mut next = || fields.next().map(str::to_string);
+        let entry = Entry {
+            key: next()?,
+            app_key: next()?,
+            header: StampHeader {
+                name: next()?,
+                value: next()?,
+            },
+            upstream: Upstream {
+                scheme: next()?,
+                authority: next()?,
+                base_path: next()?,
+            },
+            valid_until,
+        };
+        if fields.next().is_some() {
+            return None;
+        }
+        Some(entry)
     }
 }
 
@@ -186,7 +238,9 @@ pub fn lookup(host: &dyn Host, key: &Slotted, app_key: &str, now: u64) -> Option
     if !constant_time_eq(entry.app_key.as_bytes(), app_key.as_bytes()) {
         return None;
     }
-    if stamp::validate_upstream(&entry.upstream).is_err()
+    // Only this filter writes these keys, after validating the answer in
+    // full; a cheap check of the shape is enough here.
+    if stamp::check_upstream_shape(&entry.upstream).is_err()
         || stamp::validate_header(&entry.header).is_err()
     {
         log::warn!("authstamp: ignoring a malformed cache entry");
@@ -456,6 +510,13 @@ mod tests {
         assert_eq!(Entry::decode(&bytes), Some(e.clone()));
         assert_eq!(Entry::decode(b""), None);
         assert_eq!(Entry::decode(b"{"), None);
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        assert_eq!(Entry::decode(format!("{text}\nextra").as_bytes()), None);
+        let short = text.rsplit_once('\n').unwrap().0;
+        assert_eq!(Entry::decode(short.as_bytes()), None);
+        let mut broken = e.clone();
+        broken.header.value = "Bearer a\nb".into();
+        assert_eq!(broken.encode(), None, "no line break is ever encoded");
         let debug = format!("{e:?}");
         assert!(
             !debug.contains("ask_1") && !debug.contains("tok-"),

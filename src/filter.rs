@@ -25,7 +25,7 @@ use authstamp_protocol::{
 
 use crate::cache::{self, Claim, Slotted, Stored};
 use crate::config::{Config, Unmarked};
-use crate::host::{DispatchError, Host};
+use crate::host::{DispatchError, HeaderPairs, Host};
 use crate::inflight::{Done, Inflight, Left, Lookup, Owner};
 use crate::metrics::Metrics;
 use crate::reply::Rejection;
@@ -37,6 +37,8 @@ pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
 /// Tick period of the root context while it has lookups to dispatch or
 /// another worker's lookup to wait for.
 pub const TICK: Duration = Duration::from_millis(1);
+/// Tick period otherwise: hands batched metrics to Envoy.
+pub const IDLE_TICK: Duration = Duration::from_secs(1);
 /// Kept for the tests and callers of the first version.
 pub const ORPHAN_TICK: Duration = TICK;
 /// How long a marker outlives the token-service timeout, so that waiting
@@ -108,16 +110,18 @@ fn refuse(host: &dyn Host, metrics: &Metrics, rejection: Rejection) -> (State, V
     (State::Replied, Verdict::Pause)
 }
 
-fn stamp_with(
+/// Stamps a cache hit.
+fn stamp_hit(
     host: &dyn Host,
     metrics: &Metrics,
     lookup: Rc<Lookup>,
     header: &authstamp_protocol::StampHeader,
     upstream: &authstamp_protocol::Upstream,
+    request: &HeaderPairs,
 ) -> (State, Verdict) {
-    match stamp::stamp(host, &lookup.config.headers, header, upstream) {
+    match stamp::stamp_request(host, &lookup.config.headers, header, upstream, request) {
         Ok(()) => {
-            metrics.stamped(host);
+            metrics.hit_stamped(host);
             let token = cache::hash(header.value.as_bytes());
             (State::Stamped(lookup, token), Verdict::Continue)
         }
@@ -186,14 +190,20 @@ pub fn on_request_headers(
     if let Some(now) = host.now_unix_secs() {
         if let Some(entry) = cache::lookup(host, &cache_key, identity.app_key.expose(), now) {
             log::debug!("authstamp: cache hit provider={}", identity.provider);
-            metrics.hit(host);
             let lookup = Rc::new(Lookup {
                 cache_key,
                 identity,
                 config: Rc::clone(config),
                 force_refresh: false,
             });
-            return stamp_with(host, metrics, lookup, &entry.header, &entry.upstream);
+            return stamp_hit(
+                host,
+                metrics,
+                lookup,
+                &entry.header,
+                &entry.upstream,
+                &request_headers,
+            );
         }
     }
     metrics.miss(host);
@@ -534,10 +544,11 @@ fn dispatch_from_root(
     }
 }
 
-/// The root context's tick: dispatches orphaned lookups and forced
-/// refreshes, polls waits on other workers, and stops the ticks when
-/// nothing is left to do.
+/// The root context's tick: hands batched metrics over, dispatches orphaned
+/// lookups and forced refreshes, polls waits on other workers, and slows
+/// the ticks down to [`IDLE_TICK`] when nothing is left to do.
 pub fn on_tick(host: &dyn Host, worker: &Worker) {
+    worker.metrics.flush(host);
     let orphans = worker.inflight.borrow().orphans();
     for (id, lookup) in orphans {
         // A forced refresh claims the marker; a re-dispatch still holds its own.
@@ -580,7 +591,7 @@ pub fn on_tick(host: &dyn Host, worker: &Worker) {
     }
 
     if !worker.inflight.borrow().needs_tick() {
-        host.set_tick_period(Duration::ZERO);
+        host.set_tick_period(IDLE_TICK);
     }
 }
 
@@ -1742,7 +1753,7 @@ mod tests {
             );
         }
         bench.tick();
-        assert_eq!(bench.host.tick(), None, "nothing left to poll");
+        assert_eq!(bench.host.tick(), Some(IDLE_TICK), "nothing left to poll");
     }
 
     #[test]
@@ -1781,7 +1792,7 @@ mod tests {
         assert_eq!(bench.host.dispatch_count(), 1);
 
         bench.tick();
-        assert_eq!(bench.host.tick(), None, "ticks stop");
+        assert_eq!(bench.host.tick(), Some(IDLE_TICK), "back to the idle tick");
         let dispatches = bench.host.dispatches();
         assert_eq!(dispatches.len(), 2);
         assert_eq!(dispatches[1].from, ROOT, "dispatched by the root context");
@@ -1810,7 +1821,7 @@ mod tests {
         bench.tick();
         assert_eq!(bench.reply_of(3).1, ErrorCode::TokenServiceUnavailable);
         assert_eq!(bench.worker.inflight.borrow().pending_count(), 0);
-        assert_eq!(bench.host.tick(), None);
+        assert_eq!(bench.host.tick(), Some(IDLE_TICK));
     }
 
     #[test]
@@ -1910,7 +1921,7 @@ mod tests {
         bench.done(3);
         assert_eq!(bench.other.inflight.borrow().pending_count(), 0);
         bench.tick_other();
-        assert_eq!(bench.host.tick(), None);
+        assert_eq!(bench.host.tick(), Some(IDLE_TICK));
         assert_eq!(bench.host.dispatch_count(), 1);
     }
 
@@ -1983,7 +1994,7 @@ mod tests {
             ("slack", "alice")
         );
         assert_eq!(forced.header("x-authstamp-app-key"), Some(KEY));
-        assert_eq!(bench.host.tick(), None);
+        assert_eq!(bench.host.tick(), Some(IDLE_TICK));
 
         // A request arriving while the refresh is in flight waits for it too.
         assert_eq!(bench.call(6, "alice", KEY), Verdict::Pause);
@@ -2019,7 +2030,7 @@ mod tests {
             bench.entry_of("alice").unwrap().header.value,
             "Bearer xoxb-fresh"
         );
-        assert_eq!(bench.host.tick(), None);
+        assert_eq!(bench.host.tick(), Some(IDLE_TICK));
         assert_eq!(bench.host.dispatch_count(), 2);
     }
 
@@ -2137,6 +2148,13 @@ mod tests {
         bench.request(8, &[(":path", "/x")]);
 
         let host = &bench.host;
+        assert_eq!(
+            host.metric(metrics::CACHE_HITS),
+            0,
+            "hits are handed over in batches"
+        );
+        assert_eq!(host.metric(metrics::STAMPED), 1);
+        bench.tick();
         assert_eq!(host.metric(metrics::CACHE_HITS), 2);
         assert_eq!(host.metric(metrics::CACHE_MISSES), 3);
         assert_eq!(host.metric(metrics::COALESCED), 1);

@@ -32,6 +32,30 @@ pub enum MetricKind {
     Histogram,
 }
 
+/// Serializes header pairs as the proxy-wasm ABI wants them: the number of
+/// pairs, each pair's key and value sizes (u32, little endian), then each
+/// key and value followed by a NUL byte.
+pub fn serialize_pairs(pairs: &[(&str, &[u8])]) -> Vec<u8> {
+    let size = 4 + pairs
+        .iter()
+        .map(|(n, v)| 8 + n.len() + v.len() + 2)
+        .sum::<usize>();
+    let mut out = Vec::with_capacity(size);
+    let len = |n: usize| u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes();
+    out.extend_from_slice(&len(pairs.len()));
+    for (n, v) in pairs {
+        out.extend_from_slice(&len(n.len()));
+        out.extend_from_slice(&len(v.len()));
+    }
+    for (n, v) in pairs {
+        out.extend_from_slice(n.as_bytes());
+        out.push(0);
+        out.extend_from_slice(v);
+        out.push(0);
+    }
+    out
+}
+
 pub trait Host {
     /// The request headers of the effective stream.
     fn request_headers(&self) -> HeaderPairs;
@@ -39,6 +63,8 @@ pub trait Host {
     fn set_request_header(&self, name: &str, value: &str);
     /// Removes every value of `name`.
     fn remove_request_header(&self, name: &str);
+    /// Replaces the whole request header map with `headers`, in order.
+    fn set_request_headers(&self, headers: &[(&str, &[u8])]);
 
     /// Starts an HTTP call; its answer arrives as `on_http_call_response`
     /// with the returned token.
@@ -95,6 +121,23 @@ pub trait Host {
     fn set_effective_context(&self, context_id: u32) -> bool;
     /// Sets the root context's tick period (zero stops the ticks).
     fn set_tick_period(&self, period: Duration);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pairs_serialize_as_the_abi_wants() {
+        let bytes = serialize_pairs(&[(":path", b"/x"), ("a", b"")]);
+        let mut expected = Vec::new();
+        for n in [2u32, 5, 2, 1, 0] {
+            expected.extend_from_slice(&n.to_le_bytes());
+        }
+        expected.extend_from_slice(b":path\0/x\0a\0\0");
+        assert_eq!(bytes, expected);
+        assert_eq!(serialize_pairs(&[]), 0u32.to_le_bytes().to_vec());
+    }
 }
 
 #[cfg(test)]
@@ -449,6 +492,23 @@ pub mod mock {
                 .get_mut(&current)
                 .expect("a stream is effective");
             stream.headers.retain(|(n, _)| n != name);
+        }
+
+        fn set_request_headers(&self, headers: &[(&str, &[u8])]) {
+            let mut state = self.state.borrow_mut();
+            let current = state.current;
+            let stream = state
+                .streams
+                .get_mut(&current)
+                .expect("a stream is effective");
+            assert!(
+                stream.reply.is_none(),
+                "headers changed after a local reply"
+            );
+            stream.headers = headers
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_vec()))
+                .collect();
         }
 
         fn dispatch_http_call(

@@ -44,6 +44,15 @@ mod glue {
         });
     }}
 
+    #[link(wasm_import_module = "env")]
+    extern "C" {
+        fn proxy_set_header_map_pairs(
+            map_type: MapType,
+            map_data: *const u8,
+            map_size: usize,
+        ) -> Status;
+    }
+
     /// The [`Host`] of the running proxy: every call acts on the host's
     /// effective context. Host refusals are logged, never unwrapped.
     struct HostCalls;
@@ -62,6 +71,22 @@ mod glue {
         fn remove_request_header(&self, name: &str) {
             if hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None).is_err() {
                 log::warn!("authstamp: could not remove a request header");
+            }
+        }
+
+        fn set_request_headers(&self, headers: &[(&str, &[u8])]) {
+            let serialized = crate::host::serialize_pairs(headers);
+            // The raw ABI call: the SDK's set_map_bytes panics (killing the
+            // VM) on any status but Ok.
+            let status = unsafe {
+                proxy_set_header_map_pairs(
+                    MapType::HttpRequestHeaders,
+                    serialized.as_ptr(),
+                    serialized.len(),
+                )
+            };
+            if status != Status::Ok {
+                log::error!("authstamp: could not set the request headers");
             }
         }
 
@@ -213,6 +238,8 @@ mod glue {
                         config.token_service.cluster
                     );
                     self.config = Some(Rc::new(config));
+                    // Hands batched metrics to Envoy (see metrics.rs).
+                    HostCalls.set_tick_period(filter::IDLE_TICK);
                     true
                 }
                 Err(error) => {

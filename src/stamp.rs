@@ -66,6 +66,25 @@ pub fn validate_upstream(upstream: &Upstream) -> Result<(), &'static str> {
     validate_base_path(&upstream.base_path)
 }
 
+/// The cheap part of [`validate_upstream`], for cache entries that were
+/// validated in full before they were written: scheme, authority characters
+/// (no userinfo, path, query, fragment or whitespace) and base path.
+pub fn check_upstream_shape(upstream: &Upstream) -> Result<(), &'static str> {
+    if upstream.scheme != "http" && upstream.scheme != "https" {
+        return Err("upstream scheme is not http or https");
+    }
+    let authority = &upstream.authority;
+    if authority.is_empty()
+        || authority.len() > 255
+        || authority
+            .bytes()
+            .any(|b| !b.is_ascii_graphic() || b"@/\\?#".contains(&b))
+    {
+        return Err("upstream authority is not host[:port]");
+    }
+    validate_base_path(&upstream.base_path)
+}
+
 fn validate_authority(scheme: &str, authority: &str) -> Result<(), &'static str> {
     const BAD: &str = "upstream authority is not host[:port]";
     if authority.is_empty()
@@ -153,11 +172,17 @@ pub fn request_path(headers: &HeaderPairs) -> Result<String, Rejection> {
     Ok(path.to_string())
 }
 
+/// Whether `name` starts with `prefix`, ignoring ASCII case.
+fn starts_with_ignore_case(name: &str, prefix: &str) -> bool {
+    name.len() >= prefix.len()
+        && name.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+}
+
 fn is_stripped(name: &str, names: &HeaderNames, stamp_name: &str) -> bool {
-    name.starts_with(headers::PREFIX)
-        || names.all().contains(&name)
-        || STRIPPED.contains(&name)
-        || name == stamp_name
+    starts_with_ignore_case(name, headers::PREFIX)
+        || names.all().iter().any(|n| name.eq_ignore_ascii_case(n))
+        || STRIPPED.iter().any(|n| name.eq_ignore_ascii_case(n))
+        || name.eq_ignore_ascii_case(stamp_name)
 }
 
 /// Stamps the effective stream's request: removes every authstamp header
@@ -176,12 +201,25 @@ pub fn stamp(
     upstream: &Upstream,
 ) -> Result<(), Rejection> {
     let request = host.request_headers();
-    let path = request_path(&request)?;
+    stamp_request(host, names, header, upstream, &request)
+}
+
+/// [`stamp`] with the request headers the caller already read: the new
+/// header list is written back in one host call (the hot path's cost is
+/// mostly host calls, not work).
+pub fn stamp_request(
+    host: &dyn Host,
+    names: &HeaderNames,
+    header: &StampHeader,
+    upstream: &Upstream,
+    request: &HeaderPairs,
+) -> Result<(), Rejection> {
+    let path = request_path(request)?;
     let transparent = !request
         .iter()
         .any(|(n, _)| n.eq_ignore_ascii_case(&names.provider));
     let path = if transparent {
-        let authority = crate::egress::authority(&request).unwrap_or_default();
+        let authority = crate::egress::authority(request).unwrap_or_default();
         if !crate::egress::same_host(&authority, &upstream.authority) {
             return Err(Rejection::new(
                 ErrorCode::ForbiddenDestination,
@@ -195,20 +233,26 @@ pub fn stamp(
     } else {
         format!("{}{}", upstream.base_path, path)
     };
-    let mut doomed: Vec<String> = request
-        .iter()
-        .map(|(n, _)| n.to_ascii_lowercase())
-        .filter(|n| is_stripped(n, names, &header.name))
-        .collect();
-    doomed.sort();
-    doomed.dedup();
-    for name in &doomed {
-        host.remove_request_header(name);
+    let mut stamped: Vec<(&str, &[u8])> = Vec::with_capacity(request.len() + 3);
+    let mut has_authority = false;
+    for (name, value) in request {
+        if name.eq_ignore_ascii_case(":authority") {
+            if !has_authority {
+                stamped.push((":authority", upstream.authority.as_bytes()));
+                has_authority = true;
+            }
+        } else if name.eq_ignore_ascii_case(":path") {
+            stamped.push((":path", path.as_bytes()));
+        } else if !is_stripped(name, names, &header.name) {
+            stamped.push((name, value));
+        }
     }
-    host.set_request_header(&header.name, &header.value);
-    host.set_request_header(":authority", &upstream.authority);
-    host.set_request_header(":path", &path);
-    host.set_request_header(headers::ROUTE, &upstream.scheme);
+    if !has_authority {
+        stamped.push((":authority", upstream.authority.as_bytes()));
+    }
+    stamped.push((&header.name, header.value.as_bytes()));
+    stamped.push((headers::ROUTE, upstream.scheme.as_bytes()));
+    host.set_request_headers(&stamped);
     Ok(())
 }
 
@@ -282,6 +326,37 @@ mod tests {
         ] {
             assert!(
                 validate_upstream(&upstream(scheme, authority, base)).is_err(),
+                "{scheme}://{authority}{base}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_cheap_shape_check_of_cached_upstreams_refuses_what_could_redirect_a_token() {
+        for (scheme, authority, base) in [
+            ("https", "slack.com", ""),
+            ("http", "127.0.0.1:8081", "/api"),
+            ("http", "[::1]:8080", ""),
+        ] {
+            assert_eq!(
+                check_upstream_shape(&upstream(scheme, authority, base)),
+                Ok(())
+            );
+        }
+        for (scheme, authority, base) in [
+            ("ftp", "slack.com", ""),
+            ("https", "", ""),
+            ("https", "user@slack.com", ""),
+            ("https", "slack.com/path", ""),
+            ("https", "slack.com?q=1", ""),
+            ("https", "slack.com#f", ""),
+            ("https", "slack com", ""),
+            ("https", "evil.com\\@slack.com", ""),
+            ("https", "slack.com", "//evil.com"),
+            ("https", "slack.com", "/v1/../admin"),
+        ] {
+            assert!(
+                check_upstream_shape(&upstream(scheme, authority, base)).is_err(),
                 "{scheme}://{authority}{base}"
             );
         }

@@ -36,6 +36,13 @@ const APP_PROVIDER: &str = "bench";
 const HIT_USER: &str = "hit-0";
 const MISS_PREFIX: &str = "miss-";
 const TOKEN_PREFIX: &str = "seeded_";
+/// Scenario ids of AUTHSTAMP_BENCH_ALT_WASM builds.
+const ALT_IDS: [char; 5] = ['x', 'y', 'z', 'v', 'w'];
+
+/// The cache-hit scenarios: (d) and the alternative builds.
+fn is_hit(id: char) -> bool {
+    id == 'd' || ALT_IDS.contains(&id)
+}
 
 #[derive(Clone, Debug)]
 pub struct Opts {
@@ -378,15 +385,15 @@ async fn start_token_service(
 }
 
 /// The request headers of a scenario (besides the user header of (e)).
-fn headers_of(id: char, ts: &TokenService) -> Vec<String> {
-    match id {
-        'd' | 'e' => vec![
-            format!("x-authstamp-provider: {APP_PROVIDER}"),
-            format!("x-authstamp-app: {}", ts.app_id),
-            format!("x-authstamp-app-key: {}", ts.app_key),
-        ],
-        _ => Vec::new(),
-    }
+/// The request headers every scenario gets (besides the user header): the
+/// same request on the wire for all of them, so that they differ only in
+/// what Envoy does with it. Only authstamp strips them.
+fn headers_of(_id: char, ts: &TokenService) -> Vec<String> {
+    vec![
+        format!("x-authstamp-provider: {APP_PROVIDER}"),
+        format!("x-authstamp-app: {}", ts.app_id),
+        format!("x-authstamp-app-key: {}", ts.app_key),
+    ]
 }
 
 /// One wrk run; `unique`: (start, window) of the miss users.
@@ -590,7 +597,7 @@ async fn main() -> anyhow::Result<()> {
         token_service: port_of(&ts.url)?,
     };
 
-    let scenarios: Vec<(char, &str, Kind)> = [
+    let mut scenarios: Vec<(char, String, Kind)> = [
         ('a', "plain routing", Kind::Plain),
         (
             'b',
@@ -617,12 +624,38 @@ async fn main() -> anyhow::Result<()> {
     ]
     .into_iter()
     .filter(|(id, ..)| opts.wants(*id))
+    .map(|(id, name, kind)| (id, name.to_string(), kind))
     .collect();
+    // (x), (y), …: the cache hit with other builds of the filter, for A/B
+    // comparisons in the same rounds (AUTHSTAMP_BENCH_ALT_WASM=a.wasm,b.wasm).
+    let alts: Vec<(char, PathBuf)> = std::env::var("AUTHSTAMP_BENCH_ALT_WASM")
+        .unwrap_or_default()
+        .split(',')
+        .filter(|p| !p.is_empty())
+        .zip(ALT_IDS)
+        .map(|(p, id)| (id, PathBuf::from(p)))
+        .collect();
+    for (id, path) in &alts {
+        let stem = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        scenarios.push((
+            *id,
+            format!("authstamp, cache hit ({stem})"),
+            Kind::Authstamp,
+        ));
+    }
 
     // Validate, then start, every Envoy.
     let mut envoys = Vec::new();
     for (id, _, kind) in &scenarios {
-        let config = configs::bootstrap(*kind, &ports, &tools.wasm, &tools.floor_wasm);
+        let wasm = alts
+            .iter()
+            .find(|(alt, _)| alt == id)
+            .map(|(_, p)| p.clone())
+            .unwrap_or_else(|| tools.wasm.clone());
+        let config = configs::bootstrap(*kind, &ports, &wasm, &tools.floor_wasm);
         let path = dir.join(format!("envoy-{id}.yaml"));
         std::fs::write(&path, &config)?;
         let out = Command::new(&tools.envoy)
@@ -658,13 +691,15 @@ async fn main() -> anyhow::Result<()> {
         let probe = format!("{MISS_PREFIX}{}", opts.miss_users + 5);
         let probe_expected = format!("Bearer {TOKEN_PREFIX}{probe}");
         match id {
-            'a' | 'n' => check(&http, envoy, &headers, None, None).await?,
-            'b' | 'c' | 's' => check(&http, envoy, &headers, None, static_expected).await?,
-            'd' => check(&http, envoy, &headers, Some(HIT_USER), Some(&hit)).await?,
+            'a' | 'n' => check(&http, envoy, &headers, Some(HIT_USER), None).await?,
+            'b' | 'c' | 's' => {
+                check(&http, envoy, &headers, Some(HIT_USER), static_expected).await?
+            }
+            id if is_hit(*id) => check(&http, envoy, &headers, Some(HIT_USER), Some(&hit)).await?,
             _ => check(&http, envoy, &headers, Some(&probe), Some(&probe_expected)).await?,
         }
         let unique = (*id == 'e').then_some((0, window));
-        let fixed = (*id == 'd').then_some(HIT_USER);
+        let fixed = (*id != 'e').then_some(HIT_USER);
         wrk(
             &tools,
             &opts,
@@ -683,7 +718,7 @@ async fn main() -> anyhow::Result<()> {
         for (i, ((id, _, _), envoy)) in scenarios.iter().zip(&envoys).enumerate() {
             let headers = headers_of(*id, &ts);
             let unique = (*id == 'e').then_some((window * u64::from(round + 1), window));
-            let fixed = (*id == 'd').then_some(HIT_USER);
+            let fixed = (*id != 'e').then_some(HIT_USER);
             let before = if *id == 'e' {
                 ts.lookups(&http).await?
             } else {
