@@ -1,0 +1,461 @@
+//! The filter's cache end to end: coalescing across Envoy workers, the
+//! bounded cache, the forced refresh after a provider 401, and the filter's
+//! metrics in Envoy's admin output.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use authstamp_e2e::process::Process;
+use authstamp_e2e::stack::{local_bootstrap, metric_sum};
+use authstamp_e2e::{Stack, StackOptions};
+use reqwest::{Method, Response, StatusCode};
+use serde_json::{json, Value};
+use tokio::task::JoinSet;
+
+async fn json_of(response: Response) -> Value {
+    let text = response.text().await.expect("body");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+fn bearer_seen(echo: &Value) -> String {
+    echo["headers"]["authorization"][0]
+        .as_str()
+        .expect("authorization at the provider")
+        .to_string()
+}
+
+async fn admin_text(stack: &Stack, path: &str) -> String {
+    stack
+        .http
+        .get(format!("{}{path}", stack.envoy_admin_url))
+        .send()
+        .await
+        .expect("envoy admin")
+        .text()
+        .await
+        .expect("admin text")
+}
+
+/// A metric of the filter as Envoy prints it at /stats/prometheus.
+async fn envoy_metric(stack: &Stack, name: &str) -> u64 {
+    metric_sum(&admin_text(stack, "/stats/prometheus").await, name)
+}
+
+/// Waits (up to 10 s) until `name` reaches `at_least`: hit counts are
+/// handed to Envoy in batches (every second), histograms on stats flushes.
+async fn wait_for_metric(stack: &Stack, name: &str, at_least: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let value = envoy_metric(stack, name).await;
+        if value >= at_least || Instant::now() > deadline {
+            return value;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Envoy's tcmalloc `allocated` bytes (admin /memory).
+async fn envoy_allocated(stack: &Stack) -> u64 {
+    let memory: Value =
+        serde_json::from_str(&admin_text(stack, "/memory").await).expect("memory json");
+    memory["allocated"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .expect("allocated")
+}
+
+/// Replaces the stack's Envoy by one whose filter configuration is the
+/// local bootstrap's plus `extra` (JSON members, e.g. `"cache_capacity": 4`).
+async fn restart_envoy_with(stack: &mut Stack, extra: &str, concurrency: u32) {
+    stack.envoy.kill();
+    let original = local_bootstrap(&stack.service_url);
+    let anchor = "\"max_cache_ttl\": \"5m\"";
+    assert_eq!(
+        original.matches(anchor).count(),
+        1,
+        "envoy.yaml: {anchor} once"
+    );
+    let config = original.replace(anchor, &format!("{anchor}, {extra}"));
+    let path = stack.log_dir.join("envoy-restarted.yaml");
+    std::fs::write(&path, config).expect("write envoy config");
+    let admin_path = stack.log_dir.join("envoy-restarted-admin-address");
+    let mut command = Command::new(authstamp_e2e::envoy_bin());
+    command
+        .arg("-c")
+        .arg(&path)
+        .args(["--concurrency", &concurrency.to_string()])
+        .arg("--disable-hot-restart")
+        .arg("--admin-address-path")
+        .arg(&admin_path)
+        .args(["-l", "info", "--component-log-level", "wasm:debug"]);
+    let mut envoy = Process::spawn("envoy-restarted", command, &stack.log_dir, "\u{0}never");
+    let (url, admin) = wait_for_envoy(&mut envoy, &admin_path, &stack.http).await;
+    stack.envoy = envoy;
+    stack.envoy_url = url;
+    stack.envoy_admin_url = admin;
+}
+
+async fn wait_for_envoy(
+    envoy: &mut Process,
+    admin_path: &Path,
+    http: &reqwest::Client,
+) -> (String, String) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "Envoy not ready\n{}",
+            envoy.logs()
+        );
+        assert!(envoy.is_running(), "Envoy exited\n{}", envoy.logs());
+        if let Ok(address) = std::fs::read_to_string(admin_path) {
+            let admin = format!("http://{}", address.trim());
+            let ready = http.get(format!("{admin}/ready")).send().await;
+            if ready.is_ok_and(|r| r.status().is_success()) {
+                let listeners: Value = http
+                    .get(format!("{admin}/listeners?format=json"))
+                    .send()
+                    .await
+                    .expect("listeners")
+                    .json()
+                    .await
+                    .expect("listeners json");
+                let port = listeners["listener_statuses"][0]["local_address"]["socket_address"]
+                    ["port_value"]
+                    .as_u64()
+                    .expect("listener port");
+                return (format!("http://127.0.0.1:{port}"), admin);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_hundred_concurrent_misses_on_two_workers_make_at_most_two_lookups() {
+    let stack = Stack::start(
+        "coalescing",
+        StackOptions {
+            envoy_concurrency: 2,
+            ..StackOptions::default()
+        },
+    )
+    .await;
+    // An expired token and a slow provider: the first lookup refreshes for
+    // 400 ms, so every request of the burst arrives while it is in flight.
+    stack.set_quirks(json!({"access_token_ttl_secs": 1})).await;
+    stack.connect_user("cold").await;
+    stack
+        .set_quirks(json!({"access_token_ttl_secs": 3600, "token_delay_ms": 400}))
+        .await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(stack.token_lookups().await, 0);
+
+    let mut burst = JoinSet::new();
+    for i in 0..200 {
+        let request = stack.call(Method::GET, &format!("/api/burst?i={i}"), "cold");
+        burst.spawn(async move { request.send().await });
+    }
+    let mut tokens = Vec::new();
+    while let Some(result) = burst.join_next().await {
+        let response = result.expect("task").expect("response");
+        assert_eq!(response.status(), StatusCode::OK);
+        let echo = json_of(response).await;
+        assert_eq!(echo["user"], "cold");
+        assert_eq!(echo["token_grant"], "refresh_token");
+        tokens.push(bearer_seen(&echo));
+    }
+    assert_eq!(tokens.len(), 200);
+    assert!(tokens.iter().all(|t| *t == tokens[0]), "one token for all");
+
+    let lookups = stack.token_lookups().await;
+    eprintln!("token lookups for 200 concurrent cold requests on 2 workers: {lookups}");
+    assert!((1..=2).contains(&lookups), "{lookups} lookups");
+    assert_eq!(stack.refresh_calls().await, 1);
+
+    // Both workers took connections (per-worker listener stats).
+    let stats = admin_text(&stack, "/stats?filter=worker_.\\.downstream_cx_total").await;
+    let per_worker: Vec<u64> = stats
+        .lines()
+        .filter(|l| l.starts_with("listener.") && !l.contains("admin"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    assert_eq!(per_worker.len(), 2, "{stats}");
+    assert!(per_worker.iter().all(|n| *n > 0), "{stats}");
+
+    let calls = envoy_metric(&stack, "authstamp_token_service_calls_total").await;
+    assert_eq!(calls, lookups);
+    let coalesced = envoy_metric(&stack, "authstamp_coalesced_total").await;
+    let hits = wait_for_metric(
+        &stack,
+        "authstamp_cache_hits_total",
+        200 - calls - coalesced,
+    )
+    .await;
+    eprintln!(
+        "{calls} token-service calls, {coalesced} waited for a lookup in flight, {hits} cache hits"
+    );
+    assert_eq!(
+        calls + coalesced + hits,
+        200,
+        "every request asked, waited for a lookup in flight, or hit the cache"
+    );
+    assert!(
+        coalesced >= 100,
+        "the burst waited for the lookup in flight: {coalesced}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_small_cache_holds_many_users_without_growing_or_mixing_tokens() {
+    let mut stack = Stack::start("bounded_cache", StackOptions::default()).await;
+    restart_envoy_with(&mut stack, "\"cache_capacity\": 4", 1).await;
+
+    // Twelve real users through four slots: constant eviction, never a
+    // wrong token (the stand-in reports whose token it was given).
+    let users: Vec<String> = (0..12).map(|i| format!("user{i}")).collect();
+    for user in &users {
+        stack.connect_user(user).await;
+    }
+    for round in 0..3 {
+        for user in &users {
+            let response = stack
+                .call(Method::GET, &format!("/api/whoami?r={round}"), user)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+            let echo = json_of(response).await;
+            assert_eq!(
+                echo["user"],
+                user.as_str(),
+                "round {round}: another user's token"
+            );
+        }
+    }
+    let lookups = stack.token_lookups().await;
+    assert!(
+        lookups > 12,
+        "entries were evicted and looked up again: {lookups}"
+    );
+
+    // Thousands of users (seeded straight into the vault, on a provider whose
+    // API base is the stand-in's unauthenticated stats page).
+    let response = stack
+        .admin(
+            Method::PUT,
+            &format!("/v1/apps/{}/providers/bulk", stack.app_id),
+        )
+        .json(&json!({
+            "client_id": "bulk",
+            "client_secret": "bulk-secret",
+            "authorize_url": format!("{}/oauth/authorize", stack.standin_url),
+            "token_url": format!("{}/oauth/token", stack.standin_url),
+            "api_base_url": format!("{}/_standin", stack.standin_url),
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status(),
+        StatusCode::OK,
+        "{:?}",
+        response.text().await
+    );
+    let users = 2000u32;
+    let output = Command::new(authstamp_e2e::authstamp_bin())
+        .arg("bench-seed")
+        .arg("--data-dir")
+        .arg(stack.log_dir.join("data"))
+        .args([
+            "--app",
+            &stack.app_id,
+            "--provider",
+            "bulk",
+            "--prefix",
+            "bulk-",
+        ])
+        .args(["--users", &users.to_string()])
+        .env("AUTHSTAMP_MASTER_KEY", &stack.master_key)
+        .output()
+        .expect("bench-seed");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let mut allocated = Vec::new();
+    for batch in 0..4 {
+        let mut requests = JoinSet::new();
+        for n in (batch * users / 4)..((batch + 1) * users / 4) {
+            let request = stack
+                .http
+                .get(format!("{}/stats", stack.envoy_url))
+                .header("x-authstamp-provider", "bulk")
+                .header("x-authstamp-user", format!("bulk-{n}"))
+                .header("x-authstamp-app", &stack.app_id)
+                .header("x-authstamp-app-key", &stack.app_key);
+            requests.spawn(async move { request.send().await });
+            if requests.len() >= 16 {
+                let response = requests.join_next().await.unwrap().unwrap().unwrap();
+                assert_eq!(response.status(), StatusCode::OK);
+            }
+        }
+        while let Some(result) = requests.join_next().await {
+            assert_eq!(result.unwrap().unwrap().status(), StatusCode::OK);
+        }
+        allocated.push(envoy_allocated(&stack).await);
+    }
+    let slots = envoy_metric(&stack, "authstamp_cache_slots").await;
+    let misses = envoy_metric(&stack, "authstamp_cache_misses_total").await;
+    eprintln!(
+        "capacity 4: {slots} slots after {} users, {misses} misses; Envoy allocated per 500 users: {allocated:?}",
+        users + 12
+    );
+    assert!(
+        (1..=4).contains(&slots),
+        "{slots} cache slots for capacity 4"
+    );
+    assert!(misses >= u64::from(users), "{misses}");
+    // Memory stays flat: the last 1,500 users add no cache entries.
+    let growth = allocated[3].saturating_sub(allocated[0]);
+    assert!(
+        growth < 2 * 1024 * 1024,
+        "Envoy grew {growth} bytes: {allocated:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_401_refreshes_the_token_for_the_next_request() {
+    let stack = Stack::start("provider_401", StackOptions::default()).await;
+    stack.connect_user("rita").await;
+
+    let first = json_of(
+        stack
+            .call(Method::GET, "/api/me", "rita")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(first["token_grant"], "authorization_code");
+    let refused = bearer_seen(&first);
+    assert_eq!(stack.token_lookups().await, 1);
+
+    // The provider refuses the token: the 401 reaches the app unchanged.
+    let response = stack
+        .call(Method::GET, "/api/me", "rita")
+        .header("x-standin-status", "401")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(response.headers().get("x-standin-echo").unwrap(), "1");
+    assert!(response.headers().get("x-authstamp-error").is_none());
+
+    // The next request carries a fresh token from a forced refresh.
+    let next = json_of(
+        stack
+            .call(Method::GET, "/api/me", "rita")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(next["user"], "rita");
+    assert_eq!(next["token_grant"], "refresh_token", "{next}");
+    let fresh = bearer_seen(&next);
+    assert_ne!(fresh, refused);
+    assert_eq!(stack.refresh_calls().await, 1);
+    assert_eq!(stack.token_lookups().await, 2, "one forced lookup");
+
+    // And it is cached again.
+    let again = json_of(
+        stack
+            .call(Method::GET, "/api/me", "rita")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(bearer_seen(&again), fresh);
+    assert_eq!(stack.token_lookups().await, 2);
+    assert_eq!(
+        envoy_metric(&stack, "authstamp_provider_unauthorized_total").await,
+        1
+    );
+    assert_eq!(
+        envoy_metric(&stack, "authstamp_forced_refreshes_total").await,
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filter_metrics_are_visible_in_envoy_prometheus_output() {
+    let stack = Stack::start("filter_metrics", StackOptions::default()).await;
+    stack.connect_user("mia").await;
+    for _ in 0..5 {
+        let response = stack
+            .call(Method::GET, "/api/x", "mia")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    let response = stack
+        .call(Method::GET, "/api/x", "nobody")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    let response = stack
+        .http
+        .get(format!("{}/api/x", stack.envoy_url))
+        .header("x-authstamp-user", "mia")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+
+    assert_eq!(
+        wait_for_metric(&stack, "authstamp_cache_hits_total", 4).await,
+        4
+    );
+    assert_eq!(
+        wait_for_metric(&stack, "authstamp_stamped_total", 5).await,
+        5
+    );
+    assert_eq!(
+        wait_for_metric(&stack, "authstamp_token_fetch_us_count", 2).await,
+        2,
+        "the fetch-latency histogram"
+    );
+    let text = admin_text(&stack, "/stats/prometheus").await;
+    let expect = [
+        ("authstamp_cache_misses_total", 2),
+        ("authstamp_coalesced_total", 0),
+        ("authstamp_token_service_calls_total", 2),
+        ("authstamp_errors_not_connected_total", 1),
+        ("authstamp_errors_bad_request_total", 1),
+        ("authstamp_errors_internal_total", 0),
+        ("authstamp_cache_slots", 1),
+        ("authstamp_provider_unauthorized_total", 0),
+    ];
+    for (name, value) in expect {
+        assert!(
+            text.contains(&format!("# TYPE {name} ")),
+            "{name} missing:\n{text}"
+        );
+        assert_eq!(metric_sum(&text, name), value, "{name}");
+    }
+    assert!(
+        text.contains("# TYPE authstamp_token_fetch_us histogram"),
+        "{text}"
+    );
+    assert!(
+        text.contains("authstamp_token_fetch_us_bucket{le="),
+        "{text}"
+    );
+}
