@@ -51,6 +51,11 @@ pub enum Command {
         #[command(subcommand)]
         command: ConnectionCommand,
     },
+    /// Vault master keys: rotate to a new version, show versions in use.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// Benchmarks only: insert N connected users with fake tokens (see seed.rs).
     #[command(hide = true)]
     BenchSeed(BenchSeedArgs),
@@ -79,6 +84,41 @@ pub struct BenchSeedArgs {
     /// Rows per transaction.
     #[arg(long, default_value_t = 5000)]
     pub batch: u64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Activate a newer key version and re-encrypt every row with it, online.
+    /// With a key file, a new key is generated and added to the file (unless
+    /// the file already holds a version newer than the active one); with
+    /// AUTHSTAMP_MASTER_KEY, add the new version there (on every replica) first.
+    Rotate(KeysRotateArgs),
+    /// Print the active key version and how many blobs each version seals.
+    Status(KeysStatusArgs),
+    /// Print a new random master key (base64 of 32 bytes).
+    Generate,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct KeysRotateArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Wait this long after activating the new version before the final pass
+    /// (running services pick it up within 5 s).
+    #[arg(long, default_value = "6s", value_parser = humantime::parse_duration)]
+    pub settle: Duration,
+    /// Rows per batch.
+    #[arg(long, default_value_t = 500)]
+    pub batch: i64,
+    /// No progress bar on stderr.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct KeysStatusArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
 }
 
 #[derive(Debug, Subcommand)]
@@ -158,6 +198,38 @@ pub struct StoreArgs {
     /// Local development: create <data-dir>/master.key and admin.token when missing.
     #[arg(long, env = "AUTHSTAMP_LOCAL")]
     pub local: bool,
+    /// Refuse blobs sealed with key versions below this one (after a rotation
+    /// has re-encrypted everything; older keys may then leave the ring).
+    #[arg(long, env = "AUTHSTAMP_MIN_KEY_VERSION", default_value_t = 1)]
+    pub min_key_version: u32,
+}
+
+/// The vault of the given keys (before it is attached to a database, see
+/// [`crate::keys::attach`]). A ring from a key file is read again when a
+/// newer version appears.
+pub fn load_vault(store: &StoreArgs, env: &SecretEnv) -> anyhow::Result<Vault> {
+    let source = config::load_key_ring(
+        env,
+        store.master_key_file.as_deref(),
+        store.local,
+        &store.data_dir,
+    )?;
+    let vault = Vault::from_ring(&source.ring, store.min_key_version)?;
+    Ok(match source.file {
+        Some(path) => vault.with_reload(move || config::read_key_file(&path)),
+        None => vault,
+    })
+}
+
+/// The database and its vault, with the active key version set.
+async fn open_vault_db(store: &StoreArgs, env: &SecretEnv) -> anyhow::Result<(Db, Vault)> {
+    let vault = load_vault(store, env)?;
+    let db = open_db(store).await?;
+    if let Err(err) = crate::keys::attach(&db, &vault).await {
+        db.close().await;
+        return Err(err);
+    }
+    Ok((db, vault))
 }
 
 #[derive(Debug, Clone, Args)]
@@ -356,13 +428,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             command: ProviderCommand::Set(args),
         } => {
             let store = &args.store;
-            let master_key = config::load_master_key(
-                &env,
-                store.master_key_file.as_deref(),
-                store.local,
-                &store.data_dir,
-            )?;
-            let vault = Vault::new(&master_key);
             let public_url = args
                 .public_url
                 .as_deref()
@@ -383,7 +448,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 },
                 refresh: args.policy.into(),
             };
-            let db = open_db(store).await?;
+            let (db, vault) = open_vault_db(store, &env).await?;
             let view = admin::put_provider(
                 &db,
                 &vault,
@@ -411,15 +476,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             print_json(&view?)
         }
         Command::BenchSeed(args) => {
-            let store = &args.store;
-            let master_key = config::load_master_key(
-                &env,
-                store.master_key_file.as_deref(),
-                store.local,
-                &store.data_dir,
-            )?;
-            let vault = Vault::new(&master_key);
-            let db = open_db(store).await?;
+            let (db, vault) = open_vault_db(&args.store, &env).await?;
             let seed = crate::seed::Seed {
                 app_id: args.app,
                 provider: args.provider,
@@ -433,6 +490,65 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let seeded = crate::seed::run(&db, &vault, &seed).await;
             db.close().await;
             print_json(&seeded?)
+        }
+        Command::Keys {
+            command: KeysCommand::Rotate(args),
+        } => {
+            let store = &args.store;
+            let mut source = config::load_key_ring(
+                &env,
+                store.master_key_file.as_deref(),
+                store.local,
+                &store.data_dir,
+            )?;
+            let db = open_db(store).await?;
+            let rotated = crate::keys::rotate(
+                &db,
+                &mut source,
+                store.min_key_version,
+                crate::keys::RotateOptions {
+                    settle: args.settle,
+                    batch: args.batch,
+                    progress: !args.quiet,
+                },
+            )
+            .await;
+            db.close().await;
+            let rotated = rotated?;
+            print_json(&rotated)?;
+            if rotated.unreadable > 0 || rotated.remaining_below_active > 0 {
+                bail!(
+                    "{} rows could not be re-encrypted and {} blobs still use older key versions \
+                     (see the log); keep the older keys until they are dealt with",
+                    rotated.unreadable,
+                    rotated.remaining_below_active
+                );
+            }
+            Ok(())
+        }
+        Command::Keys {
+            command: KeysCommand::Status(args),
+        } => {
+            let store = &args.store;
+            let source = config::load_key_ring(
+                &env,
+                store.master_key_file.as_deref(),
+                store.local,
+                &store.data_dir,
+            )?;
+            let db = open_db(store).await?;
+            let status = crate::keys::status(&db, &source, store.min_key_version).await;
+            db.close().await;
+            print_json(&status?)
+        }
+        Command::Keys {
+            command: KeysCommand::Generate,
+        } => {
+            let key = crate::secrets::MasterKey::generate();
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{}", key.to_base64().as_str())?;
+            out.flush()?;
+            Ok(())
         }
         Command::Connection {
             command: ConnectionCommand::Get(args),

@@ -1,7 +1,7 @@
 //! Resolved configuration: the public URL, and the secrets that never come
 //! from flags (master key, admin token) with their local-mode files.
 
-use crate::secrets::{AdminToken, MasterKey};
+use crate::secrets::{AdminToken, KeyRing, MasterKey};
 use anyhow::{bail, Context as _};
 use std::fmt;
 use std::io::Write as _;
@@ -17,6 +17,7 @@ const ADMIN_TOKEN_FILE: &str = "admin.token";
 /// that tests do not depend on the process environment).
 #[derive(Default, Clone)]
 pub struct SecretEnv {
+    /// One base64 key (version 1) or `VERSION:BASE64,…` (rotation).
     pub master_key: Option<String>,
     pub admin_token: Option<String>,
 }
@@ -113,52 +114,101 @@ pub fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("could not create the data directory {}", dir.display()))
 }
 
-/// The master key from `AUTHSTAMP_MASTER_KEY` or the key file; in local mode
+/// The vault's key ring and where it came from. A ring from a file can be
+/// read again (a running service picks up a version added by
+/// `authstamp keys rotate`) and extended by `keys rotate`.
+#[derive(Debug)]
+pub struct KeySource {
+    pub ring: KeyRing,
+    pub file: Option<PathBuf>,
+}
+
+/// The master keys: `AUTHSTAMP_MASTER_KEY` or the key file, each one bare
+/// base64 key (version 1) or `VERSION:BASE64` entries; in local mode
 /// `<data_dir>/master.key`, created when missing. Otherwise no start.
-pub fn load_master_key(
+pub fn load_key_ring(
     env: &SecretEnv,
     key_file: Option<&Path>,
     local: bool,
     data_dir: &Path,
-) -> anyhow::Result<MasterKey> {
-    match (&env.master_key, key_file) {
-        (Some(_), Some(_)) => bail!(
+) -> anyhow::Result<KeySource> {
+    if env.master_key.is_some() && key_file.is_some() {
+        bail!(
             "both {MASTER_KEY_ENV} and --master-key-file (AUTHSTAMP_MASTER_KEY_FILE) are set; use one"
-        ),
-        (Some(text), None) => MasterKey::from_base64(text)
-            .with_context(|| format!("{MASTER_KEY_ENV} is invalid")),
-        (None, Some(path)) => read_master_key_file(path),
-        (None, None) if local => {
-            let path = data_dir.join(MASTER_KEY_FILE);
-            if path.exists() {
-                return read_master_key_file(&path);
-            }
-            let key = MasterKey::generate();
-            let mut text = key.to_base64();
-            text.push('\n');
-            write_new_private_file(data_dir, &path, text.as_bytes())?;
-            tracing::warn!(
-                path = %path.display(),
-                "local mode: created a new master key file; back it up, the vault cannot be read without it"
-            );
-            Ok(key)
-        }
-        (None, None) => bail!(
-            "no master key: set {MASTER_KEY_ENV} (base64 of 32 random bytes) or \
-             --master-key-file PATH (env AUTHSTAMP_MASTER_KEY_FILE); \
-             for local development, --local creates one under the data directory"
-        ),
+        );
     }
+    if let Some(text) = &env.master_key {
+        let ring = KeyRing::parse(text).with_context(|| {
+            format!("{MASTER_KEY_ENV} is invalid (base64 of 32 bytes, or VERSION:BASE64,…)")
+        })?;
+        return Ok(KeySource { ring, file: None });
+    }
+    if let Some(path) = key_file {
+        return Ok(KeySource {
+            ring: read_key_file(path)?,
+            file: Some(path.to_path_buf()),
+        });
+    }
+    if !local {
+        bail!(
+            "no master key: set {MASTER_KEY_ENV} (base64 of 32 random bytes, or \
+             VERSION:BASE64,… for several versions) or --master-key-file PATH \
+             (env AUTHSTAMP_MASTER_KEY_FILE); \
+             for local development, --local creates one under the data directory"
+        );
+    }
+    let path = data_dir.join(MASTER_KEY_FILE);
+    if !path.exists() {
+        let key = MasterKey::generate();
+        let mut text = key.to_base64();
+        text.push('\n');
+        write_new_private_file(data_dir, &path, text.as_bytes())?;
+        tracing::warn!(
+            path = %path.display(),
+            "local mode: created a new master key file; back it up, the vault cannot be read without it"
+        );
+    }
+    Ok(KeySource {
+        ring: read_key_file(&path)?,
+        file: Some(path),
+    })
 }
 
-fn read_master_key_file(path: &Path) -> anyhow::Result<MasterKey> {
+/// Reads a key file: one bare base64 key (version 1) or `VERSION:BASE64` lines.
+pub fn read_key_file(path: &Path) -> anyhow::Result<KeyRing> {
     warn_if_readable_by_others(path);
     let text = zeroize::Zeroizing::new(
         std::fs::read_to_string(path)
             .with_context(|| format!("could not read the master key file {}", path.display()))?,
     );
-    MasterKey::from_base64(&text)
+    KeyRing::parse(&text)
         .with_context(|| format!("the master key file {} is invalid", path.display()))
+}
+
+/// Replaces a key file with `ring` (mode 0600): written beside it, synced,
+/// then renamed over it, so a crash leaves the old file or the new one.
+pub fn write_key_file(path: &Path, ring: &KeyRing) -> anyhow::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or_else(|| Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "master.key".into());
+    let temp = dir.join(format!(
+        ".{name}.{}.tmp",
+        crate::secrets::hex(&crate::secrets::random_bytes::<6>())
+    ));
+    let mut text = zeroize::Zeroizing::new(String::from(
+        "# authstamp master keys, VERSION:BASE64 (written by `authstamp keys rotate`)\n",
+    ));
+    text.push_str(&ring.to_text());
+    write_new_private_file(dir, &temp, text.as_bytes())?;
+    std::fs::rename(&temp, path).with_context(|| {
+        let _ = std::fs::remove_file(&temp);
+        format!("could not replace {}", path.display())
+    })
 }
 
 /// The admin token from `AUTHSTAMP_ADMIN_TOKEN` or the token file; in local
@@ -204,7 +254,7 @@ fn read_admin_token_file(path: &Path) -> anyhow::Result<AdminToken> {
 }
 
 /// Writes a new file with mode 0600; fails if it already exists.
-fn write_new_private_file(dir: &Path, path: &PathBuf, contents: &[u8]) -> anyhow::Result<()> {
+fn write_new_private_file(dir: &Path, path: &Path, contents: &[u8]) -> anyhow::Result<()> {
     create_private_dir(dir)?;
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
@@ -238,6 +288,19 @@ fn warn_if_readable_by_others(path: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Version 1 of the ring the sources give.
+    fn load_master_key(
+        env: &SecretEnv,
+        key_file: Option<&Path>,
+        local: bool,
+        data_dir: &Path,
+    ) -> anyhow::Result<MasterKey> {
+        let source = load_key_ring(env, key_file, local, data_dir)?;
+        assert_eq!(source.ring.versions(), [1]);
+        let key = source.ring.get(1).unwrap();
+        Ok(MasterKey::from_base64(&key.to_base64()).unwrap())
+    }
 
     #[test]
     fn no_master_key_is_an_error_naming_both_options() {
@@ -287,13 +350,13 @@ mod tests {
         let key = MasterKey::generate();
         let env = SecretEnv {
             master_key: Some(key.to_base64().to_string()),
-            admin_token: None,
+            ..SecretEnv::default()
         };
         let loaded = load_master_key(&env, None, false, dir.path()).unwrap();
         assert_eq!(loaded.expose(), key.expose());
         let bad = SecretEnv {
             master_key: Some("c2hvcnQ=".into()),
-            admin_token: None,
+            ..SecretEnv::default()
         };
         assert!(load_master_key(&bad, None, true, dir.path()).is_err());
         let file = dir.path().join("k");
@@ -302,6 +365,41 @@ mod tests {
         let from_file =
             load_master_key(&SecretEnv::default(), Some(&file), false, dir.path()).unwrap();
         assert_eq!(from_file.expose(), key.expose());
+    }
+
+    #[test]
+    fn versioned_keys_from_the_environment_or_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (MasterKey::generate(), MasterKey::generate());
+        let text = format!("1:{},2:{}", a.to_base64().as_str(), b.to_base64().as_str());
+        let env = SecretEnv {
+            master_key: Some(text.clone()),
+            ..SecretEnv::default()
+        };
+        let source = load_key_ring(&env, None, false, dir.path()).unwrap();
+        assert_eq!(source.ring.versions(), [1, 2]);
+        assert!(source.file.is_none());
+
+        // A bare key file is version 1; rewritten with a second version it
+        // stays private and reads back whole.
+        let file = dir.path().join("master.key");
+        std::fs::write(&file, format!("{}\n", a.to_base64().as_str())).unwrap();
+        let mut ring = read_key_file(&file).unwrap();
+        assert_eq!(ring.versions(), [1]);
+        ring.insert(2, MasterKey::from_base64(&b.to_base64()).unwrap());
+        write_key_file(&file, &ring).unwrap();
+        let source = load_key_ring(&SecretEnv::default(), Some(&file), false, dir.path()).unwrap();
+        assert_eq!(source.ring.versions(), [1, 2]);
+        assert_eq!(source.ring.get(2).unwrap().expose(), b.expose());
+        assert_eq!(source.file.as_deref(), Some(file.as_path()));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(&file).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        // No temp file left behind.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod connections;
 pub mod db;
 pub mod error;
 pub mod html;
+pub mod keys;
 pub mod logging;
 pub mod lookup;
 pub mod metrics;

@@ -115,6 +115,104 @@ impl fmt::Debug for MasterKey {
     }
 }
 
+/// The vault's master keys by version (1, 2, …). The highest version is the
+/// newest; which one seals new blobs is the vault's active version (kept in
+/// the database, see `keys.rs`).
+#[derive(Default)]
+pub struct KeyRing(std::collections::BTreeMap<u32, MasterKey>);
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum BadKeyRing {
+    #[error("key ring entry {0}: expected VERSION:BASE64 with a version from 1 and a base64 key of 32 bytes")]
+    BadEntry(usize),
+    #[error("key version {0} appears twice")]
+    Duplicate(u32),
+    #[error("the key ring is empty")]
+    Empty,
+}
+
+impl KeyRing {
+    /// One key, version 1 (`AUTHSTAMP_MASTER_KEY`, a bare key file).
+    pub fn single(key: MasterKey) -> Self {
+        let mut ring = Self::default();
+        ring.0.insert(1, key);
+        ring
+    }
+
+    /// Parses `VERSION:BASE64` entries separated by commas, whitespace or
+    /// newlines (`#` starts a comment up to the end of its line). A text that
+    /// is one bare base64 key is version 1.
+    pub fn parse(text: &str) -> Result<Self, BadKeyRing> {
+        let entries: Vec<&str> = text
+            .lines()
+            .map(|line| line.split('#').next().unwrap_or_default())
+            .flat_map(|line| line.split(|c: char| c == ',' || c.is_whitespace()))
+            .filter(|entry| !entry.is_empty())
+            .collect();
+        if let [only] = entries.as_slice() {
+            if !only.contains(':') {
+                return MasterKey::from_base64(only)
+                    .map(Self::single)
+                    .map_err(|_| BadKeyRing::BadEntry(1));
+            }
+        }
+        let mut ring = Self::default();
+        for (index, entry) in entries.iter().enumerate() {
+            let bad = || BadKeyRing::BadEntry(index + 1);
+            let (version, key) = entry.split_once(':').ok_or_else(bad)?;
+            let version: u32 = version.trim().parse().map_err(|_| bad())?;
+            if version == 0 {
+                return Err(bad());
+            }
+            let key = MasterKey::from_base64(key).map_err(|_| bad())?;
+            if ring.0.insert(version, key).is_some() {
+                return Err(BadKeyRing::Duplicate(version));
+            }
+        }
+        if ring.0.is_empty() {
+            return Err(BadKeyRing::Empty);
+        }
+        Ok(ring)
+    }
+
+    /// `VERSION:BASE64` lines, for a key file.
+    pub fn to_text(&self) -> Zeroizing<String> {
+        let mut out = Zeroizing::new(String::new());
+        for (version, key) in &self.0 {
+            out.push_str(&format!("{version}:{}\n", key.to_base64().as_str()));
+        }
+        out
+    }
+
+    pub fn insert(&mut self, version: u32, key: MasterKey) -> bool {
+        self.0.insert(version, key).is_none()
+    }
+
+    pub fn get(&self, version: u32) -> Option<&MasterKey> {
+        self.0.get(&version)
+    }
+
+    pub fn versions(&self) -> Vec<u32> {
+        self.0.keys().copied().collect()
+    }
+
+    pub fn newest(&self) -> Option<u32> {
+        self.0.keys().next_back().copied()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (u32, &MasterKey)> {
+        self.0.iter().map(|(v, k)| (*v, k))
+    }
+}
+
+impl fmt::Debug for KeyRing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyRing")
+            .field("versions", &self.versions())
+            .finish_non_exhaustive()
+    }
+}
+
 pub type Digest = [u8; 32];
 
 pub fn sha256(data: &[u8]) -> Digest {
@@ -222,6 +320,53 @@ mod tests {
         assert!(MasterKey::from_base64(&STANDARD.encode([1u8; 31])).is_err());
         assert!(MasterKey::from_base64(&STANDARD.encode([1u8; 33])).is_err());
         assert!(MasterKey::from_base64("not base64!").is_err());
+    }
+
+    #[test]
+    fn key_rings_parse_versions_and_refuse_bad_entries() {
+        let (a, b) = (MasterKey::generate(), MasterKey::generate());
+        let (a64, b64) = (a.to_base64(), b.to_base64());
+        let bare = KeyRing::parse(&format!("{}\n", a64.as_str())).unwrap();
+        assert_eq!(bare.versions(), [1]);
+        assert_eq!(bare.get(1).unwrap().expose(), a.expose());
+        for text in [
+            format!("1:{},2:{}", a64.as_str(), b64.as_str()),
+            format!(
+                "# keys\n1:{}\n\n2:{}  # newest\n",
+                a64.as_str(),
+                b64.as_str()
+            ),
+            format!("2:{} 1:{}", b64.as_str(), a64.as_str()),
+        ] {
+            let ring = KeyRing::parse(&text).unwrap();
+            assert_eq!(ring.versions(), [1, 2], "{text}");
+            assert_eq!(ring.newest(), Some(2));
+            assert_eq!(ring.get(2).unwrap().expose(), b.expose());
+            let again = KeyRing::parse(&ring.to_text()).unwrap();
+            assert_eq!(again.get(1).unwrap().expose(), a.expose());
+        }
+        assert_eq!(
+            KeyRing::parse(&format!("1:{},1:{}", a64.as_str(), b64.as_str())).unwrap_err(),
+            BadKeyRing::Duplicate(1)
+        );
+        assert_eq!(
+            KeyRing::parse(&format!("0:{}", a64.as_str())).unwrap_err(),
+            BadKeyRing::BadEntry(1)
+        );
+        assert_eq!(
+            KeyRing::parse(&format!("1:{},x", a64.as_str())).unwrap_err(),
+            BadKeyRing::BadEntry(2)
+        );
+        assert_eq!(
+            KeyRing::parse(" # nothing\n").unwrap_err(),
+            BadKeyRing::Empty
+        );
+        assert!(KeyRing::parse("1:c2hvcnQ=").is_err());
+        let debug = format!(
+            "{:?}",
+            KeyRing::parse(&format!("1:{}", a64.as_str())).unwrap()
+        );
+        assert!(!debug.contains(a64.as_str()), "{debug}");
     }
 
     #[test]

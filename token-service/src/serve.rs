@@ -5,7 +5,6 @@ use crate::cli::ServeArgs;
 use crate::config::{self, PublicUrl, SecretEnv};
 use crate::db::Db;
 use crate::policy::RefreshPolicy;
-use crate::vault::Vault;
 use crate::{app, AppState, BackgroundOptions, StateOptions};
 use anyhow::Context as _;
 use std::io::Write as _;
@@ -13,12 +12,7 @@ use std::io::Write as _;
 pub async fn run(args: ServeArgs, env: SecretEnv) -> anyhow::Result<()> {
     let store = &args.store;
     // Secrets first: without a key nothing else happens.
-    let master_key = config::load_master_key(
-        &env,
-        store.master_key_file.as_deref(),
-        store.local,
-        &store.data_dir,
-    )?;
+    let vault = crate::cli::load_vault(store, &env)?;
     let admin_token = config::load_admin_token(
         &env,
         args.admin_token_file.as_deref(),
@@ -34,6 +28,8 @@ pub async fn run(args: ServeArgs, env: SecretEnv) -> anyhow::Result<()> {
         .map(PublicUrl::parse)
         .transpose()?;
     let db = Db::open(store.database_url.as_deref(), &store.data_dir).await?;
+    // A key that does not open this vault's key checks means no start.
+    let key_version = crate::keys::attach(&db, &vault).await?;
 
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -45,7 +41,7 @@ pub async fn run(args: ServeArgs, env: SecretEnv) -> anyhow::Result<()> {
     };
     let state = AppState::new(
         db.clone(),
-        Vault::new(&master_key),
+        vault,
         StateOptions {
             public_url: public_url.clone(),
             admin_token,
@@ -66,7 +62,6 @@ pub async fn run(args: ServeArgs, env: SecretEnv) -> anyhow::Result<()> {
             connect_session_ttl: args.connect_session_ttl,
         },
     )?;
-    drop(master_key);
 
     let shutdown = shutdown_signal()?;
     {
@@ -75,11 +70,16 @@ pub async fn run(args: ServeArgs, env: SecretEnv) -> anyhow::Result<()> {
         writeln!(out, "authstamp listening on http://{addr}")?;
         out.flush()?;
     }
-    tracing::info!(%addr, redirect_uri = %public_url.redirect_uri(), replica = state.lease_owners.replica(), backend = ?db.backend(), "listening");
+    tracing::info!(%addr, redirect_uri = %public_url.redirect_uri(), replica = state.lease_owners.replica(), backend = ?db.backend(), key_version, "listening");
     // The background refresher stops with the server.
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let mut stop_keys = stop_rx.clone();
     let background = tokio::spawn(crate::background::run(state.clone(), async move {
         let _ = stop_rx.wait_for(|stop| *stop).await;
+    }));
+    // Key versions activated by `authstamp keys rotate` while we run.
+    let key_poller = tokio::spawn(crate::keys::run_poller(state.clone(), async move {
+        let _ = stop_keys.wait_for(|stop| *stop).await;
     }));
     let served = axum::serve(listener, app(state.clone()))
         .with_graceful_shutdown(shutdown)
@@ -87,6 +87,7 @@ pub async fn run(args: ServeArgs, env: SecretEnv) -> anyhow::Result<()> {
         .context("server error");
     let _ = stop_tx.send(true);
     let _ = background.await;
+    let _ = key_poller.await;
     // Refreshes whose callers went away still finish and store their tokens.
     state.drain_refreshes(state.refresh_lease).await;
     served?;
