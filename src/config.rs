@@ -48,6 +48,9 @@ pub const MAX_CACHE_CAPACITY: u32 = 4 * 1024 * 1024;
 pub const DEFAULT_CACHE_CAPACITY: u32 = 16 * 1024;
 /// Longest app id or app key accepted, the same limit as for request headers.
 pub const MAX_IDENTIFIER_BYTES: usize = 256;
+/// Bounds of `app.allowed_workloads`.
+pub const MAX_ALLOWED_WORKLOADS: usize = 64;
+pub const MAX_WORKLOAD_BYTES: usize = 512;
 
 /// Header names the configuration may not claim: they are set, removed or
 /// interpreted by the filter or by HTTP itself.
@@ -152,6 +155,9 @@ pub struct Config {
     pub headers: HeaderNames,
     /// Transparent egress: provider by request host, and unmapped hosts.
     pub egress: Egress,
+    /// Mesh mode: workload identities (peer certificate URI SAN or source
+    /// principal) allowed to use the bound app; empty: not checked.
+    pub allowed_workloads: Vec<String>,
 }
 
 /// Why a configuration was refused; the message names the field.
@@ -206,6 +212,8 @@ struct RawTokenService {
 struct RawApp {
     id: String,
     key_env: String,
+    #[serde(default)]
+    allowed_workloads: Option<Vec<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -257,10 +265,29 @@ impl Config {
             return Err(invalid("token_service.timeout must be between 1ms and 60s"));
         }
 
+        let mut allowed_workloads = Vec::new();
         let app = match raw.app {
             None => AppBinding::Gateway,
             Some(app) => {
                 check_identifier("app.id", &app.id)?;
+                if let Some(list) = app.allowed_workloads {
+                    if list.is_empty() || list.len() > MAX_ALLOWED_WORKLOADS {
+                        return Err(invalid(format!(
+                            "app.allowed_workloads must list 1 to {MAX_ALLOWED_WORKLOADS} identities (leave it out to allow any workload)"
+                        )));
+                    }
+                    for identity in &list {
+                        if identity.is_empty()
+                            || identity.len() > MAX_WORKLOAD_BYTES
+                            || !identity.bytes().all(|b| b.is_ascii_graphic())
+                        {
+                            return Err(invalid(format!(
+                                "app.allowed_workloads: each identity must be 1 to {MAX_WORKLOAD_BYTES} printable ASCII characters without spaces (e.g. spiffe://cluster.local/ns/my-app/sa/my-service)"
+                            )));
+                        }
+                    }
+                    allowed_workloads = list;
+                }
                 if app.key_env.is_empty() {
                     return Err(invalid("app.key_env must name an environment variable"));
                 }
@@ -344,6 +371,7 @@ impl Config {
             unmarked: raw.unmarked_requests.unwrap_or(Unmarked::Pass),
             headers,
             egress,
+            allowed_workloads,
         })
     }
 

@@ -174,6 +174,9 @@ pub fn on_request_headers(
         }
         Err(rejection) => return refuse(host, metrics, rejection),
     };
+    if let Err(rejection) = crate::workload::check(host, &config.allowed_workloads) {
+        return refuse(host, metrics, rejection);
+    }
     if let Err(rejection) = stamp::request_path(&request_headers) {
         return refuse(host, metrics, rejection);
     }

@@ -106,6 +106,10 @@ pub trait Host {
     /// The `:status` of the effective stream's response headers.
     fn response_status(&self) -> Option<u16>;
 
+    /// An Envoy attribute of the effective stream (e.g.
+    /// `["connection", "uri_san_peer_certificate"]`); `None` when absent.
+    fn property(&self, path: &[&str]) -> Option<Vec<u8>>;
+
     /// Defines (or finds) a metric of the plugin; `None` if the host refuses.
     fn define_metric(&self, kind: MetricKind, name: &str) -> Option<u32>;
     /// Adds `delta` to a counter or gauge.
@@ -178,6 +182,8 @@ pub mod mock {
         pub reply: Option<LocalReply>,
         pub resumed: usize,
         pub response_status: Option<u16>,
+        /// Envoy attributes by dotted path (`connection.uri_san_peer_certificate`).
+        pub properties: BTreeMap<String, Vec<u8>>,
     }
 
     #[derive(Clone, Debug)]
@@ -274,6 +280,13 @@ pub mod mock {
                     ..Stream::default()
                 },
             );
+        }
+
+        /// Sets an Envoy attribute of a stream (`path` dotted).
+        pub fn set_property(&self, id: u32, path: &str, value: &[u8]) {
+            let mut state = self.state.borrow_mut();
+            let stream = state.streams.get_mut(&id).expect("known stream");
+            stream.properties.insert(path.to_string(), value.to_vec());
         }
 
         /// Another root context (a second worker's).
@@ -588,6 +601,14 @@ pub mod mock {
                 .streams
                 .get(&state.current)
                 .and_then(|s| s.response_status)
+        }
+
+        fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
+            let state = self.state.borrow();
+            state
+                .streams
+                .get(&state.current)
+                .and_then(|s| s.properties.get(&path.join(".")).cloned())
         }
 
         fn define_metric(&self, kind: MetricKind, name: &str) -> Option<u32> {

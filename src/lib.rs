@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod reply;
 pub mod request;
 pub mod stamp;
+pub mod workload;
 
 #[cfg(target_arch = "wasm32")]
 mod glue {
@@ -145,6 +146,10 @@ mod glue {
                 .ok()
                 .flatten()?;
             std::str::from_utf8(&status).ok()?.parse().ok()
+        }
+
+        fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
+            hostcalls::get_property(path.to_vec()).ok().flatten()
         }
 
         fn define_metric(&self, kind: MetricKind, name: &str) -> Option<u32> {

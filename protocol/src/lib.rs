@@ -71,12 +71,15 @@ pub enum ErrorCode {
     ForbiddenDestination,
     /// Too many requests for this app.
     RateLimited,
+    /// Mesh mode: the calling workload's identity (peer certificate URI SAN
+    /// or source principal) is not in the filter's `app.allowed_workloads`.
+    ForbiddenWorkload,
     /// A bug or storage failure; details are in the token service's log.
     Internal,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 15] = [
+    pub const ALL: [ErrorCode; 16] = [
         ErrorCode::BadRequest,
         ErrorCode::Unauthorized,
         ErrorCode::UnknownApp,
@@ -91,6 +94,7 @@ impl ErrorCode {
         ErrorCode::NotFound,
         ErrorCode::ForbiddenDestination,
         ErrorCode::RateLimited,
+        ErrorCode::ForbiddenWorkload,
         ErrorCode::Internal,
     ];
 
@@ -110,6 +114,7 @@ impl ErrorCode {
             ErrorCode::NotFound => "not_found",
             ErrorCode::ForbiddenDestination => "forbidden_destination",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::ForbiddenWorkload => "forbidden_workload",
             ErrorCode::Internal => "internal",
         }
     }
@@ -136,6 +141,7 @@ impl ErrorCode {
             ErrorCode::NotFound => 404,
             ErrorCode::ForbiddenDestination => 403,
             ErrorCode::RateLimited => 429,
+            ErrorCode::ForbiddenWorkload => 403,
             ErrorCode::Internal => 500,
         }
     }
