@@ -2,7 +2,6 @@
 //! token service's answer, of the request target, and the stamping itself.
 
 use authstamp_protocol::{headers, ErrorCode, StampHeader, TokenLookupResponse, Upstream};
-use url::Url;
 
 use crate::config::{is_lowercase_header_name, HeaderNames};
 use crate::host::{HeaderPairs, Host};
@@ -62,7 +61,7 @@ pub fn validate_upstream(upstream: &Upstream) -> Result<(), &'static str> {
     if upstream.scheme != "http" && upstream.scheme != "https" {
         return Err("upstream scheme is not http or https");
     }
-    validate_authority(&upstream.scheme, &upstream.authority)?;
+    validate_authority(&upstream.authority)?;
     validate_base_path(&upstream.base_path)
 }
 
@@ -85,7 +84,7 @@ pub fn check_upstream_shape(upstream: &Upstream) -> Result<(), &'static str> {
     validate_base_path(&upstream.base_path)
 }
 
-fn validate_authority(scheme: &str, authority: &str) -> Result<(), &'static str> {
+fn validate_authority(authority: &str) -> Result<(), &'static str> {
     const BAD: &str = "upstream authority is not host[:port]";
     if authority.is_empty()
         || authority.len() > 255
@@ -95,36 +94,76 @@ fn validate_authority(scheme: &str, authority: &str) -> Result<(), &'static str>
     {
         return Err(BAD);
     }
-    let url = Url::parse(&format!("{scheme}://{authority}/")).map_err(|_| BAD)?;
-    if !url.username().is_empty()
-        || url.password().is_some()
-        || url.path() != "/"
-        || url.query().is_some()
-        || url.fragment().is_some()
-    {
-        return Err(BAD);
-    }
-    let host = url.host_str().ok_or(BAD)?;
-    if host.is_empty() {
-        return Err(BAD);
-    }
-    // The authority must be the canonical form of what the URL parser
-    // understood (up to case and an explicit default port), so Envoy and
-    // the provider see the same host the parser validated.
-    let canonical = match url.port() {
-        Some(port) => format!("{host}:{port}"),
-        None => host.to_string(),
+    // host[:port], where host is a bracketed IPv6 address, a canonical
+    // dotted-quad IPv4 address or a DNS name, so that Envoy, the DNS
+    // resolver and the provider's certificate all see the same host.
+    let (host, port) = if let Some(rest) = authority.strip_prefix('[') {
+        let (v6, after) = rest.split_once(']').ok_or(BAD)?;
+        v6.parse::<std::net::Ipv6Addr>().map_err(|_| BAD)?;
+        let port = match after {
+            "" => None,
+            p => Some(p.strip_prefix(':').ok_or(BAD)?),
+        };
+        (None, port)
+    } else {
+        match authority.split_once(':') {
+            Some((host, port)) => (Some(host), Some(port)),
+            None => (Some(authority), None),
+        }
     };
-    let with_default_port = url
-        .port_or_known_default()
-        .map(|port| format!("{host}:{port}"));
-    if authority.eq_ignore_ascii_case(&canonical)
-        || with_default_port
-            .is_some_and(|p| url.port().is_none() && authority.eq_ignore_ascii_case(&p))
-    {
+    if let Some(port) = port {
+        // 1-65535, digits only, no leading zero: the form Envoy and URL
+        // parsers agree on.
+        let valid = !port.is_empty()
+            && port.len() <= 5
+            && port.bytes().all(|b| b.is_ascii_digit())
+            && !port.starts_with('0')
+            && port.parse::<u16>().is_ok();
+        if !valid {
+            return Err(BAD);
+        }
+    }
+    if let Some(host) = host {
+        validate_host(host)?;
+    }
+    Ok(())
+}
+
+/// A DNS name of letters, digits and inner hyphens (punycode for
+/// international names), or a canonical IPv4 address. A name whose last
+/// label is numeric is read as an IPv4 address by URL parsers (`0x7f.1` is
+/// 127.0.0.1): it must then be one, written canonically.
+fn validate_host(host: &str) -> Result<(), &'static str> {
+    const BAD: &str = "upstream authority is not in canonical host[:port] form";
+    if host.is_empty() || host.len() > 253 {
+        return Err(BAD);
+    }
+    let labels: Vec<&str> = host.split('.').collect();
+    let last = labels.last().copied().unwrap_or_default();
+    let numeric = |l: &str| {
+        !l.is_empty()
+            && (l.bytes().all(|b| b.is_ascii_digit())
+                || l.get(..2).is_some_and(|p| p.eq_ignore_ascii_case("0x")))
+    };
+    if numeric(last) {
+        let ip: std::net::Ipv4Addr = host.parse().map_err(|_| BAD)?;
+        return if ip.to_string() == host {
+            Ok(())
+        } else {
+            Err(BAD)
+        };
+    }
+    let label_ok = |l: &&str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+    };
+    if labels.iter().all(label_ok) {
         Ok(())
     } else {
-        Err("upstream authority is not in canonical host[:port] form")
+        Err(BAD)
     }
 }
 
@@ -314,6 +353,24 @@ mod tests {
             ("https", "0x7f.1", ""),
             ("https", "%65vil.com", ""),
             ("https", ":443", ""),
+            ("https", "127.1", ""),
+            ("https", "127.000.0.1", ""),
+            ("https", "2130706433", ""),
+            ("https", "1.2.3.256", ""),
+            ("https", "slack.com:0", ""),
+            ("https", "slack.com:0443", ""),
+            ("https", "slack.com:4a3", ""),
+            ("https", "slack.com:443:443", ""),
+            ("https", "slack..com", ""),
+            ("https", "slack.com.", ""),
+            ("https", "-slack.com", ""),
+            ("https", "slack-.com", ""),
+            ("https", "sl_ack.com", ""),
+            ("https", "[::1", ""),
+            ("https", "[::1]x", ""),
+            ("https", "[::g]", ""),
+            ("https", "::1", ""),
+            ("https", &format!("{}.com", "a".repeat(64)), ""),
             ("https", "slack.com", "v1"),
             ("https", "slack.com", "/v1/"),
             ("https", "slack.com", "/"),
