@@ -46,6 +46,11 @@ pub enum Command {
         #[command(subcommand)]
         command: ProviderCommand,
     },
+    /// The built-in provider catalog (no database needed).
+    Providers {
+        #[command(subcommand)]
+        command: ProvidersCommand,
+    },
     /// Inspect connections (status, last refresh, failures; never tokens).
     Connection {
         #[command(subcommand)]
@@ -119,6 +124,21 @@ pub struct KeysRotateArgs {
 pub struct KeysStatusArgs {
     #[command(flatten)]
     pub store: StoreArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProvidersCommand {
+    /// List the catalog: one line per provider, or every field with --json.
+    List {
+        /// Print every entry in full as a JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print one catalog entry in full (JSON).
+    Show {
+        /// The catalog name, e.g. slack.
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -475,6 +495,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             db.close().await;
             print_json(&view?)
         }
+        Command::Providers { command } => providers_command(command),
         Command::BenchSeed(args) => {
             let (db, vault) = open_vault_db(&args.store, &env).await?;
             let seed = crate::seed::Seed {
@@ -579,6 +600,44 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             db.close().await;
             print_json(&list?)
         }
+    }
+}
+
+fn providers_command(command: ProvidersCommand) -> anyhow::Result<()> {
+    let catalog = crate::catalog::embedded().map_err(|errors| {
+        anyhow::anyhow!("the provider catalog is invalid: {}", errors.join("; "))
+    })?;
+    match command {
+        ProvidersCommand::List { json: true } => print_json(&catalog.entries()),
+        ProvidersCommand::List { json: false } => {
+            let mut out = std::io::stdout().lock();
+            writeln!(
+                out,
+                "{:<12} {:<36} {:<16} connection params",
+                "name", "display name", "auth type"
+            )?;
+            for entry in catalog.entries() {
+                let params: Vec<&str> = entry
+                    .connection_params
+                    .iter()
+                    .map(|p| p.name.as_str())
+                    .collect();
+                writeln!(
+                    out,
+                    "{:<12} {:<36} {:<16} {}",
+                    entry.name,
+                    entry.display_name,
+                    entry.auth_type.as_str(),
+                    params.join(", ")
+                )?;
+            }
+            out.flush()?;
+            Ok(())
+        }
+        ProvidersCommand::Show { name } => match catalog.get(&name) {
+            Some(entry) => print_json(entry),
+            None => bail!("no provider {name:?} in the catalog (authstamp providers list)"),
+        },
     }
 }
 
@@ -704,6 +763,18 @@ mod tests {
         ])
         .is_ok());
         assert!(Cli::try_parse_from(["authstamp", "connection", "list", "--app", "a"]).is_err());
+    }
+
+    #[test]
+    fn providers_list_parses() {
+        let cli = Cli::try_parse_from(["authstamp", "providers", "list", "--json"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Providers {
+                command: ProvidersCommand::List { json: true }
+            }
+        ));
+        assert!(Cli::try_parse_from(["authstamp", "providers", "show", "slack"]).is_ok());
     }
 
     #[test]

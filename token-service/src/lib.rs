@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod auth;
 pub mod background;
+pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod connections;
@@ -25,6 +26,7 @@ pub mod secrets;
 pub mod seed;
 pub mod serve;
 pub mod store;
+pub mod template;
 pub mod validate;
 pub mod vault;
 
@@ -170,6 +172,9 @@ impl AppState {
                 humantime::format_duration(options.provider_timeout)
             );
         }
+        if let Err(errors) = catalog::embedded() {
+            anyhow::bail!("the provider catalog is invalid: {}", errors.join("; "));
+        }
         Ok(Self(Arc::new(Inner {
             db,
             vault,
@@ -238,6 +243,8 @@ pub fn app(state: AppState) -> Router {
             "/v1/apps/{app_id}/providers/{provider}",
             put(admin::put_provider_handler).get(admin::get_provider_handler),
         )
+        .route("/v1/catalog", get(catalog_list))
+        .route("/v1/catalog/{name}", get(catalog_entry))
         .route("/v1/connect-sessions", post(oauth::connect::create_session))
         .route("/v1/connections", get(connections::list_handler))
         .route(
@@ -268,4 +275,21 @@ async fn metrics_text(State(state): State<AppState>) -> impl IntoResponse {
         )],
         state.metrics.render(counts),
     )
+}
+
+/// `GET /v1/catalog`: every catalog entry (public data, no authentication).
+async fn catalog_list() -> Result<impl IntoResponse, ApiError> {
+    Ok(Json(
+        serde_json::json!({ "providers": catalog::get()?.entries() }),
+    ))
+}
+
+/// `GET /v1/catalog/{name}`: one catalog entry.
+async fn catalog_entry(
+    crate::error::ApiPath(name): crate::error::ApiPath<String>,
+) -> Result<impl IntoResponse, ApiError> {
+    catalog::get()?
+        .get(&name)
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found(format!("no provider {name:?} in the catalog")))
 }

@@ -1,0 +1,1005 @@
+//! The provider catalog: `token-service/providers/*.json`, embedded in the
+//! binary at build time (see `build.rs`) and validated when first used.
+//! `providers/README.md` describes every field and the validation rules this
+//! module enforces; an app refers to an entry by name and overrides only
+//! what it needs (see [`crate::admin::PutProvider`]).
+
+use crate::admin::HeaderSpec;
+use crate::error::ApiError;
+use crate::store::providers::ClientAuth;
+use crate::template::{self, Values};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::OnceLock;
+
+mod files {
+    include!(concat!(env!("OUT_DIR"), "/catalog_files.rs"));
+}
+
+/// How a connection's credential is obtained.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthType {
+    /// OAuth 2.0 authorization code grant (a user connects in a browser).
+    #[default]
+    Oauth2,
+    /// OAuth 2.0 client credentials grant: one app-level connection, no user.
+    Oauth2ClientCredentials,
+    /// An API key the app stores for a user (or for itself).
+    ApiKey,
+    /// HTTP Basic username and password the app stores for a user.
+    Basic,
+}
+
+impl AuthType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthType::Oauth2 => "oauth2",
+            AuthType::Oauth2ClientCredentials => "oauth2_client_credentials",
+            AuthType::ApiKey => "api_key",
+            AuthType::Basic => "basic",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        [
+            AuthType::Oauth2,
+            AuthType::Oauth2ClientCredentials,
+            AuthType::ApiKey,
+            AuthType::Basic,
+        ]
+        .into_iter()
+        .find(|t| t.as_str() == text)
+    }
+
+    /// Whether the service talks OAuth to the provider (client id and secret).
+    pub fn is_oauth(self) -> bool {
+        matches!(self, AuthType::Oauth2 | AuthType::Oauth2ClientCredentials)
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Pkce {
+    Required,
+    #[default]
+    Supported,
+    Unsupported,
+    Unknown,
+}
+
+impl Pkce {
+    /// PKCE is sent unless the provider is known not to support it.
+    pub fn send(self) -> bool {
+        self != Pkce::Unsupported
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RevocationStyle {
+    /// RFC 7009: POST `token` (+ `token_type_hint`) with client authentication.
+    Rfc7009,
+    /// Anything else: not called by the service (see the entry's notes).
+    ProviderSpecific,
+}
+
+/// A per-tenant value of a connection (a Zendesk subdomain, a Shopify shop).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionParam {
+    pub name: String,
+    pub description: String,
+    /// Anchored regular expression the value must fully match.
+    pub pattern: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<String>,
+}
+
+/// The quirk codes of `providers/README.md`.
+pub const QUIRKS: &[&str] = &[
+    "slack_authed_user",
+    "salesforce_instance_url",
+    "error_in_200",
+    "quickbooks_realm_id",
+    "mailchimp_metadata_dc",
+    "stripe_connect_account",
+    "pipedrive_api_domain",
+    "zoho_api_domain",
+    "figma_separate_refresh_url",
+    "granted_scopes_in_redirect",
+];
+
+/// Placeholders filled from the token exchange, and the quirk that fills each.
+pub const DERIVED_PLACEHOLDERS: &[(&str, &[&str])] = &[
+    ("instance_host", &["salesforce_instance_url"]),
+    ("realm_id", &["quickbooks_realm_id"]),
+    ("dc", &["mailchimp_metadata_dc"]),
+    (
+        "api_domain_host",
+        &["pipedrive_api_domain", "zoho_api_domain"],
+    ),
+];
+
+/// Placeholders every entry may use: the app's client id and the stored
+/// refresh token (revocation URLs only).
+pub const RESERVED_PLACEHOLDERS: &[&str] = &["client_id", "refresh_token"];
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshInfo {
+    pub supported: bool,
+    pub rotation: bool,
+    pub access_token_lifetime: Option<String>,
+    pub refresh_token_idle_expiry: Option<String>,
+    pub non_expiring_access_tokens: bool,
+}
+
+/// One catalog file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CatalogEntry {
+    pub name: String,
+    pub display_name: String,
+    pub docs_url: String,
+    pub auth_type: AuthType,
+    pub authorize_url: Option<String>,
+    pub token_url: Option<String>,
+    pub revocation_url: Option<String>,
+    pub revocation_style: Option<RevocationStyle>,
+    pub api_base_url: Option<String>,
+    pub api_hosts: Vec<String>,
+    pub scope_separator: String,
+    pub default_scopes: Vec<String>,
+    pub client_auth: ClientAuth,
+    pub pkce: Pkce,
+    pub extra_authorize_params: BTreeMap<String, String>,
+    pub connection_params: Vec<ConnectionParam>,
+    pub token_response_quirk: Option<String>,
+    pub header: HeaderSpec,
+    pub refresh: RefreshInfo,
+    pub verified: Vec<String>,
+    pub unverified: Vec<String>,
+    pub notes: String,
+}
+
+/// Every field of an entry, each required (`null` where it does not apply).
+pub const FIELDS: &[&str] = &[
+    "name",
+    "display_name",
+    "docs_url",
+    "auth_type",
+    "authorize_url",
+    "token_url",
+    "revocation_url",
+    "revocation_style",
+    "api_base_url",
+    "api_hosts",
+    "scope_separator",
+    "default_scopes",
+    "client_auth",
+    "pkce",
+    "extra_authorize_params",
+    "connection_params",
+    "token_response_quirk",
+    "header",
+    "refresh",
+    "verified",
+    "unverified",
+    "notes",
+];
+
+const REFRESH_KEYS: &[&str] = &[
+    "supported",
+    "rotation",
+    "access_token_lifetime",
+    "refresh_token_idle_expiry",
+    "non_expiring_access_tokens",
+];
+
+/// The validated catalog, sorted by name.
+#[derive(Debug)]
+pub struct Catalog {
+    entries: Vec<CatalogEntry>,
+}
+
+impl Catalog {
+    /// Parses and validates `(file name, JSON)` pairs; every problem of every
+    /// file is reported.
+    pub fn parse(files: &[(&str, &str)]) -> Result<Self, Vec<String>> {
+        let mut errors = Vec::new();
+        let mut entries = Vec::new();
+        for (file, text) in files {
+            match parse_entry(file, text) {
+                Ok(entry) => entries.push(entry),
+                Err(mut problems) => errors.append(&mut problems),
+            }
+        }
+        let mut names = BTreeSet::new();
+        let mut display_names = BTreeSet::new();
+        for entry in &entries {
+            if !names.insert(entry.name.as_str()) {
+                errors.push(format!("{}: duplicate name", entry.name));
+            }
+            if !display_names.insert(entry.display_name.to_lowercase()) {
+                errors.push(format!(
+                    "{}: duplicate display_name {:?}",
+                    entry.name, entry.display_name
+                ));
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(Self { entries })
+    }
+
+    pub fn entries(&self) -> &[CatalogEntry] {
+        &self.entries
+    }
+
+    pub fn get(&self, name: &str) -> Option<&CatalogEntry> {
+        self.entries
+            .binary_search_by(|e| e.name.as_str().cmp(name))
+            .ok()
+            .map(|i| &self.entries[i])
+    }
+}
+
+static CATALOG: OnceLock<Result<Catalog, Vec<String>>> = OnceLock::new();
+
+/// The embedded catalog (parsed and validated once).
+pub fn embedded() -> Result<&'static Catalog, &'static [String]> {
+    CATALOG
+        .get_or_init(|| Catalog::parse(files::FILES))
+        .as_ref()
+        .map_err(Vec::as_slice)
+}
+
+/// [`embedded`] for request handlers: a broken catalog is an internal error.
+pub fn get() -> Result<&'static Catalog, ApiError> {
+    embedded()
+        .map_err(|errors| ApiError::internal("the provider catalog is invalid", errors.join("; ")))
+}
+
+fn parse_entry(file: &str, text: &str) -> Result<CatalogEntry, Vec<String>> {
+    let stem = file.strip_suffix(".json").unwrap_or(file);
+    let fail = |msg: String| vec![format!("{file}: {msg}")];
+    let raw: Value = serde_json::from_str(text).map_err(|e| fail(format!("invalid JSON: {e}")))?;
+    let Value::Object(object) = &raw else {
+        return Err(fail("not a JSON object".into()));
+    };
+    let mut errors = Vec::new();
+    for field in FIELDS {
+        if !object.contains_key(*field) {
+            errors.push(format!("{file}: missing field {field}"));
+        }
+    }
+    if let Some(Value::Object(refresh)) = object.get("refresh") {
+        for key in REFRESH_KEYS {
+            if !refresh.contains_key(*key) {
+                errors.push(format!("{file}: missing field refresh.{key}"));
+            }
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let entry: CatalogEntry = serde_json::from_value(raw.clone())
+        .map_err(|e| vec![format!("{file}: does not fit the schema: {e}")])?;
+    if entry.name != stem {
+        errors.push(format!(
+            "{file}: name {:?} is not the file name",
+            entry.name
+        ));
+    }
+    errors.extend(
+        validate_entry(&entry)
+            .into_iter()
+            .map(|e| format!("{file}: {e}")),
+    );
+    if errors.is_empty() {
+        Ok(entry)
+    } else {
+        Err(errors)
+    }
+}
+
+fn is_catalog_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= 64
+        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"_.-".contains(c))
+}
+
+/// `^\d+(s|m|h|d|mo)$`
+pub fn is_catalog_duration(text: &str) -> bool {
+    let unit_start = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    unit_start > 0 && matches!(&text[unit_start..], "s" | "m" | "h" | "d" | "mo")
+}
+
+/// Compiles a connection parameter pattern, which must be anchored.
+pub fn compile_pattern(pattern: &str) -> Result<regex::Regex, String> {
+    if !pattern.starts_with('^') || !pattern.ends_with('$') || pattern.len() > 1024 {
+        return Err(format!("pattern {pattern:?} must be anchored with ^…$"));
+    }
+    regex::Regex::new(pattern).map_err(|e| format!("pattern {pattern:?} does not compile: {e}"))
+}
+
+/// Validates connection parameter declarations: names, patterns, defaults.
+pub fn validate_params(params: &[ConnectionParam]) -> Vec<String> {
+    let mut errors = Vec::new();
+    let mut seen = BTreeSet::new();
+    for p in params {
+        if !is_placeholder_name(&p.name) {
+            errors.push(format!(
+                "connection param name {:?} must match [a-z0-9_]+",
+                p.name
+            ));
+        }
+        if RESERVED_PLACEHOLDERS.contains(&p.name.as_str())
+            || DERIVED_PLACEHOLDERS.iter().any(|(n, _)| *n == p.name)
+            || p.name == "token"
+        {
+            errors.push(format!("connection param name {:?} is reserved", p.name));
+        }
+        if !seen.insert(p.name.as_str()) {
+            errors.push(format!("connection param {:?} is declared twice", p.name));
+        }
+        match compile_pattern(&p.pattern) {
+            Ok(re) => {
+                if let Some(default) = &p.default {
+                    if !re.is_match(default) {
+                        errors.push(format!(
+                            "default {default:?} of {} does not match its pattern",
+                            p.name
+                        ));
+                    }
+                }
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    errors
+}
+
+fn is_placeholder_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+}
+
+/// Sample values for every placeholder an entry may use: connection
+/// parameters by their default or `sample`, derived and reserved ones by a
+/// fixed host-shaped sample.
+pub fn sample_values(
+    params: &[ConnectionParam],
+    sample: &dyn Fn(&ConnectionParam) -> String,
+) -> Values {
+    let mut values: Values = RESERVED_PLACEHOLDERS
+        .iter()
+        .chain(DERIVED_PLACEHOLDERS.iter().map(|(n, _)| n))
+        .map(|n| ((*n).to_owned(), "sample-value".to_owned()))
+        .collect();
+    values.insert("instance_host".into(), "sample.example.com".into());
+    values.insert("api_domain_host".into(), "sample.example.com".into());
+    for p in params {
+        let value = p.default.clone().unwrap_or_else(|| sample(p));
+        values.insert(p.name.clone(), value);
+    }
+    values
+}
+
+/// The placeholders an entry with `params` and `quirk` may use in its URLs
+/// and hosts.
+pub fn allowed_placeholders<'a>(
+    params: &'a [ConnectionParam],
+    quirk: Option<&'a str>,
+) -> BTreeSet<&'a str> {
+    let mut allowed: BTreeSet<&str> = params.iter().map(|p| p.name.as_str()).collect();
+    allowed.extend(RESERVED_PLACEHOLDERS.iter().copied());
+    if let Some(quirk) = quirk {
+        for (name, quirks) in DERIVED_PLACEHOLDERS {
+            if quirks.contains(&quirk) {
+                allowed.insert(name);
+            }
+        }
+    }
+    allowed
+}
+
+fn validate_entry(e: &CatalogEntry) -> Vec<String> {
+    let mut errors = Vec::new();
+    let mut check = |ok: bool, msg: &str| {
+        if !ok {
+            errors.push(msg.to_owned());
+        }
+    };
+    check(
+        is_catalog_name(&e.name),
+        "name must match [a-z0-9][a-z0-9_.-]*",
+    );
+    check(
+        !e.display_name.trim().is_empty() && e.display_name.len() <= 100,
+        "display_name must be 1 to 100 bytes",
+    );
+    check(
+        matches!(e.scope_separator.as_str(), " " | ","),
+        "scope_separator must be \" \" or \",\"",
+    );
+    check(
+        e.revocation_url.is_some() == e.revocation_style.is_some(),
+        "revocation_url and revocation_style are null together",
+    );
+    check(
+        e.token_response_quirk
+            .as_deref()
+            .is_none_or(|q| QUIRKS.contains(&q)),
+        "token_response_quirk is not a known code",
+    );
+    if e.auth_type == AuthType::Oauth2 {
+        check(e.authorize_url.is_some(), "oauth2 needs authorize_url");
+    }
+    if e.auth_type.is_oauth() {
+        check(e.token_url.is_some(), "oauth2 needs token_url");
+    }
+    check(
+        crate::validate::header_name(&e.header.name).is_ok(),
+        "header.name must be a lowercase, unreserved header name",
+    );
+    check(
+        crate::validate::header_format(&e.header.format).is_ok(),
+        "header.format must contain {token} once",
+    );
+    for scope in &e.default_scopes {
+        check(
+            !scope.is_empty()
+                && !scope.contains(e.scope_separator.as_str())
+                && !scope.chars().any(char::is_whitespace),
+            "default_scopes entries must be non-empty without the separator",
+        );
+    }
+    // Refresh.
+    let r = &e.refresh;
+    check(
+        !r.rotation || r.supported,
+        "refresh.rotation without refresh.supported",
+    );
+    for d in [&r.access_token_lifetime, &r.refresh_token_idle_expiry]
+        .into_iter()
+        .flatten()
+    {
+        check(
+            is_catalog_duration(d),
+            "refresh durations must match ^\\d+(s|m|h|d|mo)$",
+        );
+    }
+    errors.extend(validate_params(&e.connection_params));
+    errors.extend(validate_templates(
+        &Templates {
+            authorize_url: e.authorize_url.as_deref(),
+            token_url: e.token_url.as_deref(),
+            revocation_url: e.revocation_url.as_deref(),
+            api_base_url: e.api_base_url.as_deref(),
+            api_hosts: &e.api_hosts,
+            extra_authorize_params: &e.extra_authorize_params,
+            connection_params: &e.connection_params,
+            quirk: e.token_response_quirk.as_deref(),
+            https_only: true,
+        },
+        &|_| "acme".to_owned(),
+    ));
+    if let Err(msg) = template::render_url(&e.docs_url, &Values::new()) {
+        errors.push(format!("docs_url: {msg}"));
+    } else if !e.docs_url.starts_with("https://") {
+        errors.push("docs_url must be https".into());
+    }
+    if e.api_base_url.is_none() {
+        errors.push("api_base_url is required".into());
+    }
+    errors.extend(validate_verification(e));
+    errors
+}
+
+/// The templated parts of a provider (catalog entry or app configuration).
+pub struct Templates<'a> {
+    pub authorize_url: Option<&'a str>,
+    pub token_url: Option<&'a str>,
+    pub revocation_url: Option<&'a str>,
+    pub api_base_url: Option<&'a str>,
+    pub api_hosts: &'a [String],
+    pub extra_authorize_params: &'a BTreeMap<String, String>,
+    pub connection_params: &'a [ConnectionParam],
+    pub quirk: Option<&'a str>,
+    /// Catalog entries: every URL is https. App configurations may use http
+    /// (test providers on a trusted network).
+    pub https_only: bool,
+}
+
+/// Rules 3 to 5 of `providers/README.md`: placeholders are known, URLs
+/// parse after substitution (without query or fragment), `api_hosts` are
+/// valid lowercase hosts and hold the host of `api_base_url`.
+pub fn validate_templates(
+    t: &Templates<'_>,
+    sample: &dyn Fn(&ConnectionParam) -> String,
+) -> Vec<String> {
+    let mut errors = Vec::new();
+    let allowed = allowed_placeholders(t.connection_params, t.quirk);
+    let values = sample_values(t.connection_params, sample);
+    let check_placeholders =
+        |what: &str, text: &str, errors: &mut Vec<String>| match template::placeholders(text) {
+            Ok(names) => {
+                for name in names {
+                    if !allowed.contains(name) {
+                        errors.push(format!("{what}: unknown placeholder {{{name}}}"));
+                    }
+                    if name == "refresh_token" && what != "revocation_url" {
+                        errors.push(format!("{what}: {{refresh_token}} only in revocation_url"));
+                    }
+                }
+            }
+            Err(e) => errors.push(format!("{what}: {e}")),
+        };
+    for (what, url) in [
+        ("authorize_url", t.authorize_url),
+        ("token_url", t.token_url),
+        ("revocation_url", t.revocation_url),
+        ("api_base_url", t.api_base_url),
+    ] {
+        let Some(url) = url else { continue };
+        check_placeholders(what, url, &mut errors);
+        match template::render_url(url, &values) {
+            Ok(parsed) => {
+                if t.https_only && parsed.scheme() != "https" {
+                    errors.push(format!("{what} must be https"));
+                }
+                if parsed.query().is_some() || parsed.fragment().is_some() {
+                    errors.push(format!("{what} must not carry a query or fragment"));
+                }
+            }
+            Err(e) => errors.push(format!("{what}: {e}")),
+        }
+    }
+    for (key, value) in t.extra_authorize_params {
+        check_placeholders("extra_authorize_params", value, &mut errors);
+        if key.is_empty() || key.chars().any(char::is_control) {
+            errors.push(format!("extra_authorize_params key {key:?} is invalid"));
+        }
+    }
+    if t.api_hosts.is_empty() {
+        errors.push("api_hosts must not be empty".into());
+    }
+    let mut hosts = BTreeSet::new();
+    for host in t.api_hosts {
+        check_placeholders("api_hosts", host, &mut errors);
+        match template::render_host(host, &values) {
+            Ok(h) if template::is_host_name(&h) && *host == host.to_ascii_lowercase() => {
+                hosts.insert(h);
+            }
+            _ => errors.push(format!("api_hosts entry {host:?} is not a lowercase host")),
+        }
+    }
+    if let Some(base) = t.api_base_url {
+        if let Ok(url) = template::render_url(base, &values) {
+            let host = url.host_str().unwrap_or_default().to_owned();
+            if !hosts.contains(&host) {
+                errors.push(format!(
+                    "the host of api_base_url ({host}) is not in api_hosts"
+                ));
+            }
+        }
+    }
+    errors
+}
+
+fn validate_verification(e: &CatalogEntry) -> Vec<String> {
+    let mut errors = Vec::new();
+    let known = |name: &str| -> bool {
+        if FIELDS.contains(&name) {
+            return true;
+        }
+        match name.split_once('.') {
+            Some(("refresh", key)) => REFRESH_KEYS.contains(&key),
+            Some(("extra_authorize_params", key)) => e.extra_authorize_params.contains_key(key),
+            _ => false,
+        }
+    };
+    let verified: BTreeSet<&str> = e.verified.iter().map(String::as_str).collect();
+    let unverified: BTreeSet<&str> = e.unverified.iter().map(String::as_str).collect();
+    for name in verified.iter().chain(unverified.iter()) {
+        if !known(name) {
+            errors.push(format!("verified/unverified name {name:?} is not a field"));
+        }
+    }
+    for name in verified.intersection(&unverified) {
+        errors.push(format!("{name:?} is both verified and unverified"));
+    }
+    for (list, other) in [(&verified, &unverified), (&unverified, &verified)] {
+        for name in list.iter() {
+            if let Some((parent, _)) = name.split_once('.') {
+                if other.contains(parent) {
+                    errors.push(format!("{name:?} contradicts its parent {parent:?}"));
+                }
+            }
+        }
+    }
+    errors
+}
+
+/// Checks connection parameter values against their declarations and fills
+/// defaults: unknown names are refused, a parameter without default is
+/// required, and every value must fully match its pattern.
+pub fn resolve_params(
+    declared: &[ConnectionParam],
+    given: &BTreeMap<String, String>,
+) -> Result<Values, ApiError> {
+    for name in given.keys() {
+        if !declared.iter().any(|p| &p.name == name) {
+            return Err(ApiError::bad_request(format!(
+                "unknown connection parameter {name:?}"
+            )));
+        }
+    }
+    let mut values = Values::new();
+    for p in declared {
+        let value = match (given.get(&p.name), &p.default) {
+            (Some(v), _) => v.clone(),
+            (None, Some(d)) => d.clone(),
+            (None, None) => {
+                return Err(ApiError::bad_request(format!(
+                    "connection parameter {:?} is required ({})",
+                    p.name, p.description
+                )))
+            }
+        };
+        let re = compile_pattern(&p.pattern)
+            .map_err(|e| ApiError::internal("stored connection parameter pattern", e))?;
+        if value.len() > 253 || !re.is_match(&value) {
+            return Err(ApiError::bad_request(format!(
+                "connection parameter {:?} does not match {}",
+                p.name, p.pattern
+            )));
+        }
+        values.insert(p.name.clone(), value);
+    }
+    Ok(values)
+}
+
+/// A summary line per entry, for `authstamp providers list`.
+#[derive(Debug, Serialize)]
+pub struct Summary<'a> {
+    pub name: &'a str,
+    pub display_name: &'a str,
+    pub auth_type: AuthType,
+    pub connection_params: Vec<&'a str>,
+    pub docs_url: &'a str,
+}
+
+impl<'a> From<&'a CatalogEntry> for Summary<'a> {
+    fn from(e: &'a CatalogEntry) -> Self {
+        Self {
+            name: &e.name,
+            display_name: &e.display_name,
+            auth_type: e.auth_type,
+            connection_params: e
+                .connection_params
+                .iter()
+                .map(|p| p.name.as_str())
+                .collect(),
+            docs_url: &e.docs_url,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Values that satisfy the patterns of the parameters without default.
+    const SAMPLES: &[&str] = &[
+        "acme",
+        "acme.okta.com",
+        "acme.us.auth0.com",
+        "acme.my.salesforce.com",
+    ];
+
+    fn sample_for(p: &ConnectionParam) -> String {
+        let re = compile_pattern(&p.pattern).unwrap();
+        SAMPLES
+            .iter()
+            .find(|s| re.is_match(s))
+            .unwrap_or_else(|| panic!("add a sample value for {} ({})", p.name, p.pattern))
+            .to_string()
+    }
+
+    #[test]
+    fn every_embedded_entry_is_valid() {
+        let catalog = match embedded() {
+            Ok(c) => c,
+            Err(errors) => panic!("catalog errors:\n{}", errors.join("\n")),
+        };
+        assert_eq!(catalog.entries().len(), files::FILES.len());
+        assert!(catalog.entries().len() >= 40);
+        for required in [
+            "slack",
+            "microsoft",
+            "google",
+            "github",
+            "gitlab",
+            "hubspot",
+            "salesforce",
+            "dropbox",
+            "box",
+            "zoom",
+            "notion",
+            "atlassian",
+            "asana",
+            "linear",
+            "intercom",
+            "zendesk",
+            "xero",
+            "quickbooks",
+            "shopify",
+            "discord",
+            "linkedin",
+            "x",
+            "spotify",
+            "mailchimp",
+            "calendly",
+            "airtable",
+            "figma",
+            "miro",
+            "monday",
+            "clickup",
+            "pipedrive",
+            "stripe",
+            "paypal",
+            "twitch",
+            "reddit",
+            "strava",
+            "webex",
+            "okta",
+            "auth0",
+        ] {
+            assert!(catalog.get(required).is_some(), "{required} is missing");
+        }
+        // With a value matching each pattern (not only "acme"), every URL and
+        // host still renders.
+        for e in catalog.entries() {
+            let errors = validate_templates(
+                &Templates {
+                    authorize_url: e.authorize_url.as_deref(),
+                    token_url: e.token_url.as_deref(),
+                    revocation_url: e.revocation_url.as_deref(),
+                    api_base_url: e.api_base_url.as_deref(),
+                    api_hosts: &e.api_hosts,
+                    extra_authorize_params: &e.extra_authorize_params,
+                    connection_params: &e.connection_params,
+                    quirk: e.token_response_quirk.as_deref(),
+                    https_only: true,
+                },
+                &sample_for,
+            );
+            assert!(errors.is_empty(), "{}: {errors:?}", e.name);
+            let values = sample_values(&e.connection_params, &sample_for);
+            resolve_params(
+                &e.connection_params,
+                &e.connection_params
+                    .iter()
+                    .map(|p| (p.name.clone(), values[&p.name].clone()))
+                    .collect(),
+            )
+            .unwrap_or_else(|err| panic!("{}: {err}", e.name));
+        }
+    }
+
+    fn slack_text() -> String {
+        files::FILES
+            .iter()
+            .find(|(f, _)| *f == "slack.json")
+            .unwrap()
+            .1
+            .to_owned()
+    }
+
+    fn errors_of(text: &str) -> String {
+        Catalog::parse(&[("slack.json", text)])
+            .unwrap_err()
+            .join("\n")
+    }
+
+    fn mutate(f: impl FnOnce(&mut serde_json::Map<String, Value>)) -> String {
+        let mut v: Value = serde_json::from_str(&slack_text()).unwrap();
+        f(v.as_object_mut().unwrap());
+        v.to_string()
+    }
+
+    #[test]
+    fn broken_entries_are_refused_with_a_reason() {
+        assert!(Catalog::parse(&[("slack.json", &slack_text())]).is_ok());
+        let cases: Vec<(String, &str)> = vec![
+            (
+                mutate(|o| {
+                    o.remove("notes");
+                }),
+                "missing field notes",
+            ),
+            (
+                mutate(|o| {
+                    o.insert("extra".into(), Value::Null);
+                }),
+                "does not fit the schema",
+            ),
+            (
+                mutate(|o| {
+                    o.insert("name".into(), "other".into());
+                }),
+                "not the file name",
+            ),
+            (
+                mutate(|o| {
+                    o.insert("token_url".into(), "https://slack.com/x?a=1".into());
+                }),
+                "query",
+            ),
+            (
+                mutate(|o| {
+                    o.insert("token_url".into(), "http://slack.com/x".into());
+                }),
+                "must be https",
+            ),
+            (
+                mutate(|o| {
+                    o.insert("token_url".into(), "https://{nope}.slack.com/x".into());
+                }),
+                "unknown placeholder",
+            ),
+            (
+                mutate(|o| {
+                    o.insert("api_hosts".into(), serde_json::json!(["files.slack.com"]));
+                }),
+                "not in api_hosts",
+            ),
+            (
+                mutate(|o| {
+                    o.insert("api_hosts".into(), serde_json::json!([]));
+                }),
+                "must not be empty",
+            ),
+            (
+                mutate(|o| {
+                    o.insert("api_hosts".into(), serde_json::json!(["Slack.com"]));
+                }),
+                "lowercase host",
+            ),
+            (
+                mutate(|o| {
+                    o.insert("revocation_style".into(), Value::Null);
+                }),
+                "null together",
+            ),
+            (
+                mutate(|o| {
+                    o.insert("token_response_quirk".into(), "nope".into());
+                }),
+                "known code",
+            ),
+            (
+                mutate(|o| {
+                    o.insert(
+                        "header".into(),
+                        serde_json::json!({"name": "authorization", "format": "Bearer"}),
+                    );
+                }),
+                "{token}",
+            ),
+            (
+                mutate(|o| {
+                    o["refresh"]["supported"] = false.into();
+                }),
+                "rotation without",
+            ),
+            (
+                mutate(|o| {
+                    o["refresh"]["access_token_lifetime"] = "12 hours".into();
+                }),
+                "durations",
+            ),
+            (
+                mutate(|o| {
+                    o["verified"] = serde_json::json!(["api_hosts"]);
+                }),
+                "both verified",
+            ),
+            (
+                mutate(|o| {
+                    o["verified"] = serde_json::json!(["nope"]);
+                }),
+                "not a field",
+            ),
+            (
+                mutate(|o| {
+                    o["unverified"] = serde_json::json!(["refresh.rotation"]);
+                }),
+                "contradicts its parent",
+            ),
+            (
+                mutate(|o| {
+                    o["connection_params"] =
+                        serde_json::json!([{"name": "x", "description": "d", "pattern": "[a-z]+"}]);
+                }),
+                "anchored",
+            ),
+            (
+                mutate(|o| {
+                    o["connection_params"] = serde_json::json!([{"name": "x", "description": "d", "pattern": "^[a-z]+$", "default": "A"}]);
+                }),
+                "does not match",
+            ),
+            (
+                mutate(|o| {
+                    o["connection_params"] = serde_json::json!([{"name": "x", "description": "d", "pattern": "^([a-z]+$"}]);
+                }),
+                "does not compile",
+            ),
+            ("[]".to_owned(), "not a JSON object"),
+            ("{".to_owned(), "invalid JSON"),
+        ];
+        for (text, expected) in cases {
+            let errors = errors_of(&text);
+            assert!(errors.contains(expected), "{expected}: {errors}");
+        }
+        let twice = Catalog::parse(&[("slack.json", &slack_text()), ("slack.json", &slack_text())])
+            .unwrap_err()
+            .join("\n");
+        assert!(twice.contains("duplicate name"), "{twice}");
+    }
+
+    #[test]
+    fn params_are_checked_and_defaulted() {
+        let catalog = embedded().unwrap();
+        let zendesk = &catalog.get("zendesk").unwrap().connection_params;
+        let given = |k: &str, v: &str| BTreeMap::from([(k.to_owned(), v.to_owned())]);
+        assert_eq!(
+            resolve_params(zendesk, &given("subdomain", "acme")).unwrap()["subdomain"],
+            "acme"
+        );
+        for bad in ["evil.com", "acme.evil.com", "-x", "", "acme/../x", "ACME"] {
+            assert!(
+                resolve_params(zendesk, &given("subdomain", bad)).is_err(),
+                "{bad}"
+            );
+        }
+        assert!(
+            resolve_params(zendesk, &BTreeMap::new()).is_err(),
+            "required"
+        );
+        assert!(
+            resolve_params(zendesk, &given("other", "x")).is_err(),
+            "unknown"
+        );
+        let microsoft = &catalog.get("microsoft").unwrap().connection_params;
+        assert_eq!(
+            resolve_params(microsoft, &BTreeMap::new()).unwrap()["tenant"],
+            "common"
+        );
+    }
+
+    #[test]
+    fn durations() {
+        for ok in ["30m", "12h", "90d", "6mo", "1s"] {
+            assert!(is_catalog_duration(ok), "{ok}");
+        }
+        for bad in ["", "h", "1", "1y", "1 h", "-1h"] {
+            assert!(!is_catalog_duration(bad), "{bad}");
+        }
+    }
+}
