@@ -64,7 +64,14 @@ impl FromRequestParts<AppState> for AppAuth {
         let app = apps::get(&state.db, app_id)
             .await?
             .ok_or_else(|| ApiError::new(ErrorCode::UnknownApp, "unknown app"))?;
-        if !digest_eq(&sha256(key.as_bytes()), &app.key_hash) {
+        // Every valid key of the app (several during a rotation), each
+        // compared in constant time, all of them every time.
+        let digest = sha256(key.as_bytes());
+        let mut matches = false;
+        for candidate in crate::app_keys::valid_digests(&state.db, &app.app_id).await? {
+            matches |= digest_eq(&digest, &candidate);
+        }
+        if !matches {
             return Err(ApiError::new(
                 ErrorCode::BadAppKey,
                 "the app key does not match the app",

@@ -6,6 +6,7 @@
 //! parses the command line and calls [`cli::run`].
 
 pub mod admin;
+pub mod app_keys;
 pub mod auth;
 pub mod background;
 pub mod catalog;
@@ -239,6 +240,14 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_text))
         .route("/v1/apps", post(admin::create_app_handler))
+        .route(
+            "/v1/apps/{app_id}/keys",
+            post(app_keys::rotate_handler).get(app_keys::list_handler),
+        )
+        .route(
+            "/v1/apps/{app_id}/keys/{key_id}",
+            axum::routing::delete(app_keys::revoke_handler),
+        )
         .route(
             "/v1/apps/{app_id}/providers/{provider}",
             put(admin::put_provider_handler).get(admin::get_provider_handler),

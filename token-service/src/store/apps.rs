@@ -26,7 +26,10 @@ impl AppRecord {
     }
 }
 
+/// Inserts the app and its first key (`app_keys`, see `app_keys.rs`) in one
+/// transaction.
 pub async fn insert(db: &Db, app: &AppRecord) -> Result<(), sqlx::Error> {
+    let mut tx = db.pool().begin().await?;
     sqlx::query(
         "INSERT INTO apps (app_id, name, key_hash, allowed_return_to, created_at) \
          VALUES ($1, $2, $3, $4, $5)",
@@ -36,9 +39,19 @@ pub async fn insert(db: &Db, app: &AppRecord) -> Result<(), sqlx::Error> {
     .bind(&app.key_hash)
     .bind(super::to_json(&app.allowed_return_to)?)
     .bind(app.created_at)
-    .execute(db.pool())
+    .execute(&mut *tx)
     .await?;
-    Ok(())
+    sqlx::query(
+        "INSERT INTO app_keys (app_id, key_id, key_hash, created_at, expires_at) \
+         VALUES ($1, $2, $3, $4, NULL)",
+    )
+    .bind(&app.app_id)
+    .bind(crate::app_keys::new_key_id())
+    .bind(&app.key_hash)
+    .bind(app.created_at)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await
 }
 
 pub async fn get(db: &Db, app_id: &str) -> Result<Option<AppRecord>, sqlx::Error> {

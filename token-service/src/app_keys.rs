@@ -1,0 +1,235 @@
+//! App key rotation without downtime: an app holds up to
+//! [`MAX_KEYS_PER_APP`] keys at once (table `app_keys`, SHA-256 digests
+//! only). `POST /v1/apps/{app_id}/keys` adds a key and shows it once; the
+//! older keys stay valid until revoked (`DELETE …/keys/{key_id}`) or, with
+//! `grace`, until the grace period ends. An app always keeps one key.
+
+use crate::auth::AdminAuth;
+use crate::db::{self, Db};
+use crate::error::{ApiError, ApiPath};
+use crate::secrets::{hex, random_bytes, sha256, AppKey, Digest};
+use crate::store::apps;
+use crate::AppState;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// Keys valid at once per app (bounds the work of every authentication).
+pub const MAX_KEYS_PER_APP: i64 = 10;
+/// Longest grace period.
+pub const MAX_GRACE: Duration = Duration::from_secs(90 * 24 * 3600);
+
+pub fn new_key_id() -> String {
+    format!("key_{}", hex(&random_bytes::<6>()))
+}
+
+/// Digests of the app's keys that are valid now.
+pub async fn valid_digests(db: &Db, app_id: &str) -> Result<Vec<Digest>, sqlx::Error> {
+    let rows: Vec<(Vec<u8>,)> = sqlx::query_as(
+        "SELECT key_hash FROM app_keys WHERE app_id = $1 \
+         AND (expires_at IS NULL OR expires_at > $2) LIMIT $3",
+    )
+    .bind(app_id)
+    .bind(db::now())
+    .bind(MAX_KEYS_PER_APP)
+    .fetch_all(db.pool())
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(hash,)| Digest::try_from(hash.as_slice()).ok())
+        .collect())
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RotateKey {
+    /// The other keys expire this long from now (absent: valid until revoked).
+    #[serde(default, with = "humantime_serde")]
+    pub grace: Option<Duration>,
+}
+
+/// The only place a new key is shown.
+#[derive(Serialize)]
+pub struct NewKey {
+    pub app_id: String,
+    pub key_id: String,
+    pub app_key: String,
+    pub created_at: i64,
+    /// When the app's other keys stop working (with `grace`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub others_expire_at: Option<i64>,
+}
+
+impl std::fmt::Debug for NewKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewKey")
+            .field("app_id", &self.app_id)
+            .field("key_id", &self.key_id)
+            .field("app_key", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct KeyView {
+    pub key_id: String,
+    pub created_at: i64,
+    pub expires_at: Option<i64>,
+    pub valid: bool,
+}
+
+async fn require_app(db: &Db, app_id: &str) -> Result<(), ApiError> {
+    apps::get(db, app_id)
+        .await?
+        .map(|_| ())
+        .ok_or_else(|| ApiError::not_found(format!("no app {app_id:?}")))
+}
+
+pub async fn rotate(db: &Db, app_id: &str, input: RotateKey) -> Result<NewKey, ApiError> {
+    if input.grace.is_some_and(|g| g > MAX_GRACE) {
+        return Err(ApiError::bad_request("grace must be at most 90 days"));
+    }
+    require_app(db, app_id).await?;
+    let now = db::now();
+    let (valid,): (i64,) = sqlx::query_as(
+        "SELECT COUNT(*) FROM app_keys WHERE app_id = $1 AND (expires_at IS NULL OR expires_at > $2)",
+    )
+    .bind(app_id)
+    .bind(now)
+    .fetch_one(db.pool())
+    .await?;
+    if valid >= MAX_KEYS_PER_APP {
+        return Err(ApiError::bad_request(format!(
+            "the app has {valid} valid keys: revoke one first (at most {MAX_KEYS_PER_APP})"
+        )));
+    }
+    let others_expire_at = input
+        .grace
+        .map(|g| now.saturating_add(i64::try_from(g.as_secs()).unwrap_or(i64::MAX)));
+    let key = AppKey::generate();
+    let key_id = new_key_id();
+    let mut tx = db.pool().begin().await?;
+    if let Some(at) = others_expire_at {
+        sqlx::query(
+            "UPDATE app_keys SET expires_at = $2 WHERE app_id = $1 \
+             AND (expires_at IS NULL OR expires_at > $2)",
+        )
+        .bind(app_id)
+        .bind(at)
+        .execute(&mut *tx)
+        .await?;
+    }
+    sqlx::query(
+        "INSERT INTO app_keys (app_id, key_id, key_hash, created_at, expires_at) \
+         VALUES ($1, $2, $3, $4, NULL)",
+    )
+    .bind(app_id)
+    .bind(&key_id)
+    .bind(sha256(key.expose().as_bytes()).to_vec())
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    tracing::info!(app_id, key_id = %key_id, others_expire_at, "added an app key");
+    Ok(NewKey {
+        app_id: app_id.to_owned(),
+        key_id,
+        app_key: key.expose().to_owned(),
+        created_at: now,
+        others_expire_at,
+    })
+}
+
+pub async fn list(db: &Db, app_id: &str) -> Result<Vec<KeyView>, ApiError> {
+    require_app(db, app_id).await?;
+    let now = db::now();
+    let rows: Vec<(String, i64, Option<i64>)> = sqlx::query_as(
+        "SELECT key_id, created_at, expires_at FROM app_keys WHERE app_id = $1 \
+         ORDER BY created_at, key_id",
+    )
+    .bind(app_id)
+    .fetch_all(db.pool())
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(key_id, created_at, expires_at)| KeyView {
+            key_id,
+            created_at,
+            expires_at,
+            valid: expires_at.is_none_or(|at| at > now),
+        })
+        .collect())
+}
+
+pub async fn revoke(db: &Db, app_id: &str, key_id: &str) -> Result<(), ApiError> {
+    require_app(db, app_id).await?;
+    let now = db::now();
+    let mut tx = db.pool().begin().await?;
+    let (others,): (i64,) = sqlx::query_as(
+        "SELECT COUNT(*) FROM app_keys WHERE app_id = $1 AND key_id <> $2 \
+         AND (expires_at IS NULL OR expires_at > $3)",
+    )
+    .bind(app_id)
+    .bind(key_id)
+    .bind(now)
+    .fetch_one(&mut *tx)
+    .await?;
+    if others == 0 {
+        return Err(ApiError::bad_request(
+            "an app keeps at least one valid key: add a new one before revoking this one",
+        ));
+    }
+    let done = sqlx::query("DELETE FROM app_keys WHERE app_id = $1 AND key_id = $2")
+        .bind(app_id)
+        .bind(key_id)
+        .execute(&mut *tx)
+        .await?;
+    if done.rows_affected() == 0 {
+        return Err(ApiError::not_found(format!(
+            "app {app_id:?} has no key {key_id:?}"
+        )));
+    }
+    tx.commit().await?;
+    tracing::info!(app_id, key_id, "revoked an app key");
+    Ok(())
+}
+
+// HTTP handlers (admin).
+
+pub async fn rotate_handler(
+    State(state): State<AppState>,
+    _admin: AdminAuth,
+    ApiPath(app_id): ApiPath<String>,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<(StatusCode, Json<NewKey>), ApiError> {
+    let body = body
+        .map_err(|_| ApiError::bad_request("request body is unreadable or larger than 64 KiB"))?;
+    let input = if body.iter().all(u8::is_ascii_whitespace) {
+        RotateKey::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?
+    };
+    let created = rotate(&state.db, &app_id, input).await?;
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+pub async fn list_handler(
+    State(state): State<AppState>,
+    _admin: AdminAuth,
+    ApiPath(app_id): ApiPath<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let keys = list(&state.db, &app_id).await?;
+    Ok(Json(serde_json::json!({ "keys": keys })))
+}
+
+pub async fn revoke_handler(
+    State(state): State<AppState>,
+    _admin: AdminAuth,
+    ApiPath((app_id, key_id)): ApiPath<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    revoke(&state.db, &app_id, &key_id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
