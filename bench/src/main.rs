@@ -715,7 +715,12 @@ async fn main() -> anyhow::Result<()> {
     let mut miss_ratios = Vec::new();
     let mut e_memory = Vec::new();
     for round in 0..opts.rounds {
-        for (i, ((id, _, _), envoy)) in scenarios.iter().zip(&envoys).enumerate() {
+        // Each round starts one scenario later, so that no scenario always
+        // runs right after the same neighbour.
+        let n = scenarios.len();
+        let order = (0..n).map(|k| (k + round as usize) % n);
+        for i in order {
+            let ((id, _, _), envoy) = (&scenarios[i], &envoys[i]);
             let headers = headers_of(*id, &ts);
             let unique = (*id == 'e').then_some((window * u64::from(round + 1), window));
             let fixed = (*id != 'e').then_some(HIT_USER);
