@@ -115,6 +115,10 @@ pub struct PutProvider {
     /// Refresh policy overrides for this provider (absent: the service's defaults).
     #[serde(default)]
     pub refresh: PolicyOverrides,
+    /// RFC 9207: the provider's issuer identifier; when set, every
+    /// authorization response must carry exactly this `iss`.
+    #[serde(default)]
+    pub issuer: Option<String>,
 }
 
 /// A stored provider configuration as shown to admins: never the secret.
@@ -133,6 +137,9 @@ pub struct ProviderView {
     pub header: HeaderSpec,
     /// This provider's refresh policy overrides.
     pub refresh: PolicyOverrides,
+    /// The `iss` authorization responses must carry (RFC 9207).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
     /// The redirect URI to register with the provider.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redirect_uri: Option<String>,
@@ -158,6 +165,7 @@ impl ProviderView {
                 format: p.header_format,
             },
             refresh: p.policy,
+            issuer: p.issuer,
             redirect_uri: public_url.map(PublicUrl::redirect_uri),
             created_at: p.created_at,
             updated_at: p.updated_at,
@@ -195,6 +203,16 @@ pub async fn put_provider(
     validate::header_name(&input.header.name)?;
     validate::header_format(&input.header.format)?;
     input.refresh.validate()?;
+    if let Some(issuer) = &input.issuer {
+        // RFC 8414 §2: https (http for tests), no query, no fragment; compared
+        // as a plain string, so kept exactly as given.
+        let url = validate::http_url_without_query("issuer", issuer)?;
+        if url.fragment().is_some() || issuer.len() > 2048 {
+            return Err(ApiError::bad_request(
+                "issuer must be a URL without query or fragment",
+            ));
+        }
+    }
     require_app(db, app_id).await?;
 
     let now = db::now();
@@ -212,6 +230,7 @@ pub async fn put_provider(
         header_name: input.header.name,
         header_format: input.header.format,
         policy: input.refresh,
+        issuer: input.issuer,
         created_at: now,
         updated_at: now,
     };

@@ -404,6 +404,9 @@ pub struct ProviderSetArgs {
     /// Its value; {token} is replaced by the access token.
     #[arg(long, default_value = "Bearer {token}")]
     pub header_format: String,
+    /// RFC 9207 issuer identifier: authorization responses must carry it as `iss`.
+    #[arg(long, value_name = "URL")]
+    pub issuer: Option<String>,
     /// Public URL of the service, to print the redirect URI to register.
     #[arg(long, env = "AUTHSTAMP_PUBLIC_URL")]
     pub public_url: Option<String>,
@@ -467,6 +470,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                     format: args.header_format,
                 },
                 refresh: args.policy.into(),
+                issuer: args.issuer,
             };
             let (db, vault) = open_vault_db(store, &env).await?;
             let view = admin::put_provider(

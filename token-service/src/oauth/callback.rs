@@ -23,13 +23,18 @@ use url::{form_urlencoded, Url};
 
 /// The callback's query; `code` and `state` are secrets.
 #[derive(Default)]
-struct CallbackQuery {
-    code: Option<AuthorizationCode>,
-    state: Option<OAuthState>,
-    error: Option<String>,
+pub struct CallbackQuery {
+    pub code: Option<AuthorizationCode>,
+    pub state: Option<OAuthState>,
+    pub error: Option<String>,
+    /// RFC 9207 `iss`.
+    pub iss: Option<String>,
+    /// `iss` appeared more than once (refused when an issuer is configured).
+    pub iss_repeated: bool,
 }
 
-fn parse_query(raw: Option<&str>) -> CallbackQuery {
+/// Parses the callback's query string (public for the fuzz target).
+pub fn parse_query(raw: Option<&str>) -> CallbackQuery {
     let mut q = CallbackQuery::default();
     for (k, v) in form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
         match k.as_ref() {
@@ -37,10 +42,31 @@ fn parse_query(raw: Option<&str>) -> CallbackQuery {
             "code" if q.code.is_none() => q.code = Some(AuthorizationCode::new(v.into_owned())),
             "state" if q.state.is_none() => q.state = Some(OAuthState::new(v.into_owned())),
             "error" if q.error.is_none() => q.error = Some(v.into_owned()),
+            "iss" if q.iss.is_none() => q.iss = Some(v.into_owned()),
+            "iss" => q.iss_repeated = true,
             _ => {}
         }
     }
     q
+}
+
+/// RFC 9207 §2.4: with an issuer configured, the response must carry exactly
+/// that `iss` (once), compared as a plain string; error responses included.
+pub fn check_issuer(expected: Option<&str>, query: &CallbackQuery) -> Result<(), ApiError> {
+    let Some(expected) = expected else {
+        return Ok(());
+    };
+    match query.iss.as_deref() {
+        Some(iss) if iss == expected && !query.iss_repeated => Ok(()),
+        Some(_) => Err(ApiError::new(
+            ErrorCode::OauthFailed,
+            "the authorization response came from another issuer (iss does not match the provider's issuer)",
+        )),
+        None => Err(ApiError::new(
+            ErrorCode::OauthFailed,
+            "the authorization response has no iss parameter, but the provider's issuer is configured (RFC 9207)",
+        )),
+    }
 }
 
 /// Values of the nonce cookie in every `Cookie` header.
@@ -61,9 +87,10 @@ pub async fn handler(
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, ApiError> {
-    let query = parse_query(raw.as_deref());
+    let mut query = parse_query(raw.as_deref());
     let oauth_state = query
         .state
+        .take()
         .filter(|s| !s.expose().is_empty())
         .ok_or_else(ApiError::invalid_state)?;
     let now = db::now();
@@ -82,6 +109,12 @@ pub async fn handler(
         return Err(ApiError::invalid_state());
     }
 
+    // Before anything the response says is believed: who sent it.
+    let provider = app_provider(&state, &record.app_id, &record.provider).await?;
+    if let Err(err) = check_issuer(provider.issuer.as_deref(), &query) {
+        tracing::warn!(provider = %record.provider, "authorization response with a wrong or missing iss refused");
+        return Err(err);
+    }
     if let Some(error) = query.error {
         let code = sanitize_code(&error);
         tracing::info!(provider = %record.provider, error = %code, "provider refused the authorization");
@@ -100,7 +133,7 @@ pub async fn handler(
             )
         })?;
 
-    let connected = exchange_and_store(&state, &record, &code, now).await?;
+    let connected = exchange_and_store(&state, &provider, &record, &code, now).await?;
     let mut response = match &record.return_to {
         Some(return_to) => {
             let mut url = Url::parse(return_to)
@@ -136,11 +169,11 @@ pub async fn handler(
 /// Exchanges the code at the provider and stores the connection.
 async fn exchange_and_store(
     state: &AppState,
+    provider: &crate::store::providers::ProviderRecord,
     record: &OAuthStateRecord,
     code: &AuthorizationCode,
     now: i64,
 ) -> Result<ConnKey, ApiError> {
-    let provider = app_provider(state, &record.app_id, &record.provider).await?;
     let verifier = PkceVerifier::new(
         state
             .vault

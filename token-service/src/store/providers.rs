@@ -54,6 +54,9 @@ pub struct ProviderRecord {
     pub header_format: String,
     /// Refresh policy overrides (absent: the service's defaults).
     pub policy: PolicyOverrides,
+    /// RFC 9207 issuer identifier: authorization responses must carry it as
+    /// `iss` (absent: not checked).
+    pub issuer: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
 }
@@ -73,7 +76,7 @@ impl std::fmt::Debug for ProviderRecord {
 const COLUMNS: &str = "app_id, provider, client_id, client_secret, authorize_url, token_url, \
     api_base_url, scopes, scope_separator, client_auth, header_name, header_format, \
     created_at, updated_at, refresh_skew_secs, max_token_lifetime_secs, background_window_secs, \
-    keepalive_secs, failure_cooldown_secs";
+    keepalive_secs, failure_cooldown_secs, issuer";
 
 impl ProviderRecord {
     fn from_row(row: &AnyRow) -> Result<Self, sqlx::Error> {
@@ -97,6 +100,7 @@ impl ProviderRecord {
                 row.try_get("keepalive_secs")?,
                 row.try_get("failure_cooldown_secs")?,
             ]),
+            issuer: row.try_get("issuer")?,
             created_at: row.try_get("created_at")?,
             updated_at: row.try_get("updated_at")?,
         })
@@ -109,7 +113,7 @@ pub async fn upsert(db: &Db, p: &ProviderRecord) -> Result<ProviderRecord, sqlx:
     let sql = format!(
         "INSERT INTO providers ({COLUMNS}) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, \
-           $15, $16, $17, $18, $19) \
+           $15, $16, $17, $18, $19, $20) \
          ON CONFLICT (app_id, provider) DO UPDATE SET \
            client_id = excluded.client_id, client_secret = excluded.client_secret, \
            authorize_url = excluded.authorize_url, token_url = excluded.token_url, \
@@ -120,7 +124,8 @@ pub async fn upsert(db: &Db, p: &ProviderRecord) -> Result<ProviderRecord, sqlx:
            max_token_lifetime_secs = excluded.max_token_lifetime_secs, \
            background_window_secs = excluded.background_window_secs, \
            keepalive_secs = excluded.keepalive_secs, \
-           failure_cooldown_secs = excluded.failure_cooldown_secs \
+           failure_cooldown_secs = excluded.failure_cooldown_secs, \
+           issuer = excluded.issuer \
          RETURNING {COLUMNS}"
     );
     let mut query = sqlx::query(&sql)
@@ -141,6 +146,7 @@ pub async fn upsert(db: &Db, p: &ProviderRecord) -> Result<ProviderRecord, sqlx:
     for column in p.policy.to_columns() {
         query = query.bind(column);
     }
+    query = query.bind(p.issuer.clone());
     let row = query.fetch_one(db.pool()).await?;
     ProviderRecord::from_row(&row)
 }
