@@ -292,6 +292,13 @@ pub struct ServeArgs {
     /// How long a refresh lease lasts; longer than --provider-timeout (default: it plus 5s).
     #[arg(long, env = "AUTHSTAMP_REFRESH_LEASE", value_parser = humantime::parse_duration)]
     pub refresh_lease: Option<Duration>,
+    /// Token lookups per app (COUNT/s|m|h, or off), per replica: a bucket of
+    /// COUNT refilled over the period; past it, 429 rate_limited.
+    #[arg(long, env = "AUTHSTAMP_RATE_LIMIT_LOOKUPS", default_value = "10000/s")]
+    pub rate_limit_lookups: crate::ratelimit::Rate,
+    /// Connect sessions per app (COUNT/s|m|h, or off), per replica.
+    #[arg(long, env = "AUTHSTAMP_RATE_LIMIT_CONNECT", default_value = "600/m")]
+    pub rate_limit_connect: crate::ratelimit::Rate,
     /// Lifetime of a connect link.
     #[arg(long, env = "AUTHSTAMP_CONNECT_SESSION_TTL", default_value = "10m", value_parser = humantime::parse_duration)]
     pub connect_session_ttl: Duration,

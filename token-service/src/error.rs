@@ -16,6 +16,8 @@ use std::fmt;
 pub struct ApiError {
     code: ErrorCode,
     message: String,
+    /// `Retry-After` in seconds (429).
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -23,6 +25,17 @@ impl ApiError {
         Self {
             code,
             message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// 429 `rate_limited`, with `Retry-After` (whole seconds, at least 1).
+    pub fn rate_limited(what: &str, wait: std::time::Duration) -> Self {
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        Self {
+            code: ErrorCode::RateLimited,
+            message: format!("too many {what} for this app; retry in {} s", secs.max(1)),
+            retry_after: Some(secs.max(1)),
         }
     }
 
@@ -84,6 +97,11 @@ impl IntoResponse for ApiError {
         response
             .headers_mut()
             .insert(headers::ERROR, HeaderValue::from_static(code.as_str()));
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         response
     }
 }

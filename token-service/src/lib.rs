@@ -22,6 +22,7 @@ pub mod lookup;
 pub mod metrics;
 pub mod oauth;
 pub mod policy;
+pub mod ratelimit;
 pub mod refresh;
 pub mod secrets;
 pub mod seed;
@@ -76,6 +77,8 @@ pub struct Inner {
     pub refresh_tasks: Arc<tokio::sync::Semaphore>,
     pub background: BackgroundOptions,
     pub connect_session_ttl: Duration,
+    /// Per-app rate limits (in this replica's memory).
+    pub limits: ratelimit::Limiters,
     admin_token_digest: Option<Digest>,
     status_cache: Mutex<Option<(Instant, StatusCounts)>>,
 }
@@ -139,6 +142,7 @@ pub struct StateOptions {
     pub refresh_lease: Option<Duration>,
     pub background: BackgroundOptions,
     pub connect_session_ttl: Duration,
+    pub rate_limits: ratelimit::RateLimits,
 }
 
 impl StateOptions {
@@ -157,6 +161,7 @@ impl StateOptions {
                 ..BackgroundOptions::default()
             },
             connect_session_ttl: Duration::from_secs(600),
+            rate_limits: ratelimit::RateLimits::default(),
         }
     }
 }
@@ -190,6 +195,7 @@ impl AppState {
             refresh_tasks: Arc::new(tokio::sync::Semaphore::new(MAX_REFRESH_TASKS as usize)),
             background: options.background,
             connect_session_ttl: options.connect_session_ttl,
+            limits: ratelimit::Limiters::new(options.rate_limits),
             admin_token_digest: options.admin_token.map(|t| sha256(t.expose().as_bytes())),
             status_cache: Mutex::new(None),
         })))

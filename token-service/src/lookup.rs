@@ -27,7 +27,10 @@ pub async fn handler(
 ) -> Response {
     let started = Instant::now();
     let result = match (app, body) {
-        (Ok(AppAuth(app)), Ok(ApiJson(request))) => lookup(&state, &app.app_id, &request).await,
+        (Ok(AppAuth(app)), Ok(ApiJson(request))) => match state.limits.lookups.check(&app.app_id) {
+            Ok(()) => lookup(&state, &app.app_id, &request).await,
+            Err(wait) => Err(ApiError::rate_limited("token lookups", wait)),
+        },
         (Err(err), _) | (_, Err(err)) => Err(err),
     };
     state.metrics.lookup(

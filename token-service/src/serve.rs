@@ -60,6 +60,10 @@ pub async fn run(args: ServeArgs, env: SecretEnv) -> anyhow::Result<()> {
                 ..BackgroundOptions::default()
             },
             connect_session_ttl: args.connect_session_ttl,
+            rate_limits: crate::ratelimit::RateLimits {
+                lookups: args.rate_limit_lookups,
+                connect_sessions: args.rate_limit_connect,
+            },
         },
     )?;
 

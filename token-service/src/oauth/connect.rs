@@ -65,6 +65,11 @@ pub async fn create_session(
     AppAuth(app): AppAuth,
     ApiJson(input): ApiJson<CreateSession>,
 ) -> Result<(StatusCode, Json<CreatedSession>), ApiError> {
+    state
+        .limits
+        .connect_sessions
+        .check(&app.app_id)
+        .map_err(|wait| ApiError::rate_limited("connect sessions", wait))?;
     validate::user_id(&input.user)?;
     let provider = app_provider(&state, &app.app_id, &input.provider).await?;
     let return_to = match &input.return_to {

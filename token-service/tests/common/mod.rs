@@ -199,6 +199,8 @@ pub struct Options {
     pub policy: RefreshPolicy,
     pub provider_timeout: Duration,
     pub refresh_lease: Option<Duration>,
+    /// `None`: the service's defaults.
+    pub rate_limits: Option<authstamp_token_service::ratelimit::RateLimits>,
 }
 
 impl Default for Options {
@@ -209,6 +211,7 @@ impl Default for Options {
             policy: RefreshPolicy::default(),
             provider_timeout: Duration::from_secs(5),
             refresh_lease: None,
+            rate_limits: None,
         }
     }
 }
@@ -266,6 +269,9 @@ impl Harness {
         state_options.policy = options.policy;
         state_options.provider_timeout = options.provider_timeout;
         state_options.refresh_lease = options.refresh_lease;
+        if let Some(limits) = options.rate_limits {
+            state_options.rate_limits = limits;
+        }
         let master_key = MasterKey::generate();
         let vault_key = MasterKey::from_base64(&master_key.to_base64()).unwrap();
         let state = AppState::new(db, Vault::new(&master_key), state_options).unwrap();
