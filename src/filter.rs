@@ -2169,4 +2169,23 @@ mod tests {
         let samples = host.samples(metrics::TOKEN_FETCH_US);
         assert_eq!(samples, vec![3_000, 0]);
     }
+
+    #[test]
+    fn a_hit_reads_shared_data_once_and_makes_no_other_host_call_but_the_header_write() {
+        let bench = Bench::new(gateway());
+        bench.call(2, "alice", KEY);
+        bench.answer_last(Some(200), &token_answer(None));
+        let reads = bench.host.shared_reads();
+        let writes = bench.host.shared_writes().len();
+        assert_eq!(bench.call(3, "alice", KEY), Verdict::Continue);
+        assert_eq!(bench.host.shared_reads(), reads + 1);
+        assert_eq!(bench.host.shared_writes().len(), writes);
+        assert_eq!(bench.host.dispatch_count(), 1);
+        assert_eq!(bench.host.tick(), None, "no tick asked for");
+        assert_eq!(
+            bench.host.metric(metrics::CACHE_HITS),
+            0,
+            "hit counts wait for the batch"
+        );
+    }
 }

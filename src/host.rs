@@ -219,6 +219,8 @@ pub mod mock {
         pub shared: BTreeMap<String, (Vec<u8>, u32)>,
         pub next_cas: u32,
         pub shared_writes: Vec<(String, Option<u32>)>,
+        /// Every shared-data read.
+        pub shared_reads: usize,
         /// Forces the next shared-data write to fail with a CAS mismatch.
         pub cas_conflict: bool,
         pub call_response: (HeaderPairs, Vec<u8>),
@@ -253,6 +255,7 @@ pub mod mock {
                     shared: BTreeMap::new(),
                     next_cas: 1,
                     shared_writes: Vec::new(),
+                    shared_reads: 0,
                     cas_conflict: false,
                     call_response: (Vec::new(), Vec::new()),
                     tick: None,
@@ -457,6 +460,10 @@ pub mod mock {
             state.shared.insert(key.to_string(), (value.to_vec(), cas));
         }
 
+        pub fn shared_reads(&self) -> usize {
+            self.state.borrow().shared_reads
+        }
+
         pub fn shared_writes(&self) -> Vec<(String, Option<u32>)> {
             self.state.borrow().shared_writes.clone()
         }
@@ -563,6 +570,7 @@ pub mod mock {
         }
 
         fn get_shared_data(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+            self.state.borrow_mut().shared_reads += 1;
             match self.state.borrow().shared.get(key) {
                 Some((value, cas)) => (Some(value.clone()), Some(*cas)),
                 None => (None, None),
