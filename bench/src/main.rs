@@ -48,6 +48,8 @@ fn is_hit(id: char) -> bool {
 pub struct Opts {
     pub quick: bool,
     pub duration: u64,
+    /// Seconds of each one-connection latency run (0: none).
+    pub latency_duration: u64,
     pub warmup: u64,
     pub rounds: u32,
     pub connections: u32,
@@ -69,7 +71,8 @@ impl Opts {
         args.retain(|a| a != "--quick" && a != "--perf");
         let mut opts = Opts {
             quick,
-            duration: if quick { 2 } else { 10 },
+            duration: if quick { 2 } else { 8 },
+            latency_duration: if quick { 1 } else { 3 },
             warmup: 1,
             rounds: if quick { 1 } else { 3 },
             connections: 16,
@@ -85,6 +88,7 @@ impl Opts {
             let mut value = || it.next().ok_or_else(|| anyhow!("{arg} needs a value"));
             match arg.as_str() {
                 "--duration" => opts.duration = value()?.parse()?,
+                "--latency-duration" => opts.latency_duration = value()?.parse()?,
                 "--warmup" => opts.warmup = value()?.parse()?,
                 "--rounds" => opts.rounds = value()?.parse()?,
                 "--connections" => opts.connections = value()?.parse()?,
@@ -97,10 +101,10 @@ impl Opts {
                 }
                 "--help" | "-h" => {
                     println!(
-                        "authstamp-bench [--quick] [--duration S] [--warmup S] [--rounds N] \
+                        "authstamp-bench [--quick] [--duration S] [--latency-duration S] [--warmup S] [--rounds N] \
                          [--connections N] [--threads N] [--concurrency N] [--miss-users N] \
                          [--only abcde] [--out DIR] [--perf]\n\
-                         defaults: 3 rounds of 10 s per scenario (quick: 1 of 2 s), 16 connections, \
+                         defaults: 3 rounds of 8 s + 3 s (one connection) per scenario (quick: 1 of 2 s + 1 s), 16 connections, \
                          1 wrk thread, Envoy --concurrency 1"
                     );
                     std::process::exit(0);
@@ -397,9 +401,17 @@ fn headers_of(_id: char, ts: &TokenService) -> Vec<String> {
 }
 
 /// One wrk run; `unique`: (start, window) of the miss users.
+/// How many connections and threads a wrk run uses.
+#[derive(Clone, Copy)]
+struct Load {
+    connections: u32,
+    threads: u32,
+}
+
+#[allow(clippy::too_many_arguments)]
 fn wrk(
     tools: &Tools,
-    opts: &Opts,
+    load: Load,
     url: &str,
     seconds: u64,
     headers: &[String],
@@ -408,8 +420,8 @@ fn wrk(
 ) -> anyhow::Result<Run> {
     let mut command = Command::new(&tools.wrk);
     command
-        .args(["-t", &opts.threads.to_string()])
-        .args(["-c", &opts.connections.to_string()])
+        .args(["-t", &load.threads.to_string()])
+        .args(["-c", &load.connections.to_string()])
         .args(["-d", &format!("{seconds}s")])
         .args(["--timeout", "5s"]);
     let target = format!("{url}/api/bench");
@@ -424,7 +436,7 @@ fn wrk(
                 .args([
                     start.to_string(),
                     window.to_string(),
-                    opts.threads.to_string(),
+                    load.threads.to_string(),
                 ]);
         }
         None => {
@@ -681,8 +693,17 @@ async fn main() -> anyhow::Result<()> {
         envoys.push(envoy);
     }
 
-    // Check each one once, and warm it up.
-    let window = opts.miss_users / u64::from(opts.rounds + 1);
+    // Check each one once, and warm it up. The miss users are split in
+    // windows: one for the warm-up, then one per run of (e).
+    let window = opts.miss_users / u64::from(2 * opts.rounds + 1);
+    let full = Load {
+        connections: opts.connections,
+        threads: opts.threads,
+    };
+    let single = Load {
+        connections: 1,
+        threads: 1,
+    };
     let mut results: Vec<Scenario> = Vec::new();
     for ((id, name, _), envoy) in scenarios.iter().zip(&envoys) {
         let headers = headers_of(*id, &ts);
@@ -702,7 +723,7 @@ async fn main() -> anyhow::Result<()> {
         let fixed = (*id != 'e').then_some(HIT_USER);
         wrk(
             &tools,
-            &opts,
+            full,
             &envoy.url,
             opts.warmup,
             &headers,
@@ -722,7 +743,7 @@ async fn main() -> anyhow::Result<()> {
         for i in order {
             let ((id, _, _), envoy) = (&scenarios[i], &envoys[i]);
             let headers = headers_of(*id, &ts);
-            let unique = (*id == 'e').then_some((window * u64::from(round + 1), window));
+            let unique = (*id == 'e').then_some((window * u64::from(2 * round + 1), window));
             let fixed = (*id != 'e').then_some(HIT_USER);
             let before = if *id == 'e' {
                 ts.lookups(&http).await?
@@ -749,7 +770,7 @@ async fn main() -> anyhow::Result<()> {
             let cpu_before = envoy.process.pid().and_then(process::cpu_micros);
             let mut run = wrk(
                 &tools,
-                &opts,
+                full,
                 &envoy.url,
                 opts.duration,
                 &headers,
@@ -779,6 +800,26 @@ async fn main() -> anyhow::Result<()> {
                 run.errors
             );
             results[i].runs.push(run);
+            if opts.latency_duration > 0 {
+                let unique = (*id == 'e').then_some((window * u64::from(2 * round + 2), window));
+                let latency = wrk(
+                    &tools,
+                    single,
+                    &envoy.url,
+                    opts.latency_duration,
+                    &headers,
+                    fixed,
+                    unique,
+                )?;
+                eprintln!(
+                    "bench: round {} ({id}) one connection: p50 {:>5} µs  p99 {:>5} µs  p99.9 {:>5} µs",
+                    round + 1,
+                    latency.p50_us,
+                    latency.p99_us,
+                    latency.p999_us
+                );
+                results[i].latency_runs.push(latency);
+            }
         }
     }
 
@@ -812,6 +853,7 @@ async fn main() -> anyhow::Result<()> {
     let meta = json!({
         "quick": opts.quick,
         "duration_s": opts.duration,
+        "latency_duration_s": opts.latency_duration,
         "rounds": opts.rounds,
         "wrk_connections": opts.connections,
         "wrk_threads": opts.threads,
