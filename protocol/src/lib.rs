@@ -201,6 +201,41 @@ pub struct StampHeader {
     pub value: String,
 }
 
+/// Where a stamped credential goes (OpenAPI's `in` of an API key).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StampLocation {
+    /// A request header (`name` is a lowercase header name).
+    #[default]
+    Header,
+    /// A query parameter (`name` matches `[A-Za-z0-9._~-]{1,64}`; the value is
+    /// percent-encoded by the filter).
+    Query,
+}
+
+impl StampLocation {
+    pub fn is_header(&self) -> bool {
+        *self == StampLocation::Header
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StampLocation::Header => "header",
+            StampLocation::Query => "query",
+        }
+    }
+}
+
+/// Whether `name` may be a stamped query parameter: 1 to 64 RFC 3986
+/// unreserved characters, so it needs no encoding.
+pub fn is_query_param_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'~' | b'-'))
+}
+
 impl fmt::Debug for StampHeader {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("StampHeader")

@@ -4,7 +4,7 @@
 //!
 //! Endpoints: `GET|POST /oauth/authorize`, `POST /oauth/token`, `ANY /api/{*path}` (an
 //! echo needing a bearer token), `/_standin/{stats,quirks,revoke}` for tests, `/healthz`
-//! and `/.well-known/oauth-authorization-server`. State lives in memory.
+//! and `/.well-known/{oauth-authorization-server,openid-configuration}`. State lives in memory.
 
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
@@ -91,6 +91,7 @@ pub fn app(state: AppState) -> Router {
             "/.well-known/oauth-authorization-server",
             get(control::metadata),
         )
+        .route("/.well-known/openid-configuration", get(control::metadata))
         .layer(middleware::from_fn(server::log_request))
         .with_state(state)
 }

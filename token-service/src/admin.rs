@@ -2,20 +2,24 @@
 //! admin HTTP API and the CLI, and the thin HTTP handlers over them.
 
 use crate::auth::AdminAuth;
+use crate::catalog::{self, AuthType, CatalogEntry, ConnectionParam, Pkce, RevocationStyle};
 use crate::config::PublicUrl;
 use crate::db::{self, Db};
+use crate::discovery;
 use crate::error::{ApiError, ApiJson, ApiPath};
 use crate::policy::PolicyOverrides;
 use crate::secrets::{hex, random_bytes, sha256, AppKey, ClientSecret};
 use crate::store::apps::{self, AppRecord};
-use crate::store::providers::{self, ClientAuth, ProviderRecord};
+use crate::store::providers::{self, ClientAuth, ProviderRecord, ProviderSettings};
 use crate::validate;
 use crate::vault::{Aad, Vault};
 use crate::AppState;
+use authstamp_protocol::StampLocation;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -81,6 +85,14 @@ pub async fn create_app(db: &Db, input: CreateApp) -> Result<CreatedApp, ApiErro
 pub struct HeaderSpec {
     pub name: String,
     pub format: String,
+    /// `query`: the credential goes into the query parameter `name` instead
+    /// of a header (API keys that providers want in the URL).
+    #[serde(
+        default,
+        rename = "in",
+        skip_serializing_if = "StampLocation::is_header"
+    )]
+    pub location: StampLocation,
 }
 
 impl Default for HeaderSpec {
@@ -88,35 +100,59 @@ impl Default for HeaderSpec {
         Self {
             name: "authorization".into(),
             format: "Bearer {token}".into(),
+            location: StampLocation::Header,
         }
     }
 }
 
-fn default_separator() -> String {
-    " ".into()
-}
-
-#[derive(Debug, Deserialize)]
+/// A provider configuration: a catalog entry plus overrides, or every field
+/// of a custom provider. Absent fields come from the catalog entry (or the
+/// issuer's discovery document), then from the defaults.
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PutProvider {
-    pub client_id: String,
-    pub client_secret: ClientSecret,
-    pub authorize_url: String,
-    pub token_url: String,
-    pub api_base_url: String,
+    /// A catalog entry (`authstamp providers list`) to start from.
     #[serde(default)]
-    pub scopes: Vec<String>,
-    #[serde(default = "default_separator")]
-    pub scope_separator: String,
+    pub catalog: Option<String>,
     #[serde(default)]
-    pub client_auth: ClientAuth,
+    pub auth_type: Option<AuthType>,
     #[serde(default)]
-    pub header: HeaderSpec,
+    pub display_name: Option<String>,
+    #[serde(default)]
+    pub client_id: Option<String>,
+    #[serde(default)]
+    pub client_secret: Option<ClientSecret>,
+    #[serde(default)]
+    pub authorize_url: Option<String>,
+    #[serde(default)]
+    pub token_url: Option<String>,
+    #[serde(default)]
+    pub revocation_url: Option<String>,
+    #[serde(default)]
+    pub api_base_url: Option<String>,
+    #[serde(default)]
+    pub api_hosts: Option<Vec<String>>,
+    #[serde(default)]
+    pub scopes: Option<Vec<String>>,
+    #[serde(default)]
+    pub scope_separator: Option<String>,
+    #[serde(default)]
+    pub client_auth: Option<ClientAuth>,
+    #[serde(default)]
+    pub pkce: Option<Pkce>,
+    #[serde(default)]
+    pub extra_authorize_params: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub connection_params: Option<Vec<ConnectionParam>>,
+    #[serde(default)]
+    pub header: Option<HeaderSpec>,
     /// Refresh policy overrides for this provider (absent: the service's defaults).
     #[serde(default)]
     pub refresh: PolicyOverrides,
-    /// RFC 9207: the provider's issuer identifier; when set, every
-    /// authorization response must carry exactly this `iss`.
+    /// The provider's issuer identifier. RFC 9207: every authorization
+    /// response must carry exactly this `iss`. OpenID Connect Discovery /
+    /// RFC 8414: when the authorize or token URL is not given (nor by the
+    /// catalog), the issuer's metadata fills them.
     #[serde(default)]
     pub issuer: Option<String>,
 }
@@ -126,6 +162,9 @@ pub struct PutProvider {
 pub struct ProviderView {
     pub app_id: String,
     pub provider: String,
+    pub catalog: Option<String>,
+    pub display_name: String,
+    pub auth_type: AuthType,
     pub client_id: String,
     pub client_secret_set: bool,
     pub authorize_url: String,
@@ -135,6 +174,8 @@ pub struct ProviderView {
     pub scope_separator: String,
     pub client_auth: ClientAuth,
     pub header: HeaderSpec,
+    #[serde(flatten)]
+    pub settings: ProviderSettings,
     /// This provider's refresh policy overrides.
     pub refresh: PolicyOverrides,
     /// The `iss` authorization responses must carry (RFC 9207).
@@ -151,8 +192,14 @@ impl ProviderView {
     fn new(p: ProviderRecord, public_url: Option<&PublicUrl>) -> Self {
         Self {
             client_secret_set: !p.client_secret.is_empty(),
+            redirect_uri: public_url
+                .filter(|_| p.auth_type == AuthType::Oauth2)
+                .map(PublicUrl::redirect_uri),
             app_id: p.app_id,
             provider: p.provider,
+            catalog: p.catalog,
+            display_name: p.display_name,
+            auth_type: p.auth_type,
             client_id: p.client_id,
             authorize_url: p.authorize_url,
             token_url: p.token_url,
@@ -163,10 +210,11 @@ impl ProviderView {
             header: HeaderSpec {
                 name: p.header_name,
                 format: p.header_format,
+                location: p.settings.stamp_in,
             },
+            settings: p.settings,
             refresh: p.policy,
             issuer: p.issuer,
-            redirect_uri: public_url.map(PublicUrl::redirect_uri),
             created_at: p.created_at,
             updated_at: p.updated_at,
         }
@@ -179,6 +227,9 @@ async fn require_app(db: &Db, app_id: &str) -> Result<AppRecord, ApiError> {
         .ok_or_else(|| ApiError::not_found(format!("no app {app_id:?}")))
 }
 
+/// How long discovery may take.
+const DISCOVERY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Creates or replaces the configuration of `provider` for `app_id`.
 pub async fn put_provider(
     db: &Db,
@@ -189,19 +240,225 @@ pub async fn put_provider(
     input: PutProvider,
 ) -> Result<ProviderView, ApiError> {
     validate::provider_name(provider)?;
-    validate::plain_text("client_id", &input.client_id, 1024, true)?;
-    let secret = input.client_secret.expose();
-    if secret.is_empty() || secret.len() > 4096 || secret.chars().any(char::is_control) {
+    let entry = match &input.catalog {
+        None => None,
+        Some(name) => Some(catalog::get()?.get(name).cloned().ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "no provider {name:?} in the catalog (GET /v1/catalog lists them)"
+            ))
+        })?),
+    };
+    let needs_urls = input.authorize_url.is_none()
+        && entry
+            .as_ref()
+            .and_then(|e| e.authorize_url.as_ref())
+            .is_none()
+        || input.token_url.is_none() && entry.as_ref().and_then(|e| e.token_url.as_ref()).is_none();
+    let discovered = match &input.issuer {
+        Some(issuer) if needs_urls => Some(discovery::discover(issuer, DISCOVERY_TIMEOUT).await?),
+        _ => None,
+    };
+    let from_entry = |f: fn(&CatalogEntry) -> Option<String>| entry.as_ref().and_then(f);
+    let auth_type = input
+        .auth_type
+        .or(entry.as_ref().map(|e| e.auth_type))
+        .unwrap_or_default();
+    let authorize_url = input
+        .authorize_url
+        .or_else(|| {
+            discovered
+                .as_ref()
+                .and_then(|d| d.authorization_endpoint.clone())
+        })
+        .or_else(|| from_entry(|e| e.authorize_url.clone()));
+    let token_url = input
+        .token_url
+        .or_else(|| discovered.as_ref().and_then(|d| d.token_endpoint.clone()))
+        .or_else(|| from_entry(|e| e.token_url.clone()));
+    let revocation_url = input
+        .revocation_url
+        .clone()
+        .or_else(|| {
+            discovered
+                .as_ref()
+                .and_then(|d| d.revocation_endpoint.clone())
+        })
+        .or_else(|| from_entry(|e| e.revocation_url.clone()));
+    let revocation_style = if input.revocation_url.is_some()
+        || discovered
+            .as_ref()
+            .is_some_and(|d| d.revocation_endpoint.is_some())
+    {
+        revocation_url.as_ref().map(|_| RevocationStyle::Rfc7009)
+    } else {
+        entry.as_ref().and_then(|e| e.revocation_style)
+    };
+    let api_base_url = input
+        .api_base_url
+        .or_else(|| from_entry(|e| e.api_base_url.clone()))
+        .ok_or_else(|| ApiError::bad_request("api_base_url is required"))?;
+    let connection_params = input
+        .connection_params
+        .or_else(|| entry.as_ref().map(|e| e.connection_params.clone()))
+        .unwrap_or_default();
+    let quirk = entry.as_ref().and_then(|e| e.token_response_quirk.clone());
+    let api_hosts = match input.api_hosts {
+        Some(hosts) => hosts,
+        None => match &entry {
+            Some(e) => e.api_hosts.clone(),
+            None => vec![host_template(&api_base_url)?],
+        },
+    };
+    let extra_authorize_params = input
+        .extra_authorize_params
+        .or_else(|| entry.as_ref().map(|e| e.extra_authorize_params.clone()))
+        .unwrap_or_default();
+    let scope_separator = input
+        .scope_separator
+        .or_else(|| from_entry(|e| Some(e.scope_separator.clone())))
+        .unwrap_or_else(|| " ".to_owned());
+    let scopes = input
+        .scopes
+        .or_else(|| entry.as_ref().map(|e| e.default_scopes.clone()))
+        .unwrap_or_default();
+    let header = input
+        .header
+        .or_else(|| entry.as_ref().map(|e| e.header.clone()))
+        .unwrap_or_else(|| match auth_type {
+            AuthType::Basic => HeaderSpec {
+                name: "authorization".into(),
+                format: "Basic {token}".into(),
+                location: StampLocation::Header,
+            },
+            _ => HeaderSpec::default(),
+        });
+    let client_auth = input
+        .client_auth
+        .or(entry.as_ref().map(|e| e.client_auth))
+        .or_else(|| {
+            let methods = discovered
+                .as_ref()
+                .and_then(|d| d.token_endpoint_auth_methods_supported.as_ref())?;
+            let basic = methods.iter().any(|m| m == "client_secret_basic");
+            let post = methods.iter().any(|m| m == "client_secret_post");
+            (post && !basic).then_some(ClientAuth::Body)
+        })
+        .unwrap_or_default();
+    let pkce = input
+        .pkce
+        .or(entry.as_ref().map(|e| e.pkce))
+        .or_else(|| {
+            let methods = discovered
+                .as_ref()
+                .and_then(|d| d.code_challenge_methods_supported.as_ref())?;
+            Some(if methods.iter().any(|m| m == "S256") {
+                Pkce::Supported
+            } else {
+                Pkce::Unknown
+            })
+        })
+        .unwrap_or_default();
+    let display_name = input
+        .display_name
+        .or_else(|| from_entry(|e| Some(e.display_name.clone())))
+        .unwrap_or_default();
+    validate::plain_text("display_name", &display_name, 100, false)?;
+
+    // What each credential type needs.
+    let (client_id, client_secret) = if auth_type.is_oauth() {
+        let client_id = input
+            .client_id
+            .ok_or_else(|| ApiError::bad_request("client_id is required for OAuth providers"))?;
+        let secret = input.client_secret.ok_or_else(|| {
+            ApiError::bad_request("client_secret is required for OAuth providers")
+        })?;
+        validate::plain_text("client_id", &client_id, 1024, true)?;
+        let text = secret.expose();
+        if text.is_empty() || text.len() > 4096 || text.chars().any(char::is_control) {
+            return Err(ApiError::bad_request(
+                "client_secret must be 1 to 4096 bytes without control characters",
+            ));
+        }
+        (client_id, Some(secret))
+    } else {
+        if input.client_id.is_some() || input.client_secret.is_some() {
+            return Err(ApiError::bad_request(format!(
+                "{} providers take no client_id or client_secret: the credential is stored per connection",
+                auth_type.as_str()
+            )));
+        }
+        (String::new(), None)
+    };
+    if auth_type == AuthType::Oauth2 && authorize_url.is_none() {
         return Err(ApiError::bad_request(
-            "client_secret must be 1 to 4096 bytes without control characters",
+            "authorize_url is required (or an issuer to discover it from)",
         ));
     }
-    let authorize_url = validate::http_url("authorize_url", &input.authorize_url)?;
-    let token_url = validate::http_url("token_url", &input.token_url)?;
-    let api_base_url = validate::http_url_without_query("api_base_url", &input.api_base_url)?;
-    validate::scopes(&input.scopes, &input.scope_separator)?;
-    validate::header_name(&input.header.name)?;
-    validate::header_format(&input.header.format)?;
+    if auth_type.is_oauth() && token_url.is_none() {
+        return Err(ApiError::bad_request(
+            "token_url is required (or an issuer to discover it from)",
+        ));
+    }
+    let (authorize_url, token_url) = if auth_type.is_oauth() {
+        (
+            if auth_type == AuthType::Oauth2 {
+                authorize_url.unwrap_or_default()
+            } else {
+                String::new()
+            },
+            token_url.unwrap_or_default(),
+        )
+    } else {
+        (String::new(), String::new())
+    };
+    let mut problems = catalog::validate_params(&connection_params);
+    problems.extend(catalog::validate_templates(
+        &catalog::Templates {
+            authorize_url: Some(authorize_url.as_str()).filter(|u| !u.is_empty()),
+            token_url: Some(token_url.as_str()).filter(|u| !u.is_empty()),
+            revocation_url: revocation_url.as_deref(),
+            api_base_url: Some(&api_base_url),
+            api_hosts: &api_hosts,
+            extra_authorize_params: &extra_authorize_params,
+            connection_params: &connection_params,
+            quirk: quirk.as_deref(),
+            https_only: false,
+        },
+        &|_| "acme".to_owned(),
+    ));
+    for (what, url) in [
+        ("authorize_url", authorize_url.as_str()),
+        ("token_url", token_url.as_str()),
+        ("api_base_url", api_base_url.as_str()),
+    ] {
+        if url.len() > 2048 || url.chars().any(char::is_control) {
+            problems.push(format!(
+                "{what} must be at most 2048 bytes without control characters"
+            ));
+        }
+    }
+    if let Some(first) = problems.first() {
+        return Err(ApiError::bad_request(format!(
+            "invalid provider configuration: {first}{}",
+            if problems.len() > 1 {
+                format!(" (and {} more)", problems.len() - 1)
+            } else {
+                String::new()
+            }
+        )));
+    }
+    validate::scopes(&scopes, &scope_separator)?;
+    match header.location {
+        StampLocation::Header => validate::header_name(&header.name)?,
+        StampLocation::Query => {
+            if !authstamp_protocol::is_query_param_name(&header.name) {
+                return Err(ApiError::bad_request(
+                    "header.name of a query credential must be 1 to 64 of [A-Za-z0-9._~-]",
+                ));
+            }
+        }
+    }
+    validate::header_format(&header.format)?;
     input.refresh.validate()?;
     if let Some(issuer) = &input.issuer {
         // RFC 8414 §2: https (http for tests), no query, no fragment; compared
@@ -219,24 +476,56 @@ pub async fn put_provider(
     let record = ProviderRecord {
         app_id: app_id.to_owned(),
         provider: provider.to_owned(),
-        client_id: input.client_id,
-        client_secret: vault.seal_str(&Aad::provider_secret(app_id, provider), secret)?,
-        authorize_url: authorize_url.to_string(),
-        token_url: token_url.to_string(),
-        api_base_url: api_base_url.to_string(),
-        scopes: input.scopes,
-        scope_separator: input.scope_separator,
-        client_auth: input.client_auth,
-        header_name: input.header.name,
-        header_format: input.header.format,
+        client_id,
+        client_secret: match &client_secret {
+            Some(secret) => {
+                vault.seal_str(&Aad::provider_secret(app_id, provider), secret.expose())?
+            }
+            None => Vec::new(),
+        },
+        authorize_url,
+        token_url,
+        api_base_url,
+        scopes,
+        scope_separator,
+        client_auth,
+        header_name: header.name,
+        header_format: header.format,
         policy: input.refresh,
         issuer: input.issuer,
+        catalog: input.catalog,
+        display_name,
+        auth_type,
+        settings: ProviderSettings {
+            api_hosts,
+            revocation_url,
+            revocation_style,
+            pkce,
+            extra_authorize_params,
+            connection_params,
+            token_response_quirk: quirk,
+            stamp_in: header.location,
+        },
         created_at: now,
         updated_at: now,
     };
     let stored = providers::upsert(db, &record).await?;
-    tracing::info!(app_id, provider, "stored provider configuration");
+    tracing::info!(app_id, provider, catalog = ?stored.catalog, auth_type = stored.auth_type.as_str(), "stored provider configuration");
     Ok(ProviderView::new(stored, public_url))
+}
+
+/// The host part of a URL template (placeholders kept), lowercase.
+fn host_template(url: &str) -> Result<String, ApiError> {
+    let after = url
+        .split_once("://")
+        .map(|(_, rest)| rest)
+        .ok_or_else(|| ApiError::bad_request("api_base_url must be an absolute URL"))?;
+    let authority = &after[..after.find(['/', '?', '#']).unwrap_or(after.len())];
+    let host = match authority.rsplit_once(':') {
+        Some((host, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => authority,
+    };
+    Ok(host.to_ascii_lowercase())
 }
 
 pub async fn get_provider(

@@ -519,8 +519,9 @@ pub struct Templates<'a> {
     pub extra_authorize_params: &'a BTreeMap<String, String>,
     pub connection_params: &'a [ConnectionParam],
     pub quirk: Option<&'a str>,
-    /// Catalog entries: every URL is https. App configurations may use http
-    /// (test providers on a trusted network).
+    /// Catalog entries: every URL is https and has no query. App
+    /// configurations may use http (test providers on a trusted network)
+    /// and a query in the authorize and token URLs.
     pub https_only: bool,
 }
 
@@ -561,7 +562,10 @@ pub fn validate_templates(
                 if t.https_only && parsed.scheme() != "https" {
                     errors.push(format!("{what} must be https"));
                 }
-                if parsed.query().is_some() || parsed.fragment().is_some() {
+                // Catalog URLs carry no query (README rule 3); an app's own
+                // authorize and token URLs may (kept as they are).
+                let query_allowed = !t.https_only && what != "api_base_url";
+                if (parsed.query().is_some() && !query_allowed) || parsed.fragment().is_some() {
                     errors.push(format!("{what} must not carry a query or fragment"));
                 }
             }

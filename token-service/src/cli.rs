@@ -344,9 +344,9 @@ impl From<ClientAuthArg> for ClientAuth {
     }
 }
 
-/// Exactly one source of the client secret.
+/// At most one source of the client secret (OAuth providers need one).
 #[derive(Debug, Clone, Args)]
-#[group(required = true, multiple = false)]
+#[group(required = false, multiple = false)]
 pub struct SecretSource {
     /// Read the client secret from this environment variable.
     #[arg(long, value_name = "VAR")]
@@ -360,6 +360,12 @@ pub struct SecretSource {
 }
 
 impl SecretSource {
+    fn given(&self) -> bool {
+        self.client_secret_env.is_some()
+            || self.client_secret_file.is_some()
+            || self.client_secret_stdin
+    }
+
     fn read(&self) -> anyhow::Result<ClientSecret> {
         let raw = zeroize::Zeroizing::new(if let Some(var) = &self.client_secret_env {
             std::env::var(var).with_context(|| format!("environment variable {var} is not set"))?
@@ -388,37 +394,79 @@ pub struct ProviderSetArgs {
     pub app: String,
     #[arg(long, value_name = "NAME")]
     pub provider: String,
+    /// Start from this catalog entry (authstamp providers list); every other
+    /// flag overrides one of its fields.
+    #[arg(long, value_name = "NAME")]
+    pub catalog: Option<String>,
+    #[arg(long, value_enum)]
+    pub auth_type: Option<AuthTypeArg>,
     #[arg(long)]
-    pub client_id: String,
+    pub display_name: Option<String>,
+    #[arg(long)]
+    pub client_id: Option<String>,
     #[command(flatten)]
     pub secret: SecretSource,
-    #[arg(long, value_name = "URL")]
-    pub authorize_url: String,
-    #[arg(long, value_name = "URL")]
-    pub token_url: String,
-    #[arg(long, value_name = "URL")]
-    pub api_base_url: String,
-    /// Scope to request (repeatable).
-    #[arg(long = "scope", value_name = "S")]
-    pub scopes: Vec<String>,
-    #[arg(long, default_value = " ")]
-    pub scope_separator: String,
-    #[arg(long, value_enum, default_value_t = ClientAuthArg::Basic)]
-    pub client_auth: ClientAuthArg,
-    /// Header the filter sets on provider requests.
-    #[arg(long, default_value = "authorization")]
-    pub header_name: String,
-    /// Its value; {token} is replaced by the access token.
-    #[arg(long, default_value = "Bearer {token}")]
-    pub header_format: String,
-    /// RFC 9207 issuer identifier: authorization responses must carry it as `iss`.
+    /// The provider's issuer: authorization responses must carry it as `iss`
+    /// (RFC 9207), and its metadata fills the URLs not given (OIDC / RFC 8414).
     #[arg(long, value_name = "URL")]
     pub issuer: Option<String>,
+    #[arg(long, value_name = "URL")]
+    pub authorize_url: Option<String>,
+    #[arg(long, value_name = "URL")]
+    pub token_url: Option<String>,
+    #[arg(long, value_name = "URL")]
+    pub revocation_url: Option<String>,
+    #[arg(long, value_name = "URL")]
+    pub api_base_url: Option<String>,
+    /// A host the credential may be stamped on (repeatable; default: the API base URL's).
+    #[arg(long = "api-host", value_name = "HOST")]
+    pub api_hosts: Vec<String>,
+    /// Scope to request (repeatable; default: the catalog's).
+    #[arg(long = "scope", value_name = "S")]
+    pub scopes: Vec<String>,
+    #[arg(long)]
+    pub scope_separator: Option<String>,
+    #[arg(long, value_enum)]
+    pub client_auth: Option<ClientAuthArg>,
+    /// Header (or with --header-in query, query parameter) the filter sets.
+    #[arg(long)]
+    pub header_name: Option<String>,
+    /// Its value; {token} is replaced by the credential.
+    #[arg(long)]
+    pub header_format: Option<String>,
+    #[arg(long, value_enum)]
+    pub header_in: Option<StampInArg>,
     /// Public URL of the service, to print the redirect URI to register.
     #[arg(long, env = "AUTHSTAMP_PUBLIC_URL")]
     pub public_url: Option<String>,
     #[command(flatten)]
     pub policy: PolicyArgs,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum AuthTypeArg {
+    Oauth2,
+    Oauth2ClientCredentials,
+    ApiKey,
+    Basic,
+}
+
+impl From<AuthTypeArg> for crate::catalog::AuthType {
+    fn from(arg: AuthTypeArg) -> Self {
+        use crate::catalog::AuthType;
+        match arg {
+            AuthTypeArg::Oauth2 => AuthType::Oauth2,
+            AuthTypeArg::Oauth2ClientCredentials => AuthType::Oauth2ClientCredentials,
+            AuthTypeArg::ApiKey => AuthType::ApiKey,
+            AuthTypeArg::Basic => AuthType::Basic,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum StampInArg {
+    Header,
+    Query,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -463,21 +511,47 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .as_deref()
                 .map(PublicUrl::parse)
                 .transpose()?;
+            let header = match (&args.header_name, &args.header_format, args.header_in) {
+                (None, None, None) => None,
+                (name, format, location) => {
+                    let default = HeaderSpec::default();
+                    Some(HeaderSpec {
+                        name: name.clone().unwrap_or(default.name),
+                        format: format.clone().unwrap_or_else(|| match location {
+                            Some(StampInArg::Query) => "{token}".to_owned(),
+                            _ => default.format,
+                        }),
+                        location: match location {
+                            Some(StampInArg::Query) => authstamp_protocol::StampLocation::Query,
+                            _ => authstamp_protocol::StampLocation::Header,
+                        },
+                    })
+                }
+            };
             let input = PutProvider {
-                client_id: args.client_id,
-                client_secret: args.secret.read()?,
-                authorize_url: args.authorize_url,
-                token_url: args.token_url,
-                api_base_url: args.api_base_url,
-                scopes: args.scopes,
-                scope_separator: args.scope_separator,
-                client_auth: args.client_auth.into(),
-                header: HeaderSpec {
-                    name: args.header_name,
-                    format: args.header_format,
+                catalog: args.catalog.clone(),
+                auth_type: args.auth_type.map(Into::into),
+                display_name: args.display_name.clone(),
+                client_id: args.client_id.clone(),
+                client_secret: if args.secret.given() {
+                    Some(args.secret.read()?)
+                } else {
+                    None
                 },
-                refresh: args.policy.into(),
-                issuer: args.issuer,
+                issuer: args.issuer.clone(),
+                authorize_url: args.authorize_url.clone(),
+                token_url: args.token_url.clone(),
+                revocation_url: args.revocation_url.clone(),
+                api_base_url: args.api_base_url.clone(),
+                api_hosts: (!args.api_hosts.is_empty()).then(|| args.api_hosts.clone()),
+                scopes: (!args.scopes.is_empty()).then(|| args.scopes.clone()),
+                scope_separator: args.scope_separator.clone(),
+                client_auth: args.client_auth.map(Into::into),
+                pkce: None,
+                extra_authorize_params: None,
+                connection_params: None,
+                header,
+                refresh: args.policy.clone().into(),
             };
             let (db, vault) = open_vault_db(store, &env).await?;
             let view = admin::put_provider(
@@ -689,7 +763,7 @@ mod tests {
     }
 
     #[test]
-    fn provider_set_needs_exactly_one_secret_source() {
+    fn provider_set_takes_at_most_one_secret_source() {
         let base = [
             "authstamp",
             "provider",
@@ -707,7 +781,9 @@ mod tests {
             "--api-base-url",
             "https://p/api",
         ];
-        assert!(Cli::try_parse_from(base).is_err());
+        // No secret parses (API key providers have none; OAuth ones are
+        // refused by the service function).
+        assert!(Cli::try_parse_from(base).is_ok());
         let mut one = base.to_vec();
         one.extend(["--client-secret-stdin"]);
         assert!(Cli::try_parse_from(&one).is_ok());
@@ -774,6 +850,34 @@ mod tests {
         ])
         .is_ok());
         assert!(Cli::try_parse_from(["authstamp", "connection", "list", "--app", "a"]).is_err());
+    }
+
+    #[test]
+    fn provider_set_from_the_catalog_in_one_command() {
+        let cli = Cli::try_parse_from([
+            "authstamp",
+            "provider",
+            "set",
+            "--app",
+            "app_1",
+            "--provider",
+            "slack",
+            "--catalog",
+            "slack",
+            "--client-id",
+            "123.456",
+            "--client-secret-env",
+            "SLACK_CLIENT_SECRET",
+        ])
+        .unwrap();
+        let Command::Provider {
+            command: ProviderCommand::Set(args),
+        } = cli.command
+        else {
+            panic!("not provider set")
+        };
+        assert_eq!(args.catalog.as_deref(), Some("slack"));
+        assert_eq!(args.authorize_url, None);
     }
 
     #[test]

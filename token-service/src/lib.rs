@@ -14,6 +14,7 @@ pub mod cli;
 pub mod config;
 pub mod connections;
 pub mod db;
+pub mod discovery;
 pub mod error;
 pub mod html;
 pub mod keys;

@@ -65,6 +65,7 @@ pub async fn lookup(
         return Err(refresh::reauth_required());
     }
     let policy = state.policy.with(&provider.policy);
+    let params = connection.params.clone();
     let now = db::now();
     let served = if request.force_refresh {
         refresh::refresh(state, &provider, connection, Need::Force).await?
@@ -76,12 +77,32 @@ pub async fn lookup(
             expires_at: refresh::reported_expiry(&connection, &policy),
         }
     };
-    answer(&provider, &served)
+    answer(&provider, &params, &served)
 }
 
-fn answer(provider: &ProviderRecord, served: &Served) -> Result<TokenLookupResponse, ApiError> {
-    let api = Url::parse(&provider.api_base_url)
-        .map_err(|e| ApiError::internal("stored api_base_url is invalid", e))?;
+fn answer(
+    provider: &ProviderRecord,
+    params: &crate::template::Values,
+    served: &Served,
+) -> Result<TokenLookupResponse, ApiError> {
+    let api: Url = provider
+        .urls(params)
+        .map_err(|e| {
+            ApiError::new(
+                ErrorCode::Internal,
+                format!("the connection's API URL cannot be built ({e})"),
+            )
+        })?
+        .api_base_url;
+    let api_hosts = provider
+        .api_hosts(params)
+        .map_err(|e| ApiError::internal("stored api_hosts are invalid", e))?;
+    if !api_hosts.iter().any(|h| Some(h.as_str()) == api.host_str()) {
+        return Err(ApiError::new(
+            ErrorCode::ForbiddenDestination,
+            "the connection's API host is not one of the provider's api_hosts",
+        ));
+    }
     let host = api
         .host_str()
         .ok_or_else(|| ApiError::internal("stored api_base_url has no host", "no host"))?;

@@ -325,6 +325,11 @@ async fn attempt(
             )?
             .as_str(),
     );
+    let token_url = provider
+        .urls(&current.params)
+        .ok()
+        .and_then(|u| u.token_url)
+        .ok_or_else(|| ApiError::internal("stored token_url is invalid", "no URL"))?;
     state.metrics.provider_call(Grant::RefreshToken);
     if need == Need::Background {
         state.metrics.background_refresh();
@@ -332,7 +337,7 @@ async fn attempt(
     let result = state
         .token_client
         .request(
-            &provider.token_url,
+            token_url.as_str(),
             &ClientCredentials {
                 client_id: &provider.client_id,
                 client_secret: &secret,
@@ -540,6 +545,7 @@ mod tests {
             token_version: 1,
             lease_owner: None,
             lease_until: None,
+            params: Default::default(),
             created_at: 0,
             updated_at: 0,
         }

@@ -112,6 +112,7 @@ pub async fn run(db: &Db, vault: &Vault, seed: &Seed) -> anyhow::Result<Seeded> 
                 expires_at: Some(expires_at),
                 scopes: "",
                 now,
+                params: None,
             });
         }
         sealing += seal_started.elapsed();

@@ -189,11 +189,16 @@ async fn exchange_and_store(
             )?
             .as_str(),
     );
+    let token_url = provider
+        .urls(&record.params)
+        .ok()
+        .and_then(|u| u.token_url)
+        .ok_or_else(|| ApiError::internal("stored token_url is invalid", "no URL"))?;
     state.metrics.provider_call(Grant::AuthorizationCode);
     let tokens = state
         .token_client
         .request(
-            &provider.token_url,
+            token_url.as_str(),
             &ClientCredentials {
                 client_id: &provider.client_id,
                 client_secret: &secret,
@@ -248,6 +253,7 @@ async fn exchange_and_store(
                 .map(|secs| now.saturating_add(i64::try_from(secs).unwrap_or(i64::MAX))),
             scopes,
             now,
+            params: Some(&record.params),
         },
     )
     .await?;

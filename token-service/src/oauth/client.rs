@@ -81,6 +81,11 @@ pub enum GrantRequest<'a> {
     RefreshToken {
         refresh_token: &'a RefreshToken,
     },
+    /// RFC 6749 §4.4: an app-level token for the client itself.
+    ClientCredentials {
+        /// The `scope` parameter (joined), if any.
+        scope: Option<&'a str>,
+    },
 }
 
 /// A successful token response.
@@ -182,8 +187,17 @@ fn form_body(client: &ClientCredentials<'_>, grant: &GrantRequest<'_>) -> Zeroiz
         } => {
             form.append_pair("grant_type", "authorization_code")
                 .append_pair("code", code.expose())
-                .append_pair("redirect_uri", redirect_uri)
-                .append_pair("code_verifier", code_verifier.expose());
+                .append_pair("redirect_uri", redirect_uri);
+            // Empty: the provider does not support PKCE and got no challenge.
+            if !code_verifier.expose().is_empty() {
+                form.append_pair("code_verifier", code_verifier.expose());
+            }
+        }
+        GrantRequest::ClientCredentials { scope } => {
+            form.append_pair("grant_type", "client_credentials");
+            if let Some(scope) = scope.filter(|s| !s.is_empty()) {
+                form.append_pair("scope", scope);
+            }
         }
         GrantRequest::RefreshToken { refresh_token } => {
             form.append_pair("grant_type", "refresh_token")

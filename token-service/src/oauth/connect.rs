@@ -2,6 +2,7 @@
 //! browser opens it and is sent to the provider's authorize endpoint.
 
 use crate::auth::AppAuth;
+use crate::catalog::{self, AuthType};
 use crate::db;
 use crate::error::{ApiError, ApiJson, ApiPath};
 use crate::secrets::{sha256, BrowserNonce, OAuthState, SessionToken};
@@ -24,6 +25,9 @@ use url::Url;
 pub const STATE_TTL_SECS: i64 = 600;
 pub const NONCE_COOKIE: &str = "authstamp_connect";
 pub const CONNECT_PATH: &str = "/v1/connect";
+/// The user id of app-level connections (client credentials, an app's own
+/// API key): the app sends `x-authstamp-user: -`.
+pub const APP_USER: &str = "-";
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -32,6 +36,10 @@ pub struct CreateSession {
     pub user: String,
     #[serde(default)]
     pub return_to: Option<String>,
+    /// Connection parameters the provider declares (a Zendesk subdomain, a
+    /// Shopify shop), checked against their patterns.
+    #[serde(default)]
+    pub params: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -72,6 +80,27 @@ pub async fn create_session(
         .map_err(|wait| ApiError::rate_limited("connect sessions", wait))?;
     validate::user_id(&input.user)?;
     let provider = app_provider(&state, &app.app_id, &input.provider).await?;
+    if provider.auth_type != AuthType::Oauth2 {
+        return Err(ApiError::bad_request(format!(
+            "provider {:?} uses {} credentials: there is nothing to connect in a browser ({})",
+            provider.provider,
+            provider.auth_type.as_str(),
+            if provider.auth_type == AuthType::Oauth2ClientCredentials {
+                "the service fetches its token itself"
+            } else {
+                "store them with PUT /v1/connections/{provider}/{user}/credentials"
+            }
+        )));
+    }
+    if input.user == APP_USER {
+        return Err(ApiError::bad_request(format!(
+            "user {APP_USER:?} is reserved for app-level credentials"
+        )));
+    }
+    let params = catalog::resolve_params(&provider.settings.connection_params, &input.params)?;
+    provider
+        .urls(&params)
+        .map_err(|e| ApiError::bad_request(format!("connection parameters: {e}")))?;
     let return_to = match &input.return_to {
         None => None,
         Some(text) => {
@@ -93,6 +122,7 @@ pub async fn create_session(
         provider: provider.provider,
         user_id: input.user,
         return_to,
+        params,
         created_at: now,
         expires_at: now.saturating_add(ttl),
     };
@@ -126,6 +156,10 @@ pub async fn start(
     let oauth_state = OAuthState::generate();
     let state_hash = sha256(oauth_state.expose().as_bytes());
     let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+    // A provider known not to support PKCE gets no challenge (and the code
+    // exchange no verifier: an empty one is not sent).
+    let pkce = provider.settings.pkce.send();
+    let verifier_text = if pkce { verifier.secret().as_str() } else { "" };
     let nonce = BrowserNonce::generate();
     let redirect_uri = state.public_url.redirect_uri();
     let scope = provider.scopes.join(&provider.scope_separator);
@@ -137,10 +171,11 @@ pub async fn start(
         return_to: session.return_to,
         pkce_verifier: state
             .vault
-            .seal_str(&Aad::oauth_state(&state_hash), verifier.secret())?,
+            .seal_str(&Aad::oauth_state(&state_hash), verifier_text)?,
         nonce_hash: sha256(nonce.expose().as_bytes()).to_vec(),
         redirect_uri: redirect_uri.clone(),
         requested_scope: scope.clone(),
+        params: session.params.clone(),
         created_at: now,
         expires_at: now + STATE_TTL_SECS,
     };
@@ -148,10 +183,11 @@ pub async fn start(
 
     let location = authorize_url(
         &provider,
+        &session.params,
         &redirect_uri,
         &scope,
         &oauth_state,
-        challenge.as_str(),
+        pkce.then_some(challenge.as_str()),
     )?;
     let mut cookie = format!(
         "{NONCE_COOKIE}={}; Path={}; HttpOnly; SameSite=Lax; Max-Age={STATE_TTL_SECS}",
@@ -176,17 +212,23 @@ pub async fn start(
     Ok(response)
 }
 
-/// The provider's authorize URL with the authorization request parameters
-/// added; its own query parameters stay unless they collide with ours.
+/// The provider's authorize URL (placeholders filled with the connection's
+/// parameters) with the authorization request parameters added; its own
+/// query parameters and the provider's `extra_authorize_params` stay unless
+/// they collide with ours.
 fn authorize_url(
     provider: &ProviderRecord,
+    params: &crate::template::Values,
     redirect_uri: &str,
     scope: &str,
     state: &OAuthState,
-    code_challenge: &str,
+    code_challenge: Option<&str>,
 ) -> Result<Url, ApiError> {
-    let mut url = Url::parse(&provider.authorize_url)
-        .map_err(|e| ApiError::internal("stored authorize_url is invalid", e))?;
+    let mut url = provider
+        .urls(params)
+        .map_err(|e| ApiError::internal("stored authorize_url is invalid", e))?
+        .authorize_url
+        .ok_or_else(|| ApiError::internal("stored authorize_url is empty", "no URL"))?;
     let ours = [
         "response_type",
         "client_id",
@@ -196,11 +238,21 @@ fn authorize_url(
         "code_challenge",
         "code_challenge_method",
     ];
-    let kept: Vec<(String, String)> = url
+    let values = provider.values(params);
+    let mut kept: Vec<(String, String)> = url
         .query_pairs()
         .filter(|(k, _)| !ours.contains(&k.as_ref()))
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect();
+    for (key, template) in &provider.settings.extra_authorize_params {
+        if ours.contains(&key.as_str()) {
+            continue;
+        }
+        let value = crate::template::render_text(template, &values)
+            .map_err(|e| ApiError::internal("stored extra_authorize_params", e))?;
+        kept.retain(|(k, _)| k != key);
+        kept.push((key.clone(), value));
+    }
     url.set_query(None);
     {
         let mut query = url.query_pairs_mut();
@@ -212,10 +264,12 @@ fn authorize_url(
         if !scope.is_empty() {
             query.append_pair("scope", scope);
         }
-        query
-            .append_pair("state", state.expose())
-            .append_pair("code_challenge", code_challenge)
-            .append_pair("code_challenge_method", "S256");
+        query.append_pair("state", state.expose());
+        if let Some(challenge) = code_challenge {
+            query
+                .append_pair("code_challenge", challenge)
+                .append_pair("code_challenge_method", "S256");
+        }
     }
     Ok(url)
 }

@@ -68,6 +68,8 @@ pub struct ConnectionRecord {
     pub lease_owner: Option<String>,
     /// Unix milliseconds.
     pub lease_until: Option<i64>,
+    /// Connection parameter values (and response-derived placeholders).
+    pub params: crate::template::Values,
     pub created_at: i64,
     pub updated_at: i64,
 }
@@ -112,6 +114,7 @@ impl ConnectionRecord {
             token_version: row.try_get("token_version")?,
             lease_owner: row.try_get("refresh_lease_owner")?,
             lease_until: row.try_get("refresh_lease_until")?,
+            params: super::json_column(&row.try_get::<String, _>("params")?)?,
             created_at: row.try_get("created_at")?,
             updated_at: row.try_get("updated_at")?,
         })
@@ -121,7 +124,7 @@ impl ConnectionRecord {
 const COLUMNS: &str = "app_id, provider, user_id, access_token, refresh_token, expires_at, \
     scopes, status, failure_count, last_refresh_at, last_refresh_error, last_attempt_at, \
     retry_at, issued_at, token_version, refresh_lease_owner, refresh_lease_until, \
-    created_at, updated_at";
+    created_at, updated_at, params";
 
 const WHERE_KEY: &str = "app_id = $1 AND provider = $2 AND user_id = $3";
 
@@ -166,6 +169,8 @@ pub struct NewConnection<'a> {
     pub expires_at: Option<i64>,
     pub scopes: &'a str,
     pub now: i64,
+    /// Connection parameters (`None` in bulk seeding: `{}`).
+    pub params: Option<&'a crate::template::Values>,
 }
 
 pub async fn upsert_connected(db: &Db, c: NewConnection<'_>) -> Result<(), sqlx::Error> {
@@ -184,9 +189,9 @@ where
         "INSERT INTO connections (app_id, provider, user_id, access_token, refresh_token, \
            expires_at, scopes, status, failure_count, last_refresh_at, last_refresh_error, \
            last_attempt_at, retry_at, issued_at, token_version, \
-           refresh_lease_owner, refresh_lease_until, created_at, updated_at) \
+           refresh_lease_owner, refresh_lease_until, created_at, updated_at, params) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, 'active', 0, NULL, NULL, NULL, NULL, $8, 1, \
-           NULL, NULL, $8, $8) \
+           NULL, NULL, $8, $8, $9) \
          ON CONFLICT (app_id, provider, user_id) DO UPDATE SET \
            access_token = excluded.access_token, refresh_token = excluded.refresh_token, \
            expires_at = excluded.expires_at, scopes = excluded.scopes, status = 'active', \
@@ -194,7 +199,7 @@ where
            last_attempt_at = NULL, retry_at = NULL, issued_at = excluded.issued_at, \
            token_version = connections.token_version + 1, \
            refresh_lease_owner = NULL, refresh_lease_until = NULL, \
-           updated_at = excluded.updated_at",
+           updated_at = excluded.updated_at, params = excluded.params",
     )
     .bind(&c.key.app_id)
     .bind(&c.key.provider)
@@ -204,6 +209,7 @@ where
     .bind(c.expires_at)
     .bind(c.scopes)
     .bind(c.now)
+    .bind(super::to_json(&c.params.cloned().unwrap_or_default())?)
     .execute(executor)
     .await?;
     Ok(())
@@ -273,6 +279,17 @@ pub async fn upsert_many_on(
         query.execute(&mut **tx).await?;
     }
     Ok(())
+}
+
+/// Removes a connection; `true` if there was one.
+pub async fn delete(db: &Db, key: &ConnKey) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(&format!("DELETE FROM connections WHERE {WHERE_KEY}"))
+        .bind(&key.app_id)
+        .bind(&key.provider)
+        .bind(&key.user_id)
+        .execute(db.pool())
+        .await?;
+    Ok(done.rows_affected() > 0)
 }
 
 /// Takes the refresh lease when it is free or expired. `true`: ours until

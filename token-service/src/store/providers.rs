@@ -1,11 +1,15 @@
 //! `providers`: one OAuth client configuration per (app, provider); the
 //! client secret is a vault envelope.
 
+use crate::catalog::{AuthType, ConnectionParam, Pkce, RevocationStyle};
 use crate::db::Db;
 use crate::policy::PolicyOverrides;
+use crate::template::{self, Values};
+use authstamp_protocol::StampLocation;
 use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
 use sqlx::Row as _;
+use std::collections::BTreeMap;
 
 /// How the client authenticates at the token endpoint (RFC 6749 §2.3.1).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -37,6 +41,38 @@ impl ClientAuth {
     }
 }
 
+/// The provider fields beyond the original columns, stored as JSON.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProviderSettings {
+    /// Host templates a credential of this provider may be stamped on.
+    #[serde(default)]
+    pub api_hosts: Vec<String>,
+    #[serde(default)]
+    pub revocation_url: Option<String>,
+    #[serde(default)]
+    pub revocation_style: Option<RevocationStyle>,
+    #[serde(default)]
+    pub pkce: Pkce,
+    #[serde(default)]
+    pub extra_authorize_params: BTreeMap<String, String>,
+    #[serde(default)]
+    pub connection_params: Vec<ConnectionParam>,
+    #[serde(default)]
+    pub token_response_quirk: Option<String>,
+    /// Where the credential is stamped: a header (default) or a query parameter.
+    #[serde(default, skip_serializing_if = "StampLocation::is_header")]
+    pub stamp_in: StampLocation,
+}
+
+/// A provider's URLs with a connection's parameters filled in.
+#[derive(Clone, Debug)]
+pub struct ResolvedUrls {
+    pub authorize_url: Option<url::Url>,
+    pub token_url: Option<url::Url>,
+    pub revocation_url: Option<url::Url>,
+    pub api_base_url: url::Url,
+}
+
 #[derive(Clone)]
 pub struct ProviderRecord {
     pub app_id: String,
@@ -57,6 +93,11 @@ pub struct ProviderRecord {
     /// RFC 9207 issuer identifier: authorization responses must carry it as
     /// `iss` (absent: not checked).
     pub issuer: Option<String>,
+    /// The catalog entry this configuration was made from.
+    pub catalog: Option<String>,
+    pub display_name: String,
+    pub auth_type: AuthType,
+    pub settings: ProviderSettings,
     pub created_at: i64,
     pub updated_at: i64,
 }
@@ -76,7 +117,58 @@ impl std::fmt::Debug for ProviderRecord {
 const COLUMNS: &str = "app_id, provider, client_id, client_secret, authorize_url, token_url, \
     api_base_url, scopes, scope_separator, client_auth, header_name, header_format, \
     created_at, updated_at, refresh_skew_secs, max_token_lifetime_secs, background_window_secs, \
-    keepalive_secs, failure_cooldown_secs, issuer";
+    keepalive_secs, failure_cooldown_secs, issuer, catalog, display_name, auth_type, settings";
+
+impl ProviderRecord {
+    /// The placeholder values of a connection: its parameters plus the app's
+    /// client id (and, for revocation, the refresh token, added by the caller).
+    pub fn values(&self, params: &Values) -> Values {
+        let mut values = params.clone();
+        values.insert("client_id".into(), self.client_id.clone());
+        values
+    }
+
+    /// The URLs of a connection with parameters `params`.
+    pub fn urls(&self, params: &Values) -> Result<ResolvedUrls, String> {
+        let values = self.values(params);
+        let optional = |text: &str| -> Result<Option<url::Url>, String> {
+            if text.is_empty() {
+                Ok(None)
+            } else {
+                template::render_url(text, &values).map(Some)
+            }
+        };
+        Ok(ResolvedUrls {
+            authorize_url: optional(&self.authorize_url)?,
+            token_url: optional(&self.token_url)?,
+            revocation_url: match &self.settings.revocation_url {
+                // {refresh_token} is only filled at revocation time.
+                Some(url) if !url.contains("{refresh_token}") => optional(url)?,
+                _ => None,
+            },
+            api_base_url: template::render_url(&self.api_base_url, &values)?,
+        })
+    }
+
+    /// The hosts a credential of a connection with `params` may go to.
+    pub fn api_hosts(&self, params: &Values) -> Result<Vec<String>, String> {
+        let values = self.values(params);
+        self.settings
+            .api_hosts
+            .iter()
+            .map(|h| template::render_host(h, &values))
+            .collect()
+    }
+
+    /// The name shown to users: the display name, else the provider name.
+    pub fn shown_name(&self) -> &str {
+        if self.display_name.is_empty() {
+            &self.provider
+        } else {
+            &self.display_name
+        }
+    }
+}
 
 impl ProviderRecord {
     fn from_row(row: &AnyRow) -> Result<Self, sqlx::Error> {
@@ -101,6 +193,15 @@ impl ProviderRecord {
                 row.try_get("failure_cooldown_secs")?,
             ]),
             issuer: row.try_get("issuer")?,
+            catalog: row.try_get("catalog")?,
+            display_name: row.try_get("display_name")?,
+            auth_type: {
+                let text: String = row.try_get("auth_type")?;
+                AuthType::parse(&text).ok_or_else(|| {
+                    sqlx::Error::Decode(format!("unknown auth_type {text:?}").into())
+                })?
+            },
+            settings: super::json_column(&row.try_get::<String, _>("settings")?)?,
             created_at: row.try_get("created_at")?,
             updated_at: row.try_get("updated_at")?,
         })
@@ -113,7 +214,7 @@ pub async fn upsert(db: &Db, p: &ProviderRecord) -> Result<ProviderRecord, sqlx:
     let sql = format!(
         "INSERT INTO providers ({COLUMNS}) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, \
-           $15, $16, $17, $18, $19, $20) \
+           $15, $16, $17, $18, $19, $20, $21, $22, $23, $24) \
          ON CONFLICT (app_id, provider) DO UPDATE SET \
            client_id = excluded.client_id, client_secret = excluded.client_secret, \
            authorize_url = excluded.authorize_url, token_url = excluded.token_url, \
@@ -125,7 +226,9 @@ pub async fn upsert(db: &Db, p: &ProviderRecord) -> Result<ProviderRecord, sqlx:
            background_window_secs = excluded.background_window_secs, \
            keepalive_secs = excluded.keepalive_secs, \
            failure_cooldown_secs = excluded.failure_cooldown_secs, \
-           issuer = excluded.issuer \
+           issuer = excluded.issuer, \
+           catalog = excluded.catalog, display_name = excluded.display_name, \
+           auth_type = excluded.auth_type, settings = excluded.settings \
          RETURNING {COLUMNS}"
     );
     let mut query = sqlx::query(&sql)
@@ -147,6 +250,11 @@ pub async fn upsert(db: &Db, p: &ProviderRecord) -> Result<ProviderRecord, sqlx:
         query = query.bind(column);
     }
     query = query.bind(p.issuer.clone());
+    query = query
+        .bind(&p.catalog)
+        .bind(&p.display_name)
+        .bind(p.auth_type.as_str())
+        .bind(super::to_json(&p.settings)?);
     let row = query.fetch_one(db.pool()).await?;
     ProviderRecord::from_row(&row)
 }

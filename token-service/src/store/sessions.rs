@@ -13,12 +13,14 @@ pub struct ConnectSession {
     pub provider: String,
     pub user_id: String,
     pub return_to: Option<String>,
+    /// Connection parameter values, already checked against their patterns.
+    pub params: crate::template::Values,
     pub created_at: i64,
     pub expires_at: i64,
 }
 
 const SESSION_COLUMNS: &str =
-    "token_hash, app_id, provider, user_id, return_to, created_at, expires_at";
+    "token_hash, app_id, provider, user_id, return_to, created_at, expires_at, params";
 
 impl ConnectSession {
     fn from_row(row: &AnyRow) -> Result<Self, sqlx::Error> {
@@ -28,6 +30,7 @@ impl ConnectSession {
             provider: row.try_get("provider")?,
             user_id: row.try_get("user_id")?,
             return_to: row.try_get("return_to")?,
+            params: super::json_column(&row.try_get::<String, _>("params")?)?,
             created_at: row.try_get("created_at")?,
             expires_at: row.try_get("expires_at")?,
         })
@@ -36,7 +39,7 @@ impl ConnectSession {
 
 pub async fn insert_session(db: &Db, s: &ConnectSession) -> Result<(), sqlx::Error> {
     sqlx::query(&format!(
-        "INSERT INTO connect_sessions ({SESSION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"
+        "INSERT INTO connect_sessions ({SESSION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
     ))
     .bind(&s.token_hash)
     .bind(&s.app_id)
@@ -45,6 +48,7 @@ pub async fn insert_session(db: &Db, s: &ConnectSession) -> Result<(), sqlx::Err
     .bind(&s.return_to)
     .bind(s.created_at)
     .bind(s.expires_at)
+    .bind(super::to_json(&s.params)?)
     .execute(db.pool())
     .await?;
     Ok(())
@@ -78,6 +82,7 @@ pub struct OAuthStateRecord {
     pub nonce_hash: Vec<u8>,
     pub redirect_uri: String,
     pub requested_scope: String,
+    pub params: crate::template::Values,
     pub created_at: i64,
     pub expires_at: i64,
 }
@@ -94,7 +99,7 @@ impl std::fmt::Debug for OAuthStateRecord {
 }
 
 const STATE_COLUMNS: &str = "state_hash, app_id, provider, user_id, return_to, pkce_verifier, \
-    nonce_hash, redirect_uri, requested_scope, created_at, expires_at";
+    nonce_hash, redirect_uri, requested_scope, created_at, expires_at, params";
 
 impl OAuthStateRecord {
     fn from_row(row: &AnyRow) -> Result<Self, sqlx::Error> {
@@ -108,6 +113,7 @@ impl OAuthStateRecord {
             nonce_hash: row.try_get("nonce_hash")?,
             redirect_uri: row.try_get("redirect_uri")?,
             requested_scope: row.try_get("requested_scope")?,
+            params: super::json_column(&row.try_get::<String, _>("params")?)?,
             created_at: row.try_get("created_at")?,
             expires_at: row.try_get("expires_at")?,
         })
@@ -117,7 +123,7 @@ impl OAuthStateRecord {
 pub async fn insert_state(db: &Db, s: &OAuthStateRecord) -> Result<(), sqlx::Error> {
     sqlx::query(&format!(
         "INSERT INTO oauth_states ({STATE_COLUMNS}) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)"
     ))
     .bind(&s.state_hash)
     .bind(&s.app_id)
@@ -130,6 +136,7 @@ pub async fn insert_state(db: &Db, s: &OAuthStateRecord) -> Result<(), sqlx::Err
     .bind(&s.requested_scope)
     .bind(s.created_at)
     .bind(s.expires_at)
+    .bind(super::to_json(&s.params)?)
     .execute(db.pool())
     .await?;
     Ok(())

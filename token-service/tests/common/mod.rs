@@ -258,6 +258,7 @@ impl Harness {
     }
 
     pub async fn with(options: Options) -> Self {
+        let _ = tracing_subscriber::fmt().with_test_writer().try_init();
         let dir = tempfile::tempdir().unwrap();
         let database_url = match options.backend {
             Backend::Sqlite => None,
@@ -387,7 +388,19 @@ impl Harness {
         user: &str,
         return_to: Option<&str>,
     ) -> (String, String, Url) {
-        let mut body = json!({"provider": app.provider, "user": user});
+        self.start_connect_with(app, user, return_to, json!({}))
+            .await
+    }
+
+    /// [`Self::start_connect`] with connection parameters.
+    pub async fn start_connect_with(
+        &self,
+        app: &ConnectedApp,
+        user: &str,
+        return_to: Option<&str>,
+        params: Value,
+    ) -> (String, String, Url) {
+        let mut body = json!({"provider": app.provider, "user": user, "params": params});
         if let Some(r) = return_to {
             body["return_to"] = json!(r);
         }
