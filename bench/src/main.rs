@@ -78,7 +78,7 @@ impl Opts {
             connections: 16,
             threads: 1,
             concurrency: 1,
-            miss_users: if quick { 20_000 } else { 150_000 },
+            miss_users: if quick { 30_000 } else { 250_000 },
             out: workspace_root().join("target/bench"),
             only: None,
             perf,
