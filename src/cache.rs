@@ -20,7 +20,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use authstamp_protocol::{StampHeader, Upstream};
+use authstamp_protocol::{StampHeader, StampLocation, Upstream};
 
 use crate::host::{Host, SharedDataError};
 use crate::stamp;
@@ -124,10 +124,16 @@ impl Entry {
     /// are validated without control characters before they are cached; an
     /// entry that has one is not encoded.
     pub fn encode(&self) -> Option<Vec<u8>> {
+        // A query credential's name is written `?name` (no header name can
+        // start with `?`).
+        let stamp_name = match self.header.location {
+            StampLocation::Header => std::borrow::Cow::Borrowed(self.header.name.as_str()),
+            StampLocation::Query => std::borrow::Cow::Owned(format!("?{}", self.header.name)),
+        };
         let fields = [
             self.key.as_str(),
             &self.app_key,
-            &self.header.name,
+            &stamp_name,
             &self.header.value,
             &self.upstream.scheme,
             &self.upstream.authority,
@@ -165,9 +171,21 @@ impl Entry {
         let entry = Entry {
             key: next()?,
             app_key: next()?,
-            header: StampHeader {
-                name: next()?,
-                value: next()?,
+            header: {
+                let name = next()?;
+                let value = next()?;
+                match name.strip_prefix('?') {
+                    Some(query) => StampHeader {
+                        name: query.to_string(),
+                        value,
+                        location: StampLocation::Query,
+                    },
+                    None => StampHeader {
+                        name,
+                        value,
+                        location: StampLocation::Header,
+                    },
+                }
             },
             upstream: Upstream {
                 scheme: next()?,
@@ -431,6 +449,7 @@ mod tests {
             header: StampHeader {
                 name: "authorization".into(),
                 value: format!("Bearer tok-{}", key.key),
+                location: StampLocation::Header,
             },
             upstream: Upstream {
                 scheme: "https".into(),
@@ -514,6 +533,16 @@ mod tests {
         assert_eq!(Entry::decode(format!("{text}\nextra").as_bytes()), None);
         let short = text.rsplit_once('\n').unwrap().0;
         assert_eq!(Entry::decode(short.as_bytes()), None);
+        let mut query = e.clone();
+        query.header.name = "api_key".into();
+        query.header.location = StampLocation::Query;
+        let encoded = query.encode().unwrap();
+        assert!(String::from_utf8_lossy(&encoded).contains("\n?api_key\n"));
+        assert_eq!(
+            Entry::decode(&encoded),
+            Some(query),
+            "a query credential stays one"
+        );
         let mut broken = e.clone();
         broken.header.value = "Bearer a\nb".into();
         assert_eq!(broken.encode(), None, "no line break is ever encoded");

@@ -1,7 +1,9 @@
 //! Where a token may go and how it is put on the request: validation of the
 //! token service's answer, of the request target, and the stamping itself.
 
-use authstamp_protocol::{headers, ErrorCode, StampHeader, TokenLookupResponse, Upstream};
+use authstamp_protocol::{
+    headers, ErrorCode, StampHeader, StampLocation, TokenLookupResponse, Upstream,
+};
 
 use crate::config::{is_lowercase_header_name, HeaderNames};
 use crate::host::{HeaderPairs, Host};
@@ -37,6 +39,18 @@ pub fn validate_answer(answer: &TokenLookupResponse) -> Result<(), &'static str>
 /// The stamp header: a lowercase token name that is not HTTP framing or
 /// authstamp's own, and a non-empty value without CR, LF or NUL.
 pub fn validate_header(header: &StampHeader) -> Result<(), &'static str> {
+    if header.location == StampLocation::Query {
+        if !authstamp_protocol::is_query_param_name(&header.name) {
+            return Err("stamp query parameter name is not 1 to 64 unreserved characters");
+        }
+        if header.value.is_empty() || header.value.len() > MAX_STAMP_VALUE_BYTES {
+            return Err("stamp query parameter value is empty or too long");
+        }
+        if header.value.bytes().any(|b| matches!(b, b'\r' | b'\n' | 0)) {
+            return Err("stamp query parameter value contains CR, LF or NUL");
+        }
+        return Ok(());
+    }
     if !is_lowercase_header_name(&header.name) || header.name.len() > 128 {
         return Err("stamp header name is not a lowercase header name");
     }
@@ -272,6 +286,12 @@ pub fn stamp_request(
     } else {
         format!("{}{}", upstream.base_path, path)
     };
+    let (path, stamp_header) = match header.location {
+        StampLocation::Header => (path, Some(header)),
+        StampLocation::Query => (with_query_param(&path, &header.name, &header.value), None),
+    };
+    // A query credential strips no header of its name (it has none).
+    let stamp_header_name = stamp_header.map_or("", |h| h.name.as_str());
     let mut stamped: Vec<(&str, &[u8])> = Vec::with_capacity(request.len() + 3);
     let mut has_authority = false;
     for (name, value) in request {
@@ -282,17 +302,84 @@ pub fn stamp_request(
             }
         } else if name.eq_ignore_ascii_case(":path") {
             stamped.push((":path", path.as_bytes()));
-        } else if !is_stripped(name, names, &header.name) {
+        } else if !is_stripped(name, names, stamp_header_name) {
             stamped.push((name, value));
         }
     }
     if !has_authority {
         stamped.push((":authority", upstream.authority.as_bytes()));
     }
-    stamped.push((&header.name, header.value.as_bytes()));
+    if let Some(header) = stamp_header {
+        stamped.push((&header.name, header.value.as_bytes()));
+    }
     stamped.push((headers::ROUTE, upstream.scheme.as_bytes()));
     host.set_request_headers(&stamped);
     Ok(())
+}
+
+/// `path` with every query parameter named `name` (compared after
+/// percent-decoding, ignoring ASCII case) removed and `name=value` appended,
+/// the value percent-encoded: the request cannot bring its own credential,
+/// smuggle a second one, or break out of the parameter.
+pub fn with_query_param(path: &str, name: &str, value: &str) -> String {
+    let (base, query) = match path.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (path, None),
+    };
+    let mut out = String::with_capacity(path.len() + name.len() + value.len() * 3 + 2);
+    out.push_str(base);
+    let mut first = true;
+    for pair in query.into_iter().flat_map(|q| q.split('&')) {
+        if pair.is_empty() {
+            continue;
+        }
+        let key = pair.split_once('=').map_or(pair, |(k, _)| k);
+        if percent_decode(key).eq_ignore_ascii_case(name.as_bytes()) {
+            continue;
+        }
+        out.push(if first { '?' } else { '&' });
+        first = false;
+        out.push_str(pair);
+    }
+    out.push(if first { '?' } else { '&' });
+    out.push_str(name);
+    out.push('=');
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push('%');
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 0x0f)]));
+        }
+    }
+    out
+}
+
+const HEX: &[u8; 16] = b"0123456789ABCDEF";
+
+/// `%XX` decoded and `+` as a space (form encoding); invalid escapes kept.
+fn percent_decode(text: &str) -> Vec<u8> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| char::from(b).to_digit(16);
+        match bytes[i] {
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push(u8::try_from(h * 16 + l).unwrap_or(b'%'));
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    out
 }
 
 #[cfg(test)]
@@ -311,6 +398,84 @@ mod tests {
         StampHeader {
             name: name.into(),
             value: value.into(),
+            location: StampLocation::Header,
+        }
+    }
+
+    fn query(name: &str, value: &str) -> StampHeader {
+        StampHeader {
+            name: name.into(),
+            value: value.into(),
+            location: StampLocation::Query,
+        }
+    }
+
+    #[test]
+    fn query_credentials_replace_every_parameter_of_their_name() {
+        assert_eq!(
+            with_query_param("/v1/x", "api_key", "k1"),
+            "/v1/x?api_key=k1"
+        );
+        assert_eq!(
+            with_query_param("/v1/x?a=1&api_key=forged&b=2", "api_key", "k1"),
+            "/v1/x?a=1&b=2&api_key=k1"
+        );
+        assert_eq!(
+            with_query_param(
+                "/x?API_KEY=1&api%5Fkey=2&api_key&api+key=3&&c",
+                "api_key",
+                "k"
+            ),
+            "/x?api+key=3&c&api_key=k"
+        );
+        assert_eq!(
+            with_query_param("/x?", "key", "a b&c=d#e/é"),
+            "/x?key=a%20b%26c%3Dd%23e%2F%C3%A9"
+        );
+        assert_eq!(with_query_param("/x?a=%zz", "k", "v"), "/x?a=%zz&k=v");
+        assert_eq!(with_query_param("/x?k%", "k", "v"), "/x?k%&k=v");
+    }
+
+    #[test]
+    fn query_stamps_go_into_the_path_not_a_header() {
+        use crate::host::mock::MockHost;
+        let names = HeaderNames::default();
+        let host = MockHost::new(1);
+        host.add_stream(
+            3,
+            &[
+                (":authority", "127.0.0.1:10000"),
+                (":path", "/maps?q=x&key=forged"),
+                ("x-authstamp-provider", "maps"),
+                ("x-authstamp-user", "u"),
+                ("authorization", "Bearer forged"),
+                ("key", "a header of the same name stays"),
+            ],
+        );
+        host.enter(3);
+        let up = upstream("https", "maps.example.com", "/api");
+        stamp(&host, &names, &query("key", "s3cret key"), &up).unwrap();
+        assert_eq!(
+            host.header(3, ":path").as_deref(),
+            Some("/api/maps?q=x&key=s3cret%20key")
+        );
+        assert_eq!(host.header(3, "authorization"), None);
+        assert_eq!(
+            host.header(3, "key").as_deref(),
+            Some("a header of the same name stays")
+        );
+        assert_eq!(validate_header(&query("key", "v")), Ok(()));
+        for (name, value) in [
+            ("a b", "v"),
+            ("a=b", "v"),
+            ("", "v"),
+            ("k", ""),
+            ("k", "a\nb"),
+        ] {
+            assert!(
+                validate_header(&query(name, value)).is_err(),
+                "{name}={value:?}"
+            );
         }
     }
 

@@ -193,12 +193,21 @@ impl fmt::Debug for TokenLookupResponse {
     }
 }
 
-/// The header to set on the upstream request, e.g.
-/// `authorization: Bearer <token>`. The value is a credential.
+/// The credential to set on the upstream request: a header, e.g.
+/// `authorization: Bearer <token>`, or (`"in": "query"`) a query parameter,
+/// e.g. `?api_key=<key>`, replacing every parameter of that name the request
+/// carried. The value is a credential.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StampHeader {
     pub name: String,
     pub value: String,
+    /// Where the credential goes; absent means a header.
+    #[serde(
+        default,
+        rename = "in",
+        skip_serializing_if = "StampLocation::is_header"
+    )]
+    pub location: StampLocation,
 }
 
 /// Where a stamped credential goes (OpenAPI's `in` of an API key).
@@ -241,6 +250,7 @@ impl fmt::Debug for StampHeader {
         f.debug_struct("StampHeader")
             .field("name", &self.name)
             .field("value", &"<redacted>")
+            .field("in", &self.location)
             .finish()
     }
 }
@@ -278,6 +288,7 @@ mod tests {
             header: StampHeader {
                 name: "authorization".into(),
                 value: "Bearer s3cr3t-token".into(),
+                location: StampLocation::Header,
             },
             upstream: Upstream {
                 scheme: "https".into(),
@@ -289,6 +300,27 @@ mod tests {
         let debug = format!("{response:?}");
         assert!(!debug.contains("s3cr3t-token"), "{debug}");
         assert!(debug.contains("slack.com"));
+    }
+
+    #[test]
+    fn stamp_location_defaults_to_a_header() {
+        let header: StampHeader =
+            serde_json::from_str(r#"{"name":"authorization","value":"Bearer x"}"#).unwrap();
+        assert_eq!(header.location, StampLocation::Header);
+        assert_eq!(
+            serde_json::to_string(&header).unwrap(),
+            r#"{"name":"authorization","value":"Bearer x"}"#
+        );
+        let query: StampHeader =
+            serde_json::from_str(r#"{"name":"api_key","value":"k","in":"query"}"#).unwrap();
+        assert_eq!(query.location, StampLocation::Query);
+        assert!(serde_json::to_string(&query)
+            .unwrap()
+            .contains(r#""in":"query""#));
+        assert!(is_query_param_name("api_key"));
+        for bad in ["", "a b", "a&b", "a=b", "a%20", &"a".repeat(65)] {
+            assert!(!is_query_param_name(bad), "{bad}");
+        }
     }
 
     #[test]

@@ -10,7 +10,10 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
+use base64::Engine as _;
+
 use crate::crypto;
+use crate::store::{AccessInfo, GrantKind};
 use crate::AppState;
 
 /// Request header choosing the echo's status.
@@ -27,7 +30,26 @@ pub async fn echo(
     let info = {
         let mut store = state.store();
         store.stats.api_calls += 1;
-        let info = bearer_token(&headers).and_then(|t| store.access(t, now));
+        let info = match (bearer_token(&headers), credential(&headers, uri.query())) {
+            (Some(t), _) => store.access(t, now),
+            (None, Some(Credential::ApiKey(key))) => {
+                store.api_keys.get(&key).map(|login| AccessInfo {
+                    login: login.clone(),
+                    grant: GrantKind::ApiKey,
+                    serial: 0,
+                })
+            }
+            (None, Some(Credential::Basic(user, password))) => store
+                .basic
+                .get(&user)
+                .filter(|expected| crypto::ct_eq(expected, &password))
+                .map(|_| AccessInfo {
+                    login: user.clone(),
+                    grant: GrantKind::Basic,
+                    serial: 0,
+                }),
+            (None, None) => None,
+        };
         if info.is_none() {
             store.stats.api_calls_rejected += 1;
         }
@@ -78,6 +100,45 @@ pub async fn echo(
         "token_serial": info.serial,
     });
     (status, [("x-standin-echo", "1")], Json(body)).into_response()
+}
+
+/// An API key (header `x-api-key` or query parameter `api_key`, exactly one
+/// value) or HTTP Basic credentials.
+enum Credential {
+    ApiKey(String),
+    Basic(String, String),
+}
+
+fn credential(headers: &HeaderMap, query: Option<&str>) -> Option<Credential> {
+    let mut keys: Vec<String> = headers
+        .get_all("x-api-key")
+        .iter()
+        .filter_map(|v| v.to_str().ok().map(str::to_owned))
+        .collect();
+    keys.extend(
+        url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+            .filter(|(k, _)| k == "api_key")
+            .map(|(_, v)| v.into_owned()),
+    );
+    if keys.len() == 1 {
+        return keys.pop().map(Credential::ApiKey);
+    }
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let value = values.next()?;
+    if values.next().is_some() || !keys.is_empty() {
+        return None;
+    }
+    let text = value.to_str().ok()?;
+    let (scheme, encoded) = text.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let decoded = String::from_utf8(decoded).ok()?;
+    let (user, password) = decoded.split_once(':')?;
+    Some(Credential::Basic(user.to_owned(), password.to_owned()))
 }
 
 /// The token of the one `Authorization: Bearer …` header.

@@ -53,6 +53,29 @@ pub async fn revoke(State(state): State<AppState>, RawQuery(query): RawQuery) ->
     .into_response()
 }
 
+/// `POST /_standin/credentials`: `{"api_keys"?: {"<key>": "<login>"},
+/// "basic"?: {"<username>": "<password>"}}` adds credentials the API echo
+/// accepts (API keys in `x-api-key` or `?api_key=`, Basic in `authorization`).
+pub async fn add_credentials(State(state): State<AppState>, body: Bytes) -> Response {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Credentials {
+        #[serde(default)]
+        api_keys: std::collections::HashMap<String, String>,
+        #[serde(default)]
+        basic: std::collections::HashMap<String, String>,
+    }
+    let added: Credentials = match serde_json::from_slice(&body) {
+        Ok(c) => c,
+        Err(e) => return bad_request(&e.to_string()),
+    };
+    let mut store = state.store();
+    let counts = (added.api_keys.len(), added.basic.len());
+    store.api_keys.extend(added.api_keys);
+    store.basic.extend(added.basic);
+    Json(json!({"api_keys_added": counts.0, "basic_added": counts.1})).into_response()
+}
+
 /// `GET /healthz`
 pub async fn healthz() -> &'static str {
     "ok"
@@ -67,7 +90,8 @@ pub async fn metadata(State(state): State<AppState>) -> Response {
         "authorization_endpoint": format!("{base}/oauth/authorize"),
         "token_endpoint": format!("{base}/oauth/token"),
         "response_types_supported": ["code"],
-        "grant_types_supported": ["authorization_code", "refresh_token"],
+        "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
+        "revocation_endpoint": format!("{base}/oauth/revoke"),
         "code_challenge_methods_supported": ["S256"],
         "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
         "authorization_response_iss_parameter_supported": config.send_iss,

@@ -2,7 +2,8 @@
 //! with PKCE, RFC 7636) playing the third-party SaaS in tests and local trials, with
 //! real-world quirks switchable at runtime.
 //!
-//! Endpoints: `GET|POST /oauth/authorize`, `POST /oauth/token`, `ANY /api/{*path}` (an
+//! Endpoints: `GET|POST /oauth/authorize`, `POST /oauth/token` (authorization code,
+//! refresh, client credentials), `POST /oauth/revoke` (RFC 7009), `ANY /api/{*path}` (an
 //! echo needing a bearer token), `/_standin/{stats,quirks,revoke}` for tests, `/healthz`
 //! and `/.well-known/{oauth-authorization-server,openid-configuration}`. State lives in memory.
 
@@ -76,6 +77,7 @@ pub fn app(state: AppState) -> Router {
             get(authorize::show).post(authorize::decide),
         )
         .route("/oauth/token", post(token::token))
+        .route("/oauth/revoke", post(token::revoke))
         .route(
             "/api/{*path}",
             any(api::echo).layer(DefaultBodyLimit::max(API_BODY_LIMIT)),
@@ -86,6 +88,7 @@ pub fn app(state: AppState) -> Router {
             get(control::get_quirks).post(control::set_quirks),
         )
         .route("/_standin/revoke", post(control::revoke))
+        .route("/_standin/credentials", post(control::add_credentials))
         .route("/healthz", get(control::healthz))
         .route(
             "/.well-known/oauth-authorization-server",

@@ -26,6 +26,12 @@ type FamilyId = u64;
 pub enum GrantKind {
     AuthorizationCode,
     RefreshToken,
+    /// RFC 6749 §4.4: the client's own token (login `client:<client_id>`).
+    ClientCredentials,
+    /// An API key registered with `POST /_standin/credentials`.
+    ApiKey,
+    /// HTTP Basic credentials registered with `POST /_standin/credentials`.
+    Basic,
 }
 
 /// What the consent page approved; becomes an authorization code.
@@ -76,6 +82,7 @@ struct Family {
 pub struct TokenCalls {
     pub authorization_code: u64,
     pub refresh_token: u64,
+    pub client_credentials: u64,
     pub other: u64,
 }
 
@@ -89,6 +96,9 @@ pub struct Stats {
     pub api_calls_rejected: u64,
     /// Families revoked by code replay, refresh-token reuse or `/_standin/revoke`.
     pub families_revoked: u64,
+    /// Calls of `POST /oauth/revoke` (RFC 7009), and the tokens they revoked.
+    pub revocation_calls: u64,
+    pub tokens_revoked_by_client: u64,
 }
 
 /// Tokens handed out by a successful grant.
@@ -129,6 +139,10 @@ pub struct Revoked {
 }
 
 pub struct Store {
+    /// API keys accepted by the API echo, and the login each stands for.
+    pub api_keys: HashMap<String, String>,
+    /// HTTP Basic usernames and their passwords accepted by the API echo.
+    pub basic: HashMap<String, String>,
     codes: HashMap<String, CodeEntry>,
     access: HashMap<String, AccessEntry>,
     refresh: HashMap<String, RefreshEntry>,
@@ -143,6 +157,8 @@ pub struct Store {
 impl Store {
     pub fn new(quirks: Quirks) -> Self {
         Self {
+            api_keys: HashMap::new(),
+            basic: HashMap::new(),
             codes: HashMap::new(),
             access: HashMap::new(),
             refresh: HashMap::new(),
@@ -331,6 +347,70 @@ impl Store {
             login,
             bot_token: None,
         })
+    }
+
+    /// RFC 6749 §4.4: an access token for the client itself, no refresh token.
+    pub fn client_credentials(
+        &mut self,
+        client_id: &str,
+        scope: Option<&str>,
+        now: SystemTime,
+    ) -> Result<Issued, OAuthError> {
+        let scope = match scope {
+            None => String::new(),
+            Some(raw) => scope::parse(raw)
+                .ok_or_else(|| OAuthError::invalid_scope("malformed scope"))?
+                .join(" "),
+        };
+        let login = format!("client:{client_id}");
+        let family = self.next_family;
+        self.next_family += 1;
+        self.families.insert(
+            family,
+            Family {
+                login: login.clone(),
+                access: Vec::new(),
+                refresh: Vec::new(),
+            },
+        );
+        let expires_in = self.access_ttl();
+        let access_token = self.issue_access(
+            family,
+            &login,
+            GrantKind::ClientCredentials,
+            ACCESS_PREFIX,
+            expires_in,
+            now,
+        );
+        Ok(Issued {
+            access_token,
+            expires_in,
+            refresh_token: None,
+            scope,
+            login,
+            bot_token: None,
+        })
+    }
+
+    /// RFC 7009 §2.1: revokes `token` (an access or refresh token of
+    /// `client_id`) and, for a refresh token, its whole family. Unknown tokens
+    /// are no error (§2.2). Returns how many tokens were removed.
+    pub fn revoke_token(&mut self, client_id: &str, token: &str) -> u64 {
+        self.stats.revocation_calls += 1;
+        let family = if let Some(entry) = self.refresh.get(token) {
+            crypto::ct_eq(&entry.client_id, client_id).then_some(entry.family)
+        } else {
+            self.families
+                .iter()
+                .find(|(_, f)| f.access.iter().any(|t| t == token))
+                .map(|(id, _)| *id)
+        };
+        let removed = match family {
+            Some(id) => self.revoke_family(id),
+            None => u64::from(self.access.remove(token).is_some()),
+        };
+        self.stats.tokens_revoked_by_client += removed;
+        removed
     }
 
     /// Looks up a live access token.

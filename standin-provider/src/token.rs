@@ -32,6 +32,7 @@ pub async fn token(State(state): State<AppState>, headers: HeaderMap, body: Byte
         match params.single("grant_type") {
             Ok(Some("authorization_code")) => calls.authorization_code += 1,
             Ok(Some("refresh_token")) => calls.refresh_token += 1,
+            Ok(Some("client_credentials")) => calls.client_credentials += 1,
             _ => calls.other += 1,
         }
         store.quirks.clone()
@@ -52,6 +53,30 @@ pub async fn token(State(state): State<AppState>, headers: HeaderMap, body: Byte
         // The grant is done (a rotated refresh token is already retired).
         tokio::time::sleep(delay).await;
     }
+    no_store(&mut response);
+    response
+}
+
+/// `POST /oauth/revoke` (RFC 7009): the client revokes one of its tokens.
+/// A refresh token takes its whole family with it. 200 whether or not the
+/// token was known (§2.2).
+pub async fn revoke(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    if !is_form_urlencoded(&headers) {
+        return OAuthError::invalid_request("expected an application/x-www-form-urlencoded body")
+            .into_response();
+    }
+    let params = Params::parse(&body);
+    let client_id = match authenticate(&headers, &params, state.config()) {
+        Ok(id) => id,
+        Err(e) => return e.into_response(),
+    };
+    let token = match required(&params, "token") {
+        Ok(t) => t.to_owned(),
+        Err(e) => return e.into_response(),
+    };
+    let removed = state.store().revoke_token(&client_id, &token);
+    tracing::info!(removed, "token revoked by the client");
+    let mut response = StatusCode::OK.into_response();
     no_store(&mut response);
     response
 }
@@ -142,6 +167,10 @@ fn handle(state: &AppState, headers: &HeaderMap, params: &Params) -> Result<Resp
                 .store()
                 .refresh(&client_id, refresh_token, scope, now)?
         }
+        Some("client_credentials") => {
+            let scope = single(params, "scope")?;
+            state.store().client_credentials(&client_id, scope, now)?
+        }
         Some(other) => {
             return Err(OAuthError::unsupported_grant_type(format!(
                 "grant_type {other} is not supported"
@@ -164,7 +193,7 @@ fn required<'p>(params: &'p Params, name: &str) -> Result<&'p str, OAuthError> {
 
 /// Authenticates the client by `client_secret_basic` or `client_secret_post` (not both);
 /// returns its id.
-fn authenticate(
+pub(crate) fn authenticate(
     headers: &HeaderMap,
     params: &Params,
     config: &Config,
@@ -218,7 +247,7 @@ fn authenticate(
 }
 
 /// `Basic base64(urlencode(id) ":" urlencode(secret))` (RFC 6749 §2.3.1).
-fn parse_basic(value: &HeaderValue) -> Option<(String, String)> {
+pub(crate) fn parse_basic(value: &HeaderValue) -> Option<(String, String)> {
     let value = value.to_str().ok()?;
     let (scheme, credentials) = value.split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("basic") {

@@ -13,10 +13,12 @@ async fn stats_count_token_and_api_calls() {
     assert_eq!(
         s.stats().await,
         json!({
-            "token_calls": {"authorization_code": 0, "refresh_token": 0, "other": 0},
+            "token_calls": {"authorization_code": 0, "refresh_token": 0, "client_credentials": 0, "other": 0},
             "api_calls": 0,
             "api_calls_rejected": 0,
             "families_revoked": 0,
+            "revocation_calls": 0,
+            "tokens_revoked_by_client": 0,
         })
     );
     let t = s.login("alice").await; // 1 authorization_code
@@ -42,10 +44,12 @@ async fn stats_count_token_and_api_calls() {
     assert_eq!(
         s.stats().await,
         json!({
-            "token_calls": {"authorization_code": 3, "refresh_token": 4, "other": 2},
+            "token_calls": {"authorization_code": 3, "refresh_token": 4, "client_credentials": 0, "other": 2},
             "api_calls": 3,
             "api_calls_rejected": 2,
             "families_revoked": 1,
+            "revocation_calls": 0,
+            "tokens_revoked_by_client": 0,
         })
     );
 }

@@ -165,6 +165,49 @@ impl Stack {
         );
     }
 
+    /// Stores a provider configuration (any JSON body) for the stack's app.
+    pub async fn put_provider(&self, provider: &str, config: Value) {
+        let response = self
+            .admin(
+                Method::PUT,
+                &format!("/v1/apps/{}/providers/{provider}", self.app_id),
+            )
+            .json(&config)
+            .send()
+            .await
+            .expect("put provider");
+        assert_eq!(
+            response.status(),
+            StatusCode::OK,
+            "{:?}",
+            response.text().await
+        );
+    }
+
+    /// A request of the stack's app with its app headers.
+    pub fn as_app(&self, method: Method, path: &str) -> RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.service_url))
+            .header("x-authstamp-app", &self.app_id)
+            .header("x-authstamp-app-key", &self.app_key)
+    }
+
+    /// A provider API request through Envoy for `user` of `provider`.
+    pub fn call_provider(
+        &self,
+        method: Method,
+        provider: &str,
+        path: &str,
+        user: &str,
+    ) -> RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.envoy_url))
+            .header("x-authstamp-provider", provider)
+            .header("x-authstamp-user", user)
+            .header("x-authstamp-app", &self.app_id)
+            .header("x-authstamp-app-key", &self.app_key)
+    }
+
     /// Connects `user` of the stack's app through the whole browser flow.
     pub async fn connect_user(&self, user: &str) -> ConnectOutcome {
         self.connect_user_as(&self.app_id, &self.app_key, user)

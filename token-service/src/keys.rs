@@ -203,6 +203,13 @@ const SEALED_TABLES: &[SealedTable] = &[
         aad: |k, field| Aad::connection(k[0].text(), k[1].text(), k[2].text(), field),
     },
     SealedTable {
+        table: "webhooks",
+        key: &["app_id"],
+        key_is_bytes: false,
+        columns: &[("secret", Field::WebhookSecret)],
+        aad: |k, _| Aad::webhook_secret(k[0].text()),
+    },
+    SealedTable {
         table: "oauth_states",
         key: &["state_hash"],
         key_is_bytes: true,

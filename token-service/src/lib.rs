@@ -13,6 +13,7 @@ pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod connections;
+pub mod credentials;
 pub mod db;
 pub mod discovery;
 pub mod error;
@@ -32,6 +33,7 @@ pub mod store;
 pub mod template;
 pub mod validate;
 pub mod vault;
+pub mod webhooks;
 
 use crate::config::PublicUrl;
 use crate::db::Db;
@@ -262,6 +264,16 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/catalog", get(catalog_list))
         .route("/v1/catalog/{name}", get(catalog_entry))
         .route("/v1/connect-sessions", post(oauth::connect::create_session))
+        .route(
+            "/v1/apps/{app_id}/webhook",
+            put(webhooks::put_handler)
+                .get(webhooks::get_handler)
+                .delete(webhooks::delete_handler),
+        )
+        .route(
+            "/v1/connections/{provider}/{user}/credentials",
+            put(credentials::put_handler),
+        )
         .route("/v1/connections", get(connections::list_handler))
         .route(
             "/v1/connections/{provider}/{user}",

@@ -3,9 +3,12 @@
 //! [`crate::refresh`]: one refresh per connection across replicas).
 
 use crate::auth::AppAuth;
+use crate::catalog::AuthType;
+use crate::credentials;
 use crate::db;
 use crate::error::{ApiError, ApiJson};
 use crate::oauth::connect::app_provider;
+use crate::oauth::connect::APP_USER;
 use crate::refresh::{self, Need, Served};
 use crate::store::connections::{self, ConnKey, ConnectionStatus};
 use crate::store::providers::ProviderRecord;
@@ -50,6 +53,17 @@ pub async fn lookup(
 ) -> Result<TokenLookupResponse, ApiError> {
     validate::user_id(&request.user)?;
     let provider = app_provider(state, app_id, &request.provider).await?;
+    if provider.auth_type == AuthType::Oauth2ClientCredentials {
+        if request.user != APP_USER {
+            return Err(ApiError::bad_request(format!(
+                "provider {:?} uses an app-level client-credentials token: send the user {APP_USER:?}",
+                provider.provider
+            )));
+        }
+        let (served, params) =
+            credentials::client_credentials_token(state, &provider, request.force_refresh).await?;
+        return answer(&provider, &params, &served);
+    }
     let key = ConnKey {
         app_id: app_id.to_owned(),
         provider: provider.provider.clone(),
@@ -113,6 +127,7 @@ fn answer(
     };
     Ok(TokenLookupResponse {
         header: StampHeader {
+            location: provider.settings.stamp_in,
             name: provider.header_name.clone(),
             value: provider.header_format.replacen(
                 TOKEN_PLACEHOLDER,

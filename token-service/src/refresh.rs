@@ -404,6 +404,13 @@ async fn attempt(
             )
             .await?;
             if marked {
+                crate::webhooks::emit(
+                    state,
+                    &key.app_id,
+                    crate::webhooks::Event::ReauthRequired,
+                    &key.provider,
+                    &key.user_id,
+                );
                 state.metrics.refresh(RefreshOutcome::Permanent);
                 tracing::warn!(app_id = %key.app_id, provider = %key.provider, reason = %code, "refresh refused: connection needs a new connect");
                 return Err(reauth_required());
@@ -442,6 +449,13 @@ async fn attempt(
                 retry_at,
             )
             .await?;
+            crate::webhooks::emit(
+                state,
+                &key.app_id,
+                crate::webhooks::Event::RefreshFailed,
+                &key.provider,
+                &key.user_id,
+            );
             state.metrics.refresh(RefreshOutcome::Transient);
             tracing::warn!(app_id = %key.app_id, provider = %key.provider, %reason, failures, cooldown_secs = cooldown.as_secs(), "refresh failed; will retry after the cooldown");
             if current.is_valid_at(now) {

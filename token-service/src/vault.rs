@@ -50,6 +50,7 @@ pub enum Field {
     RefreshToken,
     PkceVerifier,
     KeyCheck,
+    WebhookSecret,
 }
 
 impl Field {
@@ -60,6 +61,7 @@ impl Field {
             Field::RefreshToken => "refresh_token",
             Field::PkceVerifier => "pkce_verifier",
             Field::KeyCheck => "key_check",
+            Field::WebhookSecret => "webhook_secret",
         }
     }
 }
@@ -99,6 +101,11 @@ impl Aad {
             &[app_id.as_bytes(), provider.as_bytes(), user.as_bytes()],
             field,
         )
+    }
+
+    /// The signing secret of an app's webhook (`webhooks.secret`).
+    pub fn webhook_secret(app_id: &str) -> Self {
+        Self::new("webhooks", &[app_id.as_bytes()], Field::WebhookSecret)
     }
 
     pub fn oauth_state(state_hash: &[u8]) -> Self {

@@ -258,6 +258,13 @@ async fn exchange_and_store(
     )
     .await?;
     tracing::info!(app_id = %key.app_id, provider = %key.provider, "connection stored");
+    crate::webhooks::emit(
+        state,
+        &key.app_id,
+        crate::webhooks::Event::Connected,
+        &key.provider,
+        &key.user_id,
+    );
     Ok(key)
 }
 
