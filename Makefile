@@ -135,3 +135,27 @@ bench: bench-build
 
 bench-quick: bench-build
 	BENCH_QUICK=1 target/service/authstamp-bench
+
+# Fuzzing (issue 7): cargo fuzz on nightly, each target for FUZZ_SECONDS
+# (60 in CI) from the committed corpora in fuzz/corpus (new inputs go to the
+# git-ignored fuzz/scratch). A crash fails the run and leaves its input in
+# fuzz/artifacts/<target>/.
+FUZZ_SECONDS ?= 15
+FUZZ_TARGETS := filter_config filter_headers token_response callback_query envelope
+.PHONY: fuzz fuzz-tools
+fuzz-tools:
+	@rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+
+fuzz: fuzz-tools
+	cd fuzz && cargo +nightly fuzz build -a -s none
+	@set -e; cd fuzz; for target in $(FUZZ_TARGETS); do \
+		mkdir -p scratch/$$target; \
+		echo "== fuzz $$target for $(FUZZ_SECONDS)s"; \
+		if ! cargo +nightly fuzz run -a -s none $$target scratch/$$target corpus/$$target -- \
+			-max_total_time=$(FUZZ_SECONDS) -max_len=8192 -timeout=10 -rss_limit_mb=2048 \
+			-print_final_stats=1 > scratch/$$target.log 2>&1; then \
+			tail -n 40 scratch/$$target.log; echo "fuzz $$target: crash, input in fuzz/artifacts/$$target"; exit 1; \
+		fi; \
+		grep -E 'stat::number_of_executed_units|stat::new_units_added' scratch/$$target.log; \
+	done; echo "fuzz: 0 crashes in $(words $(FUZZ_TARGETS)) targets"

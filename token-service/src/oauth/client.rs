@@ -139,40 +139,59 @@ impl TokenClient {
         if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
             return Err(TokenError::Transient(format!("http_{}", status.as_u16())));
         }
-        let form_body = response
+        let content_type = response
             .headers()
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|ct| {
-                ct.starts_with("application/x-www-form-urlencoded") || ct.starts_with("text/plain")
-            });
+            .map(str::to_owned);
         let bytes = read_capped(response).await?;
-        let fields = parse_fields(&bytes, form_body);
-        if status == StatusCode::BAD_REQUEST || status == StatusCode::UNAUTHORIZED {
-            let code = fields.as_ref().and_then(error_code);
-            return Err(match code {
-                Some(code) if PERMANENT_OAUTH_ERRORS.contains(&code.as_str()) => {
-                    TokenError::Permanent(code)
-                }
-                Some(code) => TokenError::Transient(code),
-                None => TokenError::Transient(format!("http_{}", status.as_u16())),
-            });
-        }
-        if !status.is_success() {
-            return Err(TokenError::Transient(format!("http_{}", status.as_u16())));
-        }
-        let fields = fields.ok_or_else(|| TokenError::Transient("invalid_response".into()))?;
-        let ok_false = fields.get("ok").and_then(Value::as_bool) == Some(false);
-        if fields.contains_key("error") || ok_false {
-            let code = error_code(&fields).unwrap_or_else(|| "error".to_owned());
-            return Err(if PERMANENT_200_ERRORS.contains(&code.as_str()) {
-                TokenError::Permanent(code)
-            } else {
-                TokenError::Transient(code)
-            });
-        }
-        token_set(&fields)
+        parse_token_response(status.as_u16(), content_type.as_deref(), &bytes)
     }
+}
+
+/// Classifies a token endpoint's answer (status, `content-type`, body of at
+/// most 1 MiB): the tokens, or a transient or permanent failure. Never
+/// panics, whatever the bytes (fuzzed: `fuzz/fuzz_targets/token_response.rs`).
+pub fn parse_token_response(
+    status: u16,
+    content_type: Option<&str>,
+    bytes: &[u8],
+) -> Result<TokenSet, TokenError> {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+    if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
+        return Err(TokenError::Transient(format!("http_{}", status.as_u16())));
+    }
+    if bytes.len() > MAX_BODY {
+        return Err(TokenError::Transient("response_too_large".into()));
+    }
+    let form_body = content_type.is_some_and(|ct| {
+        ct.starts_with("application/x-www-form-urlencoded") || ct.starts_with("text/plain")
+    });
+    let fields = parse_fields(bytes, form_body);
+    if status == StatusCode::BAD_REQUEST || status == StatusCode::UNAUTHORIZED {
+        let code = fields.as_ref().and_then(error_code);
+        return Err(match code {
+            Some(code) if PERMANENT_OAUTH_ERRORS.contains(&code.as_str()) => {
+                TokenError::Permanent(code)
+            }
+            Some(code) => TokenError::Transient(code),
+            None => TokenError::Transient(format!("http_{}", status.as_u16())),
+        });
+    }
+    if !status.is_success() {
+        return Err(TokenError::Transient(format!("http_{}", status.as_u16())));
+    }
+    let fields = fields.ok_or_else(|| TokenError::Transient("invalid_response".into()))?;
+    let ok_false = fields.get("ok").and_then(Value::as_bool) == Some(false);
+    if fields.contains_key("error") || ok_false {
+        let code = error_code(&fields).unwrap_or_else(|| "error".to_owned());
+        return Err(if PERMANENT_200_ERRORS.contains(&code.as_str()) {
+            TokenError::Permanent(code)
+        } else {
+            TokenError::Transient(code)
+        });
+    }
+    token_set(&fields)
 }
 
 /// The form body of a token request (built apart: the serializer is not
