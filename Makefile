@@ -26,6 +26,7 @@ help:
 	@echo "make compose             the same trial with docker-compose (needs Docker)"
 	@echo "make test-envoy-matrix   the end-to-end smoke suite on Envoy $(ENVOY_MATRIX)"
 	@echo "make wasm-sha256         the filter's sha256, for an Istio WasmPlugin"
+	@echo "make fuzz                every fuzz target for FUZZ_SECONDS (nightly + cargo-fuzz)"
 
 build: wasm service
 
