@@ -588,6 +588,15 @@ async fn main() -> anyhow::Result<()> {
         .timeout(Duration::from_secs(10))
         .build()?;
     let load_before = loadavg();
+    // On a shared machine, other work disturbs the measurement less when the
+    // benchmark (and every process it starts) runs at a higher priority;
+    // allowed for root only, skipped otherwise.
+    let reniced = Command::new("renice")
+        .args(["-n", "-10", "-p", &std::process::id().to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
 
     let mut upstream = Process::spawn(
         "upstream",
@@ -862,6 +871,7 @@ async fn main() -> anyhow::Result<()> {
         "wasm_bytes": wasm_bytes,
         "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
         "loadavg_before": load_before,
+        "reniced": reniced,
         "loadavg_after": loadavg(),
         "run_seconds": started.elapsed().as_secs(),
         "miss_users_per_round": window,
