@@ -10,6 +10,7 @@ pub mod postgres;
 pub mod process;
 pub mod replicas;
 pub mod stack;
+pub mod webhook_receiver;
 
 use std::path::{Path, PathBuf};
 

@@ -20,7 +20,8 @@ use serde::{Deserialize, Serialize};
 pub struct ConnectionView {
     pub provider: String,
     pub user: String,
-    /// `active` or `reauth_required`.
+    /// `active`, `refreshing` (a refresh is running right now) or
+    /// `reauth_required`.
     pub status: String,
     pub scopes: String,
     /// When the access token expires, as the provider said (`null`: it gave no lifetime).
@@ -47,7 +48,15 @@ impl ConnectionView {
         Self {
             provider: c.key.provider.clone(),
             user: c.key.user_id.clone(),
-            status: c.status.as_str().to_owned(),
+            status: if c.status == crate::store::connections::ConnectionStatus::Active
+                && c.lease_until
+                    .is_some_and(|until| until > crate::db::now_ms())
+            {
+                // A refresh holds the connection's lease right now.
+                "refreshing".to_owned()
+            } else {
+                c.status.as_str().to_owned()
+            },
             scopes: c.scopes.clone(),
             expires_at: c.expires_at,
             refresh_due_at: refresh::refresh_due_at(c, policy),

@@ -19,6 +19,7 @@ pub mod discovery;
 pub mod error;
 pub mod html;
 pub mod keys;
+pub mod lifecycle;
 pub mod logging;
 pub mod lookup;
 pub mod metrics;
@@ -49,7 +50,7 @@ use authstamp_protocol::paths;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::header;
 use axum::response::IntoResponse;
-use axum::routing::{get, post, put};
+use axum::routing::{get, post, put, MethodRouter};
 use axum::{Json, Router};
 use std::ops::Deref;
 use std::sync::{Arc, Mutex};
@@ -243,50 +244,75 @@ impl AppState {
     }
 }
 
-/// The token service's HTTP API.
-pub fn app(state: AppState) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics_text))
-        .route("/v1/apps", post(admin::create_app_handler))
-        .route(
+/// Every route of the HTTP API. [`app`] is built from this list, and
+/// `tests/openapi.rs` checks it against the OpenAPI document served at
+/// `/v1/openapi.json` (every route documented, every documented operation
+/// routed): add a route here and to `openapi.json` together.
+pub fn routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
+    vec![
+        ("/healthz", get(healthz)),
+        ("/metrics", get(metrics_text)),
+        ("/v1/openapi.json", get(openapi_document)),
+        ("/v1/apps", post(admin::create_app_handler)),
+        (
             "/v1/apps/{app_id}/keys",
             post(app_keys::rotate_handler).get(app_keys::list_handler),
-        )
-        .route(
+        ),
+        (
             "/v1/apps/{app_id}/keys/{key_id}",
             axum::routing::delete(app_keys::revoke_handler),
-        )
-        .route(
+        ),
+        (
             "/v1/apps/{app_id}/providers/{provider}",
             put(admin::put_provider_handler).get(admin::get_provider_handler),
-        )
-        .route("/v1/catalog", get(catalog_list))
-        .route("/v1/catalog/{name}", get(catalog_entry))
-        .route("/v1/connect-sessions", post(oauth::connect::create_session))
-        .route(
+        ),
+        (
             "/v1/apps/{app_id}/webhook",
             put(webhooks::put_handler)
                 .get(webhooks::get_handler)
                 .delete(webhooks::delete_handler),
-        )
-        .route(
+        ),
+        ("/v1/catalog", get(catalog_list)),
+        ("/v1/catalog/{name}", get(catalog_entry)),
+        ("/v1/connect-sessions", post(oauth::connect::create_session)),
+        ("/v1/connections", get(connections::list_handler)),
+        (
+            "/v1/connections/{provider}/{user}",
+            get(connections::get_handler).delete(lifecycle::disconnect_handler),
+        ),
+        (
             "/v1/connections/{provider}/{user}/credentials",
             put(credentials::put_handler),
-        )
-        .route("/v1/connections", get(connections::list_handler))
-        .route(
-            "/v1/connections/{provider}/{user}",
-            get(connections::get_handler),
-        )
-        .route(paths::TOKEN_LOOKUP, post(lookup::handler))
-        .route("/v1/connect/{session_token}", get(oauth::connect::start))
-        .route(paths::OAUTH_CALLBACK, get(oauth::callback::handler))
+        ),
+        (
+            "/v1/connections/{provider}/{user}/reconnect",
+            post(lifecycle::reconnect_handler),
+        ),
+        (paths::TOKEN_LOOKUP, post(lookup::handler)),
+        ("/v1/connect/{session_token}", get(oauth::connect::start)),
+        (paths::OAUTH_CALLBACK, get(oauth::callback::handler)),
+    ]
+}
+
+/// The token service's HTTP API.
+pub fn app(state: AppState) -> Router {
+    let mut router = Router::new();
+    for (path, methods) in routes() {
+        router = router.route(path, methods);
+    }
+    router
         .fallback(error::not_found_fallback)
         .method_not_allowed_fallback(error::method_not_allowed_fallback)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(axum::middleware::from_fn(logging::log_request))
         .with_state(state)
+}
+
+/// The OpenAPI 3 document of this API (`token-service/openapi.json`).
+pub const OPENAPI: &str = include_str!("../openapi.json");
+
+async fn openapi_document() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
 }
 
 async fn healthz(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {

@@ -78,8 +78,19 @@ pub async fn create_session(
         .connect_sessions
         .check(&app.app_id)
         .map_err(|wait| ApiError::rate_limited("connect sessions", wait))?;
+    let created = new_session(&state, &app, input).await?;
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+/// A single-use connect link for one user of `app` (a new connection, or a
+/// reconnect of an existing one).
+pub async fn new_session(
+    state: &AppState,
+    app: &crate::store::apps::AppRecord,
+    input: CreateSession,
+) -> Result<CreatedSession, ApiError> {
     validate::user_id(&input.user)?;
-    let provider = app_provider(&state, &app.app_id, &input.provider).await?;
+    let provider = app_provider(state, &app.app_id, &input.provider).await?;
     if provider.auth_type != AuthType::Oauth2 {
         return Err(ApiError::bad_request(format!(
             "provider {:?} uses {} credentials: there is nothing to connect in a browser ({})",
@@ -118,7 +129,7 @@ pub async fn create_session(
     let token = SessionToken::generate();
     let session = ConnectSession {
         token_hash: sha256(token.expose().as_bytes()).to_vec(),
-        app_id: app.app_id,
+        app_id: app.app_id.clone(),
         provider: provider.provider,
         user_id: input.user,
         return_to,
@@ -128,15 +139,12 @@ pub async fn create_session(
     };
     sessions::purge_expired(&state.db, now).await?;
     sessions::insert_session(&state.db, &session).await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(CreatedSession {
-            connect_url: state
-                .public_url
-                .join(&format!("{CONNECT_PATH}/{}", token.expose())),
-            expires_at: session.expires_at,
-        }),
-    ))
+    Ok(CreatedSession {
+        connect_url: state
+            .public_url
+            .join(&format!("{CONNECT_PATH}/{}", token.expose())),
+        expires_at: session.expires_at,
+    })
 }
 
 /// `GET /v1/connect/{session_token}`: consumes the session, stores a state

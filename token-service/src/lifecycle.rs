@@ -1,0 +1,275 @@
+//! The end of a connection's life and its renewal, for apps:
+//!
+//! - `DELETE /v1/connections/{provider}/{user}`: revokes the grant at the
+//!   provider where the provider supports RFC 7009 (the refresh token if
+//!   there is one, which revokes the whole grant at most providers, else the
+//!   access token), then always deletes the connection locally, whatever the
+//!   provider said. A `disconnected` webhook follows.
+//! - `POST /v1/connections/{provider}/{user}/reconnect`: a new connect
+//!   session for an existing OAuth connection, with the same connection
+//!   parameters (the user consents again; the new tokens replace the old).
+
+use crate::auth::AppAuth;
+use crate::catalog::{AuthType, RevocationStyle};
+use crate::error::{ApiError, ApiPath};
+use crate::oauth::connect::{app_provider, new_session, CreateSession, CreatedSession};
+use crate::secrets::ClientSecret;
+use crate::store::connections::{self, ConnKey};
+use crate::store::providers::{ClientAuth, ProviderRecord};
+use crate::validate;
+use crate::vault::{Aad, Field};
+use crate::AppState;
+use authstamp_protocol::ErrorCode;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+use url::form_urlencoded;
+use zeroize::Zeroizing;
+
+/// Bound of a revocation call; a slow provider never holds a disconnect.
+const REVOCATION_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What a disconnect did.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Disconnected {
+    pub provider: String,
+    pub user: String,
+    /// The connection was deleted locally (always, when it existed).
+    pub deleted: bool,
+    /// `revoked`: the provider accepted the RFC 7009 revocation;
+    /// `failed`: it did not (see `revocation_error`), the local delete
+    /// happened anyway; `unsupported`: the provider has no RFC 7009
+    /// endpoint (or the credential is not an OAuth token): local delete only.
+    pub revocation: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revocation_error: Option<String>,
+}
+
+pub async fn disconnect(
+    state: &AppState,
+    app_id: &str,
+    provider_name: &str,
+    user: &str,
+) -> Result<Disconnected, ApiError> {
+    validate::user_id(user)?;
+    let provider = app_provider(state, app_id, provider_name).await?;
+    let key = ConnKey {
+        app_id: app_id.to_owned(),
+        provider: provider.provider.clone(),
+        user_id: user.to_owned(),
+    };
+    let connection = connections::get(&state.db, &key).await?.ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::NotConnected,
+            "the user has not connected this provider",
+        )
+    })?;
+    let endpoint = provider
+        .settings
+        .revocation_url
+        .as_ref()
+        .filter(|_| provider.settings.revocation_style == Some(RevocationStyle::Rfc7009))
+        .filter(|_| provider.auth_type.is_oauth());
+    let (revocation, revocation_error) = match endpoint {
+        None => ("unsupported".to_owned(), None),
+        Some(template) => {
+            let aad = |field| Aad::connection(&key.app_id, &key.provider, &key.user_id, field);
+            let (blob, hint, field) = match &connection.refresh_token {
+                Some(blob) => (blob, "refresh_token", Field::RefreshToken),
+                None => (&connection.access_token, "access_token", Field::AccessToken),
+            };
+            let token = state.vault.open_string(&aad(field), blob)?;
+            match revoke(state, &provider, template, &connection.params, &token, hint).await {
+                Ok(()) => ("revoked".to_owned(), None),
+                Err(reason) => {
+                    tracing::warn!(app_id, provider = provider_name, %reason, "revocation at the provider failed; deleting locally anyway");
+                    ("failed".to_owned(), Some(reason))
+                }
+            }
+        }
+    };
+    let deleted = connections::delete(&state.db, &key).await?;
+    tracing::info!(app_id, provider = provider_name, revocation = %revocation, "connection disconnected");
+    crate::webhooks::emit(
+        state,
+        app_id,
+        crate::webhooks::Event::Disconnected,
+        &key.provider,
+        user,
+    );
+    Ok(Disconnected {
+        provider: key.provider,
+        user: key.user_id,
+        deleted,
+        revocation,
+        revocation_error,
+    })
+}
+
+/// RFC 7009 §2.1: POST `token` and `token_type_hint`, with the client
+/// authentication the provider uses at its token endpoint. 200 means
+/// revoked (also for an already invalid token, §2.2).
+async fn revoke(
+    state: &AppState,
+    provider: &ProviderRecord,
+    template: &str,
+    params: &crate::template::Values,
+    token: &str,
+    hint: &str,
+) -> Result<(), String> {
+    let mut values = provider.values(params);
+    values.insert("refresh_token".into(), token.to_owned());
+    let url = crate::template::render_url(template, &values)?;
+    let secret = ClientSecret::new(
+        state
+            .vault
+            .open_string(
+                &Aad::provider_secret(&provider.app_id, &provider.provider),
+                &provider.client_secret,
+            )
+            .map_err(|e| e.to_string())?
+            .as_str(),
+    );
+    let body = revocation_form(provider, &secret, token, hint);
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(REVOCATION_TIMEOUT)
+        .build()
+        .map_err(|_| "client".to_owned())?;
+    let mut request = http
+        .post(url)
+        .header(
+            reqwest::header::CONTENT_TYPE,
+            "application/x-www-form-urlencoded",
+        )
+        .header(reqwest::header::ACCEPT, "application/json");
+    if provider.client_auth == ClientAuth::Basic {
+        let id: String = form_urlencoded::byte_serialize(provider.client_id.as_bytes()).collect();
+        let encoded_secret = Zeroizing::new(
+            form_urlencoded::byte_serialize(secret.expose().as_bytes()).collect::<String>(),
+        );
+        let pair = Zeroizing::new(format!("{id}:{}", encoded_secret.as_str()));
+        let mut value = reqwest::header::HeaderValue::from_str(&format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(pair.as_bytes())
+        ))
+        .map_err(|_| "client credentials".to_owned())?;
+        value.set_sensitive(true);
+        request = request.header(reqwest::header::AUTHORIZATION, value);
+    }
+    let response = request
+        .body(body.as_bytes().to_vec())
+        .send()
+        .await
+        .map_err(|e| {
+            if e.is_timeout() {
+                "timeout".to_owned()
+            } else {
+                "unreachable".to_owned()
+            }
+        })?;
+    if response.status().is_success() {
+        Ok(())
+    } else {
+        Err(format!("http_{}", response.status().as_u16()))
+    }
+}
+
+/// The form body (built apart: the serializer is not `Send`).
+fn revocation_form(
+    provider: &ProviderRecord,
+    secret: &ClientSecret,
+    token: &str,
+    hint: &str,
+) -> Zeroizing<String> {
+    let mut form = form_urlencoded::Serializer::new(String::new());
+    form.append_pair("token", token)
+        .append_pair("token_type_hint", hint);
+    if provider.client_auth == ClientAuth::Body {
+        form.append_pair("client_id", &provider.client_id)
+            .append_pair("client_secret", secret.expose());
+    }
+    Zeroizing::new(form.finish())
+}
+
+pub async fn disconnect_handler(
+    State(state): State<AppState>,
+    AppAuth(app): AppAuth,
+    ApiPath((provider, user)): ApiPath<(String, String)>,
+) -> Result<Json<Disconnected>, ApiError> {
+    disconnect(&state, &app.app_id, &provider, &user)
+        .await
+        .map(Json)
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reconnect {
+    #[serde(default)]
+    pub return_to: Option<String>,
+}
+
+/// `POST /v1/connections/{provider}/{user}/reconnect`.
+pub async fn reconnect_handler(
+    State(state): State<AppState>,
+    AppAuth(app): AppAuth,
+    ApiPath((provider_name, user)): ApiPath<(String, String)>,
+    body: axum::body::Bytes,
+) -> Result<(StatusCode, Json<CreatedSession>), ApiError> {
+    // The body is optional: empty means no return_to.
+    let input: Reconnect = if body.iter().all(u8::is_ascii_whitespace) {
+        Reconnect::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))?
+    };
+    state
+        .limits
+        .connect_sessions
+        .check(&app.app_id)
+        .map_err(|wait| ApiError::rate_limited("connect sessions", wait))?;
+    validate::user_id(&user)?;
+    let provider = app_provider(&state, &app.app_id, &provider_name).await?;
+    if provider.auth_type != AuthType::Oauth2 {
+        return Err(ApiError::bad_request(
+            "only OAuth authorization-code connections are reconnected in a browser",
+        ));
+    }
+    let key = ConnKey {
+        app_id: app.app_id.clone(),
+        provider: provider.provider.clone(),
+        user_id: user.clone(),
+    };
+    let connection = connections::get(&state.db, &key).await?.ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::NotConnected,
+            "the user has not connected this provider: create a connect session",
+        )
+    })?;
+    let declared: Vec<&str> = provider
+        .settings
+        .connection_params
+        .iter()
+        .map(|p| p.name.as_str())
+        .collect();
+    let params = connection
+        .params
+        .into_iter()
+        .filter(|(k, _)| declared.contains(&k.as_str()))
+        .collect();
+    let created = new_session(
+        &state,
+        &app,
+        CreateSession {
+            provider: provider.provider,
+            user,
+            return_to: input.return_to,
+            params,
+        },
+    )
+    .await?;
+    Ok((StatusCode::CREATED, Json(created)))
+}
