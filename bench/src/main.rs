@@ -894,5 +894,19 @@ async fn main() -> anyhow::Result<()> {
         opts.out.join("filter.md").display(),
         started.elapsed().as_secs()
     );
+    // Goals are reported, not enforced (they depend on the machine); a
+    // request that failed is a bug.
+    let failed: Vec<String> = results
+        .iter()
+        .map(|r| (r.id, r.summary().errors))
+        .filter(|(_, errors)| *errors > 0)
+        .map(|(id, errors)| format!("({id}): {errors}"))
+        .collect();
+    if !failed.is_empty() {
+        bail!(
+            "requests failed (socket errors, timeouts or non-2xx answers): {}",
+            failed.join(", ")
+        );
+    }
     Ok(())
 }
