@@ -15,7 +15,8 @@ session=$(curl -fsS -X POST http://127.0.0.1:8080/v1/connect-sessions \
   -H "x-authstamp-app: $app_id" -H "x-authstamp-app-key: $app_key" \
   -H 'content-type: application/json' -d "{\"provider\":\"demo\",\"user\":\"$user\"}")
 connect_url=$(sed -n 's/.*"connect_url": *"\([^"]*\)".*/\1/p' <<<"$session")
-authorize_url=$(curl -fsS -c "$jar" -b "$jar" -o /dev/null -w '%{redirect_url}' "$connect_url")
+# The connect page's Connect button posts to the same URL.
+authorize_url=$(curl -fsS -c "$jar" -b "$jar" -o /dev/null -w '%{redirect_url}' -X POST "$connect_url")
 # The consent form posts the authorize request back with the login and decision.
 query=${authorize_url#*\?}
 callback=$(curl -fsS -o /dev/null -w '%{redirect_url}' -X POST http://127.0.0.1:9100/oauth/authorize \

@@ -26,16 +26,25 @@ pub fn browser_client() -> Client {
 /// Opens `connect_url`, consents at the provider as `login`, and follows the
 /// provider's redirect back to the token service's callback.
 pub async fn walk_connect(browser: &Client, connect_url: &str, login: &str) -> ConnectOutcome {
-    // 1. The token service sends the browser to the provider's authorize URL.
-    let response = browser
+    // 1. The token service shows its connect page; its Connect button posts
+    //    the form, and the answer sends the browser to the provider.
+    let page = browser
         .get(connect_url)
         .send()
         .await
         .expect("open connect_url");
+    assert_eq!(page.status(), StatusCode::OK, "the connect page");
+    let html = page.text().await.expect("connect page html");
+    assert!(html.contains("id=\"connect\""), "no Connect button: {html}");
+    let action = form_action(&html).expect("the connect form's action");
+    let action = Url::parse(connect_url)
+        .and_then(|u| u.join(&action))
+        .expect("form action URL");
+    let response = browser.post(action).send().await.expect("press Connect");
     assert_eq!(
         response.status(),
-        StatusCode::FOUND,
-        "connect_url must redirect"
+        StatusCode::SEE_OTHER,
+        "Connect must redirect to the provider"
     );
     let authorize_url = location(&response);
     let authorize = Url::parse(&authorize_url).expect("authorize URL");
@@ -104,6 +113,12 @@ fn location(response: &reqwest::Response) -> String {
         .and_then(|v| v.to_str().ok())
         .map(str::to_string)
         .unwrap_or_else(|| panic!("{} without location", response.status()))
+}
+
+/// The `action` of the first `<form …>` in `html`.
+pub fn form_action(html: &str) -> Option<String> {
+    let tag = html.split("<form").nth(1)?;
+    attribute(&tag[..tag.find('>')?], "action")
 }
 
 /// `(name, value)` of every `<input type="hidden" …>` in `html`.

@@ -5,6 +5,7 @@
 //! kept after the run so a failure can be read.
 
 pub mod browser;
+pub mod chromium;
 pub mod deploy;
 pub mod postgres;
 pub mod process;

@@ -289,7 +289,10 @@ pub fn routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
             post(lifecycle::reconnect_handler),
         ),
         (paths::TOKEN_LOOKUP, post(lookup::handler)),
-        ("/v1/connect/{session_token}", get(oauth::connect::start)),
+        (
+            "/v1/connect/{session_token}",
+            get(oauth::connect::page).post(oauth::connect::start),
+        ),
         (paths::OAUTH_CALLBACK, get(oauth::callback::handler)),
     ]
 }

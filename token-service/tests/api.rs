@@ -527,8 +527,21 @@ async fn connect_cookie_is_scoped_to_the_callback() {
         .await;
     let url = reply.json()["connect_url"].as_str().unwrap().to_owned();
     let path = url.strip_prefix(PUBLIC_URL).unwrap();
-    let reply = h.get(path).await;
-    assert_eq!(reply.status, StatusCode::FOUND);
+    // The page sets no cookie and uses nothing up; the button does.
+    let page = h.get(path).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.header("set-cookie").is_none());
+    assert!(page
+        .header("content-security-policy")
+        .unwrap()
+        .contains("default-src 'none'"));
+    assert_eq!(
+        h.get(path).await.status,
+        StatusCode::OK,
+        "a reload is harmless"
+    );
+    let reply = h.post_connect(path).await;
+    assert_eq!(reply.status, StatusCode::SEE_OTHER);
     let cookie = reply.header("set-cookie").unwrap();
     let parts: Vec<&str> = cookie.split("; ").collect();
     assert!(parts[0].starts_with("authstamp_connect="));
@@ -543,6 +556,9 @@ async fn connect_cookie_is_scoped_to_the_callback() {
     }
     assert!(!cookie.contains("Secure"), "public URL is http");
     // The connect link is single use.
+    h.post_connect(path)
+        .await
+        .assert_error(400, "invalid_state");
     h.get(path).await.assert_error(400, "invalid_state");
     h.get("/v1/connect/unknown-token")
         .await
@@ -596,6 +612,9 @@ async fn expired_sessions_and_states_are_invalid() {
         .await
         .unwrap();
     h.get(url.strip_prefix(PUBLIC_URL).unwrap())
+        .await
+        .assert_error(400, "invalid_state");
+    h.post_connect(url.strip_prefix(PUBLIC_URL).unwrap())
         .await
         .assert_error(400, "invalid_state");
 

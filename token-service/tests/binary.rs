@@ -312,8 +312,10 @@ async fn cli_admin_commands_then_a_connect_flow_over_http() {
         .unwrap();
     let connect_url = session["connect_url"].as_str().unwrap().to_owned();
     let session_token = connect_url.rsplit('/').next().unwrap().to_owned();
-    let redirect = client.get(&connect_url).send().await.unwrap();
-    assert_eq!(redirect.status(), 302);
+    let page = client.get(&connect_url).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    let redirect = client.post(&connect_url).send().await.unwrap();
+    assert_eq!(redirect.status(), 303);
     let location = url::Url::parse(redirect.headers()["location"].to_str().unwrap()).unwrap();
     let state = location
         .query_pairs()

@@ -147,8 +147,40 @@ pub async fn new_session(
     })
 }
 
-/// `GET /v1/connect/{session_token}`: consumes the session, stores a state
-/// with a PKCE verifier and a browser nonce, and redirects to the provider.
+/// `GET /v1/connect/{session_token}`: the connect page. Shows the provider,
+/// what is asked and a Connect button (a form posting to the same URL);
+/// the session is not used up here, so a link preview or a reload does no
+/// harm.
+pub async fn page(
+    State(state): State<AppState>,
+    ApiPath(token): ApiPath<String>,
+) -> Result<Response, ApiError> {
+    let token = SessionToken::new(token);
+    let now = db::now();
+    let session = sessions::peek_session(&state.db, &sha256(token.expose().as_bytes()))
+        .await?
+        .filter(|s| s.expires_at > now)
+        .ok_or_else(ApiError::invalid_state)?;
+    let provider = app_provider(&state, &session.app_id, &session.provider).await?;
+    let app_name = crate::store::apps::get(&state.db, &session.app_id)
+        .await?
+        .map(|a| a.name)
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| session.app_id.clone());
+    let action = state
+        .public_url
+        .browser_path(&format!("{CONNECT_PATH}/{}", token.expose()));
+    Ok(crate::html::connect_page(&crate::html::ConnectPage {
+        provider: provider.shown_name(),
+        app: &app_name,
+        scopes: &provider.scopes,
+        action: &action,
+    }))
+}
+
+/// `POST /v1/connect/{session_token}` (the page's Connect button): consumes
+/// the session, stores a state with a PKCE verifier and a browser nonce, and
+/// sends the browser to the provider (303).
 pub async fn start(
     State(state): State<AppState>,
     ApiPath(token): ApiPath<String>,
@@ -208,7 +240,7 @@ pub async fn start(
     let header_value = |v: &str| {
         HeaderValue::from_str(v).map_err(|e| ApiError::internal("invalid redirect header", e))
     };
-    let mut response = StatusCode::FOUND.into_response();
+    let mut response = StatusCode::SEE_OTHER.into_response();
     let headers = response.headers_mut();
     headers.insert(header::LOCATION, header_value(location.as_str())?);
     headers.insert(header::SET_COOKIE, header_value(&cookie)?);

@@ -54,6 +54,22 @@ pub async fn insert_session(db: &Db, s: &ConnectSession) -> Result<(), sqlx::Err
     Ok(())
 }
 
+/// Reads the session without using it up (the connect page).
+pub async fn peek_session(
+    db: &Db,
+    token_hash: &[u8],
+) -> Result<Option<ConnectSession>, sqlx::Error> {
+    sqlx::query(&format!(
+        "SELECT {SESSION_COLUMNS} FROM connect_sessions WHERE token_hash = $1"
+    ))
+    .bind(token_hash)
+    .fetch_optional(db.pool())
+    .await?
+    .as_ref()
+    .map(ConnectSession::from_row)
+    .transpose()
+}
+
 /// Removes and returns the session (expired or not: the caller checks).
 pub async fn take_session(
     db: &Db,

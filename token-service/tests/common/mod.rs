@@ -410,8 +410,15 @@ impl Harness {
         assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
         let connect_url = reply.json()["connect_url"].as_str().unwrap().to_owned();
         let path = connect_url.strip_prefix(PUBLIC_URL).unwrap().to_owned();
-        let reply = self.get(&path).await;
-        assert_eq!(reply.status, StatusCode::FOUND, "{}", reply.text());
+        let page = self.get(&path).await;
+        assert_eq!(page.status, StatusCode::OK, "{}", page.text());
+        assert!(
+            page.text().contains(&format!("action=\"{path}\"")),
+            "{}",
+            page.text()
+        );
+        let reply = self.post_connect(&path).await;
+        assert_eq!(reply.status, StatusCode::SEE_OTHER, "{}", reply.text());
         let location = Url::parse(reply.header("location").unwrap()).unwrap();
         let state = query_param(&location, "state").unwrap();
         let cookie = reply.header("set-cookie").unwrap();
@@ -423,6 +430,12 @@ impl Harness {
             .unwrap()
             .to_owned();
         (state, nonce, location)
+    }
+
+    /// The connect page's button: `POST` to the connect path.
+    pub async fn post_connect(&self, path: &str) -> Reply {
+        self.send(Request::post(path).body(Body::empty()).unwrap())
+            .await
     }
 
     pub async fn callback(&self, query: &str, cookie: Option<&str>) -> Reply {
