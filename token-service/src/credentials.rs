@@ -231,10 +231,8 @@ pub async fn client_credentials_token(
     }
     let params = catalog::resolve_params(&provider.settings.connection_params, &BTreeMap::new())?;
     let token_url = provider
-        .urls(&params)
-        .ok()
-        .and_then(|u| u.token_url)
-        .ok_or_else(|| ApiError::internal("stored token_url is invalid", "no URL"))?;
+        .token_url_for(&params)
+        .map_err(|e| ApiError::internal("stored token_url is invalid", e))?;
     let secret = ClientSecret::new(
         state
             .vault

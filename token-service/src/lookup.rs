@@ -99,15 +99,12 @@ fn answer(
     params: &crate::template::Values,
     served: &Served,
 ) -> Result<TokenLookupResponse, ApiError> {
-    let api: Url = provider
-        .urls(params)
-        .map_err(|e| {
-            ApiError::new(
-                ErrorCode::Internal,
-                format!("the connection's API URL cannot be built ({e})"),
-            )
-        })?
-        .api_base_url;
+    let api: Url = provider.api_base_url_for(params).map_err(|e| {
+        ApiError::new(
+            ErrorCode::Internal,
+            format!("the connection's API URL cannot be built ({e})"),
+        )
+    })?;
     let api_hosts = provider
         .api_hosts(params)
         .map_err(|e| ApiError::internal("stored api_hosts are invalid", e))?;

@@ -326,10 +326,8 @@ async fn attempt(
             .as_str(),
     );
     let token_url = provider
-        .urls(&current.params)
-        .ok()
-        .and_then(|u| u.token_url)
-        .ok_or_else(|| ApiError::internal("stored token_url is invalid", "no URL"))?;
+        .token_url_for(&current.params)
+        .map_err(|e| ApiError::internal("stored token_url is invalid", e))?;
     state.metrics.provider_call(Grant::RefreshToken);
     if need == Need::Background {
         state.metrics.background_refresh();

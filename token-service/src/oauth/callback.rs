@@ -190,10 +190,8 @@ async fn exchange_and_store(
             .as_str(),
     );
     let token_url = provider
-        .urls(&record.params)
-        .ok()
-        .and_then(|u| u.token_url)
-        .ok_or_else(|| ApiError::internal("stored token_url is invalid", "no URL"))?;
+        .token_url_for(&record.params)
+        .map_err(|e| ApiError::internal("stored token_url is invalid", e))?;
     state.metrics.provider_call(Grant::AuthorizationCode);
     let tokens = state
         .token_client

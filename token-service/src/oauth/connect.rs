@@ -110,7 +110,7 @@ pub async fn new_session(
     }
     let params = catalog::resolve_params(&provider.settings.connection_params, &input.params)?;
     provider
-        .urls(&params)
+        .check_connect_urls(&params)
         .map_err(|e| ApiError::bad_request(format!("connection parameters: {e}")))?;
     let return_to = match &input.return_to {
         None => None,
@@ -265,9 +265,8 @@ fn authorize_url(
     code_challenge: Option<&str>,
 ) -> Result<Url, ApiError> {
     let mut url = provider
-        .urls(params)
+        .url(&provider.authorize_url, params)
         .map_err(|e| ApiError::internal("stored authorize_url is invalid", e))?
-        .authorize_url
         .ok_or_else(|| ApiError::internal("stored authorize_url is empty", "no URL"))?;
     let ours = [
         "response_type",

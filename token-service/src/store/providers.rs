@@ -128,7 +128,37 @@ impl ProviderRecord {
         values
     }
 
-    /// The URLs of a connection with parameters `params`.
+    /// One URL template of this provider filled with a connection's
+    /// parameters; `None` when the provider has no such URL.
+    pub fn url(&self, template: &str, params: &Values) -> Result<Option<url::Url>, String> {
+        if template.is_empty() {
+            return Ok(None);
+        }
+        template::render_url(template, &self.values(params)).map(Some)
+    }
+
+    /// The token endpoint of a connection with parameters `params`.
+    pub fn token_url_for(&self, params: &Values) -> Result<url::Url, String> {
+        self.url(&self.token_url, params)?
+            .ok_or_else(|| "the provider has no token URL".to_owned())
+    }
+
+    /// The API base URL of a connection with parameters `params` (may need
+    /// response-derived values the service does not fill yet).
+    pub fn api_base_url_for(&self, params: &Values) -> Result<url::Url, String> {
+        self.url(&self.api_base_url, params)?
+            .ok_or_else(|| "the provider has no API base URL".to_owned())
+    }
+
+    /// Checks that the URLs needed to connect (authorize, token) render with
+    /// `params`.
+    pub fn check_connect_urls(&self, params: &Values) -> Result<(), String> {
+        self.url(&self.authorize_url, params)?;
+        self.url(&self.token_url, params)?;
+        Ok(())
+    }
+
+    /// The URLs of a connection with parameters `params` (every one must render).
     pub fn urls(&self, params: &Values) -> Result<ResolvedUrls, String> {
         let values = self.values(params);
         let optional = |text: &str| -> Result<Option<url::Url>, String> {
