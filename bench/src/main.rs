@@ -592,7 +592,7 @@ async fn main() -> anyhow::Result<()> {
     // benchmark (and every process it starts) runs at a higher priority;
     // allowed for root only, skipped otherwise.
     let reniced = Command::new("renice")
-        .args(["-n", "-10", "-p", &std::process::id().to_string()])
+        .args(["-n", "-5", "-p", &std::process::id().to_string()])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .status()
