@@ -250,6 +250,17 @@ impl Envoy {
     /// Starts `envoy -c <config>` with `env` added to its environment and
     /// waits until its admin says LIVE and every listener is bound.
     pub async fn start(log_dir: &Path, name: &str, config: &str, env: &[(&str, &str)]) -> Envoy {
+        Envoy::start_with_workers(log_dir, name, config, env, 1).await
+    }
+
+    /// [`Envoy::start`] with `concurrency` worker threads.
+    pub async fn start_with_workers(
+        log_dir: &Path,
+        name: &str,
+        config: &str,
+        env: &[(&str, &str)],
+        concurrency: u32,
+    ) -> Envoy {
         let config_path = log_dir.join(format!("{name}.yaml"));
         std::fs::write(&config_path, config).expect("write envoy config");
         let admin_path = log_dir.join(format!("{name}-admin-address"));
@@ -257,7 +268,8 @@ impl Envoy {
         command
             .arg("-c")
             .arg(&config_path)
-            .args(["--concurrency", "1", "--disable-hot-restart"])
+            .args(["--concurrency", &concurrency.to_string()])
+            .arg("--disable-hot-restart")
             .arg("--admin-address-path")
             .arg(&admin_path)
             .args(["-l", "info", "--component-log-level", "wasm:debug"])

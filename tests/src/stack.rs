@@ -3,12 +3,13 @@
 //! Envoy running `envoy/envoy.yaml` with only its ports and paths changed.
 
 use crate::browser::{browser_client, walk_connect, ConnectOutcome};
+use crate::deploy::Envoy;
 use crate::process::Process;
 use reqwest::{Client, Method, RequestBuilder, StatusCode};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 pub const PROVIDER: &str = "standin";
@@ -356,53 +357,20 @@ pub fn local_bootstrap(service_url: &str) -> String {
     config
 }
 
+/// Envoy on the local bootstrap: `(process, listener URL, admin URL)`.
 async fn start_envoy(
     log_dir: &Path,
     service_url: &str,
     concurrency: u32,
 ) -> (Process, String, String) {
-    let config_path = log_dir.join("envoy.yaml");
-    std::fs::write(&config_path, local_bootstrap(service_url)).expect("write envoy config");
-    let admin_path = log_dir.join("envoy-admin-address");
-    let mut command = Command::new(crate::envoy_bin());
-    command
-        .arg("-c")
-        .arg(&config_path)
-        .args(["--concurrency", &concurrency.to_string()])
-        .arg("--disable-hot-restart")
-        .arg("--admin-address-path")
-        .arg(&admin_path)
-        .args(["-l", "info", "--component-log-level", "wasm:debug"]);
-    let mut envoy = Process::spawn("envoy", command, log_dir, "\u{0}never");
-    let http = Client::new();
-    let deadline = Instant::now() + READY_TIMEOUT;
-    // Readiness: admin address written, `/ready` says LIVE, listener bound.
-    loop {
-        assert!(
-            Instant::now() < deadline,
-            "Envoy not ready\n{}",
-            envoy.logs()
-        );
-        assert!(envoy.is_running(), "Envoy exited\n{}", envoy.logs());
-        if let Ok(address) = std::fs::read_to_string(&admin_path) {
-            let admin_url = format!("http://{}", address.trim());
-            let live = http.get(format!("{admin_url}/ready")).send().await;
-            if live.is_ok_and(|r| r.status().is_success()) {
-                let listeners: Value = http
-                    .get(format!("{admin_url}/listeners?format=json"))
-                    .send()
-                    .await
-                    .expect("listeners")
-                    .json()
-                    .await
-                    .expect("listeners json");
-                let port = listeners["listener_statuses"][0]["local_address"]["socket_address"]
-                    ["port_value"]
-                    .as_u64()
-                    .expect("listener port");
-                return (envoy, format!("http://127.0.0.1:{port}"), admin_url);
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let envoy = Envoy::start_with_workers(
+        log_dir,
+        "envoy",
+        &local_bootstrap(service_url),
+        &[],
+        concurrency,
+    )
+    .await;
+    let listener = envoy.listener("authstamp_egress").to_string();
+    (envoy.process, listener, envoy.admin_url)
 }

@@ -26,9 +26,11 @@ async fn two_hundred_lookups_over_two_replicas_on_postgres_refresh_once() {
     replicas.connect_user_expiring("alice", 1).await;
     let (_, before) = replicas.lookup(0, "nobody").await;
     assert_eq!(before["error"], "not_connected");
-    tokio::time::sleep(Duration::from_millis(1100)).await; // alice's token has expired
-                                                           // A slow token endpoint keeps the refresh in flight while everyone asks.
-    replicas.set_quirks(json!({"token_delay_ms": 300})).await;
+    // Let alice's token expire.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // A slow token endpoint keeps the refresh in flight while everyone asks,
+    // so the other replica's callers meet the lease even on a loaded machine.
+    replicas.set_quirks(json!({"token_delay_ms": 1500})).await;
 
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..200 {
