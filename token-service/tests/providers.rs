@@ -268,11 +268,10 @@ async fn discovery_fills_the_urls_of_a_generic_provider() {
 }
 
 #[tokio::test]
-async fn a_provider_whose_api_host_comes_from_the_token_response_still_connects() {
+async fn api_hosts_and_user_tokens_named_by_the_token_response_are_used() {
     let h = Harness::new().await;
     let (app_id, app_key) = h.create_app(&["https://app.test/done"]).await;
-    // Salesforce's API host is response-derived ({instance_host}): not
-    // handled yet, but the connect flow itself works.
+    // Salesforce's API host is the `instance_url` of the token response.
     let reply = h
         .put_provider(
             &app_id,
@@ -282,20 +281,77 @@ async fn a_provider_whose_api_host_comes_from_the_token_response_still_connects(
         )
         .await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
-    let app = ConnectedApp {
-        app_id,
-        app_key,
+    let salesforce = ConnectedApp {
+        app_id: app_id.clone(),
+        app_key: app_key.clone(),
         provider: "salesforce".into(),
     };
-    let (state, nonce, location) = h
-        .start_connect_with(&app, "alice", Some("https://app.test/done"), json!({}))
+    let connect = |user: &'static str, instance_url: &'static str| {
+        let (h, app) = (&h, &salesforce);
+        async move {
+            h.provider.respond(move |_| {
+                (
+                    200,
+                    json!({"access_token": "at-sf", "instance_url": instance_url,
+                             "token_type": "Bearer", "issued_at": "1"}),
+                )
+            });
+            let (state, nonce, location) = h
+                .start_connect_with(app, user, Some("https://app.test/done"), json!({}))
+                .await;
+            assert_eq!(location.host_str(), Some("login.salesforce.com"));
+            let reply = h
+                .callback(&format!("code=c&state={}", urlencode(&state)), Some(&nonce))
+                .await;
+            assert_eq!(reply.status, StatusCode::FOUND, "{}", reply.text());
+        }
+    };
+    connect("alice", "https://acme.my.salesforce.com").await;
+    let reply = h.lookup(&salesforce, "alice", false).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(
+        reply.json()["upstream"]["authority"],
+        "acme.my.salesforce.com"
+    );
+    // A host outside Salesforce's domains is never used: the lookup fails
+    // naming the missing host instead of sending the token there.
+    connect("mallory", "https://evil.example").await;
+    let reply = h.lookup(&salesforce, "mallory", false).await;
+    reply.assert_error(500, "internal");
+    assert!(reply.text().contains("instance_host"), "{}", reply.text());
+    assert!(!reply.text().contains("evil.example"), "{}", reply.text());
+
+    // Slack: the connecting user's own token comes under `authed_user`.
+    let reply = h
+        .put_provider(
+            &app_id,
+            "slack",
+            json!({"catalog": "slack", "client_id": "sl", "client_secret": "s",
+                   "token_url": h.provider.token_url}),
+        )
         .await;
-    assert_eq!(location.host_str(), Some("login.salesforce.com"));
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    h.provider.respond(|_| {
+        (
+            200,
+            json!({"ok": true, "access_token": "xoxb-bot", "token_type": "bot",
+                     "authed_user": {"id": "U1", "access_token": "xoxp-user",
+                                     "token_type": "user", "scope": "chat:write"}}),
+        )
+    });
+    let slack = ConnectedApp {
+        app_id,
+        app_key,
+        provider: "slack".into(),
+    };
+    let (state, nonce, _) = h
+        .start_connect_with(&slack, "bob", Some("https://app.test/done"), json!({}))
+        .await;
     let reply = h
         .callback(&format!("code=c&state={}", urlencode(&state)), Some(&nonce))
         .await;
     assert_eq!(reply.status, StatusCode::FOUND, "{}", reply.text());
-    let reply = h.lookup(&app, "alice", false).await;
-    reply.assert_error(500, "internal");
-    assert!(reply.text().contains("instance_host"), "{}", reply.text());
+    let reply = h.lookup(&slack, "bob", false).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(reply.json()["header"]["value"], "Bearer xoxp-user");
 }

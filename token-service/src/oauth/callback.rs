@@ -240,6 +240,10 @@ async fn exchange_and_store(
         .map(|t| seal(Field::RefreshToken, t.expose()))
         .transpose()?;
     let scopes = tokens.scope.as_deref().unwrap_or(&record.requested_scope);
+    // The API host some providers name in the answer (Salesforce's
+    // instance_url, …) joins the connection's parameters.
+    let mut params = record.params.clone();
+    params.extend(tokens.derived.clone());
     connections::upsert_connected(
         &state.db,
         NewConnection {
@@ -251,7 +255,7 @@ async fn exchange_and_store(
                 .map(|secs| now.saturating_add(i64::try_from(secs).unwrap_or(i64::MAX))),
             scopes,
             now,
-            params: Some(&record.params),
+            params: Some(&params),
         },
     )
     .await?;

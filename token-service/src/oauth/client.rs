@@ -95,7 +95,38 @@ pub struct TokenSet {
     pub refresh_token: Option<RefreshToken>,
     pub expires_in: Option<u64>,
     pub scope: Option<String>,
+    /// Hosts some providers name beside the token for this user's API
+    /// (Salesforce `instance_url`, Pipedrive and Zoho `api_domain`), keyed by
+    /// the catalog's derived placeholder; only hosts of the provider's own
+    /// domains are kept.
+    pub derived: crate::template::Values,
 }
+
+/// Token-response fields that name the user's API host, the catalog
+/// placeholder each fills, and the domains such a host must belong to: a
+/// response can never send a token to a host outside them.
+const DERIVED_HOSTS: &[(&str, &str, &[&str])] = &[
+    (
+        "instance_url",
+        "instance_host",
+        &[".salesforce.com", ".force.com"],
+    ),
+    (
+        "api_domain",
+        "api_domain_host",
+        &[
+            ".pipedrive.com",
+            ".zohoapis.com",
+            ".zohoapis.eu",
+            ".zohoapis.in",
+            ".zohoapis.com.au",
+            ".zohoapis.jp",
+            ".zohoapis.ca",
+            ".zohoapis.com.cn",
+            ".zohoapis.sa",
+        ],
+    ),
+];
 
 #[derive(Clone, Debug)]
 pub struct TokenClient {
@@ -303,6 +334,19 @@ pub fn sanitize_code(code: &str) -> String {
 }
 
 fn token_set(fields: &Map<String, Value>) -> Result<TokenSet, TokenError> {
+    // Slack answers the workspace's bot token at the top level and the
+    // connecting user's own token under `authed_user`: the user's is stamped.
+    if let Some(user) = fields.get("authed_user").and_then(Value::as_object) {
+        let has_token = user
+            .get("access_token")
+            .and_then(Value::as_str)
+            .is_some_and(is_usable_token);
+        if has_token {
+            let mut set = token_set(user)?;
+            set.derived = derived_hosts(fields);
+            return Ok(set);
+        }
+    }
     let invalid = || TokenError::Transient("invalid_response".into());
     let access_token = fields
         .get("access_token")
@@ -319,7 +363,25 @@ fn token_set(fields: &Map<String, Value>) -> Result<TokenSet, TokenError> {
         refresh_token,
         expires_in: fields.get("expires_in").and_then(parse_expires_in),
         scope: fields.get("scope").and_then(parse_scope),
+        derived: derived_hosts(fields),
     })
+}
+
+fn derived_hosts(fields: &Map<String, Value>) -> crate::template::Values {
+    let mut derived = crate::template::Values::new();
+    for (field, placeholder, domains) in DERIVED_HOSTS {
+        let host = fields
+            .get(*field)
+            .and_then(Value::as_str)
+            .and_then(|raw| url::Url::parse(raw).ok())
+            .filter(|url| url.scheme() == "https" && url.port().is_none())
+            .and_then(|url| url.host_str().map(str::to_ascii_lowercase))
+            .filter(|host| domains.iter().any(|domain| host.ends_with(domain)));
+        if let Some(host) = host {
+            derived.insert((*placeholder).to_owned(), host);
+        }
+    }
+    derived
 }
 
 /// Non-empty, no whitespace or control characters: it ends up in a header.
@@ -361,6 +423,48 @@ mod tests {
         match v {
             Value::Object(m) => m,
             _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn slack_user_tokens_under_authed_user_are_the_ones_stored() {
+        let set = token_set(&fields(json!({
+            "ok": true, "access_token": "xoxb-bot", "token_type": "bot",
+            "authed_user": {"id": "U1", "access_token": "xoxp-user", "refresh_token": "xoxe-1",
+                            "expires_in": 43200, "scope": "chat:write", "token_type": "user"}
+        })))
+        .unwrap();
+        assert_eq!(set.access_token.expose(), "xoxp-user");
+        assert_eq!(set.refresh_token.unwrap().expose(), "xoxe-1");
+        assert_eq!(set.expires_in, Some(43200));
+        assert_eq!(set.scope.as_deref(), Some("chat:write"));
+        // Bot scopes only: authed_user carries no token, the bot token is it.
+        let set = token_set(&fields(json!({
+            "access_token": "xoxb-bot", "authed_user": {"id": "U1"}
+        })))
+        .unwrap();
+        assert_eq!(set.access_token.expose(), "xoxb-bot");
+    }
+
+    #[test]
+    fn api_hosts_named_by_the_response_are_kept_only_on_the_providers_domains() {
+        let derived = |v: Value| token_set(&fields(v)).unwrap().derived;
+        let salesforce = derived(json!({
+            "access_token": "at", "instance_url": "https://Acme.my.salesforce.com"
+        }));
+        assert_eq!(salesforce["instance_host"], "acme.my.salesforce.com");
+        let zoho = derived(json!({"access_token": "at", "api_domain": "https://www.zohoapis.eu"}));
+        assert_eq!(zoho["api_domain_host"], "www.zohoapis.eu");
+        for evil in [
+            "https://evil.example",
+            "https://salesforce.com.evil.example",
+            "http://acme.my.salesforce.com",
+            "https://acme.my.salesforce.com:8443",
+            "https://user@evil.example/.salesforce.com",
+            "not a url",
+        ] {
+            let set = derived(json!({"access_token": "at", "instance_url": evil}));
+            assert!(set.is_empty(), "{evil} kept: {set:?}");
         }
     }
 
