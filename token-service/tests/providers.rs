@@ -354,4 +354,56 @@ async fn api_hosts_and_user_tokens_named_by_the_token_response_are_used() {
     let reply = h.lookup(&slack, "bob", false).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
     assert_eq!(reply.json()["header"]["value"], "Bearer xoxp-user");
+
+    // QuickBooks: the company id comes in the redirect and goes in the API path.
+    let reply = h
+        .put_provider(
+            &slack.app_id,
+            "quickbooks",
+            json!({"catalog": "quickbooks", "client_id": "qb", "client_secret": "s",
+                   "token_url": h.provider.token_url}),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    h.provider.respond(|_| {
+        (
+            200,
+            json!({"access_token": "at-qb", "token_type": "bearer", "expires_in": 3600}),
+        )
+    });
+    let quickbooks = ConnectedApp {
+        app_id: slack.app_id.clone(),
+        app_key: slack.app_key.clone(),
+        provider: "quickbooks".into(),
+    };
+    for (user, realm, expected) in [
+        ("carol", "9130347", Some("/v3/company/9130347")),
+        ("dave", "../../evil", None),
+    ] {
+        let (state, nonce, _) = h
+            .start_connect_with(&quickbooks, user, Some("https://app.test/done"), json!({}))
+            .await;
+        let query = format!(
+            "code=c&state={}&realmId={}",
+            urlencode(&state),
+            urlencode(realm)
+        );
+        let reply = h.callback(&query, Some(&nonce)).await;
+        assert_eq!(reply.status, StatusCode::FOUND, "{}", reply.text());
+        let reply = h.lookup(&quickbooks, user, false).await;
+        match expected {
+            Some(base_path) => {
+                assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+                assert_eq!(reply.json()["upstream"]["base_path"], base_path);
+                assert_eq!(
+                    reply.json()["upstream"]["authority"],
+                    "quickbooks.api.intuit.com"
+                );
+            }
+            None => {
+                reply.assert_error(500, "internal");
+                assert!(reply.text().contains("realm_id"), "{}", reply.text());
+            }
+        }
+    }
 }

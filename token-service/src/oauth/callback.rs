@@ -31,6 +31,8 @@ pub struct CallbackQuery {
     pub iss: Option<String>,
     /// `iss` appeared more than once (refused when an issuer is configured).
     pub iss_repeated: bool,
+    /// QuickBooks' `realmId`: the company the user picked.
+    pub realm_id: Option<String>,
 }
 
 /// Parses the callback's query string (public for the fuzz target).
@@ -44,6 +46,7 @@ pub fn parse_query(raw: Option<&str>) -> CallbackQuery {
             "error" if q.error.is_none() => q.error = Some(v.into_owned()),
             "iss" if q.iss.is_none() => q.iss = Some(v.into_owned()),
             "iss" => q.iss_repeated = true,
+            "realmId" if q.realm_id.is_none() => q.realm_id = Some(v.into_owned()),
             _ => {}
         }
     }
@@ -133,7 +136,9 @@ pub async fn handler(
             )
         })?;
 
-    let connected = exchange_and_store(&state, &provider, &record, &code, now).await?;
+    let from_redirect = redirect_values(&provider, query.realm_id);
+    let connected =
+        exchange_and_store(&state, &provider, &record, &code, from_redirect, now).await?;
     let mut response = match &record.return_to {
         Some(return_to) => {
             let mut url = Url::parse(return_to)
@@ -166,12 +171,30 @@ pub async fn handler(
     Ok(response)
 }
 
+/// Connection values a provider names in its redirect: QuickBooks' company
+/// id (`realmId`, digits only), which its API paths carry.
+fn redirect_values(
+    provider: &crate::store::providers::ProviderRecord,
+    realm_id: Option<String>,
+) -> crate::template::Values {
+    let mut values = crate::template::Values::new();
+    let quickbooks =
+        provider.settings.token_response_quirk.as_deref() == Some("quickbooks_realm_id");
+    let realm_id = realm_id
+        .filter(|id| (1..=32).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_digit()));
+    if let (true, Some(realm_id)) = (quickbooks, realm_id) {
+        values.insert("realm_id".to_owned(), realm_id);
+    }
+    values
+}
+
 /// Exchanges the code at the provider and stores the connection.
 async fn exchange_and_store(
     state: &AppState,
     provider: &crate::store::providers::ProviderRecord,
     record: &OAuthStateRecord,
     code: &AuthorizationCode,
+    from_redirect: crate::template::Values,
     now: i64,
 ) -> Result<ConnKey, ApiError> {
     let verifier = PkceVerifier::new(
@@ -240,10 +263,11 @@ async fn exchange_and_store(
         .map(|t| seal(Field::RefreshToken, t.expose()))
         .transpose()?;
     let scopes = tokens.scope.as_deref().unwrap_or(&record.requested_scope);
-    // The API host some providers name in the answer (Salesforce's
-    // instance_url, …) joins the connection's parameters.
+    // What some providers name in the answer (Salesforce's instance_url, …)
+    // or the redirect (QuickBooks' realmId) joins the connection's parameters.
     let mut params = record.params.clone();
     params.extend(tokens.derived.clone());
+    params.extend(from_redirect);
     connections::upsert_connected(
         &state.db,
         NewConnection {
