@@ -21,4 +21,4 @@ authorize_url=$(curl -fsS -c "$jar" -b "$jar" -o /dev/null -w '%{redirect_url}' 
 query=${authorize_url#*\?}
 callback=$(curl -fsS -o /dev/null -w '%{redirect_url}' -X POST http://127.0.0.1:9100/oauth/authorize \
   --data "$query" --data-urlencode "login=$user" --data "decision=approve")
-curl -fsS -c "$jar" -b "$jar" "$callback" | sed -e 's/<[^>]*>//g' | grep -v '^\s*$'
+curl -fsS -c "$jar" -b "$jar" "$callback" | sed -e 's/<style>[^<]*<\/style>//g' -e 's/<title>[^<]*<\/title>//g' -e 's/<[^>]*>//g' | grep -v '^\s*$'
