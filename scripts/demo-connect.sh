@@ -15,8 +15,11 @@ session=$(curl -fsS -X POST http://127.0.0.1:8080/v1/connect-sessions \
   -H "x-authstamp-app: $app_id" -H "x-authstamp-app-key: $app_key" \
   -H 'content-type: application/json' -d "{\"provider\":\"demo\",\"user\":\"$user\"}")
 connect_url=$(sed -n 's/.*"connect_url": *"\([^"]*\)".*/\1/p' <<<"$session")
-# The connect page's Connect button posts to the same URL.
-authorize_url=$(curl -fsS -c "$jar" -b "$jar" -o /dev/null -w '%{redirect_url}' -X POST "$connect_url")
+# The connect page sets its CSRF cookie and carries the same token in its
+# form; the Connect button posts the form to the same URL.
+csrf=$(curl -fsS -c "$jar" -b "$jar" "$connect_url" | sed -n 's/.*name="csrf" value="\([^"]*\)".*/\1/p')
+authorize_url=$(curl -fsS -c "$jar" -b "$jar" -o /dev/null -w '%{redirect_url}' \
+  -H "origin: http://127.0.0.1:8080" --data-urlencode "csrf=$csrf" "$connect_url")
 # The consent form posts the authorize request back with the login and decision.
 query=${authorize_url#*\?}
 callback=$(curl -fsS -o /dev/null -w '%{redirect_url}' -X POST http://127.0.0.1:9100/oauth/authorize \

@@ -74,12 +74,18 @@ pub enum ErrorCode {
     /// Mesh mode: the calling workload's identity (peer certificate URI SAN
     /// or source principal) is not in the filter's `app.allowed_workloads`.
     ForbiddenWorkload,
+    /// A connect page's form was posted from another site, or without the
+    /// page's CSRF token.
+    CrossSiteRequest,
+    /// A connect result was confirmed for another user than the one the
+    /// connect link was made for: the connection is discarded.
+    UserMismatch,
     /// A bug or storage failure; details are in the token service's log.
     Internal,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 16] = [
+    pub const ALL: [ErrorCode; 18] = [
         ErrorCode::BadRequest,
         ErrorCode::Unauthorized,
         ErrorCode::UnknownApp,
@@ -95,6 +101,8 @@ impl ErrorCode {
         ErrorCode::ForbiddenDestination,
         ErrorCode::RateLimited,
         ErrorCode::ForbiddenWorkload,
+        ErrorCode::CrossSiteRequest,
+        ErrorCode::UserMismatch,
         ErrorCode::Internal,
     ];
 
@@ -115,6 +123,8 @@ impl ErrorCode {
             ErrorCode::ForbiddenDestination => "forbidden_destination",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::ForbiddenWorkload => "forbidden_workload",
+            ErrorCode::CrossSiteRequest => "cross_site_request",
+            ErrorCode::UserMismatch => "user_mismatch",
             ErrorCode::Internal => "internal",
         }
     }
@@ -142,6 +152,8 @@ impl ErrorCode {
             ErrorCode::ForbiddenDestination => 403,
             ErrorCode::RateLimited => 429,
             ErrorCode::ForbiddenWorkload => 403,
+            ErrorCode::CrossSiteRequest => 403,
+            ErrorCode::UserMismatch => 403,
             ErrorCode::Internal => 500,
         }
     }

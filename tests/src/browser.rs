@@ -40,7 +40,19 @@ pub async fn walk_connect(browser: &Client, connect_url: &str, login: &str) -> C
     let action = Url::parse(connect_url)
         .and_then(|u| u.join(&action))
         .expect("form action URL");
-    let response = browser.post(action).send().await.expect("press Connect");
+    // The form's hidden fields (its CSRF token; the page set the matching
+    // cookie in the jar).
+    let form = hidden_inputs(&html);
+    assert!(
+        form.iter().any(|(k, v)| k == "csrf" && !v.is_empty()),
+        "no CSRF token in the connect form: {html}"
+    );
+    let response = browser
+        .post(action)
+        .form(&form)
+        .send()
+        .await
+        .expect("press Connect");
     assert_eq!(
         response.status(),
         StatusCode::SEE_OTHER,

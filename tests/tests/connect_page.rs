@@ -5,6 +5,7 @@
 //! the API and the filter stamps its token.
 
 use authstamp_e2e::chromium::Chromium;
+use authstamp_e2e::page_server::PageServer;
 use authstamp_e2e::stack::{CLIENT_ID, PROVIDER};
 use authstamp_e2e::{Stack, StackOptions};
 use reqwest::{Method, StatusCode};
@@ -98,4 +99,189 @@ async fn a_user_connects_in_headless_chromium() {
     // The page used the session up: opening the link again is refused.
     let again = stack.http.get(connect_url).send().await.expect("again");
     assert_eq!(again.status(), StatusCode::BAD_REQUEST);
+}
+
+/// The app's user `user` asks for a connect link that returns to `return_to`.
+async fn connect_link(
+    stack: &Stack,
+    app: (&str, &str),
+    user: &str,
+    display: &str,
+    return_to: &str,
+) -> String {
+    let response = stack
+        .http
+        .post(format!("{}/v1/connect-sessions", stack.service_url))
+        .header("x-authstamp-app", app.0)
+        .header("x-authstamp-app-key", app.1)
+        .json(&json!({"provider": PROVIDER, "user": user,
+                      "user_display_name": display, "return_to": return_to}))
+        .send()
+        .await
+        .expect("connect session");
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let session: Value = response.json().await.expect("session json");
+    session["connect_url"]
+        .as_str()
+        .expect("connect_url")
+        .to_owned()
+}
+
+/// Clicks Connect on the open connect page, signs in at the stand-in as
+/// `login` and waits until the browser is back on the app's page; the
+/// `authstamp_result` it carried.
+async fn connect_in_browser(browser: &mut Chromium, login: &str) -> String {
+    browser
+        .eval("document.getElementById('connect').click()")
+        .await;
+    browser
+        .wait_for(
+            "the provider's consent page",
+            "document.getElementById('login') && document.getElementById('approve')",
+        )
+        .await;
+    browser
+        .eval("document.getElementById('login').focus()")
+        .await;
+    browser.type_text(login).await;
+    browser
+        .eval("document.getElementById('approve').click()")
+        .await;
+    browser
+        .wait_for("the app's return_to page", "document.getElementById('app')")
+        .await;
+    let back = browser.eval("location.href").await;
+    let back = url::Url::parse(back.as_str().expect("href")).expect("return_to URL");
+    let param = |name: &str| {
+        back.query_pairs()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.into_owned())
+    };
+    assert_eq!(
+        param("authstamp_status").as_deref(),
+        Some("confirmation_required")
+    );
+    param("authstamp_result").expect("authstamp_result")
+}
+
+/// The app's backend confirms a connect result for its logged-in user.
+async fn confirm(stack: &Stack, app: (&str, &str), result: &str, user: &str) -> (u16, Value) {
+    let response = stack
+        .http
+        .post(format!("{}/v1/connect-results/confirm", stack.service_url))
+        .header("x-authstamp-app", app.0)
+        .header("x-authstamp-app-key", app.1)
+        .json(&json!({"result": result, "user": user}))
+        .send()
+        .await
+        .expect("confirm");
+    let status = response.status().as_u16();
+    (status, response.json().await.expect("confirm json"))
+}
+
+/// A provider call through Envoy for `user` of `app`: its status.
+async fn call_status(stack: &Stack, app: (&str, &str), user: &str) -> (u16, Value) {
+    let response = stack
+        .http
+        .get(format!("{}/api/whoami", stack.envoy_url))
+        .header("x-authstamp-provider", PROVIDER)
+        .header("x-authstamp-user", user)
+        .header("x-authstamp-app", app.0)
+        .header("x-authstamp-app-key", app.1)
+        .send()
+        .await
+        .expect("call through Envoy");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// The connect-link takeover in a real browser. Mallory, a user of the app,
+/// takes the connect link made for *his* account and lures Alice's browser
+/// to a page on another site that posts its Connect form at once: Chromium
+/// sends it cross-site and the token service refuses it before anything
+/// reaches the provider. If Alice is talked into clicking Connect herself
+/// (the page names Mallory), the browser returns to the app, whose backend
+/// confirms the user logged in there (Alice): refused, and Mallory never
+/// gets a connection. Alice's own link is still one click.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_users_browser_never_completes_a_connect_link() {
+    let stack = Stack::start("connect_takeover", StackOptions::default()).await;
+    let app_page = PageServer::start(
+        "127.0.0.1",
+        "<!doctype html><title>App</title><p id=\"app\">Back at the app</p>".to_owned(),
+    )
+    .await;
+    let return_to = format!("{}/return", app_page.origin);
+    let (app_id, app_key) = stack.create_app("Team Chat", &[&return_to]).await;
+    stack.configure_provider(&app_id, PROVIDER).await;
+    let app = (app_id.as_str(), app_key.as_str());
+    let stats_before = stack.standin_stats().await;
+
+    // 1. The auto-submitting form on another site (localhost vs 127.0.0.1).
+    let link = connect_link(&stack, app, "mallory", "mallory@example.test", &return_to).await;
+    let evil = PageServer::start(
+        "localhost",
+        format!(
+            "<!doctype html><form id=\"f\" method=\"post\" action=\"{link}\">\
+             <input type=\"hidden\" name=\"csrf\" value=\"guessed\"></form>\
+             <script>document.getElementById('f').submit()</script>"
+        ),
+    )
+    .await;
+    let mut browser = Chromium::launch(&stack.log_dir).await;
+    browser.navigate(&format!("{}/prize", evil.origin)).await;
+    browser
+        .wait_for(
+            "the token service's refusal",
+            "document.body && document.body.innerText.includes('cross_site_request')",
+        )
+        .await;
+    let at = browser.eval("location.href").await;
+    assert!(
+        at.as_str().unwrap().starts_with(&stack.service_url),
+        "the browser never left for the provider: {at}"
+    );
+    assert_eq!(evil.requests(), ["/prize"]);
+    assert_eq!(
+        stack.standin_stats().await["token_calls"],
+        stats_before["token_calls"],
+        "no code reached the provider's token endpoint"
+    );
+
+    // 2. Alice clicks Connect on Mallory's link herself: the page names
+    //    Mallory; the browser comes back to the app logged in as Alice.
+    browser.navigate(&link).await;
+    browser
+        .wait_for("the connect page", "document.getElementById('connect')")
+        .await;
+    let account = browser
+        .eval("document.getElementById('account').innerText")
+        .await;
+    assert!(
+        account.as_str().unwrap().contains("mallory@example.test"),
+        "{account}"
+    );
+    let result = connect_in_browser(&mut browser, "alice").await;
+    let (status, body) = confirm(&stack, app, &result, "alice").await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"], "user_mismatch");
+    for user in ["mallory", "alice"] {
+        let (status, body) = call_status(&stack, app, user).await;
+        assert_eq!(status, 404, "{user}: {body}");
+        assert_eq!(body["error"], "not_connected");
+    }
+
+    // 3. Alice's own link: one click, one confirmation, stamped.
+    let link = connect_link(&stack, app, "alice", "alice@example.test", &return_to).await;
+    browser.navigate(&link).await;
+    browser
+        .wait_for("the connect page", "document.getElementById('connect')")
+        .await;
+    let result = connect_in_browser(&mut browser, "alice").await;
+    let (status, body) = confirm(&stack, app, &result, "alice").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "active");
+    let (status, echo) = call_status(&stack, app, "alice").await;
+    assert_eq!(status, 200, "{echo}");
+    assert_eq!(echo["user"], "alice");
 }

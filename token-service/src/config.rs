@@ -54,6 +54,8 @@ pub struct PublicUrl {
     /// Without a trailing slash.
     base: String,
     path_prefix: String,
+    /// `scheme://host[:port]` as browsers send it in `Origin`.
+    origin: String,
     https: bool,
 }
 
@@ -74,6 +76,7 @@ impl PublicUrl {
         Ok(Self {
             base,
             path_prefix,
+            origin: url.origin().ascii_serialization(),
             https: url.scheme() == "https",
         })
     }
@@ -86,6 +89,11 @@ impl PublicUrl {
     /// The path as the browser sees it (public path prefix included).
     pub fn browser_path(&self, path: &str) -> String {
         format!("{}{}", self.path_prefix, path)
+    }
+
+    /// The browser origin of the service (`Origin` of its own pages' forms).
+    pub fn origin(&self) -> &str {
+        &self.origin
     }
 
     pub fn is_https(&self) -> bool {
@@ -414,7 +422,15 @@ mod tests {
             "/stamp/v1/oauth/callback"
         );
         assert!(url.is_https());
+        assert_eq!(url.origin(), "https://auth.example");
         let plain = PublicUrl::parse("http://127.0.0.1:8080").unwrap();
+        assert_eq!(plain.origin(), "http://127.0.0.1:8080");
+        assert_eq!(
+            PublicUrl::parse("HTTPS://Auth.Example:443/x")
+                .unwrap()
+                .origin(),
+            "https://auth.example"
+        );
         assert_eq!(
             plain.redirect_uri(),
             "http://127.0.0.1:8080/v1/oauth/callback"

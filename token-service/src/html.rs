@@ -29,9 +29,13 @@ pub struct ConnectPage<'a> {
     pub provider: &'a str,
     /// The app asking.
     pub app: &'a str,
+    /// The app's user the link was made for (display name, else user id).
+    pub user: &'a str,
     pub scopes: &'a [String],
     /// Where the Connect button posts (the same URL).
     pub action: &'a str,
+    /// The form's CSRF token (the page's cookie holds the same).
+    pub csrf: &'a str,
 }
 
 /// The connect page: who asks, for which provider, which scopes, and a
@@ -53,13 +57,18 @@ pub fn connect_page(page: &ConnectPage<'_>) -> Response {
          <meta name=\"viewport\" content=\"width=device-width\">\
          <title>Connect {provider}</title><style>{STYLE}</style></head>\n<body>\n\
          <h1 id=\"title\">Connect {provider}</h1>\n\
-         <p id=\"summary\">{app} asks to use your {provider} account.</p>\n{scopes}\
+         <p id=\"summary\">{app} asks to use your {provider} account.</p>\n\
+         <p id=\"account\">This link connects it for <strong>{user}</strong> in {app}. \
+         If that is not you, close this page.</p>\n{scopes}\
          <form method=\"post\" action=\"{action}\">\n\
+         <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\n\
          <button type=\"submit\" id=\"connect\">Connect {provider}</button>\n</form>\n\
          <p>You will sign in at {provider} and approve there.</p>\n</body></html>\n",
         provider = escape(page.provider),
         app = escape(page.app),
+        user = escape(page.user),
         action = escape(page.action),
+        csrf = escape(page.csrf),
     );
     page_response(body)
 }

@@ -216,6 +216,16 @@ const SEALED_TABLES: &[SealedTable] = &[
         columns: &[("pkce_verifier", Field::PkceVerifier)],
         aad: |k, _| Aad::oauth_state(bytes_of(&k[0])),
     },
+    SealedTable {
+        table: "connect_results",
+        key: &["result_hash"],
+        key_is_bytes: true,
+        columns: &[
+            ("access_token", Field::AccessToken),
+            ("refresh_token", Field::RefreshToken),
+        ],
+        aad: |k, field| Aad::connect_result(bytes_of(&k[0]), field),
+    },
 ];
 
 struct SealedRow {

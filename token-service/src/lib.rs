@@ -275,6 +275,7 @@ pub fn routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
         ("/v1/catalog", get(catalog_list)),
         ("/v1/catalog/{name}", get(catalog_entry)),
         ("/v1/connect-sessions", post(oauth::connect::create_session)),
+        ("/v1/connect-results/confirm", post(oauth::confirm::handler)),
         ("/v1/connections", get(connections::list_handler)),
         (
             "/v1/connections/{provider}/{user}",

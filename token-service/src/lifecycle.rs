@@ -210,6 +210,8 @@ pub async fn disconnect_handler(
 pub struct Reconnect {
     #[serde(default)]
     pub return_to: Option<String>,
+    #[serde(default)]
+    pub user_display_name: Option<String>,
 }
 
 /// `POST /v1/connections/{provider}/{user}/reconnect`.
@@ -267,6 +269,7 @@ pub async fn reconnect_handler(
             provider: provider.provider,
             user,
             return_to: input.return_to,
+            user_display_name: input.user_display_name,
             params,
         },
     )

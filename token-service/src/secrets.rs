@@ -65,6 +65,11 @@ secret_string! {
     BrowserNonce;
     /// The authorization code from the callback.
     AuthorizationCode;
+    /// The connect page's CSRF token (hidden form field and cookie).
+    CsrfToken;
+    /// The one-time result the browser carries back to the app's
+    /// `return_to`; the app's backend confirms it.
+    ConnectResultToken;
 }
 
 /// The 32-byte vault key. Only its base64 form ever leaves memory (the key
@@ -277,6 +282,18 @@ impl BrowserNonce {
     }
 }
 
+impl CsrfToken {
+    pub fn generate() -> Self {
+        Self::new(random_token::<32>().as_str())
+    }
+}
+
+impl ConnectResultToken {
+    pub fn generate() -> Self {
+        Self::new(random_token::<32>().as_str())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -295,6 +312,8 @@ mod tests {
             format!("{:?}", PkceVerifier::new(secret)),
             format!("{:?}", BrowserNonce::new(secret)),
             format!("{:?}", AuthorizationCode::new(secret)),
+            format!("{:?}", CsrfToken::new(secret)),
+            format!("{:?}", ConnectResultToken::new(secret)),
         ];
         for debug in debugs {
             assert!(!debug.contains(secret), "{debug}");

@@ -108,6 +108,11 @@ impl Aad {
         Self::new("webhooks", &[app_id.as_bytes()], Field::WebhookSecret)
     }
 
+    /// A token of a connect result waiting for the app's confirmation.
+    pub fn connect_result(result_hash: &[u8], field: Field) -> Self {
+        Self::new("connect_results", &[result_hash], field)
+    }
+
     pub fn oauth_state(state_hash: &[u8]) -> Self {
         Self::new("oauth_states", &[state_hash], Field::PkceVerifier)
     }

@@ -437,10 +437,21 @@ async fn full_connect_flow_then_lookup() {
         )
         .await;
     assert_eq!(reply.status, StatusCode::FOUND, "{}", reply.text());
-    assert_eq!(
-        reply.header("location"),
-        Some("https://app.test/done?authstamp_status=connected")
+    let location = reply.header("location").unwrap();
+    assert!(
+        location.starts_with(
+            "https://app.test/done?authstamp_status=confirmation_required&authstamp_result="
+        ),
+        "{location}"
     );
+    let result = connect_result_of(&reply);
+    // Not a connection until the app's backend confirms its user.
+    h.lookup(&app, "alice", false)
+        .await
+        .assert_error(404, "not_connected");
+    let confirmed = h.confirm(&app, &result, "alice").await;
+    assert_eq!(confirmed.status, StatusCode::OK, "{}", confirmed.text());
+    assert_eq!(confirmed.json()["status"], "active");
 
     // The code exchange the provider saw.
     let calls = h.provider.calls_of("authorization_code");
@@ -527,10 +538,19 @@ async fn connect_cookie_is_scoped_to_the_callback() {
         .await;
     let url = reply.json()["connect_url"].as_str().unwrap().to_owned();
     let path = url.strip_prefix(PUBLIC_URL).unwrap();
-    // The page sets no cookie and uses nothing up; the button does.
+    // The page sets only its CSRF cookie (on its own path) and uses nothing
+    // up; the button does.
     let page = h.get(path).await;
     assert_eq!(page.status, StatusCode::OK);
-    assert!(page.header("set-cookie").is_none());
+    let page_cookies: Vec<&str> = page
+        .headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert_eq!(page_cookies.len(), 1, "{page_cookies:?}");
+    assert!(page_cookies[0].starts_with("authstamp_csrf="));
+    assert!(page_cookies[0].contains(&format!("Path={path};")));
     assert!(page
         .header("content-security-policy")
         .unwrap()

@@ -314,7 +314,23 @@ async fn cli_admin_commands_then_a_connect_flow_over_http() {
     let session_token = connect_url.rsplit('/').next().unwrap().to_owned();
     let page = client.get(&connect_url).send().await.unwrap();
     assert_eq!(page.status(), 200);
-    let redirect = client.post(&connect_url).send().await.unwrap();
+    let csrf = page.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .strip_prefix("authstamp_csrf=")
+        .unwrap()
+        .to_owned();
+    let redirect = client
+        .post(&connect_url)
+        .header("cookie", format!("authstamp_csrf={csrf}"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("csrf={csrf}"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(redirect.status(), 303);
     let location = url::Url::parse(redirect.headers()["location"].to_str().unwrap()).unwrap();
     let state = location
@@ -340,10 +356,23 @@ async fn cli_admin_commands_then_a_connect_flow_over_http() {
         .await
         .unwrap();
     assert_eq!(callback.status(), 302);
-    assert_eq!(
-        callback.headers()["location"],
-        "https://app.test/done?authstamp_status=connected"
-    );
+    let back = url::Url::parse(callback.headers()["location"].to_str().unwrap()).unwrap();
+    assert_eq!(back.host_str(), Some("app.test"));
+    let result = back
+        .query_pairs()
+        .find(|(k, _)| k == "authstamp_result")
+        .unwrap()
+        .1
+        .into_owned();
+    let confirmed = client
+        .post(format!("{base}/v1/connect-results/confirm"))
+        .header("x-authstamp-app", &app_id)
+        .header("x-authstamp-app-key", &app_key)
+        .json(&json!({"result": result, "user": "U123"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(confirmed.status(), 200);
 
     let lookup: Value = client
         .post(format!("{base}/v1/token-lookup"))
@@ -373,6 +402,8 @@ async fn cli_admin_commands_then_a_connect_flow_over_http() {
         app_key.as_str(),
         master_key.as_str(),
         cookie.as_str(),
+        csrf.as_str(),
+        result.as_str(),
         "code=",
     ] {
         assert!(!logs.contains(secret), "{secret:?} in logs:\n{logs}");

@@ -170,7 +170,7 @@ async fn connection_parameters_reach_the_stamped_host() {
     let reply = h
         .callback(&format!("code=c&state={}", urlencode(&state)), Some(&nonce))
         .await;
-    assert_eq!(reply.status, StatusCode::FOUND, "{}", reply.text());
+    h.confirm_return(&app, "alice", &reply).await;
     let reply = h.lookup(&app, "alice", false).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
     let body = reply.json();
@@ -303,7 +303,7 @@ async fn api_hosts_and_user_tokens_named_by_the_token_response_are_used() {
             let reply = h
                 .callback(&format!("code=c&state={}", urlencode(&state)), Some(&nonce))
                 .await;
-            assert_eq!(reply.status, StatusCode::FOUND, "{}", reply.text());
+            h.confirm_return(app, user, &reply).await;
         }
     };
     connect("alice", "https://acme.my.salesforce.com").await;
@@ -350,7 +350,7 @@ async fn api_hosts_and_user_tokens_named_by_the_token_response_are_used() {
     let reply = h
         .callback(&format!("code=c&state={}", urlencode(&state)), Some(&nonce))
         .await;
-    assert_eq!(reply.status, StatusCode::FOUND, "{}", reply.text());
+    h.confirm_return(&slack, "bob", &reply).await;
     let reply = h.lookup(&slack, "bob", false).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
     assert_eq!(reply.json()["header"]["value"], "Bearer xoxp-user");
@@ -389,7 +389,7 @@ async fn api_hosts_and_user_tokens_named_by_the_token_response_are_used() {
             urlencode(realm)
         );
         let reply = h.callback(&query, Some(&nonce)).await;
-        assert_eq!(reply.status, StatusCode::FOUND, "{}", reply.text());
+        h.confirm_return(&quickbooks, user, &reply).await;
         let reply = h.lookup(&quickbooks, user, false).await;
         match expected {
             Some(base_path) => {

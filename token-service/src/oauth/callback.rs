@@ -2,7 +2,7 @@
 //! code (or an error). The state is taken once, checked against the
 //! browser's nonce cookie, and the code is exchanged for tokens.
 
-use super::client::{sanitize_code, ClientCredentials, GrantRequest, TokenError};
+use super::client::{sanitize_code, ClientCredentials, GrantRequest, TokenError, TokenSet};
 use super::connect::{app_provider, NONCE_COOKIE};
 use crate::db;
 use crate::error::ApiError;
@@ -13,7 +13,7 @@ use crate::secrets::{
 };
 use crate::store::connections::{self, ConnKey, NewConnection};
 use crate::store::sessions::{self, OAuthStateRecord};
-use crate::vault::{Aad, Field};
+use crate::vault::Aad;
 use crate::AppState;
 use authstamp_protocol::{paths, ErrorCode};
 use axum::extract::{RawQuery, State};
@@ -74,15 +74,7 @@ pub fn check_issuer(expected: Option<&str>, query: &CallbackQuery) -> Result<(),
 
 /// Values of the nonce cookie in every `Cookie` header.
 fn nonce_cookies(headers: &HeaderMap) -> impl Iterator<Item = &str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| {
-            let (name, value) = pair.trim().split_once('=')?;
-            (name.trim() == NONCE_COOKIE).then(|| value.trim().trim_matches('"'))
-        })
+    super::cookie_values(headers, NONCE_COOKIE)
 }
 
 pub async fn handler(
@@ -137,21 +129,39 @@ pub async fn handler(
         })?;
 
     let from_redirect = redirect_values(&provider, query.realm_id);
-    let connected =
-        exchange_and_store(&state, &provider, &record, &code, from_redirect, now).await?;
+    let tokens = exchange(&state, &provider, &record, &code).await?;
+    let mut params = record.params.clone();
+    params.extend(tokens.derived.clone());
+    params.extend(from_redirect);
     let mut response = match &record.return_to {
+        // Back to the app, which must confirm that the browser that came
+        // back is the user the link was made for before the connection
+        // exists (POST /v1/connect-results/confirm).
         Some(return_to) => {
+            let result = super::confirm::hold(&state, &record, &tokens, &params, now).await?;
             let mut url = Url::parse(return_to)
                 .map_err(|e| ApiError::internal("stored return_to is invalid", e))?;
             url.query_pairs_mut()
-                .append_pair("authstamp_status", "connected");
+                .append_pair("authstamp_status", "confirmation_required")
+                .append_pair("authstamp_result", result.expose());
             let mut response = StatusCode::FOUND.into_response();
             let location = HeaderValue::from_str(url.as_str())
                 .map_err(|e| ApiError::internal("invalid return_to header", e))?;
             response.headers_mut().insert(header::LOCATION, location);
             response
         }
-        None => html::connected_page(&connected.provider, &connected.user_id),
+        None => {
+            let key = ConnKey {
+                app_id: record.app_id.clone(),
+                provider: record.provider.clone(),
+                user_id: record.user_id.clone(),
+            };
+            let sealed = super::confirm::seal_tokens(&state, &tokens, |field| {
+                Aad::connection(&key.app_id, &key.provider, &key.user_id, field)
+            })?;
+            store_connection(&state, &key, sealed, &record.requested_scope, &params, now).await?;
+            html::connected_page(&key.provider, &key.user_id)
+        }
     };
     // The nonce has done its job.
     let clear = format!(
@@ -188,15 +198,13 @@ fn redirect_values(
     values
 }
 
-/// Exchanges the code at the provider and stores the connection.
-async fn exchange_and_store(
+/// Exchanges the code at the provider.
+async fn exchange(
     state: &AppState,
     provider: &crate::store::providers::ProviderRecord,
     record: &OAuthStateRecord,
     code: &AuthorizationCode,
-    from_redirect: crate::template::Values,
-    now: i64,
-) -> Result<ConnKey, ApiError> {
+) -> Result<TokenSet, ApiError> {
     let verifier = PkceVerifier::new(
         state
             .vault
@@ -216,7 +224,7 @@ async fn exchange_and_store(
         .token_url_for(&record.params)
         .map_err(|e| ApiError::internal("stored token_url is invalid", e))?;
     state.metrics.provider_call(Grant::AuthorizationCode);
-    let tokens = state
+    state
         .token_client
         .request(
             token_url.as_str(),
@@ -243,43 +251,45 @@ async fn exchange_and_store(
                 }
             };
             ApiError::new(ErrorCode::OauthFailed, message)
-        })?;
+        })
+}
 
-    let key = ConnKey {
-        app_id: record.app_id.clone(),
-        provider: record.provider.clone(),
-        user_id: record.user_id.clone(),
-    };
-    let seal = |field, value: &str| {
-        state.vault.seal_str(
-            &Aad::connection(&key.app_id, &key.provider, &key.user_id, field),
-            value,
-        )
-    };
-    let access_token = seal(Field::AccessToken, tokens.access_token.expose())?;
-    let refresh_token = tokens
-        .refresh_token
-        .as_ref()
-        .map(|t| seal(Field::RefreshToken, t.expose()))
-        .transpose()?;
-    let scopes = tokens.scope.as_deref().unwrap_or(&record.requested_scope);
-    // What some providers name in the answer (Salesforce's instance_url, …)
-    // or the redirect (QuickBooks' realmId) joins the connection's parameters.
-    let mut params = record.params.clone();
-    params.extend(tokens.derived.clone());
-    params.extend(from_redirect);
+/// Stores (or replaces) the connection `key` with tokens sealed to it, and
+/// tells the app's webhook. `scopes` is what was asked when the provider
+/// named none.
+pub(crate) async fn store_connection(
+    state: &AppState,
+    key: &ConnKey,
+    tokens: super::confirm::SealedTokens,
+    scopes: &str,
+    params: &crate::template::Values,
+    now: i64,
+) -> Result<(), ApiError> {
+    let expires_at = tokens.expires_at(now);
+    let scopes = tokens.scope.clone().unwrap_or_else(|| scopes.to_owned());
+    store_connection_until(state, key, tokens, expires_at, &scopes, params, now).await
+}
+
+/// [`store_connection`] with the access token's expiry and the scopes given.
+pub(crate) async fn store_connection_until(
+    state: &AppState,
+    key: &ConnKey,
+    tokens: super::confirm::SealedTokens,
+    expires_at: Option<i64>,
+    scopes: &str,
+    params: &crate::template::Values,
+    now: i64,
+) -> Result<(), ApiError> {
     connections::upsert_connected(
         &state.db,
         NewConnection {
-            key: &key,
-            access_token,
-            refresh_token,
-            expires_at: tokens
-                .expires_in
-                .map(|secs| now.saturating_add(i64::try_from(secs).unwrap_or(i64::MAX))),
+            key,
+            access_token: tokens.access_token,
+            refresh_token: tokens.refresh_token,
+            expires_at,
             scopes,
             now,
-            params: Some(&params),
+            params: Some(params),
         },
     )
     .await?;
@@ -291,7 +301,7 @@ async fn exchange_and_store(
         &key.provider,
         &key.user_id,
     );
-    Ok(key)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use crate::auth::AppAuth;
 use crate::catalog::{self, AuthType};
 use crate::db;
 use crate::error::{ApiError, ApiJson, ApiPath};
-use crate::secrets::{sha256, BrowserNonce, OAuthState, SessionToken};
+use crate::secrets::{digest_eq, sha256, BrowserNonce, CsrfToken, OAuthState, SessionToken};
 use crate::store::providers::{self, ProviderRecord};
 use crate::store::sessions::{self, ConnectSession, OAuthStateRecord};
 use crate::validate;
@@ -13,7 +13,7 @@ use crate::vault::Aad;
 use crate::AppState;
 use authstamp_protocol::{paths, ErrorCode};
 use axum::extract::State;
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use oauth2::PkceCodeChallenge;
@@ -24,6 +24,12 @@ use url::Url;
 /// back to the callback.
 pub const STATE_TTL_SECS: i64 = 600;
 pub const NONCE_COOKIE: &str = "authstamp_connect";
+/// The connect page's CSRF cookie; the form carries the same value.
+pub const CSRF_COOKIE: &str = "authstamp_csrf";
+/// The form field of the CSRF token.
+pub const CSRF_FIELD: &str = "csrf";
+/// Longest `user_display_name`, in characters.
+pub const DISPLAY_NAME_MAX: usize = 120;
 pub const CONNECT_PATH: &str = "/v1/connect";
 /// The user id of app-level connections (client credentials, an app's own
 /// API key): the app sends `x-authstamp-user: -`.
@@ -36,6 +42,10 @@ pub struct CreateSession {
     pub user: String,
     #[serde(default)]
     pub return_to: Option<String>,
+    /// How the connect page names the user (the app's own label, e.g. an
+    /// e-mail address), so a user can tell a link made for someone else.
+    #[serde(default)]
+    pub user_display_name: Option<String>,
     /// Connection parameters the provider declares (a Zendesk subdomain, a
     /// Shopify shop), checked against their patterns.
     #[serde(default)]
@@ -90,6 +100,9 @@ pub async fn new_session(
     input: CreateSession,
 ) -> Result<CreatedSession, ApiError> {
     validate::user_id(&input.user)?;
+    if let Some(name) = &input.user_display_name {
+        display_name(name)?;
+    }
     let provider = app_provider(state, &app.app_id, &input.provider).await?;
     if provider.auth_type != AuthType::Oauth2 {
         return Err(ApiError::bad_request(format!(
@@ -133,6 +146,7 @@ pub async fn new_session(
         provider: provider.provider,
         user_id: input.user,
         return_to,
+        user_display_name: input.user_display_name,
         params,
         created_at: now,
         expires_at: now.saturating_add(ttl),
@@ -147,10 +161,11 @@ pub async fn new_session(
     })
 }
 
-/// `GET /v1/connect/{session_token}`: the connect page. Shows the provider,
-/// what is asked and a Connect button (a form posting to the same URL);
-/// the session is not used up here, so a link preview or a reload does no
-/// harm.
+/// `GET /v1/connect/{session_token}`: the connect page. Shows the app, the
+/// user it is for, the provider, what is asked and a Connect button (a form
+/// posting to the same URL with a CSRF token that a cookie of this page
+/// carries too); the session is not used up here, so a link preview or a
+/// reload does no harm.
 pub async fn page(
     State(state): State<AppState>,
     ApiPath(token): ApiPath<String>,
@@ -170,21 +185,114 @@ pub async fn page(
     let action = state
         .public_url
         .browser_path(&format!("{CONNECT_PATH}/{}", token.expose()));
-    Ok(crate::html::connect_page(&crate::html::ConnectPage {
+    let csrf = CsrfToken::generate();
+    let mut response = crate::html::connect_page(&crate::html::ConnectPage {
         provider: provider.shown_name(),
         app: &app_name,
+        user: session
+            .user_display_name
+            .as_deref()
+            .unwrap_or(&session.user_id),
         scopes: &provider.scopes,
         action: &action,
-    }))
+        csrf: csrf.expose(),
+    });
+    let cookie = csrf_cookie(&state, &action, csrf.expose(), STATE_TTL_SECS);
+    response.headers_mut().append(
+        header::SET_COOKIE,
+        HeaderValue::from_str(&cookie).map_err(|e| ApiError::internal("invalid cookie", e))?,
+    );
+    Ok(response)
 }
 
-/// `POST /v1/connect/{session_token}` (the page's Connect button): consumes
-/// the session, stores a state with a PKCE verifier and a browser nonce, and
+/// The CSRF cookie, bound to the one connect page's path. `SameSite=Strict`:
+/// a cross-site form post carries none.
+fn csrf_cookie(state: &AppState, path: &str, value: &str, max_age: i64) -> String {
+    let mut cookie =
+        format!("{CSRF_COOKIE}={value}; Path={path}; HttpOnly; SameSite=Strict; Max-Age={max_age}");
+    if state.public_url.is_https() {
+        cookie.push_str("; Secure");
+    }
+    cookie
+}
+
+/// A display name the page can show: 1 to 120 characters, no control
+/// characters (it is escaped on the page all the same).
+fn display_name(name: &str) -> Result<(), ApiError> {
+    let chars = name.chars().count();
+    if chars == 0 || chars > DISPLAY_NAME_MAX || name.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(format!(
+            "user_display_name must be 1 to {DISPLAY_NAME_MAX} characters without control characters"
+        )));
+    }
+    Ok(())
+}
+
+/// The Connect button's post must come from the connect page itself: a
+/// browser that sends fetch metadata must say `same-origin`, an `Origin`
+/// must be this service's, and the form's CSRF token must equal the page's
+/// cookie. A cross-site auto-submitting form fails all three.
+pub fn check_same_origin(
+    headers: &HeaderMap,
+    form: &[u8],
+    public_origin: &str,
+) -> Result<(), ApiError> {
+    let refuse = |why: &str| {
+        ApiError::new(
+            ErrorCode::CrossSiteRequest,
+            format!("the connect form must be sent from its own page ({why}); open the connect link again"),
+        )
+    };
+    let single = |name: header::HeaderName| -> Result<Option<&str>, ApiError> {
+        let mut values = headers.get_all(&name).iter();
+        match (values.next(), values.next()) {
+            (None, _) => Ok(None),
+            (Some(v), None) => v
+                .to_str()
+                .map(Some)
+                .map_err(|_| refuse(&format!("unreadable {name}"))),
+            (Some(_), Some(_)) => Err(refuse(&format!("{name} sent twice"))),
+        }
+    };
+    if let Some(site) = single(header::HeaderName::from_static("sec-fetch-site"))? {
+        if site != "same-origin" {
+            return Err(refuse("sent from another site"));
+        }
+    }
+    if let Some(origin) = single(header::ORIGIN)? {
+        if !origin.eq_ignore_ascii_case(public_origin) {
+            return Err(refuse("sent from another origin"));
+        }
+    }
+    let field = url::form_urlencoded::parse(form)
+        .find(|(k, _)| k == CSRF_FIELD)
+        .map(|(_, v)| CsrfToken::new(v.into_owned()))
+        .filter(|v| !v.expose().is_empty())
+        .ok_or_else(|| refuse("no CSRF token"))?;
+    let expected = sha256(field.expose().as_bytes());
+    let mut matches = false;
+    for cookie in super::cookie_values(headers, CSRF_COOKIE) {
+        matches |= digest_eq(&sha256(cookie.as_bytes()), &expected);
+    }
+    if !matches {
+        return Err(refuse("the CSRF token does not match the page's cookie"));
+    }
+    Ok(())
+}
+
+/// `POST /v1/connect/{session_token}` (the page's Connect button): checks
+/// that the post comes from the page ([`check_same_origin`]), consumes the
+/// session, stores a state with a PKCE verifier and a browser nonce, and
 /// sends the browser to the provider (303).
 pub async fn start(
     State(state): State<AppState>,
     ApiPath(token): ApiPath<String>,
+    headers: HeaderMap,
+    form: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
+    check_same_origin(&headers, &form, state.public_url.origin()).inspect_err(|_| {
+        tracing::warn!("connect form refused: not sent from its own page");
+    })?;
     let token = SessionToken::new(token);
     let now = db::now();
     let session = sessions::take_session(&state.db, &sha256(token.expose().as_bytes()))
@@ -240,10 +348,15 @@ pub async fn start(
     let header_value = |v: &str| {
         HeaderValue::from_str(v).map_err(|e| ApiError::internal("invalid redirect header", e))
     };
+    let page_path = state
+        .public_url
+        .browser_path(&format!("{CONNECT_PATH}/{}", token.expose()));
+    let csrf_clear = csrf_cookie(&state, &page_path, "", 0);
     let mut response = StatusCode::SEE_OTHER.into_response();
     let headers = response.headers_mut();
     headers.insert(header::LOCATION, header_value(location.as_str())?);
-    headers.insert(header::SET_COOKIE, header_value(&cookie)?);
+    headers.append(header::SET_COOKIE, header_value(&cookie)?);
+    headers.append(header::SET_COOKIE, header_value(&csrf_clear)?);
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     headers.insert(
         header::REFERRER_POLICY,

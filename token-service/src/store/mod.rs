@@ -2,6 +2,7 @@
 //! here already sealed by the vault; these functions never see plaintext.
 
 pub mod apps;
+pub mod connect_results;
 pub mod connections;
 pub mod leases;
 pub mod providers;

@@ -13,6 +13,8 @@ pub struct ConnectSession {
     pub provider: String,
     pub user_id: String,
     pub return_to: Option<String>,
+    /// How the connect page names the app's user (the app's own label).
+    pub user_display_name: Option<String>,
     /// Connection parameter values, already checked against their patterns.
     pub params: crate::template::Values,
     pub created_at: i64,
@@ -20,7 +22,7 @@ pub struct ConnectSession {
 }
 
 const SESSION_COLUMNS: &str =
-    "token_hash, app_id, provider, user_id, return_to, created_at, expires_at, params";
+    "token_hash, app_id, provider, user_id, return_to, created_at, expires_at, params, user_display_name";
 
 impl ConnectSession {
     fn from_row(row: &AnyRow) -> Result<Self, sqlx::Error> {
@@ -30,6 +32,7 @@ impl ConnectSession {
             provider: row.try_get("provider")?,
             user_id: row.try_get("user_id")?,
             return_to: row.try_get("return_to")?,
+            user_display_name: row.try_get("user_display_name")?,
             params: super::json_column(&row.try_get::<String, _>("params")?)?,
             created_at: row.try_get("created_at")?,
             expires_at: row.try_get("expires_at")?,
@@ -39,7 +42,7 @@ impl ConnectSession {
 
 pub async fn insert_session(db: &Db, s: &ConnectSession) -> Result<(), sqlx::Error> {
     sqlx::query(&format!(
-        "INSERT INTO connect_sessions ({SESSION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+        "INSERT INTO connect_sessions ({SESSION_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
     ))
     .bind(&s.token_hash)
     .bind(&s.app_id)
@@ -49,6 +52,7 @@ pub async fn insert_session(db: &Db, s: &ConnectSession) -> Result<(), sqlx::Err
     .bind(s.created_at)
     .bind(s.expires_at)
     .bind(super::to_json(&s.params)?)
+    .bind(&s.user_display_name)
     .execute(db.pool())
     .await?;
     Ok(())
@@ -175,13 +179,17 @@ pub async fn take_state(
     .transpose()
 }
 
-/// Drops sessions and states that expired before `now`.
+/// Drops sessions, states and unconfirmed results that expired before `now`.
 pub async fn purge_expired(db: &Db, now: i64) -> Result<(), sqlx::Error> {
     sqlx::query("DELETE FROM connect_sessions WHERE expires_at < $1")
         .bind(now)
         .execute(db.pool())
         .await?;
     sqlx::query("DELETE FROM oauth_states WHERE expires_at < $1")
+        .bind(now)
+        .execute(db.pool())
+        .await?;
+    sqlx::query("DELETE FROM connect_results WHERE expires_at < $1")
         .bind(now)
         .execute(db.pool())
         .await?;

@@ -432,10 +432,27 @@ impl Harness {
         (state, nonce, location)
     }
 
-    /// The connect page's button: `POST` to the connect path.
+    /// The connect page's button as the page's browser presses it: the
+    /// page is opened for its CSRF cookie and field, then the form is posted
+    /// same-origin. (A page that does not open, a used or expired link, gets
+    /// a well-formed post all the same, so the session check is what answers.)
     pub async fn post_connect(&self, path: &str) -> Reply {
-        self.send(Request::post(path).body(Body::empty()).unwrap())
-            .await
+        let page = self.get(path).await;
+        let csrf = if page.status == StatusCode::OK {
+            csrf_of(&page)
+        } else {
+            "csrf-of-a-page-that-did-not-open".to_owned()
+        };
+        self.send(
+            Request::post(path)
+                .header(header::COOKIE, format!("authstamp_csrf={csrf}"))
+                .header(header::ORIGIN, PUBLIC_URL)
+                .header("sec-fetch-site", "same-origin")
+                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .body(Body::from(format!("csrf={}", urlencode(&csrf))))
+                .unwrap(),
+        )
+        .await
     }
 
     pub async fn callback(&self, query: &str, cookie: Option<&str>) -> Reply {
@@ -449,7 +466,8 @@ impl Harness {
         self.send(request.body(Body::empty()).unwrap()).await
     }
 
-    /// Runs the whole connect flow for `user`.
+    /// Runs the whole connect flow for `user`, back to the app's return_to,
+    /// and the app's confirmation.
     pub async fn connect(&self, app: &ConnectedApp, user: &str) {
         let (state, nonce, _) = self
             .start_connect(app, user, Some("https://app.test/done"))
@@ -461,6 +479,28 @@ impl Harness {
             )
             .await;
         assert_eq!(reply.status, StatusCode::FOUND, "{}", reply.text());
+        let result = connect_result_of(&reply);
+        let confirmed = self.confirm(app, &result, user).await;
+        assert_eq!(confirmed.status, StatusCode::OK, "{}", confirmed.text());
+    }
+
+    /// The app's side of a callback that went back to its return_to: confirms
+    /// `user`, asserting the redirect and the confirmation.
+    pub async fn confirm_return(&self, app: &ConnectedApp, user: &str, callback: &Reply) {
+        assert_eq!(callback.status, StatusCode::FOUND, "{}", callback.text());
+        let confirmed = self.confirm(app, &connect_result_of(callback), user).await;
+        assert_eq!(confirmed.status, StatusCode::OK, "{}", confirmed.text());
+    }
+
+    /// The app's backend confirms a connect result for its logged-in `user`.
+    pub async fn confirm(&self, app: &ConnectedApp, result: &str, user: &str) -> Reply {
+        self.as_app(
+            &app.app_id,
+            &app.app_key,
+            "/v1/connect-results/confirm",
+            json!({"result": result, "user": user}),
+        )
+        .await
     }
 
     pub fn lookup_request(
@@ -622,4 +662,34 @@ pub fn urlencode(s: &str) -> String {
 
 pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The CSRF token a connect page set in its cookie; asserts the form
+/// carries the same value.
+pub fn csrf_of(page: &Reply) -> String {
+    let cookie = page
+        .headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| v.strip_prefix("authstamp_csrf="))
+        .expect("the connect page sets its CSRF cookie");
+    let value = cookie.split(';').next().unwrap().to_owned();
+    assert!(
+        page.text()
+            .contains(&format!("name=\"csrf\" value=\"{value}\"")),
+        "the form carries the cookie's CSRF token: {}",
+        page.text()
+    );
+    value
+}
+
+/// `authstamp_result` of a callback's redirect to the app's return_to.
+pub fn connect_result_of(reply: &Reply) -> String {
+    let location = Url::parse(reply.header("location").expect("location")).unwrap();
+    assert_eq!(
+        query_param(&location, "authstamp_status").as_deref(),
+        Some("confirmation_required")
+    );
+    query_param(&location, "authstamp_result").expect("authstamp_result")
 }

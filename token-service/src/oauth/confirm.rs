@@ -1,0 +1,185 @@
+//! The app confirms a finished connect: a flow that returns to the app's
+//! `return_to` leaves its tokens in `connect_results` and hands the browser
+//! a one-time result; the app's backend, which knows who is logged in,
+//! sends `POST /v1/connect-results/confirm {"result", "user"}`. Only when
+//! that user is the one the connect link was made for does the connection
+//! exist. A victim's browser lured through an attacker's link comes back
+//! logged in as the victim, so the attacker's connection is never made.
+
+use super::client::TokenSet;
+use super::connect::STATE_TTL_SECS;
+use crate::auth::AppAuth;
+use crate::connections::{get_connection, ConnectionView};
+use crate::db;
+use crate::error::{ApiError, ApiJson};
+use crate::secrets::{sha256, AccessToken, ConnectResultToken, RefreshToken};
+use crate::store::connect_results::{self, ConnectResult};
+use crate::store::connections::ConnKey;
+use crate::store::sessions::OAuthStateRecord;
+use crate::validate;
+use crate::vault::{Aad, Field};
+use crate::AppState;
+use authstamp_protocol::ErrorCode;
+use axum::extract::State;
+use axum::Json;
+use serde::Deserialize;
+
+/// Tokens of a connection, sealed (to a connection row or a result row).
+pub struct SealedTokens {
+    pub access_token: Vec<u8>,
+    pub refresh_token: Option<Vec<u8>>,
+    pub expires_in: Option<u64>,
+    /// The scope the provider granted, when it said.
+    pub scope: Option<String>,
+}
+
+impl SealedTokens {
+    pub fn expires_at(&self, issued_at: i64) -> Option<i64> {
+        self.expires_in
+            .map(|secs| issued_at.saturating_add(i64::try_from(secs).unwrap_or(i64::MAX)))
+    }
+}
+
+/// Seals the tokens of `tokens` with the associated data `aad` gives per field.
+pub fn seal_tokens(
+    state: &AppState,
+    tokens: &TokenSet,
+    aad: impl Fn(Field) -> Aad,
+) -> Result<SealedTokens, ApiError> {
+    let seal = |field, value: &str| state.vault.seal_str(&aad(field), value);
+    Ok(SealedTokens {
+        access_token: seal(Field::AccessToken, tokens.access_token.expose())?,
+        refresh_token: tokens
+            .refresh_token
+            .as_ref()
+            .map(|t| seal(Field::RefreshToken, t.expose()))
+            .transpose()?,
+        expires_in: tokens.expires_in,
+        scope: tokens.scope.clone(),
+    })
+}
+
+/// Keeps the tokens of a finished authorization until the app confirms;
+/// returns the one-time result for the browser's way back.
+pub async fn hold(
+    state: &AppState,
+    record: &OAuthStateRecord,
+    tokens: &TokenSet,
+    params: &crate::template::Values,
+    now: i64,
+) -> Result<ConnectResultToken, ApiError> {
+    let result = ConnectResultToken::generate();
+    let result_hash = sha256(result.expose().as_bytes());
+    let sealed = seal_tokens(state, tokens, |field| {
+        Aad::connect_result(&result_hash, field)
+    })?;
+    connect_results::insert(
+        &state.db,
+        &ConnectResult {
+            result_hash: result_hash.to_vec(),
+            app_id: record.app_id.clone(),
+            provider: record.provider.clone(),
+            user_id: record.user_id.clone(),
+            token_expires_at: sealed.expires_at(now),
+            access_token: sealed.access_token,
+            refresh_token: sealed.refresh_token,
+            scopes: sealed
+                .scope
+                .unwrap_or_else(|| record.requested_scope.clone()),
+            params: params.clone(),
+            created_at: now,
+            expires_at: now.saturating_add(STATE_TTL_SECS),
+        },
+    )
+    .await?;
+    tracing::info!(app_id = %record.app_id, provider = %record.provider, "connect result waiting for the app's confirmation");
+    Ok(result)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfirmRequest {
+    /// `authstamp_result` from the `return_to` URL.
+    pub result: ConnectResultToken,
+    /// The app's user logged in on the browser that came back.
+    pub user: String,
+}
+
+/// `POST /v1/connect-results/confirm` (app auth): the connection becomes
+/// active if `user` is the user of the connect link; otherwise it is
+/// discarded (403 `user_mismatch`). Either way the result is used up.
+pub async fn handler(
+    State(state): State<AppState>,
+    AppAuth(app): AppAuth,
+    ApiJson(input): ApiJson<ConfirmRequest>,
+) -> Result<Json<ConnectionView>, ApiError> {
+    validate::user_id(&input.user)?;
+    let now = db::now();
+    let result_hash = sha256(input.result.expose().as_bytes());
+    let pending = connect_results::take(&state.db, &app.app_id, &result_hash)
+        .await?
+        .filter(|r| r.expires_at > now)
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::InvalidState,
+                "the connect result is unknown, already used or expired",
+            )
+        })?;
+    if pending.user_id != input.user {
+        tracing::warn!(app_id = %pending.app_id, provider = %pending.provider, "connect result confirmed for another user than its link's: connection discarded");
+        return Err(ApiError::new(
+            ErrorCode::UserMismatch,
+            "the connect link was made for another user of the app: the connection was discarded",
+        ));
+    }
+    let key = ConnKey {
+        app_id: pending.app_id.clone(),
+        provider: pending.provider.clone(),
+        user_id: pending.user_id.clone(),
+    };
+    let open = |field, blob: &[u8]| {
+        state
+            .vault
+            .open_string(&Aad::connect_result(&result_hash, field), blob)
+    };
+    let access = AccessToken::new(open(Field::AccessToken, &pending.access_token)?.as_str());
+    let refresh = pending
+        .refresh_token
+        .as_deref()
+        .map(|blob| open(Field::RefreshToken, blob).map(|t| RefreshToken::new(t.as_str())))
+        .transpose()?;
+    let seal = |field, value: &str| {
+        state.vault.seal_str(
+            &Aad::connection(&key.app_id, &key.provider, &key.user_id, field),
+            value,
+        )
+    };
+    let sealed = SealedTokens {
+        access_token: seal(Field::AccessToken, access.expose())?,
+        refresh_token: refresh
+            .as_ref()
+            .map(|t| seal(Field::RefreshToken, t.expose()))
+            .transpose()?,
+        expires_in: None,
+        scope: None,
+    };
+    super::callback::store_connection_until(
+        &state,
+        &key,
+        sealed,
+        pending.token_expires_at,
+        &pending.scopes,
+        &pending.params,
+        now,
+    )
+    .await?;
+    get_connection(
+        &state.db,
+        &state.policy,
+        &key.app_id,
+        &key.provider,
+        &key.user_id,
+    )
+    .await
+    .map(Json)
+}
