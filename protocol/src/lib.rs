@@ -80,12 +80,15 @@ pub enum ErrorCode {
     /// A connect result was confirmed for another user than the one the
     /// connect link was made for: the connection is discarded.
     UserMismatch,
+    /// The token service's database did not answer in time (an outage or
+    /// a failover); nothing was changed.
+    StorageUnavailable,
     /// A bug or storage failure; details are in the token service's log.
     Internal,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 18] = [
+    pub const ALL: [ErrorCode; 19] = [
         ErrorCode::BadRequest,
         ErrorCode::Unauthorized,
         ErrorCode::UnknownApp,
@@ -103,6 +106,7 @@ impl ErrorCode {
         ErrorCode::ForbiddenWorkload,
         ErrorCode::CrossSiteRequest,
         ErrorCode::UserMismatch,
+        ErrorCode::StorageUnavailable,
         ErrorCode::Internal,
     ];
 
@@ -125,6 +129,7 @@ impl ErrorCode {
             ErrorCode::ForbiddenWorkload => "forbidden_workload",
             ErrorCode::CrossSiteRequest => "cross_site_request",
             ErrorCode::UserMismatch => "user_mismatch",
+            ErrorCode::StorageUnavailable => "storage_unavailable",
             ErrorCode::Internal => "internal",
         }
     }
@@ -154,6 +159,7 @@ impl ErrorCode {
             ErrorCode::ForbiddenWorkload => 403,
             ErrorCode::CrossSiteRequest => 403,
             ErrorCode::UserMismatch => 403,
+            ErrorCode::StorageUnavailable => 503,
             ErrorCode::Internal => 500,
         }
     }

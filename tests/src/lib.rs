@@ -12,6 +12,7 @@ pub mod postgres;
 pub mod process;
 pub mod replicas;
 pub mod stack;
+pub mod tcp_cut;
 pub mod webhook_receiver;
 
 use std::path::{Path, PathBuf};

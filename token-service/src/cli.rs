@@ -292,6 +292,14 @@ pub struct ServeArgs {
     /// How long a refresh lease lasts; longer than --provider-timeout (default: it plus 5s).
     #[arg(long, env = "AUTHSTAMP_REFRESH_LEASE", value_parser = humantime::parse_duration)]
     pub refresh_lease: Option<Duration>,
+    /// How long a query waits for a database connection before answering
+    /// 503 storage_unavailable; keep it below the filter's timeout.
+    #[arg(long, env = "AUTHSTAMP_DB_TIMEOUT", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub db_timeout: Duration,
+    /// How long a lookup whose token is still valid waits for a refresh of
+    /// it before it is served that token (the refresh goes on).
+    #[arg(long, env = "AUTHSTAMP_VALID_TOKEN_MAX_WAIT", default_value = "250ms", value_parser = humantime::parse_duration)]
+    pub valid_token_max_wait: Duration,
     /// Token lookups per app (COUNT/s|m|h, or off), per replica: a bucket of
     /// COUNT refilled over the period; past it, 429 rate_limited.
     #[arg(long, env = "AUTHSTAMP_RATE_LIMIT_LOOKUPS", default_value = "10000/s")]

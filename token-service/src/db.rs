@@ -23,11 +23,24 @@ pub struct Db {
 
 const SQLITE_FILE: &str = "authstamp.db";
 const BUSY_TIMEOUT_MS: u32 = 5_000;
+/// How long a query waits for a connection before it fails with
+/// `storage_unavailable`: shorter than the filter's token-service timeout
+/// (2 s in the shipped bootstraps), so an outage is reported, not waited out.
+pub const DEFAULT_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl Db {
     /// Opens `database_url`, or `<data_dir>/authstamp.db` when none is
     /// given, and runs the migrations of its backend.
     pub async fn open(database_url: Option<&str>, data_dir: &Path) -> anyhow::Result<Self> {
+        Self::open_with(database_url, data_dir, DEFAULT_ACQUIRE_TIMEOUT).await
+    }
+
+    /// [`Self::open`] with the connection acquire timeout given.
+    pub async fn open_with(
+        database_url: Option<&str>,
+        data_dir: &Path,
+        acquire_timeout: Duration,
+    ) -> anyhow::Result<Self> {
         sqlx::any::install_default_drivers();
         let (url, backend) = match database_url.map(str::trim).filter(|u| !u.is_empty()) {
             None => {
@@ -49,7 +62,7 @@ impl Db {
         };
         let options = AnyConnectOptions::from_str(&url)
             .map_err(|_| anyhow::anyhow!("the database URL could not be parsed"))?;
-        let mut pool_options = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(10));
+        let mut pool_options = AnyPoolOptions::new().acquire_timeout(acquire_timeout);
         if backend == Backend::Sqlite {
             pool_options = pool_options.max_connections(8).after_connect(|conn, _| {
                 Box::pin(async move {
@@ -100,6 +113,20 @@ impl Db {
 
     pub async fn close(&self) {
         self.pool.close().await;
+    }
+}
+
+/// The database could not be reached (pool timeout, connection refused or
+/// reset, server shutting down): worth a retry, unlike a query error.
+pub fn is_unavailable(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => true,
+        sqlx::Error::Tls(_) | sqlx::Error::Protocol(_) | sqlx::Error::WorkerCrashed => true,
+        // PostgreSQL's admin_shutdown / cannot_connect_now / crash_shutdown.
+        sqlx::Error::Database(db) => {
+            matches!(db.code().as_deref(), Some("57P01" | "57P02" | "57P03"))
+        }
+        _ => false,
     }
 }
 

@@ -108,6 +108,13 @@ impl IntoResponse for ApiError {
 
 impl From<sqlx::Error> for ApiError {
     fn from(err: sqlx::Error) -> Self {
+        if crate::db::is_unavailable(&err) {
+            tracing::warn!(error = %err, "database unavailable");
+            return Self::new(
+                ErrorCode::StorageUnavailable,
+                "the token service's database did not answer in time; retry shortly",
+            );
+        }
         Self::internal("database error", err)
     }
 }

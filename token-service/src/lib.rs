@@ -76,6 +76,8 @@ pub struct Inner {
     pub max_failure_cooldown: Duration,
     /// How long a refresh lease lasts (longer than the provider timeout).
     pub refresh_lease: Duration,
+    /// How long a caller with a still-valid token waits for a refresh.
+    pub valid_token_max_wait: Duration,
     pub lease_owners: LeaseOwners,
     /// Held by every running refresh task; shutdown waits for them.
     pub refresh_tasks: Arc<tokio::sync::Semaphore>,
@@ -144,6 +146,7 @@ pub struct StateOptions {
     pub provider_timeout: Duration,
     /// `None`: the provider timeout plus 5 s.
     pub refresh_lease: Option<Duration>,
+    pub valid_token_max_wait: Duration,
     pub background: BackgroundOptions,
     pub connect_session_ttl: Duration,
     pub rate_limits: ratelimit::RateLimits,
@@ -160,6 +163,7 @@ impl StateOptions {
             max_failure_cooldown: Duration::from_secs(300),
             provider_timeout: Duration::from_secs(10),
             refresh_lease: None,
+            valid_token_max_wait: refresh::DEFAULT_VALID_TOKEN_MAX_WAIT,
             background: BackgroundOptions {
                 interval: Duration::ZERO,
                 ..BackgroundOptions::default()
@@ -195,6 +199,7 @@ impl AppState {
             policy: options.policy,
             max_failure_cooldown: options.max_failure_cooldown,
             refresh_lease,
+            valid_token_max_wait: options.valid_token_max_wait,
             lease_owners: LeaseOwners::new(),
             refresh_tasks: Arc::new(tokio::sync::Semaphore::new(MAX_REFRESH_TASKS as usize)),
             background: options.background,
@@ -218,7 +223,14 @@ impl AppState {
                 return Some(counts);
             }
         }
-        match store::connections::count_by_status(&self.db).await {
+        // Metrics stay quick in an outage: the last counts (or none) after a short wait.
+        let counted = tokio::time::timeout(
+            PROBE_DB_TIMEOUT,
+            store::connections::count_by_status(&self.db),
+        )
+        .await
+        .unwrap_or(Err(sqlx::Error::PoolTimedOut));
+        match counted {
             Ok(counts) => {
                 *self.status_cache.lock().unwrap_or_else(|e| e.into_inner()) =
                     Some((Instant::now(), counts));
@@ -226,7 +238,7 @@ impl AppState {
             }
             Err(err) => {
                 tracing::warn!(error = %err, "could not count connections for /metrics");
-                None
+                cached.map(|(_, counts)| counts)
             }
         }
     }
@@ -251,6 +263,7 @@ impl AppState {
 pub fn routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
     vec![
         ("/healthz", get(healthz)),
+        ("/readyz", get(readyz)),
         ("/metrics", get(metrics_text)),
         ("/v1/openapi.json", get(openapi_document)),
         ("/v1/apps", post(admin::create_app_handler)),
@@ -319,9 +332,36 @@ async fn openapi_document() -> impl IntoResponse {
     ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
 }
 
-async fn healthz(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
-    state.db.ping().await?;
-    Ok(Json(serde_json::json!({ "status": "ok" })))
+/// Liveness: the process answers. Never touches the database, so a probe
+/// does not restart the service in the middle of a database outage.
+async fn healthz() -> impl IntoResponse {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+/// How long `/readyz` and `/metrics` wait for the database.
+const PROBE_DB_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Readiness: the database answers; 503 `storage_unavailable` naming the
+/// failing check otherwise.
+async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    let failed = match tokio::time::timeout(PROBE_DB_TIMEOUT, state.db.ping()).await {
+        Ok(Ok(())) => None,
+        Ok(Err(err)) if db::is_unavailable(&err) => Some("unreachable".to_owned()),
+        Ok(Err(err)) => Some(format!("query failed ({err})")),
+        Err(_) => Some(format!(
+            "no answer within {} ms",
+            PROBE_DB_TIMEOUT.as_millis()
+        )),
+    };
+    match failed {
+        None => Ok(Json(
+            serde_json::json!({ "status": "ready", "checks": { "database": "ok" } }),
+        )),
+        Some(why) => Err(ApiError::new(
+            authstamp_protocol::ErrorCode::StorageUnavailable,
+            format!("not ready: database {why}"),
+        )),
+    }
 }
 
 async fn metrics_text(State(state): State<AppState>) -> impl IntoResponse {

@@ -56,6 +56,8 @@ pub struct Metrics {
     lease_wait_micros: AtomicU64,
     lease_takeovers: AtomicU64,
     lease_lost: AtomicU64,
+    served_during_refresh: AtomicU64,
+    stores_retried: AtomicU64,
     provider_calls: [AtomicU64; 2],
     lookup_buckets: [AtomicU64; LOOKUP_BUCKETS.len()],
     lookup_count: AtomicU64,
@@ -125,6 +127,17 @@ impl Metrics {
         inc(&self.lease_lost);
     }
 
+    /// A lookup got the still-valid token because the refresh took longer
+    /// than a valid token may wait.
+    pub fn served_during_refresh(&self) {
+        inc(&self.served_during_refresh);
+    }
+
+    /// Refreshed tokens were written only after the database came back.
+    pub fn store_retried(&self) {
+        inc(&self.stores_retried);
+    }
+
     pub fn refreshes(&self, outcome: RefreshOutcome) -> u64 {
         self.refreshes[outcome as usize].load(Ordering::Relaxed)
     }
@@ -170,7 +183,7 @@ impl Metrics {
                 load(&self.refreshes[outcome as usize])
             );
         }
-        let counters: [(&str, &str, &AtomicU64); 6] = [
+        let counters: [(&str, &str, &AtomicU64); 8] = [
             (
                 "authstamp_background_refreshes_total",
                 "Refresh attempts started by the background refresher (also in authstamp_refreshes_total).",
@@ -200,6 +213,16 @@ impl Metrics {
                 "authstamp_refresh_lease_lost_total",
                 "Refreshes that finished after their lease had expired.",
                 &self.lease_lost,
+            ),
+            (
+                "authstamp_served_during_refresh_total",
+                "Lookups served the still-valid token while its refresh took longer than 250 ms.",
+                &self.served_during_refresh,
+            ),
+            (
+                "authstamp_refresh_stores_retried_total",
+                "Refreshes whose new tokens were written only after the database came back.",
+                &self.stores_retried,
             ),
         ];
         for (name, help, counter) in counters {

@@ -38,9 +38,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
-/// A caller whose stored token is still valid waits at most this long for
-/// another holder's refresh before it is served the current token.
-const VALID_TOKEN_MAX_WAIT: Duration = Duration::from_secs(1);
+/// By default a caller whose stored token is still valid waits at most this long for a
+/// refresh (its own or another holder's, in this replica or another) before
+/// it is served the current token; the refresh goes on in its task.
+pub const DEFAULT_VALID_TOKEN_MAX_WAIT: Duration = Duration::from_millis(250);
+/// Retry delays of a write of refreshed tokens while the database is away.
+const STORE_RETRY_FIRST: Duration = Duration::from_millis(200);
+const STORE_RETRY_MAX: Duration = Duration::from_secs(2);
 const FIRST_BACKOFF: Duration = Duration::from_millis(5);
 const MAX_BACKOFF: Duration = Duration::from_millis(200);
 
@@ -144,15 +148,29 @@ pub async fn refresh(
     snapshot: ConnectionRecord,
     need: Need,
 ) -> Result<Served, ApiError> {
-    let state = state.clone();
+    let policy = state.policy.with(&provider.policy);
+    // Served instead if the refresh takes longer than a valid token may wait.
+    let fallback = (need == Need::Due && snapshot.is_valid_at(db::now()))
+        .then(|| serve(state, &snapshot, &policy))
+        .transpose()?;
+    let task_state = state.clone();
     let provider = provider.clone();
     let permit = state.refresh_tasks.clone().acquire_owned().await;
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         let _permit = permit;
-        run(&state, &provider, snapshot, need).await
-    })
-    .await
-    .map_err(|e| ApiError::internal("refresh task failed", e))?
+        run(&task_state, &provider, snapshot, need).await
+    });
+    let joined = match fallback {
+        None => task.await,
+        Some(current) => match tokio::time::timeout(state.valid_token_max_wait, task).await {
+            Ok(joined) => joined,
+            Err(_) => {
+                state.metrics.served_during_refresh();
+                return Ok(current);
+            }
+        },
+    };
+    joined.map_err(|e| ApiError::internal("refresh task failed", e))?
 }
 
 /// Records the time a caller spent waiting for someone else's lease.
@@ -185,7 +203,7 @@ async fn run(
     }
     let key = snapshot.key.clone();
     let lock = state.refresh_locks.lock_for(&key);
-    let _local = lock.lock().await;
+    let local = lock.lock_owned().await;
     let owner = state.lease_owner();
     let mut timer = WaitTimer {
         state,
@@ -269,7 +287,7 @@ async fn run(
                         && fresh.status == ConnectionStatus::Active =>
                 {
                     drop(timer);
-                    return attempt(state, provider, &policy, fresh, &owner, need).await;
+                    return attempt(state, provider, &policy, fresh, &owner, need, local).await;
                 }
                 _ => {
                     connections::release_lease(&state.db, &key, &owner).await?;
@@ -284,7 +302,7 @@ async fn run(
         timer.started.get_or_insert(begun);
         if need != Need::Force
             && current.is_valid_at(now)
-            && begun.elapsed() >= VALID_TOKEN_MAX_WAIT
+            && begun.elapsed() >= state.valid_token_max_wait
         {
             return serve(state, &current, &policy);
         }
@@ -303,6 +321,7 @@ async fn attempt(
     current: ConnectionRecord,
     owner: &str,
     need: Need,
+    local: tokio::sync::OwnedMutexGuard<()>,
 ) -> Result<Served, ApiError> {
     let key = &current.key;
     let aad = |field| Aad::connection(&key.app_id, &key.provider, &key.user_id, field);
@@ -361,20 +380,17 @@ async fn attempt(
                 .as_ref()
                 .map(|t| state.vault.seal_str(&aad(Field::RefreshToken), t.expose()))
                 .transpose()?;
-            let stored = connections::store_refreshed(
-                &state.db,
-                Refreshed {
-                    key,
-                    owner,
-                    base_version: current.token_version,
-                    access_token: access_blob,
-                    refresh_token: refresh_blob,
-                    expires_at,
-                    scopes: tokens.scope.as_deref(),
-                    now,
-                },
-            )
-            .await?;
+            let refreshed = Refreshed {
+                key,
+                owner,
+                base_version: current.token_version,
+                access_token: access_blob,
+                refresh_token: refresh_blob,
+                expires_at,
+                scopes: tokens.scope.as_deref(),
+                now,
+            };
+            let stored = store_or_hold(state, refreshed, local).await?;
             state.metrics.refresh(RefreshOutcome::Ok);
             if stored {
                 tracing::info!(app_id = %key.app_id, provider = %key.provider, refresh_token_returned = tokens.refresh_token.is_some(), ?need, "refreshed access token");
@@ -463,6 +479,66 @@ async fn attempt(
             }
         }
     }
+}
+
+/// Writes refreshed tokens. While the database is unreachable the provider
+/// may already have rotated the refresh token, so giving up would lose the
+/// connection: a task of its own keeps the sealed tokens in memory and
+/// tries again (200 ms doubling to 2 s) until they are written, holding the
+/// connection's local lock so no refresh in this replica starts from the old
+/// refresh token meanwhile; the caller is served the new token at once.
+async fn store_or_hold(
+    state: &AppState,
+    refreshed: Refreshed<'_>,
+    local: tokio::sync::OwnedMutexGuard<()>,
+) -> Result<bool, ApiError> {
+    let err = match connections::store_refreshed(&state.db, refreshed.clone()).await {
+        Ok(stored) => return Ok(stored),
+        Err(err) if db::is_unavailable(&err) => err,
+        Err(err) => return Err(err.into()),
+    };
+    let key = refreshed.key.clone();
+    let owner = refreshed.owner.to_owned();
+    let scopes = refreshed.scopes.map(str::to_owned);
+    let (access_token, refresh_token) = (refreshed.access_token, refreshed.refresh_token);
+    let (base_version, expires_at, now) =
+        (refreshed.base_version, refreshed.expires_at, refreshed.now);
+    tracing::error!(app_id = %key.app_id, provider = %key.provider, error = %err, "database unavailable after a refresh: holding the new tokens in memory and writing them as soon as it is back");
+    let task_state = state.clone();
+    let permit = state.refresh_tasks.clone().acquire_owned().await;
+    tokio::spawn(async move {
+        let (_local, _permit) = (local, permit);
+        let since = Instant::now();
+        let mut delay = STORE_RETRY_FIRST;
+        loop {
+            tokio::time::sleep(delay).await;
+            let attempt = Refreshed {
+                key: &key,
+                owner: &owner,
+                base_version,
+                access_token: access_token.clone(),
+                refresh_token: refresh_token.clone(),
+                expires_at,
+                scopes: scopes.as_deref(),
+                now,
+            };
+            match connections::store_refreshed(&task_state.db, attempt).await {
+                Ok(stored) => {
+                    task_state.metrics.store_retried();
+                    tracing::warn!(app_id = %key.app_id, provider = %key.provider, stored, waited_ms = since.elapsed().as_millis(), "database back: the refreshed tokens held in memory are written");
+                    return;
+                }
+                Err(err) if db::is_unavailable(&err) => {
+                    delay = (delay * 2).min(STORE_RETRY_MAX);
+                }
+                Err(err) => {
+                    tracing::error!(app_id = %key.app_id, provider = %key.provider, error = %err, "refreshed tokens could not be written");
+                    return;
+                }
+            }
+        }
+    });
+    Ok(true)
 }
 
 /// `base` doubled per failure after the first, at most `max`.

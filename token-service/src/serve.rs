@@ -27,7 +27,12 @@ pub async fn run(args: ServeArgs, env: SecretEnv) -> anyhow::Result<()> {
         .as_deref()
         .map(PublicUrl::parse)
         .transpose()?;
-    let db = Db::open(store.database_url.as_deref(), &store.data_dir).await?;
+    let db = Db::open_with(
+        store.database_url.as_deref(),
+        &store.data_dir,
+        args.db_timeout,
+    )
+    .await?;
     // A key that does not open this vault's key checks means no start.
     let key_version = crate::keys::attach(&db, &vault).await?;
 
@@ -55,6 +60,7 @@ pub async fn run(args: ServeArgs, env: SecretEnv) -> anyhow::Result<()> {
             max_failure_cooldown: args.max_failure_cooldown,
             provider_timeout: args.provider_timeout,
             refresh_lease: args.refresh_lease,
+            valid_token_max_wait: args.valid_token_max_wait,
             background: BackgroundOptions {
                 interval: args.background_interval,
                 ..BackgroundOptions::default()

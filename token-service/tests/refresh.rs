@@ -42,7 +42,13 @@ both_backends!(
 );
 
 async fn concurrent_lookups_of_an_expiring_token_refresh_once_case(backend: Backend) {
-    let (h, app) = connected(backend).await;
+    // The callers wait out the 300 ms refresh (a_hanging_provider_never_delays_a_valid_token
+    // in tests/tests/faults.rs covers the 250 ms default).
+    let (h, app) = connected_with(Options {
+        valid_token_max_wait: Some(Duration::from_secs(5)),
+        ..no_cooldown(backend)
+    })
+    .await;
     h.set_expires_in(&app, "alice", 30).await; // inside the 60 s skew
     let counter = Arc::new(AtomicUsize::new(0));
     let seen = counter.clone();
@@ -251,6 +257,8 @@ both_backends!(
 async fn unreachable_token_endpoint_is_transient_case(backend: Backend) {
     let h = Harness::with(Options {
         provider_timeout: Duration::from_millis(300),
+        // The lookup waits for the attempt's outcome.
+        valid_token_max_wait: Some(Duration::from_secs(5)),
         ..no_cooldown(backend)
     })
     .await;

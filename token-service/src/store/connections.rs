@@ -332,6 +332,7 @@ pub async fn release_lease(db: &Db, key: &ConnKey, owner: &str) -> Result<(), sq
 }
 
 /// The result of a successful refresh.
+#[derive(Clone)]
 pub struct Refreshed<'a> {
     pub key: &'a ConnKey,
     /// The lease holder writing.

@@ -201,6 +201,8 @@ pub struct Options {
     pub refresh_lease: Option<Duration>,
     /// `None`: the service's defaults.
     pub rate_limits: Option<authstamp_token_service::ratelimit::RateLimits>,
+    /// `None`: the service's default (250 ms).
+    pub valid_token_max_wait: Option<Duration>,
 }
 
 impl Default for Options {
@@ -212,6 +214,7 @@ impl Default for Options {
             provider_timeout: Duration::from_secs(5),
             refresh_lease: None,
             rate_limits: None,
+            valid_token_max_wait: None,
         }
     }
 }
@@ -270,6 +273,9 @@ impl Harness {
         state_options.policy = options.policy;
         state_options.provider_timeout = options.provider_timeout;
         state_options.refresh_lease = options.refresh_lease;
+        if let Some(wait) = options.valid_token_max_wait {
+            state_options.valid_token_max_wait = wait;
+        }
         if let Some(limits) = options.rate_limits {
             state_options.rate_limits = limits;
         }
@@ -297,6 +303,9 @@ impl Harness {
         state_options.policy = options.policy;
         state_options.provider_timeout = options.provider_timeout;
         state_options.refresh_lease = options.refresh_lease;
+        if let Some(wait) = options.valid_token_max_wait {
+            state_options.valid_token_max_wait = wait;
+        }
         let key = MasterKey::from_base64(&self.master_key.to_base64()).unwrap();
         let state = AppState::new(db, Vault::new(&key), state_options).unwrap();
         (state.clone(), app(state))

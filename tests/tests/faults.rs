@@ -1,0 +1,228 @@
+//! The token service when the parts around it fail: a database outage in
+//! the middle of rotating refreshes, and a provider that hangs while the
+//! stored tokens are still valid. Real processes, a real PostgreSQL reached
+//! through a cuttable TCP forwarder, the stand-in provider.
+
+use authstamp_e2e::replicas::{metric, Replicas};
+use authstamp_e2e::tcp_cut::TcpCut;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+fn token(body: &Value) -> String {
+    body["header"]["value"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// PostgreSQL goes away while five refreshes are in flight at a provider
+/// that rotates refresh tokens, and stays away 12 s (longer than the old
+/// 10 s pool timeout that used to drop the new tokens). Meanwhile the
+/// service fails fast and says why; afterwards every rotated token is in
+/// the database and the provider never saw an old refresh token again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_fails_fast_and_loses_no_rotated_token() {
+    let mut replicas = Replicas::start(
+        "faults_db_outage",
+        1,
+        true,
+        &["--background-interval", "0s"],
+    )
+    .await;
+    // The replica under test reaches PostgreSQL through the cut.
+    let url = replicas.database_url.clone().expect("postgres");
+    let authority = url
+        .split('@')
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .expect("host:port in the database URL")
+        .to_owned();
+    let cut = TcpCut::start(&authority).await;
+    replicas.database_url = Some(url.replacen(&authority, &cut.addr, 1));
+    let index = replicas.add_replica(&[]);
+    let base = replicas.urls[index].clone();
+
+    let users: Vec<String> = (0..5).map(|i| format!("rotating-{i}")).collect();
+    replicas
+        .set_quirks(json!({"rotate_refresh_tokens": true}))
+        .await;
+    for user in &users {
+        replicas.connect_user_expiring(user, 1).await;
+    }
+    let mut old = Vec::new();
+    for user in &users {
+        let view = replicas.connection(index, user).await;
+        old.push(view["expires_at"].as_i64().expect("expires_at"));
+    }
+    // The tokens expire; the provider rotates at once and answers 1.5 s later.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    replicas
+        .set_quirks(json!({"token_delay_ms": 1500, "delay_after_issuing": true}))
+        .await;
+    let calls_before = replicas.refresh_calls().await;
+    let in_flight: Vec<_> = users
+        .iter()
+        .map(|user| replicas.doomed_lookup(index, user))
+        .collect();
+    replicas
+        .wait_for_refresh_calls(calls_before + 5, Duration::from_secs(10))
+        .await;
+    cut.cut();
+    let outage = Instant::now();
+
+    // Fail fast, report truly.
+    let started = Instant::now();
+    let (status, body) = replicas.lookup(index, "someone-else").await;
+    let lookup_took = started.elapsed();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"], "storage_unavailable", "{body}");
+    assert!(lookup_took < Duration::from_secs(2), "{lookup_took:?}");
+    let http = &replicas.http;
+    let started = Instant::now();
+    let health = http
+        .get(format!("{base}/healthz"))
+        .send()
+        .await
+        .expect("healthz");
+    let health_took = started.elapsed();
+    assert_eq!(health.status(), StatusCode::OK);
+    assert!(health_took < Duration::from_millis(200), "{health_took:?}");
+    let started = Instant::now();
+    let ready = http
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .expect("readyz");
+    let ready_took = started.elapsed();
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let ready: Value = ready.json().await.expect("readyz json");
+    assert_eq!(ready["error"], "storage_unavailable");
+    assert!(
+        ready["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("database"),
+        "{ready}"
+    );
+    assert!(ready_took < Duration::from_secs(1), "{ready_took:?}");
+    let started = Instant::now();
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("metrics");
+    let metrics_took = started.elapsed();
+    assert_eq!(metrics.status(), StatusCode::OK);
+    assert!(metrics_took < Duration::from_secs(1), "{metrics_took:?}");
+    eprintln!(
+        "during the outage: lookup 503 in {lookup_took:?}, /healthz in {health_took:?}, \
+         /readyz 503 in {ready_took:?}, /metrics in {metrics_took:?}"
+    );
+
+    // The outage lasts 12 s in all (it is the fault being tested, not a wait for readiness).
+    tokio::time::sleep(Duration::from_secs(12).saturating_sub(outage.elapsed())).await;
+    cut.restore();
+    let restored = Instant::now();
+    for lookup in in_flight {
+        let _ = lookup.await;
+    }
+
+    // Every rotated token reaches the database.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let metrics = replicas.metrics(index).await;
+        if metric(&metrics, "authstamp_refresh_stores_retried_total") == 5 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "tokens not written after the outage:\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "all 5 rotated tokens written {:?} after the database came back",
+        restored.elapsed()
+    );
+    replicas.set_quirks(json!({"token_delay_ms": 0})).await;
+    for (user, old_expiry) in users.iter().zip(old) {
+        let view = replicas.connection(index, user).await;
+        assert_eq!(view["status"], "active", "{user}: {view}");
+        assert_eq!(view["failure_count"], 0, "{user}: {view}");
+        assert!(
+            view["expires_at"].as_i64().expect("expiry") > old_expiry,
+            "{user}: {view}"
+        );
+        let (status, body) = replicas.lookup(index, user).await;
+        assert_eq!(status, StatusCode::OK, "{user}: {body}");
+        assert!(token(&body).starts_with("Bearer "), "{body}");
+    }
+    assert_eq!(
+        replicas.refresh_calls().await,
+        calls_before + 5,
+        "one refresh per connection: no rotated refresh token was used twice"
+    );
+}
+
+/// The provider hangs (12 s) while the stored token is due for a refresh
+/// but still valid: every lookup gets the valid token within the bound
+/// (250 ms), on one replica, the one that started the refresh included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_provider_never_delays_a_valid_token() {
+    let replicas = Replicas::start(
+        "faults_slow_provider",
+        1,
+        false,
+        &[
+            "--background-interval",
+            "0s",
+            "--refresh-skew",
+            "1h",
+            "--provider-timeout",
+            "15s",
+        ],
+    )
+    .await;
+    // A 6 s token: with the skew capped at half its lifetime it is due
+    // from 3 s on and valid until 6 s.
+    replicas.connect_user_expiring("valid", 6).await;
+    let connected = Instant::now();
+    let (status, first) = replicas.lookup(0, "valid").await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    replicas.set_quirks(json!({"token_delay_ms": 12_000})).await;
+    tokio::time::sleep(Duration::from_millis(3300).saturating_sub(connected.elapsed())).await;
+    let started = Instant::now();
+    let lookups: Vec<_> = (0..20)
+        .map(|_| {
+            let http = replicas.http.clone();
+            let url = replicas.urls[0].clone();
+            let (app_id, app_key) = (replicas.app_id.clone(), replicas.app_key.clone());
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let answer =
+                    authstamp_e2e::replicas::lookup_at(&http, &url, &app_id, &app_key, "valid")
+                        .await;
+                (answer, started.elapsed())
+            })
+        })
+        .collect();
+    let mut slowest = Duration::ZERO;
+    for lookup in lookups {
+        let ((status, body), took) = lookup.await.expect("lookup task");
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(token(&body), token(&first), "the valid token");
+        slowest = slowest.max(took);
+    }
+    eprintln!(
+        "20 lookups during a 12 s provider hang: slowest {slowest:?}, all in {:?}",
+        started.elapsed()
+    );
+    assert!(slowest < Duration::from_secs(1), "{slowest:?}");
+    let metrics = replicas.metrics(0).await;
+    assert!(
+        metric(&metrics, "authstamp_served_during_refresh_total") >= 20,
+        "{metrics}"
+    );
+    replicas.set_quirks(json!({"token_delay_ms": 0})).await;
+}
