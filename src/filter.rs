@@ -1176,6 +1176,100 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_path_leaving_the_base_path_is_refused_before_any_lookup_and_on_a_hit() {
+        let traversals = [
+            "/../admin",
+            "/api/%2e%2e/admin",
+            "/api/..%2fadmin",
+            "/api/..;/admin",
+            "/api\\..\\admin",
+            "/api/%252e%252e/admin",
+        ];
+        let with_path = |user: &str, path: &'static str| {
+            let mut headers = marked(user, KEY);
+            headers.retain(|(n, _)| *n != ":path");
+            headers.push((":path", path));
+            headers
+        };
+        let query_answer = serde_json::json!({
+            "header": {"name": "api_key", "value": "k-secret", "in": "query"},
+            "upstream": {"scheme": "https", "authority": "maps.example.com", "base_path": "/v1"},
+        })
+        .to_string();
+        let bench = Bench::new(gateway());
+        // alice is cached with a bearer token, bob with a query credential.
+        bench.call(2, "alice", KEY);
+        bench.answer_last(Some(200), &token_answer(None));
+        bench.call(3, "bob", KEY);
+        bench.answer_last(Some(200), &query_answer);
+        assert_eq!(
+            bench.host.header(3, ":path").as_deref(),
+            Some("/v1/api/users.info?user=U1&api_key=k-secret")
+        );
+        let mut stream = 10;
+        for path in traversals {
+            for user in ["alice", "bob", "carol"] {
+                stream += 1;
+                assert_eq!(
+                    bench.request(stream, &with_path(user, path)),
+                    Verdict::Pause
+                );
+                let (status, code, _) = bench.reply_of(stream);
+                assert_eq!(
+                    (status, code),
+                    (403, ErrorCode::ForbiddenDestination),
+                    "{user} {path}"
+                );
+                assert_eq!(bench.host.header(stream, "authorization"), None);
+                assert!(
+                    !bench
+                        .host
+                        .header(stream, ":path")
+                        .unwrap_or_default()
+                        .contains("k-secret"),
+                    "{user} {path}"
+                );
+            }
+        }
+        assert_eq!(
+            bench.host.dispatch_count(),
+            2,
+            "carol's misses asked nothing"
+        );
+
+        // Transparent egress: the path is kept as sent, so it is checked too.
+        let bench = Bench::new(config_from(
+            r#"{"token_service": {"cluster": "ts_cluster", "authority": "ts.internal"},
+                "app": {"id": "app_mesh", "key_env": "APP_KEY"},
+                "provider_hosts": {"slack.com": "slack"}}"#,
+        ));
+        let egress = |path: &'static str| -> Vec<(&'static str, &'static str)> {
+            vec![
+                (":authority", "slack.com"),
+                (":path", path),
+                ("x-authstamp-user", "alice"),
+            ]
+        };
+        bench.request(2, &egress("/api-base/ok"));
+        bench.answer_last(Some(200), &token_answer(None));
+        assert_eq!(
+            bench.host.header(2, "authorization").as_deref(),
+            Some("Bearer xoxb-secret")
+        );
+        for (i, path) in traversals.into_iter().enumerate() {
+            let stream = 20 + u32::try_from(i).unwrap();
+            assert_eq!(bench.request(stream, &egress(path)), Verdict::Pause);
+            assert_eq!(
+                bench.reply_of(stream).1,
+                ErrorCode::ForbiddenDestination,
+                "{path}"
+            );
+            assert_eq!(bench.host.header(stream, "authorization"), None);
+        }
+        assert_eq!(bench.host.dispatch_count(), 1);
+    }
+
     // --- miss, answer, stamp -------------------------------------------------
 
     #[test]
