@@ -143,7 +143,7 @@ pub fn on_request_headers(
         // ours, let the rest through.
         let marked = request_headers
             .iter()
-            .any(|(n, _)| n.to_ascii_lowercase().starts_with(headers::PREFIX));
+            .any(|(n, _)| request::starts_with_dashed(n, headers::PREFIX));
         if marked {
             return refuse(
                 host,
@@ -1335,6 +1335,8 @@ mod tests {
         headers.push(("proxy-authorization", "Basic Zm9v"));
         headers.push(("x-forwarded-host", "evil.example"));
         headers.push(("x-api-key", "forged-key"));
+        // Read as a second x-api-key by CGI-style servers.
+        headers.push(("X_Api_Key", "forged-too"));
         bench.request(2, &headers);
         bench.answer_last(
             Some(200),
@@ -1351,7 +1353,12 @@ mod tests {
             bench.host.header_values(2, "x-api-key"),
             vec!["hs-real-key".to_string()]
         );
-        for gone in ["authorization", "proxy-authorization", "x-forwarded-host"] {
+        for gone in [
+            "authorization",
+            "proxy-authorization",
+            "x-forwarded-host",
+            "X_Api_Key",
+        ] {
             assert_eq!(
                 bench.host.header_values(2, gone),
                 Vec::<String>::new(),

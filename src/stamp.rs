@@ -340,7 +340,8 @@ fn is_stripped(name: &str, names: &HeaderNames, stamp_name: &str) -> bool {
     starts_with_ignore_case(name, headers::PREFIX)
         || names.all().iter().any(|n| name.eq_ignore_ascii_case(n))
         || STRIPPED.iter().any(|n| name.eq_ignore_ascii_case(n))
-        || name.eq_ignore_ascii_case(stamp_name)
+        // `x_api_key` next to the stamped `x-api-key` reads as a second one on CGI-style servers.
+        || crate::request::eq_dashed(name, stamp_name)
 }
 
 /// Stamps the effective stream's request: removes every authstamp header
