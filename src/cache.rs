@@ -92,12 +92,19 @@ fn pending_key(slot: u32) -> String {
     format!("{PENDING_PREFIX}{slot}")
 }
 
-/// A cached token: for which cache key and app key, what to stamp, where to
-/// send it and until when (Unix seconds).
+/// SHA-256 of an app key: what shared data holds instead of the key, which
+/// any code in the VM (or a heap dump of Envoy) could read there.
+pub fn key_digest(app_key: &str) -> [u8; 32] {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(app_key.as_bytes()).into()
+}
+
+/// A cached token: for which cache key and app key (its digest), what to
+/// stamp, where to send it and until when (Unix seconds).
 #[derive(Clone, PartialEq, Eq)]
 pub struct Entry {
     pub key: String,
-    pub app_key: String,
+    pub app_key_digest: [u8; 32],
     pub header: StampHeader,
     pub upstream: Upstream,
     pub valid_until: u64,
@@ -107,7 +114,7 @@ impl fmt::Debug for Entry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Entry")
             .field("key", &self.key)
-            .field("app_key", &"<redacted>")
+            .field("app_key_digest", &"<redacted>")
             .field("header", &self.header)
             .field("upstream", &self.upstream)
             .field("valid_until", &self.valid_until)
@@ -116,7 +123,7 @@ impl fmt::Debug for Entry {
 }
 
 /// First line of an encoded entry.
-const ENTRY_TAG: &str = "authstamp-entry-v2";
+const ENTRY_TAG: &str = "authstamp-entry-v3";
 
 impl Entry {
     /// One field per line (read on every cache hit: no JSON). No field can
@@ -130,9 +137,10 @@ impl Entry {
             StampLocation::Header => std::borrow::Cow::Borrowed(self.header.name.as_str()),
             StampLocation::Query => std::borrow::Cow::Owned(format!("?{}", self.header.name)),
         };
+        let digest = hex(&self.app_key_digest);
         let fields = [
             self.key.as_str(),
-            &self.app_key,
+            &digest,
             &stamp_name,
             &self.header.value,
             &self.upstream.scheme,
@@ -170,7 +178,7 @@ impl Entry {
         let mut next = || fields.next().map(str::to_string);
         let entry = Entry {
             key: next()?,
-            app_key: next()?,
+            app_key_digest: unhex(&next()?)?,
             header: {
                 let name = next()?;
                 let value = next()?;
@@ -223,6 +231,38 @@ pub fn valid_until(
     }
 }
 
+/// Lowercase hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
+    out
+}
+
+/// A 32-byte digest from its lowercase hex.
+fn unhex(text: &str) -> Option<[u8; 32]> {
+    let bytes = text.as_bytes();
+    if bytes.len() != 64 {
+        return None;
+    }
+    let nibble = |b: u8| match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        _ => None,
+    };
+    let mut out = [0u8; 32];
+    for (byte, pair) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+        let [high, low] = pair else {
+            return None;
+        };
+        *byte = nibble(*high)? << 4 | nibble(*low)?;
+    }
+    Some(out)
+}
+
 /// Byte-wise equality in time independent of where the inputs differ.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
@@ -247,13 +287,18 @@ fn find(host: &dyn Host, key: &Slotted) -> Option<Entry> {
 }
 
 /// A usable entry: present, not deleted, for this cache key, well formed,
-/// still valid at `now`, and for this app key.
-pub fn lookup(host: &dyn Host, key: &Slotted, app_key: &str, now: u64) -> Option<Entry> {
+/// still valid at `now`, and for the app key of this digest.
+pub fn lookup(
+    host: &dyn Host,
+    key: &Slotted,
+    app_key_digest: &[u8; 32],
+    now: u64,
+) -> Option<Entry> {
     let entry = find(host, key)?;
     if entry.valid_until <= now {
         return None;
     }
-    if !constant_time_eq(entry.app_key.as_bytes(), app_key.as_bytes()) {
+    if !constant_time_eq(&entry.app_key_digest, app_key_digest) {
         return None;
     }
     // Only this filter writes these keys, after validating the answer in
@@ -445,7 +490,7 @@ mod tests {
     fn entry_for(key: &Slotted, valid_until: u64) -> Entry {
         Entry {
             key: key.key.clone(),
-            app_key: "ask_1".into(),
+            app_key_digest: key_digest("ask_1"),
             header: StampHeader {
                 name: "authorization".into(),
                 value: format!("Bearer tok-{}", key.key),
@@ -557,20 +602,24 @@ mod tests {
     fn lookup_needs_a_valid_entry_for_the_same_key() {
         let host = MockHost::new(100);
         let k = slotted("alice", 8);
-        assert_eq!(lookup(&host, &k, "ask_1", 100), None);
+        assert_eq!(lookup(&host, &k, &key_digest("ask_1"), 100), None);
         assert_eq!(store(&host, &k, &entry_for(&k, 101), 100), Stored::NewSlot);
-        assert!(lookup(&host, &k, "ask_1", 100).is_some());
+        assert!(lookup(&host, &k, &key_digest("ask_1"), 100).is_some());
         assert_eq!(
-            lookup(&host, &k, "ask_1", 101),
+            lookup(&host, &k, &key_digest("ask_1"), 101),
             None,
             "expired at valid_until"
         );
-        assert_eq!(lookup(&host, &k, "ask_2", 100), None, "another app key");
-        assert_eq!(lookup(&host, &k, "", 100), None);
+        assert_eq!(
+            lookup(&host, &k, &key_digest("ask_2"), 100),
+            None,
+            "another app key"
+        );
+        assert_eq!(lookup(&host, &k, &key_digest(""), 100), None);
         host.put_shared(&slot_key(k.slots[0]), b"");
         host.put_shared(&slot_key(k.slots[1]), b"");
         assert_eq!(
-            lookup(&host, &k, "ask_1", 100),
+            lookup(&host, &k, &key_digest("ask_1"), 100),
             None,
             "empty value means deleted"
         );
@@ -578,7 +627,7 @@ mod tests {
         bad.upstream.authority = "user@evil.example".into();
         host.put_shared(&slot_key(k.slots[0]), &bad.encode().unwrap());
         assert_eq!(
-            lookup(&host, &k, "ask_1", 100),
+            lookup(&host, &k, &key_digest("ask_1"), 100),
             None,
             "malformed entries are ignored"
         );
@@ -595,13 +644,13 @@ mod tests {
         for slot in alice.slots {
             host.put_shared(&slot_key(slot), &planted.encode().unwrap());
         }
-        assert_eq!(lookup(&host, &alice, "ask_1", 100), None);
+        assert_eq!(lookup(&host, &alice, &key_digest("ask_1"), 100), None);
         // Alice's entry in her second slot is found.
         host.put_shared(
             &slot_key(alice.slots[1]),
             &entry_for(&alice, 500).encode().unwrap(),
         );
-        let found = lookup(&host, &alice, "ask_1", 100).unwrap();
+        let found = lookup(&host, &alice, &key_digest("ask_1"), 100).unwrap();
         assert_eq!(found.header.value, format!("Bearer tok-{}", alice.key));
     }
 
@@ -628,7 +677,7 @@ mod tests {
         host.put_shared(&first, &other(500));
         assert_eq!(store(&host, &k, &entry_for(&k, 200), 100), Stored::NewSlot);
         assert_eq!(host.shared_value(&first).unwrap(), other(500));
-        assert!(lookup(&host, &k, "ask_1", 100).is_some());
+        assert!(lookup(&host, &k, &key_digest("ask_1"), 100).is_some());
 
         // Both live: the one that expires first is evicted.
         let host = MockHost::new(100);
@@ -636,7 +685,7 @@ mod tests {
         host.put_shared(&second, &other(400));
         assert_eq!(store(&host, &k, &entry_for(&k, 200), 100), Stored::Replaced);
         assert_eq!(host.shared_value(&first).unwrap(), other(900));
-        assert!(lookup(&host, &k, "ask_1", 100).is_some());
+        assert!(lookup(&host, &k, &key_digest("ask_1"), 100).is_some());
 
         // An expired or deleted entry goes before a live one.
         let host = MockHost::new(100);
@@ -697,7 +746,7 @@ mod tests {
         assert!(keys.iter().all(|k| k.starts_with(SLOT_PREFIX)));
         // The most recent users are still served.
         let recent = Slotted::new(key("ts", "app", "slack", "99999"), capacity);
-        assert!(lookup(&host, &recent, "ask_1", 100).is_some());
+        assert!(lookup(&host, &recent, &key_digest("ask_1"), 100).is_some());
     }
 
     #[test]
@@ -708,10 +757,10 @@ mod tests {
         store(&host, &k, &e, 100);
         let refused = hash(e.header.value.as_bytes());
         assert!(!invalidate(&host, &k, hash(b"Bearer another")));
-        assert!(lookup(&host, &k, "ask_1", 100).is_some());
+        assert!(lookup(&host, &k, &key_digest("ask_1"), 100).is_some());
         assert!(!invalidate(&host, &slotted("bob", 8), refused));
         assert!(invalidate(&host, &k, refused));
-        assert_eq!(lookup(&host, &k, "ask_1", 100), None);
+        assert_eq!(lookup(&host, &k, &key_digest("ask_1"), 100), None);
         assert!(!invalidate(&host, &k, refused), "already deleted");
     }
 
@@ -777,5 +826,41 @@ mod tests {
         );
         release(&host, &k, 0);
         assert!(!is_pending(&host, &k, 4_000));
+    }
+
+    #[test]
+    fn an_entry_holds_the_digest_of_the_app_key_never_the_key() {
+        let host = MockHost::new(100);
+        let k = slotted("alice", 8);
+        let app_key = "ask_Zq8v-secret-app-key";
+        let mut entry = entry_for(&k, 500);
+        entry.app_key_digest = key_digest(app_key);
+        store(&host, &k, &entry, 100);
+        let bytes = host.shared_value(&slot_key(k.slots[0])).unwrap();
+        let text = String::from_utf8(bytes).unwrap();
+        assert!(!text.contains(app_key), "{text}");
+        assert!(!text.contains("secret-app"), "{text}");
+        // SHA-256 test vector, so the digest is the standard one.
+        assert_eq!(
+            hex(&key_digest("abc")),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert!(text.contains(&hex(&key_digest(app_key))), "{text}");
+        assert!(lookup(&host, &k, &key_digest(app_key), 100).is_some());
+        for other in ["ask_Zq8v-secret-app-keY", "ask_Zq8v-secret-app-ke", ""] {
+            assert_eq!(lookup(&host, &k, &key_digest(other), 100), None, "{other}");
+        }
+        // An entry of the earlier layout (the key in clear) is no entry.
+        let old = text
+            .replacen("authstamp-entry-v3", "authstamp-entry-v2", 1)
+            .replacen(&hex(&key_digest(app_key)), app_key, 1);
+        assert_eq!(Entry::decode(old.as_bytes()), None);
+        assert_eq!(
+            Entry::decode(
+                text.replacen(&hex(&key_digest(app_key)), "zz", 1)
+                    .as_bytes()
+            ),
+            None
+        );
     }
 }

@@ -191,7 +191,8 @@ pub fn on_request_headers(
         config.cache_capacity,
     );
     if let Some(now) = host.now_unix_secs() {
-        if let Some(entry) = cache::lookup(host, &cache_key, identity.app_key.expose(), now) {
+        let key_digest = cache::key_digest(identity.app_key.expose());
+        if let Some(entry) = cache::lookup(host, &cache_key, &key_digest, now) {
             log::debug!("authstamp: cache hit provider={}", identity.provider);
             let lookup = Rc::new(Lookup {
                 cache_key,
@@ -407,7 +408,7 @@ fn cache_answer(host: &dyn Host, metrics: &Metrics, lookup: &Lookup, answer: &To
     }
     let entry = cache::Entry {
         key: lookup.cache_key.key.clone(),
-        app_key: lookup.identity.app_key.expose().to_string(),
+        app_key_digest: cache::key_digest(lookup.identity.app_key.expose()),
         header: answer.header.clone(),
         upstream: answer.upstream.clone(),
         valid_until,
@@ -560,10 +561,10 @@ pub fn on_tick(host: &dyn Host, worker: &Worker) {
 
     let remotes = worker.inflight.borrow().owned_by(Owner::Remote);
     for (id, lookup) in remotes {
-        let app_key = lookup.identity.app_key.expose();
+        let key_digest = cache::key_digest(lookup.identity.app_key.expose());
         let entry = host
             .now_unix_secs()
-            .and_then(|now| cache::lookup(host, &lookup.cache_key, app_key, now));
+            .and_then(|now| cache::lookup(host, &lookup.cache_key, &key_digest, now));
         if let Some(entry) = entry {
             let removed = worker.inflight.borrow_mut().remove(id);
             if let Some(pending) = removed {
@@ -1396,7 +1397,15 @@ mod tests {
             NOW + 300,
             "max_cache_ttl bounds a long-lived token"
         );
-        assert_eq!(entry.app_key, KEY);
+        assert_eq!(entry.app_key_digest, cache::key_digest(KEY));
+
+        for name in bench.host.shared_keys() {
+            let value = bench.host.shared_value(&name).unwrap();
+            assert!(
+                !String::from_utf8_lossy(&value).contains(KEY),
+                "{name} holds the app key"
+            );
+        }
 
         bench.host.set_now(NOW + 299);
         assert_eq!(bench.call(3, "alice", KEY), Verdict::Continue);
