@@ -16,6 +16,14 @@
 //! Markers (`authstamp/v2/pending/<n>`, one per slot, same bound) say "a
 //! worker is asking the token service for this key until <time>", so that
 //! the other workers wait for its answer instead of asking too.
+//!
+//! Key checks (`authstamp/v2/appkey/<cluster, app, key digest>`) say until
+//! when the token service last accepted an app key: a hit trusts the entry's
+//! key digest only that long (`app_key_recheck`), then one request per key
+//! (not per user) takes the miss path to check it again while the others
+//! are served, so that a revoked key stops working within seconds. There is
+//! one per app key the token service accepted (keys are made by admins, not
+//! by requests), so their number stays small too.
 
 use std::fmt;
 use std::time::Duration;
@@ -385,6 +393,147 @@ pub fn invalidate(host: &dyn Host, key: &Slotted, stamped: u64) -> bool {
         }
     }
     deleted
+}
+
+const KEY_CHECK_PREFIX: &str = "authstamp/v2/appkey/";
+const KEY_CHECK_TAG: &str = "authstamp-keycheck-v1";
+
+/// The shared-data name of the key check of an app key (by its digest) of
+/// `app_id` at the token service of `cluster`.
+pub fn key_check_name(cluster: &str, app_id: &str, app_key_digest: &[u8; 32]) -> String {
+    format!(
+        "{KEY_CHECK_PREFIX}{}",
+        key(cluster, app_id, &hex(app_key_digest), "")
+    )
+}
+
+/// What the token service last said about an app key, in Unix ms.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KeyCheck {
+    /// Accepted: hits trust the key until then.
+    pub verified_until_ms: u64,
+    /// A request is rechecking it until then: hits are served meanwhile.
+    pub lease_until_ms: u64,
+    /// Refused (revoked): every request with it takes the miss path.
+    pub refused: bool,
+}
+
+impl KeyCheck {
+    fn encode(&self) -> Vec<u8> {
+        format!(
+            "{KEY_CHECK_TAG}\n{}\n{}\n{}",
+            self.verified_until_ms,
+            self.lease_until_ms,
+            u8::from(self.refused)
+        )
+        .into_bytes()
+    }
+
+    fn decode(bytes: &[u8]) -> Option<KeyCheck> {
+        let text = std::str::from_utf8(bytes).ok()?;
+        let mut fields = text.split('\n');
+        if fields.next()? != KEY_CHECK_TAG {
+            return None;
+        }
+        let check = KeyCheck {
+            verified_until_ms: fields.next()?.parse().ok()?,
+            lease_until_ms: fields.next()?.parse().ok()?,
+            refused: match fields.next()? {
+                "0" => false,
+                "1" => true,
+                _ => return None,
+            },
+        };
+        fields.next().is_none().then_some(check)
+    }
+
+    /// Whether a hit may trust the key at `now_ms`: accepted and not stale,
+    /// or another request is rechecking it.
+    fn trusted(&self, now_ms: u64) -> bool {
+        !self.refused && (self.verified_until_ms > now_ms || self.lease_until_ms > now_ms)
+    }
+}
+
+/// What a cache hit does about its app key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyVerdict {
+    /// Stamp from the cache.
+    Trusted,
+    /// Take the miss path: its lookup checks the key at the token service.
+    Recheck,
+}
+
+/// On a cache hit: whether the key of check `name` is trusted at `now_ms`
+/// (one shared-data read). If its check is stale, this request claims the
+/// recheck for `lease_ms` and takes the miss path, while the other hits
+/// with the key are served until the lease ends; a refused key is always
+/// rechecked.
+pub fn check_key(host: &dyn Host, name: &str, now_ms: u64, lease_ms: u64) -> KeyVerdict {
+    let (value, cas) = host.get_shared_data(name);
+    let check = value.as_deref().and_then(KeyCheck::decode);
+    if check.is_some_and(|c| c.trusted(now_ms)) {
+        return KeyVerdict::Trusted;
+    }
+    if check.is_some_and(|c| c.refused) {
+        return KeyVerdict::Recheck;
+    }
+    let claimed = KeyCheck {
+        lease_until_ms: now_ms.saturating_add(lease_ms),
+        ..check.unwrap_or_default()
+    };
+    match host.set_shared_data(name, &claimed.encode(), cas) {
+        Ok(()) | Err(SharedDataError::Failed) => KeyVerdict::Recheck,
+        Err(SharedDataError::CasMismatch) => {
+            // Another worker wrote it just now: a lease or a verdict.
+            let (value, _) = host.get_shared_data(name);
+            let check = value.as_deref().and_then(KeyCheck::decode);
+            if check.is_some_and(|c| c.trusted(now_ms)) {
+                KeyVerdict::Trusted
+            } else {
+                KeyVerdict::Recheck
+            }
+        }
+    }
+}
+
+/// The token service accepted the key of check `name` at `now_ms`: hits
+/// trust it for `recheck_ms`.
+pub fn key_accepted(host: &dyn Host, name: &str, now_ms: u64, recheck_ms: u64) {
+    let accepted = KeyCheck {
+        verified_until_ms: now_ms.saturating_add(recheck_ms),
+        lease_until_ms: 0,
+        refused: false,
+    };
+    write_key_check(host, name, &accepted, true);
+}
+
+/// The token service refused the key of check `name` (revoked): every
+/// request with it takes the miss path until it is accepted again. Only an
+/// existing check is written, so unknown keys never create one.
+pub fn key_refused(host: &dyn Host, name: &str) {
+    let refused = KeyCheck {
+        refused: true,
+        ..KeyCheck::default()
+    };
+    write_key_check(host, name, &refused, false);
+}
+
+fn write_key_check(host: &dyn Host, name: &str, check: &KeyCheck, create: bool) {
+    // A CAS conflict is another worker's write meanwhile: read and try once more.
+    for _ in 0..2 {
+        let (value, cas) = host.get_shared_data(name);
+        if value.is_none() && !create {
+            return;
+        }
+        match host.set_shared_data(name, &check.encode(), cas) {
+            Ok(()) => return,
+            Err(SharedDataError::CasMismatch) => continue,
+            Err(SharedDataError::Failed) => {
+                log::warn!("authstamp: could not write an app key check");
+                return;
+            }
+        }
+    }
 }
 
 /// A lookup in flight somewhere, as its marker says.
@@ -862,5 +1011,41 @@ mod tests {
             ),
             None
         );
+    }
+
+    #[test]
+    fn key_checks_trust_an_accepted_key_until_stale_then_lease_one_recheck() {
+        let host = MockHost::new(100);
+        let name = key_check_name("ts", "app", &key_digest("ask_1"));
+        assert!(!name.contains("ask_1"), "{name}");
+        assert_ne!(name, key_check_name("ts", "app", &key_digest("ask_2")));
+        assert_ne!(name, key_check_name("ts2", "app", &key_digest("ask_1")));
+        // Refusing an unknown key writes nothing.
+        key_refused(&host, &name);
+        assert!(host.shared_value(&name).is_none());
+
+        key_accepted(&host, &name, 1_000, 5_000);
+        assert_eq!(check_key(&host, &name, 5_999, 900), KeyVerdict::Trusted);
+        // Stale: the first caller rechecks, the next ones are served for the lease.
+        assert_eq!(check_key(&host, &name, 6_000, 900), KeyVerdict::Recheck);
+        assert_eq!(check_key(&host, &name, 6_899, 900), KeyVerdict::Trusted);
+        assert_eq!(check_key(&host, &name, 6_900, 900), KeyVerdict::Recheck);
+        key_refused(&host, &name);
+        for now in [6_901, 7_000, 100_000] {
+            assert_eq!(
+                check_key(&host, &name, now, 900),
+                KeyVerdict::Recheck,
+                "{now}"
+            );
+        }
+        key_accepted(&host, &name, 100_000, 5_000);
+        assert_eq!(check_key(&host, &name, 100_001, 900), KeyVerdict::Trusted);
+
+        // Garbage is a stale check; a lost CAS race reads again (still stale).
+        host.put_shared(&name, b"authstamp-keycheck-v1\n1\n2");
+        assert_eq!(check_key(&host, &name, 100_001, 900), KeyVerdict::Recheck);
+        host.put_shared(&name, b"authstamp-keycheck-v1\n1\n2\n0");
+        host.set_cas_conflict();
+        assert_eq!(check_key(&host, &name, 100_001, 900), KeyVerdict::Recheck);
     }
 }

@@ -23,7 +23,7 @@ use authstamp_protocol::{
     headers, paths, ErrorBody, ErrorCode, TokenLookupRequest, TokenLookupResponse,
 };
 
-use crate::cache::{self, Claim, Slotted, Stored};
+use crate::cache::{self, Claim, KeyVerdict, Slotted, Stored};
 use crate::config::{Config, Unmarked};
 use crate::host::{DispatchError, HeaderPairs, Host};
 use crate::inflight::{Done, Inflight, Left, Lookup, Owner};
@@ -190,9 +190,24 @@ pub fn on_request_headers(
         ),
         config.cache_capacity,
     );
-    if let Some(now) = host.now_unix_secs() {
+    if let Some(now_ms) = host.now_unix_millis() {
         let key_digest = cache::key_digest(identity.app_key.expose());
-        if let Some(entry) = cache::lookup(host, &cache_key, &key_digest, now) {
+        let hit = cache::lookup(host, &cache_key, &key_digest, now_ms / 1000);
+        let trusted = hit.filter(|_| {
+            let check =
+                cache::key_check_name(&config.token_service.cluster, &identity.app_id, &key_digest);
+            match cache::check_key(host, &check, now_ms, recheck_lease_ms(config)) {
+                KeyVerdict::Trusted => true,
+                KeyVerdict::Recheck => {
+                    log::debug!(
+                        "authstamp: cache hit whose app key is due for a check provider={}",
+                        identity.provider
+                    );
+                    false
+                }
+            }
+        });
+        if let Some(entry) = trusted {
             log::debug!("authstamp: cache hit provider={}", identity.provider);
             let lookup = Rc::new(Lookup {
                 cache_key,
@@ -275,6 +290,47 @@ pub fn on_request_headers(
             )
         }
     }
+}
+
+/// How long a request rechecking an app key holds the recheck: its lookup
+/// has surely ended by then.
+fn recheck_lease_ms(config: &Config) -> u64 {
+    u64::try_from(config.token_service.timeout.as_millis())
+        .unwrap_or(0)
+        .saturating_add(MARKER_GRACE_MS)
+}
+
+/// Records what a token-service answer says about the lookup's app key: an
+/// answer the service gives only past the app's authentication accepts it,
+/// `bad_app_key` and `unknown_app` refuse it, anything else (a timeout, a
+/// failure) says nothing.
+fn record_key_check(host: &dyn Host, lookup: &Lookup, outcome: &Outcome) {
+    let accepted = match outcome {
+        Outcome::Stamp(_) => true,
+        Outcome::Refuse(rejection) => match rejection.code {
+            ErrorCode::NotConnected
+            | ErrorCode::ReauthRequired
+            | ErrorCode::UnknownProvider
+            | ErrorCode::ProviderUnavailable => true,
+            ErrorCode::BadAppKey | ErrorCode::UnknownApp => false,
+            _ => return,
+        },
+    };
+    let identity = &lookup.identity;
+    let name = cache::key_check_name(
+        &lookup.config.token_service.cluster,
+        &identity.app_id,
+        &cache::key_digest(identity.app_key.expose()),
+    );
+    if !accepted {
+        cache::key_refused(host, &name);
+        return;
+    }
+    let Some(now_ms) = host.now_unix_millis() else {
+        return;
+    };
+    let recheck_ms = u64::try_from(lookup.config.app_key_recheck.as_millis()).unwrap_or(0);
+    cache::key_accepted(host, &name, now_ms, recheck_ms);
 }
 
 /// Claims the shared-data marker of `lookup`'s key (see `cache::claim`); a
@@ -486,6 +542,7 @@ pub fn on_call_response(
     if let Outcome::Stamp(answer) = &outcome {
         cache_answer(host, &worker.metrics, lookup, answer);
     }
+    record_key_check(host, lookup, &outcome);
     cache::release(host, &lookup.cache_key, pending.until_ms);
     complete(host, worker, &pending.members, lookup, &outcome, current);
 }
@@ -702,9 +759,10 @@ mod tests {
     }
 
     fn gateway() -> Rc<Config> {
+        // Key rechecks have their own tests; the expiry tests span minutes.
         config_from(
             r#"{"token_service": {"cluster": "ts_cluster", "authority": "ts.internal", "timeout": "750ms"},
-                "refresh_skew": "30s", "max_cache_ttl": "5m"}"#,
+                "refresh_skew": "30s", "max_cache_ttl": "5m", "app_key_recheck": "1h"}"#,
         )
     }
 
@@ -1387,8 +1445,8 @@ mod tests {
         assert_eq!(bench.slot_keys(), vec![cache::slot_key(key.slots[0])]);
         assert_eq!(
             bench.host.shared_keys().len(),
-            2,
-            "the slot and the (released) marker of the lookup"
+            3,
+            "the slot, the (released) marker of the lookup and the app key check"
         );
         let entry = bench.entry_of("alice").unwrap();
         assert_eq!(entry.key, key.key);
@@ -2196,6 +2254,101 @@ mod tests {
         assert_eq!(bench.host.tick(), None);
     }
 
+    // --- app key rechecks ----------------------------------------------------
+
+    fn rechecking() -> Rc<Config> {
+        config_from(
+            r#"{"token_service": {"cluster": "ts_cluster", "authority": "ts.internal", "timeout": "750ms"},
+                "app_key_recheck": "5s"}"#,
+        )
+    }
+
+    #[test]
+    fn a_revoked_app_key_stops_working_on_hits_after_one_recheck_per_key_not_per_user() {
+        let bench = Bench::new(rechecking());
+        for (stream, user) in [(2, "alice"), (3, "bob"), (4, "carol")] {
+            bench.call(stream, user, KEY);
+            bench.answer_last(Some(200), &token_answer(None));
+        }
+        assert_eq!(bench.host.dispatch_count(), 3);
+
+        // Within the recheck interval every hit is served from the cache.
+        bench.host.advance_millis(4_999);
+        for (stream, user) in [(5, "alice"), (6, "bob"), (7, "carol")] {
+            assert_eq!(bench.call(stream, user, KEY), Verdict::Continue, "{user}");
+        }
+        assert_eq!(bench.host.dispatch_count(), 3);
+
+        // Then the first hit rechecks the key; the others (any worker) are
+        // served meanwhile.
+        bench.host.advance_millis(1);
+        assert_eq!(bench.call(8, "alice", KEY), Verdict::Pause);
+        assert_eq!(bench.host.dispatch_count(), 4);
+        assert_eq!(bench.call(9, "bob", KEY), Verdict::Continue);
+        assert_eq!(bench.call_on_other(10, "carol", KEY), Verdict::Continue);
+        assert_eq!(bench.host.dispatch_count(), 4, "one recheck for the key");
+        bench.answer_last(Some(200), &token_answer(None));
+        assert_stamped(&bench, 8, "Bearer xoxb-secret");
+        bench.host.advance_millis(4_999);
+        assert_eq!(bench.call(11, "bob", KEY), Verdict::Continue);
+        assert_eq!(bench.host.dispatch_count(), 4, "accepted for another 5 s");
+
+        // Revoked at the token service: the next recheck is refused, and from
+        // then on no hit with the key is served, on any worker.
+        bench.host.advance_millis(1);
+        assert_eq!(bench.call(12, "bob", KEY), Verdict::Pause);
+        assert_eq!(bench.call(13, "carol", KEY), Verdict::Continue, "leased");
+        bench.answer_last(Some(401), &error_json("bad_app_key", "revoked"));
+        assert_eq!(bench.reply_of(12).1, ErrorCode::BadAppKey);
+        for (stream, user) in [(14, "carol"), (15, "alice")] {
+            assert_eq!(bench.call(stream, user, KEY), Verdict::Pause, "{user}");
+            bench.answer_last(Some(401), &error_json("bad_app_key", "revoked"));
+            assert_eq!(bench.reply_of(stream).0, 401);
+        }
+        assert_eq!(bench.call_on_other(16, "alice", KEY), Verdict::Pause);
+        assert_eq!(bench.host.dispatch_count(), 8);
+        assert_eq!(bench.host.header(16, "authorization"), None);
+    }
+
+    #[test]
+    fn a_recheck_that_fails_holds_its_lease_only_until_its_lookup_surely_ended() {
+        let bench = Bench::new(rechecking());
+        bench.call(2, "alice", KEY);
+        bench.answer_last(Some(200), &token_answer(None));
+        bench.call(3, "bob", KEY);
+        bench.answer_last(Some(200), &token_answer(None));
+        bench.host.advance_millis(5_000);
+        assert_eq!(bench.call(4, "alice", KEY), Verdict::Pause);
+        bench.answer_last(None, "");
+        assert_eq!(bench.reply_of(4).1, ErrorCode::TokenServiceUnavailable);
+        // A timeout says nothing about the key: hits are served until the
+        // lease (timeout + grace) ends, then the next one rechecks.
+        bench.host.advance_millis(749 + MARKER_GRACE_MS);
+        assert_eq!(bench.call(5, "bob", KEY), Verdict::Continue);
+        bench.host.advance_millis(1);
+        assert_eq!(bench.call(6, "bob", KEY), Verdict::Pause);
+        // not_connected is answered past the app's authentication: accepted.
+        bench.answer_last(Some(404), &error_json("not_connected", "gone"));
+        assert_eq!(bench.call(7, "alice", KEY), Verdict::Continue);
+        assert_eq!(bench.host.dispatch_count(), 4);
+    }
+
+    #[test]
+    fn an_unknown_key_never_creates_a_key_check() {
+        let bench = Bench::new(rechecking());
+        for (stream, key) in [(2, "ask_wrong-1"), (3, "ask_wrong-2")] {
+            bench.call(stream, "alice", key);
+            bench.answer_last(Some(401), &error_json("bad_app_key", "no"));
+        }
+        let checks = bench
+            .host
+            .shared_keys()
+            .into_iter()
+            .filter(|k| k.starts_with("authstamp/v2/appkey/"))
+            .count();
+        assert_eq!(checks, 0);
+    }
+
     // --- bounded cache -------------------------------------------------------
 
     #[test]
@@ -2281,14 +2434,18 @@ mod tests {
     }
 
     #[test]
-    fn a_hit_reads_shared_data_once_and_makes_no_other_host_call_but_the_header_write() {
+    fn a_hit_reads_shared_data_twice_and_makes_no_other_host_call_but_the_header_write() {
         let bench = Bench::new(gateway());
         bench.call(2, "alice", KEY);
         bench.answer_last(Some(200), &token_answer(None));
         let reads = bench.host.shared_reads();
         let writes = bench.host.shared_writes().len();
         assert_eq!(bench.call(3, "alice", KEY), Verdict::Continue);
-        assert_eq!(bench.host.shared_reads(), reads + 1);
+        assert_eq!(
+            bench.host.shared_reads(),
+            reads + 2,
+            "the entry and the app key check"
+        );
         assert_eq!(bench.host.shared_writes().len(), writes);
         assert_eq!(bench.host.dispatch_count(), 1);
         assert_eq!(bench.host.tick(), None, "no tick asked for");
