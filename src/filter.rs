@@ -3,8 +3,11 @@
 //! worker, and puts the returned state back.
 //!
 //! 1. Unmarked requests pass untouched (or are refused, by configuration).
-//! 2. Marked requests need a valid identity and an origin-form target.
-//! 3. A valid cache entry for the same app key: stamp and continue.
+//! 2. Marked requests need a valid identity and an origin-form target that
+//!    stays under the base path.
+//! 3. A valid cache entry for the same app key, whose key the token service
+//!    accepted within `app_key_recheck` (else one request per key rechecks
+//!    it through step 4): stamp and continue.
 //! 4. Otherwise join a lookup in flight in this worker for the same key and
 //!    app key; or wait for another worker's lookup of the key (its
 //!    shared-data marker is live); or dispatch one to the token service; and
