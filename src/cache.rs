@@ -496,6 +496,18 @@ pub fn check_key(host: &dyn Host, name: &str, now_ms: u64, lease_ms: u64) -> Key
     }
 }
 
+/// Whether the token service accepted the key of check `name` within its
+/// recheck interval (a lease does not count): for a request that missed and
+/// waits for another worker's lookup, which must not stamp a revoked key
+/// from an older entry.
+pub fn key_verified(host: &dyn Host, name: &str, now_ms: u64) -> bool {
+    let (value, _) = host.get_shared_data(name);
+    value
+        .as_deref()
+        .and_then(KeyCheck::decode)
+        .is_some_and(|c| !c.refused && c.verified_until_ms > now_ms)
+}
+
 /// The token service accepted the key of check `name` at `now_ms`: hits
 /// trust it for `recheck_ms`.
 pub fn key_accepted(host: &dyn Host, name: &str, now_ms: u64, recheck_ms: u64) {
@@ -1026,9 +1038,11 @@ mod tests {
 
         key_accepted(&host, &name, 1_000, 5_000);
         assert_eq!(check_key(&host, &name, 5_999, 900), KeyVerdict::Trusted);
+        assert!(key_verified(&host, &name, 5_999));
         // Stale: the first caller rechecks, the next ones are served for the lease.
         assert_eq!(check_key(&host, &name, 6_000, 900), KeyVerdict::Recheck);
         assert_eq!(check_key(&host, &name, 6_899, 900), KeyVerdict::Trusted);
+        assert!(!key_verified(&host, &name, 6_000), "a lease is no verdict");
         assert_eq!(check_key(&host, &name, 6_900, 900), KeyVerdict::Recheck);
         key_refused(&host, &name);
         for now in [6_901, 7_000, 100_000] {

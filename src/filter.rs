@@ -622,9 +622,17 @@ pub fn on_tick(host: &dyn Host, worker: &Worker) {
     let remotes = worker.inflight.borrow().owned_by(Owner::Remote);
     for (id, lookup) in remotes {
         let key_digest = cache::key_digest(lookup.identity.app_key.expose());
-        let entry = host
-            .now_unix_secs()
-            .and_then(|now| cache::lookup(host, &lookup.cache_key, &key_digest, now));
+        let check = cache::key_check_name(
+            &lookup.config.token_service.cluster,
+            &lookup.identity.app_id,
+            &key_digest,
+        );
+        // An entry for this key whose key the token service accepted lately
+        // (a revoked key must not be stamped from an older entry).
+        let entry = host.now_unix_millis().and_then(|now_ms| {
+            cache::lookup(host, &lookup.cache_key, &key_digest, now_ms / 1000)
+                .filter(|_| cache::key_verified(host, &check, now_ms))
+        });
         if let Some(entry) = entry {
             let removed = worker.inflight.borrow_mut().remove(id);
             if let Some(pending) = removed {
@@ -2311,6 +2319,36 @@ mod tests {
         assert_eq!(bench.call_on_other(16, "alice", KEY), Verdict::Pause);
         assert_eq!(bench.host.dispatch_count(), 8);
         assert_eq!(bench.host.header(16, "authorization"), None);
+    }
+
+    #[test]
+    fn a_refused_key_waiting_for_another_workers_lookup_is_never_stamped_from_an_older_entry() {
+        let bench = Bench::new(rechecking());
+        for (stream, user) in [(2, "alice"), (3, "bob")] {
+            bench.call(stream, user, KEY);
+            bench.answer_last(Some(200), &token_answer(None));
+        }
+        bench.host.advance_millis(5_000);
+        bench.call(4, "bob", KEY);
+        bench.answer_last(Some(401), &error_json("bad_app_key", "revoked"));
+        // alice's entry still holds the revoked key's digest. A lookup for her
+        // with the new key is in flight on the first worker...
+        assert_eq!(bench.call(5, "alice", "ask_new-key"), Verdict::Pause);
+        let new_key_lookup = bench.host.dispatches().last().cloned().unwrap();
+        // ...and a request with the revoked key waits for it on the other.
+        assert_eq!(bench.call_on_other(6, "alice", KEY), Verdict::Pause);
+        bench.tick_other();
+        assert_eq!(bench.host.reply(6), None);
+        assert_eq!(
+            bench.host.header(6, "authorization"),
+            None,
+            "not from the old entry"
+        );
+        bench.answer(5, new_key_lookup.token, Some(200), &refreshed_answer());
+        bench.tick_other();
+        bench.answer_last(Some(401), &error_json("bad_app_key", "revoked"));
+        assert_eq!(bench.reply_of(6).1, ErrorCode::BadAppKey);
+        assert_eq!(bench.host.header(6, "authorization"), None);
     }
 
     #[test]
