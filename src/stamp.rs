@@ -240,27 +240,27 @@ const DECODE_ROUNDS: usize = 3;
 /// (a `;parameter` ignored) after 0 to [`DECODE_ROUNDS`] rounds of
 /// percent-decoding, where `/`, `\` and their escapes all split segments.
 pub fn escapes_its_base(path: &str) -> bool {
-    let path = path.split('?').next().unwrap_or_default();
-    if path.contains('\\') {
+    let path = path.split('?').next().unwrap_or_default().as_bytes();
+    if path.contains(&b'\\') || has_dot_segment(path) {
         return true;
     }
-    let mut current = path.as_bytes().to_vec();
-    for _ in 0..=DECODE_ROUNDS {
-        if has_dot_segment(&current) {
-            return true;
-        }
-        // Without an escape, decoding changes nothing (the hot path's case).
-        if !current.contains(&b'%') {
-            return false;
-        }
+    // Without an escape, decoding changes nothing (the hot path's case).
+    if !path.contains(&b'%') {
+        return false;
+    }
+    let mut current = path.to_vec();
+    for _ in 0..DECODE_ROUNDS {
         let decoded = decode_path_escapes(&current);
         if decoded == current {
             return false;
         }
+        if has_dot_segment(&decoded) {
+            return true;
+        }
         current = decoded;
     }
-    // Still decoding after every round: an escape nest no client sends.
-    true
+    // Refused if a further round would still decode: no client nests so deep.
+    decode_path_escapes(&current) != current
 }
 
 fn has_dot_segment(path: &[u8]) -> bool {
@@ -833,6 +833,8 @@ mod tests {
             "/api/..%c0%afadmin",
             "/api/%e0%80%ae%e0%80%ae/admin",
             "/api/..%c1%9cadmin",
+            // Deeper than any client nests escapes.
+            "/api/%252525252e",
         ] {
             assert!(escapes_its_base(bad), "{bad}");
             let err = request_path(&pairs(bad)).unwrap_err();
@@ -855,6 +857,7 @@ mod tests {
             "/api/projects/group%2Fproject",
             "/api/users/me%40example.com",
             "/api/100%25",
+            "/api/%252541",
             "/api/%zz/%",
             "/api/x;v=1",
             "/api/x?path=../../etc&y=%2e%2e",
