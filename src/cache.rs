@@ -16,6 +16,14 @@
 //! Markers (`authstamp/v2/pending/<n>`, one per slot, same bound) say "a
 //! worker is asking the token service for this key until <time>", so that
 //! the other workers wait for its answer instead of asking too.
+//!
+//! Key checks (`authstamp/v2/appkey/<cluster, app, key digest>`) say until
+//! when the token service last accepted an app key: a hit trusts the entry's
+//! key digest only that long (`app_key_recheck`), then one request per key
+//! (not per user) takes the miss path to check it again while the others
+//! are served, so that a revoked key stops working within seconds. There is
+//! one per app key the token service accepted (keys are made by admins, not
+//! by requests), so their number stays small too.
 
 use std::fmt;
 use std::time::Duration;
@@ -92,12 +100,19 @@ fn pending_key(slot: u32) -> String {
     format!("{PENDING_PREFIX}{slot}")
 }
 
-/// A cached token: for which cache key and app key, what to stamp, where to
-/// send it and until when (Unix seconds).
+/// SHA-256 of an app key: what shared data holds instead of the key, which
+/// any code in the VM (or a heap dump of Envoy) could read there.
+pub fn key_digest(app_key: &str) -> [u8; 32] {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(app_key.as_bytes()).into()
+}
+
+/// A cached token: for which cache key and app key (its digest), what to
+/// stamp, where to send it and until when (Unix seconds).
 #[derive(Clone, PartialEq, Eq)]
 pub struct Entry {
     pub key: String,
-    pub app_key: String,
+    pub app_key_digest: [u8; 32],
     pub header: StampHeader,
     pub upstream: Upstream,
     pub valid_until: u64,
@@ -107,7 +122,7 @@ impl fmt::Debug for Entry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Entry")
             .field("key", &self.key)
-            .field("app_key", &"<redacted>")
+            .field("app_key_digest", &"<redacted>")
             .field("header", &self.header)
             .field("upstream", &self.upstream)
             .field("valid_until", &self.valid_until)
@@ -116,7 +131,7 @@ impl fmt::Debug for Entry {
 }
 
 /// First line of an encoded entry.
-const ENTRY_TAG: &str = "authstamp-entry-v2";
+const ENTRY_TAG: &str = "authstamp-entry-v3";
 
 impl Entry {
     /// One field per line (read on every cache hit: no JSON). No field can
@@ -130,9 +145,10 @@ impl Entry {
             StampLocation::Header => std::borrow::Cow::Borrowed(self.header.name.as_str()),
             StampLocation::Query => std::borrow::Cow::Owned(format!("?{}", self.header.name)),
         };
+        let digest = hex(&self.app_key_digest);
         let fields = [
             self.key.as_str(),
-            &self.app_key,
+            &digest,
             &stamp_name,
             &self.header.value,
             &self.upstream.scheme,
@@ -170,7 +186,7 @@ impl Entry {
         let mut next = || fields.next().map(str::to_string);
         let entry = Entry {
             key: next()?,
-            app_key: next()?,
+            app_key_digest: unhex(&next()?)?,
             header: {
                 let name = next()?;
                 let value = next()?;
@@ -223,6 +239,38 @@ pub fn valid_until(
     }
 }
 
+/// Lowercase hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
+    out
+}
+
+/// A 32-byte digest from its lowercase hex.
+fn unhex(text: &str) -> Option<[u8; 32]> {
+    let bytes = text.as_bytes();
+    if bytes.len() != 64 {
+        return None;
+    }
+    let nibble = |b: u8| match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        _ => None,
+    };
+    let mut out = [0u8; 32];
+    for (byte, pair) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+        let [high, low] = pair else {
+            return None;
+        };
+        *byte = nibble(*high)? << 4 | nibble(*low)?;
+    }
+    Some(out)
+}
+
 /// Byte-wise equality in time independent of where the inputs differ.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
@@ -247,13 +295,18 @@ fn find(host: &dyn Host, key: &Slotted) -> Option<Entry> {
 }
 
 /// A usable entry: present, not deleted, for this cache key, well formed,
-/// still valid at `now`, and for this app key.
-pub fn lookup(host: &dyn Host, key: &Slotted, app_key: &str, now: u64) -> Option<Entry> {
+/// still valid at `now`, and for the app key of this digest.
+pub fn lookup(
+    host: &dyn Host,
+    key: &Slotted,
+    app_key_digest: &[u8; 32],
+    now: u64,
+) -> Option<Entry> {
     let entry = find(host, key)?;
     if entry.valid_until <= now {
         return None;
     }
-    if !constant_time_eq(entry.app_key.as_bytes(), app_key.as_bytes()) {
+    if !constant_time_eq(&entry.app_key_digest, app_key_digest) {
         return None;
     }
     // Only this filter writes these keys, after validating the answer in
@@ -340,6 +393,159 @@ pub fn invalidate(host: &dyn Host, key: &Slotted, stamped: u64) -> bool {
         }
     }
     deleted
+}
+
+const KEY_CHECK_PREFIX: &str = "authstamp/v2/appkey/";
+const KEY_CHECK_TAG: &str = "authstamp-keycheck-v1";
+
+/// The shared-data name of the key check of an app key (by its digest) of
+/// `app_id` at the token service of `cluster`.
+pub fn key_check_name(cluster: &str, app_id: &str, app_key_digest: &[u8; 32]) -> String {
+    format!(
+        "{KEY_CHECK_PREFIX}{}",
+        key(cluster, app_id, &hex(app_key_digest), "")
+    )
+}
+
+/// What the token service last said about an app key, in Unix ms.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KeyCheck {
+    /// Accepted: hits trust the key until then.
+    pub verified_until_ms: u64,
+    /// A request is rechecking it until then: hits are served meanwhile.
+    pub lease_until_ms: u64,
+    /// Refused (revoked): every request with it takes the miss path.
+    pub refused: bool,
+}
+
+impl KeyCheck {
+    fn encode(&self) -> Vec<u8> {
+        format!(
+            "{KEY_CHECK_TAG}\n{}\n{}\n{}",
+            self.verified_until_ms,
+            self.lease_until_ms,
+            u8::from(self.refused)
+        )
+        .into_bytes()
+    }
+
+    fn decode(bytes: &[u8]) -> Option<KeyCheck> {
+        let text = std::str::from_utf8(bytes).ok()?;
+        let mut fields = text.split('\n');
+        if fields.next()? != KEY_CHECK_TAG {
+            return None;
+        }
+        let check = KeyCheck {
+            verified_until_ms: fields.next()?.parse().ok()?,
+            lease_until_ms: fields.next()?.parse().ok()?,
+            refused: match fields.next()? {
+                "0" => false,
+                "1" => true,
+                _ => return None,
+            },
+        };
+        fields.next().is_none().then_some(check)
+    }
+
+    /// Whether a hit may trust the key at `now_ms`: accepted and not stale,
+    /// or another request is rechecking it.
+    fn trusted(&self, now_ms: u64) -> bool {
+        !self.refused && (self.verified_until_ms > now_ms || self.lease_until_ms > now_ms)
+    }
+}
+
+/// What a cache hit does about its app key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyVerdict {
+    /// Stamp from the cache.
+    Trusted,
+    /// Take the miss path: its lookup checks the key at the token service.
+    Recheck,
+}
+
+/// On a cache hit: whether the key of check `name` is trusted at `now_ms`
+/// (one shared-data read). If its check is stale, this request claims the
+/// recheck for `lease_ms` and takes the miss path, while the other hits
+/// with the key are served until the lease ends; a refused key is always
+/// rechecked.
+pub fn check_key(host: &dyn Host, name: &str, now_ms: u64, lease_ms: u64) -> KeyVerdict {
+    let (value, cas) = host.get_shared_data(name);
+    let check = value.as_deref().and_then(KeyCheck::decode);
+    if check.is_some_and(|c| c.trusted(now_ms)) {
+        return KeyVerdict::Trusted;
+    }
+    if check.is_some_and(|c| c.refused) {
+        return KeyVerdict::Recheck;
+    }
+    let claimed = KeyCheck {
+        lease_until_ms: now_ms.saturating_add(lease_ms),
+        ..check.unwrap_or_default()
+    };
+    match host.set_shared_data(name, &claimed.encode(), cas) {
+        Ok(()) | Err(SharedDataError::Failed) => KeyVerdict::Recheck,
+        Err(SharedDataError::CasMismatch) => {
+            // Another worker wrote it just now: a lease or a verdict.
+            let (value, _) = host.get_shared_data(name);
+            let check = value.as_deref().and_then(KeyCheck::decode);
+            if check.is_some_and(|c| c.trusted(now_ms)) {
+                KeyVerdict::Trusted
+            } else {
+                KeyVerdict::Recheck
+            }
+        }
+    }
+}
+
+/// Whether the token service accepted the key of check `name` within its
+/// recheck interval (a lease does not count): for a request that missed and
+/// waits for another worker's lookup, which must not stamp a revoked key
+/// from an older entry.
+pub fn key_verified(host: &dyn Host, name: &str, now_ms: u64) -> bool {
+    let (value, _) = host.get_shared_data(name);
+    value
+        .as_deref()
+        .and_then(KeyCheck::decode)
+        .is_some_and(|c| !c.refused && c.verified_until_ms > now_ms)
+}
+
+/// The token service accepted the key of check `name` at `now_ms`: hits
+/// trust it for `recheck_ms`.
+pub fn key_accepted(host: &dyn Host, name: &str, now_ms: u64, recheck_ms: u64) {
+    let accepted = KeyCheck {
+        verified_until_ms: now_ms.saturating_add(recheck_ms),
+        lease_until_ms: 0,
+        refused: false,
+    };
+    write_key_check(host, name, &accepted, true);
+}
+
+/// The token service refused the key of check `name` (revoked): every
+/// request with it takes the miss path until it is accepted again. Only an
+/// existing check is written, so unknown keys never create one.
+pub fn key_refused(host: &dyn Host, name: &str) {
+    let refused = KeyCheck {
+        refused: true,
+        ..KeyCheck::default()
+    };
+    write_key_check(host, name, &refused, false);
+}
+
+fn write_key_check(host: &dyn Host, name: &str, check: &KeyCheck, create: bool) {
+    // A CAS conflict is another worker's write meanwhile: read and try once more.
+    for _ in 0..2 {
+        let (value, cas) = host.get_shared_data(name);
+        if value.is_none() && !create {
+            return;
+        }
+        match host.set_shared_data(name, &check.encode(), cas) {
+            Ok(()) => return,
+            Err(SharedDataError::CasMismatch) => continue,
+            Err(SharedDataError::Failed) => {
+                log::warn!("authstamp: could not write an app key check");
+                return;
+            }
+        }
+    }
 }
 
 /// A lookup in flight somewhere, as its marker says.
@@ -445,7 +651,7 @@ mod tests {
     fn entry_for(key: &Slotted, valid_until: u64) -> Entry {
         Entry {
             key: key.key.clone(),
-            app_key: "ask_1".into(),
+            app_key_digest: key_digest("ask_1"),
             header: StampHeader {
                 name: "authorization".into(),
                 value: format!("Bearer tok-{}", key.key),
@@ -557,20 +763,24 @@ mod tests {
     fn lookup_needs_a_valid_entry_for_the_same_key() {
         let host = MockHost::new(100);
         let k = slotted("alice", 8);
-        assert_eq!(lookup(&host, &k, "ask_1", 100), None);
+        assert_eq!(lookup(&host, &k, &key_digest("ask_1"), 100), None);
         assert_eq!(store(&host, &k, &entry_for(&k, 101), 100), Stored::NewSlot);
-        assert!(lookup(&host, &k, "ask_1", 100).is_some());
+        assert!(lookup(&host, &k, &key_digest("ask_1"), 100).is_some());
         assert_eq!(
-            lookup(&host, &k, "ask_1", 101),
+            lookup(&host, &k, &key_digest("ask_1"), 101),
             None,
             "expired at valid_until"
         );
-        assert_eq!(lookup(&host, &k, "ask_2", 100), None, "another app key");
-        assert_eq!(lookup(&host, &k, "", 100), None);
+        assert_eq!(
+            lookup(&host, &k, &key_digest("ask_2"), 100),
+            None,
+            "another app key"
+        );
+        assert_eq!(lookup(&host, &k, &key_digest(""), 100), None);
         host.put_shared(&slot_key(k.slots[0]), b"");
         host.put_shared(&slot_key(k.slots[1]), b"");
         assert_eq!(
-            lookup(&host, &k, "ask_1", 100),
+            lookup(&host, &k, &key_digest("ask_1"), 100),
             None,
             "empty value means deleted"
         );
@@ -578,7 +788,7 @@ mod tests {
         bad.upstream.authority = "user@evil.example".into();
         host.put_shared(&slot_key(k.slots[0]), &bad.encode().unwrap());
         assert_eq!(
-            lookup(&host, &k, "ask_1", 100),
+            lookup(&host, &k, &key_digest("ask_1"), 100),
             None,
             "malformed entries are ignored"
         );
@@ -595,13 +805,13 @@ mod tests {
         for slot in alice.slots {
             host.put_shared(&slot_key(slot), &planted.encode().unwrap());
         }
-        assert_eq!(lookup(&host, &alice, "ask_1", 100), None);
+        assert_eq!(lookup(&host, &alice, &key_digest("ask_1"), 100), None);
         // Alice's entry in her second slot is found.
         host.put_shared(
             &slot_key(alice.slots[1]),
             &entry_for(&alice, 500).encode().unwrap(),
         );
-        let found = lookup(&host, &alice, "ask_1", 100).unwrap();
+        let found = lookup(&host, &alice, &key_digest("ask_1"), 100).unwrap();
         assert_eq!(found.header.value, format!("Bearer tok-{}", alice.key));
     }
 
@@ -628,7 +838,7 @@ mod tests {
         host.put_shared(&first, &other(500));
         assert_eq!(store(&host, &k, &entry_for(&k, 200), 100), Stored::NewSlot);
         assert_eq!(host.shared_value(&first).unwrap(), other(500));
-        assert!(lookup(&host, &k, "ask_1", 100).is_some());
+        assert!(lookup(&host, &k, &key_digest("ask_1"), 100).is_some());
 
         // Both live: the one that expires first is evicted.
         let host = MockHost::new(100);
@@ -636,7 +846,7 @@ mod tests {
         host.put_shared(&second, &other(400));
         assert_eq!(store(&host, &k, &entry_for(&k, 200), 100), Stored::Replaced);
         assert_eq!(host.shared_value(&first).unwrap(), other(900));
-        assert!(lookup(&host, &k, "ask_1", 100).is_some());
+        assert!(lookup(&host, &k, &key_digest("ask_1"), 100).is_some());
 
         // An expired or deleted entry goes before a live one.
         let host = MockHost::new(100);
@@ -697,7 +907,7 @@ mod tests {
         assert!(keys.iter().all(|k| k.starts_with(SLOT_PREFIX)));
         // The most recent users are still served.
         let recent = Slotted::new(key("ts", "app", "slack", "99999"), capacity);
-        assert!(lookup(&host, &recent, "ask_1", 100).is_some());
+        assert!(lookup(&host, &recent, &key_digest("ask_1"), 100).is_some());
     }
 
     #[test]
@@ -708,10 +918,10 @@ mod tests {
         store(&host, &k, &e, 100);
         let refused = hash(e.header.value.as_bytes());
         assert!(!invalidate(&host, &k, hash(b"Bearer another")));
-        assert!(lookup(&host, &k, "ask_1", 100).is_some());
+        assert!(lookup(&host, &k, &key_digest("ask_1"), 100).is_some());
         assert!(!invalidate(&host, &slotted("bob", 8), refused));
         assert!(invalidate(&host, &k, refused));
-        assert_eq!(lookup(&host, &k, "ask_1", 100), None);
+        assert_eq!(lookup(&host, &k, &key_digest("ask_1"), 100), None);
         assert!(!invalidate(&host, &k, refused), "already deleted");
     }
 
@@ -777,5 +987,79 @@ mod tests {
         );
         release(&host, &k, 0);
         assert!(!is_pending(&host, &k, 4_000));
+    }
+
+    #[test]
+    fn an_entry_holds_the_digest_of_the_app_key_never_the_key() {
+        let host = MockHost::new(100);
+        let k = slotted("alice", 8);
+        let app_key = "ask_Zq8v-secret-app-key";
+        let mut entry = entry_for(&k, 500);
+        entry.app_key_digest = key_digest(app_key);
+        store(&host, &k, &entry, 100);
+        let bytes = host.shared_value(&slot_key(k.slots[0])).unwrap();
+        let text = String::from_utf8(bytes).unwrap();
+        assert!(!text.contains(app_key), "{text}");
+        assert!(!text.contains("secret-app"), "{text}");
+        // SHA-256 test vector, so the digest is the standard one.
+        assert_eq!(
+            hex(&key_digest("abc")),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert!(text.contains(&hex(&key_digest(app_key))), "{text}");
+        assert!(lookup(&host, &k, &key_digest(app_key), 100).is_some());
+        for other in ["ask_Zq8v-secret-app-keY", "ask_Zq8v-secret-app-ke", ""] {
+            assert_eq!(lookup(&host, &k, &key_digest(other), 100), None, "{other}");
+        }
+        // An entry of the earlier layout (the key in clear) is no entry.
+        let old = text
+            .replacen("authstamp-entry-v3", "authstamp-entry-v2", 1)
+            .replacen(&hex(&key_digest(app_key)), app_key, 1);
+        assert_eq!(Entry::decode(old.as_bytes()), None);
+        assert_eq!(
+            Entry::decode(
+                text.replacen(&hex(&key_digest(app_key)), "zz", 1)
+                    .as_bytes()
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn key_checks_trust_an_accepted_key_until_stale_then_lease_one_recheck() {
+        let host = MockHost::new(100);
+        let name = key_check_name("ts", "app", &key_digest("ask_1"));
+        assert!(!name.contains("ask_1"), "{name}");
+        assert_ne!(name, key_check_name("ts", "app", &key_digest("ask_2")));
+        assert_ne!(name, key_check_name("ts2", "app", &key_digest("ask_1")));
+        // Refusing an unknown key writes nothing.
+        key_refused(&host, &name);
+        assert!(host.shared_value(&name).is_none());
+
+        key_accepted(&host, &name, 1_000, 5_000);
+        assert_eq!(check_key(&host, &name, 5_999, 900), KeyVerdict::Trusted);
+        assert!(key_verified(&host, &name, 5_999));
+        // Stale: the first caller rechecks, the next ones are served for the lease.
+        assert_eq!(check_key(&host, &name, 6_000, 900), KeyVerdict::Recheck);
+        assert_eq!(check_key(&host, &name, 6_899, 900), KeyVerdict::Trusted);
+        assert!(!key_verified(&host, &name, 6_000), "a lease is no verdict");
+        assert_eq!(check_key(&host, &name, 6_900, 900), KeyVerdict::Recheck);
+        key_refused(&host, &name);
+        for now in [6_901, 7_000, 100_000] {
+            assert_eq!(
+                check_key(&host, &name, now, 900),
+                KeyVerdict::Recheck,
+                "{now}"
+            );
+        }
+        key_accepted(&host, &name, 100_000, 5_000);
+        assert_eq!(check_key(&host, &name, 100_001, 900), KeyVerdict::Trusted);
+
+        // Garbage is a stale check; a lost CAS race reads again (still stale).
+        host.put_shared(&name, b"authstamp-keycheck-v1\n1\n2");
+        assert_eq!(check_key(&host, &name, 100_001, 900), KeyVerdict::Recheck);
+        host.put_shared(&name, b"authstamp-keycheck-v1\n1\n2\n0");
+        host.set_cas_conflict();
+        assert_eq!(check_key(&host, &name, 100_001, 900), KeyVerdict::Recheck);
     }
 }

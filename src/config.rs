@@ -6,6 +6,7 @@
 //!   "app": {"id": "app_…", "key_env": "AUTHSTAMP_APP_KEY"},
 //!   "refresh_skew": "30s",
 //!   "max_cache_ttl": "5m",
+//!   "app_key_recheck": "5s",
 //!   "cache_capacity": 16384,
 //!   "unmarked_requests": "pass",
 //!   "headers": {"provider": "x-authstamp-provider", "user": "x-authstamp-user",
@@ -41,6 +42,11 @@ pub const DEFAULT_REFRESH_SKEW: Duration = Duration::from_secs(30);
 pub const MIN_CACHE_TTL: Duration = Duration::from_secs(1);
 pub const MAX_CACHE_TTL: Duration = Duration::from_secs(24 * 3600);
 pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(300);
+/// Bounds of `app_key_recheck`: how long a cache hit trusts that the token
+/// service last accepted the request's app key (then one lookup rechecks it).
+pub const MIN_APP_KEY_RECHECK: Duration = Duration::from_secs(1);
+pub const MAX_APP_KEY_RECHECK: Duration = Duration::from_secs(3600);
+pub const DEFAULT_APP_KEY_RECHECK: Duration = Duration::from_secs(5);
 /// Bounds of `cache_capacity`: the number of shared-data slots of the token
 /// cache (see `cache.rs`), hence the most entries it ever holds.
 pub const MIN_CACHE_CAPACITY: u32 = 1;
@@ -149,6 +155,9 @@ pub struct Config {
     pub app: AppBinding,
     pub refresh_skew: Duration,
     pub max_cache_ttl: Duration,
+    /// How long an app key the token service accepted is trusted on cache
+    /// hits before one lookup checks it again (so a revoked key stops working).
+    pub app_key_recheck: Duration,
     /// Slots of the shared-data token cache: the cap on cached entries.
     pub cache_capacity: u32,
     pub unmarked: Unmarked,
@@ -186,6 +195,8 @@ struct RawConfig {
     refresh_skew: Option<String>,
     #[serde(default)]
     max_cache_ttl: Option<String>,
+    #[serde(default)]
+    app_key_recheck: Option<String>,
     #[serde(default)]
     cache_capacity: Option<u32>,
     #[serde(default)]
@@ -322,6 +333,14 @@ impl Config {
         if !(MIN_CACHE_TTL..=MAX_CACHE_TTL).contains(&max_cache_ttl) {
             return Err(invalid("max_cache_ttl must be between 1s and 24h"));
         }
+        let app_key_recheck = optional_duration(
+            "app_key_recheck",
+            raw.app_key_recheck,
+            DEFAULT_APP_KEY_RECHECK,
+        )?;
+        if !(MIN_APP_KEY_RECHECK..=MAX_APP_KEY_RECHECK).contains(&app_key_recheck) {
+            return Err(invalid("app_key_recheck must be between 1s and 1h"));
+        }
         let cache_capacity = raw.cache_capacity.unwrap_or(DEFAULT_CACHE_CAPACITY);
         if !(MIN_CACHE_CAPACITY..=MAX_CACHE_CAPACITY).contains(&cache_capacity) {
             return Err(invalid(format!(
@@ -367,6 +386,7 @@ impl Config {
             app,
             refresh_skew,
             max_cache_ttl,
+            app_key_recheck,
             cache_capacity,
             unmarked: raw.unmarked_requests.unwrap_or(Unmarked::Pass),
             headers,
@@ -472,6 +492,7 @@ mod tests {
         assert_eq!(config.app, AppBinding::Gateway);
         assert_eq!(config.refresh_skew, Duration::from_secs(30));
         assert_eq!(config.max_cache_ttl, Duration::from_secs(300));
+        assert_eq!(config.app_key_recheck, Duration::from_secs(5));
         assert_eq!(config.cache_capacity, DEFAULT_CACHE_CAPACITY);
         assert_eq!(config.unmarked, Unmarked::Pass);
         assert_eq!(config.headers, HeaderNames::default());
@@ -486,6 +507,7 @@ mod tests {
             "app": {"id": "app_1", "key_env": "AUTHSTAMP_APP_KEY"},
             "refresh_skew": "0s",
             "max_cache_ttl": "1h",
+            "app_key_recheck": "30s",
             "cache_capacity": 100,
             "unmarked_requests": "reject",
             "headers": {"provider": "x-p", "user": "x-u", "app": "x-a", "app_key": "x-k"}
@@ -502,6 +524,7 @@ mod tests {
         assert!(config.is_mesh());
         assert_eq!(config.refresh_skew, Duration::ZERO);
         assert_eq!(config.max_cache_ttl, Duration::from_secs(3600));
+        assert_eq!(config.app_key_recheck, Duration::from_secs(30));
         assert_eq!(config.cache_capacity, 100);
         assert_eq!(config.unmarked, Unmarked::Reject);
         assert_eq!(config.headers.all(), ["x-p", "x-u", "x-a", "x-k"]);
@@ -585,6 +608,18 @@ mod tests {
             (
                 r#"{"token_service": {"cluster": "c", "authority": "a"}, "max_cache_ttl": "2d"}"#,
                 "max_cache_ttl",
+            ),
+            (
+                r#"{"token_service": {"cluster": "c", "authority": "a"}, "app_key_recheck": "500ms"}"#,
+                "app_key_recheck",
+            ),
+            (
+                r#"{"token_service": {"cluster": "c", "authority": "a"}, "app_key_recheck": "2h"}"#,
+                "app_key_recheck",
+            ),
+            (
+                r#"{"token_service": {"cluster": "c", "authority": "a"}, "app_key_recheck": "soon"}"#,
+                "app_key_recheck",
             ),
             (
                 r#"{"token_service": {"cluster": "c", "authority": "a"}, "cache_capacity": 0}"#,

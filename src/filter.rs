@@ -3,8 +3,11 @@
 //! worker, and puts the returned state back.
 //!
 //! 1. Unmarked requests pass untouched (or are refused, by configuration).
-//! 2. Marked requests need a valid identity and an origin-form target.
-//! 3. A valid cache entry for the same app key: stamp and continue.
+//! 2. Marked requests need a valid identity and an origin-form target that
+//!    stays under the base path.
+//! 3. A valid cache entry for the same app key, whose key the token service
+//!    accepted within `app_key_recheck` (else one request per key rechecks
+//!    it through step 4): stamp and continue.
 //! 4. Otherwise join a lookup in flight in this worker for the same key and
 //!    app key; or wait for another worker's lookup of the key (its
 //!    shared-data marker is live); or dispatch one to the token service; and
@@ -23,7 +26,7 @@ use authstamp_protocol::{
     headers, paths, ErrorBody, ErrorCode, TokenLookupRequest, TokenLookupResponse,
 };
 
-use crate::cache::{self, Claim, Slotted, Stored};
+use crate::cache::{self, Claim, KeyVerdict, Slotted, Stored};
 use crate::config::{Config, Unmarked};
 use crate::host::{DispatchError, HeaderPairs, Host};
 use crate::inflight::{Done, Inflight, Left, Lookup, Owner};
@@ -143,7 +146,7 @@ pub fn on_request_headers(
         // ours, let the rest through.
         let marked = request_headers
             .iter()
-            .any(|(n, _)| n.to_ascii_lowercase().starts_with(headers::PREFIX));
+            .any(|(n, _)| request::starts_with_dashed(n, headers::PREFIX));
         if marked {
             return refuse(
                 host,
@@ -190,8 +193,24 @@ pub fn on_request_headers(
         ),
         config.cache_capacity,
     );
-    if let Some(now) = host.now_unix_secs() {
-        if let Some(entry) = cache::lookup(host, &cache_key, identity.app_key.expose(), now) {
+    if let Some(now_ms) = host.now_unix_millis() {
+        let key_digest = cache::key_digest(identity.app_key.expose());
+        let hit = cache::lookup(host, &cache_key, &key_digest, now_ms / 1000);
+        let trusted = hit.filter(|_| {
+            let check =
+                cache::key_check_name(&config.token_service.cluster, &identity.app_id, &key_digest);
+            match cache::check_key(host, &check, now_ms, recheck_lease_ms(config)) {
+                KeyVerdict::Trusted => true,
+                KeyVerdict::Recheck => {
+                    log::debug!(
+                        "authstamp: cache hit whose app key is due for a check provider={}",
+                        identity.provider
+                    );
+                    false
+                }
+            }
+        });
+        if let Some(entry) = trusted {
             log::debug!("authstamp: cache hit provider={}", identity.provider);
             let lookup = Rc::new(Lookup {
                 cache_key,
@@ -274,6 +293,47 @@ pub fn on_request_headers(
             )
         }
     }
+}
+
+/// How long a request rechecking an app key holds the recheck: its lookup
+/// has surely ended by then.
+fn recheck_lease_ms(config: &Config) -> u64 {
+    u64::try_from(config.token_service.timeout.as_millis())
+        .unwrap_or(0)
+        .saturating_add(MARKER_GRACE_MS)
+}
+
+/// Records what a token-service answer says about the lookup's app key: an
+/// answer the service gives only past the app's authentication accepts it,
+/// `bad_app_key` and `unknown_app` refuse it, anything else (a timeout, a
+/// failure) says nothing.
+fn record_key_check(host: &dyn Host, lookup: &Lookup, outcome: &Outcome) {
+    let accepted = match outcome {
+        Outcome::Stamp(_) => true,
+        Outcome::Refuse(rejection) => match rejection.code {
+            ErrorCode::NotConnected
+            | ErrorCode::ReauthRequired
+            | ErrorCode::UnknownProvider
+            | ErrorCode::ProviderUnavailable => true,
+            ErrorCode::BadAppKey | ErrorCode::UnknownApp => false,
+            _ => return,
+        },
+    };
+    let identity = &lookup.identity;
+    let name = cache::key_check_name(
+        &lookup.config.token_service.cluster,
+        &identity.app_id,
+        &cache::key_digest(identity.app_key.expose()),
+    );
+    if !accepted {
+        cache::key_refused(host, &name);
+        return;
+    }
+    let Some(now_ms) = host.now_unix_millis() else {
+        return;
+    };
+    let recheck_ms = u64::try_from(lookup.config.app_key_recheck.as_millis()).unwrap_or(0);
+    cache::key_accepted(host, &name, now_ms, recheck_ms);
 }
 
 /// Claims the shared-data marker of `lookup`'s key (see `cache::claim`); a
@@ -407,7 +467,7 @@ fn cache_answer(host: &dyn Host, metrics: &Metrics, lookup: &Lookup, answer: &To
     }
     let entry = cache::Entry {
         key: lookup.cache_key.key.clone(),
-        app_key: lookup.identity.app_key.expose().to_string(),
+        app_key_digest: cache::key_digest(lookup.identity.app_key.expose()),
         header: answer.header.clone(),
         upstream: answer.upstream.clone(),
         valid_until,
@@ -485,6 +545,7 @@ pub fn on_call_response(
     if let Outcome::Stamp(answer) = &outcome {
         cache_answer(host, &worker.metrics, lookup, answer);
     }
+    record_key_check(host, lookup, &outcome);
     cache::release(host, &lookup.cache_key, pending.until_ms);
     complete(host, worker, &pending.members, lookup, &outcome, current);
 }
@@ -560,10 +621,18 @@ pub fn on_tick(host: &dyn Host, worker: &Worker) {
 
     let remotes = worker.inflight.borrow().owned_by(Owner::Remote);
     for (id, lookup) in remotes {
-        let app_key = lookup.identity.app_key.expose();
-        let entry = host
-            .now_unix_secs()
-            .and_then(|now| cache::lookup(host, &lookup.cache_key, app_key, now));
+        let key_digest = cache::key_digest(lookup.identity.app_key.expose());
+        let check = cache::key_check_name(
+            &lookup.config.token_service.cluster,
+            &lookup.identity.app_id,
+            &key_digest,
+        );
+        // An entry for this key whose key the token service accepted lately
+        // (a revoked key must not be stamped from an older entry).
+        let entry = host.now_unix_millis().and_then(|now_ms| {
+            cache::lookup(host, &lookup.cache_key, &key_digest, now_ms / 1000)
+                .filter(|_| cache::key_verified(host, &check, now_ms))
+        });
         if let Some(entry) = entry {
             let removed = worker.inflight.borrow_mut().remove(id);
             if let Some(pending) = removed {
@@ -701,9 +770,10 @@ mod tests {
     }
 
     fn gateway() -> Rc<Config> {
+        // Key rechecks have their own tests; the expiry tests span minutes.
         config_from(
             r#"{"token_service": {"cluster": "ts_cluster", "authority": "ts.internal", "timeout": "750ms"},
-                "refresh_skew": "30s", "max_cache_ttl": "5m"}"#,
+                "refresh_skew": "30s", "max_cache_ttl": "5m", "app_key_recheck": "1h"}"#,
         )
     }
 
@@ -1176,6 +1246,100 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_path_leaving_the_base_path_is_refused_before_any_lookup_and_on_a_hit() {
+        let traversals = [
+            "/../admin",
+            "/api/%2e%2e/admin",
+            "/api/..%2fadmin",
+            "/api/..;/admin",
+            "/api\\..\\admin",
+            "/api/%252e%252e/admin",
+        ];
+        let with_path = |user: &str, path: &'static str| {
+            let mut headers = marked(user, KEY);
+            headers.retain(|(n, _)| *n != ":path");
+            headers.push((":path", path));
+            headers
+        };
+        let query_answer = serde_json::json!({
+            "header": {"name": "api_key", "value": "k-secret", "in": "query"},
+            "upstream": {"scheme": "https", "authority": "maps.example.com", "base_path": "/v1"},
+        })
+        .to_string();
+        let bench = Bench::new(gateway());
+        // alice is cached with a bearer token, bob with a query credential.
+        bench.call(2, "alice", KEY);
+        bench.answer_last(Some(200), &token_answer(None));
+        bench.call(3, "bob", KEY);
+        bench.answer_last(Some(200), &query_answer);
+        assert_eq!(
+            bench.host.header(3, ":path").as_deref(),
+            Some("/v1/api/users.info?user=U1&api_key=k-secret")
+        );
+        let mut stream = 10;
+        for path in traversals {
+            for user in ["alice", "bob", "carol"] {
+                stream += 1;
+                assert_eq!(
+                    bench.request(stream, &with_path(user, path)),
+                    Verdict::Pause
+                );
+                let (status, code, _) = bench.reply_of(stream);
+                assert_eq!(
+                    (status, code),
+                    (403, ErrorCode::ForbiddenDestination),
+                    "{user} {path}"
+                );
+                assert_eq!(bench.host.header(stream, "authorization"), None);
+                assert!(
+                    !bench
+                        .host
+                        .header(stream, ":path")
+                        .unwrap_or_default()
+                        .contains("k-secret"),
+                    "{user} {path}"
+                );
+            }
+        }
+        assert_eq!(
+            bench.host.dispatch_count(),
+            2,
+            "carol's misses asked nothing"
+        );
+
+        // Transparent egress: the path is kept as sent, so it is checked too.
+        let bench = Bench::new(config_from(
+            r#"{"token_service": {"cluster": "ts_cluster", "authority": "ts.internal"},
+                "app": {"id": "app_mesh", "key_env": "APP_KEY"},
+                "provider_hosts": {"slack.com": "slack"}}"#,
+        ));
+        let egress = |path: &'static str| -> Vec<(&'static str, &'static str)> {
+            vec![
+                (":authority", "slack.com"),
+                (":path", path),
+                ("x-authstamp-user", "alice"),
+            ]
+        };
+        bench.request(2, &egress("/api-base/ok"));
+        bench.answer_last(Some(200), &token_answer(None));
+        assert_eq!(
+            bench.host.header(2, "authorization").as_deref(),
+            Some("Bearer xoxb-secret")
+        );
+        for (i, path) in traversals.into_iter().enumerate() {
+            let stream = 20 + u32::try_from(i).unwrap();
+            assert_eq!(bench.request(stream, &egress(path)), Verdict::Pause);
+            assert_eq!(
+                bench.reply_of(stream).1,
+                ErrorCode::ForbiddenDestination,
+                "{path}"
+            );
+            assert_eq!(bench.host.header(stream, "authorization"), None);
+        }
+        assert_eq!(bench.host.dispatch_count(), 1);
+    }
+
     // --- miss, answer, stamp -------------------------------------------------
 
     #[test]
@@ -1241,6 +1405,8 @@ mod tests {
         headers.push(("proxy-authorization", "Basic Zm9v"));
         headers.push(("x-forwarded-host", "evil.example"));
         headers.push(("x-api-key", "forged-key"));
+        // Read as a second x-api-key by CGI-style servers.
+        headers.push(("X_Api_Key", "forged-too"));
         bench.request(2, &headers);
         bench.answer_last(
             Some(200),
@@ -1257,7 +1423,12 @@ mod tests {
             bench.host.header_values(2, "x-api-key"),
             vec!["hs-real-key".to_string()]
         );
-        for gone in ["authorization", "proxy-authorization", "x-forwarded-host"] {
+        for gone in [
+            "authorization",
+            "proxy-authorization",
+            "x-forwarded-host",
+            "X_Api_Key",
+        ] {
             assert_eq!(
                 bench.host.header_values(2, gone),
                 Vec::<String>::new(),
@@ -1285,8 +1456,8 @@ mod tests {
         assert_eq!(bench.slot_keys(), vec![cache::slot_key(key.slots[0])]);
         assert_eq!(
             bench.host.shared_keys().len(),
-            2,
-            "the slot and the (released) marker of the lookup"
+            3,
+            "the slot, the (released) marker of the lookup and the app key check"
         );
         let entry = bench.entry_of("alice").unwrap();
         assert_eq!(entry.key, key.key);
@@ -1295,7 +1466,15 @@ mod tests {
             NOW + 300,
             "max_cache_ttl bounds a long-lived token"
         );
-        assert_eq!(entry.app_key, KEY);
+        assert_eq!(entry.app_key_digest, cache::key_digest(KEY));
+
+        for name in bench.host.shared_keys() {
+            let value = bench.host.shared_value(&name).unwrap();
+            assert!(
+                !String::from_utf8_lossy(&value).contains(KEY),
+                "{name} holds the app key"
+            );
+        }
 
         bench.host.set_now(NOW + 299);
         assert_eq!(bench.call(3, "alice", KEY), Verdict::Continue);
@@ -2086,6 +2265,131 @@ mod tests {
         assert_eq!(bench.host.tick(), None);
     }
 
+    // --- app key rechecks ----------------------------------------------------
+
+    fn rechecking() -> Rc<Config> {
+        config_from(
+            r#"{"token_service": {"cluster": "ts_cluster", "authority": "ts.internal", "timeout": "750ms"},
+                "app_key_recheck": "5s"}"#,
+        )
+    }
+
+    #[test]
+    fn a_revoked_app_key_stops_working_on_hits_after_one_recheck_per_key_not_per_user() {
+        let bench = Bench::new(rechecking());
+        for (stream, user) in [(2, "alice"), (3, "bob"), (4, "carol")] {
+            bench.call(stream, user, KEY);
+            bench.answer_last(Some(200), &token_answer(None));
+        }
+        assert_eq!(bench.host.dispatch_count(), 3);
+
+        // Within the recheck interval every hit is served from the cache.
+        bench.host.advance_millis(4_999);
+        for (stream, user) in [(5, "alice"), (6, "bob"), (7, "carol")] {
+            assert_eq!(bench.call(stream, user, KEY), Verdict::Continue, "{user}");
+        }
+        assert_eq!(bench.host.dispatch_count(), 3);
+
+        // Then the first hit rechecks the key; the others (any worker) are
+        // served meanwhile.
+        bench.host.advance_millis(1);
+        assert_eq!(bench.call(8, "alice", KEY), Verdict::Pause);
+        assert_eq!(bench.host.dispatch_count(), 4);
+        assert_eq!(bench.call(9, "bob", KEY), Verdict::Continue);
+        assert_eq!(bench.call_on_other(10, "carol", KEY), Verdict::Continue);
+        assert_eq!(bench.host.dispatch_count(), 4, "one recheck for the key");
+        bench.answer_last(Some(200), &token_answer(None));
+        assert_stamped(&bench, 8, "Bearer xoxb-secret");
+        bench.host.advance_millis(4_999);
+        assert_eq!(bench.call(11, "bob", KEY), Verdict::Continue);
+        assert_eq!(bench.host.dispatch_count(), 4, "accepted for another 5 s");
+
+        // Revoked at the token service: the next recheck is refused, and from
+        // then on no hit with the key is served, on any worker.
+        bench.host.advance_millis(1);
+        assert_eq!(bench.call(12, "bob", KEY), Verdict::Pause);
+        assert_eq!(bench.call(13, "carol", KEY), Verdict::Continue, "leased");
+        bench.answer_last(Some(401), &error_json("bad_app_key", "revoked"));
+        assert_eq!(bench.reply_of(12).1, ErrorCode::BadAppKey);
+        for (stream, user) in [(14, "carol"), (15, "alice")] {
+            assert_eq!(bench.call(stream, user, KEY), Verdict::Pause, "{user}");
+            bench.answer_last(Some(401), &error_json("bad_app_key", "revoked"));
+            assert_eq!(bench.reply_of(stream).0, 401);
+        }
+        assert_eq!(bench.call_on_other(16, "alice", KEY), Verdict::Pause);
+        assert_eq!(bench.host.dispatch_count(), 8);
+        assert_eq!(bench.host.header(16, "authorization"), None);
+    }
+
+    #[test]
+    fn a_refused_key_waiting_for_another_workers_lookup_is_never_stamped_from_an_older_entry() {
+        let bench = Bench::new(rechecking());
+        for (stream, user) in [(2, "alice"), (3, "bob")] {
+            bench.call(stream, user, KEY);
+            bench.answer_last(Some(200), &token_answer(None));
+        }
+        bench.host.advance_millis(5_000);
+        bench.call(4, "bob", KEY);
+        bench.answer_last(Some(401), &error_json("bad_app_key", "revoked"));
+        // alice's entry still holds the revoked key's digest. A lookup for her
+        // with the new key is in flight on the first worker...
+        assert_eq!(bench.call(5, "alice", "ask_new-key"), Verdict::Pause);
+        let new_key_lookup = bench.host.dispatches().last().cloned().unwrap();
+        // ...and a request with the revoked key waits for it on the other.
+        assert_eq!(bench.call_on_other(6, "alice", KEY), Verdict::Pause);
+        bench.tick_other();
+        assert_eq!(bench.host.reply(6), None);
+        assert_eq!(
+            bench.host.header(6, "authorization"),
+            None,
+            "not from the old entry"
+        );
+        bench.answer(5, new_key_lookup.token, Some(200), &refreshed_answer());
+        bench.tick_other();
+        bench.answer_last(Some(401), &error_json("bad_app_key", "revoked"));
+        assert_eq!(bench.reply_of(6).1, ErrorCode::BadAppKey);
+        assert_eq!(bench.host.header(6, "authorization"), None);
+    }
+
+    #[test]
+    fn a_recheck_that_fails_holds_its_lease_only_until_its_lookup_surely_ended() {
+        let bench = Bench::new(rechecking());
+        bench.call(2, "alice", KEY);
+        bench.answer_last(Some(200), &token_answer(None));
+        bench.call(3, "bob", KEY);
+        bench.answer_last(Some(200), &token_answer(None));
+        bench.host.advance_millis(5_000);
+        assert_eq!(bench.call(4, "alice", KEY), Verdict::Pause);
+        bench.answer_last(None, "");
+        assert_eq!(bench.reply_of(4).1, ErrorCode::TokenServiceUnavailable);
+        // A timeout says nothing about the key: hits are served until the
+        // lease (timeout + grace) ends, then the next one rechecks.
+        bench.host.advance_millis(749 + MARKER_GRACE_MS);
+        assert_eq!(bench.call(5, "bob", KEY), Verdict::Continue);
+        bench.host.advance_millis(1);
+        assert_eq!(bench.call(6, "bob", KEY), Verdict::Pause);
+        // not_connected is answered past the app's authentication: accepted.
+        bench.answer_last(Some(404), &error_json("not_connected", "gone"));
+        assert_eq!(bench.call(7, "alice", KEY), Verdict::Continue);
+        assert_eq!(bench.host.dispatch_count(), 4);
+    }
+
+    #[test]
+    fn an_unknown_key_never_creates_a_key_check() {
+        let bench = Bench::new(rechecking());
+        for (stream, key) in [(2, "ask_wrong-1"), (3, "ask_wrong-2")] {
+            bench.call(stream, "alice", key);
+            bench.answer_last(Some(401), &error_json("bad_app_key", "no"));
+        }
+        let checks = bench
+            .host
+            .shared_keys()
+            .into_iter()
+            .filter(|k| k.starts_with("authstamp/v2/appkey/"))
+            .count();
+        assert_eq!(checks, 0);
+    }
+
     // --- bounded cache -------------------------------------------------------
 
     #[test]
@@ -2171,14 +2475,18 @@ mod tests {
     }
 
     #[test]
-    fn a_hit_reads_shared_data_once_and_makes_no_other_host_call_but_the_header_write() {
+    fn a_hit_reads_shared_data_twice_and_makes_no_other_host_call_but_the_header_write() {
         let bench = Bench::new(gateway());
         bench.call(2, "alice", KEY);
         bench.answer_last(Some(200), &token_answer(None));
         let reads = bench.host.shared_reads();
         let writes = bench.host.shared_writes().len();
         assert_eq!(bench.call(3, "alice", KEY), Verdict::Continue);
-        assert_eq!(bench.host.shared_reads(), reads + 1);
+        assert_eq!(
+            bench.host.shared_reads(),
+            reads + 2,
+            "the entry and the app key check"
+        );
         assert_eq!(bench.host.shared_writes().len(), writes);
         assert_eq!(bench.host.dispatch_count(), 1);
         assert_eq!(bench.host.tick(), None, "no tick asked for");

@@ -7,6 +7,7 @@ use authstamp_protocol::headers;
 use crate::config::{AppBinding, Config, Secret};
 use crate::host::HeaderPairs;
 use crate::reply::Rejection;
+use crate::stamp;
 
 /// Longest accepted value of an identity header.
 pub const MAX_VALUE_BYTES: usize = 256;
@@ -38,13 +39,68 @@ pub enum Classified {
     Marked(Identity),
 }
 
+/// Byte `b` as CGI-style servers and some proxies match header names:
+/// lowercase, `_` read as `-`.
+fn dashed(b: u8) -> u8 {
+    if b == b'_' {
+        b'-'
+    } else {
+        b.to_ascii_lowercase()
+    }
+}
+
+/// Whether `name` equals `other` with `_` read as `-`, ignoring ASCII case.
+pub fn eq_dashed(name: &str, other: &str) -> bool {
+    name.len() == other.len()
+        && name
+            .bytes()
+            .zip(other.bytes())
+            .all(|(a, b)| dashed(a) == dashed(b))
+}
+
+pub fn starts_with_dashed(name: &str, prefix: &str) -> bool {
+    name.get(..prefix.len())
+        .is_some_and(|start| eq_dashed(start, prefix))
+}
+
+fn is_authstamp_name(name: &str, config: &Config) -> bool {
+    starts_with_dashed(name, headers::PREFIX)
+        || config.headers.all().iter().any(|n| eq_dashed(name, n))
+}
+
 /// Whether the request carries any authstamp header: a name starting with
-/// `x-authstamp-` or one of the configured names.
+/// `x-authstamp-` or one of the configured names, also when spelled with
+/// underscores (such a request is then refused, see [`classify`]).
 pub fn is_marked(headers: &HeaderPairs, config: &Config) -> bool {
-    headers.iter().any(|(name, _)| {
-        let name = name.to_ascii_lowercase();
-        name.starts_with(headers::PREFIX) || config.headers.all().contains(&name.as_str())
-    })
+    headers
+        .iter()
+        .any(|(name, _)| is_authstamp_name(name, config))
+}
+
+/// Whether `name` is, up to ASCII case, an authstamp header or a stripped
+/// credential as spelled (a configured name may hold an underscore).
+fn is_exact_name(name: &str, config: &Config) -> bool {
+    name.get(..headers::PREFIX.len())
+        .is_some_and(|start| start.eq_ignore_ascii_case(headers::PREFIX))
+        || config
+            .headers
+            .all()
+            .iter()
+            .any(|n| name.eq_ignore_ascii_case(n))
+        || stamp::STRIPPED.iter().any(|n| name.eq_ignore_ascii_case(n))
+}
+
+/// A header that spells an authstamp header or an inbound credential with
+/// underscores (`x_authstamp_app_key`, `proxy_authorization`): a proxy or
+/// provider that reads `_` as `-` would take it for the real one.
+fn underscore_spelling<'a>(headers: &'a HeaderPairs, config: &Config) -> Option<&'a str> {
+    headers
+        .iter()
+        .map(|(name, _)| name.as_str())
+        .filter(|name| !is_exact_name(name, config))
+        .find(|name| {
+            is_authstamp_name(name, config) || stamp::STRIPPED.iter().any(|n| eq_dashed(name, n))
+        })
 }
 
 /// Classifies a request and, if it is marked, reads its identity. A marked
@@ -60,6 +116,12 @@ pub fn classify(headers: &HeaderPairs, config: &Config) -> Result<Classified, Re
     if !is_marked(headers, config) {
         config.egress.check_unmarked(headers)?;
         return Ok(Classified::Unmarked);
+    }
+    if let Some(name) = underscore_spelling(headers, config) {
+        let name: String = name.chars().take(64).collect();
+        return Err(Rejection::bad_request(format!(
+            "header {name} spells an authstamp header or a credential with underscores: send it with dashes, or not at all"
+        )));
     }
     let names = &config.headers;
     let provider = if config.egress.is_enabled() && !has_header(headers, &names.provider) {
@@ -264,5 +326,87 @@ mod tests {
             panic!("marked")
         };
         assert_eq!(id.provider, "slack");
+    }
+
+    #[test]
+    fn authstamp_headers_and_credentials_spelled_with_underscores_are_refused() {
+        let config = gateway();
+        let base = [
+            ("x-authstamp-provider", "slack"),
+            ("x-authstamp-user", "u"),
+            ("x-authstamp-app", "a"),
+            ("x-authstamp-app-key", "k"),
+        ];
+        for spelled in [
+            "x_authstamp_app_key",
+            "x_authstamp_user",
+            "X_Authstamp_App",
+            "x-authstamp_provider",
+            "x_authstamp_route",
+            "x_authstamp_anything",
+            "proxy_authorization",
+            "Proxy_Authorization",
+            "x_forwarded_host",
+        ] {
+            let mut headers = pairs(&base);
+            headers.push((spelled.to_string(), b"forged".to_vec()));
+            let err = classify(&headers, &config).unwrap_err();
+            assert_eq!(
+                (err.status, err.code),
+                (400, ErrorCode::BadRequest),
+                "{spelled}"
+            );
+            assert!(err.message.contains(spelled), "{}", err.message);
+            assert!(!err.message.contains("forged"), "{}", err.message);
+        }
+        // Alone, an underscore spelling marks the request: it is refused, not passed on.
+        let alone = pairs(&[(":path", "/"), ("x_authstamp_app_key", "k")]);
+        assert!(is_marked(&alone, &config));
+        assert_eq!(
+            classify(&alone, &config).unwrap_err().code,
+            ErrorCode::BadRequest
+        );
+        // Other underscores are the app's own business.
+        let mut headers = pairs(&base);
+        headers.push(("authorization_".to_string(), b"1".to_vec()));
+        assert!(matches!(
+            classify(&headers, &config),
+            Ok(Classified::Marked(_))
+        ));
+        let mut headers = pairs(&base);
+        headers.push(("x_request_id".to_string(), b"1".to_vec()));
+        headers.push(("authorization".to_string(), b"Bearer own".to_vec()));
+        assert!(matches!(
+            classify(&headers, &config),
+            Ok(Classified::Marked(_))
+        ));
+        // Unmarked traffic is not ours, underscores or not.
+        let unmarked = pairs(&[(":path", "/"), ("proxy_authorization", "x")]);
+        assert_eq!(classify(&unmarked, &config).unwrap(), Classified::Unmarked);
+    }
+
+    #[test]
+    fn a_configured_name_with_an_underscore_is_the_real_header() {
+        let config = Config::parse(
+            br#"{"token_service": {"cluster": "ts", "authority": "ts"},
+                "headers": {"provider": "x_p", "user": "x-u", "app": "x-a", "app_key": "x-k"}}"#,
+            &|_| None,
+        )
+        .unwrap();
+        let headers = pairs(&[("x_p", "slack"), ("x-u", "u"), ("x-a", "a"), ("x-k", "k")]);
+        assert!(matches!(
+            classify(&headers, &config),
+            Ok(Classified::Marked(_))
+        ));
+        // Its dashed spelling and underscore spellings of the others are not.
+        for spelled in ["x-p", "x_u", "X_K"] {
+            let mut with = headers.clone();
+            with.push((spelled.to_string(), b"forged".to_vec()));
+            assert_eq!(
+                classify(&with, &config).unwrap_err().code,
+                ErrorCode::BadRequest,
+                "{spelled}"
+            );
+        }
     }
 }

@@ -222,7 +222,112 @@ pub fn request_path(headers: &HeaderPairs) -> Result<String, Rejection> {
     if !path.starts_with('/') || path.starts_with("//") {
         return Err(forbidden());
     }
+    if escapes_its_base(path) {
+        return Err(Rejection::new(
+            ErrorCode::ForbiddenDestination,
+            "the request path must not contain backslashes or `.` or `..` segments in any spelling: a token never leaves its connection's base path",
+        ));
+    }
     Ok(path.to_string())
+}
+
+/// Rounds of percent-decoding a path is checked through: a provider (or a
+/// proxy in front of it) may decode more than once.
+const DECODE_ROUNDS: usize = 3;
+
+/// Whether the path part (before `?`) could climb out of the base path on a
+/// provider that normalises it: a raw backslash, or a `.` or `..` segment
+/// (a `;parameter` ignored) after 0 to [`DECODE_ROUNDS`] rounds of
+/// percent-decoding, where `/`, `\` and their escapes all split segments.
+pub fn escapes_its_base(path: &str) -> bool {
+    let path = path.split('?').next().unwrap_or_default().as_bytes();
+    if path.contains(&b'\\') || has_dot_segment(path) {
+        return true;
+    }
+    // Without an escape, decoding changes nothing (the hot path's case).
+    if !path.contains(&b'%') {
+        return false;
+    }
+    let mut current = path.to_vec();
+    for _ in 0..DECODE_ROUNDS {
+        let decoded = decode_path_escapes(&current);
+        if decoded == current {
+            return false;
+        }
+        if has_dot_segment(&decoded) {
+            return true;
+        }
+        current = decoded;
+    }
+    // Refused if a further round would still decode: no client nests so deep.
+    decode_path_escapes(&current) != current
+}
+
+fn has_dot_segment(path: &[u8]) -> bool {
+    path.split(|b| matches!(b, b'/' | b'\\')).any(|segment| {
+        let name = segment.split(|b| *b == b';').next().unwrap_or_default();
+        name == b"." || name == b".."
+    })
+}
+
+/// One round of decoding as lenient servers do it: `%XX`, IIS's `%uXXXX`
+/// (ASCII only), and the overlong UTF-8 forms of `.`, `/` and `\` that old
+/// decoders accept. Anything else is kept as it is.
+fn decode_path_escapes(path: &[u8]) -> Vec<u8> {
+    let hex = |b: u8| char::from(b).to_digit(16);
+    let mut out = Vec::with_capacity(path.len());
+    let mut i = 0;
+    while i < path.len() {
+        if path[i] == b'%' {
+            let byte = match (path.get(i + 1), path.get(i + 2)) {
+                (Some(&h), Some(&l)) => hex(h).zip(hex(l)).map(|(h, l)| h * 16 + l),
+                _ => None,
+            };
+            if let Some(byte) = byte.and_then(|b| u8::try_from(b).ok()) {
+                out.push(byte);
+                i += 3;
+                continue;
+            }
+            if matches!(path.get(i + 1), Some(b'u' | b'U')) {
+                let wide = path.get(i + 2..i + 6).and_then(|digits| {
+                    digits
+                        .iter()
+                        .try_fold(0u32, |acc, &d| Some(acc * 16 + hex(d)?))
+                });
+                if let Some(ascii) = wide.and_then(|w| u8::try_from(w).ok()).filter(u8::is_ascii) {
+                    out.push(ascii);
+                    i += 6;
+                    continue;
+                }
+            }
+        }
+        out.push(path[i]);
+        i += 1;
+    }
+    for (overlong, plain) in [
+        (&[0xc0, 0xae][..], b'.'),
+        (&[0xe0, 0x80, 0xae][..], b'.'),
+        (&[0xc0, 0xaf][..], b'/'),
+        (&[0xc1, 0x9c][..], b'\\'),
+    ] {
+        out = replace_bytes(&out, overlong, plain);
+    }
+    out
+}
+
+fn replace_bytes(haystack: &[u8], needle: &[u8], with: u8) -> Vec<u8> {
+    let mut out = Vec::with_capacity(haystack.len());
+    let mut i = 0;
+    while i < haystack.len() {
+        if haystack[i..].starts_with(needle) {
+            out.push(with);
+            i += needle.len();
+        } else {
+            out.push(haystack[i]);
+            i += 1;
+        }
+    }
+    out
 }
 
 /// Whether `name` starts with `prefix`, ignoring ASCII case.
@@ -235,7 +340,8 @@ fn is_stripped(name: &str, names: &HeaderNames, stamp_name: &str) -> bool {
     starts_with_ignore_case(name, headers::PREFIX)
         || names.all().iter().any(|n| name.eq_ignore_ascii_case(n))
         || STRIPPED.iter().any(|n| name.eq_ignore_ascii_case(n))
-        || name.eq_ignore_ascii_case(stamp_name)
+        // `x_api_key` next to the stamped `x-api-key` reads as a second one on CGI-style servers.
+        || crate::request::eq_dashed(name, stamp_name)
 }
 
 /// Stamps the effective stream's request: removes every authstamp header
@@ -687,5 +793,78 @@ mod tests {
         }
         assert!(request_path(&Vec::new()).is_err(), "no :path at all");
         assert!(request_path(&vec![(":path".to_string(), vec![b'/', 0xff])]).is_err());
+    }
+
+    #[test]
+    fn a_path_climbing_out_of_the_base_path_in_any_spelling_is_refused() {
+        let pairs = |p: &str| vec![(":path".to_string(), p.as_bytes().to_vec())];
+        for bad in [
+            "/..",
+            "/.",
+            "/api/..",
+            "/api/../admin",
+            "/api/./x",
+            "/api/x/../../admin?q=1",
+            "/api/%2e%2e/admin",
+            "/api/%2E%2E/admin",
+            "/api/%2e%2E/admin",
+            "/api/.%2e/admin",
+            "/api/%2e./admin",
+            "/api/%2e/admin",
+            "/api/..%2fadmin",
+            "/api/..%2Fadmin",
+            "/api/%2e%2e%2fadmin",
+            "/api%2f..%2fadmin",
+            "/api/..%5cadmin",
+            "/api/%5c..%5cadmin",
+            "/api/..;/admin",
+            "/api/..;jsessionid=1/admin",
+            "/api/.;x/admin",
+            "/api/%2e%2e;/admin",
+            "/api\\..\\admin",
+            "/api/\\..\\admin",
+            "/api/x\\y",
+            "/api/%252e%252e/admin",
+            "/api/%25252e%25252e/admin",
+            "/api/..%252fadmin",
+            "/api/%u002e%u002e/admin",
+            "/api/%U002E%U002E%u002fadmin",
+            "/api/%c0%ae%c0%ae/admin",
+            "/api/..%c0%afadmin",
+            "/api/%e0%80%ae%e0%80%ae/admin",
+            "/api/..%c1%9cadmin",
+            // Deeper than any client nests escapes.
+            "/api/%252525252e",
+        ] {
+            assert!(escapes_its_base(bad), "{bad}");
+            let err = request_path(&pairs(bad)).unwrap_err();
+            assert_eq!(
+                (err.status, err.code),
+                (403, ErrorCode::ForbiddenDestination),
+                "{bad}"
+            );
+        }
+        // Dots inside names, escapes that form no dot segment, and dots in
+        // the query are the provider's business.
+        for good in [
+            "/api/x",
+            "/api/.well-known/openid-configuration",
+            "/api/file.txt",
+            "/api/...",
+            "/api/..x/y",
+            "/api/x..",
+            "/api/%2e%2ex",
+            "/api/projects/group%2Fproject",
+            "/api/users/me%40example.com",
+            "/api/100%25",
+            "/api/%252541",
+            "/api/%zz/%",
+            "/api/x;v=1",
+            "/api/x?path=../../etc&y=%2e%2e",
+            "/api/x?a=\\..\\",
+        ] {
+            assert!(!escapes_its_base(good), "{good}");
+            assert_eq!(request_path(&pairs(good)).unwrap(), good);
+        }
     }
 }
