@@ -76,10 +76,28 @@ pub enum ErrorCode {
     ForbiddenWorkload,
     /// A bug or storage failure; details are in the token service's log.
     Internal,
+    /// Envoy: a protocol upgrade (WebSocket, CONNECT) was asked for; none is
+    /// proxied.
+    UpgradeRefused,
+    /// Envoy: the request (its headers, or all of it) did not arrive in time.
+    RequestTimeout,
+    /// Envoy: the request body is over the buffer limit.
+    PayloadTooLarge,
+    /// Envoy: HTTP/1.0 request; HTTP/1.1 or HTTP/2 is required.
+    UpgradeRequired,
+    /// Envoy: the request line and headers are over `max_request_headers_kb`.
+    HeadersTooLarge,
+    /// Envoy: unsupported method or transfer encoding.
+    NotImplemented,
+    /// Envoy: the upstream (the provider's API host) could not be reached or
+    /// reset the request (Envoy's 502 or 503).
+    UpstreamUnavailable,
+    /// Envoy: the upstream did not answer within the route timeout.
+    UpstreamTimeout,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 16] = [
+    pub const ALL: [ErrorCode; 24] = [
         ErrorCode::BadRequest,
         ErrorCode::Unauthorized,
         ErrorCode::UnknownApp,
@@ -96,6 +114,14 @@ impl ErrorCode {
         ErrorCode::RateLimited,
         ErrorCode::ForbiddenWorkload,
         ErrorCode::Internal,
+        ErrorCode::UpgradeRefused,
+        ErrorCode::RequestTimeout,
+        ErrorCode::PayloadTooLarge,
+        ErrorCode::UpgradeRequired,
+        ErrorCode::HeadersTooLarge,
+        ErrorCode::NotImplemented,
+        ErrorCode::UpstreamUnavailable,
+        ErrorCode::UpstreamTimeout,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -116,6 +142,14 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::ForbiddenWorkload => "forbidden_workload",
             ErrorCode::Internal => "internal",
+            ErrorCode::UpgradeRefused => "upgrade_refused",
+            ErrorCode::RequestTimeout => "request_timeout",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::UpgradeRequired => "upgrade_required",
+            ErrorCode::HeadersTooLarge => "headers_too_large",
+            ErrorCode::NotImplemented => "not_implemented",
+            ErrorCode::UpstreamUnavailable => "upstream_unavailable",
+            ErrorCode::UpstreamTimeout => "upstream_timeout",
         }
     }
 
@@ -143,6 +177,14 @@ impl ErrorCode {
             ErrorCode::RateLimited => 429,
             ErrorCode::ForbiddenWorkload => 403,
             ErrorCode::Internal => 500,
+            ErrorCode::UpgradeRefused => 403,
+            ErrorCode::RequestTimeout => 408,
+            ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::UpgradeRequired => 426,
+            ErrorCode::HeadersTooLarge => 431,
+            ErrorCode::NotImplemented => 501,
+            ErrorCode::UpstreamUnavailable => 503,
+            ErrorCode::UpstreamTimeout => 504,
         }
     }
 }
