@@ -2,8 +2,9 @@
 //! `envoy/compose.yaml`, `envoy/egress.yaml`), each run by the real Envoy:
 //! underscore look-alikes of authstamp's headers refused, an access log
 //! without credentials, slow and idle clients closed while stamped requests
-//! go on, and Envoy's own refusals in the JSON error contract while the
-//! filter's replies and the provider's own responses pass byte for byte.
+//! go on, Envoy's own refusals in the JSON error contract while the
+//! filter's replies and the provider's own responses pass byte for byte,
+//! and nothing made up by Envoy in either direction (HTTP/1.1 and HTTP/2).
 
 use authstamp_e2e::deploy::{
     compose_bootstrap, configure_provider_urls, connect_provider, egress_bootstrap,
@@ -104,6 +105,31 @@ fn every_shipped_bootstrap_has_the_same_edge_settings() {
         assert!(hcm["max_request_headers_kb"]
             .as_u64()
             .is_some_and(|kb| kb <= 60));
+        // Exact in both directions (the e2e test below checks the bytes).
+        assert_eq!(hcm["generate_request_id"].as_bool(), Some(false), "{file}");
+        assert_eq!(
+            hcm["server_header_transformation"].as_str(),
+            Some("PASS_THROUGH"),
+            "{file}"
+        );
+        let router = hcm["http_filters"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|f| f["name"].as_str() == Some("envoy.filters.http.router"))
+            .expect("a router");
+        assert_eq!(
+            router["typed_config"]["suppress_envoy_headers"].as_bool(),
+            Some(true),
+            "{file}"
+        );
+        for virtual_host in hcm["route_config"]["virtual_hosts"].as_sequence().unwrap() {
+            assert!(
+                strings_of(&virtual_host["request_headers_to_remove"])
+                    .contains(&"x-forwarded-proto".to_string()),
+                "{file}"
+            );
+        }
 
         let access_log = &hcm["access_log"];
         let format = &access_log[0]["typed_config"]["log_format"]["json_format"];
@@ -159,6 +185,16 @@ fn every_shipped_bootstrap_has_the_same_edge_settings() {
             }
         }
     }
+}
+
+fn strings_of(value: &Yaml) -> Vec<String> {
+    value
+        .as_sequence()
+        .map(|s| s.as_slice())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|v| v.as_str().map(str::to_string))
+        .collect()
 }
 
 /// The three bootstraps next to one stack: `(local, compose, egress)`.
@@ -936,4 +972,220 @@ async fn envoy_refusals_follow_the_json_contract_and_other_replies_pass_as_they_
             "not_found"
         ]
     );
+}
+
+/// What the provider answers in the exactness test: its own `Server`, a
+/// `Date`, rate-limit headers and two `Set-Cookie`.
+const PROVIDER_RESPONSE: &str = "HTTP/1.1 200 OK\r\nserver: provider-own/1.0\r\ndate: Mon, 01 Jan 2024 00:00:00 GMT\r\nx-ratelimit-limit: 50\r\nx-ratelimit-remaining: 41\r\nset-cookie: a=1; Path=/\r\nset-cookie: b=2; Path=/\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n{\"ok\":true}";
+
+const EXACT_BODY: &str = r#"{"n": 1}"#;
+
+/// The headers of [`PROVIDER_RESPONSE`], sorted.
+fn provider_response_headers() -> Vec<(String, String)> {
+    pairs(&[
+        ("server", "provider-own/1.0"),
+        ("date", "Mon, 01 Jan 2024 00:00:00 GMT"),
+        ("x-ratelimit-limit", "50"),
+        ("x-ratelimit-remaining", "41"),
+        ("set-cookie", "a=1; Path=/"),
+        ("set-cookie", "b=2; Path=/"),
+        ("content-type", "application/json"),
+        ("content-length", "11"),
+    ])
+}
+
+/// `(request line, headers sorted, body)` of one raw HTTP/1.1 request.
+fn parse_request(raw: &[u8]) -> (String, Vec<(String, String)>, Vec<u8>) {
+    let head_end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a request head");
+    let head = String::from_utf8_lossy(&raw[..head_end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let request_line = lines.next().unwrap().to_string();
+    let mut headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    headers.sort();
+    (request_line, headers, raw[head_end + 4..].to_vec())
+}
+
+fn sorted(mut headers: Vec<(String, String)>) -> Vec<(String, String)> {
+    headers.sort();
+    headers
+}
+
+fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    sorted(
+        list.iter()
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+            .collect(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_provider_and_the_app_each_get_exactly_what_the_other_sent() {
+    let stack = Stack::start("edges_exact", StackOptions::default()).await;
+    let upstream = RawUpstream::start(Some(PROVIDER_RESPONSE.as_bytes().to_vec())).await;
+    let upstream_authority = upstream.url.trim_start_matches("http://").to_string();
+    let standin = stack.standin_url.clone();
+    configure_provider_urls(
+        &stack,
+        &stack.app_id,
+        "exact",
+        &format!("{standin}/oauth/authorize"),
+        &format!("{standin}/oauth/token"),
+        &upstream.url,
+    )
+    .await;
+    connect_provider(&stack, "exact", "alice").await;
+    let local = Envoy::start(
+        &stack.log_dir,
+        "local-envoy",
+        &local_bootstrap(&stack.service_url),
+        &[],
+    )
+    .await;
+    let compose = Envoy::start(
+        &stack.log_dir,
+        "compose-envoy",
+        &compose_bootstrap(&stack.service_url),
+        &[],
+    )
+    .await;
+    let egress = Envoy::start(
+        &stack.log_dir,
+        "egress-envoy",
+        &egress_bootstrap(&stack, &[(upstream_authority.as_str(), "exact")], "pass"),
+        &[("AUTHSTAMP_APP_KEY", stack.app_key.as_str())],
+    )
+    .await;
+
+    let body = EXACT_BODY;
+    let expected_upstream_headers = || {
+        pairs(&[
+            ("host", &upstream_authority),
+            ("x-custom", "one"),
+            ("x-custom", "two"),
+            ("accept", "*/*"),
+            ("user-agent", "app/1"),
+            ("content-type", "application/json"),
+            ("content-length", &body.len().to_string()),
+        ])
+    };
+    let app_headers = format!(
+        "x-custom: one\r\nx-custom: two\r\naccept: */*\r\nuser-agent: app/1\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    let gateway_request = |listener: &str| {
+        format!(
+            "POST /v1/things?x=1&y=%20 HTTP/1.1\r\nhost: {}\r\nx-authstamp-provider: exact\r\nx-authstamp-user: alice\r\nx-authstamp-app: {}\r\nx-authstamp-app-key: {}\r\n{app_headers}\r\n{body}",
+            listener.trim_start_matches("http://"),
+            stack.app_id,
+            stack.app_key
+        )
+    };
+    let egress_request = format!(
+        "POST http://{upstream_authority}/v1/things?x=1&y=%20 HTTP/1.1\r\nhost: {upstream_authority}\r\nx-authstamp-user: alice\r\n{app_headers}\r\n{body}"
+    );
+    let runs = [
+        (&local, gateway_request(local.listener(GATEWAY_LISTENER))),
+        (
+            &compose,
+            gateway_request(compose.listener(GATEWAY_LISTENER)),
+        ),
+        (&egress, egress_request),
+    ];
+    for (n, (envoy, request)) in runs.iter().enumerate() {
+        let address = envoy
+            .listeners
+            .values()
+            .next()
+            .unwrap()
+            .trim_start_matches("http://")
+            .to_string();
+        let response = raw_http(&address, request.as_bytes(), Duration::from_secs(10)).await;
+        // The app gets the provider's answer as sent.
+        assert_eq!(response.status, 200, "{request}");
+        assert_eq!(
+            sorted(response.headers.clone()),
+            provider_response_headers(),
+            "{request}"
+        );
+        assert_eq!(response.body, b"{\"ok\":true}");
+
+        // The provider gets the app's request as sent, plus the token.
+        let seen = upstream.seen();
+        assert_eq!(seen.len(), n + 1);
+        let (request_line, mut headers, received_body) = parse_request(&seen[n]);
+        assert_eq!(request_line, "POST /v1/things?x=1&y=%20 HTTP/1.1");
+        assert_eq!(received_body, body.as_bytes());
+        let token = headers
+            .iter()
+            .position(|(name, _)| name == "authorization")
+            .map(|i| headers.remove(i).1)
+            .expect("stamped");
+        assert!(token.starts_with("Bearer sat_"), "{token}");
+        assert_eq!(headers, expected_upstream_headers(), "{request}");
+    }
+
+    // The same over HTTP/2 from the app (curl, prior knowledge), to both
+    // gateway bootstraps.
+    for envoy in [&local, &compose] {
+        let url = format!("{}/v1/things?x=1&y=%20", envoy.listener(GATEWAY_LISTENER));
+        let output = std::process::Command::new("curl")
+            .args(["-sS", "-i", "--http2-prior-knowledge", "-X", "POST", &url])
+            .args([
+                "-H",
+                "x-authstamp-provider: exact",
+                "-H",
+                "x-authstamp-user: alice",
+            ])
+            .args(["-H", &format!("x-authstamp-app: {}", stack.app_id)])
+            .args(["-H", &format!("x-authstamp-app-key: {}", stack.app_key)])
+            .args([
+                "-H",
+                "x-custom: one",
+                "-H",
+                "x-custom: two",
+                "-H",
+                "accept: */*",
+            ])
+            .args([
+                "-H",
+                "user-agent: app/1",
+                "-H",
+                "content-type: application/json",
+            ])
+            .args(["--data-binary", body])
+            .output()
+            .expect("run curl");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        let (head, response_body) = text.split_once("\r\n\r\n").expect("a response");
+        let mut lines = head.split("\r\n");
+        assert_eq!(lines.next().map(str::trim), Some("HTTP/2 200"), "{text}");
+        let response_headers: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
+            .collect();
+        assert_eq!(
+            sorted(response_headers),
+            provider_response_headers(),
+            "HTTP/2: {text}"
+        );
+        assert_eq!(response_body, "{\"ok\":true}");
+        let seen = upstream.seen();
+        let (request_line, mut headers, received_body) = parse_request(seen.last().unwrap());
+        assert_eq!(request_line, "POST /v1/things?x=1&y=%20 HTTP/1.1");
+        assert_eq!(received_body, body.as_bytes());
+        headers
+            .retain(|(name, value)| !(name == "authorization" && value.starts_with("Bearer sat_")));
+        assert_eq!(headers, expected_upstream_headers(), "HTTP/2");
+    }
 }
