@@ -102,6 +102,9 @@ fn every_shipped_bootstrap_has_the_same_edge_settings() {
                 "{file}: timeout {timeout:?}"
             );
         }
+        assert!(hcm["http2_protocol_options"]["max_concurrent_streams"]
+            .as_u64()
+            .is_some_and(|n| n <= 1000));
         assert!(hcm["max_request_headers_kb"]
             .as_u64()
             .is_some_and(|kb| kb <= 60));
