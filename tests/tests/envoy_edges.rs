@@ -310,6 +310,38 @@ async fn underscore_look_alikes_of_authstamp_headers_never_reach_an_upstream() {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
+    // Over HTTP/2 Envoy resets the stream instead (no reply to map).
+    for base in [
+        local.listener(GATEWAY_LISTENER),
+        compose.listener(GATEWAY_LISTENER),
+    ] {
+        let output = std::process::Command::new("curl")
+            .args([
+                "-sS",
+                "--http2-prior-knowledge",
+                &format!("{base}/api/underscore"),
+            ])
+            .args(["-H", &format!("x-authstamp-provider: {PROVIDER}")])
+            .args([
+                "-H",
+                "x-authstamp-user: alice",
+                "-H",
+                "x_authstamp_user: mallory",
+            ])
+            .args(["-H", &format!("x-authstamp-app: {}", stack.app_id)])
+            .args(["-H", &format!("x-authstamp-app-key: {}", stack.app_key)])
+            .output()
+            .expect("run curl");
+        assert!(
+            !output.status.success(),
+            "HTTP/2 request with x_authstamp_user answered"
+        );
+        assert!(
+            String::from_utf8_lossy(&output.stderr).contains("not closed cleanly"),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
     assert_eq!(
         stack.standin_stats().await["api_calls"],
         3,
