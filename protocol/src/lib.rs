@@ -83,12 +83,30 @@ pub enum ErrorCode {
     /// The token service's database did not answer in time (an outage or
     /// a failover); nothing was changed.
     StorageUnavailable,
+    /// Envoy: a protocol upgrade (WebSocket, CONNECT) was asked for; none is
+    /// proxied.
+    UpgradeRefused,
+    /// Envoy: the request (its headers, or all of it) did not arrive in time.
+    RequestTimeout,
+    /// Envoy: the request body is over the buffer limit.
+    PayloadTooLarge,
+    /// Envoy: HTTP/1.0 request; HTTP/1.1 or HTTP/2 is required.
+    UpgradeRequired,
+    /// Envoy: the request line and headers are over `max_request_headers_kb`.
+    HeadersTooLarge,
+    /// Envoy: unsupported method or transfer encoding.
+    NotImplemented,
+    /// Envoy: the upstream (the provider's API host) could not be reached or
+    /// reset the request (Envoy's 502 or 503).
+    UpstreamUnavailable,
+    /// Envoy: the upstream did not answer within the route timeout.
+    UpstreamTimeout,
     /// A bug or storage failure; details are in the token service's log.
     Internal,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 19] = [
+    pub const ALL: [ErrorCode; 27] = [
         ErrorCode::BadRequest,
         ErrorCode::Unauthorized,
         ErrorCode::UnknownApp,
@@ -107,6 +125,14 @@ impl ErrorCode {
         ErrorCode::CrossSiteRequest,
         ErrorCode::UserMismatch,
         ErrorCode::StorageUnavailable,
+        ErrorCode::UpgradeRefused,
+        ErrorCode::RequestTimeout,
+        ErrorCode::PayloadTooLarge,
+        ErrorCode::UpgradeRequired,
+        ErrorCode::HeadersTooLarge,
+        ErrorCode::NotImplemented,
+        ErrorCode::UpstreamUnavailable,
+        ErrorCode::UpstreamTimeout,
         ErrorCode::Internal,
     ];
 
@@ -131,6 +157,14 @@ impl ErrorCode {
             ErrorCode::UserMismatch => "user_mismatch",
             ErrorCode::StorageUnavailable => "storage_unavailable",
             ErrorCode::Internal => "internal",
+            ErrorCode::UpgradeRefused => "upgrade_refused",
+            ErrorCode::RequestTimeout => "request_timeout",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::UpgradeRequired => "upgrade_required",
+            ErrorCode::HeadersTooLarge => "headers_too_large",
+            ErrorCode::NotImplemented => "not_implemented",
+            ErrorCode::UpstreamUnavailable => "upstream_unavailable",
+            ErrorCode::UpstreamTimeout => "upstream_timeout",
         }
     }
 
@@ -161,6 +195,14 @@ impl ErrorCode {
             ErrorCode::UserMismatch => 403,
             ErrorCode::StorageUnavailable => 503,
             ErrorCode::Internal => 500,
+            ErrorCode::UpgradeRefused => 403,
+            ErrorCode::RequestTimeout => 408,
+            ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::UpgradeRequired => 426,
+            ErrorCode::HeadersTooLarge => 431,
+            ErrorCode::NotImplemented => 501,
+            ErrorCode::UpstreamUnavailable => 503,
+            ErrorCode::UpstreamTimeout => 504,
         }
     }
 }

@@ -179,7 +179,8 @@ impl Snippet {
     }
 }
 
-fn http_connection_manager<'a>(bootstrap: &'a mut Yaml, listener: &str) -> &'a mut Yaml {
+/// The `typed_config` of listener `listener`'s HttpConnectionManager.
+pub fn http_connection_manager<'a>(bootstrap: &'a mut Yaml, listener: &str) -> &'a mut Yaml {
     let listener = bootstrap["static_resources"]["listeners"]
         .as_sequence_mut()
         .expect("listeners")
@@ -228,6 +229,32 @@ pub fn egress_bootstrap(stack: &Stack, hosts: &[(&str, &str)], unmapped: &str) -
             (
                 r#""unmapped_hosts": "pass""#,
                 format!(r#""unmapped_hosts": "{unmapped}""#),
+            ),
+        ],
+    )
+}
+
+/// `envoy/compose.yaml` on this machine: loopback ports chosen by Envoy, the
+/// token service at `service_url`, the built filter.
+pub fn compose_bootstrap(service_url: &str) -> String {
+    replace_once(
+        &read_repo_file("envoy/compose.yaml"),
+        &[
+            (
+                "address: 127.0.0.1, port_value: 9901",
+                "address: 127.0.0.1, port_value: 0".to_string(),
+            ),
+            (
+                "address: 0.0.0.0, port_value: 10000",
+                "address: 127.0.0.1, port_value: 0".to_string(),
+            ),
+            (
+                "address: authstamp-token-service, port_value: 8080",
+                format!("address: 127.0.0.1, port_value: {}", port_of(service_url)),
+            ),
+            (
+                "filename: /etc/envoy/authstamp_filter.wasm",
+                format!("filename: {}", crate::filter_wasm().display()),
             ),
         ],
     )
@@ -417,6 +444,163 @@ impl EchoServer {
 impl Drop for EchoServer {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// An HTTP/1.1 upstream that records each request's raw bytes (head and
+/// `content-length` body) and answers every one with the same raw response,
+/// or (`None`) never answers: a provider whose exact bytes a test compares.
+pub struct RawUpstream {
+    pub url: String,
+    seen: Arc<Mutex<Vec<Vec<u8>>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RawUpstream {
+    pub async fn start(response: Option<Vec<u8>>) -> RawUpstream {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind raw upstream");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let seen: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+        let record = Arc::clone(&seen);
+        let response = Arc::new(response);
+        let task = tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let record = Arc::clone(&record);
+                let response = Arc::clone(&response);
+                tokio::spawn(async move {
+                    let mut buffer = Vec::new();
+                    let mut chunk = [0u8; 8192];
+                    loop {
+                        let head_end = buffer
+                            .windows(4)
+                            .position(|w| w == b"\r\n\r\n")
+                            .map(|i| i + 4);
+                        if let Some(head_end) = head_end {
+                            let head = String::from_utf8_lossy(&buffer[..head_end]).to_lowercase();
+                            let length: usize = head
+                                .lines()
+                                .find_map(|l| l.strip_prefix("content-length:"))
+                                .and_then(|v| v.trim().parse().ok())
+                                .unwrap_or(0);
+                            if buffer.len() >= head_end + length {
+                                let request: Vec<u8> = buffer.drain(..head_end + length).collect();
+                                record.lock().expect("lock").push(request);
+                                match response.as_ref() {
+                                    Some(bytes) => {
+                                        if socket.write_all(bytes).await.is_err() {
+                                            return;
+                                        }
+                                        continue;
+                                    }
+                                    // Hold the connection, answer nothing.
+                                    None => {
+                                        let _ = socket.read(&mut chunk).await;
+                                        return;
+                                    }
+                                }
+                            }
+                        }
+                        match socket.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                });
+            }
+        });
+        RawUpstream { url, seen, task }
+    }
+
+    /// The raw bytes of every request received so far.
+    pub fn seen(&self) -> Vec<Vec<u8>> {
+        self.seen.lock().expect("lock").clone()
+    }
+}
+
+impl Drop for RawUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// One raw HTTP/1 exchange: `request` written as is, the answer read until
+/// its `content-length` body is in, the peer closes, or `timeout` passes.
+pub struct RawResponse {
+    pub status: u16,
+    /// Lower-case names, in order, repeats kept.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "not JSON ({e}): {} {}",
+                self.status,
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+}
+
+pub async fn raw_http(address: &str, request: &[u8], timeout: Duration) -> RawResponse {
+    let mut stream = tokio::net::TcpStream::connect(address)
+        .await
+        .expect("connect");
+    // The peer may answer and close before reading everything.
+    let _ = stream.write_all(request).await;
+    let mut raw = Vec::new();
+    let read_answer = async {
+        let mut chunk = [0u8; 8192];
+        loop {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => raw.extend_from_slice(&chunk[..n]),
+            }
+            let Some(head_end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+                continue;
+            };
+            let head = String::from_utf8_lossy(&raw[..head_end]).to_ascii_lowercase();
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok());
+            if length.is_some_and(|length| raw.len() >= head_end + 4 + length) {
+                return;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(timeout, read_answer).await;
+    let head_end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or(raw.len());
+    let head = String::from_utf8_lossy(&raw[..head_end]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let body = raw.get(head_end + 4..).unwrap_or_default().to_vec();
+    RawResponse {
+        status,
+        headers,
+        body,
     }
 }
 

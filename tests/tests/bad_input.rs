@@ -27,7 +27,7 @@ struct Case {
     /// Write the request a few bytes at a time over about a second.
     slow: bool,
     status: u16,
-    /// `None`: Envoy's own refusal, without an authstamp error code.
+    /// `None`: no `x-authstamp-error` expected.
     code: Option<&'static str>,
 }
 
@@ -241,11 +241,12 @@ async fn malformed_inputs_get_their_error_and_leave_the_vault_unchanged() {
         ok("duplicated app key", To::Envoy, 400, bad).header("x-authstamp-app-key", &key),
         ok("duplicated app id", To::Envoy, 400, bad).header("x-authstamp-app", &app_id),
         with("user of 257 bytes", 400, bad, p, long_user.as_bytes(), a, k),
-        // Envoy's codec refuses it before the filter sees it.
+        // Envoy's codec refuses it before the filter sees it (its refusal
+        // mapped to the JSON contract by the bootstrap's local_reply_config).
         with(
             "user with a control character",
             400,
-            None,
+            bad,
             p,
             b"vic\x01tor",
             a,
@@ -331,18 +332,23 @@ async fn malformed_inputs_get_their_error_and_leave_the_vault_unchanged() {
             Some("forbidden_destination"),
         )
         .path("//evil.example/x"),
-        ok("oversized header (96 KiB)", To::Envoy, 431, None)
-            .header("x-big", "b".repeat(96 * 1024)),
+        ok(
+            "oversized header (96 KiB)",
+            To::Envoy,
+            431,
+            Some("headers_too_large"),
+        )
+        .header("x-big", "b".repeat(96 * 1024)),
         with(
             "oversized user header (70 KiB)",
             431,
-            None,
+            Some("headers_too_large"),
             p,
             "u".repeat(70 * 1024).as_bytes(),
             a,
             k,
         ),
-        ok("invalid header name", To::Envoy, 400, None).header("bad header", "x"),
+        ok("invalid header name", To::Envoy, 400, bad).header("bad header", "x"),
         with(
             "huge body (4 MiB) for a user never connected",
             404,
@@ -541,7 +547,12 @@ async fn malformed_inputs_get_their_error_and_leave_the_vault_unchanged() {
         };
         let started = Instant::now();
         let (status, code, body) = send(address, c);
-        if status != c.status || code.as_deref() != c.code {
+        // Every refusal through Envoy, the filter's or Envoy's own, is JSON.
+        let json_code = serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|b| b["error"].as_str().map(str::to_string));
+        let body_ok = c.to == To::Service || c.code.is_none() || json_code.as_deref() == c.code;
+        if status != c.status || code.as_deref() != c.code || !body_ok {
             failures.push(format!(
                 "{}: got {status} {code:?}, want {} {:?}: {body}",
                 c.name, c.status, c.code

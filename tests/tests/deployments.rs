@@ -4,8 +4,8 @@
 //! docker-compose trial (validated: this machine has no Docker engine).
 
 use authstamp_e2e::deploy::{
-    parse_yaml, port_of, read_repo_file, replace_once, EchoServer, Envoy, Snippet, SNIPPET_PATH,
-    SNIPPET_TOKEN_SERVICE_HOST, SNIPPET_WASM_PATH,
+    compose_bootstrap, parse_yaml, port_of, read_repo_file, replace_once, EchoServer, Envoy,
+    Snippet, SNIPPET_PATH, SNIPPET_TOKEN_SERVICE_HOST, SNIPPET_WASM_PATH,
 };
 use authstamp_e2e::stack::PROVIDER;
 use authstamp_e2e::{filter_wasm, Stack, StackOptions};
@@ -448,27 +448,7 @@ async fn the_compose_setup_prints_commands_that_work() {
     let mut service = Process::spawn("token-service", command, &log_dir, "listening on");
     let service_url = service.wait_for_listen_url(Duration::from_secs(30));
 
-    let bootstrap = replace_once(
-        &read_repo_file("envoy/compose.yaml"),
-        &[
-            (
-                "address: 0.0.0.0, port_value: 9901",
-                "address: 127.0.0.1, port_value: 0".to_string(),
-            ),
-            (
-                "address: 0.0.0.0, port_value: 10000",
-                "address: 127.0.0.1, port_value: 0".to_string(),
-            ),
-            (
-                "address: authstamp-token-service, port_value: 8080",
-                format!("address: 127.0.0.1, port_value: {}", port_of(&service_url)),
-            ),
-            (
-                "filename: /etc/envoy/authstamp_filter.wasm",
-                format!("filename: {}", filter_wasm().display()),
-            ),
-        ],
-    );
+    let bootstrap = compose_bootstrap(&service_url);
     let envoy = Envoy::start(&log_dir, "envoy", &bootstrap, &[]).await;
     let envoy_url = envoy.listener("authstamp_egress").to_string();
 

@@ -210,8 +210,13 @@ fn the_token_service_deployment_service_and_secret_agree() {
     assert!(deployment["spec"]["replicas"].as_u64().unwrap() >= 2);
     // Browsers reach the connect and callback paths only.
     let browser = m.named("VirtualService", "authstamp", "authstamp-browser-paths");
-    let matches = browser["spec"]["http"][0]["match"].as_sequence().unwrap();
-    assert_eq!(matches.len(), 2);
+    assert_eq!(
+        browser["spec"]["http"][0]["match"]
+            .as_sequence()
+            .unwrap()
+            .len(),
+        2
+    );
     assert_eq!(
         browser["spec"]["http"][0]["route"][0]["destination"]["host"],
         "authstamp-token-service.authstamp.svc.cluster.local"
@@ -221,9 +226,8 @@ fn the_token_service_deployment_service_and_secret_agree() {
         service_port["port"]
     );
 
-    // The authorization policy: on the token service's pods; browsers get the
-    // gateway's paths and nothing else; the workload's namespace gets the
-    // lookup; no rule opens the admin API.
+    // The authorization policy: on the token service's pods, no rule opens
+    // the admin API (who gets what: the test after this one).
     let policy = m.named(
         "AuthorizationPolicy",
         "authstamp",
@@ -237,36 +241,212 @@ fn the_token_service_deployment_service_and_secret_agree() {
         assert_eq!(labels.get(key), Some(value));
     }
     let rules = policy["spec"]["rules"].as_sequence().unwrap();
-    let paths_of = |rule: &Yaml| strings(&rule["to"][0]["operation"]["paths"]);
-    let browser_paths: Vec<String> = matches
-        .iter()
-        .map(
-            |m| match (m["uri"]["prefix"].as_str(), m["uri"]["exact"].as_str()) {
-                (Some(prefix), None) => format!("{prefix}*"),
-                (None, Some(exact)) => exact.to_string(),
-                _ => panic!("uri match {m:?}"),
-            },
-        )
-        .collect();
-    let gateway_rule = rules
-        .iter()
-        .find(|r| !strings(&r["from"][0]["source"]["principals"]).is_empty())
-        .expect("a rule for the ingress gateway");
-    assert_eq!(paths_of(gateway_rule), browser_paths);
-    let plugin = m.one("WasmPlugin");
-    let workload_rule = rules
-        .iter()
-        .find(|r| {
-            strings(&r["from"][0]["source"]["namespaces"]).contains(&namespace(plugin).to_string())
-        })
-        .expect("a rule for the workload's namespace");
-    assert!(paths_of(workload_rule).contains(&"/v1/token-lookup".to_string()));
     for rule in rules {
+        for operation in rule["to"].as_sequence().unwrap() {
+            assert!(
+                strings(&operation["operation"]["paths"])
+                    .iter()
+                    .all(|p| !p.starts_with("/v1/apps")),
+                "the admin API is open"
+            );
+        }
+    }
+}
+
+/// Istio's AuthorizationPolicy path match: exact, `prefix*`, `*suffix`, `*`.
+fn istio_path_matches(pattern: &str, path: &str) -> bool {
+    if pattern == "*" {
+        return true;
+    }
+    if let Some(prefix) = pattern.strip_suffix('*') {
+        return path.starts_with(prefix);
+    }
+    if let Some(suffix) = pattern.strip_prefix('*') {
+        return path.ends_with(suffix);
+    }
+    pattern == path
+}
+
+/// A caller of the token service as Istio's policy sees it.
+struct Peer {
+    principal: &'static str,
+    namespace: &'static str,
+}
+
+const GATEWAY: Peer = Peer {
+    principal: "cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account",
+    namespace: "istio-system",
+};
+const WORKLOAD: Peer = Peer {
+    principal: "cluster.local/ns/my-app/sa/default",
+    namespace: "my-app",
+};
+
+/// Whether an ALLOW policy lets `peer` send `method path`, by Istio's rules:
+/// some rule whose sources (any of them; each field any-of) match the peer
+/// and whose operations (any of them) match the request.
+fn policy_allows(policy: &Yaml, peer: &Peer, method: &str, path: &str) -> bool {
+    assert_eq!(policy["spec"]["action"], "ALLOW");
+    let any_of =
+        |list: Vec<String>, value: &str| list.is_empty() || list.iter().any(|v| v == value);
+    policy["spec"]["rules"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .any(|rule| {
+            assert!(rule.get("when").is_none(), "`when` is not evaluated here");
+            let from_ok = rule["from"].as_sequence().is_none_or(|sources| {
+                sources.iter().any(|s| {
+                    let s = &s["source"];
+                    any_of(strings(&s["principals"]), peer.principal)
+                        && any_of(strings(&s["namespaces"]), peer.namespace)
+                })
+            });
+            let to_ok = rule["to"].as_sequence().is_none_or(|operations| {
+                operations.iter().any(|o| {
+                    let o = &o["operation"];
+                    let paths = strings(&o["paths"]);
+                    any_of(strings(&o["methods"]), method)
+                        && (paths.is_empty() || paths.iter().any(|p| istio_path_matches(p, path)))
+                })
+            });
+            from_ok && to_ok
+        })
+}
+
+/// Every operation of the token service's OpenAPI document as
+/// `(method, concrete path, tags, security scheme names)`.
+fn token_service_operations() -> Vec<(String, String, Vec<String>, Vec<String>)> {
+    let document: Json =
+        serde_json::from_str(&read_repo_file("token-service/openapi.json")).expect("openapi.json");
+    let mut operations = Vec::new();
+    for (template, item) in document["paths"].as_object().expect("paths") {
+        // A sample value for every {parameter}.
+        let path: String = template
+            .split('/')
+            .map(|segment| {
+                if segment.starts_with('{') {
+                    "sample"
+                } else {
+                    segment
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("/");
+        for (method, operation) in item.as_object().unwrap() {
+            if !["get", "post", "put", "delete", "patch"].contains(&method.as_str()) {
+                continue;
+            }
+            let list = |v: &Json| -> Vec<String> {
+                v.as_array()
+                    .map(|a| a.as_slice())
+                    .unwrap_or_default()
+                    .iter()
+                    .filter_map(|x| x.as_str().map(str::to_string))
+                    .collect()
+            };
+            let security = operation["security"]
+                .as_array()
+                .expect("every operation states its security")
+                .iter()
+                .flat_map(|s| s.as_object().unwrap().keys().cloned())
+                .collect();
+            operations.push((
+                method.to_uppercase(),
+                path.clone(),
+                list(&operation["tags"]),
+                security,
+            ));
+        }
+    }
+    operations
+}
+
+/// The browser's part of the connect flow is every operation of the
+/// `connect` tag that takes no credential (the page, its Connect button,
+/// the callback); each must pass the gateway's VirtualService and the
+/// policy, and nothing else may come in through the gateway. The app
+/// workloads may use every app-key operation; nobody the admin API.
+#[test]
+fn the_policy_lets_browsers_through_the_whole_connect_flow_and_nothing_else() {
+    let m = Manifests::load();
+    let policy = m.named(
+        "AuthorizationPolicy",
+        "authstamp",
+        "authstamp-token-service",
+    );
+    let browser = m.named("VirtualService", "authstamp", "authstamp-browser-paths");
+    let routed = |path: &str| {
+        browser["spec"]["http"][0]["match"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .any(|m| {
+                m["uri"]["prefix"]
+                    .as_str()
+                    .is_some_and(|p| path.starts_with(p))
+                    || m["uri"]["exact"].as_str() == Some(path)
+            })
+    };
+    assert_eq!(namespace(m.one("WasmPlugin")), WORKLOAD.namespace);
+    let operations = token_service_operations();
+    let mut browser_operations = Vec::new();
+    for (method, path, tags, security) in &operations {
+        let is_browser = security.is_empty() && tags.contains(&"connect".to_string());
+        let is_app = security.contains(&"appKey".to_string());
+        let is_admin = security.contains(&"adminToken".to_string());
+        let through_gateway = routed(path) && policy_allows(policy, &GATEWAY, method, path);
+        assert_eq!(
+            through_gateway, is_browser,
+            "{method} {path}: through the gateway {through_gateway}, a browser step {is_browser}"
+        );
+        if is_browser {
+            browser_operations.push(format!("{method} {path}"));
+        }
+        assert_eq!(
+            policy_allows(policy, &WORKLOAD, method, path),
+            is_app,
+            "{method} {path} from the app workloads"
+        );
+        if is_admin {
+            for peer in [&GATEWAY, &WORKLOAD] {
+                assert!(
+                    !policy_allows(policy, peer, method, path),
+                    "{method} {path}"
+                );
+            }
+        }
+    }
+    // The flow as the connect page test walks it.
+    for step in [
+        "GET /v1/connect/sample",
+        "POST /v1/connect/sample",
+        "GET /v1/oauth/callback",
+    ] {
         assert!(
-            paths_of(rule).iter().all(|p| !p.starts_with("/v1/apps")),
-            "the admin API is open"
+            browser_operations.iter().any(|o| o == step),
+            "{step}: {browser_operations:?}"
         );
     }
+    // Methods the flow does not use stay closed.
+    assert!(!policy_allows(
+        policy,
+        &GATEWAY,
+        "DELETE",
+        "/v1/connect/sample"
+    ));
+    assert!(!policy_allows(
+        policy,
+        &GATEWAY,
+        "POST",
+        "/v1/oauth/callback"
+    ));
+    assert!(!policy_allows(policy, &GATEWAY, "POST", "/v1/token-lookup"));
+    let other = Peer {
+        principal: "cluster.local/ns/other/sa/default",
+        namespace: "other",
+    };
+    assert!(!policy_allows(policy, &other, "POST", "/v1/token-lookup"));
 }
 
 #[test]
