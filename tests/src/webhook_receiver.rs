@@ -1,11 +1,13 @@
 //! A tiny webhook receiver for the end-to-end tests: plain HTTP/1.1 over a
 //! tokio listener, records every delivery (headers and raw body), answers
-//! 500 to the first `fail_first` requests and 200 after that. Signatures are
+//! 500 to the first `fail_first` requests and 200 after that, or, while
+//! hanging, never answers. Signatures are
 //! verified with an HMAC-SHA256 written here from RFC 2104 on `sha2`, apart
 //! from the service's own implementation.
 
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -22,6 +24,8 @@ pub struct Delivery {
 pub struct Receiver {
     pub url: String,
     deliveries: Arc<Mutex<Vec<Delivery>>>,
+    fail_first: Arc<AtomicUsize>,
+    hanging: Arc<AtomicBool>,
 }
 
 impl Receiver {
@@ -35,16 +39,27 @@ impl Receiver {
         );
         let deliveries: Arc<Mutex<Vec<Delivery>>> = Arc::default();
         let recorded = deliveries.clone();
+        let fail_first = Arc::new(AtomicUsize::new(fail_first));
+        let hanging = Arc::new(AtomicBool::new(false));
+        let (failing, hangs) = (fail_first.clone(), hanging.clone());
         tokio::spawn(async move {
             while let Ok((mut socket, _)) = listener.accept().await {
                 let recorded = recorded.clone();
+                let (failing, hangs) = (failing.clone(), hangs.clone());
                 tokio::spawn(async move {
                     let Some((headers, body)) = read_request(&mut socket).await else {
                         return;
                     };
+                    let hang = hangs.load(Ordering::SeqCst);
                     let status = {
                         let mut all = recorded.lock().expect("lock");
-                        let status = if all.len() < fail_first { 500 } else { 200 };
+                        let status = if hang {
+                            0
+                        } else if all.len() < failing.load(Ordering::SeqCst) {
+                            500
+                        } else {
+                            200
+                        };
                         all.push(Delivery {
                             headers,
                             body,
@@ -52,6 +67,10 @@ impl Receiver {
                         });
                         status
                     };
+                    if hang {
+                        // Holds the connection open, answering nothing.
+                        std::future::pending::<()>().await;
+                    }
                     let reply = format!(
                         "HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
                     );
@@ -59,7 +78,22 @@ impl Receiver {
                 });
             }
         });
-        Receiver { url, deliveries }
+        Receiver {
+            url,
+            deliveries,
+            fail_first,
+            hanging,
+        }
+    }
+
+    /// From now on the first `n` requests in all are answered 500.
+    pub fn set_fail_first(&self, n: usize) {
+        self.fail_first.store(n, Ordering::SeqCst);
+    }
+
+    /// While set, requests are recorded (status 0) and never answered.
+    pub fn set_hanging(&self, hanging: bool) {
+        self.hanging.store(hanging, Ordering::SeqCst);
     }
 
     pub fn deliveries(&self) -> Vec<Delivery> {
@@ -68,7 +102,18 @@ impl Receiver {
 
     /// Waits until a delivery satisfies `pred` (at most 15 s).
     pub async fn wait_for(&self, what: &str, pred: impl Fn(&Delivery) -> bool) -> Delivery {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        self.wait_for_within(what, std::time::Duration::from_secs(15), pred)
+            .await
+    }
+
+    /// [`Self::wait_for`] with the limit given.
+    pub async fn wait_for_within(
+        &self,
+        what: &str,
+        limit: std::time::Duration,
+        pred: impl Fn(&Delivery) -> bool,
+    ) -> Delivery {
+        let deadline = std::time::Instant::now() + limit;
         loop {
             if let Some(d) = self.deliveries().into_iter().find(|d| pred(d)) {
                 return d;

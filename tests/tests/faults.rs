@@ -226,3 +226,57 @@ async fn a_hanging_provider_never_delays_a_valid_token() {
     );
     replicas.set_quirks(json!({"token_delay_ms": 0})).await;
 }
+
+/// The replica delivering a webhook event is SIGKILLed in the middle of the
+/// delivery (the receiver holds the request unanswered); a new replica on
+/// the same database sends it after the dead one's claim expires, with the
+/// same delivery id and a valid signature.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webhook_event_survives_a_crash_in_the_middle_of_its_delivery() {
+    let mut replicas = Replicas::start(
+        "faults_webhook_outbox",
+        1,
+        false,
+        &["--background-interval", "0s"],
+    )
+    .await;
+    let receiver = authstamp_e2e::webhook_receiver::Receiver::start(0).await;
+    let secret = "whsec_crash_test_0123456789";
+    let response = replicas
+        .http
+        .put(format!(
+            "{}/v1/apps/{}/webhook",
+            replicas.urls[0], replicas.app_id
+        ))
+        .bearer_auth(&replicas.admin_token)
+        .json(&json!({"url": receiver.url, "secret": secret}))
+        .send()
+        .await
+        .expect("put webhook");
+    assert_eq!(response.status(), StatusCode::OK);
+    receiver.set_hanging(true);
+    replicas.connect_user("alice").await;
+    let first = receiver
+        .wait_for("the connected event, held unanswered", |d| d.status == 0)
+        .await;
+    let id = first.headers["x-authstamp-delivery"].clone();
+    replicas.services[0].kill(); // SIGKILL mid-delivery
+    let killed = Instant::now();
+    receiver.set_hanging(false);
+    replicas.add_replica(&[]);
+    let delivered = receiver
+        .wait_for_within(
+            "the same event after the restart",
+            Duration::from_secs(30),
+            |d| d.status == 200 && d.headers.get("x-authstamp-delivery") == Some(&id),
+        )
+        .await;
+    eprintln!("delivered {:?} after the SIGKILL", killed.elapsed());
+    assert_eq!(delivered.body, first.body, "the same event, byte for byte");
+    let event: Value = serde_json::from_slice(&delivered.body).expect("event json");
+    assert_eq!(event["type"], "connected");
+    assert_eq!(event["user"], "alice");
+    assert!(authstamp_e2e::webhook_receiver::signature_valid(
+        secret, &delivered
+    ));
+}

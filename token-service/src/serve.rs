@@ -84,8 +84,13 @@ pub async fn run(args: ServeArgs, env: SecretEnv) -> anyhow::Result<()> {
     // The background refresher stops with the server.
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let mut stop_keys = stop_rx.clone();
+    let mut stop_webhooks = stop_rx.clone();
     let background = tokio::spawn(crate::background::run(state.clone(), async move {
         let _ = stop_rx.wait_for(|stop| *stop).await;
+    }));
+    // Webhook events waiting in the outbox, from this or any replica.
+    let webhooks = tokio::spawn(crate::webhooks::run_outbox(state.clone(), async move {
+        let _ = stop_webhooks.wait_for(|stop| *stop).await;
     }));
     // Key versions activated by `authstamp keys rotate` while we run.
     let key_poller = tokio::spawn(crate::keys::run_poller(state.clone(), async move {
@@ -97,6 +102,7 @@ pub async fn run(args: ServeArgs, env: SecretEnv) -> anyhow::Result<()> {
         .context("server error");
     let _ = stop_tx.send(true);
     let _ = background.await;
+    let _ = webhooks.await;
     let _ = key_poller.await;
     // Refreshes whose callers went away still finish and store their tokens.
     state.drain_refreshes(state.refresh_lease).await;

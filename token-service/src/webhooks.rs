@@ -8,16 +8,21 @@
 //! timestamps. `x-authstamp-event` names the event, `x-authstamp-delivery`
 //! is the event id (the same on every retry: deduplicate on it).
 //!
-//! Delivery runs in the background: at most [`MAX_ATTEMPTS`] attempts with a
-//! doubling pause from [`FIRST_RETRY`], each bounded by [`ATTEMPT_TIMEOUT`];
-//! a 2xx ends it. At most [`MAX_IN_FLIGHT`] deliveries run at once per
-//! process; events beyond that are dropped with a warning (never a growing
-//! queue). Delivery is best effort and at least once: nothing is persisted.
+//! Delivery is at least once and survives restarts: every event of an app
+//! with a webhook is a row of `webhook_outbox` first. Every replica runs
+//! [`run_outbox`], which claims due rows (a lease, so one attempt at a time
+//! across replicas) and sends them; a 2xx deletes the row, anything else
+//! schedules the next attempt with a doubling pause from [`FIRST_RETRY`] up
+//! to [`MAX_RETRY_PAUSE`], for at most [`MAX_ATTEMPTS`] attempts, each
+//! bounded by [`ATTEMPT_TIMEOUT`]. A replica that dies mid-delivery leaves
+//! its claim to expire ([`CLAIM`]); another replica, or the same after its
+//! restart, sends the event again with the same id.
 
 use crate::auth::AdminAuth;
 use crate::db::{self, Db};
 use crate::error::{ApiError, ApiJson, ApiPath};
 use crate::secrets::{hex, random_bytes};
+use crate::store::webhook_outbox::{self as outbox, OutboxRow};
 use crate::vault::{Aad, Vault};
 use crate::AppState;
 use axum::extract::State;
@@ -33,10 +38,18 @@ use zeroize::Zeroizing;
 pub const SIGNATURE_HEADER: &str = "x-authstamp-signature";
 pub const EVENT_HEADER: &str = "x-authstamp-event";
 pub const DELIVERY_HEADER: &str = "x-authstamp-delivery";
-pub const MAX_ATTEMPTS: u32 = 5;
+/// About a day of attempts at the longest pause.
+pub const MAX_ATTEMPTS: i64 = 300;
 pub const FIRST_RETRY: Duration = Duration::from_millis(500);
+pub const MAX_RETRY_PAUSE: Duration = Duration::from_secs(300);
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
-pub const MAX_IN_FLIGHT: usize = 256;
+/// How long a claimed event is this replica's: longer than an attempt
+/// (5 s), short enough that a crashed replica's events go out soon.
+pub const CLAIM: Duration = Duration::from_secs(10);
+/// Deliveries running at once per replica.
+pub const MAX_IN_FLIGHT: usize = 64;
+/// How often the outbox is looked at when nothing wakes it.
+const POLL: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -120,7 +133,8 @@ pub fn verify(secret: &[u8], header: &str, body: &[u8]) -> bool {
 
 struct Delivery {
     http: reqwest::Client,
-    slots: std::sync::Arc<tokio::sync::Semaphore>,
+    /// Wakes the outbox loop when an event is written.
+    written: tokio::sync::Notify,
 }
 
 fn delivery() -> Option<&'static Delivery> {
@@ -135,26 +149,17 @@ fn delivery() -> Option<&'static Delivery> {
                 .ok()?;
             Some(Delivery {
                 http,
-                slots: std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT)),
+                written: tokio::sync::Notify::new(),
             })
         })
         .as_ref()
 }
 
-/// Sends `event` to the app's webhook, if it has one, in the background.
+/// Writes `event` to the outbox of the app's webhook, if it has one; the
+/// outbox loop delivers it. Runs in the background so the caller never
+/// waits for it (an event is lost only if the process dies before the
+/// write, or the database refuses it: both logged).
 pub fn emit(state: &AppState, app_id: &str, event: Event, provider: &str, user: &str) {
-    let Some(delivery) = delivery() else {
-        tracing::warn!("webhook client unavailable; event dropped");
-        return;
-    };
-    let Ok(slot) = delivery.slots.clone().try_acquire_owned() else {
-        tracing::warn!(
-            app_id,
-            event = event.as_str(),
-            "too many webhook deliveries in flight; event dropped"
-        );
-        return;
-    };
     let payload = Payload {
         id: format!("evt_{}", hex(&random_bytes::<12>())),
         event,
@@ -165,59 +170,139 @@ pub fn emit(state: &AppState, app_id: &str, event: Event, provider: &str, user: 
     };
     let state = state.clone();
     tokio::spawn(async move {
-        let _slot = slot;
-        if let Err(err) = deliver(&state, delivery, &payload).await {
-            tracing::warn!(app_id = %payload.app_id, event = payload.event.as_str(), error = %err, "webhook delivery failed");
+        if let Err(err) = enqueue(&state, &payload).await {
+            tracing::warn!(app_id = %payload.app_id, event = payload.event.as_str(), error = %err, "webhook event not written to the outbox: dropped");
         }
     });
 }
 
-async fn deliver(state: &AppState, delivery: &Delivery, payload: &Payload) -> Result<(), String> {
-    let Some(hook) = get(&state.db, &payload.app_id)
+async fn enqueue(state: &AppState, payload: &Payload) -> Result<(), String> {
+    if get(&state.db, &payload.app_id)
+        .await
+        .map_err(|e| format!("database: {e}"))?
+        .is_none()
+    {
+        return Ok(());
+    }
+    let body = serde_json::to_string(payload).map_err(|e| e.to_string())?;
+    outbox::insert(&state.db, &payload.id, &payload.app_id, &body, db::now_ms())
+        .await
+        .map_err(|e| format!("database: {e}"))?;
+    if let Some(delivery) = delivery() {
+        delivery.written.notify_one();
+    }
+    Ok(())
+}
+
+/// Delivers the outbox until `shutdown` resolves (every replica runs it).
+pub async fn run_outbox(state: AppState, shutdown: impl std::future::Future<Output = ()>) {
+    let Some(delivery) = delivery() else {
+        tracing::error!("webhook client unavailable: webhooks are not delivered");
+        return;
+    };
+    let owner = format!("{}#webhooks", state.lease_owners.replica());
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT));
+    tokio::pin!(shutdown);
+    loop {
+        let free = i64::try_from(slots.available_permits()).unwrap_or(0);
+        if free > 0 {
+            let now = db::now_ms();
+            let until = now.saturating_add(i64::try_from(CLAIM.as_millis()).unwrap_or(i64::MAX));
+            match outbox::claim(&state.db, &owner, now, until, free).await {
+                Ok(rows) => {
+                    for row in rows {
+                        let Ok(slot) = slots.clone().try_acquire_owned() else {
+                            break;
+                        };
+                        let (state, owner) = (state.clone(), owner.clone());
+                        tokio::spawn(async move {
+                            let _slot = slot;
+                            attempt(&state, delivery, &owner, row).await;
+                        });
+                    }
+                }
+                Err(err) => tracing::warn!(error = %err, "could not read the webhook outbox"),
+            }
+        }
+        tokio::select! {
+            () = delivery.written.notified() => {}
+            () = tokio::time::sleep(POLL) => {}
+            () = &mut shutdown => break,
+        }
+    }
+}
+
+/// One attempt at one claimed event.
+async fn attempt(state: &AppState, delivery: &Delivery, owner: &str, row: OutboxRow) {
+    let outcome = send(state, delivery, &row).await;
+    let event = serde_json::from_str::<Payload>(&row.payload)
+        .map(|p| p.event.as_str())
+        .unwrap_or("unknown");
+    let attempts = row.attempts.saturating_add(1);
+    let result = match outcome {
+        Ok(()) => {
+            tracing::info!(app_id = %row.app_id, event, attempt = attempts, "webhook delivered");
+            outbox::delete(&state.db, &row.id).await
+        }
+        Err(err) if attempts >= MAX_ATTEMPTS => {
+            tracing::error!(app_id = %row.app_id, event, attempts, error = %err, "webhook delivery given up");
+            outbox::delete(&state.db, &row.id).await
+        }
+        Err(err) => {
+            let pause = retry_pause(attempts);
+            tracing::warn!(app_id = %row.app_id, event, attempt = attempts, error = %err, retry_in_ms = pause.as_millis(), "webhook delivery failed; will retry");
+            let next =
+                db::now_ms().saturating_add(i64::try_from(pause.as_millis()).unwrap_or(i64::MAX));
+            outbox::reschedule(&state.db, &row.id, owner, next, &err).await
+        }
+    };
+    if let Err(err) = result {
+        tracing::warn!(app_id = %row.app_id, error = %err, "could not update the webhook outbox; the claim will expire");
+    }
+}
+
+/// The pause after `attempts` failed attempts: 0.5 s doubling to 5 min.
+pub fn retry_pause(attempts: i64) -> Duration {
+    let doublings = u32::try_from(attempts.saturating_sub(1).clamp(0, 20)).unwrap_or(20);
+    FIRST_RETRY
+        .saturating_mul(2u32.saturating_pow(doublings))
+        .min(MAX_RETRY_PAUSE)
+}
+
+/// POSTs the event once; `Err` names why it failed.
+async fn send(state: &AppState, delivery: &Delivery, row: &OutboxRow) -> Result<(), String> {
+    let Some(hook) = get(&state.db, &row.app_id)
         .await
         .map_err(|e| format!("database: {e}"))?
     else {
+        // The webhook was removed: nothing to deliver to.
         return Ok(());
     };
     let secret = state
         .vault
-        .open(&Aad::webhook_secret(&payload.app_id), &hook.secret)
+        .open(&Aad::webhook_secret(&row.app_id), &hook.secret)
         .map_err(|e| format!("vault: {e}"))?;
-    let body = serde_json::to_vec(payload).map_err(|e| e.to_string())?;
-    let mut pause = FIRST_RETRY;
-    let mut last = String::new();
-    for attempt in 1..=MAX_ATTEMPTS {
-        let timestamp = db::now();
-        let result = delivery
-            .http
-            .post(&hook.url)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .header(SIGNATURE_HEADER, signature(&secret, timestamp, &body))
-            .header(EVENT_HEADER, payload.event.as_str())
-            .header(DELIVERY_HEADER, &payload.id)
-            .body(body.clone())
-            .send()
-            .await;
-        match result {
-            Ok(response) if response.status().is_success() => {
-                tracing::info!(app_id = %payload.app_id, event = payload.event.as_str(), attempt, "webhook delivered");
-                return Ok(());
-            }
-            Ok(response) => last = format!("HTTP {}", response.status().as_u16()),
-            Err(err) => {
-                last = if err.is_timeout() {
-                    "timeout".into()
-                } else {
-                    "unreachable".into()
-                }
-            }
-        }
-        if attempt < MAX_ATTEMPTS {
-            tokio::time::sleep(pause).await;
-            pause = pause.saturating_mul(2);
-        }
+    let event = serde_json::from_str::<Payload>(&row.payload)
+        .map_err(|e| format!("stored payload: {e}"))?
+        .event;
+    let body = row.payload.as_bytes().to_vec();
+    let timestamp = db::now();
+    let response = delivery
+        .http
+        .post(&hook.url)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .header(SIGNATURE_HEADER, signature(&secret, timestamp, &body))
+        .header(EVENT_HEADER, event.as_str())
+        .header(DELIVERY_HEADER, &row.id)
+        .body(body)
+        .send()
+        .await;
+    match response {
+        Ok(response) if response.status().is_success() => Ok(()),
+        Ok(response) => Err(format!("HTTP {}", response.status().as_u16())),
+        Err(err) if err.is_timeout() => Err("timeout".into()),
+        Err(_) => Err("unreachable".into()),
     }
-    Err(format!("gave up after {MAX_ATTEMPTS} attempts ({last})"))
 }
 
 /// A stored webhook.
@@ -401,5 +486,14 @@ mod tests {
         let shifted = header.replace("t=1700000000", "t=1700000001");
         assert!(!verify(secret, &shifted, body));
         assert!(!verify(secret, "garbage", body));
+    }
+
+    #[test]
+    fn retry_pauses_double_up_to_five_minutes() {
+        assert_eq!(retry_pause(1), Duration::from_millis(500));
+        assert_eq!(retry_pause(2), Duration::from_secs(1));
+        assert_eq!(retry_pause(4), Duration::from_secs(4));
+        assert_eq!(retry_pause(11), Duration::from_secs(300));
+        assert_eq!(retry_pause(MAX_ATTEMPTS), MAX_RETRY_PAUSE);
     }
 }
