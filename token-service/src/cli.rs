@@ -256,9 +256,19 @@ async fn open_vault_db(store: &StoreArgs, env: &SecretEnv) -> anyhow::Result<(Db
 pub struct ServeArgs {
     #[command(flatten)]
     pub store: StoreArgs,
-    /// Address to listen on (port 0 picks a free port).
+    /// Address of the app-facing API: admin, connect, callback (port 0 picks a free port).
     #[arg(long, env = "AUTHSTAMP_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+    /// Address of the Envoy-facing API (token lookups, raw tokens): reachable by Envoy only.
+    #[arg(
+        long,
+        env = "AUTHSTAMP_FILTER_LISTEN",
+        default_value = "127.0.0.1:8081"
+    )]
+    pub filter_listen: SocketAddr,
+    /// File holding the filter credential Envoy sends; or set AUTHSTAMP_FILTER_TOKEN.
+    #[arg(long, env = "AUTHSTAMP_FILTER_TOKEN_FILE")]
+    pub filter_token_file: Option<PathBuf>,
     /// Externally visible base URL (redirect URI, connect links); default http://<bound address>.
     #[arg(long, env = "AUTHSTAMP_PUBLIC_URL")]
     pub public_url: Option<String>,
