@@ -210,8 +210,8 @@ pub fn egress_bootstrap(stack: &Stack, hosts: &[(&str, &str)], unmapped: &str) -
             ("port_value: 9902", "port_value: 0".to_string()),
             ("port_value: 10001", "port_value: 0".to_string()),
             (
-                "port_value: 8080",
-                format!("port_value: {}", port_of(&stack.service_url)),
+                "port_value: 8081",
+                format!("port_value: {}", port_of(&stack.filter_url)),
             ),
             (
                 "filename: target/wasm32-wasip1/release/authstamp_filter.wasm",
@@ -247,8 +247,9 @@ pub struct Envoy {
 }
 
 impl Envoy {
-    /// Starts `envoy -c <config>` with `env` added to its environment and
-    /// waits until its admin says LIVE and every listener is bound.
+    /// Starts `envoy -c <config>` with the test process's filter credential
+    /// and `env` added to its environment and waits until its admin says
+    /// LIVE and every listener is bound.
     pub async fn start(log_dir: &Path, name: &str, config: &str, env: &[(&str, &str)]) -> Envoy {
         Envoy::start_with_workers(log_dir, name, config, env, 1).await
     }
@@ -264,7 +265,7 @@ impl Envoy {
         let config_path = log_dir.join(format!("{name}.yaml"));
         std::fs::write(&config_path, config).expect("write envoy config");
         let admin_path = log_dir.join(format!("{name}-admin-address"));
-        let mut command = Command::new(crate::envoy_bin());
+        let mut command = crate::envoy_command();
         command
             .arg("-c")
             .arg(&config_path)

@@ -141,7 +141,7 @@ async fn providers_are_reached_over_tls_with_sni_and_a_wrong_certificate_gets_no
 
     // authstamp's Envoy: envoy/envoy.yaml, trusting the test CA instead of the system's.
     let config = replace_once(
-        &local_bootstrap(&stack.service_url),
+        &local_bootstrap(&stack.filter_url),
         &[(
             SYSTEM_CA_BUNDLE,
             format!("filename: {}", trusted_ca.display()),

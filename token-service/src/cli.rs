@@ -35,7 +35,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the HTTP service.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Manage apps.
     App {
         #[command(subcommand)]
@@ -496,7 +496,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     logging::init(cli.log_format);
     let env = SecretEnv::from_process();
     match cli.command {
-        Command::Serve(args) => serve::run(args, env).await,
+        Command::Serve(args) => serve::run(*args, env).await,
         Command::App {
             command: AppCommand::Create(args),
         } => {
@@ -765,6 +765,7 @@ mod tests {
             panic!("not serve")
         };
         assert_eq!(args.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(args.filter_listen.to_string(), "127.0.0.1:8081");
         assert_eq!(args.refresh_skew, Duration::from_secs(60));
         assert_eq!(args.provider_timeout, Duration::from_secs(10));
         assert_eq!(args.connect_session_ttl, Duration::from_secs(600));

@@ -12,6 +12,9 @@ use std::future::IntoFuture as _;
 use std::io::Write as _;
 
 pub async fn run(args: ServeArgs, env: SecretEnv) -> anyhow::Result<()> {
+    if args.filter_listen == args.listen && args.listen.port() != 0 {
+        anyhow::bail!("--filter-listen must differ from --listen: the lookup answers raw tokens and has its own listener");
+    }
     let store = &args.store;
     // Secrets first: without a key nothing else happens.
     let vault = crate::cli::load_vault(store, &env)?;
@@ -46,9 +49,6 @@ pub async fn run(args: ServeArgs, env: SecretEnv) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("could not listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
-    if args.filter_listen == args.listen && args.listen.port() != 0 {
-        anyhow::bail!("--filter-listen must differ from --listen: the lookup answers raw tokens and has its own listener");
-    }
     let filter_listener = tokio::net::TcpListener::bind(args.filter_listen)
         .await
         .with_context(|| {
@@ -168,7 +168,7 @@ mod tests {
         let mut argv = vec!["authstamp", "serve", "--listen", "127.0.0.1:0"];
         argv.extend_from_slice(extra);
         match Cli::try_parse_from(argv).unwrap().command {
-            Command::Serve(args) => args,
+            Command::Serve(args) => *args,
             _ => unreachable!(),
         }
     }
@@ -207,6 +207,16 @@ mod tests {
         };
         let err = run(args, env).await.unwrap_err();
         assert!(format!("{err:#}").contains("refresh lease"), "{err:#}");
+    }
+
+    #[tokio::test]
+    async fn the_filter_listener_cannot_be_the_app_listener() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut args = serve_args(&["--data-dir", dir.path().to_str().unwrap()]);
+        args.listen = "127.0.0.1:18080".parse().unwrap();
+        args.filter_listen = args.listen;
+        let err = run(args, SecretEnv::default()).await.unwrap_err();
+        assert!(format!("{err:#}").contains("--filter-listen"), "{err:#}");
     }
 
     #[tokio::test]
