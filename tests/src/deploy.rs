@@ -196,6 +196,53 @@ fn http_connection_manager<'a>(bootstrap: &'a mut Yaml, listener: &str) -> &'a m
     &mut hcm["typed_config"]
 }
 
+/// The snippet's commented `transport_socket` for the token-service cluster,
+/// uncommented, with its CA and (for mTLS) client certificate files set;
+/// without `client`, its `tls_certificates` are left out.
+pub fn snippet_token_service_tls(ca: &Path, client: Option<(&Path, &Path)>) -> Yaml {
+    let text = read_repo_file(SNIPPET_PATH);
+    let block: Vec<&str> = text
+        .lines()
+        .skip_while(|line| *line != "  # transport_socket:")
+        .take_while(|line| line.starts_with("  # "))
+        .map(|line| &line["  # ".len()..])
+        .collect();
+    assert!(
+        !block.is_empty(),
+        "{SNIPPET_PATH}: no commented transport_socket"
+    );
+    let mut socket = parse_yaml(&block.join("\n"))["transport_socket"].clone();
+    let context = &mut socket["typed_config"]["common_tls_context"];
+    context["validation_context"]["trusted_ca"]["filename"] = Yaml::from(ca.display().to_string());
+    match client {
+        Some((cert, key)) => {
+            let pair = &mut context["tls_certificates"][0];
+            pair["certificate_chain"]["filename"] = Yaml::from(cert.display().to_string());
+            pair["private_key"]["filename"] = Yaml::from(key.display().to_string());
+        }
+        None => {
+            context
+                .as_mapping_mut()
+                .expect("common_tls_context")
+                .remove("tls_certificates");
+        }
+    }
+    socket
+}
+
+/// `bootstrap` with `transport_socket` on its token-service cluster.
+pub fn with_token_service_tls(bootstrap: &str, transport_socket: &Yaml) -> String {
+    let mut doc = parse_yaml(bootstrap);
+    let cluster = doc["static_resources"]["clusters"]
+        .as_sequence_mut()
+        .expect("clusters")
+        .iter_mut()
+        .find(|c| c["name"].as_str() == Some("authstamp_token_service"))
+        .expect("the token-service cluster");
+    cluster["transport_socket"] = transport_socket.clone();
+    serde_yaml_ng::to_string(&doc).expect("yaml")
+}
+
 /// `envoy/egress.yaml` for `stack`: its token service, the built filter, the
 /// stack's app (its key goes in Envoy's environment, see [`Envoy::start`]),
 /// `hosts` as `provider_hosts` and `unmapped` as `unmapped_hosts`.
@@ -547,11 +594,21 @@ impl Pki {
     /// A server certificate for `dns_name` signed by CA `ca`:
     /// `(<name>.crt, <name>.key)`.
     pub fn server(&self, name: &str, ca: &str, dns_name: &str) -> (PathBuf, PathBuf) {
+        self.leaf(name, ca, dns_name, "serverAuth")
+    }
+
+    /// A client certificate (for mTLS) with `dns_name` signed by CA `ca`:
+    /// `(<name>.crt, <name>.key)`.
+    pub fn client(&self, name: &str, ca: &str, dns_name: &str) -> (PathBuf, PathBuf) {
+        self.leaf(name, ca, dns_name, "clientAuth")
+    }
+
+    fn leaf(&self, name: &str, ca: &str, dns_name: &str, usage: &str) -> (PathBuf, PathBuf) {
         let ext = format!("{name}.ext");
         std::fs::write(
             self.dir.join(&ext),
             format!(
-                "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=DNS:{dns_name}\n"
+                "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage={usage}\nsubjectAltName=DNS:{dns_name}\n"
             ),
         )
         .expect("ext file");

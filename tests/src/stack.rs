@@ -20,6 +20,8 @@ pub struct StackOptions {
     pub envoy_concurrency: u32,
     /// The token service's early-refresh window.
     pub refresh_skew: &'static str,
+    /// More `authstamp serve` arguments (e.g. the filter listener's TLS).
+    pub service_args: Vec<String>,
 }
 
 impl Default for StackOptions {
@@ -27,6 +29,7 @@ impl Default for StackOptions {
         StackOptions {
             envoy_concurrency: 1,
             refresh_skew: "60s",
+            service_args: Vec::new(),
         }
     }
 }
@@ -88,6 +91,7 @@ impl Stack {
             .arg("--data-dir")
             .arg(&data_dir)
             .args(["--refresh-skew", options.refresh_skew])
+            .args(&options.service_args)
             .env("AUTHSTAMP_MASTER_KEY", &master_key)
             .env("AUTHSTAMP_ADMIN_TOKEN", &admin_token)
             .env(crate::FILTER_TOKEN_ENV, crate::filter_token())

@@ -269,6 +269,16 @@ pub struct ServeArgs {
     /// File holding the filter credential Envoy sends; or set AUTHSTAMP_FILTER_TOKEN.
     #[arg(long, env = "AUTHSTAMP_FILTER_TOKEN_FILE")]
     pub filter_token_file: Option<PathBuf>,
+    /// PEM certificate chain: the filter listener speaks TLS (with --filter-tls-key).
+    #[arg(long, env = "AUTHSTAMP_FILTER_TLS_CERT")]
+    pub filter_tls_cert: Option<PathBuf>,
+    /// PEM private key of --filter-tls-cert.
+    #[arg(long, env = "AUTHSTAMP_FILTER_TLS_KEY")]
+    pub filter_tls_key: Option<PathBuf>,
+    /// PEM CA certificates: the filter listener requires a client certificate
+    /// they signed (mTLS), which then stands in for the filter token.
+    #[arg(long, env = "AUTHSTAMP_FILTER_CLIENT_CA")]
+    pub filter_client_ca: Option<PathBuf>,
     /// Externally visible base URL (redirect URI, connect links); default http://<bound address>.
     #[arg(long, env = "AUTHSTAMP_PUBLIC_URL")]
     pub public_url: Option<String>,

@@ -17,6 +17,7 @@ pub mod credentials;
 pub mod db;
 pub mod discovery;
 pub mod error;
+pub mod filter_tls;
 pub mod html;
 pub mod keys;
 pub mod lifecycle;

@@ -5,6 +5,7 @@
 use crate::cli::ServeArgs;
 use crate::config::{self, PublicUrl, SecretEnv};
 use crate::db::Db;
+use crate::filter_tls::{FilterTls, FilterTlsFiles};
 use crate::policy::RefreshPolicy;
 use crate::{app, filter_app, AppState, BackgroundOptions, StateOptions};
 use anyhow::Context as _;
@@ -33,8 +34,14 @@ pub async fn run(args: ServeArgs, env: SecretEnv) -> anyhow::Result<()> {
         store.local,
         &store.data_dir,
     )?;
-    if filter_token.is_none() {
-        tracing::warn!("no filter token configured (AUTHSTAMP_FILTER_TOKEN or --filter-token-file): every token lookup answers 401");
+    let filter_tls = FilterTls::load(&FilterTlsFiles {
+        cert: args.filter_tls_cert.clone(),
+        key: args.filter_tls_key.clone(),
+        client_ca: args.filter_client_ca.clone(),
+    })?;
+    let mutual_tls = filter_tls.as_ref().is_some_and(|tls| tls.mutual);
+    if filter_token.is_none() && !mutual_tls {
+        tracing::warn!("no filter token configured (AUTHSTAMP_FILTER_TOKEN or --filter-token-file) and no --filter-client-ca: every token lookup answers 401");
     }
     let public_url = args
         .public_url
@@ -95,9 +102,14 @@ pub async fn run(args: ServeArgs, env: SecretEnv) -> anyhow::Result<()> {
     {
         // The one line on stdout; tests and scripts read both ports from it.
         let mut out = std::io::stdout().lock();
+        let filter_scheme = if filter_tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         writeln!(
             out,
-            "authstamp listening on http://{addr} (app API) and http://{filter_addr} (filter API)"
+            "authstamp listening on http://{addr} (app API) and {filter_scheme}://{filter_addr} (filter API)"
         )?;
         out.flush()?;
     }
@@ -124,9 +136,20 @@ pub async fn run(args: ServeArgs, env: SecretEnv) -> anyhow::Result<()> {
     let app_server = axum::serve(listener, app(state.clone()))
         .with_graceful_shutdown(stopped(shutdown_rx.clone()))
         .into_future();
-    let filter_server = axum::serve(filter_listener, filter_app(state.clone()))
-        .with_graceful_shutdown(stopped(shutdown_rx))
-        .into_future();
+    let filter_router = filter_app(state.clone());
+    let filter_server = async move {
+        match filter_tls {
+            Some(tls) => {
+                crate::filter_tls::serve(filter_listener, tls, filter_router, stopped(shutdown_rx))
+                    .await
+            }
+            None => {
+                axum::serve(filter_listener, filter_router)
+                    .with_graceful_shutdown(stopped(shutdown_rx))
+                    .await
+            }
+        }
+    };
     let (app_served, filter_served) = tokio::join!(app_server, filter_server);
     signal_task.abort();
     let served = app_served
