@@ -50,7 +50,9 @@ AUTHSTAMP_STANDIN_CLIENT_SECRET=$client_secret \
   "$STANDIN" --listen 127.0.0.1:9100 --client-id demo-client >"$RUN_DIR/standin.log" 2>&1 &
 pids+=($!)
 
-"$AUTHSTAMP" serve --local --data-dir "$DATA_DIR" --listen 127.0.0.1:8080 \
+# The filter credential is the one local mode keeps in the data dir.
+env -u AUTHSTAMP_FILTER_TOKEN -u AUTHSTAMP_FILTER_TOKEN_FILE \
+  "$AUTHSTAMP" serve --local --data-dir "$DATA_DIR" --listen 127.0.0.1:8080 \
   --filter-listen 127.0.0.1:8081 >"$RUN_DIR/token-service.log" 2>&1 &
 pids+=($!)
 wait_http "$PROVIDER_URL/healthz" standin
