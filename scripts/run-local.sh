@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Local trial: the stand-in provider (127.0.0.1:9100), the token service in
-# local mode on SQLite (127.0.0.1:8080), and Envoy with the filter
+# local mode on SQLite (app API 127.0.0.1:8080, filter API 127.0.0.1:8081),
+# and Envoy with the filter
 # (127.0.0.1:10000, admin 9901). Ctrl-C stops everything started here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,7 +17,7 @@ AUTHSTAMP=target/debug/authstamp
 STANDIN=target/debug/authstamp-standin
 
 mkdir -p "$RUN_DIR" "$DATA_DIR"
-for port in 9100 8080 10000 9901; do
+for port in 9100 8080 8081 10000 9901; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
     echo "port $port is in use: stop whatever listens there first" >&2
     exit 1
@@ -49,7 +50,10 @@ AUTHSTAMP_STANDIN_CLIENT_SECRET=$client_secret \
   "$STANDIN" --listen 127.0.0.1:9100 --client-id demo-client >"$RUN_DIR/standin.log" 2>&1 &
 pids+=($!)
 
-"$AUTHSTAMP" serve --local --data-dir "$DATA_DIR" --listen 127.0.0.1:8080 >"$RUN_DIR/token-service.log" 2>&1 &
+# The filter credential is the one local mode keeps in the data dir.
+env -u AUTHSTAMP_FILTER_TOKEN -u AUTHSTAMP_FILTER_TOKEN_FILE \
+  "$AUTHSTAMP" serve --local --data-dir "$DATA_DIR" --listen 127.0.0.1:8080 \
+  --filter-listen 127.0.0.1:8081 >"$RUN_DIR/token-service.log" 2>&1 &
 pids+=($!)
 wait_http "$PROVIDER_URL/healthz" standin
 wait_http "$SERVICE_URL/healthz" token-service
@@ -67,7 +71,10 @@ DEMO_CLIENT_SECRET=$client_secret "$AUTHSTAMP" provider set --local --data-dir "
   --authorize-url "$PROVIDER_URL/oauth/authorize" --token-url "$PROVIDER_URL/oauth/token" \
   --api-base-url "$PROVIDER_URL" --scope read --scope write >/dev/null
 
-"$ENVOY_BIN" -c envoy/envoy.yaml --disable-hot-restart -l info >"$RUN_DIR/envoy.log" 2>&1 &
+# The filter credential (local mode wrote it) goes to Envoy only, through
+# its environment: never to the app, never into envoy.yaml.
+AUTHSTAMP_FILTER_TOKEN=$(cat "$DATA_DIR/filter.token") \
+  "$ENVOY_BIN" -c envoy/envoy.yaml --disable-hot-restart -l info >"$RUN_DIR/envoy.log" 2>&1 &
 pids+=($!)
 wait_http "http://127.0.0.1:9901/ready" envoy
 

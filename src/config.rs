@@ -2,7 +2,8 @@
 //!
 //! ```json
 //! {
-//!   "token_service": {"cluster": "authstamp_token_service", "authority": "authstamp-token-service", "timeout": "2s"},
+//!   "token_service": {"cluster": "authstamp_token_service", "authority": "authstamp-token-service", "timeout": "2s",
+//!                     "credential_env": "AUTHSTAMP_FILTER_TOKEN"},
 //!   "app": {"id": "app_…", "key_env": "AUTHSTAMP_APP_KEY"},
 //!   "refresh_skew": "30s",
 //!   "max_cache_ttl": "5m",
@@ -15,6 +16,11 @@
 //! ```
 //!
 //! Only `token_service.cluster` and `token_service.authority` are required.
+//! `token_service.credential_env` names the VM environment variable holding
+//! the filter credential, sent as `authorization: Bearer …` on every lookup
+//! (the token service's filter listener refuses lookups without it, unless
+//! the cluster presents a client certificate instead); the bootstrap names
+//! the variable, never the secret.
 //! With `app` the filter runs in mesh mode (the app is bound by configuration
 //! and its key read from the VM environment variable `key_env`); without it,
 //! in gateway mode (every request carries the app id and key).
@@ -120,6 +126,9 @@ pub struct TokenService {
     /// `:authority` of the lookup requests.
     pub authority: String,
     pub timeout: Duration,
+    /// The filter credential (from `credential_env`); `None`: the cluster's
+    /// client certificate is the credential.
+    pub credential: Option<Secret>,
 }
 
 /// The request header names the filter reads (all lowercase).
@@ -216,6 +225,8 @@ struct RawTokenService {
     authority: String,
     #[serde(default)]
     timeout: Option<String>,
+    #[serde(default)]
+    credential_env: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -275,6 +286,11 @@ impl Config {
         if !(MIN_TIMEOUT..=MAX_TIMEOUT).contains(&timeout) {
             return Err(invalid("token_service.timeout must be between 1ms and 60s"));
         }
+        let credential = raw
+            .token_service
+            .credential_env
+            .map(|name| filter_credential(&name, env))
+            .transpose()?;
 
         let mut allowed_workloads = Vec::new();
         let app = match raw.app {
@@ -382,6 +398,7 @@ impl Config {
                 cluster,
                 authority,
                 timeout,
+                credential,
             },
             app,
             refresh_skew,
@@ -430,6 +447,37 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
         "h" => n.checked_mul(3600).map(Duration::from_secs),
         _ => None,
     }
+}
+
+/// Longest filter credential accepted.
+pub const MAX_CREDENTIAL_BYTES: usize = 1024;
+
+/// The filter credential from the VM environment variable `name`: set,
+/// and a valid bearer token (visible ASCII, no spaces).
+fn filter_credential(
+    name: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Secret, ConfigError> {
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(invalid(
+            "token_service.credential_env must name an environment variable",
+        ));
+    }
+    let value = env(name).unwrap_or_default();
+    let value = value.trim();
+    if value.is_empty() {
+        return Err(invalid(format!(
+            "token_service.credential_env: the environment variable {name} is not set or empty \
+             (pass it with vm_config.environment_variables)"
+        )));
+    }
+    if value.len() > MAX_CREDENTIAL_BYTES || !value.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(invalid(format!(
+            "token_service.credential_env: the credential in {name} must be at most \
+             {MAX_CREDENTIAL_BYTES} visible ASCII characters without spaces"
+        )));
+    }
+    Ok(Secret(value.to_string()))
 }
 
 fn check_identifier(field: &str, value: &str) -> Result<(), ConfigError> {
@@ -498,6 +546,53 @@ mod tests {
         assert_eq!(config.headers, HeaderNames::default());
         assert_eq!(config.headers.provider, headers::PROVIDER);
         assert!(!config.is_mesh());
+        assert_eq!(config.token_service.credential, None);
+    }
+
+    #[test]
+    fn the_filter_credential_comes_from_the_named_environment_variable() {
+        let json = r#"{"token_service": {"cluster": "ts", "authority": "ts",
+                                         "credential_env": "AUTHSTAMP_FILTER_TOKEN"}}"#;
+        let config = parse_with(json, &[("AUTHSTAMP_FILTER_TOKEN", " ftk_very-secret\n")]).unwrap();
+        assert_eq!(
+            config.token_service.credential,
+            Some(Secret::new("ftk_very-secret"))
+        );
+        let debug = format!("{config:?} {config:#?}");
+        assert!(!debug.contains("very-secret"), "{debug}");
+
+        let named = |value: &str| {
+            parse_with(json, &[("AUTHSTAMP_FILTER_TOKEN", value)])
+                .unwrap_err()
+                .to_string()
+        };
+        let unset = parse(json).unwrap_err().to_string();
+        assert!(
+            unset.contains("AUTHSTAMP_FILTER_TOKEN") && unset.contains("not set"),
+            "{unset}"
+        );
+        assert!(named("  ").contains("not set"));
+        for bad in [
+            "two words",
+            "ctl\u{7}x",
+            &"x".repeat(MAX_CREDENTIAL_BYTES + 1),
+        ] {
+            let message = named(bad);
+            assert!(
+                message.contains("token_service.credential_env"),
+                "{message}"
+            );
+            assert!(
+                !message.contains(bad),
+                "the value is never echoed: {message}"
+            );
+        }
+        let empty_name =
+            r#"{"token_service": {"cluster": "ts", "authority": "ts", "credential_env": ""}}"#;
+        assert!(parse(empty_name)
+            .unwrap_err()
+            .to_string()
+            .contains("token_service.credential_env"));
     }
 
     #[test]

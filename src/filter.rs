@@ -366,19 +366,23 @@ fn dispatch_lookup(
     })
     .map_err(|_| DispatchError)?;
     let ts = &lookup.config.token_service;
-    let token = host.dispatch_http_call(
-        &ts.cluster,
-        &[
-            (":method", "POST"),
-            (":path", paths::TOKEN_LOOKUP),
-            (":authority", &ts.authority),
-            ("content-type", "application/json"),
-            (headers::APP, &identity.app_id),
-            (headers::APP_KEY, identity.app_key.expose()),
-        ],
-        &body,
-        ts.timeout,
-    )?;
+    // The filter listener answers only the filter's credential.
+    let authorization = ts
+        .credential
+        .as_ref()
+        .map(|credential| format!("Bearer {}", credential.expose()));
+    let mut call_headers = vec![
+        (":method", "POST"),
+        (":path", paths::TOKEN_LOOKUP),
+        (":authority", ts.authority.as_str()),
+        ("content-type", "application/json"),
+        (headers::APP, identity.app_id.as_str()),
+        (headers::APP_KEY, identity.app_key.expose()),
+    ];
+    if let Some(value) = &authorization {
+        call_headers.push(("authorization", value.as_str()));
+    }
+    let token = host.dispatch_http_call(&ts.cluster, &call_headers, &body, ts.timeout)?;
     metrics.call(host);
     if lookup.force_refresh {
         metrics.forced_refresh(host);
@@ -435,6 +439,16 @@ fn read_answer(host: &dyn Host, body_size: usize, provider: &str) -> Outcome {
         };
     }
     match serde_json::from_slice::<ErrorBody>(&body) {
+        // The filter's own credential was refused: Envoy's configuration is
+        // wrong, not the app's request.
+        Ok(error) if error.error == ErrorCode::Unauthorized => {
+            log::warn!(
+                "authstamp: token service refused the filter credential (token_service.credential_env) status={status} provider={provider}"
+            );
+            Outcome::Refuse(Rejection::unavailable(
+                "the token service refused this Envoy's filter credential",
+            ))
+        }
         Ok(error) => {
             log::info!(
                 "authstamp: token service refused status={status} code={} provider={provider}",
@@ -1395,6 +1409,59 @@ mod tests {
         assert_eq!(bench.host.current(), 2, "effective context restored");
         assert_eq!(bench.worker.inflight.borrow().pending_count(), 0);
         assert_eq!(bench.worker.inflight.borrow().completed_count(), 0);
+    }
+
+    fn gateway_with_credential() -> Rc<Config> {
+        Rc::new(
+            Config::parse(
+                br#"{"token_service": {"cluster": "ts_cluster", "authority": "ts.internal",
+                                       "credential_env": "AUTHSTAMP_FILTER_TOKEN"}}"#,
+                &|name| (name == "AUTHSTAMP_FILTER_TOKEN").then(|| "ftk_filter-secret".to_string()),
+            )
+            .unwrap(),
+        )
+    }
+
+    #[test]
+    fn the_lookup_carries_the_filter_credential_and_never_the_apps_authorization() {
+        let bench = Bench::new(gateway_with_credential());
+        let mut headers = marked("alice", KEY);
+        headers.push(("authorization", "Bearer forged-by-the-app"));
+        assert_eq!(bench.request(2, &headers), Verdict::Pause);
+        let dispatches = bench.host.dispatches();
+        let d = &dispatches[0];
+        assert_eq!(d.header("authorization"), Some("Bearer ftk_filter-secret"));
+        let authorizations = d
+            .headers
+            .iter()
+            .filter(|(n, _)| n == "authorization")
+            .count();
+        assert_eq!(authorizations, 1);
+        assert_eq!(d.header("x-authstamp-app-key"), Some(KEY));
+        bench.answer(2, d.token, Some(200), &token_answer(Some(NOW + 3600)));
+        assert_stamped(&bench, 2, "Bearer xoxb-secret");
+        // The credential goes to the token service only, never upstream.
+        assert!(!format!("{:?}", bench.host.header_values(2, "authorization")).contains("ftk_"));
+
+        // Without credential_env (client certificate mode) no authorization is sent.
+        let plain = Bench::new(gateway());
+        plain.request(2, &marked("alice", KEY));
+        assert_eq!(plain.host.dispatches()[0].header("authorization"), None);
+    }
+
+    #[test]
+    fn a_refused_filter_credential_is_a_503_not_the_apps_fault() {
+        let bench = Bench::new(gateway_with_credential());
+        bench.call(2, "alice", KEY);
+        bench.answer_last(
+            Some(401),
+            &error_json("unauthorized", "a valid filter credential is required"),
+        );
+        let (status, code, message) = bench.reply_of(2);
+        assert_eq!((status, code), (503, ErrorCode::TokenServiceUnavailable));
+        assert!(message.contains("filter credential"), "{message}");
+        assert!(!message.contains("ftk_"), "{message}");
+        assert_eq!(bench.host.resumed(2), 0);
     }
 
     #[test]

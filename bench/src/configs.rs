@@ -42,7 +42,10 @@ const ROUTER: &str = r#"
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"#;
 
 /// The filter configuration of (d) and (e), as in envoy/envoy.yaml.
-pub const AUTHSTAMP_CONFIG: &str = r#"{"token_service": {"cluster": "authstamp_token_service", "authority": "authstamp-token-service", "timeout": "2s"}, "refresh_skew": "30s", "max_cache_ttl": "5m"}"#;
+pub const AUTHSTAMP_CONFIG: &str = r#"{"token_service": {"cluster": "authstamp_token_service", "authority": "authstamp-token-service", "timeout": "2s", "credential_env": "AUTHSTAMP_FILTER_TOKEN"}, "refresh_skew": "30s", "max_cache_ttl": "5m"}"#;
+
+/// Envoy's environment variable with the filter credential (`credential_env`).
+pub const FILTER_TOKEN_ENV: &str = "AUTHSTAMP_FILTER_TOKEN";
 
 fn wasm_filter(name: &str, vm_id: &str, configuration: &str, wasm: &Path) -> String {
     format!(
@@ -60,6 +63,7 @@ fn wasm_filter(name: &str, vm_id: &str, configuration: &str, wasm: &Path) -> Str
                 vm_config:
                   vm_id: {vm_id}
                   runtime: envoy.wasm.runtime.v8
+                  environment_variables: {{ host_env_keys: [{FILTER_TOKEN_ENV}] }}
                   code: {{ local: {{ filename: "{wasm}" }} }}{ROUTER}"#,
         wasm = wasm.display()
     )

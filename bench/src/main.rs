@@ -157,6 +157,8 @@ struct Tools {
     wasm: PathBuf,
     floor_wasm: PathBuf,
     scripts: PathBuf,
+    /// The filter credential the token service and every Envoy get.
+    filter_token: String,
 }
 
 impl Tools {
@@ -193,6 +195,7 @@ impl Tools {
                 root.join("target/wasm32-wasip1/release/authstamp_bench_floor.wasm"),
             )?,
             scripts: root.join("bench/wrk"),
+            filter_token: format!("ftk_{}", random_b64(24)?.replace(['+', '/', '='], "x")),
         })
     }
 }
@@ -224,7 +227,8 @@ async fn start_envoy(
         .arg("--disable-hot-restart")
         .arg("--admin-address-path")
         .arg(&admin_path)
-        .args(["-l", "warn"]);
+        .args(["-l", "warn"])
+        .env(configs::FILTER_TOKEN_ENV, &tools.filter_token);
     let mut process = Process::spawn(name, command, dir, "\u{0}never")?;
     let deadline = Instant::now() + READY;
     loop {
@@ -276,6 +280,8 @@ struct TokenService {
     /// Kept to be killed on drop.
     _process: Process,
     url: String,
+    /// The filter listener, Envoy's token-service cluster.
+    filter_url: String,
     app_id: String,
     app_key: String,
 }
@@ -308,13 +314,18 @@ async fn start_token_service(
     command
         .arg("serve")
         .args(["--listen", "127.0.0.1:0"])
+        .args(["--filter-listen", "127.0.0.1:0"])
         .arg("--data-dir")
         .arg(&data_dir)
         .env("AUTHSTAMP_MASTER_KEY", &master_key)
         .env("AUTHSTAMP_ADMIN_TOKEN", &admin_token)
+        .env(configs::FILTER_TOKEN_ENV, &tools.filter_token)
         .env("RUST_LOG", "warn");
     let mut process = Process::spawn("token-service", command, dir, "listening on")?;
-    let url = process.listen_url(READY)?;
+    let (url, filter_url) = match process.listen_urls(READY)?.as_slice() {
+        [app, filter] => (app.clone(), filter.clone()),
+        other => bail!("authstamp serve: not an app and a filter URL: {other:?}"),
+    };
 
     let app: Value = http
         .post(format!("{url}/v1/apps"))
@@ -383,6 +394,7 @@ async fn start_token_service(
     Ok(TokenService {
         _process: process,
         url,
+        filter_url,
         app_id,
         app_key,
     })
@@ -615,7 +627,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let ports = Ports {
         upstream: port_of(&upstream_url)?,
-        token_service: port_of(&ts.url)?,
+        token_service: port_of(&ts.filter_url)?,
     };
 
     let mut scenarios: Vec<(char, String, Kind)> = [
@@ -682,6 +694,7 @@ async fn main() -> anyhow::Result<()> {
         let out = Command::new(&tools.envoy)
             .args(["--mode", "validate", "-l", "error", "-c"])
             .arg(&path)
+            .env(configs::FILTER_TOKEN_ENV, &tools.filter_token)
             .output()?;
         if !out.status.success() {
             bail!(

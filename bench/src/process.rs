@@ -76,18 +76,24 @@ impl Process {
         })
     }
 
-    /// `http://IP:PORT` from a ready line ending in `listening on http://IP:PORT`.
+    /// The first `http://IP:PORT` of the ready line (`listening on http://IP:PORT …`).
     pub fn listen_url(&mut self, timeout: Duration) -> anyhow::Result<String> {
+        Ok(self.listen_urls(timeout)?.swap_remove(0))
+    }
+
+    /// Every URL of the ready line, in order (`authstamp serve`: the app
+    /// API, then the filter API).
+    pub fn listen_urls(&mut self, timeout: Duration) -> anyhow::Result<Vec<String>> {
         let line = self.ready_line(timeout)?;
-        let url = line
-            .rsplit("listening on ")
-            .next()
-            .unwrap_or_default()
-            .trim();
-        if !url.starts_with("http://") {
+        let urls: Vec<String> = line
+            .split_whitespace()
+            .filter(|w| w.starts_with("http://"))
+            .map(str::to_string)
+            .collect();
+        if urls.is_empty() {
             bail!("{}: unexpected ready line {line:?}", self.name);
         }
-        Ok(url.to_string())
+        Ok(urls)
     }
 
     pub fn is_running(&mut self) -> bool {

@@ -197,6 +197,53 @@ pub fn http_connection_manager<'a>(bootstrap: &'a mut Yaml, listener: &str) -> &
     &mut hcm["typed_config"]
 }
 
+/// The snippet's commented `transport_socket` for the token-service cluster,
+/// uncommented, with its CA and (for mTLS) client certificate files set;
+/// without `client`, its `tls_certificates` are left out.
+pub fn snippet_token_service_tls(ca: &Path, client: Option<(&Path, &Path)>) -> Yaml {
+    let text = read_repo_file(SNIPPET_PATH);
+    let block: Vec<&str> = text
+        .lines()
+        .skip_while(|line| *line != "  # transport_socket:")
+        .take_while(|line| line.starts_with("  # "))
+        .map(|line| &line["  # ".len()..])
+        .collect();
+    assert!(
+        !block.is_empty(),
+        "{SNIPPET_PATH}: no commented transport_socket"
+    );
+    let mut socket = parse_yaml(&block.join("\n"))["transport_socket"].clone();
+    let context = &mut socket["typed_config"]["common_tls_context"];
+    context["validation_context"]["trusted_ca"]["filename"] = Yaml::from(ca.display().to_string());
+    match client {
+        Some((cert, key)) => {
+            let pair = &mut context["tls_certificates"][0];
+            pair["certificate_chain"]["filename"] = Yaml::from(cert.display().to_string());
+            pair["private_key"]["filename"] = Yaml::from(key.display().to_string());
+        }
+        None => {
+            context
+                .as_mapping_mut()
+                .expect("common_tls_context")
+                .remove("tls_certificates");
+        }
+    }
+    socket
+}
+
+/// `bootstrap` with `transport_socket` on its token-service cluster.
+pub fn with_token_service_tls(bootstrap: &str, transport_socket: &Yaml) -> String {
+    let mut doc = parse_yaml(bootstrap);
+    let cluster = doc["static_resources"]["clusters"]
+        .as_sequence_mut()
+        .expect("clusters")
+        .iter_mut()
+        .find(|c| c["name"].as_str() == Some("authstamp_token_service"))
+        .expect("the token-service cluster");
+    cluster["transport_socket"] = transport_socket.clone();
+    serde_yaml_ng::to_string(&doc).expect("yaml")
+}
+
 /// `envoy/egress.yaml` for `stack`: its token service, the built filter, the
 /// stack's app (its key goes in Envoy's environment, see [`Envoy::start`]),
 /// `hosts` as `provider_hosts` and `unmapped` as `unmapped_hosts`.
@@ -211,8 +258,8 @@ pub fn egress_bootstrap(stack: &Stack, hosts: &[(&str, &str)], unmapped: &str) -
             ("port_value: 9902", "port_value: 0".to_string()),
             ("port_value: 10001", "port_value: 0".to_string()),
             (
-                "port_value: 8080",
-                format!("port_value: {}", port_of(&stack.service_url)),
+                "port_value: 8081",
+                format!("port_value: {}", port_of(&stack.filter_url)),
             ),
             (
                 "filename: target/wasm32-wasip1/release/authstamp_filter.wasm",
@@ -236,7 +283,7 @@ pub fn egress_bootstrap(stack: &Stack, hosts: &[(&str, &str)], unmapped: &str) -
 
 /// `envoy/compose.yaml` on this machine: loopback ports chosen by Envoy, the
 /// token service at `service_url`, the built filter.
-pub fn compose_bootstrap(service_url: &str) -> String {
+pub fn compose_bootstrap(filter_url: &str) -> String {
     replace_once(
         &read_repo_file("envoy/compose.yaml"),
         &[
@@ -249,8 +296,8 @@ pub fn compose_bootstrap(service_url: &str) -> String {
                 "address: 127.0.0.1, port_value: 0".to_string(),
             ),
             (
-                "address: authstamp-token-service, port_value: 8080",
-                format!("address: 127.0.0.1, port_value: {}", port_of(service_url)),
+                "address: authstamp-token-service, port_value: 8081",
+                format!("address: 127.0.0.1, port_value: {}", port_of(filter_url)),
             ),
             (
                 "filename: /etc/envoy/authstamp_filter.wasm",
@@ -274,8 +321,9 @@ pub struct Envoy {
 }
 
 impl Envoy {
-    /// Starts `envoy -c <config>` with `env` added to its environment and
-    /// waits until its admin says LIVE and every listener is bound.
+    /// Starts `envoy -c <config>` with the test process's filter credential
+    /// and `env` added to its environment and waits until its admin says
+    /// LIVE and every listener is bound.
     pub async fn start(log_dir: &Path, name: &str, config: &str, env: &[(&str, &str)]) -> Envoy {
         Envoy::start_with_workers(log_dir, name, config, env, 1).await
     }
@@ -291,7 +339,7 @@ impl Envoy {
         let config_path = log_dir.join(format!("{name}.yaml"));
         std::fs::write(&config_path, config).expect("write envoy config");
         let admin_path = log_dir.join(format!("{name}-admin-address"));
-        let mut command = Command::new(crate::envoy_bin());
+        let mut command = crate::envoy_command();
         command
             .arg("-c")
             .arg(&config_path)
@@ -730,11 +778,21 @@ impl Pki {
     /// A server certificate for `dns_name` signed by CA `ca`:
     /// `(<name>.crt, <name>.key)`.
     pub fn server(&self, name: &str, ca: &str, dns_name: &str) -> (PathBuf, PathBuf) {
+        self.leaf(name, ca, dns_name, "serverAuth")
+    }
+
+    /// A client certificate (for mTLS) with `dns_name` signed by CA `ca`:
+    /// `(<name>.crt, <name>.key)`.
+    pub fn client(&self, name: &str, ca: &str, dns_name: &str) -> (PathBuf, PathBuf) {
+        self.leaf(name, ca, dns_name, "clientAuth")
+    }
+
+    fn leaf(&self, name: &str, ca: &str, dns_name: &str, usage: &str) -> (PathBuf, PathBuf) {
         let ext = format!("{name}.ext");
         std::fs::write(
             self.dir.join(&ext),
             format!(
-                "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=DNS:{dns_name}\n"
+                "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage={usage}\nsubjectAltName=DNS:{dns_name}\n"
             ),
         )
         .expect("ext file");

@@ -79,6 +79,14 @@ pub fn envoy_bin() -> PathBuf {
     on_path.expect("no Envoy: set ENVOY_BIN or run `make envoy`")
 }
 
+/// `envoy` with the test process's filter credential in its environment, as
+/// every shipped bootstrap expects (`credential_env`).
+pub fn envoy_command() -> std::process::Command {
+    let mut command = std::process::Command::new(envoy_bin());
+    command.env(FILTER_TOKEN_ENV, filter_token());
+    command
+}
+
 /// A fresh, kept log folder for one test.
 pub fn log_dir(test_name: &str) -> PathBuf {
     let dir = workspace_root().join("target/e2e-logs").join(test_name);
@@ -103,6 +111,17 @@ fn getrandom(buf: &mut [u8]) {
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(buf))
         .expect("read /dev/urandom");
+}
+
+/// Environment variable of the filter credential, for `authstamp serve` and
+/// for Envoy (the bootstraps name it in `credential_env`).
+pub const FILTER_TOKEN_ENV: &str = "AUTHSTAMP_FILTER_TOKEN";
+
+/// The filter credential of every token service and Envoy this test
+/// process starts: random, made once.
+pub fn filter_token() -> &'static str {
+    static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TOKEN.get_or_init(|| random_token("ftk_"))
 }
 
 /// Hex SHA-256, as the stand-in provider reports request bodies.

@@ -72,17 +72,18 @@ impl Process {
         }
     }
 
-    /// `http://IP:PORT` from a line ending in `listening on http://IP:PORT`.
+    /// The first URL of the ready line (`… listening on http://IP:PORT …`).
     pub fn wait_for_listen_url(&mut self, timeout: Duration) -> String {
+        self.wait_for_listen_urls(timeout).swap_remove(0)
+    }
+
+    /// Every URL of the ready line, in order: for `authstamp serve`, the app
+    /// API and then the filter API.
+    pub fn wait_for_listen_urls(&mut self, timeout: Duration) -> Vec<String> {
         let line = self.wait_for_line(timeout);
-        let url = line
-            .rsplit("listening on ")
-            .next()
-            .unwrap_or_default()
-            .trim()
-            .to_string();
-        assert!(url.starts_with("http://"), "bad ready line: {line}");
-        url
+        let urls = urls_in(&line);
+        assert!(!urls.is_empty(), "bad ready line: {line}");
+        urls
     }
 
     pub fn logs(&self) -> String {
@@ -114,6 +115,22 @@ impl Process {
 impl Drop for Process {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// The `http://` and `https://` words of a line, in order.
+pub fn urls_in(line: &str) -> Vec<String> {
+    line.split_whitespace()
+        .filter(|word| word.starts_with("http://") || word.starts_with("https://"))
+        .map(|word| word.trim_end_matches([',', ';', ')']).to_string())
+        .collect()
+}
+
+/// `authstamp serve`'s ready line: `(app API URL, filter API URL)`.
+pub fn service_urls(line: &str) -> (String, String) {
+    match urls_in(line).as_slice() {
+        [app, filter] => (app.clone(), filter.clone()),
+        _ => panic!("not the ready line of authstamp serve: {line}"),
     }
 }
 

@@ -21,6 +21,8 @@ pub struct Replicas {
     pub standin_url: String,
     pub services: Vec<Process>,
     pub urls: Vec<String>,
+    /// Each replica's filter listener (token lookups).
+    pub filter_urls: Vec<String>,
     /// `None`: SQLite in `data_dir`.
     pub database_url: Option<String>,
     pub data_dir: PathBuf,
@@ -82,6 +84,7 @@ impl Replicas {
             standin_url,
             services: Vec::new(),
             urls: Vec::new(),
+            filter_urls: Vec::new(),
             database_url,
             data_dir,
             serve_args: serve_args.iter().map(|s| s.to_string()).collect(),
@@ -107,12 +110,14 @@ impl Replicas {
         command
             .arg("serve")
             .args(["--listen", "127.0.0.1:0"])
+            .args(["--filter-listen", "127.0.0.1:0"])
             .arg("--data-dir")
             .arg(&self.data_dir)
             .args(&self.serve_args)
             .args(extra)
             .env("AUTHSTAMP_MASTER_KEY", &self.master_key)
             .env("AUTHSTAMP_ADMIN_TOKEN", &self.admin_token)
+            .env(crate::FILTER_TOKEN_ENV, crate::filter_token())
             .env("RUST_LOG", "info,sqlx=warn");
         if let Some(url) = &self.database_url {
             command.env("AUTHSTAMP_DATABASE_URL", url);
@@ -123,9 +128,11 @@ impl Replicas {
             &self.log_dir,
             "listening on",
         );
-        let url = process.wait_for_listen_url(READY_TIMEOUT);
+        let line = process.wait_for_line(READY_TIMEOUT);
+        let (url, filter_url) = crate::process::service_urls(&line);
         self.services.push(process);
         self.urls.push(url);
+        self.filter_urls.push(filter_url);
         index
     }
 
@@ -220,7 +227,8 @@ impl Replicas {
     pub fn doomed_lookup(&self, index: usize, user: &str) -> tokio::task::JoinHandle<()> {
         let request = self
             .http
-            .post(format!("{}/v1/token-lookup", self.urls[index]))
+            .post(format!("{}/v1/token-lookup", self.filter_urls[index]))
+            .bearer_auth(crate::filter_token())
             .header("x-authstamp-app", &self.app_id)
             .header("x-authstamp-app-key", &self.app_key)
             .json(&json!({"provider": PROVIDER, "user": user}));
@@ -233,7 +241,7 @@ impl Replicas {
     pub async fn lookup(&self, index: usize, user: &str) -> (StatusCode, Value) {
         lookup_at(
             &self.http,
-            &self.urls[index],
+            &self.filter_urls[index],
             &self.app_id,
             &self.app_key,
             user,
@@ -327,7 +335,8 @@ impl Drop for Replicas {
     }
 }
 
-/// `POST /v1/token-lookup` at `base`: (status, body).
+/// `POST /v1/token-lookup` at the filter listener `base`, with the filter
+/// credential: (status, body).
 pub async fn lookup_at(
     http: &Client,
     base: &str,
@@ -337,6 +346,7 @@ pub async fn lookup_at(
 ) -> (StatusCode, Value) {
     let response = http
         .post(format!("{base}/v1/token-lookup"))
+        .bearer_auth(crate::filter_token())
         .header("x-authstamp-app", app_id)
         .header("x-authstamp-app-key", app_key)
         .json(&json!({"provider": PROVIDER, "user": user}))

@@ -20,6 +20,8 @@ pub struct StackOptions {
     pub envoy_concurrency: u32,
     /// The token service's early-refresh window.
     pub refresh_skew: &'static str,
+    /// More `authstamp serve` arguments (e.g. the filter listener's TLS).
+    pub service_args: Vec<String>,
 }
 
 impl Default for StackOptions {
@@ -27,6 +29,7 @@ impl Default for StackOptions {
         StackOptions {
             envoy_concurrency: 1,
             refresh_skew: "60s",
+            service_args: Vec::new(),
         }
     }
 }
@@ -36,7 +39,10 @@ pub struct Stack {
     pub standin: Process,
     pub standin_url: String,
     pub token_service: Process,
+    /// The app-facing API.
     pub service_url: String,
+    /// The filter listener (token lookups with the filter credential).
+    pub filter_url: String,
     pub envoy: Process,
     /// The listener apps send provider requests to.
     pub envoy_url: String,
@@ -81,17 +87,21 @@ impl Stack {
         command
             .arg("serve")
             .args(["--listen", "127.0.0.1:0"])
+            .args(["--filter-listen", "127.0.0.1:0"])
             .arg("--data-dir")
             .arg(&data_dir)
             .args(["--refresh-skew", options.refresh_skew])
+            .args(&options.service_args)
             .env("AUTHSTAMP_MASTER_KEY", &master_key)
             .env("AUTHSTAMP_ADMIN_TOKEN", &admin_token)
+            .env(crate::FILTER_TOKEN_ENV, crate::filter_token())
             .env("RUST_LOG", "debug,sqlx=info");
         let mut token_service = Process::spawn("token-service", command, &log_dir, "listening on");
-        let service_url = token_service.wait_for_listen_url(READY_TIMEOUT);
+        let line = token_service.wait_for_line(READY_TIMEOUT);
+        let (service_url, filter_url) = crate::process::service_urls(&line);
 
         let (envoy, envoy_url, envoy_admin_url) =
-            start_envoy(&log_dir, &service_url, options.envoy_concurrency).await;
+            start_envoy(&log_dir, &filter_url, options.envoy_concurrency).await;
 
         let mut stack = Stack {
             log_dir,
@@ -99,6 +109,7 @@ impl Stack {
             standin_url,
             token_service,
             service_url,
+            filter_url,
             envoy,
             envoy_url,
             envoy_admin_url,
@@ -191,6 +202,17 @@ impl Stack {
             .request(method, format!("{}{path}", self.service_url))
             .header("x-authstamp-app", &self.app_id)
             .header("x-authstamp-app-key", &self.app_key)
+    }
+
+    /// `POST /v1/token-lookup` on the filter listener as the filter sends
+    /// it: the filter credential and the stack's app headers.
+    pub fn filter_lookup(&self, body: &Value) -> RequestBuilder {
+        self.http
+            .post(format!("{}/v1/token-lookup", self.filter_url))
+            .bearer_auth(crate::filter_token())
+            .header("x-authstamp-app", &self.app_id)
+            .header("x-authstamp-app-key", &self.app_key)
+            .json(body)
     }
 
     /// A provider API request through Envoy for `user` of `provider`.
@@ -332,18 +354,19 @@ pub fn metric_sum(text: &str, name: &str) -> u64 {
 }
 
 /// The Envoy bootstrap of `envoy/envoy.yaml` with free ports, the given token
-/// service, and absolute paths. Each replaced value must be found exactly
-/// once, so a change to the real file breaks the tests instead of escaping them.
-pub fn local_bootstrap(service_url: &str) -> String {
+/// service filter listener, and absolute paths. Each replaced value must be
+/// found exactly once, so a change to the real file breaks the tests instead
+/// of escaping them.
+pub fn local_bootstrap(filter_url: &str) -> String {
     let root = crate::workspace_root();
     let original =
         std::fs::read_to_string(root.join("envoy/envoy.yaml")).expect("read envoy/envoy.yaml");
-    let service_port = service_url.rsplit(':').next().expect("service port");
+    let service_port = filter_url.rsplit(':').next().expect("filter port");
     let wasm = crate::filter_wasm();
     let replacements = [
         ("port_value: 9901", "port_value: 0".to_string()),
         ("port_value: 10000", "port_value: 0".to_string()),
-        ("port_value: 8080", format!("port_value: {service_port}")),
+        ("port_value: 8081", format!("port_value: {service_port}")),
         (
             "filename: target/wasm32-wasip1/release/authstamp_filter.wasm",
             format!("filename: {}", wasm.display()),
@@ -360,13 +383,13 @@ pub fn local_bootstrap(service_url: &str) -> String {
 /// Envoy on the local bootstrap: `(process, listener URL, admin URL)`.
 async fn start_envoy(
     log_dir: &Path,
-    service_url: &str,
+    filter_url: &str,
     concurrency: u32,
 ) -> (Process, String, String) {
     let envoy = Envoy::start_with_workers(
         log_dir,
         "envoy",
-        &local_bootstrap(service_url),
+        &local_bootstrap(filter_url),
         &[],
         concurrency,
     )

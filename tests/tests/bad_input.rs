@@ -14,7 +14,10 @@ use std::time::{Duration, Instant};
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum To {
     Envoy,
+    /// The token service's app-facing listener.
     Service,
+    /// The token service's filter listener.
+    Filter,
 }
 
 struct Case {
@@ -213,7 +216,17 @@ async fn malformed_inputs_get_their_error_and_leave_the_vault_unchanged() {
     let service = |name, status, code| {
         case(name, To::Service, status, code)
             .method("POST")
+            .path("/v1/connect-sessions")
+            .header("x-authstamp-app", &app_id)
+            .header("x-authstamp-app-key", &key)
+    };
+    let filter_credential = format!("Bearer {}", authstamp_e2e::filter_token());
+    // A lookup as the filter sends it, to the filter listener.
+    let filter = |name, status, code| {
+        case(name, To::Filter, status, code)
+            .method("POST")
             .path("/v1/token-lookup")
+            .header("authorization", &filter_credential)
             .header("x-authstamp-app", &app_id)
             .header("x-authstamp-app-key", &key)
     };
@@ -230,7 +243,8 @@ async fn malformed_inputs_get_their_error_and_leave_the_vault_unchanged() {
     );
     let long_user = "u".repeat(257);
 
-    let cases = vec![
+    let cases =
+        vec![
         // --- the filter, through Envoy ---
         with("missing user", 400, bad, p, b"", a, k),
         with("missing provider", 400, bad, b"", b"victor", a, k),
@@ -371,34 +385,36 @@ async fn malformed_inputs_get_their_error_and_leave_the_vault_unchanged() {
         )
         .slow(),
         // --- the token service ---
-        service("lookup: invalid JSON", 400, bad).json("{\"provider\": "),
-        service("lookup: JSON array", 400, bad).json("[1, 2]"),
-        service("lookup: empty body", 400, bad).json(""),
-        service("lookup: missing user", 400, bad).json(format!(r#"{{"provider": "{PROVIDER}"}}"#)),
-        service("lookup: unknown field", 400, bad).json(format!(
+        filter("lookup: invalid JSON", 400, bad).json("{\"provider\": "),
+        filter("lookup: JSON array", 400, bad).json("[1, 2]"),
+        filter("lookup: empty body", 400, bad).json(""),
+        filter("lookup: missing user", 400, bad).json(format!(r#"{{"provider": "{PROVIDER}"}}"#)),
+        filter("lookup: unknown field", 400, bad).json(format!(
             r#"{{"provider": "{PROVIDER}", "user": "victor", "admin": true}}"#
         )),
-        service("lookup: force_refresh not a boolean", 400, bad).json(format!(
+        filter("lookup: force_refresh not a boolean", 400, bad).json(format!(
             r#"{{"provider": "{PROVIDER}", "user": "victor", "force_refresh": "yes"}}"#
         )),
-        service("lookup: user of 300 bytes", 400, bad).json(lookup(&"u".repeat(300))),
-        service("lookup: user with a control character", 400, bad).json(lookup("a\\u0007b")),
-        service("lookup: body over 64 KiB", 400, bad).json(lookup(&"u".repeat(70_000))),
-        service("lookup: not JSON content type", 400, bad)
+        filter("lookup: user of 300 bytes", 400, bad).json(lookup(&"u".repeat(300))),
+        filter("lookup: user with a control character", 400, bad).json(lookup("a\\u0007b")),
+        filter("lookup: body over 64 KiB", 400, bad).json(lookup(&"u".repeat(70_000))),
+        filter("lookup: not JSON content type", 400, bad)
             .body(lookup("victor").into_bytes())
             .header("content-type", "text/plain"),
-        service("lookup: non-UTF-8 JSON", 400, bad)
+        filter("lookup: non-UTF-8 JSON", 400, bad)
             .json(b"{\"provider\": \"st\xffandin\", \"user\": \"v\"}"),
-        service("lookup: unknown provider", 404, Some("unknown_provider"))
+        filter("lookup: unknown provider", 404, Some("unknown_provider"))
             .json(r#"{"provider": "nope", "user": "victor"}"#),
-        service("lookup: truncated ciphertext", 500, Some("internal")).json(lookup("tess")),
-        case("lookup: no app headers", To::Service, 400, bad)
+        filter("lookup: truncated ciphertext", 500, Some("internal")).json(lookup("tess")),
+        case("lookup: no app headers", To::Filter, 400, bad)
             .method("POST")
             .path("/v1/token-lookup")
+            .header("authorization", &filter_credential)
             .json(lookup("victor")),
-        case("lookup: non-UTF-8 app id", To::Service, 400, bad)
+        case("lookup: non-UTF-8 app id", To::Filter, 400, bad)
             .method("POST")
             .path("/v1/token-lookup")
+            .header("authorization", &filter_credential)
             .header("x-authstamp-app", b"app_\xff")
             .header("x-authstamp-app-key", &key)
             .json(lookup("victor")),
@@ -532,18 +548,34 @@ async fn malformed_inputs_get_their_error_and_leave_the_vault_unchanged() {
         )
         .json(r#"{"grace": "forever"}"#),
         case("unknown endpoint", To::Service, 404, Some("not_found")).path("/v1/nothing-here"),
-        case("wrong method", To::Service, 400, bad).path("/v1/token-lookup"),
+        case("wrong method", To::Filter, 400, bad)
+            .path("/v1/token-lookup")
+            .header("authorization", &filter_credential),
+        // The lookup is not on the app listener, and wants the filter's credential.
+        case("lookup on the app listener", To::Service, 404, Some("not_found"))
+            .method("POST")
+            .path("/v1/token-lookup")
+            .header("x-authstamp-app", &app_id)
+            .header("x-authstamp-app-key", &key)
+            .json(lookup("victor")),
+        case("lookup without the filter credential", To::Filter, 401, Some("unauthorized"))
+            .method("POST")
+            .path("/v1/token-lookup")
+            .header("x-authstamp-app", &app_id)
+            .header("x-authstamp-app-key", &key)
+            .json(lookup("victor")),
     ];
     assert!(cases.len() >= 40, "{} cases", cases.len());
 
     let envoy = stack.envoy_url.trim_start_matches("http://").to_string();
     let service_address = stack.service_url.trim_start_matches("http://").to_string();
+    let filter_address = stack.filter_url.trim_start_matches("http://").to_string();
     let mut failures = Vec::new();
     for c in &cases {
-        let address = if c.to == To::Envoy {
-            &envoy
-        } else {
-            &service_address
+        let address = match c.to {
+            To::Envoy => &envoy,
+            To::Service => &service_address,
+            To::Filter => &filter_address,
         };
         let started = Instant::now();
         let (status, code, body) = send(address, c);
@@ -602,7 +634,7 @@ fn invalid_filter_configurations_are_refused_at_load() {
     for (name, replacement) in configs {
         let path = dir.join(format!("{}.yaml", name.replace(' ', "_")));
         std::fs::write(&path, bootstrap.replace(original, replacement)).unwrap();
-        let output = std::process::Command::new(authstamp_e2e::envoy_bin())
+        let output = authstamp_e2e::envoy_command()
             .args(["--mode", "validate", "-l", "error", "-c"])
             .arg(&path)
             .output()
@@ -612,7 +644,7 @@ fn invalid_filter_configurations_are_refused_at_load() {
     // The original passes, so the refusals above are the filter's.
     let path = dir.join("original.yaml");
     std::fs::write(&path, &bootstrap).unwrap();
-    let output = std::process::Command::new(authstamp_e2e::envoy_bin())
+    let output = authstamp_e2e::envoy_command()
         .args(["--mode", "validate", "-l", "error", "-c"])
         .arg(&path)
         .output()

@@ -30,13 +30,13 @@ fn the_local_compose_and_egress_bootstraps_carry_the_snippet() {
     let snippet = Snippet::load();
     let local = parse_yaml(&read_repo_file("envoy/envoy.yaml"));
     snippet
-        .edited("127.0.0.1", 8080, LOCAL_WASM)
+        .edited("127.0.0.1", 8081, LOCAL_WASM)
         .assert_carried_by(&local, "authstamp_egress", "providers");
     let compose = parse_yaml(&read_repo_file("envoy/compose.yaml"));
     snippet.assert_carried_by(&compose, "authstamp_egress", "providers");
     let egress = parse_yaml(&read_repo_file("envoy/egress.yaml"));
     snippet
-        .edited("127.0.0.1", 8080, LOCAL_WASM)
+        .edited("127.0.0.1", 8081, LOCAL_WASM)
         .assert_routes_and_clusters(&egress, "authstamp_transparent_egress", "everything");
     // The snippet is for gateway mode and the values a user edits are where
     // the docs say.
@@ -53,9 +53,35 @@ fn the_local_compose_and_egress_bootstraps_carry_the_snippet() {
         SNIPPET_TOKEN_SERVICE_HOST
     );
     assert!(config.get("app").is_none());
+    let vm_config = &snippet.http_filters[0]["typed_config"]["config"]["vm_config"];
     assert_eq!(
-        snippet.http_filters[0]["typed_config"]["config"]["vm_config"]["code"]["local"]["filename"],
+        vm_config["code"]["local"]["filename"],
         serde_yaml_ng::Value::from(SNIPPET_WASM_PATH)
+    );
+    // The filter credential: named in the bootstrap, valued only in Envoy's
+    // environment (host_env_keys; key_values would show the value in the
+    // admin config dump).
+    assert_eq!(
+        config["token_service"]["credential_env"],
+        authstamp_e2e::FILTER_TOKEN_ENV
+    );
+    let env = &vm_config["environment_variables"];
+    assert!(env.get("key_values").is_none());
+    assert!(env["host_env_keys"]
+        .as_sequence()
+        .expect("host_env_keys")
+        .contains(&serde_yaml_ng::Value::from(authstamp_e2e::FILTER_TOKEN_ENV)));
+    // The cluster is the filter listener's default port, not the app API's.
+    let token_service = snippet
+        .clusters
+        .iter()
+        .find(|c| c["name"] == "authstamp_token_service")
+        .expect("token service cluster");
+    assert_eq!(
+        token_service["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+            ["socket_address"]["port_value"]
+            .as_u64(),
+        Some(8081)
     );
 }
 
@@ -68,7 +94,7 @@ fn the_snippet_pasted_into_an_existing_bootstrap_validates_on_this_envoy() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("bootstrap.yaml");
     std::fs::write(&path, serde_yaml_ng::to_string(&bootstrap).expect("yaml")).expect("write");
-    let output = std::process::Command::new(authstamp_e2e::envoy_bin())
+    let output = authstamp_e2e::envoy_command()
         .args(["--mode", "validate", "-l", "warn", "-c"])
         .arg(&path)
         .output()
@@ -96,7 +122,7 @@ async fn the_snippet_pasted_into_an_existing_envoy_stamps_and_leaves_its_routes_
     Snippet::load()
         .edited(
             "127.0.0.1",
-            port_of(&stack.service_url),
+            port_of(&stack.filter_url),
             &filter_wasm().display().to_string(),
         )
         .paste_into(&mut bootstrap, "ingress_http", "default");
@@ -347,6 +373,67 @@ fn docker_compose_is_valid_and_everything_it_builds_or_mounts_exists() {
     assert!(dockerignore.lines().any(|l| l == "target"));
 }
 
+/// The filter credential reaches the token service and Envoy through a
+/// volume of its own; the filter port is not published and matches the
+/// cluster Envoy uses.
+#[test]
+fn the_compose_filter_credential_reaches_envoy_only() {
+    let config = compose_config();
+    let service = &config["services"]["authstamp-token-service"];
+    let envoy = &config["services"]["envoy"];
+    let service_env = &service["environment"];
+    assert_eq!(service_env["AUTHSTAMP_FILTER_LISTEN"], "0.0.0.0:8081");
+    let token_file = service_env["AUTHSTAMP_FILTER_TOKEN_FILE"]
+        .as_str()
+        .expect("the filter token file");
+    let named_volumes = |s: &serde_yaml_ng::Value| -> Vec<(String, String)> {
+        // `source:target[:mode]`, or the long form with `type: volume`.
+        s["volumes"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .filter_map(|v| match v.as_str() {
+                Some(short) => {
+                    let mut parts = short.split(':');
+                    Some((parts.next()?.to_string(), parts.next()?.to_string()))
+                }
+                None if v["type"] == "volume" => Some((
+                    v["source"].as_str()?.to_string(),
+                    v["target"].as_str()?.to_string(),
+                )),
+                None => None,
+            })
+            .collect()
+    };
+    let (volume, dir) = named_volumes(service)
+        .into_iter()
+        .find(|(_, target)| token_file.starts_with(&format!("{target}/")))
+        .expect("the token file is in a volume");
+    assert_ne!(volume, "authstamp-data", "not in the data volume");
+    let envoy_volumes = named_volumes(envoy);
+    assert!(
+        envoy_volumes.iter().any(|(v, _)| *v == volume),
+        "{envoy_volumes:?}"
+    );
+    assert!(
+        envoy_volumes.iter().all(|(v, _)| v != "authstamp-data"),
+        "Envoy must not see the vault's data"
+    );
+    let envoy_entrypoint = serde_yaml_ng::to_string(&envoy["entrypoint"]).unwrap();
+    assert!(envoy_entrypoint.contains(authstamp_e2e::FILTER_TOKEN_ENV));
+    let service_entrypoint = serde_yaml_ng::to_string(&service["entrypoint"]).unwrap();
+    assert!(service_entrypoint.contains(&token_file[dir.len() + 1..]));
+    for port in service["ports"].as_sequence().unwrap() {
+        let published = serde_yaml_ng::to_string(port).unwrap();
+        assert!(
+            !published.contains("8081"),
+            "the filter API is published: {published}"
+        );
+    }
+    let bootstrap = read_repo_file("envoy/compose.yaml");
+    assert!(bootstrap.contains("address: authstamp-token-service, port_value: 8081"));
+}
+
 #[test]
 fn the_compose_envoy_config_validates_with_its_service_names() {
     let config = compose_config();
@@ -395,7 +482,7 @@ fn the_compose_envoy_config_validates_with_its_service_names() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("compose-envoy.yaml");
     std::fs::write(&path, &text).expect("write");
-    let output = std::process::Command::new(authstamp_e2e::envoy_bin())
+    let output = authstamp_e2e::envoy_command()
         .args(["--mode", "validate", "-l", "warn", "-c"])
         .arg(&path)
         .output()
@@ -440,15 +527,21 @@ async fn the_compose_setup_prints_commands_that_work() {
         .env("AUTHSTAMP_STANDIN_CLIENT_SECRET", &secret);
     let mut standin = Process::spawn("standin", command, &log_dir, "listening on");
     let standin_url = standin.wait_for_listen_url(Duration::from_secs(30));
+    // The filter credential in its own file, as the compose entrypoint makes it.
+    let filter_token_file = secrets.join("filter.token");
+    std::fs::write(&filter_token_file, authstamp_e2e::filter_token()).unwrap();
     let mut command = Command::new(authstamp_e2e::authstamp_bin());
     command
         .args(["serve", "--local"])
         .env("AUTHSTAMP_LISTEN", "127.0.0.1:0")
+        .env("AUTHSTAMP_FILTER_LISTEN", "127.0.0.1:0")
+        .env("AUTHSTAMP_FILTER_TOKEN_FILE", &filter_token_file)
         .env("AUTHSTAMP_DATA_DIR", &data);
     let mut service = Process::spawn("token-service", command, &log_dir, "listening on");
-    let service_url = service.wait_for_listen_url(Duration::from_secs(30));
+    let line = service.wait_for_line(Duration::from_secs(30));
+    let (service_url, filter_url) = authstamp_e2e::process::service_urls(&line);
 
-    let bootstrap = compose_bootstrap(&service_url);
+    let bootstrap = compose_bootstrap(&filter_url);
     let envoy = Envoy::start(&log_dir, "envoy", &bootstrap, &[]).await;
     let envoy_url = envoy.listener("authstamp_egress").to_string();
 

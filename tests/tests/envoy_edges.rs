@@ -212,7 +212,7 @@ async fn start_all(stack: &Stack) -> (Envoy, Envoy, Envoy) {
     let compose = Envoy::start(
         &stack.log_dir,
         "compose-envoy",
-        &compose_bootstrap(&stack.service_url),
+        &compose_bootstrap(&stack.filter_url),
         &[],
     )
     .await;
@@ -1107,7 +1107,7 @@ async fn the_provider_and_the_app_each_get_exactly_what_the_other_sent() {
     let compose = Envoy::start(
         &stack.log_dir,
         "compose-envoy",
-        &compose_bootstrap(&stack.service_url),
+        &compose_bootstrap(&stack.filter_url),
         &[],
     )
     .await;

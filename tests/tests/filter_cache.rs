@@ -69,7 +69,7 @@ async fn envoy_allocated(stack: &Stack) -> u64 {
 /// local bootstrap's plus `extra` (JSON members, e.g. `"cache_capacity": 4`).
 async fn restart_envoy_with(stack: &mut Stack, extra: &str, concurrency: u32) {
     stack.envoy.kill();
-    let original = local_bootstrap(&stack.service_url);
+    let original = local_bootstrap(&stack.filter_url);
     let anchor = "\"max_cache_ttl\": \"5m\"";
     assert_eq!(
         original.matches(anchor).count(),
@@ -80,7 +80,7 @@ async fn restart_envoy_with(stack: &mut Stack, extra: &str, concurrency: u32) {
     let path = stack.log_dir.join("envoy-restarted.yaml");
     std::fs::write(&path, config).expect("write envoy config");
     let admin_path = stack.log_dir.join("envoy-restarted-admin-address");
-    let mut command = Command::new(authstamp_e2e::envoy_bin());
+    let mut command = authstamp_e2e::envoy_command();
     command
         .arg("-c")
         .arg(&path)

@@ -134,7 +134,7 @@ fn assert_envoy_loads(filter: &Json, wasm_path_in_pod: Option<&str>, env: &[(&st
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("bootstrap.json");
     std::fs::write(&path, bootstrap.to_string()).expect("write");
-    let output = std::process::Command::new(authstamp_e2e::envoy_bin())
+    let output = authstamp_e2e::envoy_command()
         .args(["--mode", "validate", "-l", "warn", "-c"])
         .arg(&path)
         .envs(env.iter().copied())
@@ -175,6 +175,16 @@ fn the_token_service_deployment_service_and_secret_agree() {
             .unwrap_or_else(|| panic!("env {name}"))
     };
     assert_eq!(var("AUTHSTAMP_LISTEN")["value"], "0.0.0.0:8080");
+    // The filter API on its own port, in the Service too.
+    let filter_container_port = &container["ports"][1];
+    let filter_service_port = &service["spec"]["ports"][1];
+    assert_eq!(filter_container_port["containerPort"].as_u64(), Some(8081));
+    assert_eq!(var("AUTHSTAMP_FILTER_LISTEN")["value"], "0.0.0.0:8081");
+    assert_eq!(
+        filter_service_port["targetPort"],
+        filter_container_port["name"]
+    );
+    assert_eq!(filter_service_port["port"].as_u64(), Some(8081));
     assert!(var("AUTHSTAMP_PUBLIC_URL")["value"]
         .as_str()
         .unwrap()
@@ -182,6 +192,7 @@ fn the_token_service_deployment_service_and_secret_agree() {
     for secret_var in [
         "AUTHSTAMP_MASTER_KEY",
         "AUTHSTAMP_ADMIN_TOKEN",
+        "AUTHSTAMP_FILTER_TOKEN",
         "AUTHSTAMP_DATABASE_URL",
     ] {
         assert_secret_key(
@@ -241,6 +252,32 @@ fn the_token_service_deployment_service_and_secret_agree() {
         assert_eq!(labels.get(key), Some(value));
     }
     let rules = policy["spec"]["rules"].as_sequence().unwrap();
+    let paths_of = |rule: &Yaml| strings(&rule["to"][0]["operation"]["paths"]);
+    let plugin = m.one("WasmPlugin");
+    let workload_rule = rules
+        .iter()
+        .find(|r| {
+            strings(&r["from"][0]["source"]["namespaces"]).contains(&namespace(plugin).to_string())
+        })
+        .expect("a rule for the workload's namespace");
+    // The lookup only on the filter port, and nothing else there.
+    let ports_of = |rule: &Yaml| strings(&rule["to"][0]["operation"]["ports"]);
+    assert_eq!(ports_of(workload_rule), ["8080"]);
+    assert!(!paths_of(workload_rule).contains(&"/v1/token-lookup".to_string()));
+    let lookup_rule = rules
+        .iter()
+        .find(|r| ports_of(r) == ["8081"])
+        .expect("a rule for the filter port");
+    assert_eq!(paths_of(lookup_rule), ["/v1/token-lookup"]);
+    assert_eq!(
+        strings(&lookup_rule["from"][0]["source"]["namespaces"]),
+        [namespace(plugin)]
+    );
+    for rule in rules {
+        if paths_of(rule).contains(&"/v1/token-lookup".to_string()) {
+            assert_eq!(ports_of(rule), ["8081"], "the lookup on another port");
+        }
+    }
     for rule in rules {
         for operation in rule["to"].as_sequence().unwrap() {
             assert!(
@@ -480,7 +517,16 @@ fn the_wasm_plugin_reaches_the_token_service_and_binds_the_workload_to_its_app()
         service["metadata"]["name"].as_str().unwrap(),
         namespace(service)
     );
-    let port = service["spec"]["ports"][0]["port"].as_u64().unwrap();
+    // The filter port, where the lookup is.
+    let port = service["spec"]["ports"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "http-filter")
+        .expect("the filter port")["port"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(port, 8081);
     let config = plugin_config(plugin);
     assert_eq!(
         config["token_service"]["cluster"],
@@ -499,24 +545,40 @@ fn the_wasm_plugin_reaches_the_token_service_and_binds_the_workload_to_its_app()
         assert_eq!(pod["metadata"]["labels"].get(key), Some(value));
     }
     let key_env = config["app"]["key_env"].as_str().unwrap();
+    let credential_env = config["token_service"]["credential_env"].as_str().unwrap();
     assert!(config["app"]["id"].as_str().unwrap().starts_with("app_"));
     let vm_env = spec["vmConfig"]["env"].as_sequence().unwrap();
-    assert!(vm_env
-        .iter()
-        .any(|e| e["name"].as_str() == Some(key_env) && e["valueFrom"] == "HOST"));
-    let proxy = pod["spec"]["containers"]
-        .as_sequence()
-        .unwrap()
+    let containers = pod["spec"]["containers"].as_sequence().unwrap();
+    let proxy = containers
         .iter()
         .find(|c| c["name"] == "istio-proxy")
         .expect("an istio-proxy container override");
-    let var = proxy["env"]
+    // The app key and the filter credential: from the sidecar's environment
+    // (a Secret), named in the plugin, never valued there; the app
+    // container never gets the filter credential.
+    for name in [key_env, credential_env] {
+        assert!(vm_env
+            .iter()
+            .any(|e| e["name"].as_str() == Some(name) && e["valueFrom"] == "HOST"));
+        let var = proxy["env"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"].as_str() == Some(name))
+            .unwrap_or_else(|| panic!("{name} on the sidecar"));
+        assert_secret_key(&m, namespace(plugin), &var["valueFrom"]["secretKeyRef"]);
+    }
+    let filter_secret = &proxy["env"]
         .as_sequence()
         .unwrap()
         .iter()
-        .find(|e| e["name"].as_str() == Some(key_env))
-        .expect("the app key variable on the sidecar");
-    assert_secret_key(&m, namespace(plugin), &var["valueFrom"]["secretKeyRef"]);
+        .find(|e| e["name"].as_str() == Some(credential_env))
+        .unwrap()["valueFrom"]["secretKeyRef"]["name"];
+    for container in containers.iter().filter(|c| c["name"] != "istio-proxy") {
+        let text = serde_yaml_ng::to_string(container).unwrap();
+        assert!(!text.contains(credential_env), "{text}");
+        assert!(!text.contains(filter_secret.as_str().unwrap()), "{text}");
+    }
 
     // The filter itself accepts this configuration.
     let filter = serde_json::json!({
@@ -534,13 +596,20 @@ fn the_wasm_plugin_reaches_the_token_service_and_binds_the_workload_to_its_app()
                 "vm_config": {
                     "vm_id": "authstamp",
                     "runtime": "envoy.wasm.runtime.v8",
-                    "environment_variables": {"host_env_keys": [key_env]},
+                    "environment_variables": {"host_env_keys": [key_env, credential_env]},
                     "code": {}
                 }
             }
         }
     });
-    assert_envoy_loads(&filter, None, &[(key_env, "ask_validate-only")]);
+    assert_envoy_loads(
+        &filter,
+        None,
+        &[
+            (key_env, "ask_validate-only"),
+            (credential_env, "ftk_validate-only"),
+        ],
+    );
 }
 
 #[test]
@@ -638,14 +707,18 @@ fn the_envoy_filter_alternative_carries_the_same_configuration() {
         "the same filter configuration"
     );
     let key_env = carried["app"]["key_env"].as_str().unwrap();
+    let credential_env = carried["token_service"]["credential_env"].as_str().unwrap();
     assert_eq!(
-        config["vm_config"]["environment_variables"]["host_env_keys"][0],
-        key_env
+        config["vm_config"]["environment_variables"]["host_env_keys"],
+        serde_json::json!([key_env, credential_env])
     );
     assert_envoy_loads(
         &filter,
         Some("/var/local/authstamp/authstamp_filter.wasm"),
-        &[(key_env, "ask_validate-only")],
+        &[
+            (key_env, "ask_validate-only"),
+            (credential_env, "ftk_validate-only"),
+        ],
     );
     // The OCI image variant is documented and buildable from the repo.
     let dockerfile = read_repo_file("envoy/istio/Dockerfile.wasm");

@@ -18,8 +18,7 @@ fn event_of(d: &authstamp_e2e::webhook_receiver::Delivery) -> Value {
 
 async fn lookup(stack: &Stack, force: bool) -> reqwest::Response {
     stack
-        .as_app(Method::POST, "/v1/token-lookup")
-        .json(&json!({"provider": PROVIDER, "user": "alice", "force_refresh": force}))
+        .filter_lookup(&json!({"provider": PROVIDER, "user": "alice", "force_refresh": force}))
         .send()
         .await
         .expect("lookup")

@@ -6,10 +6,11 @@ use authstamp_e2e::{Stack, StackOptions};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
-/// Credential shapes issued by the stand-in provider and the token service:
-/// a prefix followed by a long base64url run. Any such run in a log is a leak,
-/// whether or not the test saw the value itself (refresh tokens never reach it).
-const SECRET_PREFIXES: [&str; 4] = ["sat_", "srt_", "sco_", "ask_"];
+/// Credential shapes issued by the stand-in provider and the token service,
+/// and the test kit's filter credential: a prefix followed by a long
+/// base64url run. Any such run in a log is a leak, whether or not the test
+/// saw the value itself (refresh tokens never reach it).
+const SECRET_PREFIXES: [&str; 5] = ["sat_", "srt_", "sco_", "ask_", "ftk_"];
 
 fn secret_shaped_runs(output: &str) -> Vec<String> {
     let mut found = Vec::new();

@@ -35,7 +35,7 @@ async fn two_hundred_lookups_over_two_replicas_on_postgres_refresh_once() {
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..200 {
         let http = replicas.http.clone();
-        let base = replicas.urls[i % 2].clone();
+        let base = replicas.filter_urls[i % 2].clone();
         let (app_id, app_key) = (replicas.app_id.clone(), replicas.app_key.clone());
         tasks.spawn(async move { lookup_at(&http, &base, &app_id, &app_key, "alice").await });
     }
@@ -371,11 +371,7 @@ async fn failure_modes_as_the_app_sees_them_through_envoy() {
     assert_eq!(call("ukeep").await.unwrap().status(), StatusCode::OK);
     let lookup = |user: &str| {
         stack
-            .http
-            .post(format!("{}/v1/token-lookup", stack.service_url))
-            .header("x-authstamp-app", &stack.app_id)
-            .header("x-authstamp-app-key", &stack.app_key)
-            .json(&json!({"provider": authstamp_e2e::stack::PROVIDER, "user": user, "force_refresh": true}))
+            .filter_lookup(&json!({"provider": authstamp_e2e::stack::PROVIDER, "user": user, "force_refresh": true}))
             .send()
     };
     assert_eq!(lookup("ukeep").await.unwrap().status(), StatusCode::OK);

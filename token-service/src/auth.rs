@@ -1,14 +1,17 @@
-//! Caller authentication: the admin bearer token and the app id + app key
-//! headers. Both compare SHA-256 digests in constant time.
+//! Caller authentication: the admin bearer token, the filter credential
+//! (bearer token or verified client certificate) and the app id + app key
+//! headers. Tokens and keys compare SHA-256 digests in constant time.
 
 use crate::error::ApiError;
 use crate::secrets::{digest_eq, sha256};
 use crate::store::apps::{self, AppRecord};
 use crate::AppState;
 use authstamp_protocol::{headers, ErrorCode};
-use axum::extract::FromRequestParts;
+use axum::extract::{FromRequestParts, Request, State};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
+use axum::middleware::Next;
+use axum::response::{IntoResponse as _, Response};
 
 /// An admin API caller (`Authorization: Bearer <admin token>`).
 #[derive(Debug)]
@@ -22,21 +25,68 @@ impl FromRequestParts<AppState> for AdminAuth {
             || ApiError::new(ErrorCode::Unauthorized, "a valid admin token is required");
         // No admin token configured: the admin API is closed.
         let expected = state.admin_token_digest().ok_or_else(unauthorized)?;
-        let given = parts
-            .headers
-            .get(AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| {
-                let (scheme, token) = v.split_once(' ')?;
-                scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-            })
-            .filter(|t| !t.is_empty())
-            .ok_or_else(unauthorized)?;
-        if digest_eq(&sha256(given.as_bytes()), expected) {
-            Ok(AdminAuth)
-        } else {
-            Err(unauthorized())
+        match bearer(parts) {
+            Some(given) if digest_eq(&sha256(given.as_bytes()), expected) => Ok(AdminAuth),
+            _ => Err(unauthorized()),
         }
+    }
+}
+
+/// `Authorization: Bearer <token>`, the token trimmed and non-empty.
+fn bearer(parts: &Parts) -> Option<&str> {
+    parts
+        .headers
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, token) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        })
+        .filter(|t| !t.is_empty())
+}
+
+/// Set on every request of a connection whose client certificate the filter
+/// listener's TLS verified against `--filter-client-ca`.
+#[derive(Clone, Copy, Debug)]
+pub struct VerifiedClientCert;
+
+/// The Envoy filter: the filter token as a bearer token, or a verified
+/// client certificate. Apps never hold either.
+#[derive(Debug)]
+pub struct FilterAuth;
+
+impl FromRequestParts<AppState> for FilterAuth {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        if parts.extensions.get::<VerifiedClientCert>().is_some() {
+            return Ok(FilterAuth);
+        }
+        let unauthorized = || {
+            ApiError::new(
+                ErrorCode::Unauthorized,
+                "the token lookup answers only the authstamp filter: a valid filter credential is required",
+            )
+        };
+        let expected = state.filter_token_digest().ok_or_else(unauthorized)?;
+        match bearer(parts) {
+            Some(given) if digest_eq(&sha256(given.as_bytes()), expected) => Ok(FilterAuth),
+            _ => Err(unauthorized()),
+        }
+    }
+}
+
+/// Middleware of the filter listener: every request, whatever its path,
+/// needs the filter credential before anything else is looked at.
+pub async fn require_filter(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let (mut parts, body) = request.into_parts();
+    match FilterAuth::from_request_parts(&mut parts, &state).await {
+        Ok(FilterAuth) => next.run(Request::from_parts(parts, body)).await,
+        Err(err) => err.into_response(),
     }
 }
 

@@ -35,7 +35,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the HTTP service.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Manage apps.
     App {
         #[command(subcommand)]
@@ -256,9 +256,29 @@ async fn open_vault_db(store: &StoreArgs, env: &SecretEnv) -> anyhow::Result<(Db
 pub struct ServeArgs {
     #[command(flatten)]
     pub store: StoreArgs,
-    /// Address to listen on (port 0 picks a free port).
+    /// Address of the app-facing API: admin, connect, callback (port 0 picks a free port).
     #[arg(long, env = "AUTHSTAMP_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
+    /// Address of the Envoy-facing API (token lookups, raw tokens): reachable by Envoy only.
+    #[arg(
+        long,
+        env = "AUTHSTAMP_FILTER_LISTEN",
+        default_value = "127.0.0.1:8081"
+    )]
+    pub filter_listen: SocketAddr,
+    /// File holding the filter credential Envoy sends; or set AUTHSTAMP_FILTER_TOKEN.
+    #[arg(long, env = "AUTHSTAMP_FILTER_TOKEN_FILE")]
+    pub filter_token_file: Option<PathBuf>,
+    /// PEM certificate chain: the filter listener speaks TLS (with --filter-tls-key).
+    #[arg(long, env = "AUTHSTAMP_FILTER_TLS_CERT")]
+    pub filter_tls_cert: Option<PathBuf>,
+    /// PEM private key of --filter-tls-cert.
+    #[arg(long, env = "AUTHSTAMP_FILTER_TLS_KEY")]
+    pub filter_tls_key: Option<PathBuf>,
+    /// PEM CA certificates: the filter listener requires a client certificate
+    /// they signed (mTLS), which then stands in for the filter token.
+    #[arg(long, env = "AUTHSTAMP_FILTER_CLIENT_CA")]
+    pub filter_client_ca: Option<PathBuf>,
     /// Externally visible base URL (redirect URI, connect links); default http://<bound address>.
     #[arg(long, env = "AUTHSTAMP_PUBLIC_URL")]
     pub public_url: Option<String>,
@@ -494,7 +514,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     logging::init(cli.log_format);
     let env = SecretEnv::from_process();
     match cli.command {
-        Command::Serve(args) => serve::run(args, env).await,
+        Command::Serve(args) => serve::run(*args, env).await,
         Command::App {
             command: AppCommand::Create(args),
         } => {
@@ -763,6 +783,7 @@ mod tests {
             panic!("not serve")
         };
         assert_eq!(args.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(args.filter_listen.to_string(), "127.0.0.1:8081");
         assert_eq!(args.refresh_skew, Duration::from_secs(60));
         assert_eq!(args.provider_timeout, Duration::from_secs(10));
         assert_eq!(args.connect_session_ttl, Duration::from_secs(600));

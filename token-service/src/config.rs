@@ -1,7 +1,8 @@
 //! Resolved configuration: the public URL, and the secrets that never come
-//! from flags (master key, admin token) with their local-mode files.
+//! from flags (master key, admin token, filter token) with their local-mode
+//! files.
 
-use crate::secrets::{AdminToken, KeyRing, MasterKey};
+use crate::secrets::{AdminToken, FilterToken, KeyRing, MasterKey};
 use anyhow::{bail, Context as _};
 use std::fmt;
 use std::io::Write as _;
@@ -10,8 +11,11 @@ use url::Url;
 
 pub const MASTER_KEY_ENV: &str = "AUTHSTAMP_MASTER_KEY";
 pub const ADMIN_TOKEN_ENV: &str = "AUTHSTAMP_ADMIN_TOKEN";
+pub const FILTER_TOKEN_ENV: &str = "AUTHSTAMP_FILTER_TOKEN";
 const MASTER_KEY_FILE: &str = "master.key";
 const ADMIN_TOKEN_FILE: &str = "admin.token";
+/// Local mode's filter credential; `scripts/run-local.sh` hands it to Envoy.
+pub const FILTER_TOKEN_FILE: &str = "filter.token";
 
 /// Secrets taken from the environment (read once in `main`, passed in so
 /// that tests do not depend on the process environment).
@@ -20,6 +24,8 @@ pub struct SecretEnv {
     /// One base64 key (version 1) or `VERSION:BASE64,…` (rotation).
     pub master_key: Option<String>,
     pub admin_token: Option<String>,
+    /// The credential the filter sends to the filter listener.
+    pub filter_token: Option<String>,
 }
 
 impl SecretEnv {
@@ -28,6 +34,7 @@ impl SecretEnv {
         Self {
             master_key: read(MASTER_KEY_ENV),
             admin_token: read(ADMIN_TOKEN_ENV),
+            filter_token: read(FILTER_TOKEN_ENV),
         }
     }
 }
@@ -42,6 +49,10 @@ impl fmt::Debug for SecretEnv {
             .field(
                 "admin_token",
                 &self.admin_token.as_ref().map(|_| "<redacted>"),
+            )
+            .field(
+                "filter_token",
+                &self.filter_token.as_ref().map(|_| "<redacted>"),
             )
             .finish()
     }
@@ -228,37 +239,95 @@ pub fn load_admin_token(
     local: bool,
     data_dir: &Path,
 ) -> anyhow::Result<Option<AdminToken>> {
-    match (&env.admin_token, token_file) {
+    let source = BearerSource {
+        what: "admin token",
+        env_name: ADMIN_TOKEN_ENV,
+        flag: "--admin-token-file (AUTHSTAMP_ADMIN_TOKEN_FILE)",
+        local_file: ADMIN_TOKEN_FILE,
+    };
+    load_bearer(
+        &source,
+        env.admin_token.as_deref(),
+        token_file,
+        local,
+        data_dir,
+    )
+    .map(|t| t.map(|t| AdminToken::new(t.as_str())))
+}
+
+/// The filter credential from `AUTHSTAMP_FILTER_TOKEN` or the token file; in
+/// local mode `<data_dir>/filter.token`, created when missing. `None`: the
+/// filter listener refuses every lookup without a client certificate.
+pub fn load_filter_token(
+    env: &SecretEnv,
+    token_file: Option<&Path>,
+    local: bool,
+    data_dir: &Path,
+) -> anyhow::Result<Option<FilterToken>> {
+    let source = BearerSource {
+        what: "filter token",
+        env_name: FILTER_TOKEN_ENV,
+        flag: "--filter-token-file (AUTHSTAMP_FILTER_TOKEN_FILE)",
+        local_file: FILTER_TOKEN_FILE,
+    };
+    load_bearer(
+        &source,
+        env.filter_token.as_deref(),
+        token_file,
+        local,
+        data_dir,
+    )
+    .map(|t| t.map(|t| FilterToken::new(t.as_str())))
+}
+
+/// Where one bearer secret may come from.
+struct BearerSource {
+    what: &'static str,
+    env_name: &'static str,
+    flag: &'static str,
+    local_file: &'static str,
+}
+
+fn load_bearer(
+    source: &BearerSource,
+    from_env: Option<&str>,
+    token_file: Option<&Path>,
+    local: bool,
+    data_dir: &Path,
+) -> anyhow::Result<Option<zeroize::Zeroizing<String>>> {
+    match (from_env, token_file) {
         (Some(_), Some(_)) => bail!(
-            "both {ADMIN_TOKEN_ENV} and --admin-token-file (AUTHSTAMP_ADMIN_TOKEN_FILE) are set; use one"
+            "both {} and {} are set; use one",
+            source.env_name,
+            source.flag
         ),
-        (Some(text), None) => Ok(Some(AdminToken::new(text.trim()))),
-        (None, Some(path)) => read_admin_token_file(path).map(Some),
+        (Some(text), None) => Ok(Some(zeroize::Zeroizing::new(text.trim().to_owned()))),
+        (None, Some(path)) => read_bearer_file(source.what, path).map(Some),
         (None, None) if local => {
-            let path = data_dir.join(ADMIN_TOKEN_FILE);
+            let path = data_dir.join(source.local_file);
             if path.exists() {
-                return read_admin_token_file(&path).map(Some);
+                return read_bearer_file(source.what, &path).map(Some);
             }
-            let token = AdminToken::generate();
-            write_new_private_file(data_dir, &path, format!("{}\n", token.expose()).as_bytes())?;
-            tracing::warn!(path = %path.display(), "local mode: created a new admin token file");
+            let token = crate::secrets::random_token::<32>();
+            write_new_private_file(data_dir, &path, format!("{}\n", token.as_str()).as_bytes())?;
+            tracing::warn!(path = %path.display(), "local mode: created a new {} file", source.what);
             Ok(Some(token))
         }
         (None, None) => Ok(None),
     }
 }
 
-fn read_admin_token_file(path: &Path) -> anyhow::Result<AdminToken> {
+fn read_bearer_file(what: &str, path: &Path) -> anyhow::Result<zeroize::Zeroizing<String>> {
     warn_if_readable_by_others(path);
     let text = zeroize::Zeroizing::new(
         std::fs::read_to_string(path)
-            .with_context(|| format!("could not read the admin token file {}", path.display()))?,
+            .with_context(|| format!("could not read the {what} file {}", path.display()))?,
     );
     let token = text.trim();
     if token.is_empty() {
-        bail!("the admin token file {} is empty", path.display());
+        bail!("the {what} file {} is empty", path.display());
     }
-    Ok(AdminToken::new(token))
+    Ok(zeroize::Zeroizing::new(token.to_owned()))
 }
 
 /// Writes a new file with mode 0600; fails if it already exists.
@@ -350,6 +419,34 @@ mod tests {
         assert!(load_admin_token(&SecretEnv::default(), None, false, &data)
             .unwrap()
             .is_none());
+
+        // The filter token: its own file, 0600, kept across starts, not the admin token.
+        let filter = load_filter_token(&SecretEnv::default(), None, true, &data)
+            .unwrap()
+            .unwrap();
+        let again = load_filter_token(&SecretEnv::default(), None, true, &data)
+            .unwrap()
+            .unwrap();
+        assert_eq!(filter.expose(), again.expose());
+        assert_ne!(filter.expose(), token.expose());
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(data.join(FILTER_TOKEN_FILE))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        assert!(load_filter_token(&SecretEnv::default(), None, false, &data)
+            .unwrap()
+            .is_none());
+        let both = SecretEnv {
+            filter_token: Some("x".into()),
+            ..SecretEnv::default()
+        };
+        let file = data.join(FILTER_TOKEN_FILE);
+        assert!(load_filter_token(&both, Some(&file), false, &data).is_err());
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub mod credentials;
 pub mod db;
 pub mod discovery;
 pub mod error;
+pub mod filter_tls;
 pub mod html;
 pub mod keys;
 pub mod lifecycle;
@@ -43,7 +44,7 @@ use crate::metrics::Metrics;
 use crate::oauth::client::TokenClient;
 use crate::policy::RefreshPolicy;
 use crate::refresh::{LeaseOwners, RefreshLocks};
-use crate::secrets::{sha256, AdminToken, Digest};
+use crate::secrets::{sha256, AdminToken, Digest, FilterToken};
 use crate::store::connections::StatusCounts;
 use crate::vault::Vault;
 use authstamp_protocol::paths;
@@ -86,6 +87,7 @@ pub struct Inner {
     /// Per-app rate limits (in this replica's memory).
     pub limits: ratelimit::Limiters,
     admin_token_digest: Option<Digest>,
+    filter_token_digest: Option<Digest>,
     status_cache: Mutex<Option<(Instant, StatusCounts)>>,
 }
 
@@ -123,6 +125,7 @@ impl std::fmt::Debug for Inner {
             .field("replica", &self.lease_owners.replica())
             .field("connect_session_ttl", &self.connect_session_ttl)
             .field("admin_api_enabled", &self.admin_token_digest.is_some())
+            .field("filter_token_set", &self.filter_token_digest.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -141,6 +144,8 @@ pub struct StateOptions {
     pub public_url: PublicUrl,
     /// `None`: the admin API answers 401 to everyone.
     pub admin_token: Option<AdminToken>,
+    /// `None`: only a verified client certificate opens the filter listener.
+    pub filter_token: Option<FilterToken>,
     pub policy: RefreshPolicy,
     pub max_failure_cooldown: Duration,
     pub provider_timeout: Duration,
@@ -159,6 +164,7 @@ impl StateOptions {
         Self {
             public_url,
             admin_token: None,
+            filter_token: None,
             policy: RefreshPolicy::default(),
             max_failure_cooldown: Duration::from_secs(300),
             provider_timeout: Duration::from_secs(10),
@@ -206,6 +212,7 @@ impl AppState {
             connect_session_ttl: options.connect_session_ttl,
             limits: ratelimit::Limiters::new(options.rate_limits),
             admin_token_digest: options.admin_token.map(|t| sha256(t.expose().as_bytes())),
+            filter_token_digest: options.filter_token.map(|t| sha256(t.expose().as_bytes())),
             status_cache: Mutex::new(None),
         })))
     }
@@ -254,10 +261,15 @@ impl AppState {
     pub fn admin_token_digest(&self) -> Option<&Digest> {
         self.0.admin_token_digest.as_ref()
     }
+
+    pub fn filter_token_digest(&self) -> Option<&Digest> {
+        self.0.filter_token_digest.as_ref()
+    }
 }
 
-/// Every route of the HTTP API. [`app`] is built from this list, and
-/// `tests/openapi.rs` checks it against the OpenAPI document served at
+/// Every route of the app-facing HTTP API (`--listen`). [`app`] is built
+/// from this list, [`filter_app`] from [`filter_routes`], and
+/// `tests/openapi.rs` checks both against the OpenAPI document served at
 /// `/v1/openapi.json` (every route documented, every documented operation
 /// routed): add a route here and to `openapi.json` together.
 pub fn routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
@@ -302,7 +314,6 @@ pub fn routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
             "/v1/connections/{provider}/{user}/reconnect",
             post(lifecycle::reconnect_handler),
         ),
-        (paths::TOKEN_LOOKUP, post(lookup::handler)),
         (
             "/v1/connect/{session_token}",
             get(oauth::connect::page).post(oauth::connect::start),
@@ -311,16 +322,42 @@ pub fn routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
     ]
 }
 
-/// The token service's HTTP API.
+/// The Envoy-facing API (`--filter-listen`): the token lookup, which
+/// answers raw tokens, so only to the filter's credential.
+pub fn filter_routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
+    vec![(paths::TOKEN_LOOKUP, post(lookup::handler))]
+}
+
+/// The token service's app-facing HTTP API: never a raw token.
 pub fn app(state: AppState) -> Router {
+    router_of(routes(), state, |router| router)
+}
+
+/// The filter listener's HTTP API: [`filter_routes`] and nothing else, all
+/// of it (unknown paths too) behind the filter credential.
+pub fn filter_app(state: AppState) -> Router {
+    router_of(filter_routes(), state.clone(), |router| {
+        router.layer(axum::middleware::from_fn_with_state(
+            state,
+            auth::require_filter,
+        ))
+    })
+}
+
+fn router_of(
+    routes: Vec<(&'static str, MethodRouter<AppState>)>,
+    state: AppState,
+    guard: impl FnOnce(Router<AppState>) -> Router<AppState>,
+) -> Router {
     let mut router = Router::new();
-    for (path, methods) in routes() {
+    for (path, methods) in routes {
         router = router.route(path, methods);
     }
-    router
+    let router = router
         .fallback(error::not_found_fallback)
         .method_not_allowed_fallback(error::method_not_allowed_fallback)
-        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(DefaultBodyLimit::max(BODY_LIMIT));
+    guard(router)
         .layer(axum::middleware::from_fn(logging::log_request))
         .with_state(state)
 }

@@ -1,5 +1,6 @@
 //! `POST /v1/token-lookup`: the filter asks what to stamp for (app,
-//! provider, user). Tokens due for a refresh are refreshed first (see
+//! provider, user). Served on the filter listener only, behind
+//! [`crate::auth::require_filter`]; the app key is checked as well. Tokens due for a refresh are refreshed first (see
 //! [`crate::refresh`]: one refresh per connection across replicas).
 
 use crate::auth::AppAuth;

@@ -49,6 +49,8 @@ secret_string! {
     AppKey;
     /// Bearer token of the admin API.
     AdminToken;
+    /// Bearer token the Envoy filter sends to the filter listener.
+    FilterToken;
     /// OAuth client secret of a provider configuration.
     ClientSecret;
     /// A user's access token at a provider.
@@ -304,6 +306,7 @@ mod tests {
         let debugs = [
             format!("{:?}", AppKey::new(secret)),
             format!("{:?}", AdminToken::new(secret)),
+            format!("{:?}", FilterToken::new(secret)),
             format!("{:?}", ClientSecret::new(secret)),
             format!("{:?}", AccessToken::new(secret)),
             format!("{:?}", RefreshToken::new(secret)),

@@ -1,15 +1,21 @@
-//! `authstamp serve`: resolve secrets, open the database, bind, announce the
-//! address on stdout, serve until SIGINT/SIGTERM.
+//! `authstamp serve`: resolve secrets, open the database, bind the app-facing
+//! and the filter listener, announce both addresses on stdout, serve until
+//! SIGINT/SIGTERM.
 
 use crate::cli::ServeArgs;
 use crate::config::{self, PublicUrl, SecretEnv};
 use crate::db::Db;
+use crate::filter_tls::{FilterTls, FilterTlsFiles};
 use crate::policy::RefreshPolicy;
-use crate::{app, AppState, BackgroundOptions, StateOptions};
+use crate::{app, filter_app, AppState, BackgroundOptions, StateOptions};
 use anyhow::Context as _;
+use std::future::IntoFuture as _;
 use std::io::Write as _;
 
 pub async fn run(args: ServeArgs, env: SecretEnv) -> anyhow::Result<()> {
+    if args.filter_listen == args.listen && args.listen.port() != 0 {
+        anyhow::bail!("--filter-listen must differ from --listen: the lookup answers raw tokens and has its own listener");
+    }
     let store = &args.store;
     // Secrets first: without a key nothing else happens.
     let vault = crate::cli::load_vault(store, &env)?;
@@ -21,6 +27,21 @@ pub async fn run(args: ServeArgs, env: SecretEnv) -> anyhow::Result<()> {
     )?;
     if admin_token.is_none() {
         tracing::warn!("no admin token configured (AUTHSTAMP_ADMIN_TOKEN or --admin-token-file): the admin API answers 401");
+    }
+    let filter_token = config::load_filter_token(
+        &env,
+        args.filter_token_file.as_deref(),
+        store.local,
+        &store.data_dir,
+    )?;
+    let filter_tls = FilterTls::load(&FilterTlsFiles {
+        cert: args.filter_tls_cert.clone(),
+        key: args.filter_tls_key.clone(),
+        client_ca: args.filter_client_ca.clone(),
+    })?;
+    let mutual_tls = filter_tls.as_ref().is_some_and(|tls| tls.mutual);
+    if filter_token.is_none() && !mutual_tls {
+        tracing::warn!("no filter token configured (AUTHSTAMP_FILTER_TOKEN or --filter-token-file) and no --filter-client-ca: every token lookup answers 401");
     }
     let public_url = args
         .public_url
@@ -40,6 +61,15 @@ pub async fn run(args: ServeArgs, env: SecretEnv) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("could not listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
+    let filter_listener = tokio::net::TcpListener::bind(args.filter_listen)
+        .await
+        .with_context(|| {
+            format!(
+                "could not listen on {} (--filter-listen)",
+                args.filter_listen
+            )
+        })?;
+    let filter_addr = filter_listener.local_addr()?;
     let public_url = match public_url {
         Some(url) => url,
         None => PublicUrl::parse(&format!("http://{addr}"))?,
@@ -50,6 +80,7 @@ pub async fn run(args: ServeArgs, env: SecretEnv) -> anyhow::Result<()> {
         StateOptions {
             public_url: public_url.clone(),
             admin_token,
+            filter_token,
             policy: RefreshPolicy {
                 skew: args.refresh_skew,
                 max_token_lifetime: args.max_token_lifetime,
@@ -75,12 +106,20 @@ pub async fn run(args: ServeArgs, env: SecretEnv) -> anyhow::Result<()> {
 
     let shutdown = shutdown_signal()?;
     {
-        // The one line on stdout; tests and scripts read the port from it.
+        // The one line on stdout; tests and scripts read both ports from it.
         let mut out = std::io::stdout().lock();
-        writeln!(out, "authstamp listening on http://{addr}")?;
+        let filter_scheme = if filter_tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        writeln!(
+            out,
+            "authstamp listening on http://{addr} (app API) and {filter_scheme}://{filter_addr} (filter API)"
+        )?;
         out.flush()?;
     }
-    tracing::info!(%addr, redirect_uri = %public_url.redirect_uri(), replica = state.lease_owners.replica(), backend = ?db.backend(), key_version, "listening");
+    tracing::info!(%addr, %filter_addr, redirect_uri = %public_url.redirect_uri(), replica = state.lease_owners.replica(), backend = ?db.backend(), key_version, "listening");
     // The background refresher stops with the server.
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let mut stop_keys = stop_rx.clone();
@@ -96,10 +135,37 @@ pub async fn run(args: ServeArgs, env: SecretEnv) -> anyhow::Result<()> {
     let key_poller = tokio::spawn(crate::keys::run_poller(state.clone(), async move {
         let _ = stop_keys.wait_for(|stop| *stop).await;
     }));
-    let served = axum::serve(listener, app(state.clone()))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("server error");
+    // One signal stops both listeners.
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let stopped = move |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let signal_task = tokio::spawn(async move {
+        shutdown.await;
+        let _ = shutdown_tx.send(true);
+    });
+    let app_server = axum::serve(listener, app(state.clone()))
+        .with_graceful_shutdown(stopped(shutdown_rx.clone()))
+        .into_future();
+    let filter_router = filter_app(state.clone());
+    let filter_server = async move {
+        match filter_tls {
+            Some(tls) => {
+                crate::filter_tls::serve(filter_listener, tls, filter_router, stopped(shutdown_rx))
+                    .await
+            }
+            None => {
+                axum::serve(filter_listener, filter_router)
+                    .with_graceful_shutdown(stopped(shutdown_rx))
+                    .await
+            }
+        }
+    };
+    let (app_served, filter_served) = tokio::join!(app_server, filter_server);
+    signal_task.abort();
+    let served = app_served
+        .context("server error (app API)")
+        .and(filter_served.context("server error (filter API)"));
     let _ = stop_tx.send(true);
     let _ = background.await;
     let _ = webhooks.await;
@@ -137,7 +203,7 @@ mod tests {
         let mut argv = vec!["authstamp", "serve", "--listen", "127.0.0.1:0"];
         argv.extend_from_slice(extra);
         match Cli::try_parse_from(argv).unwrap().command {
-            Command::Serve(args) => args,
+            Command::Serve(args) => *args,
             _ => unreachable!(),
         }
     }
@@ -172,10 +238,20 @@ mod tests {
                     .to_base64()
                     .to_string(),
             ),
-            admin_token: None,
+            ..SecretEnv::default()
         };
         let err = run(args, env).await.unwrap_err();
         assert!(format!("{err:#}").contains("refresh lease"), "{err:#}");
+    }
+
+    #[tokio::test]
+    async fn the_filter_listener_cannot_be_the_app_listener() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut args = serve_args(&["--data-dir", dir.path().to_str().unwrap()]);
+        args.listen = "127.0.0.1:18080".parse().unwrap();
+        args.filter_listen = args.listen;
+        let err = run(args, SecretEnv::default()).await.unwrap_err();
+        assert!(format!("{err:#}").contains("--filter-listen"), "{err:#}");
     }
 
     #[tokio::test]

@@ -4,7 +4,10 @@
 
 mod common;
 
+use authstamp_token_service::config::PublicUrl;
 use authstamp_token_service::secrets::sha256;
+use authstamp_token_service::vault::Vault;
+use authstamp_token_service::{AppState, StateOptions};
 use axum::body::Body;
 use axum::http::{header, Method, Request, StatusCode};
 use base64::Engine as _;
@@ -311,11 +314,27 @@ async fn app_authentication_errors() {
     let h = Harness::new().await;
     let app = h.app_with_provider().await;
     let body = json!({"provider": "fake", "user": "alice"});
-    for path in ["/v1/token-lookup", "/v1/connect-sessions"] {
-        h.as_app("app_unknown", &app.app_key, path, body.clone())
+    // The connect session on the app listener, the lookup on the filter
+    // listener with the filter credential: the app key is checked on both.
+    for (path, to_filter) in [("/v1/connect-sessions", false), ("/v1/token-lookup", true)] {
+        let router = if to_filter {
+            h.filter_router.clone()
+        } else {
+            h.router.clone()
+        };
+        let send = |mut request: Request<Body>| {
+            if to_filter {
+                request.headers_mut().insert(
+                    header::AUTHORIZATION,
+                    format!("Bearer {FILTER_TOKEN}").parse().unwrap(),
+                );
+            }
+            send_to(router.clone(), request)
+        };
+        send(app_request("app_unknown", &app.app_key, path, body.clone()))
             .await
             .assert_error(401, "unknown_app");
-        h.as_app(&app.app_id, "ask_wrong", path, body.clone())
+        send(app_request(&app.app_id, "ask_wrong", path, body.clone()))
             .await
             .assert_error(401, "bad_app_key");
         let missing_key = Request::post(path)
@@ -323,19 +342,91 @@ async fn app_authentication_errors() {
             .header(header::CONTENT_TYPE, "application/json")
             .body(Body::from(body.to_string()))
             .unwrap();
-        h.send(missing_key).await.assert_error(400, "bad_request");
+        send(missing_key).await.assert_error(400, "bad_request");
         let missing_app = Request::post(path)
             .header("x-authstamp-app-key", &app.app_key)
             .header(header::CONTENT_TYPE, "application/json")
             .body(Body::from(body.to_string()))
             .unwrap();
-        h.send(missing_app).await.assert_error(400, "bad_request");
+        send(missing_app).await.assert_error(400, "bad_request");
     }
     // Another app's key does not open this app.
     let (_, other_key) = h.create_app(&[]).await;
-    h.as_app(&app.app_id, &other_key, "/v1/token-lookup", body)
+    h.as_filter(&app.app_id, &other_key, "/v1/token-lookup", body)
         .await
         .assert_error(401, "bad_app_key");
+}
+
+/// Issue 10 item 2: an app key alone gets no token from anywhere. The app
+/// listener has no lookup route; the filter listener wants the filter
+/// credential, which an app key, the admin token or a guess is not.
+#[tokio::test]
+async fn an_app_key_alone_gets_no_token() {
+    let h = Harness::new().await;
+    let app = h.app_with_provider().await;
+    h.connect(&app, "alice").await;
+    let body = json!({"provider": "fake", "user": "alice"});
+
+    for method in [Method::POST, Method::GET] {
+        let mut request = app_request(&app.app_id, &app.app_key, "/v1/token-lookup", body.clone());
+        *request.method_mut() = method.clone();
+        let reply = h.send(request).await;
+        reply.assert_error(404, "not_found");
+        assert!(!reply.text().contains("at-1"), "{method}: {}", reply.text());
+    }
+
+    let no_credential = app_request(&app.app_id, &app.app_key, "/v1/token-lookup", body.clone());
+    let reply = h.send_filter(no_credential).await;
+    reply.assert_error(401, "unauthorized");
+    assert!(!reply.text().contains("at-1"), "{}", reply.text());
+    for bearer in [
+        format!("Bearer {}", app.app_key),
+        format!("Bearer {ADMIN_TOKEN}"),
+        format!("Bearer {FILTER_TOKEN}x"),
+        format!("Basic {FILTER_TOKEN}"),
+        "Bearer ".to_owned(),
+    ] {
+        let mut request = app_request(&app.app_id, &app.app_key, "/v1/token-lookup", body.clone());
+        request
+            .headers_mut()
+            .insert(header::AUTHORIZATION, bearer.parse().unwrap());
+        let reply = h.send_filter(request).await;
+        reply.assert_error(401, "unauthorized");
+        assert!(!reply.text().contains("at-1"), "{bearer}: {}", reply.text());
+    }
+    // Nothing else is served there, and not even a 404 without the credential.
+    h.send_filter(Request::get("/healthz").body(Body::empty()).unwrap())
+        .await
+        .assert_error(401, "unauthorized");
+    let mut admin_path = Request::get("/v1/apps").body(Body::empty()).unwrap();
+    admin_path.headers_mut().insert(
+        header::AUTHORIZATION,
+        format!("Bearer {FILTER_TOKEN}").parse().unwrap(),
+    );
+    h.send_filter(admin_path)
+        .await
+        .assert_error(404, "not_found");
+
+    // The filter's credential with the app's key: the token.
+    let reply = h.lookup(&app, "alice", false).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(reply.json()["header"]["value"], "Bearer at-1");
+}
+
+#[tokio::test]
+async fn without_a_filter_token_every_lookup_is_refused() {
+    let h = Harness::new().await;
+    let app = h.app_with_provider().await;
+    h.connect(&app, "alice").await;
+    let options = StateOptions::new(PublicUrl::parse(PUBLIC_URL).unwrap());
+    assert!(options.filter_token.is_none());
+    let state = AppState::new(h.state.db.clone(), Vault::new(&h.master_key), options).unwrap();
+    let reply = send_to(
+        authstamp_token_service::filter_app(state),
+        h.lookup_request(&app, "alice", false),
+    )
+    .await;
+    reply.assert_error(401, "unauthorized");
 }
 
 #[tokio::test]
@@ -768,7 +859,7 @@ async fn lookup_errors() {
     h.lookup(&other, "alice", false)
         .await
         .assert_error(404, "unknown_provider");
-    h.as_app(
+    h.as_filter(
         &other.app_id,
         &other.app_key,
         "/v1/token-lookup",
@@ -776,7 +867,7 @@ async fn lookup_errors() {
     )
     .await
     .assert_error(400, "bad_request");
-    h.as_app(
+    h.as_filter(
         &other.app_id,
         &other.app_key,
         "/v1/token-lookup",
@@ -795,7 +886,7 @@ async fn metrics_count_lookups_and_provider_calls() {
     h.lookup(&app, "nobody", false)
         .await
         .assert_error(404, "not_connected");
-    h.as_app(
+    h.as_filter(
         &app.app_id,
         "ask_wrong",
         "/v1/token-lookup",

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_authstamp");
+const FILTER_TOKEN: &str = "filter-LOGCHECK-token";
 
 fn command(data_dir: &Path) -> Command {
     let mut cmd = Command::new(BIN);
@@ -31,6 +32,8 @@ fn command(data_dir: &Path) -> Command {
 struct Server {
     child: Child,
     url: String,
+    /// The filter listener (token lookups).
+    filter_url: String,
     stderr: Arc<Mutex<Vec<u8>>>,
 }
 
@@ -57,18 +60,21 @@ impl Server {
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
             .unwrap();
-        let url = line
-            .trim_end()
-            .strip_prefix("authstamp listening on ")
-            .unwrap_or_else(|| {
-                panic!(
-                    "unexpected first line {line:?}; stderr: {}",
-                    String::from_utf8_lossy(&stderr.lock().unwrap())
-                )
-            })
-            .to_owned();
+        assert!(
+            line.starts_with("authstamp listening on "),
+            "unexpected first line {line:?}; stderr: {}",
+            String::from_utf8_lossy(&stderr.lock().unwrap())
+        );
+        let (url, filter_url) = authstamp_e2e::process::service_urls(&line);
         assert!(url.starts_with("http://127.0.0.1:"), "{url}");
-        Self { child, url, stderr }
+        assert!(filter_url.starts_with("http://127.0.0.1:"), "{filter_url}");
+        assert_ne!(url, filter_url);
+        Self {
+            child,
+            url,
+            filter_url,
+            stderr,
+        }
     }
 
     fn stderr(&self) -> String {
@@ -126,15 +132,17 @@ async fn local_mode_creates_its_secrets_and_serves() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let mut cmd = command(&data);
-    cmd.args(["serve", "--local", "--listen", "127.0.0.1:0"]);
+    cmd.args(["serve", "--local", "--listen", "127.0.0.1:0"])
+        .args(["--filter-listen", "127.0.0.1:0"]);
     let server = Server::start(cmd);
 
     let key_path = data.join("master.key");
     let token_path = data.join("admin.token");
+    let filter_token_path = data.join("filter.token");
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt as _;
-        for path in [&key_path, &token_path] {
+        for path in [&key_path, &token_path, &filter_token_path] {
             let mode = std::fs::metadata(path).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600, "{}", path.display());
         }
@@ -178,10 +186,14 @@ async fn local_mode_creates_its_secrets_and_serves() {
     );
     assert!(!logs.contains(key.trim()), "the key itself is never logged");
     assert!(!logs.contains(&admin_token));
+    let filter_token = std::fs::read_to_string(&filter_token_path).unwrap();
+    assert!(filter_token.trim().len() >= 32);
+    assert!(!logs.contains(filter_token.trim()));
 
     // A second start reuses the same files.
     let mut cmd = command(&data);
-    cmd.args(["serve", "--local", "--listen", "127.0.0.1:0"]);
+    cmd.args(["serve", "--local", "--listen", "127.0.0.1:0"])
+        .args(["--filter-listen", "127.0.0.1:0"]);
     let server = Server::start(cmd);
     assert_eq!(std::fs::read_to_string(&key_path).unwrap(), key);
     server.stop();
@@ -282,8 +294,10 @@ async fn cli_admin_commands_then_a_connect_flow_over_http() {
     let mut cmd = command(&data);
     cmd.env("AUTHSTAMP_MASTER_KEY", &master_key)
         .env("AUTHSTAMP_ADMIN_TOKEN", admin_token)
+        .env("AUTHSTAMP_FILTER_TOKEN", FILTER_TOKEN)
         .env("AUTHSTAMP_LOG_FORMAT", "json")
-        .args(["serve", "--listen", "127.0.0.1:0"]);
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .args(["--filter-listen", "127.0.0.1:0"]);
     let server = Server::start(cmd);
     let base = server.url.clone();
     let client = http();
@@ -374,11 +388,54 @@ async fn cli_admin_commands_then_a_connect_flow_over_http() {
         .unwrap();
     assert_eq!(confirmed.status(), 200);
 
+    // An app key alone gets no token: no lookup route on the app listener;
+    // on the filter listener, no credential, the app key or a wrong one is 401.
+    let body = json!({"provider": "slack", "user": "U123"});
+    let attempts = [
+        (base.clone(), None, 404, "not_found"),
+        (server.filter_url.clone(), None, 401, "unauthorized"),
+        (
+            server.filter_url.clone(),
+            Some(app_key.clone()),
+            401,
+            "unauthorized",
+        ),
+        (
+            server.filter_url.clone(),
+            Some(admin_token.to_owned()),
+            401,
+            "unauthorized",
+        ),
+        (
+            server.filter_url.clone(),
+            Some(format!("{FILTER_TOKEN}-")),
+            401,
+            "unauthorized",
+        ),
+    ];
+    for (listener, bearer, status, code) in attempts {
+        let mut request = client
+            .post(format!("{listener}/v1/token-lookup"))
+            .header("x-authstamp-app", &app_id)
+            .header("x-authstamp-app-key", &app_key)
+            .json(&body);
+        if let Some(bearer) = &bearer {
+            request = request.bearer_auth(bearer);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), status, "{listener} {bearer:?}");
+        assert_eq!(response.headers()["x-authstamp-error"], code);
+        let text = response.text().await.unwrap();
+        assert!(!text.contains("LOGCHECK"), "{text}");
+        assert_eq!(serde_json::from_str::<Value>(&text).unwrap()["error"], code);
+    }
+
     let lookup: Value = client
-        .post(format!("{base}/v1/token-lookup"))
+        .post(format!("{}/v1/token-lookup", server.filter_url))
+        .bearer_auth(FILTER_TOKEN)
         .header("x-authstamp-app", &app_id)
         .header("x-authstamp-app-key", &app_key)
-        .json(&json!({"provider": "slack", "user": "U123"}))
+        .json(&body)
         .send()
         .await
         .unwrap()
@@ -401,6 +458,7 @@ async fn cli_admin_commands_then_a_connect_flow_over_http() {
         session_token.as_str(),
         app_key.as_str(),
         master_key.as_str(),
+        FILTER_TOKEN,
         cookie.as_str(),
         csrf.as_str(),
         result.as_str(),

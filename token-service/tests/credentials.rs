@@ -185,7 +185,7 @@ async fn client_credentials_are_fetched_once_and_renewed_when_due() {
     let mut lookups = tokio::task::JoinSet::new();
     for _ in 0..10 {
         lookups.spawn(send_to(
-            h.router.clone(),
+            h.filter_router.clone(),
             h.lookup_request(&app, "-", false),
         ));
     }

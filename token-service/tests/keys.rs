@@ -20,6 +20,7 @@ use std::time::Duration;
 
 const BIN: &str = env!("CARGO_BIN_EXE_authstamp");
 const ADMIN_TOKEN: &str = "keys-test-admin-token-0123456789";
+const FILTER_TOKEN: &str = "keys-test-filter-token-0123456789";
 const USERS: u64 = 1000;
 
 /// Where a test's vault lives and how it is unlocked.
@@ -63,6 +64,7 @@ impl Vault {
         cmd.env("AUTHSTAMP_DATA_DIR", self.data_dir())
             .env("AUTHSTAMP_MASTER_KEY_FILE", &self.key_file)
             .env("AUTHSTAMP_ADMIN_TOKEN", ADMIN_TOKEN)
+            .env("AUTHSTAMP_FILTER_TOKEN", FILTER_TOKEN)
             .env("RUST_LOG", "info")
             .args(args);
         if let Some(url) = &self.database_url {
@@ -102,6 +104,8 @@ fn run_json(cmd: Command) -> Value {
 struct Server {
     child: Child,
     url: String,
+    /// The filter listener, where lookups go.
+    filter_url: String,
     stderr: Arc<Mutex<Vec<u8>>>,
 }
 
@@ -129,17 +133,18 @@ impl Server {
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
             .unwrap();
-        let url = line
-            .trim_end()
-            .strip_prefix("authstamp listening on ")
-            .unwrap_or_else(|| {
-                panic!(
-                    "no ready line {line:?}; stderr: {}",
-                    String::from_utf8_lossy(&stderr.lock().unwrap())
-                )
-            })
-            .to_owned();
-        Self { child, url, stderr }
+        assert!(
+            line.starts_with("authstamp listening on "),
+            "no ready line {line:?}; stderr: {}",
+            String::from_utf8_lossy(&stderr.lock().unwrap())
+        );
+        let (url, filter_url) = authstamp_e2e::process::service_urls(&line);
+        Self {
+            child,
+            url,
+            filter_url,
+            stderr,
+        }
     }
 
     fn stderr(&self) -> String {
@@ -158,6 +163,8 @@ fn serve(vault: &Vault, extra: &[&str]) -> Server {
     let mut args = vec![
         "serve",
         "--listen",
+        "127.0.0.1:0",
+        "--filter-listen",
         "127.0.0.1:0",
         "--background-interval",
         "0s",
@@ -222,7 +229,7 @@ fn seed(vault: &Vault, app: &App, users: u64) {
     assert!(out.ok, "{}", out.stderr);
 }
 
-/// `Ok(token)` or `Err((status, error code))`.
+/// A lookup at the filter listener `url`: `Ok(token)` or `Err((status, error code))`.
 async fn lookup(
     http: &reqwest::Client,
     url: &str,
@@ -231,6 +238,7 @@ async fn lookup(
 ) -> Result<String, (u16, String)> {
     let response = http
         .post(format!("{url}/v1/token-lookup"))
+        .bearer_auth(FILTER_TOKEN)
         .header("x-authstamp-app", &app.id)
         .header("x-authstamp-app-key", &app.key)
         .json(&json!({"provider": "p", "user": user}))
@@ -274,7 +282,7 @@ async fn rotation_end_to_end(postgres: bool) {
             failed.clone(),
             failures.clone(),
         );
-        let (http, url) = (http.clone(), server.url.clone());
+        let (http, url) = (http.clone(), server.filter_url.clone());
         let app = App {
             id: app.id.clone(),
             key: app.key.clone(),
@@ -367,7 +375,7 @@ async fn rotation_end_to_end(postgres: bool) {
     let server = serve(&vault, &["--min-key-version", "2"]);
     for user in ["user0", "user500", "user999"] {
         assert_eq!(
-            lookup(&http, &server.url, &app, user).await,
+            lookup(&http, &server.filter_url, &app, user).await,
             Ok(format!("Bearer seeded_{user}"))
         );
     }
@@ -379,7 +387,13 @@ async fn rotation_end_to_end(postgres: bool) {
         format!("2:{}\n", MasterKey::generate().to_base64().as_str()),
     )
     .unwrap();
-    let mut cmd = vault.command(&["serve", "--listen", "127.0.0.1:0"]);
+    let mut cmd = vault.command(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--filter-listen",
+        "127.0.0.1:0",
+    ]);
     let out = run({
         cmd.env("RUST_LOG", "warn");
         cmd
@@ -454,14 +468,14 @@ async fn tampered_swapped_relabelled_and_truncated_blobs_are_refused() {
 
     for user in ["user0", "user1", "user2", "user3", "user4"] {
         assert_eq!(
-            lookup(&http, &server.url, &app, user).await,
+            lookup(&http, &server.filter_url, &app, user).await,
             Err((500, "internal".to_owned())),
             "{user}"
         );
     }
     // Everyone else is served, by the same process.
     assert_eq!(
-        lookup(&http, &server.url, &app, "user5").await,
+        lookup(&http, &server.filter_url, &app, "user5").await,
         Ok("Bearer seeded_user5".to_owned())
     );
     // Logged (the pipe may lag behind a little).
@@ -494,7 +508,7 @@ async fn tampered_swapped_relabelled_and_truncated_blobs_are_refused() {
         out.stderr
     );
     assert_eq!(
-        lookup(&http, &server.url, &app, "user5").await,
+        lookup(&http, &server.filter_url, &app, "user5").await,
         Ok("Bearer seeded_user5".to_owned())
     );
 }

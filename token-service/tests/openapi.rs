@@ -42,21 +42,47 @@ async fn every_route_is_documented_and_every_operation_routed() {
     let mut documented = BTreeSet::new();
     for (path, item) in doc["paths"].as_object().unwrap() {
         for (method, operation) in item.as_object().unwrap() {
+            // A path's own servers (the filter listener) are not an operation.
+            if method == "servers" {
+                continue;
+            }
             assert!(METHODS.contains(&method.as_str()), "{method} {path}");
             assert!(operation["responses"].is_object(), "{method} {path}");
             documented.insert((method.clone(), path.clone()));
         }
     }
 
+    // Both listeners: the app API, and the filter API with its credential.
+    let filter_paths: BTreeSet<&str> = authstamp_token_service::filter_routes()
+        .into_iter()
+        .map(|(path, _)| path)
+        .collect();
+    let all_routes = authstamp_token_service::routes()
+        .into_iter()
+        .chain(authstamp_token_service::filter_routes());
     let mut routed = BTreeSet::new();
-    for (path, _) in authstamp_token_service::routes() {
+    for (path, _) in all_routes {
+        let on_filter = filter_paths.contains(path);
+        // A filter path is documented with the filter listener as its server.
+        let servers = doc["paths"][path]["servers"].to_string();
+        assert_eq!(
+            servers.contains("--filter-listen"),
+            on_filter,
+            "{path}: {servers}"
+        );
         for method in METHODS {
-            let request = Request::builder()
+            let mut request = Request::builder()
                 .method(Method::from_bytes(method.to_uppercase().as_bytes()).unwrap())
-                .uri(sample_path(path))
-                .body(Body::empty())
-                .unwrap();
-            let reply = h.send(request).await;
+                .uri(sample_path(path));
+            if on_filter {
+                request = request.header("authorization", format!("Bearer {FILTER_TOKEN}"));
+            }
+            let request = request.body(Body::empty()).unwrap();
+            let reply = if on_filter {
+                h.send_filter(request).await
+            } else {
+                h.send(request).await
+            };
             let fallback = reply.header("x-authstamp-error").is_some_and(|_| {
                 let message = reply.json()["message"].as_str().unwrap_or("").to_owned();
                 message == "no such endpoint" || message == "method not allowed for this endpoint"

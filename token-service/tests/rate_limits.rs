@@ -64,7 +64,7 @@ async fn lookups_and_connect_sessions_past_the_limit_get_429() {
     wrong
         .headers_mut()
         .insert("x-authstamp-app-key", "ask_wrong".parse().unwrap());
-    h.send(wrong).await.assert_error(401, "bad_app_key");
+    h.send_filter(wrong).await.assert_error(401, "bad_app_key");
     // Lookups of the first app are still allowed.
     let reply = h.lookup(&app, "nobody", false).await;
     reply.assert_error(404, "not_connected");

@@ -66,7 +66,7 @@ async fn concurrent_lookups_of_an_expiring_token_refresh_once_case(backend: Back
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..8 {
         tasks.spawn(send_to(
-            h.router.clone(),
+            h.filter_router.clone(),
             h.lookup_request(&app, "alice", false),
         ));
     }

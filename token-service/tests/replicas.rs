@@ -63,16 +63,16 @@ async fn two_replicas_case(backend: Backend) {
     let app = h.app_with_provider().await;
     rotating(&h);
     h.connect(&app, "alice").await;
-    let (b_state, b_router) = h.replica(Options::on(backend)).await;
+    let (b_state, b_router, b_filter) = h.replica(Options::on(backend)).await;
     h.set_expires_in(&app, "alice", -10).await;
     h.provider.set_delay(Duration::from_millis(300));
 
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..60 {
         let router = if i % 2 == 0 {
-            h.router.clone()
+            h.filter_router.clone()
         } else {
-            b_router.clone()
+            b_filter.clone()
         };
         tasks.spawn(send_to(router, h.lookup_request(&app, "alice", false)));
     }
@@ -160,7 +160,7 @@ async fn concurrent_rotation_case(backend: Backend) {
         .respond(|_| (400, json!({"error": "invalid_grant"})));
     h.provider.set_delay(Duration::from_millis(500));
     let lookup = tokio::spawn(send_to(
-        h.router.clone(),
+        h.filter_router.clone(),
         h.lookup_request(&app, "alice", false),
     ));
     // While the provider thinks, another party stores rotated tokens (as a
@@ -296,7 +296,7 @@ async fn background_case(backend: Backend) {
         now + 30 * 86400
     ))
     .await;
-    let (b_state, _) = h.replica(Options::on(backend)).await;
+    let (b_state, _, _) = h.replica(Options::on(backend)).await;
     let (a, b) = tokio::join!(
         authstamp_token_service::background::tick(&h.state, "replica-a"),
         authstamp_token_service::background::tick(&b_state, "replica-b"),

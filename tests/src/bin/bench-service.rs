@@ -77,6 +77,7 @@ struct Store {
 
 struct Server {
     child: Child,
+    /// The filter listener (token lookups).
     url: String,
 }
 
@@ -85,9 +86,14 @@ impl Server {
         let mut command = Command::new(bin);
         command
             .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(["--filter-listen", "127.0.0.1:0"])
             .arg("--data-dir")
             .arg(&store.data_dir)
             .env("AUTHSTAMP_MASTER_KEY", &store.master_key)
+            .env(
+                authstamp_e2e::FILTER_TOKEN_ENV,
+                authstamp_e2e::filter_token(),
+            )
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -102,12 +108,8 @@ impl Server {
             .next()
             .and_then(Result::ok)
             .unwrap_or_else(|| panic!("authstamp serve printed nothing; see {}", log.display()));
-        let url = line
-            .rsplit("listening on ")
-            .next()
-            .expect("listen url")
-            .trim()
-            .to_string();
+        // The lookups go to the filter listener.
+        let (_, url) = authstamp_e2e::process::service_urls(&line);
         // Keep draining stdout.
         std::thread::spawn(move || for _ in lines {});
         Server { child, url }
@@ -181,6 +183,7 @@ async fn load(url: &str, app_id: &str, app_key: &str, users: u64, requests: u64)
                 let t = Instant::now();
                 let response = http
                     .post(&endpoint)
+                    .bearer_auth(authstamp_e2e::filter_token())
                     .header("x-authstamp-app", &app_id)
                     .header("x-authstamp-app-key", &app_key)
                     .header("content-type", "application/json")

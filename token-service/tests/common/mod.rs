@@ -7,9 +7,9 @@ use authstamp_e2e::postgres::TestPostgres;
 use authstamp_token_service::config::PublicUrl;
 use authstamp_token_service::db::Db;
 use authstamp_token_service::policy::RefreshPolicy;
-use authstamp_token_service::secrets::{AdminToken, MasterKey};
+use authstamp_token_service::secrets::{AdminToken, FilterToken, MasterKey};
 use authstamp_token_service::vault::Vault;
-use authstamp_token_service::{app, AppState, StateOptions};
+use authstamp_token_service::{app, filter_app, AppState, StateOptions};
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, Method, Request, StatusCode};
@@ -25,6 +25,8 @@ use tower::ServiceExt as _;
 use url::Url;
 
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+/// The credential the Envoy filter sends to the filter listener.
+pub const FILTER_TOKEN: &str = "test-filter-token-9876543210";
 pub const PUBLIC_URL: &str = "http://authstamp.test";
 pub const CLIENT_ID: &str = "client id/1";
 /// Characters that RFC 6749 §2.3.1 form-encodes before Basic auth.
@@ -133,7 +135,10 @@ async fn token_endpoint(
 pub struct Harness {
     pub dir: tempfile::TempDir,
     pub state: AppState,
+    /// The app-facing API (`--listen`).
     pub router: Router,
+    /// The filter listener's API (`--filter-listen`).
+    pub filter_router: Router,
     pub provider: FakeProvider,
     /// `None`: SQLite in `dir`.
     pub database_url: Option<String>,
@@ -270,6 +275,7 @@ impl Harness {
         let db = Db::open(database_url.as_deref(), dir.path()).await.unwrap();
         let mut state_options = StateOptions::new(PublicUrl::parse(PUBLIC_URL).unwrap());
         state_options.admin_token = options.admin_token.map(AdminToken::new);
+        state_options.filter_token = Some(FilterToken::new(FILTER_TOKEN));
         state_options.policy = options.policy;
         state_options.provider_timeout = options.provider_timeout;
         state_options.refresh_lease = options.refresh_lease;
@@ -284,6 +290,7 @@ impl Harness {
         let state = AppState::new(db, Vault::new(&master_key), state_options).unwrap();
         Self {
             router: app(state.clone()),
+            filter_router: filter_app(state.clone()),
             state,
             dir,
             provider: FakeProvider::start().await,
@@ -293,13 +300,15 @@ impl Harness {
     }
 
     /// Another replica: its own state (lease owner, locks, metrics) on the
-    /// same database and vault key, like a second `authstamp serve`.
-    pub async fn replica(&self, options: Options) -> (AppState, Router) {
+    /// same database and vault key, like a second `authstamp serve`:
+    /// `(state, app router, filter router)`.
+    pub async fn replica(&self, options: Options) -> (AppState, Router, Router) {
         let db = Db::open(self.database_url.as_deref(), self.dir.path())
             .await
             .unwrap();
         let mut state_options = StateOptions::new(PublicUrl::parse(PUBLIC_URL).unwrap());
         state_options.admin_token = options.admin_token.map(AdminToken::new);
+        state_options.filter_token = Some(FilterToken::new(FILTER_TOKEN));
         state_options.policy = options.policy;
         state_options.provider_timeout = options.provider_timeout;
         state_options.refresh_lease = options.refresh_lease;
@@ -308,11 +317,23 @@ impl Harness {
         }
         let key = MasterKey::from_base64(&self.master_key.to_base64()).unwrap();
         let state = AppState::new(db, Vault::new(&key), state_options).unwrap();
-        (state.clone(), app(state))
+        (state.clone(), app(state.clone()), filter_app(state))
     }
 
     pub async fn send(&self, request: Request<Body>) -> Reply {
         send_to(self.router.clone(), request).await
+    }
+
+    /// A request to the filter listener, as it arrives (no credential added).
+    pub async fn send_filter(&self, request: Request<Body>) -> Reply {
+        send_to(self.filter_router.clone(), request).await
+    }
+
+    /// `POST uri` to the filter listener as the filter would send it for
+    /// the app: filter credential plus the app's headers.
+    pub async fn as_filter(&self, app_id: &str, app_key: &str, uri: &str, body: Value) -> Reply {
+        self.send_filter(filter_request(app_id, app_key, uri, body))
+            .await
     }
 
     pub async fn get(&self, uri: &str) -> Reply {
@@ -522,11 +543,12 @@ impl Harness {
         if force_refresh {
             body["force_refresh"] = json!(true);
         }
-        app_request(&app.app_id, &app.app_key, "/v1/token-lookup", body)
+        filter_request(&app.app_id, &app.app_key, "/v1/token-lookup", body)
     }
 
+    /// A token lookup as the filter sends it, to the filter listener.
     pub async fn lookup(&self, app: &ConnectedApp, user: &str, force_refresh: bool) -> Reply {
-        self.send(self.lookup_request(app, user, force_refresh))
+        self.send_filter(self.lookup_request(app, user, force_refresh))
             .await
     }
 
@@ -657,6 +679,16 @@ pub fn app_request(app_id: &str, app_key: &str, uri: &str, body: Value) -> Reque
         .header(header::CONTENT_TYPE, "application/json")
         .body(Body::from(body.to_string()))
         .unwrap()
+}
+
+/// [`app_request`] with the filter credential, as the Envoy filter sends it.
+pub fn filter_request(app_id: &str, app_key: &str, uri: &str, body: Value) -> Request<Body> {
+    let mut request = app_request(app_id, app_key, uri, body);
+    request.headers_mut().insert(
+        header::AUTHORIZATION,
+        format!("Bearer {FILTER_TOKEN}").parse().unwrap(),
+    );
+    request
 }
 
 pub fn query_param(url: &Url, name: &str) -> Option<String> {
