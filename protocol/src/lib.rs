@@ -74,12 +74,23 @@ pub enum ErrorCode {
     /// Mesh mode: the calling workload's identity (peer certificate URI SAN
     /// or source principal) is not in the filter's `app.allowed_workloads`.
     ForbiddenWorkload,
+    /// The request conflicts with the resource's current state (e.g. an app
+    /// already holds its maximum of keys).
+    Conflict,
+    /// The path exists but not for this method.
+    MethodNotAllowed,
+    /// The request body is larger than the endpoint accepts.
+    PayloadTooLarge,
+    /// The request body is not of the content type the endpoint accepts.
+    UnsupportedMediaType,
+    /// The token service did not answer the request in time.
+    RequestTimeout,
     /// A bug or storage failure; details are in the token service's log.
     Internal,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 16] = [
+    pub const ALL: [ErrorCode; 21] = [
         ErrorCode::BadRequest,
         ErrorCode::Unauthorized,
         ErrorCode::UnknownApp,
@@ -95,6 +106,11 @@ impl ErrorCode {
         ErrorCode::ForbiddenDestination,
         ErrorCode::RateLimited,
         ErrorCode::ForbiddenWorkload,
+        ErrorCode::Conflict,
+        ErrorCode::MethodNotAllowed,
+        ErrorCode::PayloadTooLarge,
+        ErrorCode::UnsupportedMediaType,
+        ErrorCode::RequestTimeout,
         ErrorCode::Internal,
     ];
 
@@ -115,6 +131,11 @@ impl ErrorCode {
             ErrorCode::ForbiddenDestination => "forbidden_destination",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::ForbiddenWorkload => "forbidden_workload",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::UnsupportedMediaType => "unsupported_media_type",
+            ErrorCode::RequestTimeout => "request_timeout",
             ErrorCode::Internal => "internal",
         }
     }
@@ -142,6 +163,11 @@ impl ErrorCode {
             ErrorCode::ForbiddenDestination => 403,
             ErrorCode::RateLimited => 429,
             ErrorCode::ForbiddenWorkload => 403,
+            ErrorCode::Conflict => 409,
+            ErrorCode::MethodNotAllowed => 405,
+            ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::UnsupportedMediaType => 415,
+            ErrorCode::RequestTimeout => 408,
             ErrorCode::Internal => 500,
         }
     }

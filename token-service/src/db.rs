@@ -91,6 +91,18 @@ impl Db {
         self.backend
     }
 
+    /// A transaction that reads and then writes. On SQLite `BEGIN IMMEDIATE`
+    /// takes the write lock up front: a deferred transaction that upgrades
+    /// from read to write fails at once with `database is locked` (the busy
+    /// timeout does not apply to an upgrade), while this one waits its turn.
+    /// On PostgreSQL lock the rows the decision depends on (`FOR UPDATE`).
+    pub async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+        match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => self.pool.begin().await,
+        }
+    }
+
     pub async fn ping(&self) -> Result<(), sqlx::Error> {
         sqlx::query("SELECT 1")
             .execute(&self.pool)
