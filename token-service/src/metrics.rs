@@ -56,6 +56,8 @@ pub struct Metrics {
     lease_wait_micros: AtomicU64,
     lease_takeovers: AtomicU64,
     lease_lost: AtomicU64,
+    forced_refreshes: AtomicU64,
+    forced_refreshes_refused: AtomicU64,
     provider_calls: [AtomicU64; 2],
     lookup_buckets: [AtomicU64; LOOKUP_BUCKETS.len()],
     lookup_count: AtomicU64,
@@ -120,6 +122,17 @@ impl Metrics {
         inc(&self.lease_takeovers);
     }
 
+    /// A lookup's `force_refresh` went to the provider.
+    pub fn forced_refresh_done(&self) {
+        inc(&self.forced_refreshes);
+    }
+
+    /// A lookup's `force_refresh` was answered with the current token: the
+    /// last one is younger than the forced-refresh interval.
+    pub fn forced_refresh_refused(&self) {
+        inc(&self.forced_refreshes_refused);
+    }
+
     /// A refresh finished after its lease had been taken over.
     pub fn lease_lost(&self) {
         inc(&self.lease_lost);
@@ -170,7 +183,7 @@ impl Metrics {
                 load(&self.refreshes[outcome as usize])
             );
         }
-        let counters: [(&str, &str, &AtomicU64); 6] = [
+        let counters: [(&str, &str, &AtomicU64); 8] = [
             (
                 "authstamp_background_refreshes_total",
                 "Refresh attempts started by the background refresher (also in authstamp_refreshes_total).",
@@ -200,6 +213,16 @@ impl Metrics {
                 "authstamp_refresh_lease_lost_total",
                 "Refreshes that finished after their lease had expired.",
                 &self.lease_lost,
+            ),
+            (
+                "authstamp_forced_refreshes_total",
+                "Refreshes forced by a lookup's force_refresh (a provider 401) that went to the provider.",
+                &self.forced_refreshes,
+            ),
+            (
+                "authstamp_forced_refresh_refused_total",
+                "Forced refreshes refused within --forced-refresh-interval: the current token was served.",
+                &self.forced_refreshes_refused,
             ),
         ];
         for (name, help, counter) in counters {

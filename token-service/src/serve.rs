@@ -51,6 +51,7 @@ pub async fn run(args: ServeArgs, env: SecretEnv) -> anyhow::Result<()> {
                 background_window: args.background_window,
                 keepalive: args.keepalive,
                 failure_cooldown: args.failure_cooldown,
+                forced_refresh_interval: args.forced_refresh_interval,
             },
             max_failure_cooldown: args.max_failure_cooldown,
             provider_timeout: args.provider_timeout,
