@@ -32,8 +32,11 @@ impl Db {
         let (url, backend) = match database_url.map(str::trim).filter(|u| !u.is_empty()) {
             None => {
                 crate::config::create_private_dir(data_dir)?;
+                crate::files::warn_if_dir_open(data_dir);
+                let file = data_dir.join(SQLITE_FILE);
+                crate::files::prepare_sqlite_file(&file)?;
                 let url = SqliteConnectOptions::new()
-                    .filename(data_dir.join(SQLITE_FILE))
+                    .filename(file)
                     .create_if_missing(true)
                     .to_url_lossy();
                 (url.to_string(), Backend::Sqlite)

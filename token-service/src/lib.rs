@@ -17,6 +17,7 @@ pub mod credentials;
 pub mod db;
 pub mod discovery;
 pub mod error;
+pub mod files;
 pub mod html;
 pub mod keys;
 pub mod lifecycle;

@@ -382,3 +382,65 @@ async fn cli_admin_commands_then_a_connect_flow_over_http() {
             .unwrap_or_else(|_| panic!("not a JSON log line: {line}"));
     }
 }
+
+fn mode_of(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// The data directory is 0700, the database (with -wal and -shm) and the
+/// secret files 0600; a secret file open to others refuses the start with
+/// the chmod to run, a wider data directory or database is warned about.
+#[test]
+fn files_at_rest_are_private_and_open_secret_files_refuse_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let serve = || {
+        let mut cmd = command(&data);
+        cmd.args(["serve", "--local", "--listen", "127.0.0.1:0"]);
+        cmd
+    };
+    let server = Server::start(serve());
+    assert_eq!(mode_of(&data), 0o700);
+    let files = [
+        "authstamp.db",
+        "authstamp.db-wal",
+        "authstamp.db-shm",
+        "master.key",
+        "admin.token",
+    ]
+    .map(|name| data.join(name));
+    for file in &files {
+        assert_eq!(mode_of(file), 0o600, "{}", file.display());
+    }
+    server.stop();
+
+    for secret in ["master.key", "admin.token"] {
+        let path = data.join(secret);
+        set_mode(&path, 0o644);
+        let output = serve().output().unwrap();
+        assert!(!output.status.success(), "started with {secret} 0644");
+        assert!(output.stdout.is_empty());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            stderr.contains(&format!("chmod 600 {}", path.display())),
+            "{stderr}"
+        );
+        set_mode(&path, 0o600);
+    }
+
+    set_mode(&data, 0o755);
+    set_mode(&data.join("authstamp.db"), 0o644);
+    let server = Server::start(serve());
+    assert_eq!(mode_of(&data.join("authstamp.db")), 0o600, "tightened");
+    let logs = server.stop();
+    assert!(
+        logs.contains(&format!("chmod 700 {}", data.display())),
+        "{logs}"
+    );
+}
