@@ -230,7 +230,8 @@ async fn malformed_inputs_get_their_error_and_leave_the_vault_unchanged() {
     );
     let long_user = "u".repeat(257);
 
-    let cases = vec![
+    let cases =
+        vec![
         // --- the filter, through Envoy ---
         with("missing user", 400, bad, p, b"", a, k),
         with("missing provider", 400, bad, b"", b"victor", a, k),
@@ -377,8 +378,9 @@ async fn malformed_inputs_get_their_error_and_leave_the_vault_unchanged() {
         )),
         service("lookup: user of 300 bytes", 400, bad).json(lookup(&"u".repeat(300))),
         service("lookup: user with a control character", 400, bad).json(lookup("a\\u0007b")),
-        service("lookup: body over 64 KiB", 400, bad).json(lookup(&"u".repeat(70_000))),
-        service("lookup: not JSON content type", 400, bad)
+        service("lookup: body over 64 KiB", 413, Some("payload_too_large"))
+            .json(lookup(&"u".repeat(70_000))),
+        service("lookup: not JSON content type", 415, Some("unsupported_media_type"))
             .body(lookup("victor").into_bytes())
             .header("content-type", "text/plain"),
         service("lookup: non-UTF-8 JSON", 400, bad)

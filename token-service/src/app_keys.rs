@@ -237,8 +237,7 @@ pub async fn rotate_handler(
     ApiPath(app_id): ApiPath<String>,
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<(StatusCode, Json<NewKey>), ApiError> {
-    let body = body
-        .map_err(|_| ApiError::bad_request("request body is unreadable or larger than 64 KiB"))?;
+    let body = body.map_err(|rejection| ApiError::for_status(rejection.status()))?;
     let input = if body.iter().all(u8::is_ascii_whitespace) {
         RotateKey::default()
     } else {

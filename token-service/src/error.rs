@@ -120,11 +120,60 @@ impl From<crate::vault::VaultError> for ApiError {
 
 impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            return Self::bad_request("request body is larger than 64 KiB");
+        match rejection.status() {
+            StatusCode::PAYLOAD_TOO_LARGE | StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+                Self::for_status(rejection.status())
+            }
+            _ => Self::bad_request(rejection.body_text()),
         }
-        Self::bad_request(rejection.body_text())
     }
+}
+
+impl ApiError {
+    /// The error for a status that axum or a layer answered by itself; a
+    /// fixed message, never the original body.
+    pub fn for_status(status: StatusCode) -> Self {
+        let (code, message) = match status {
+            StatusCode::NOT_FOUND => (ErrorCode::NotFound, "no such endpoint"),
+            StatusCode::METHOD_NOT_ALLOWED => (
+                ErrorCode::MethodNotAllowed,
+                "method not allowed for this endpoint (see the Allow header)",
+            ),
+            StatusCode::REQUEST_TIMEOUT => (ErrorCode::RequestTimeout, "the request took too long"),
+            StatusCode::PAYLOAD_TOO_LARGE => (
+                ErrorCode::PayloadTooLarge,
+                "request body is larger than 64 KiB",
+            ),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => (
+                ErrorCode::UnsupportedMediaType,
+                "send the body as JSON with content-type: application/json",
+            ),
+            StatusCode::UNAUTHORIZED => (ErrorCode::Unauthorized, "authentication required"),
+            s if s.is_server_error() => (ErrorCode::Internal, "internal error"),
+            _ => (ErrorCode::BadRequest, "the request is invalid"),
+        };
+        Self::new(code, message)
+    }
+}
+
+/// Response layer: an error answered outside our handlers (axum's
+/// rejections and fallbacks, body limits) becomes `{"error","message"}` with
+/// `x-authstamp-error`. Other headers (`Allow`, `Retry-After`) are kept.
+pub async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error())
+        || response.headers().contains_key(headers::ERROR)
+    {
+        return response;
+    }
+    let (mut parts, _plain) = response.into_parts();
+    let (json, body) = ApiError::for_status(status).into_response().into_parts();
+    parts.status = json.status;
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    for (name, value) in &json.headers {
+        parts.headers.insert(name.clone(), value.clone());
+    }
+    Response::from_parts(parts, body)
 }
 
 impl From<PathRejection> for ApiError {
@@ -173,5 +222,5 @@ pub async fn not_found_fallback() -> ApiError {
 }
 
 pub async fn method_not_allowed_fallback() -> ApiError {
-    ApiError::bad_request("method not allowed for this endpoint")
+    ApiError::for_status(StatusCode::METHOD_NOT_ALLOWED)
 }

@@ -308,6 +308,7 @@ pub fn app(state: AppState) -> Router {
         .fallback(error::not_found_fallback)
         .method_not_allowed_fallback(error::method_not_allowed_fallback)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::map_response(error::json_errors))
         .layer(axum::middleware::from_fn(logging::log_request))
         .with_state(state)
 }
