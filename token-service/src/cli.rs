@@ -308,6 +308,8 @@ pub struct ServeArgs {
     /// once per this interval; within it the current token is served (0s: no bound).
     #[arg(long, env = "AUTHSTAMP_FORCED_REFRESH_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
     pub forced_refresh_interval: Duration,
+    #[command(flatten)]
+    pub http: crate::server::HttpLimits,
 }
 
 #[derive(Debug, Subcommand)]

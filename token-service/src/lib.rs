@@ -31,6 +31,7 @@ pub mod refresh;
 pub mod secrets;
 pub mod seed;
 pub mod serve;
+pub mod server;
 pub mod store;
 pub mod template;
 pub mod validate;

@@ -11,6 +11,7 @@ use std::io::Write as _;
 
 pub async fn run(args: ServeArgs, env: SecretEnv) -> anyhow::Result<()> {
     let store = &args.store;
+    args.http.validate()?;
     // Secrets first: without a key nothing else happens.
     let vault = crate::cli::load_vault(store, &env)?;
     let admin_token = config::load_admin_token(
@@ -86,8 +87,7 @@ pub async fn run(args: ServeArgs, env: SecretEnv) -> anyhow::Result<()> {
     let key_poller = tokio::spawn(crate::keys::run_poller(state.clone(), async move {
         let _ = stop_keys.wait_for(|stop| *stop).await;
     }));
-    let served = axum::serve(listener, app(state.clone()))
-        .with_graceful_shutdown(shutdown)
+    let served = crate::server::serve(listener, app(state.clone()), args.http, shutdown)
         .await
         .context("server error");
     let _ = stop_tx.send(true);

@@ -17,7 +17,21 @@ use std::time::{Duration, Instant};
 const BIN: &str = env!("CARGO_BIN_EXE_authstamp");
 
 fn command(data_dir: &Path) -> Command {
-    let mut cmd = Command::new(BIN);
+    with_test_env(Command::new(BIN), data_dir)
+}
+
+/// `authstamp` with at most `limit` open file descriptors (`ulimit -n`).
+fn command_with_fd_limit(data_dir: &Path, limit: u32) -> Command {
+    let mut cmd = Command::new("sh");
+    cmd.args([
+        "-c",
+        &format!("ulimit -n {limit} && exec \"$0\" \"$@\""),
+        BIN,
+    ]);
+    with_test_env(cmd, data_dir)
+}
+
+fn with_test_env(mut cmd: Command, data_dir: &Path) -> Command {
     for (name, _) in std::env::vars() {
         if name.starts_with("AUTHSTAMP_") {
             cmd.env_remove(name);
@@ -539,5 +553,125 @@ async fn errors_outside_the_handlers_are_json() {
     // any router sees it (400, empty body); Envoy in front maps those.
     let (status, _, body) = raw_exchange(&server.url, b"NOT HTTP\r\n\r\n").await;
     assert_eq!((status, body.as_str()), (400, ""));
+    server.stop();
+}
+
+/// 300 slowloris connections (headers never finished) against a service
+/// limited to 256 file descriptors: each is closed after the header read
+/// timeout, and a normal client keeps being answered meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn slow_clients_are_closed_while_normal_clients_are_answered() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = command_with_fd_limit(&dir.path().join("data"), 256);
+    cmd.args([
+        "serve",
+        "--local",
+        "--listen",
+        "127.0.0.1:0",
+        "--header-read-timeout",
+        "2s",
+    ]);
+    let server = Server::start(cmd);
+    let addr = server.url.strip_prefix("http://").unwrap().to_owned();
+
+    let started = Instant::now();
+    let mut slow = tokio::task::JoinSet::new();
+    for _ in 0..300 {
+        let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\nx-slow: ")
+            .await
+            .unwrap();
+        slow.spawn(async move {
+            // EOF or reset: the service closed it.
+            let mut buf = [0u8; 256];
+            let closed = tokio::time::timeout(Duration::from_secs(20), async {
+                loop {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {}
+                    }
+                }
+            })
+            .await;
+            closed.is_ok()
+        });
+    }
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let normal = async {
+        let mut answered = 0;
+        let mut slowest = Duration::ZERO;
+        while started.elapsed() < Duration::from_secs(6) {
+            let sent = Instant::now();
+            let reply = client
+                .get(format!("{}/v1/catalog", server.url))
+                .send()
+                .await
+                .expect("a normal client is answered");
+            assert_eq!(reply.status(), 200);
+            slowest = slowest.max(sent.elapsed());
+            answered += 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        (answered, slowest)
+    };
+    let ((answered, slowest), closed) = tokio::join!(normal, slow.join_all());
+    assert_eq!(closed.len(), 300);
+    assert!(
+        closed.iter().all(|c| *c),
+        "{} slow connections still open after 20 s",
+        closed.iter().filter(|c| !**c).count()
+    );
+    assert!(answered >= 5, "{answered} answers");
+    // At worst a new client waits for one header timeout to free a descriptor.
+    assert!(
+        slowest < Duration::from_secs(5),
+        "slowest answer {slowest:?}"
+    );
+    server.stop();
+}
+
+/// A kept-alive connection without traffic is closed after --idle-timeout,
+/// well before the header read timeout.
+#[tokio::test]
+async fn idle_keep_alive_connections_are_closed() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = command(&dir.path().join("data"));
+    cmd.args([
+        "serve",
+        "--local",
+        "--listen",
+        "127.0.0.1:0",
+        "--idle-timeout",
+        "1s",
+        "--header-read-timeout",
+        "20s",
+    ]);
+    let server = Server::start(cmd);
+    let addr = server.url.strip_prefix("http://").unwrap();
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = stream.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    let answered = Instant::now();
+    let end = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf))
+        .await
+        .expect("closed by the service");
+    assert!(matches!(end, Ok(0) | Err(_)));
+    let idle = answered.elapsed();
+    assert!(
+        idle >= Duration::from_millis(800) && idle < Duration::from_secs(5),
+        "closed after {idle:?}"
+    );
     server.stop();
 }

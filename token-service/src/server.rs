@@ -1,0 +1,402 @@
+//! The HTTP/1.1 server of `authstamp serve`: hyper with a header read
+//! timeout, a request timeout answered as JSON, an idle keep-alive timeout
+//! and a cap on open connections, so that slow or idle clients cannot hold
+//! the service's file descriptors.
+
+use crate::error::ApiError;
+use authstamp_protocol::ErrorCode;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tower::ServiceExt as _;
+
+/// Limits of the HTTP server (flags of `authstamp serve`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::Args)]
+pub struct HttpLimits {
+    /// A client must send a request's headers within this time, counted from
+    /// when the connection opens or the previous answer was sent; else the
+    /// connection is closed (slowloris).
+    #[arg(long, env = "AUTHSTAMP_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub header_read_timeout: Duration,
+    /// A request not answered within this time gets 408 `request_timeout`
+    /// (longer than a refresh lease, so a lookup waiting for a refresh fits).
+    #[arg(long, env = "AUTHSTAMP_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub request_timeout: Duration,
+    /// A kept-alive connection without traffic and without a request in
+    /// flight is closed after this time.
+    #[arg(long, env = "AUTHSTAMP_IDLE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
+    /// Open connections at most; further clients wait in the listen backlog.
+    /// Keep it below the process's file descriptor limit (`ulimit -n`).
+    #[arg(long, env = "AUTHSTAMP_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: u32,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 1024,
+        }
+    }
+}
+
+impl HttpLimits {
+    pub fn validate(&self) -> anyhow::Result<()> {
+        for (flag, value) in [
+            ("--header-read-timeout", self.header_read_timeout),
+            ("--request-timeout", self.request_timeout),
+            ("--idle-timeout", self.idle_timeout),
+        ] {
+            if value.is_zero() {
+                anyhow::bail!("{flag} must be longer than 0s");
+            }
+        }
+        let most = u32::try_from(Semaphore::MAX_PERMITS).unwrap_or(u32::MAX);
+        if self.max_connections == 0 || self.max_connections > most {
+            anyhow::bail!("--max-connections must be between 1 and {most}");
+        }
+        Ok(())
+    }
+}
+
+/// Adds the request timeout to `router` and serves it on `listener` until
+/// `shutdown` completes; then waits for the open connections to finish.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: HttpLimits,
+    shutdown: impl Future<Output = ()>,
+) -> io::Result<()> {
+    let router = router.layer(axum::middleware::from_fn_with_state(
+        limits.request_timeout,
+        request_timeout,
+    ));
+    let slots = Arc::new(Semaphore::new(limits.max_connections as usize));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut accept_errors = AcceptErrors::default();
+    tokio::pin!(shutdown);
+    loop {
+        let slot = tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            slot = slots.clone().acquire_owned() => slot.map_err(io::Error::other)?,
+        };
+        let stream = tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(err) => {
+                    accept_errors.wait(&err).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(serve_connection(
+            stream,
+            router.clone(),
+            limits,
+            stop_rx.clone(),
+            slot,
+        ));
+    }
+    drop(listener);
+    let _ = stop_tx.send(true);
+    // Every connection holds a slot until it is closed.
+    let _all = slots.acquire_many(limits.max_connections).await;
+    Ok(())
+}
+
+/// Out of descriptors (EMFILE) and the like: wait a little instead of
+/// spinning, and log at most once a second.
+#[derive(Default)]
+struct AcceptErrors {
+    last_logged: Option<Instant>,
+}
+
+impl AcceptErrors {
+    async fn wait(&mut self, err: &io::Error) {
+        if matches!(
+            err.kind(),
+            io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset
+        ) {
+            return;
+        }
+        if self
+            .last_logged
+            .is_none_or(|at| at.elapsed() >= Duration::from_secs(1))
+        {
+            tracing::warn!(error = %err, "could not accept a connection (out of file descriptors? lower --max-connections or raise ulimit -n)");
+            self.last_logged = Some(Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    router: Router,
+    limits: HttpLimits,
+    mut stop: watch::Receiver<bool>,
+    _slot: OwnedSemaphorePermit,
+) {
+    let activity = Arc::new(Activity::new());
+    let io = TokioIo::new(Tracked {
+        inner: stream,
+        activity: activity.clone(),
+    });
+    let requests = activity.clone();
+    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+        let router = router.clone();
+        let in_flight = InFlight::enter(requests.clone());
+        async move {
+            let _in_flight = in_flight;
+            router.oneshot(request.map(Body::new)).await
+        }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .keep_alive(true);
+    let connection = builder.serve_connection(io, service);
+    tokio::pin!(connection);
+    let mut closing = false;
+    loop {
+        let idle_left = limits.idle_timeout.saturating_sub(activity.idle_for());
+        tokio::select! {
+            served = connection.as_mut() => {
+                if let Err(err) = served {
+                    tracing::debug!(error = %err, "connection ended with an error");
+                }
+                break;
+            }
+            _ = stop.wait_for(|stop| *stop), if !closing => {
+                connection.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            () = tokio::time::sleep(idle_left), if !closing => {
+                if activity.in_flight() == 0 && activity.idle_for() >= limits.idle_timeout {
+                    connection.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            }
+        }
+    }
+}
+
+/// When a connection last moved bytes, and how many requests it has open.
+struct Activity {
+    opened: Instant,
+    last_ms: AtomicU64,
+    in_flight: AtomicUsize,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            opened: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            in_flight: AtomicUsize::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn idle_for(&self) -> Duration {
+        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+        self.opened.elapsed().saturating_sub(last)
+    }
+
+    fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts a request as in flight until its response is ready.
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn enter(activity: Arc<Activity>) -> Self {
+        activity.in_flight.fetch_add(1, Ordering::Relaxed);
+        Self(activity)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.touch();
+    }
+}
+
+/// A stream that records its last read or write in [`Activity`].
+struct Tracked {
+    inner: TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl AsyncRead for Tracked {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.activity.touch();
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Tracked {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        polled
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.activity.touch();
+        }
+        polled
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// 408 `request_timeout` for a request not answered within the limit. A
+/// refresh the request started goes on in its own task.
+async fn request_timeout(State(limit): State<Duration>, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::new(
+            ErrorCode::RequestTimeout,
+            format!(
+                "the request was not answered within {}",
+                humantime::format_duration(limit)
+            ),
+        )
+        .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::routing::get;
+    use tokio::io::AsyncWriteExt as _;
+
+    async fn start(router: Router, limits: HttpLimits) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(serve(listener, router, limits, std::future::pending()));
+        format!("http://{addr}")
+    }
+
+    #[tokio::test]
+    async fn a_request_over_the_request_timeout_is_answered_408_in_json() {
+        let router = Router::new().route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                "late"
+            }),
+        );
+        let limits = HttpLimits {
+            request_timeout: Duration::from_millis(200),
+            ..HttpLimits::default()
+        };
+        let url = start(router, limits).await;
+        let started = Instant::now();
+        let reply = reqwest::get(format!("{url}/slow")).await.unwrap();
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert_eq!(reply.status(), 408);
+        assert_eq!(reply.headers()["x-authstamp-error"], "request_timeout");
+        let body: serde_json::Value = reply.json().await.unwrap();
+        assert_eq!(body["error"], "request_timeout");
+        assert!(body["message"].as_str().unwrap().contains("200ms"));
+    }
+
+    #[tokio::test]
+    async fn past_max_connections_a_client_waits_for_a_free_slot() {
+        let router = Router::new().route("/", get(|| async { "ok" }));
+        let limits = HttpLimits {
+            max_connections: 1,
+            header_read_timeout: Duration::from_millis(500),
+            ..HttpLimits::default()
+        };
+        let url = start(router, limits).await;
+        // First in the listen backlog, so it takes the only slot, until the
+        // header timeout closes it.
+        let mut slow = TcpStream::connect(url.trim_start_matches("http://"))
+            .await
+            .unwrap();
+        slow.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        let started = Instant::now();
+        let reply = reqwest::get(&url).await.unwrap();
+        assert_eq!(reply.status(), 200);
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_millis(300), "waited {waited:?}");
+    }
+
+    #[test]
+    fn limits_are_validated() {
+        assert!(HttpLimits::default().validate().is_ok());
+        let zero = HttpLimits {
+            max_connections: 0,
+            ..HttpLimits::default()
+        };
+        assert!(zero.validate().is_err());
+        let instant = HttpLimits {
+            header_read_timeout: Duration::ZERO,
+            ..HttpLimits::default()
+        };
+        assert!(instant.validate().is_err());
+    }
+}
