@@ -515,8 +515,8 @@ async fn malformed_inputs_get_their_error_and_leave_the_vault_unchanged() {
             "admin: provider body of 1 MiB",
             "PUT",
             provider_path.clone(),
-            400,
-            bad,
+            413,
+            Some("payload_too_large"),
         )
         .json(format!(r#"{{"client_id": "{}"}}"#, "c".repeat(1 << 20))),
         admin(
@@ -528,7 +528,7 @@ async fn malformed_inputs_get_their_error_and_leave_the_vault_unchanged() {
         )
         .json(r#"{"grace": "forever"}"#),
         case("unknown endpoint", To::Service, 404, Some("not_found")).path("/v1/nothing-here"),
-        case("wrong method", To::Service, 400, bad).path("/v1/token-lookup"),
+        case("wrong method", To::Service, 405, Some("method_not_allowed")).path("/v1/token-lookup"),
     ];
     assert!(cases.len() >= 40, "{} cases", cases.len());
 
