@@ -11,7 +11,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -28,16 +28,16 @@ use tower::ServiceExt as _;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::Args)]
 pub struct HttpLimits {
     /// A client must send a request's headers within this time, counted from
-    /// when the connection opens or the previous answer was sent; else the
-    /// connection is closed (slowloris).
+    /// when the connection opens or, on a kept-alive connection, from the
+    /// request's first byte; else the connection is closed (slowloris).
     #[arg(long, env = "AUTHSTAMP_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub header_read_timeout: Duration,
     /// A request not answered within this time gets 408 `request_timeout`
     /// (longer than a refresh lease, so a lookup waiting for a refresh fits).
     #[arg(long, env = "AUTHSTAMP_REQUEST_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
-    /// A kept-alive connection without traffic and without a request in
-    /// flight is closed after this time.
+    /// A kept-alive connection waiting for its next request, no byte of it
+    /// sent yet, is closed after this time.
     #[arg(long, env = "AUTHSTAMP_IDLE_TIMEOUT", default_value = "60s", value_parser = humantime::parse_duration)]
     pub idle_timeout: Duration,
     /// Open connections at most; further clients wait in the listen backlog.
@@ -172,16 +172,15 @@ async fn serve_connection(
             router.oneshot(request.map(Body::new)).await
         }
     });
+    // Header and idle timeouts are ours (below): hyper's header read timeout
+    // would also run while a kept-alive connection waits for its next request.
     let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .keep_alive(true);
+    builder.header_read_timeout(None).keep_alive(true);
     let connection = builder.serve_connection(io, service);
     tokio::pin!(connection);
     let mut closing = false;
     loop {
-        let idle_left = limits.idle_timeout.saturating_sub(activity.idle_for());
+        let deadline = activity.deadline(&limits);
         tokio::select! {
             served = connection.as_mut() => {
                 if let Err(err) = served {
@@ -193,21 +192,55 @@ async fn serve_connection(
                 connection.as_mut().graceful_shutdown();
                 closing = true;
             }
-            () = tokio::time::sleep(idle_left), if !closing => {
-                if activity.in_flight() == 0 && activity.idle_for() >= limits.idle_timeout {
-                    connection.as_mut().graceful_shutdown();
-                    closing = true;
+            () = activity.changed.notified() => {}
+            () = tokio::time::sleep_until(deadline.at.into()), if !closing => {
+                // Re-checked: a request may have begun meanwhile.
+                if activity.deadline(&limits).at <= Instant::now() {
+                    match deadline.kind {
+                        // Dropping the connection closes the socket at once.
+                        Wait::Head => break,
+                        Wait::Idle => {
+                            connection.as_mut().graceful_shutdown();
+                            closing = true;
+                        }
+                        Wait::Request => {}
+                    }
                 }
             }
         }
     }
 }
 
-/// When a connection last moved bytes, and how many requests it has open.
+/// What a connection is waiting for, and until when.
+#[derive(Clone, Copy)]
+struct Deadline {
+    at: Instant,
+    kind: Wait,
+}
+
+#[derive(Clone, Copy)]
+enum Wait {
+    /// The head of a request: the first one, or one whose first bytes came.
+    Head,
+    /// The next request on a kept-alive connection, no bytes yet.
+    Idle,
+    /// A request in flight (bounded by the request timeout layer).
+    Request,
+}
+
+/// A connection's timeline: milliseconds since it opened.
 struct Activity {
     opened: Instant,
+    /// Last byte read or written.
     last_ms: AtomicU64,
+    /// When the first byte of a request head not yet complete arrived, plus
+    /// one; 0: none pending.
+    head_started_ms: AtomicU64,
+    /// Requests begun on this connection.
+    requests: AtomicU64,
     in_flight: AtomicUsize,
+    /// Wakes the connection's timer when what it waits for changes.
+    changed: tokio::sync::Notify,
 }
 
 impl Activity {
@@ -215,22 +248,68 @@ impl Activity {
         Self {
             opened: Instant::now(),
             last_ms: AtomicU64::new(0),
+            head_started_ms: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
             in_flight: AtomicUsize::new(0),
+            changed: tokio::sync::Notify::new(),
         }
     }
 
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn at(&self, ms: u64) -> Instant {
+        self.opened + Duration::from_millis(ms)
+    }
+
     fn touch(&self) {
-        let ms = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_ms.store(ms, Ordering::Relaxed);
+        self.last_ms.store(self.now_ms(), Ordering::Relaxed);
     }
 
-    fn idle_for(&self) -> Duration {
-        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
-        self.opened.elapsed().saturating_sub(last)
+    /// Bytes came in: between requests they start a request head.
+    fn read(&self) {
+        let now = self.now_ms();
+        self.last_ms.store(now, Ordering::Relaxed);
+        if self.in_flight.load(Ordering::Relaxed) == 0
+            && self
+                .head_started_ms
+                .compare_exchange(
+                    0,
+                    now.saturating_add(1),
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+        {
+            self.changed.notify_one();
+        }
     }
 
-    fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::Relaxed)
+    fn deadline(&self, limits: &HttpLimits) -> Deadline {
+        if self.in_flight.load(Ordering::Relaxed) > 0 {
+            return Deadline {
+                at: Instant::now() + limits.header_read_timeout,
+                kind: Wait::Request,
+            };
+        }
+        let head_started = self.head_started_ms.load(Ordering::Relaxed);
+        if self.requests.load(Ordering::Relaxed) == 0 {
+            return Deadline {
+                at: self.opened + limits.header_read_timeout,
+                kind: Wait::Head,
+            };
+        }
+        if head_started > 0 {
+            return Deadline {
+                at: self.at(head_started - 1) + limits.header_read_timeout,
+                kind: Wait::Head,
+            };
+        }
+        Deadline {
+            at: self.at(self.last_ms.load(Ordering::Relaxed)) + limits.idle_timeout,
+            kind: Wait::Idle,
+        }
     }
 }
 
@@ -240,6 +319,9 @@ struct InFlight(Arc<Activity>);
 impl InFlight {
     fn enter(activity: Arc<Activity>) -> Self {
         activity.in_flight.fetch_add(1, Ordering::Relaxed);
+        activity.requests.fetch_add(1, Ordering::Relaxed);
+        activity.head_started_ms.store(0, Ordering::Relaxed);
+        activity.changed.notify_one();
         Self(activity)
     }
 }
@@ -248,6 +330,7 @@ impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
         self.0.touch();
+        self.0.changed.notify_one();
     }
 }
 
@@ -266,7 +349,7 @@ impl AsyncRead for Tracked {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
-            self.activity.touch();
+            self.activity.read();
         }
         polled
     }
@@ -383,6 +466,42 @@ mod tests {
         assert_eq!(reply.status(), 200);
         let waited = started.elapsed();
         assert!(waited >= Duration::from_millis(300), "waited {waited:?}");
+    }
+
+    /// The header timeout counts from a request's first byte: a kept-alive
+    /// connection waits for its next request up to the idle timeout, and a
+    /// request head started but not finished is cut at the header timeout.
+    #[tokio::test]
+    async fn kept_alive_connections_wait_idle_but_slow_heads_are_cut() {
+        use tokio::io::AsyncReadExt as _;
+        let router = Router::new().route("/", get(|| async { "ok" }));
+        let limits = HttpLimits {
+            header_read_timeout: Duration::from_millis(300),
+            idle_timeout: Duration::from_secs(10),
+            ..HttpLimits::default()
+        };
+        let url = start(router, limits).await;
+        let mut stream = TcpStream::connect(url.trim_start_matches("http://"))
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 1024];
+        for _ in 0..2 {
+            stream
+                .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+                .await
+                .unwrap();
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+            // Three header timeouts of keep-alive, well inside the idle one.
+            tokio::time::sleep(Duration::from_millis(900)).await;
+        }
+        stream.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        let started = Instant::now();
+        let end = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf))
+            .await
+            .unwrap();
+        assert!(matches!(end, Ok(0) | Err(_)), "{end:?}");
+        assert!(started.elapsed() < Duration::from_secs(2));
     }
 
     #[test]
