@@ -193,12 +193,15 @@ async fn serve_connection(
                 closing = true;
             }
             () = activity.changed.notified() => {}
-            () = tokio::time::sleep_until(deadline.at.into()), if !closing => {
+            // Also while closing: a graceful shutdown waits for a started
+            // request head, which a slow client would never finish.
+            () = tokio::time::sleep_until(deadline.at.into()) => {
                 // Re-checked: a request may have begun meanwhile.
                 if activity.deadline(&limits).at <= Instant::now() {
                     match deadline.kind {
                         // Dropping the connection closes the socket at once.
                         Wait::Head => break,
+                        Wait::Idle if closing => break,
                         Wait::Idle => {
                             connection.as_mut().graceful_shutdown();
                             closing = true;
@@ -502,6 +505,34 @@ mod tests {
             .unwrap();
         assert!(matches!(end, Ok(0) | Err(_)), "{end:?}");
         assert!(started.elapsed() < Duration::from_secs(2));
+    }
+
+    #[tokio::test]
+    async fn shutdown_does_not_wait_for_a_slow_client() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let limits = HttpLimits {
+            header_read_timeout: Duration::from_secs(1),
+            ..HttpLimits::default()
+        };
+        let router = Router::new().route("/", get(|| async { "ok" }));
+        let server = tokio::spawn(serve(listener, router, limits, async {
+            let _ = stopped.await;
+        }));
+        let mut slow = TcpStream::connect(addr).await.unwrap();
+        slow.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        // Served once: the slow connection was accepted before it.
+        let reply = reqwest::get(format!("http://{addr}/")).await.unwrap();
+        assert_eq!(reply.status(), 200);
+        let started = Instant::now();
+        stop.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .expect("shutdown finishes")
+            .unwrap()
+            .unwrap();
+        assert!(started.elapsed() < Duration::from_secs(3));
     }
 
     #[test]
