@@ -157,12 +157,19 @@ impl ApiError {
 }
 
 /// Response layer: an error answered outside our handlers (axum's
-/// rejections and fallbacks, body limits) becomes `{"error","message"}` with
-/// `x-authstamp-error`. Other headers (`Allow`, `Retry-After`) are kept.
+/// rejections and fallbacks, body limits: plain text or no body) becomes
+/// `{"error","message"}` with `x-authstamp-error`. Other headers (`Allow`,
+/// `Retry-After`) are kept; a handler's own page (HTML, JSON) is left alone.
 pub async fn json_errors(response: Response) -> Response {
     let status = response.status();
+    let own_body = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| !ct.starts_with("text/plain"));
     if !(status.is_client_error() || status.is_server_error())
         || response.headers().contains_key(headers::ERROR)
+        || own_body
     {
         return response;
     }
@@ -223,4 +230,55 @@ pub async fn not_found_fallback() -> ApiError {
 
 pub async fn method_not_allowed_fallback() -> ApiError {
     ApiError::for_status(StatusCode::METHOD_NOT_ALLOWED)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+
+    async fn mapped(response: Response) -> (StatusCode, Option<String>, String) {
+        let response = json_errors(response).await;
+        let status = response.status();
+        let code = response
+            .headers()
+            .get(headers::ERROR)
+            .map(|v| v.to_str().unwrap().to_owned());
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        (status, code, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn plain_and_empty_errors_become_json_and_own_pages_stay() {
+        let plain = (StatusCode::PAYLOAD_TOO_LARGE, "Length limit exceeded").into_response();
+        let (status, code, body) = mapped(plain).await;
+        assert_eq!(status, 413);
+        assert_eq!(code.as_deref(), Some("payload_too_large"));
+        assert!(
+            body.starts_with("{\"error\":\"payload_too_large\""),
+            "{body}"
+        );
+
+        let empty = Response::builder()
+            .status(StatusCode::BAD_GATEWAY)
+            .body(Body::empty())
+            .unwrap();
+        assert_eq!(mapped(empty).await.1.as_deref(), Some("internal"));
+
+        let page = (
+            StatusCode::BAD_REQUEST,
+            axum::response::Html("<p>link expired</p>"),
+        )
+            .into_response();
+        let (status, code, body) = mapped(page).await;
+        assert_eq!(
+            (status, code, body.as_str()),
+            (StatusCode::BAD_REQUEST, None, "<p>link expired</p>")
+        );
+
+        let ok = (StatusCode::OK, "fine").into_response();
+        assert_eq!(mapped(ok).await, (StatusCode::OK, None, "fine".to_owned()));
+    }
 }
