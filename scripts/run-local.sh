@@ -16,7 +16,10 @@ ENVOY_URL=http://127.0.0.1:10000
 AUTHSTAMP=target/debug/authstamp
 STANDIN=target/debug/authstamp-standin
 
-mkdir -p "$RUN_DIR" "$DATA_DIR"
+# The data dir holds the vault and its key: owner only (the service warns
+# about a wider one). chmod also fixes dirs made 0755 by older versions.
+(umask 077 && mkdir -p "$RUN_DIR" "$DATA_DIR")
+chmod 700 "$RUN_DIR" "$DATA_DIR"
 for port in 9100 8080 8081 10000 9901; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
     echo "port $port is in use: stop whatever listens there first" >&2

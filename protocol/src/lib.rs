@@ -101,12 +101,19 @@ pub enum ErrorCode {
     UpstreamUnavailable,
     /// Envoy: the upstream did not answer within the route timeout.
     UpstreamTimeout,
+    /// The request conflicts with the resource's current state (e.g. an app
+    /// already holds its maximum of keys).
+    Conflict,
+    /// The path exists but not for this method.
+    MethodNotAllowed,
+    /// The request body is not of the content type the endpoint accepts.
+    UnsupportedMediaType,
     /// A bug or storage failure; details are in the token service's log.
     Internal,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 27] = [
+    pub const ALL: [ErrorCode; 30] = [
         ErrorCode::BadRequest,
         ErrorCode::Unauthorized,
         ErrorCode::UnknownApp,
@@ -133,6 +140,9 @@ impl ErrorCode {
         ErrorCode::NotImplemented,
         ErrorCode::UpstreamUnavailable,
         ErrorCode::UpstreamTimeout,
+        ErrorCode::Conflict,
+        ErrorCode::MethodNotAllowed,
+        ErrorCode::UnsupportedMediaType,
         ErrorCode::Internal,
     ];
 
@@ -156,6 +166,9 @@ impl ErrorCode {
             ErrorCode::CrossSiteRequest => "cross_site_request",
             ErrorCode::UserMismatch => "user_mismatch",
             ErrorCode::StorageUnavailable => "storage_unavailable",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::UnsupportedMediaType => "unsupported_media_type",
             ErrorCode::Internal => "internal",
             ErrorCode::UpgradeRefused => "upgrade_refused",
             ErrorCode::RequestTimeout => "request_timeout",
@@ -194,6 +207,9 @@ impl ErrorCode {
             ErrorCode::CrossSiteRequest => 403,
             ErrorCode::UserMismatch => 403,
             ErrorCode::StorageUnavailable => 503,
+            ErrorCode::Conflict => 409,
+            ErrorCode::MethodNotAllowed => 405,
+            ErrorCode::UnsupportedMediaType => 415,
             ErrorCode::Internal => 500,
             ErrorCode::UpgradeRefused => 403,
             ErrorCode::RequestTimeout => 408,

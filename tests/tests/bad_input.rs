@@ -397,8 +397,9 @@ async fn malformed_inputs_get_their_error_and_leave_the_vault_unchanged() {
         )),
         filter("lookup: user of 300 bytes", 400, bad).json(lookup(&"u".repeat(300))),
         filter("lookup: user with a control character", 400, bad).json(lookup("a\\u0007b")),
-        filter("lookup: body over 64 KiB", 400, bad).json(lookup(&"u".repeat(70_000))),
-        filter("lookup: not JSON content type", 400, bad)
+        filter("lookup: body over 64 KiB", 413, Some("payload_too_large"))
+            .json(lookup(&"u".repeat(70_000))),
+        filter("lookup: not JSON content type", 415, Some("unsupported_media_type"))
             .body(lookup("victor").into_bytes())
             .header("content-type", "text/plain"),
         filter("lookup: non-UTF-8 JSON", 400, bad)
@@ -535,8 +536,8 @@ async fn malformed_inputs_get_their_error_and_leave_the_vault_unchanged() {
             "admin: provider body of 1 MiB",
             "PUT",
             provider_path.clone(),
-            400,
-            bad,
+            413,
+            Some("payload_too_large"),
         )
         .json(format!(r#"{{"client_id": "{}"}}"#, "c".repeat(1 << 20))),
         admin(
@@ -548,7 +549,7 @@ async fn malformed_inputs_get_their_error_and_leave_the_vault_unchanged() {
         )
         .json(r#"{"grace": "forever"}"#),
         case("unknown endpoint", To::Service, 404, Some("not_found")).path("/v1/nothing-here"),
-        case("wrong method", To::Filter, 400, bad)
+        case("wrong method", To::Filter, 405, Some("method_not_allowed"))
             .path("/v1/token-lookup")
             .header("authorization", &filter_credential),
         // The lookup is not on the app listener, and wants the filter's credential.

@@ -530,6 +530,12 @@ async fn the_compose_setup_prints_commands_that_work() {
     // The filter credential in its own file, as the compose entrypoint makes it.
     let filter_token_file = secrets.join("filter.token");
     std::fs::write(&filter_token_file, authstamp_e2e::filter_token()).unwrap();
+    // Owner only, as the entrypoint's umask makes it (the service refuses wider).
+    std::fs::set_permissions(
+        &filter_token_file,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
     let mut command = Command::new(authstamp_e2e::authstamp_bin());
     command
         .args(["serve", "--local"])

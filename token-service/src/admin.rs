@@ -548,8 +548,7 @@ pub async fn create_app_handler(
     _admin: AdminAuth,
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<(StatusCode, Json<CreatedApp>), ApiError> {
-    let body = body
-        .map_err(|_| ApiError::bad_request("request body is unreadable or larger than 64 KiB"))?;
+    let body = body.map_err(|rejection| ApiError::for_status(rejection.status()))?;
     // Both fields are optional, so an empty body is an empty object.
     let input = if body.iter().all(u8::is_ascii_whitespace) {
         CreateApp::default()

@@ -10,6 +10,7 @@ use crate::error::{ApiError, ApiPath};
 use crate::secrets::{hex, random_bytes, sha256, AppKey, Digest};
 use crate::store::apps;
 use crate::AppState;
+use authstamp_protocol::ErrorCode;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
@@ -87,30 +88,68 @@ async fn require_app(db: &Db, app_id: &str) -> Result<(), ApiError> {
         .ok_or_else(|| ApiError::not_found(format!("no app {app_id:?}")))
 }
 
+/// Inside a [`Db::begin_write`] transaction: the app exists, and concurrent
+/// key changes of this app wait until this transaction ends (PostgreSQL: the
+/// app row's lock; SQLite: the database write lock is already held).
+async fn lock_app(
+    db: &Db,
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    app_id: &str,
+) -> Result<(), ApiError> {
+    let sql = match db.backend() {
+        db::Backend::Sqlite => "SELECT app_id FROM apps WHERE app_id = $1",
+        db::Backend::Postgres => "SELECT app_id FROM apps WHERE app_id = $1 FOR UPDATE",
+    };
+    let found: Option<(String,)> = sqlx::query_as(sql)
+        .bind(app_id)
+        .fetch_optional(&mut **tx)
+        .await?;
+    found
+        .map(|_| ())
+        .ok_or_else(|| ApiError::not_found(format!("no app {app_id:?}")))
+}
+
+async fn count_valid(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    app_id: &str,
+    except_key: Option<&str>,
+    now: i64,
+) -> Result<i64, sqlx::Error> {
+    let (count,): (i64,) = sqlx::query_as(
+        "SELECT COUNT(*) FROM app_keys WHERE app_id = $1 AND key_id <> $2 \
+         AND (expires_at IS NULL OR expires_at > $3)",
+    )
+    .bind(app_id)
+    .bind(except_key.unwrap_or(""))
+    .bind(now)
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok(count)
+}
+
+/// Adds a key. The count check and the insert are one write transaction, so
+/// concurrent rotations never pass [`MAX_KEYS_PER_APP`].
 pub async fn rotate(db: &Db, app_id: &str, input: RotateKey) -> Result<NewKey, ApiError> {
     if input.grace.is_some_and(|g| g > MAX_GRACE) {
         return Err(ApiError::bad_request("grace must be at most 90 days"));
     }
-    require_app(db, app_id).await?;
+    let key = AppKey::generate();
+    let key_id = new_key_id();
+    let mut tx = db.begin_write().await?;
+    lock_app(db, &mut tx, app_id).await?;
     let now = db::now();
-    let (valid,): (i64,) = sqlx::query_as(
-        "SELECT COUNT(*) FROM app_keys WHERE app_id = $1 AND (expires_at IS NULL OR expires_at > $2)",
-    )
-    .bind(app_id)
-    .bind(now)
-    .fetch_one(db.pool())
-    .await?;
+    let valid = count_valid(&mut tx, app_id, None, now).await?;
     if valid >= MAX_KEYS_PER_APP {
-        return Err(ApiError::bad_request(format!(
-            "the app has {valid} valid keys: revoke one first (at most {MAX_KEYS_PER_APP})"
-        )));
+        return Err(ApiError::new(
+            ErrorCode::Conflict,
+            format!(
+                "the app has {valid} valid keys: revoke one first (at most {MAX_KEYS_PER_APP})"
+            ),
+        ));
     }
     let others_expire_at = input
         .grace
         .map(|g| now.saturating_add(i64::try_from(g.as_secs()).unwrap_or(i64::MAX)));
-    let key = AppKey::generate();
-    let key_id = new_key_id();
-    let mut tx = db.pool().begin().await?;
     if let Some(at) = others_expire_at {
         sqlx::query(
             "UPDATE app_keys SET expires_at = $2 WHERE app_id = $1 \
@@ -163,21 +202,15 @@ pub async fn list(db: &Db, app_id: &str) -> Result<Vec<KeyView>, ApiError> {
         .collect())
 }
 
+/// Deletes a key unless it is the app's last valid one; check and delete are
+/// one write transaction, so concurrent revocations never remove them all.
 pub async fn revoke(db: &Db, app_id: &str, key_id: &str) -> Result<(), ApiError> {
-    require_app(db, app_id).await?;
-    let now = db::now();
-    let mut tx = db.pool().begin().await?;
-    let (others,): (i64,) = sqlx::query_as(
-        "SELECT COUNT(*) FROM app_keys WHERE app_id = $1 AND key_id <> $2 \
-         AND (expires_at IS NULL OR expires_at > $3)",
-    )
-    .bind(app_id)
-    .bind(key_id)
-    .bind(now)
-    .fetch_one(&mut *tx)
-    .await?;
+    let mut tx = db.begin_write().await?;
+    lock_app(db, &mut tx, app_id).await?;
+    let others = count_valid(&mut tx, app_id, Some(key_id), db::now()).await?;
     if others == 0 {
-        return Err(ApiError::bad_request(
+        return Err(ApiError::new(
+            ErrorCode::Conflict,
             "an app keeps at least one valid key: add a new one before revoking this one",
         ));
     }
@@ -204,8 +237,7 @@ pub async fn rotate_handler(
     ApiPath(app_id): ApiPath<String>,
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<(StatusCode, Json<NewKey>), ApiError> {
-    let body = body
-        .map_err(|_| ApiError::bad_request("request body is unreadable or larger than 64 KiB"))?;
+    let body = body.map_err(|rejection| ApiError::for_status(rejection.status()))?;
     let input = if body.iter().all(u8::is_ascii_whitespace) {
         RotateKey::default()
     } else {

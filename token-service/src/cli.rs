@@ -33,6 +33,8 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+// Parsed once at start: the size of `Serve` does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Run the HTTP service.
     Serve(Box<ServeArgs>),
@@ -330,6 +332,12 @@ pub struct ServeArgs {
     /// Lifetime of a connect link.
     #[arg(long, env = "AUTHSTAMP_CONNECT_SESSION_TTL", default_value = "10m", value_parser = humantime::parse_duration)]
     pub connect_session_ttl: Duration,
+    /// A lookup's force_refresh (provider 401) refreshes a connection at most
+    /// once per this interval; within it the current token is served (0s: no bound).
+    #[arg(long, env = "AUTHSTAMP_FORCED_REFRESH_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub forced_refresh_interval: Duration,
+    #[command(flatten)]
+    pub http: crate::server::HttpLimits,
 }
 
 #[derive(Debug, Subcommand)]

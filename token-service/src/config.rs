@@ -195,7 +195,7 @@ pub fn load_key_ring(
 
 /// Reads a key file: one bare base64 key (version 1) or `VERSION:BASE64` lines.
 pub fn read_key_file(path: &Path) -> anyhow::Result<KeyRing> {
-    warn_if_readable_by_others(path);
+    crate::files::require_private_file(path)?;
     let text = zeroize::Zeroizing::new(
         std::fs::read_to_string(path)
             .with_context(|| format!("could not read the master key file {}", path.display()))?,
@@ -318,7 +318,7 @@ fn load_bearer(
 }
 
 fn read_bearer_file(what: &str, path: &Path) -> anyhow::Result<zeroize::Zeroizing<String>> {
-    warn_if_readable_by_others(path);
+    crate::files::require_private_file(path)?;
     let text = zeroize::Zeroizing::new(
         std::fs::read_to_string(path)
             .with_context(|| format!("could not read the {what} file {}", path.display()))?,
@@ -348,23 +348,20 @@ fn write_new_private_file(dir: &Path, path: &Path, contents: &[u8]) -> anyhow::R
         .with_context(|| format!("could not write {}", path.display()))
 }
 
-fn warn_if_readable_by_others(path: &Path) {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt as _;
-        if let Ok(meta) = std::fs::metadata(path) {
-            if meta.permissions().mode() & 0o077 != 0 {
-                tracing::warn!(path = %path.display(), "secret file is readable by group or others; chmod 600 it");
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = path;
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A key file as an operator writes it: 0600 (secret files readable by
+    /// others are refused).
+    fn write_private(path: &Path, contents: &[u8]) {
+        std::fs::write(path, contents).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
+    }
 
     /// Version 1 of the ring the sources give.
     fn load_master_key(
@@ -465,7 +462,7 @@ mod tests {
         };
         assert!(load_master_key(&bad, None, true, dir.path()).is_err());
         let file = dir.path().join("k");
-        std::fs::write(&file, key.to_base64().as_bytes()).unwrap();
+        write_private(&file, key.to_base64().as_bytes());
         assert!(load_master_key(&env, Some(&file), false, dir.path()).is_err());
         let from_file =
             load_master_key(&SecretEnv::default(), Some(&file), false, dir.path()).unwrap();
@@ -488,7 +485,7 @@ mod tests {
         // A bare key file is version 1; rewritten with a second version it
         // stays private and reads back whole.
         let file = dir.path().join("master.key");
-        std::fs::write(&file, format!("{}\n", a.to_base64().as_str())).unwrap();
+        write_private(&file, format!("{}\n", a.to_base64().as_str()).as_bytes());
         let mut ring = read_key_file(&file).unwrap();
         assert_eq!(ring.versions(), [1]);
         ring.insert(2, MasterKey::from_base64(&b.to_base64()).unwrap());

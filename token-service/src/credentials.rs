@@ -228,6 +228,15 @@ pub async fn client_credentials_token(
         if renewed_meanwhile && db::now() < due_at(c, skew, max_lifetime) {
             return serve(c);
         }
+        if force {
+            // The app token is fetched anew each time: its issue time is the
+            // last refresh.
+            if !crate::refresh::forced_refresh_allowed(c, Some(c.issued_at), &policy, db::now()) {
+                state.metrics.forced_refresh_refused();
+                return serve(c);
+            }
+            state.metrics.forced_refresh_done();
+        }
     }
     let params = catalog::resolve_params(&provider.settings.connection_params, &BTreeMap::new())?;
     let token_url = provider

@@ -45,8 +45,11 @@ impl Db {
         let (url, backend) = match database_url.map(str::trim).filter(|u| !u.is_empty()) {
             None => {
                 crate::config::create_private_dir(data_dir)?;
+                crate::files::warn_if_dir_open(data_dir);
+                let file = data_dir.join(SQLITE_FILE);
+                crate::files::prepare_sqlite_file(&file)?;
                 let url = SqliteConnectOptions::new()
-                    .filename(data_dir.join(SQLITE_FILE))
+                    .filename(file)
                     .create_if_missing(true)
                     .to_url_lossy();
                 (url.to_string(), Backend::Sqlite)
@@ -102,6 +105,18 @@ impl Db {
 
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// A transaction that reads and then writes. On SQLite `BEGIN IMMEDIATE`
+    /// takes the write lock up front: a deferred transaction that upgrades
+    /// from read to write fails at once with `database is locked` (the busy
+    /// timeout does not apply to an upgrade), while this one waits its turn.
+    /// On PostgreSQL lock the rows the decision depends on (`FOR UPDATE`).
+    pub async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+        match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => self.pool.begin().await,
+        }
     }
 
     pub async fn ping(&self) -> Result<(), sqlx::Error> {

@@ -127,11 +127,67 @@ impl From<crate::vault::VaultError> for ApiError {
 
 impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            return Self::bad_request("request body is larger than 64 KiB");
+        match rejection.status() {
+            StatusCode::PAYLOAD_TOO_LARGE | StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+                Self::for_status(rejection.status())
+            }
+            _ => Self::bad_request(rejection.body_text()),
         }
-        Self::bad_request(rejection.body_text())
     }
+}
+
+impl ApiError {
+    /// The error for a status that axum or a layer answered by itself; a
+    /// fixed message, never the original body.
+    pub fn for_status(status: StatusCode) -> Self {
+        let (code, message) = match status {
+            StatusCode::NOT_FOUND => (ErrorCode::NotFound, "no such endpoint"),
+            StatusCode::METHOD_NOT_ALLOWED => (
+                ErrorCode::MethodNotAllowed,
+                "method not allowed for this endpoint (see the Allow header)",
+            ),
+            StatusCode::REQUEST_TIMEOUT => (ErrorCode::RequestTimeout, "the request took too long"),
+            StatusCode::PAYLOAD_TOO_LARGE => (
+                ErrorCode::PayloadTooLarge,
+                "request body is larger than 64 KiB",
+            ),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => (
+                ErrorCode::UnsupportedMediaType,
+                "send the body as JSON with content-type: application/json",
+            ),
+            StatusCode::UNAUTHORIZED => (ErrorCode::Unauthorized, "authentication required"),
+            s if s.is_server_error() => (ErrorCode::Internal, "internal error"),
+            _ => (ErrorCode::BadRequest, "the request is invalid"),
+        };
+        Self::new(code, message)
+    }
+}
+
+/// Response layer: an error answered outside our handlers (axum's
+/// rejections and fallbacks, body limits: plain text or no body) becomes
+/// `{"error","message"}` with `x-authstamp-error`. Other headers (`Allow`,
+/// `Retry-After`) are kept; a handler's own page (HTML, JSON) is left alone.
+pub async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let own_body = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| !ct.starts_with("text/plain"));
+    if !(status.is_client_error() || status.is_server_error())
+        || response.headers().contains_key(headers::ERROR)
+        || own_body
+    {
+        return response;
+    }
+    let (mut parts, _plain) = response.into_parts();
+    let (json, body) = ApiError::for_status(status).into_response().into_parts();
+    parts.status = json.status;
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    for (name, value) in &json.headers {
+        parts.headers.insert(name.clone(), value.clone());
+    }
+    Response::from_parts(parts, body)
 }
 
 impl From<PathRejection> for ApiError {
@@ -180,5 +236,56 @@ pub async fn not_found_fallback() -> ApiError {
 }
 
 pub async fn method_not_allowed_fallback() -> ApiError {
-    ApiError::bad_request("method not allowed for this endpoint")
+    ApiError::for_status(StatusCode::METHOD_NOT_ALLOWED)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+
+    async fn mapped(response: Response) -> (StatusCode, Option<String>, String) {
+        let response = json_errors(response).await;
+        let status = response.status();
+        let code = response
+            .headers()
+            .get(headers::ERROR)
+            .map(|v| v.to_str().unwrap().to_owned());
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        (status, code, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn plain_and_empty_errors_become_json_and_own_pages_stay() {
+        let plain = (StatusCode::PAYLOAD_TOO_LARGE, "Length limit exceeded").into_response();
+        let (status, code, body) = mapped(plain).await;
+        assert_eq!(status, 413);
+        assert_eq!(code.as_deref(), Some("payload_too_large"));
+        assert!(
+            body.starts_with("{\"error\":\"payload_too_large\""),
+            "{body}"
+        );
+
+        let empty = Response::builder()
+            .status(StatusCode::BAD_GATEWAY)
+            .body(Body::empty())
+            .unwrap();
+        assert_eq!(mapped(empty).await.1.as_deref(), Some("internal"));
+
+        let page = (
+            StatusCode::BAD_REQUEST,
+            axum::response::Html("<p>link expired</p>"),
+        )
+            .into_response();
+        let (status, code, body) = mapped(page).await;
+        assert_eq!(
+            (status, code, body.as_str()),
+            (StatusCode::BAD_REQUEST, None, "<p>link expired</p>")
+        );
+
+        let ok = (StatusCode::OK, "fine").into_response();
+        assert_eq!(mapped(ok).await, (StatusCode::OK, None, "fine".to_owned()));
+    }
 }

@@ -17,6 +17,7 @@ pub mod credentials;
 pub mod db;
 pub mod discovery;
 pub mod error;
+pub mod files;
 pub mod filter_tls;
 pub mod html;
 pub mod keys;
@@ -31,6 +32,7 @@ pub mod refresh;
 pub mod secrets;
 pub mod seed;
 pub mod serve;
+pub mod server;
 pub mod store;
 pub mod template;
 pub mod validate;
@@ -356,7 +358,8 @@ fn router_of(
     let router = router
         .fallback(error::not_found_fallback)
         .method_not_allowed_fallback(error::method_not_allowed_fallback)
-        .layer(DefaultBodyLimit::max(BODY_LIMIT));
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::map_response(error::json_errors));
     guard(router)
         .layer(axum::middleware::from_fn(logging::log_request))
         .with_state(state)

@@ -58,6 +58,8 @@ pub struct Metrics {
     lease_lost: AtomicU64,
     served_during_refresh: AtomicU64,
     stores_retried: AtomicU64,
+    forced_refreshes: AtomicU64,
+    forced_refreshes_refused: AtomicU64,
     provider_calls: [AtomicU64; 2],
     lookup_buckets: [AtomicU64; LOOKUP_BUCKETS.len()],
     lookup_count: AtomicU64,
@@ -122,6 +124,17 @@ impl Metrics {
         inc(&self.lease_takeovers);
     }
 
+    /// A lookup's `force_refresh` went to the provider.
+    pub fn forced_refresh_done(&self) {
+        inc(&self.forced_refreshes);
+    }
+
+    /// A lookup's `force_refresh` was answered with the current token: the
+    /// last one is younger than the forced-refresh interval.
+    pub fn forced_refresh_refused(&self) {
+        inc(&self.forced_refreshes_refused);
+    }
+
     /// A refresh finished after its lease had been taken over.
     pub fn lease_lost(&self) {
         inc(&self.lease_lost);
@@ -183,7 +196,7 @@ impl Metrics {
                 load(&self.refreshes[outcome as usize])
             );
         }
-        let counters: [(&str, &str, &AtomicU64); 8] = [
+        let counters: [(&str, &str, &AtomicU64); 10] = [
             (
                 "authstamp_background_refreshes_total",
                 "Refresh attempts started by the background refresher (also in authstamp_refreshes_total).",
@@ -223,6 +236,16 @@ impl Metrics {
                 "authstamp_refresh_stores_retried_total",
                 "Refreshes whose new tokens were written only after the database came back.",
                 &self.stores_retried,
+            ),
+            (
+                "authstamp_forced_refreshes_total",
+                "Refreshes forced by a lookup's force_refresh (a provider 401) that went to the provider.",
+                &self.forced_refreshes,
+            ),
+            (
+                "authstamp_forced_refresh_refused_total",
+                "Forced refreshes refused within --forced-refresh-interval: the current token was served.",
+                &self.forced_refreshes_refused,
             ),
         ];
         for (name, help, counter) in counters {

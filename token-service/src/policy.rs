@@ -30,6 +30,12 @@ pub struct RefreshPolicy {
     /// further failure up to the service's maximum.
     #[serde(with = "humantime_serde")]
     pub failure_cooldown: Duration,
+    /// A lookup's `force_refresh` (the provider answered 401) refreshes at
+    /// most once per this interval per connection; within it the token
+    /// obtained last is served. Zero: every forced lookup refreshes.
+    /// Service-wide (no per-provider override).
+    #[serde(skip)]
+    pub forced_refresh_interval: Duration,
 }
 
 impl Default for RefreshPolicy {
@@ -40,6 +46,7 @@ impl Default for RefreshPolicy {
             background_window: Duration::from_secs(300),
             keepalive: Duration::ZERO,
             failure_cooldown: Duration::from_secs(5),
+            forced_refresh_interval: Duration::from_secs(30),
         }
     }
 }
@@ -146,6 +153,7 @@ impl RefreshPolicy {
             background_window: o.background_window.unwrap_or(self.background_window),
             keepalive: o.keepalive.unwrap_or(self.keepalive),
             failure_cooldown: o.failure_cooldown.unwrap_or(self.failure_cooldown),
+            forced_refresh_interval: self.forced_refresh_interval,
         }
     }
 }

@@ -94,6 +94,21 @@ pub fn refresh_due_at(c: &ConnectionRecord, p: &RefreshPolicy) -> Option<i64> {
     })
 }
 
+/// Whether a forced refresh may run: the token is no longer valid, or the
+/// connection's last refresh (`last_refresh`, unix seconds; `None`: none
+/// since it was connected) is at least `forced_refresh_interval` old. Bounds
+/// the provider calls that 401s (or a hostile caller) can force, across
+/// replicas since the time is the stored row's.
+pub fn forced_refresh_allowed(
+    c: &ConnectionRecord,
+    last_refresh: Option<i64>,
+    p: &RefreshPolicy,
+    now: i64,
+) -> bool {
+    !c.is_valid_at(now)
+        || last_refresh.is_none_or(|at| at.saturating_add(secs(p.forced_refresh_interval)) <= now)
+}
+
 pub fn is_due(c: &ConnectionRecord, p: &RefreshPolicy, now: i64) -> bool {
     refresh_due_at(c, p).is_some_and(|at| at <= now)
 }
@@ -240,7 +255,14 @@ async fn run(
             };
         }
         let still_needed = match need {
-            Need::Force => true,
+            Need::Force => {
+                let allowed =
+                    forced_refresh_allowed(&current, current.last_attempt_at, &policy, now);
+                if !allowed {
+                    state.metrics.forced_refresh_refused();
+                }
+                allowed
+            }
             Need::Due => is_due(&current, &policy, now),
             Need::Background => background_due(&current, &policy, now),
         };
@@ -287,6 +309,9 @@ async fn run(
                         && fresh.status == ConnectionStatus::Active =>
                 {
                     drop(timer);
+                    if need == Need::Force {
+                        state.metrics.forced_refresh_done();
+                    }
                     return attempt(state, provider, &policy, fresh, &owner, need, local).await;
                 }
                 _ => {

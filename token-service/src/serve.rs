@@ -9,7 +9,6 @@ use crate::filter_tls::{FilterTls, FilterTlsFiles};
 use crate::policy::RefreshPolicy;
 use crate::{app, filter_app, AppState, BackgroundOptions, StateOptions};
 use anyhow::Context as _;
-use std::future::IntoFuture as _;
 use std::io::Write as _;
 
 pub async fn run(args: ServeArgs, env: SecretEnv) -> anyhow::Result<()> {
@@ -17,6 +16,7 @@ pub async fn run(args: ServeArgs, env: SecretEnv) -> anyhow::Result<()> {
         anyhow::bail!("--filter-listen must differ from --listen: the lookup answers raw tokens and has its own listener");
     }
     let store = &args.store;
+    args.http.validate()?;
     // Secrets first: without a key nothing else happens.
     let vault = crate::cli::load_vault(store, &env)?;
     let admin_token = config::load_admin_token(
@@ -87,6 +87,7 @@ pub async fn run(args: ServeArgs, env: SecretEnv) -> anyhow::Result<()> {
                 background_window: args.background_window,
                 keepalive: args.keepalive,
                 failure_cooldown: args.failure_cooldown,
+                forced_refresh_interval: args.forced_refresh_interval,
             },
             max_failure_cooldown: args.max_failure_cooldown,
             provider_timeout: args.provider_timeout,
@@ -144,9 +145,15 @@ pub async fn run(args: ServeArgs, env: SecretEnv) -> anyhow::Result<()> {
         shutdown.await;
         let _ = shutdown_tx.send(true);
     });
-    let app_server = axum::serve(listener, app(state.clone()))
-        .with_graceful_shutdown(stopped(shutdown_rx.clone()))
-        .into_future();
+    // Both listeners with the same header, idle and request timeouts and
+    // connection limit (the TLS one has its own handshake timeout).
+    let app_server = crate::server::serve(
+        listener,
+        app(state.clone()),
+        args.http.clone(),
+        stopped(shutdown_rx.clone()),
+    );
+    let filter_limits = args.http.clone();
     let filter_router = filter_app(state.clone());
     let filter_server = async move {
         match filter_tls {
@@ -155,9 +162,13 @@ pub async fn run(args: ServeArgs, env: SecretEnv) -> anyhow::Result<()> {
                     .await
             }
             None => {
-                axum::serve(filter_listener, filter_router)
-                    .with_graceful_shutdown(stopped(shutdown_rx))
-                    .await
+                crate::server::serve(
+                    filter_listener,
+                    filter_router,
+                    filter_limits,
+                    stopped(shutdown_rx),
+                )
+                .await
             }
         }
     };

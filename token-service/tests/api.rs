@@ -25,7 +25,8 @@ async fn health_and_unknown_routes() {
     let reply = h
         .send(Request::delete("/healthz").body(Body::empty()).unwrap())
         .await;
-    reply.assert_error(400, "bad_request");
+    reply.assert_error(405, "method_not_allowed");
+    assert_eq!(reply.header("allow"), Some("GET,HEAD"));
 }
 
 #[tokio::test]
@@ -297,12 +298,12 @@ async fn provider_validation_errors_are_json_400s() {
         .assert_error(400, "bad_request");
     h.send(raw("text/plain", Body::from(base.to_string())))
         .await
-        .assert_error(400, "bad_request");
+        .assert_error(415, "unsupported_media_type");
     let mut big = base.clone();
     big["client_id"] = json!("x".repeat(70 * 1024));
     h.send(raw("application/json", Body::from(big.to_string())))
         .await
-        .assert_error(400, "bad_request");
+        .assert_error(413, "payload_too_large");
     // Unknown app.
     h.put_provider("app_nope", "fake", base.clone())
         .await

@@ -95,7 +95,7 @@ async fn rotate_without_downtime(backend: Backend) {
         None,
     )
     .await
-    .assert_error(400, "bad_request");
+    .assert_error(409, "conflict");
     h.admin(
         Method::DELETE,
         &format!("/v1/apps/{}/keys/key_nope", app.app_id),
@@ -198,5 +198,92 @@ async fn an_app_holds_at_most_ten_valid_keys() {
     }
     h.admin(Method::POST, &format!("/v1/apps/{}/keys", app.app_id), None)
         .await
-        .assert_error(400, "bad_request");
+        .assert_error(409, "conflict");
 }
+
+/// The key ids the admin API lists as valid.
+async fn valid_key_ids(h: &Harness, app_id: &str) -> Vec<String> {
+    let listed = h
+        .admin(Method::GET, &format!("/v1/apps/{app_id}/keys"), None)
+        .await;
+    assert_eq!(listed.status, StatusCode::OK, "{}", listed.text());
+    listed.json()["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|k| k["valid"] == true)
+        .map(|k| k["key_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// 30 rotations at once leave exactly ten valid keys (the count check and
+/// the insert are one transaction), and 30 revocations at once never answer
+/// 500 and never remove the last key.
+async fn concurrent_rotations_and_revocations(backend: Backend) {
+    let h = std::sync::Arc::new(Harness::with(Options::on(backend)).await);
+    let app = h.app_with_provider().await;
+    let rotations: Vec<_> = (0..30)
+        .map(|_| {
+            let h = h.clone();
+            let uri = format!("/v1/apps/{}/keys", app.app_id);
+            tokio::spawn(async move { h.admin(Method::POST, &uri, None).await })
+        })
+        .collect();
+    let mut created = Vec::new();
+    for rotation in rotations {
+        let reply = rotation.await.unwrap();
+        if reply.status == StatusCode::CREATED {
+            created.push(reply.json()["app_key"].as_str().unwrap().to_owned());
+        } else {
+            reply.assert_error(409, "conflict");
+            assert!(reply.json()["message"]
+                .as_str()
+                .unwrap()
+                .contains("at most 10"));
+        }
+    }
+    // The app's first key plus nine new ones.
+    assert_eq!(created.len(), 9);
+    let valid = valid_key_ids(&h, &app.app_id).await;
+    assert_eq!(valid.len(), 10, "{valid:?}");
+    for key in &created {
+        let reply = h
+            .as_app(
+                &app.app_id,
+                key,
+                "/v1/connect-sessions",
+                json!({"provider": "fake", "user": "bob"}),
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::CREATED, "every created key works");
+    }
+
+    // Every valid key revoked three times over, all at once.
+    let revocations: Vec<_> = valid
+        .iter()
+        .cycle()
+        .take(30)
+        .map(|key_id| {
+            let h = h.clone();
+            let uri = format!("/v1/apps/{}/keys/{key_id}", app.app_id);
+            tokio::spawn(async move { h.admin(Method::DELETE, &uri, None).await })
+        })
+        .collect();
+    let mut revoked = 0;
+    for revocation in revocations {
+        let reply = revocation.await.unwrap();
+        match reply.status.as_u16() {
+            204 => revoked += 1,
+            404 => reply.assert_error(404, "not_found"),
+            _ => reply.assert_error(409, "conflict"),
+        }
+    }
+    assert_eq!(revoked, 9);
+    let left = valid_key_ids(&h, &app.app_id).await;
+    assert_eq!(left.len(), 1, "the last key is never revoked: {left:?}");
+}
+
+both_backends!(
+    app_keys_are_atomic_under_concurrency,
+    concurrent_rotations_and_revocations
+);

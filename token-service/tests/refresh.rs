@@ -380,3 +380,71 @@ async fn refresh_metrics_case(backend: Backend) {
         );
     }
 }
+
+both_backends!(
+    forced_refreshes_are_bounded,
+    forced_refreshes_are_bounded_case
+);
+
+/// 30 provider 401s (forced lookups) at once and 30 more after them: one
+/// refresh at the provider, every lookup answered with the current token;
+/// once the interval is over a forced lookup refreshes again.
+async fn forced_refreshes_are_bounded_case(backend: Backend) {
+    let mut options = no_cooldown(backend);
+    options.policy.forced_refresh_interval = Duration::from_secs(30);
+    let (h, app) = connected_with(options).await;
+    let counter = Arc::new(AtomicUsize::new(0));
+    let seen = counter.clone();
+    h.provider.respond(move |_| {
+        let n = seen.fetch_add(1, Ordering::SeqCst) + 1;
+        (
+            200,
+            json!({"access_token": format!("at-new-{n}"), "refresh_token": format!("rt-new-{n}"),
+                   "expires_in": 3600, "token_type": "bearer"}),
+        )
+    });
+    h.provider.set_delay(Duration::from_millis(100));
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..30 {
+        tasks.spawn(send_to(
+            h.router.clone(),
+            h.lookup_request(&app, "alice", true),
+        ));
+    }
+    for reply in tasks.join_all().await {
+        assert_eq!(token_of(&reply), "Bearer at-new-1");
+    }
+    for _ in 0..30 {
+        assert_eq!(
+            token_of(&h.lookup(&app, "alice", true).await),
+            "Bearer at-new-1"
+        );
+    }
+    assert_eq!(h.provider.calls_of("refresh_token").len(), 1);
+    let text = h.get("/metrics").await.text();
+    assert!(
+        text.lines()
+            .any(|l| l == "authstamp_forced_refreshes_total 1"),
+        "{text}"
+    );
+    let refused = text
+        .lines()
+        .find_map(|l| l.strip_prefix("authstamp_forced_refresh_refused_total "))
+        .unwrap()
+        .parse::<u64>()
+        .unwrap();
+    assert!(refused >= 30, "{refused} refused");
+
+    // The interval is over (the last refresh 31 s ago): forcing works again.
+    h.exec(&format!(
+        "UPDATE connections SET last_attempt_at = last_attempt_at - 31 WHERE app_id = '{}'",
+        app.app_id
+    ))
+    .await;
+    assert_eq!(
+        token_of(&h.lookup(&app, "alice", true).await),
+        "Bearer at-new-2"
+    );
+    assert_eq!(h.provider.calls_of("refresh_token").len(), 2);
+}

@@ -215,7 +215,12 @@ impl Default for Options {
         Self {
             admin_token: Some(ADMIN_TOKEN),
             backend: Backend::Sqlite,
-            policy: RefreshPolicy::default(),
+            // Tests force refreshes back to back to count them; the bound
+            // has its own test (refresh.rs, forced_refreshes_are_bounded).
+            policy: RefreshPolicy {
+                forced_refresh_interval: Duration::ZERO,
+                ..RefreshPolicy::default()
+            },
             provider_timeout: Duration::from_secs(5),
             refresh_lease: None,
             rate_limits: None,
