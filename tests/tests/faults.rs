@@ -196,7 +196,7 @@ async fn a_hanging_provider_never_delays_a_valid_token() {
     let lookups: Vec<_> = (0..20)
         .map(|_| {
             let http = replicas.http.clone();
-            let url = replicas.urls[0].clone();
+            let url = replicas.filter_urls[0].clone();
             let (app_id, app_key) = (replicas.app_id.clone(), replicas.app_key.clone());
             tokio::spawn(async move {
                 let started = Instant::now();

@@ -37,7 +37,15 @@ async fn status_of(stack: &Stack) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_fail_reauth_reconnect_disconnect_with_signed_webhooks() {
-    let stack = Stack::start("lifecycle", StackOptions::default()).await;
+    // Back-to-back forced refreshes below each reach the provider.
+    let stack = Stack::start(
+        "lifecycle",
+        StackOptions {
+            service_args: vec!["--forced-refresh-interval".into(), "0s".into()],
+            ..StackOptions::default()
+        },
+    )
+    .await;
     let receiver = Receiver::start(1).await;
     let standin = stack.standin_url.clone();
     // The provider with its RFC 7009 revocation endpoint.

@@ -150,10 +150,10 @@ pub async fn run(args: ServeArgs, env: SecretEnv) -> anyhow::Result<()> {
     let app_server = crate::server::serve(
         listener,
         app(state.clone()),
-        args.http.clone(),
+        args.http,
         stopped(shutdown_rx.clone()),
     );
-    let filter_limits = args.http.clone();
+    let filter_limits = args.http;
     let filter_router = filter_app(state.clone());
     let filter_server = async move {
         match filter_tls {

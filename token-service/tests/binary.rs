@@ -505,7 +505,8 @@ fn files_at_rest_are_private_and_open_secret_files_refuse_the_start() {
     let data = dir.path().join("data");
     let serve = || {
         let mut cmd = command(&data);
-        cmd.args(["serve", "--local", "--listen", "127.0.0.1:0"]);
+        cmd.args(["serve", "--local", "--listen", "127.0.0.1:0"])
+            .args(["--filter-listen", "127.0.0.1:0"]);
         cmd
     };
     let server = Server::start(serve());
@@ -582,7 +583,8 @@ async fn errors_outside_the_handlers_are_json() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let mut cmd = command(&data);
-    cmd.args(["serve", "--local", "--listen", "127.0.0.1:0"]);
+    cmd.args(["serve", "--local", "--listen", "127.0.0.1:0"])
+        .args(["--filter-listen", "127.0.0.1:0"]);
     let server = Server::start(cmd);
     let admin = std::fs::read_to_string(data.join("admin.token")).unwrap();
     let admin = admin.trim();
@@ -673,6 +675,8 @@ async fn slow_clients_are_closed_while_normal_clients_are_answered() {
         "--local",
         "--listen",
         "127.0.0.1:0",
+        "--filter-listen",
+        "127.0.0.1:0",
         "--header-read-timeout",
         "2s",
     ]);
@@ -755,6 +759,8 @@ async fn idle_keep_alive_connections_are_closed() {
         "serve",
         "--local",
         "--listen",
+        "127.0.0.1:0",
+        "--filter-listen",
         "127.0.0.1:0",
         "--idle-timeout",
         "1s",

@@ -408,7 +408,7 @@ async fn forced_refreshes_are_bounded_case(backend: Backend) {
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..30 {
         tasks.spawn(send_to(
-            h.router.clone(),
+            h.filter_router.clone(),
             h.lookup_request(&app, "alice", true),
         ));
     }
