@@ -82,6 +82,7 @@ pub struct Inner {
     /// How long a caller with a still-valid token waits for a refresh.
     pub valid_token_max_wait: Duration,
     pub lease_owners: LeaseOwners,
+    pub provider_probes: refresh::ProviderProbes,
     /// Held by every running refresh task; shutdown waits for them.
     pub refresh_tasks: Arc<tokio::sync::Semaphore>,
     pub background: BackgroundOptions,
@@ -209,6 +210,7 @@ impl AppState {
             refresh_lease,
             valid_token_max_wait: options.valid_token_max_wait,
             lease_owners: LeaseOwners::new(),
+            provider_probes: refresh::ProviderProbes::default(),
             refresh_tasks: Arc::new(tokio::sync::Semaphore::new(MAX_REFRESH_TASKS as usize)),
             background: options.background,
             connect_session_ttl: options.connect_session_ttl,

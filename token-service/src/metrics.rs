@@ -57,6 +57,8 @@ pub struct Metrics {
     lease_takeovers: AtomicU64,
     lease_lost: AtomicU64,
     served_during_refresh: AtomicU64,
+    provider_probes: AtomicU64,
+    recoveries: AtomicU64,
     stores_retried: AtomicU64,
     forced_refreshes: AtomicU64,
     forced_refreshes_refused: AtomicU64,
@@ -146,6 +148,16 @@ impl Metrics {
         inc(&self.served_during_refresh);
     }
 
+    /// A refresh went to a provider whose connections cool down (a probe).
+    pub fn provider_probe(&self) {
+        inc(&self.provider_probes);
+    }
+
+    /// A refresh succeeded after failures.
+    pub fn recovered(&self) {
+        inc(&self.recoveries);
+    }
+
     /// Refreshed tokens were written only after the database came back.
     pub fn store_retried(&self) {
         inc(&self.stores_retried);
@@ -196,7 +208,7 @@ impl Metrics {
                 load(&self.refreshes[outcome as usize])
             );
         }
-        let counters: [(&str, &str, &AtomicU64); 10] = [
+        let counters: [(&str, &str, &AtomicU64); 12] = [
             (
                 "authstamp_background_refreshes_total",
                 "Refresh attempts started by the background refresher (also in authstamp_refreshes_total).",
@@ -231,6 +243,16 @@ impl Metrics {
                 "authstamp_served_during_refresh_total",
                 "Lookups served the still-valid token while its refresh took longer than 250 ms.",
                 &self.served_during_refresh,
+            ),
+            (
+                "authstamp_provider_probes_total",
+                "Refreshes sent during a cooldown to learn whether the provider is back (one per provider per 2 s).",
+                &self.provider_probes,
+            ),
+            (
+                "authstamp_refresh_recoveries_total",
+                "Refreshes that succeeded after failures; each ends its provider's cooldowns.",
+                &self.recoveries,
             ),
             (
                 "authstamp_refresh_stores_retried_total",

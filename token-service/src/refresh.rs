@@ -42,6 +42,16 @@ use std::time::{Duration, Instant};
 /// refresh (its own or another holder's, in this replica or another) before
 /// it is served the current token; the refresh goes on in its task.
 pub const DEFAULT_VALID_TOKEN_MAX_WAIT: Duration = Duration::from_millis(250);
+/// While a provider's connections cool down after failures, one refresh
+/// attempt per this interval (per provider, per replica) goes to it anyway:
+/// a healed provider is noticed within seconds, not after the cooldown.
+pub const PROBE_INTERVAL: Duration = Duration::from_secs(2);
+/// A permanent refusal while the access token still works is confirmed by
+/// one more attempt this many seconds later before the user must reconnect.
+const CONFIRM_AFTER_SECS: i64 = 2;
+/// Marks a permanent refusal that has not been confirmed yet (in
+/// `last_refresh_error`).
+pub const UNCONFIRMED: &str = "unconfirmed ";
 /// Retry delays of a write of refreshed tokens while the database is away.
 const STORE_RETRY_FIRST: Duration = Duration::from_millis(200);
 const STORE_RETRY_MAX: Duration = Duration::from_secs(2);
@@ -269,7 +279,12 @@ async fn run(
         if !still_needed {
             return serve(state, &current, &policy);
         }
-        if current.retry_at.is_some_and(|at| at > now) {
+        let cooling = current.retry_at.is_some_and(|at| at > now);
+        if cooling && state.provider_probes.take(&key.app_id, &key.provider) {
+            // This attempt tells whether the provider is back; a success
+            // ends the cooldown of all its connections.
+            state.metrics.provider_probe();
+        } else if cooling {
             state.metrics.cooldown_skip();
             return if current.is_valid_at(now) {
                 serve(state, &current, &policy)
@@ -417,6 +432,20 @@ async fn attempt(
             };
             let stored = store_or_hold(state, refreshed, local).await?;
             state.metrics.refresh(RefreshOutcome::Ok);
+            if current.failure_count > 0 {
+                // The provider answers again: its other connections need not
+                // wait out their cooldowns.
+                state.metrics.recovered();
+                match connections::clear_cooldowns(&state.db, &key.app_id, &key.provider, now).await
+                {
+                    Ok(cleared) => {
+                        tracing::info!(app_id = %key.app_id, provider = %key.provider, cleared, "provider answers again: cooldowns ended")
+                    }
+                    Err(err) => {
+                        tracing::warn!(app_id = %key.app_id, provider = %key.provider, error = %err, "could not end the provider's cooldowns")
+                    }
+                }
+            }
             if stored {
                 tracing::info!(app_id = %key.app_id, provider = %key.provider, refresh_token_returned = tokens.refresh_token.is_some(), ?need, "refreshed access token");
             } else {
@@ -433,6 +462,29 @@ async fn attempt(
             })
         }
         Err(TokenError::Permanent(code)) => {
+            // One refusal while the access token still works may be a
+            // provider's glitch (a 200 with invalid_grant): serve the token
+            // and confirm with one more attempt before the user must
+            // reconnect. A forced refresh comes from the provider refusing
+            // that token (a 401): then nothing works any more.
+            let unconfirmed = format!("{UNCONFIRMED}{code}");
+            let repeated = current.last_refresh_error.as_deref() == Some(unconfirmed.as_str());
+            if current.is_valid_at(now) && need != Need::Force && !repeated {
+                connections::record_transient_failure(
+                    &state.db,
+                    key,
+                    owner,
+                    current.token_version,
+                    &unconfirmed,
+                    now,
+                    now.saturating_add(CONFIRM_AFTER_SECS),
+                )
+                .await?;
+                state.provider_probes.touch(&key.app_id, &key.provider);
+                state.metrics.refresh(RefreshOutcome::Transient);
+                tracing::warn!(app_id = %key.app_id, provider = %key.provider, reason = %code, "refresh refused while the access token still works: serving it; one more attempt confirms the refusal before the user must reconnect");
+                return serve(state, &current, policy);
+            }
             let marked = connections::mark_reauth_required(
                 &state.db,
                 key,
@@ -488,6 +540,7 @@ async fn attempt(
                 retry_at,
             )
             .await?;
+            state.provider_probes.touch(&key.app_id, &key.provider);
             crate::webhooks::emit(
                 state,
                 &key.app_id,
@@ -564,6 +617,33 @@ async fn store_or_hold(
         }
     });
     Ok(true)
+}
+
+/// When each provider was last asked during failures, per replica: the
+/// probe of [`PROBE_INTERVAL`].
+#[derive(Debug, Default)]
+pub struct ProviderProbes(Mutex<HashMap<(String, String), Instant>>);
+
+impl ProviderProbes {
+    /// A probe of (`app_id`, `provider`) may go now; it is then recorded.
+    pub fn take(&self, app_id: &str, provider: &str) -> bool {
+        let mut last = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (app_id.to_owned(), provider.to_owned());
+        if last
+            .get(&key)
+            .is_some_and(|at| at.elapsed() < PROBE_INTERVAL)
+        {
+            return false;
+        }
+        last.insert(key, Instant::now());
+        true
+    }
+
+    /// The provider was just asked (and failed): the next probe waits.
+    pub fn touch(&self, app_id: &str, provider: &str) {
+        let mut last = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        last.insert((app_id.to_owned(), provider.to_owned()), Instant::now());
+    }
 }
 
 /// `base` doubled per failure after the first, at most `max`.

@@ -160,18 +160,30 @@ async fn invalid_grant_requires_reauth_case(backend: Backend) {
             json!({"error": "invalid_grant", "error_description": "revoked"}),
         )
     });
+    // The access token still works: served, and the refusal is not yet
+    // believed (a provider's glitch must not cost the user a reconnect).
+    assert_eq!(
+        token_of(&h.lookup(&app, "alice", false).await),
+        "Bearer at-1"
+    );
+    let (status, failures, error) = h.connection_row(&app, "alice").await;
+    assert_eq!(status, "active");
+    assert_eq!(failures, 1);
+    assert_eq!(error.as_deref(), Some("unconfirmed invalid_grant"));
+    // The confirming attempt, once its short wait is over: reauth_required.
+    h.exec("UPDATE connections SET retry_at = NULL").await;
     h.lookup(&app, "alice", false)
         .await
         .assert_error(409, "reauth_required");
     let (status, failures, error) = h.connection_row(&app, "alice").await;
     assert_eq!(status, "reauth_required");
-    assert_eq!(failures, 1);
+    assert_eq!(failures, 2);
     assert_eq!(error.as_deref(), Some("invalid_grant"));
     // From now on without asking the provider again.
     h.lookup(&app, "alice", false)
         .await
         .assert_error(409, "reauth_required");
-    assert_eq!(h.provider.calls_of("refresh_token").len(), 1);
+    assert_eq!(h.provider.calls_of("refresh_token").len(), 2);
 
     // Connecting again heals the connection.
     h.provider.respond(|_| {
@@ -198,6 +210,7 @@ async fn slack_style_ok_false_is_classified_by_its_error_case(backend: Backend) 
     let (h, app) = connected(backend).await;
     h.provider
         .respond(|_| (200, json!({"ok": false, "error": "invalid_refresh_token"})));
+    // Permanent, and forced (the provider refused the token): at once.
     h.lookup(&app, "alice", true)
         .await
         .assert_error(409, "reauth_required");
@@ -447,4 +460,95 @@ async fn forced_refreshes_are_bounded_case(backend: Backend) {
         "Bearer at-new-2"
     );
     assert_eq!(h.provider.calls_of("refresh_token").len(), 2);
+}
+
+both_backends!(
+    a_healed_provider_is_probed_within_seconds_and_every_cooldown_ends,
+    a_healed_provider_is_probed_within_seconds_and_every_cooldown_ends_case
+);
+
+/// After failures the connections of a provider cool down (here 60 s), but
+/// one attempt per 2 s probes the provider anyway: once it answers, every
+/// connection of it refreshes at its next lookup instead of waiting.
+async fn a_healed_provider_is_probed_within_seconds_and_every_cooldown_ends_case(backend: Backend) {
+    let mut options = Options::on(backend);
+    options.policy.failure_cooldown = Duration::from_secs(60);
+    let (h, app) = connected_with(options).await;
+    h.connect(&app, "bob").await;
+    h.set_expires_in(&app, "alice", 30).await;
+    h.set_expires_in(&app, "bob", 30).await;
+    h.provider
+        .respond(|_| (503, json!({"error": "temporarily_unavailable"})));
+    for user in ["alice", "bob"] {
+        assert_eq!(token_of(&h.lookup(&app, user, false).await), "Bearer at-1");
+    }
+    assert_eq!(h.provider.calls_of("refresh_token").len(), 2);
+    let counter = Arc::new(AtomicUsize::new(0));
+    let seen = counter.clone();
+    h.provider.respond(move |_| {
+        let n = seen.fetch_add(1, Ordering::SeqCst) + 1;
+        (
+            200,
+            json!({"access_token": format!("at-back-{n}"), "expires_in": 3600}),
+        )
+    });
+    // Within the probe interval of the last failure: the cooldown holds.
+    assert_eq!(
+        token_of(&h.lookup(&app, "alice", false).await),
+        "Bearer at-1"
+    );
+    assert_eq!(h.provider.calls_of("refresh_token").len(), 2);
+    // The interval is a time rule: it has to pass.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(
+        token_of(&h.lookup(&app, "alice", false).await),
+        "Bearer at-back-1",
+        "the probe refreshed, 58 s before the cooldown would have ended"
+    );
+    assert_eq!(
+        token_of(&h.lookup(&app, "bob", false).await),
+        "Bearer at-back-2",
+        "the probe's success ended bob's cooldown too"
+    );
+    let text = h.get("/metrics").await.text();
+    for line in [
+        "authstamp_provider_probes_total 1",
+        "authstamp_refresh_recoveries_total 2",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing {line:?} in\n{text}"
+        );
+    }
+}
+
+both_backends!(
+    one_invalid_grant_glitch_while_the_token_works_costs_no_reconnect,
+    one_invalid_grant_glitch_while_the_token_works_costs_no_reconnect_case
+);
+
+/// A provider answers one refresh with a 200 carrying invalid_grant, then
+/// works again: the still-valid token is served meanwhile and the
+/// connection never becomes reauth_required.
+async fn one_invalid_grant_glitch_while_the_token_works_costs_no_reconnect_case(backend: Backend) {
+    let (h, app) = connected(backend).await;
+    h.set_expires_in(&app, "alice", 30).await;
+    h.provider
+        .respond(|_| (200, json!({"error": "invalid_grant"})));
+    assert_eq!(
+        token_of(&h.lookup(&app, "alice", false).await),
+        "Bearer at-1"
+    );
+    let (status, _, error) = h.connection_row(&app, "alice").await;
+    assert_eq!(status, "active");
+    assert_eq!(error.as_deref(), Some("unconfirmed invalid_grant"));
+    h.provider
+        .respond(|_| (200, json!({"access_token": "at-fine", "expires_in": 3600})));
+    h.exec("UPDATE connections SET retry_at = NULL").await;
+    assert_eq!(
+        token_of(&h.lookup(&app, "alice", false).await),
+        "Bearer at-fine"
+    );
+    let (status, failures, error) = h.connection_row(&app, "alice").await;
+    assert_eq!((status.as_str(), failures, error), ("active", 0, None));
 }

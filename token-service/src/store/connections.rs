@@ -377,6 +377,25 @@ pub async fn store_refreshed(db: &Db, r: Refreshed<'_>) -> Result<bool, sqlx::Er
     Ok(done.rows_affected() == 1)
 }
 
+/// The provider answers again: its connections cooling down may retry at
+/// once. Returns how many were cooling down.
+pub async fn clear_cooldowns(
+    db: &Db,
+    app_id: &str,
+    provider: &str,
+    now: i64,
+) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE connections SET retry_at = NULL          WHERE app_id = $1 AND provider = $2 AND retry_at > $3",
+    )
+    .bind(app_id)
+    .bind(provider)
+    .bind(now)
+    .execute(db.pool())
+    .await?;
+    Ok(done.rows_affected())
+}
+
 /// Counts a transient failure, sets the cooldown and releases the lease,
 /// unless newer tokens than `base_version` were stored meanwhile (then only
 /// the lease is released: the connection is healthy).
