@@ -643,6 +643,31 @@ pub fn release(host: &dyn Host, key: &Slotted, until_ms: u64) {
     }
 }
 
+const FORCED_PREFIX: &str = "authstamp/v2/forced/";
+
+/// Whether a forced refresh of `key` may be asked for now: at most one per
+/// `interval_ms` per connection across all workers (the last one's time is
+/// kept in shared data). `true` records this one; a CAS conflict is another
+/// worker forcing at the same moment, so this one is refused.
+pub fn may_force(host: &dyn Host, key: &Slotted, now_ms: u64, interval_ms: u64) -> bool {
+    let name = format!("{FORCED_PREFIX}{}", key.slots[0]);
+    let (value, cas) = host.get_shared_data(&name);
+    let last = value.as_deref().and_then(Marker::decode);
+    if let Some(last) = last {
+        if last.key == key.key && now_ms < last.until_ms.saturating_add(interval_ms) {
+            return false;
+        }
+    }
+    let ours = Marker {
+        until_ms: now_ms,
+        key: key.key.clone(),
+    };
+    match host.set_shared_data(&name, &ours.encode(), cas) {
+        Ok(()) | Err(SharedDataError::Failed) => true,
+        Err(SharedDataError::CasMismatch) => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

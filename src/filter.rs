@@ -14,9 +14,11 @@
 //!    pause.
 //! 5. The answer is validated, cached, and every waiting stream is stamped
 //!    and resumed, or answered locally.
-//! 6. A provider answering 401 to a stamped request deletes the cached entry
-//!    that held the refused token and has the root context ask the token
-//!    service for a forced refresh; requests arriving meanwhile wait for it.
+//! 6. Each stamped request is recorded (`heal::Stamps`) for the upstream
+//!    instance, which heals a provider 401 with one replay (see `heal.rs`).
+//!    Without it, a 401 seen here deletes the cached entry that held the
+//!    refused token and has the root context ask the token service for a
+//!    forced refresh (bounded); requests arriving meanwhile wait for it.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -27,9 +29,10 @@ use authstamp_protocol::{
 };
 
 use crate::cache::{self, Claim, KeyVerdict, Slotted, Stored};
+use crate::heal::{self, Heal, Stamp, Stamps};
 use crate::config::{Config, Unmarked};
 use crate::host::{DispatchError, HeaderPairs, Host};
-use crate::inflight::{Done, Inflight, Left, Lookup, Owner};
+use crate::inflight::{Done, Inflight, Left, Lookup, Owner, Pending};
 use crate::metrics::Metrics;
 use crate::reply::Rejection;
 use crate::request::{self, Classified};
@@ -55,14 +58,22 @@ pub struct Worker {
     pub root: u32,
     pub inflight: RefCell<Inflight>,
     pub metrics: Metrics,
+    /// Stamped requests, shared with the upstream instance of this worker.
+    pub stamps: Rc<RefCell<Stamps>>,
 }
 
 impl Worker {
     pub fn new(root: u32, metrics: Metrics) -> Worker {
+        Worker::sharing(root, metrics, Rc::default())
+    }
+
+    /// A worker whose stamp records are `stamps` (one set per VM).
+    pub fn sharing(root: u32, metrics: Metrics, stamps: Rc<RefCell<Stamps>>) -> Worker {
         Worker {
             root,
             inflight: RefCell::new(Inflight::default()),
             metrics,
+            stamps,
         }
     }
 }
@@ -81,9 +92,9 @@ pub enum State {
     Fresh,
     /// Not ours: the request goes on untouched.
     Passed,
-    /// Stamped for `lookup` with the token whose value hashes to the `u64`:
-    /// the request goes on; a 401 answer refreshes that token.
-    Stamped(Rc<Lookup>, u64),
+    /// Stamped (the `u64` is its record in `heal::Stamps`): the request
+    /// goes on; a 401 answer refreshes its token.
+    Stamped(u64),
     /// Paused on token lookup `id`.
     Waiting(u64),
     /// Answered locally.
@@ -97,7 +108,7 @@ impl State {
 }
 
 /// What a token-lookup answer means for the streams waiting on it.
-enum Outcome {
+pub(crate) enum Outcome {
     Stamp(TokenLookupResponse),
     Refuse(Rejection),
 }
@@ -113,20 +124,47 @@ fn refuse(host: &dyn Host, metrics: &Metrics, rejection: Rejection) -> (State, V
     (State::Replied, Verdict::Pause)
 }
 
+/// Records the effective stream as stamped for `lookup` and hands the
+/// record's id to the upstream instance (one host call).
+fn record_stamp(
+    host: &dyn Host,
+    worker: &Worker,
+    lookup: Rc<Lookup>,
+    header: &authstamp_protocol::StampHeader,
+    upstream: authstamp_protocol::Upstream,
+) -> u64 {
+    let id = worker.stamps.borrow_mut().add(Stamp {
+        lookup,
+        token: cache::hash(header.value.as_bytes()),
+        name: header.name.clone(),
+        location: header.location,
+        upstream,
+        heal: Heal::Idle,
+    });
+    host.set_stream_property(heal::STAMP_PROPERTY, id.to_string().as_bytes());
+    id
+}
+
 /// Stamps a cache hit.
 fn stamp_hit(
     host: &dyn Host,
-    metrics: &Metrics,
+    worker: &Worker,
     lookup: Rc<Lookup>,
-    header: &authstamp_protocol::StampHeader,
-    upstream: &authstamp_protocol::Upstream,
+    entry: cache::Entry,
     request: &HeaderPairs,
 ) -> (State, Verdict) {
-    match stamp::stamp_request(host, &lookup.config.headers, header, upstream, request) {
+    let metrics = &worker.metrics;
+    match stamp::stamp_request(
+        host,
+        &lookup.config.headers,
+        &entry.header,
+        &entry.upstream,
+        request,
+    ) {
         Ok(()) => {
             metrics.hit_stamped(host);
-            let token = cache::hash(header.value.as_bytes());
-            (State::Stamped(lookup, token), Verdict::Continue)
+            let id = record_stamp(host, worker, lookup, &entry.header, entry.upstream);
+            (State::Stamped(id), Verdict::Continue)
         }
         Err(rejection) => refuse(host, metrics, rejection),
     }
@@ -218,14 +256,7 @@ pub fn on_request_headers(
                 config: Rc::clone(config),
                 force_refresh: false,
             });
-            return stamp_hit(
-                host,
-                metrics,
-                lookup,
-                &entry.header,
-                &entry.upstream,
-                &request_headers,
-            );
+            return stamp_hit(host, worker, lookup, entry, &request_headers);
         }
     }
     metrics.miss(host);
@@ -336,18 +367,23 @@ fn record_key_check(host: &dyn Host, lookup: &Lookup, outcome: &Outcome) {
     cache::key_accepted(host, &name, now_ms, recheck_ms);
 }
 
+/// How long a lookup's marker lives.
+pub(crate) fn marker_ttl_ms(config: &Config) -> u64 {
+    let timeout_ms = u64::try_from(config.token_service.timeout.as_millis()).unwrap_or(0);
+    timeout_ms + MARKER_GRACE_MS
+}
+
 /// Claims the shared-data marker of `lookup`'s key (see `cache::claim`); a
 /// host without a clock asks without a marker.
-fn claim(host: &dyn Host, lookup: &Lookup) -> Claim {
+pub(crate) fn claim(host: &dyn Host, lookup: &Lookup) -> Claim {
     let Some(now_ms) = host.now_unix_millis() else {
         return Claim::Ask { until_ms: 0 };
     };
-    let timeout_ms = u64::try_from(lookup.config.token_service.timeout.as_millis()).unwrap_or(0);
     cache::claim(
         host,
         &lookup.cache_key,
         now_ms,
-        timeout_ms + MARKER_GRACE_MS,
+        marker_ttl_ms(&lookup.config),
         lookup.force_refresh,
     )
 }
@@ -478,18 +514,33 @@ fn cache_answer(host: &dyn Host, metrics: &Metrics, lookup: &Lookup, answer: &To
 }
 
 /// Completes every member: makes it the effective context, stamps and
-/// resumes it or answers it locally, and records how. Then makes `current`
-/// effective again.
+/// resumes it or answers it locally, and records how; and every healer: its
+/// held 401 gets the retry header or `x-authstamp-error` and goes on. Then
+/// makes `current` effective again.
 fn complete(
     host: &dyn Host,
     worker: &Worker,
-    members: &[u32],
-    lookup: &Rc<Lookup>,
+    pending: &Pending,
     outcome: &Outcome,
     current: u32,
 ) {
     let metrics = &worker.metrics;
-    for &member in members {
+    let lookup = &pending.lookup;
+    for &(healer, stamp) in &pending.healers {
+        if !host.set_effective_context(healer) {
+            log::debug!("authstamp: a held 401 is gone");
+            continue;
+        }
+        let decision = match outcome {
+            Outcome::Stamp(answer) => {
+                heal::decide_stamp(worker, stamp, &answer.header, &answer.upstream)
+            }
+            Outcome::Refuse(rejection) => heal::Decision::Unhealed(rejection.code),
+        };
+        heal::apply(host, worker, stamp, &decision);
+        host.resume_response();
+    }
+    for &member in &pending.members {
         if !host.set_effective_context(member) {
             log::warn!("authstamp: a waiting stream is gone");
             continue;
@@ -501,14 +552,22 @@ fn complete(
                 &answer.header,
                 &answer.upstream,
             )
-            .map(|()| cache::hash(answer.header.value.as_bytes())),
+            .map(|()| {
+                record_stamp(
+                    host,
+                    worker,
+                    Rc::clone(lookup),
+                    &answer.header,
+                    answer.upstream.clone(),
+                )
+            }),
             Outcome::Refuse(rejection) => Err(rejection.clone()),
         };
         let done = match result {
-            Ok(token) => {
+            Ok(id) => {
                 metrics.stamped(host);
                 host.resume_request();
-                Done::Stamped(Rc::clone(lookup), token)
+                Done::Stamped(id)
             }
             Err(rejection) => {
                 metrics.error(host, rejection.code);
@@ -547,7 +606,7 @@ pub fn on_call_response(
     }
     record_key_check(host, lookup, &outcome);
     cache::release(host, &lookup.cache_key, pending.until_ms);
-    complete(host, worker, &pending.members, lookup, &outcome, current);
+    complete(host, worker, &pending, &outcome, current);
 }
 
 /// Dispatches lookup `id` from the root context (the effective context of
@@ -595,14 +654,7 @@ fn dispatch_from_root(
                 let outcome = Outcome::Refuse(Rejection::unavailable(
                     "the token service cannot be reached",
                 ));
-                complete(
-                    host,
-                    worker,
-                    &pending.members,
-                    lookup,
-                    &outcome,
-                    worker.root,
-                );
+                complete(host, worker, &pending, &outcome, worker.root);
             }
         }
     }
@@ -641,14 +693,7 @@ pub fn on_tick(host: &dyn Host, worker: &Worker) {
                     upstream: entry.upstream,
                     expires_at: None,
                 });
-                complete(
-                    host,
-                    worker,
-                    &pending.members,
-                    &lookup,
-                    &outcome,
-                    worker.root,
-                );
+                complete(host, worker, &pending, &outcome, worker.root);
             }
             continue;
         }
@@ -672,7 +717,7 @@ pub fn on_tick(host: &dyn Host, worker: &Worker) {
 pub fn settle(state: State, worker: &Worker, stream: u32) -> State {
     match state {
         State::Waiting(_) => match worker.inflight.borrow_mut().settle(stream) {
-            Some(Done::Stamped(lookup, token)) => State::Stamped(lookup, token),
+            Some(Done::Stamped(id)) => State::Stamped(id),
             Some(Done::Replied) => State::Replied,
             None => state,
         },
@@ -691,41 +736,37 @@ pub fn on_request_data(state: State, worker: &Worker, stream: u32) -> (State, Ve
     (state, verdict)
 }
 
-/// The provider's response headers for a stamped request. A 401 means the
-/// provider refused the token: if the cache still holds exactly that token
-/// it is deleted, and (once per refused token, whatever the number of
-/// workers and requests that saw the 401) a forced refresh is queued for the
-/// root context, so that it outlives this stream. Requests for the key that
-/// arrive in this worker meanwhile wait for the refresh; the 401 itself goes
-/// back to the client unchanged.
+/// The provider's response headers for a stamped request, as the app will
+/// get them. A 401 here is one the upstream instance did not heal: counted;
+/// a retry header the router did not act on (a body over the retry buffer)
+/// is removed. Without an upstream instance (it never saw the request), the
+/// 401 is handled here as there, minus the replay: the refused token leaves
+/// the cache and a bounded forced refresh is queued for the root context,
+/// which the next requests wait for.
 pub fn on_response_headers(host: &dyn Host, state: State, worker: &Worker, stream: u32) -> State {
     let state = settle(state, worker, stream);
-    let State::Stamped(lookup, token) = &state else {
+    let State::Stamped(id) = state else {
         return state;
     };
     if host.response_status() != Some(401) {
         return state;
     }
-    worker.metrics.unauthorized(host);
-    if !cache::invalidate(host, &lookup.cache_key, *token) {
-        log::debug!("authstamp: provider 401 for a token no longer cached");
-        return state;
+    worker.metrics.unhealed(host);
+    let heal = worker.stamps.borrow().heal(id);
+    match heal {
+        Some(Heal::Idle) => {
+            worker.metrics.unauthorized(host);
+            let decision = heal::on_refused(host, worker, id, None);
+            if let heal::Decision::Unhealed(code) = decision {
+                heal::apply(host, worker, id, &heal::Decision::Unhealed(code));
+            }
+        }
+        Some(Heal::Retry(_)) => {
+            host.remove_response_header(heal::RETRY_HEADER);
+            worker.stamps.borrow_mut().set_heal(id, Heal::Unhealed);
+        }
+        _ => {}
     }
-    let mut inflight = worker.inflight.borrow_mut();
-    if inflight.has_forced(&lookup.cache_key.key) {
-        return state;
-    }
-    log::info!(
-        "authstamp: provider answered 401; refreshing provider={}",
-        lookup.identity.provider
-    );
-    let forced = Lookup {
-        force_refresh: true,
-        ..Lookup::clone(lookup)
-    };
-    inflight.start_orphan(Rc::new(forced));
-    drop(inflight);
-    host.set_tick_period(TICK);
     state
 }
 
@@ -734,6 +775,9 @@ pub fn on_response_headers(host: &dyn Host, state: State, worker: &Worker, strea
 /// dispatch again.
 pub fn on_done(host: &dyn Host, state: State, worker: &Worker, stream: u32) -> State {
     let state = settle(state, worker, stream);
+    if let State::Stamped(id) = state {
+        worker.stamps.borrow_mut().remove(id);
+    }
     if let State::Waiting(id) = state {
         let left = worker.inflight.borrow_mut().leave(id, stream);
         match left {

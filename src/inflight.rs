@@ -51,6 +51,9 @@ pub struct Pending {
     pub token: Option<u32>,
     /// Streams waiting for the answer, in arrival order.
     pub members: Vec<u32>,
+    /// Upstream attempts whose provider 401 waits for the answer, with the
+    /// id of their stamped request (see `heal.rs`).
+    pub healers: Vec<(u32, u64)>,
     /// When our shared-data marker for the key expires (0: we hold none);
     /// for a remote wait, when the other worker's marker expires.
     pub until_ms: u64,
@@ -61,8 +64,8 @@ pub struct Pending {
 /// How a waiting stream was completed by another context's callback.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Done {
-    /// Stamped with the token whose value hashes to the `u64`.
-    Stamped(Rc<Lookup>, u64),
+    /// Stamped; the `u64` is its record in `heal::Stamps`.
+    Stamped(u64),
     Replied,
 }
 
@@ -144,6 +147,7 @@ impl Inflight {
             owner: Owner::Stream(stream),
             token: Some(token),
             members: vec![stream],
+            healers: Vec::new(),
             until_ms,
             started_ns,
         })
@@ -156,9 +160,56 @@ impl Inflight {
             owner: Owner::Remote,
             token: None,
             members: vec![stream],
+            healers: Vec::new(),
             until_ms,
             started_ns: 0,
         })
+    }
+
+    /// Records upstream attempt `healer` (of stamped request `stamp`)
+    /// waiting for another worker's lookup (marker until `until_ms`).
+    pub fn start_remote_healer(
+        &mut self,
+        lookup: Rc<Lookup>,
+        healer: u32,
+        stamp: u64,
+        until_ms: u64,
+    ) -> u64 {
+        self.insert(Pending {
+            lookup,
+            owner: Owner::Remote,
+            token: None,
+            members: Vec::new(),
+            healers: vec![(healer, stamp)],
+            until_ms,
+            started_ns: 0,
+        })
+    }
+
+    /// Records a forced refresh for the root context to dispatch, whose
+    /// marker (already claimed) expires at `until_ms`.
+    pub fn start_forced(&mut self, lookup: Rc<Lookup>, until_ms: u64) -> u64 {
+        let id = self.start_orphan(lookup);
+        if let Some(p) = self.pending.get_mut(&id) {
+            p.until_ms = until_ms;
+        }
+        id
+    }
+
+    /// A forced refresh of `cache_key` in flight, if any.
+    pub fn find_forced(&self, cache_key: &str) -> Option<u64> {
+        self.pending
+            .iter()
+            .filter(|(_, p)| p.lookup.force_refresh && p.lookup.cache_key.key == cache_key)
+            .map(|(id, _)| *id)
+            .min()
+    }
+
+    /// Adds upstream attempt `healer` (of stamped request `stamp`) to lookup `id`.
+    pub fn heal_on(&mut self, id: u64, healer: u32, stamp: u64) {
+        if let Some(p) = self.pending.get_mut(&id) {
+            p.healers.push((healer, stamp));
+        }
     }
 
     /// Records a lookup without members for the root context to dispatch
@@ -169,6 +220,7 @@ impl Inflight {
             owner: Owner::Orphaned,
             token: None,
             members: Vec::new(),
+            healers: Vec::new(),
             until_ms: 0,
             started_ns: 0,
         })
@@ -186,10 +238,11 @@ impl Inflight {
             return Left::Nothing;
         };
         p.members.retain(|m| *m != stream);
+        p.healers.retain(|(h, _)| *h != stream);
         match p.owner {
             // Its answer still fills the cache.
             Owner::Root | Owner::Orphaned => Left::Nothing,
-            Owner::Remote if p.members.is_empty() => self.removed(id),
+            Owner::Remote if p.members.is_empty() && p.healers.is_empty() => self.removed(id),
             Owner::Remote => Left::Nothing,
             Owner::Stream(owner) if owner != stream => Left::Nothing,
             Owner::Stream(_) => {

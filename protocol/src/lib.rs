@@ -101,12 +101,16 @@ pub enum ErrorCode {
     UpstreamUnavailable,
     /// Envoy: the upstream did not answer within the route timeout.
     UpstreamTimeout,
+    /// Added to a provider's own 401: the provider refused the stamped token
+    /// and authstamp could not heal it (the refreshed token was refused too,
+    /// or this connection had its forced refresh within the interval).
+    TokenRefused,
     /// A bug or storage failure; details are in the token service's log.
     Internal,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 27] = [
+    pub const ALL: [ErrorCode; 28] = [
         ErrorCode::BadRequest,
         ErrorCode::Unauthorized,
         ErrorCode::UnknownApp,
@@ -133,6 +137,7 @@ impl ErrorCode {
         ErrorCode::NotImplemented,
         ErrorCode::UpstreamUnavailable,
         ErrorCode::UpstreamTimeout,
+        ErrorCode::TokenRefused,
         ErrorCode::Internal,
     ];
 
@@ -165,6 +170,7 @@ impl ErrorCode {
             ErrorCode::NotImplemented => "not_implemented",
             ErrorCode::UpstreamUnavailable => "upstream_unavailable",
             ErrorCode::UpstreamTimeout => "upstream_timeout",
+            ErrorCode::TokenRefused => "token_refused",
         }
     }
 
@@ -203,6 +209,7 @@ impl ErrorCode {
             ErrorCode::NotImplemented => 501,
             ErrorCode::UpstreamUnavailable => 503,
             ErrorCode::UpstreamTimeout => 504,
+            ErrorCode::TokenRefused => 401,
         }
     }
 }
