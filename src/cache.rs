@@ -645,17 +645,32 @@ pub fn release(host: &dyn Host, key: &Slotted, until_ms: u64) {
 
 const FORCED_PREFIX: &str = "authstamp/v2/forced/";
 
+/// The answer of [`may_force`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Force {
+    /// Recorded: ask for it.
+    Allowed,
+    /// The connection's last forced refresh was asked for at `at_ms`, within
+    /// the interval (by any worker).
+    Refused { at_ms: u64 },
+}
+
 /// Whether a forced refresh of `key` may be asked for now: at most one per
 /// `interval_ms` per connection across all workers (the last one's time is
-/// kept in shared data). `true` records this one; a CAS conflict is another
-/// worker forcing at the same moment, so this one is refused.
-pub fn may_force(host: &dyn Host, key: &Slotted, now_ms: u64, interval_ms: u64) -> bool {
+/// kept in shared data). A CAS conflict is another worker forcing at the
+/// same moment.
+pub fn may_force(host: &dyn Host, key: &Slotted, now_ms: u64, interval_ms: u64) -> Force {
     let name = format!("{FORCED_PREFIX}{}", key.slots[0]);
     let (value, cas) = host.get_shared_data(&name);
-    let last = value.as_deref().and_then(Marker::decode);
+    let last = value
+        .as_deref()
+        .and_then(Marker::decode)
+        .filter(|last| last.key == key.key);
     if let Some(last) = last {
-        if last.key == key.key && now_ms < last.until_ms.saturating_add(interval_ms) {
-            return false;
+        if now_ms < last.until_ms.saturating_add(interval_ms) {
+            return Force::Refused {
+                at_ms: last.until_ms,
+            };
         }
     }
     let ours = Marker {
@@ -663,8 +678,8 @@ pub fn may_force(host: &dyn Host, key: &Slotted, now_ms: u64, interval_ms: u64) 
         key: key.key.clone(),
     };
     match host.set_shared_data(&name, &ours.encode(), cas) {
-        Ok(()) | Err(SharedDataError::Failed) => true,
-        Err(SharedDataError::CasMismatch) => false,
+        Ok(()) | Err(SharedDataError::Failed) => Force::Allowed,
+        Err(SharedDataError::CasMismatch) => Force::Refused { at_ms: now_ms },
     }
 }
 

@@ -29,8 +29,8 @@ use authstamp_protocol::{
 };
 
 use crate::cache::{self, Claim, KeyVerdict, Slotted, Stored};
-use crate::heal::{self, Heal, Stamp, Stamps};
 use crate::config::{Config, Unmarked};
+use crate::heal::{self, Heal, Stamp, Stamps};
 use crate::host::{DispatchError, HeaderPairs, Host};
 use crate::inflight::{Done, Inflight, Left, Lookup, Owner, Pending};
 use crate::metrics::Metrics;
@@ -513,32 +513,26 @@ fn cache_answer(host: &dyn Host, metrics: &Metrics, lookup: &Lookup, answer: &To
     }
 }
 
-/// Completes every member: makes it the effective context, stamps and
-/// resumes it or answers it locally, and records how; and every healer: its
-/// held 401 gets the retry header or `x-authstamp-error` and goes on. Then
-/// makes `current` effective again.
-fn complete(
-    host: &dyn Host,
-    worker: &Worker,
-    pending: &Pending,
-    outcome: &Outcome,
-    current: u32,
-) {
+/// Resolves the stamped requests whose replay awaits this lookup, and
+/// resumes the replays waiting (restamped if the answer is a fresher
+/// credential); completes every member: makes it the effective context,
+/// stamps and resumes it or answers it locally, and records how. Then makes
+/// `current` effective again.
+fn complete(host: &dyn Host, worker: &Worker, pending: &Pending, outcome: &Outcome, current: u32) {
     let metrics = &worker.metrics;
     let lookup = &pending.lookup;
+    let fresh = match outcome {
+        Outcome::Stamp(answer) => Ok((&answer.header, &answer.upstream)),
+        Outcome::Refuse(rejection) => Err(rejection.code),
+    };
+    worker.stamps.borrow_mut().resolve(pending.id, fresh);
     for &(healer, stamp) in &pending.healers {
         if !host.set_effective_context(healer) {
-            log::debug!("authstamp: a held 401 is gone");
+            log::debug!("authstamp: a waiting replay is gone");
             continue;
         }
-        let decision = match outcome {
-            Outcome::Stamp(answer) => {
-                heal::decide_stamp(worker, stamp, &answer.header, &answer.upstream)
-            }
-            Outcome::Refuse(rejection) => heal::Decision::Unhealed(rejection.code),
-        };
-        heal::apply(host, worker, stamp, &decision);
-        host.resume_response();
+        heal::replay(host, worker, stamp);
+        host.resume_request();
     }
     for &member in &pending.members {
         if !host.set_effective_context(member) {
@@ -756,12 +750,12 @@ pub fn on_response_headers(host: &dyn Host, state: State, worker: &Worker, strea
     match heal {
         Some(Heal::Idle) => {
             worker.metrics.unauthorized(host);
-            let decision = heal::on_refused(host, worker, id, None);
+            let decision = heal::on_refused(host, worker, id, false);
             if let heal::Decision::Unhealed(code) = decision {
                 heal::apply(host, worker, id, &heal::Decision::Unhealed(code));
             }
         }
-        Some(Heal::Retry(_)) => {
+        Some(Heal::Retry(_) | Heal::Awaiting(_)) => {
             host.remove_response_header(heal::RETRY_HEADER);
             worker.stamps.borrow_mut().set_heal(id, Heal::Unhealed);
         }

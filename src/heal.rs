@@ -7,16 +7,22 @@
 //! stamping instance records each stamped request in [`Stamps`] and hands
 //! the record's id to the upstream instance in the request's filter state.
 //!
-//! When the provider answers 401, the upstream instance holds that response
-//! back and gets a token fresher than the refused one ([`on_refused`]: one
-//! already cached, the forced refresh in flight, or a new forced refresh,
-//! at most one per connection per `forced_refresh_interval`). With one it
-//! adds `x-authstamp-retry: 1`: the route's retry policy (on that header,
-//! one retry) replays the buffered request, and the upstream instance
-//! restamps the replay. Without one it adds `x-authstamp-error: <code>` and
-//! the provider's 401 goes to the app. A 401 the router does not replay
-//! (body over the retry buffer) reaches the stamping instance, which drops
-//! `x-authstamp-retry`.
+//! When the provider answers 401, the upstream instance looks for a token
+//! fresher than the refused one ([`on_refused`]: one already cached, the
+//! forced refresh in flight, or a new forced refresh, at most one per
+//! connection per `forced_refresh_interval`). If there is or will be one it
+//! adds `x-authstamp-retry: 1` to the 401: the route's retry policy (on that
+//! header, one retry) replays the buffered request, whose headers wait in
+//! the upstream instance for the fresh token and get it; if the refresh
+//! fails the replay goes out as it was and its 401 gets
+//! `x-authstamp-error: <code>`. Without a fresher token (the bound) the
+//! first 401 gets `x-authstamp-error` and goes to the app. A 401 the router
+//! does not replay (body over the retry buffer) reaches the stamping
+//! instance, which drops `x-authstamp-retry`.
+//!
+//! The 401 itself is never held back: a response held and resumed from the
+//! root context would be replayed by the router while Envoy still delivers
+//! its buffered body to the deleted upstream context.
 
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -40,14 +46,23 @@ pub const RETRY_HEADER: &str = "x-authstamp-retry";
 pub enum Heal {
     /// No 401 seen.
     Idle,
-    /// The first attempt's 401 is held back until a fresher token is in.
-    Refreshing,
-    /// The replay is due and gets this credential.
+    /// A replay is due; its credential comes with lookup `u64`.
+    Awaiting(u64),
+    /// A replay is due and gets this credential.
     Retry(StampHeader),
     /// The replay carries the fresher credential.
     Retried,
+    /// No fresher credential (the code says why): the replay goes out as
+    /// it was.
+    Failed(ErrorCode),
     /// The 401 goes to the app.
     Unhealed,
+}
+
+impl Heal {
+    fn is_due(&self) -> bool {
+        matches!(self, Heal::Awaiting(_) | Heal::Retry(_))
+    }
 }
 
 /// A stamped request, as the stamping instance recorded it.
@@ -68,8 +83,8 @@ pub struct Stamp {
 pub struct Stamps {
     next: u64,
     records: HashMap<u64, Stamp>,
-    /// Records in [`Heal::Retry`]: while none is, the upstream instance
-    /// does nothing on request headers.
+    /// Records with a replay due: while there is none, the upstream
+    /// instance does nothing on request headers.
     retries_due: usize,
 }
 
@@ -82,7 +97,7 @@ impl Stamps {
 
     pub fn remove(&mut self, id: u64) {
         if let Some(stamp) = self.records.remove(&id) {
-            if matches!(stamp.heal, Heal::Retry(_)) {
+            if stamp.heal.is_due() {
                 self.retries_due -= 1;
             }
         }
@@ -100,13 +115,38 @@ impl Stamps {
         let Some(stamp) = self.records.get_mut(&id) else {
             return;
         };
-        if matches!(stamp.heal, Heal::Retry(_)) {
+        if stamp.heal.is_due() {
             self.retries_due -= 1;
         }
-        if matches!(heal, Heal::Retry(_)) {
+        if heal.is_due() {
             self.retries_due += 1;
         }
         stamp.heal = heal;
+    }
+
+    /// Lookup `pending` is answered: each record awaiting it gets `fresh`
+    /// (the answer's credential and upstream) if it is fresher and goes to
+    /// the same place, else fails with `fresh`'s error or `token_refused`.
+    pub fn resolve(&mut self, pending: u64, fresh: Result<(&StampHeader, &Upstream), ErrorCode>) {
+        let awaiting: Vec<u64> = self
+            .records
+            .iter()
+            .filter(|(_, s)| s.heal == Heal::Awaiting(pending))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in awaiting {
+            let heal = match (fresh, self.records.get(&id)) {
+                (Ok((header, upstream)), Some(stamp)) => {
+                    match replayable(stamp, header, upstream) {
+                        Some(header) => Heal::Retry(header),
+                        None => Heal::Failed(ErrorCode::TokenRefused),
+                    }
+                }
+                (Err(code), _) => Heal::Failed(code),
+                (_, None) => continue,
+            };
+            self.set_heal(id, heal);
+        }
     }
 
     pub fn retries_due(&self) -> usize {
@@ -122,12 +162,22 @@ impl Stamps {
     }
 }
 
+/// The credential to replay `stamp` with: `header`, if it is fresher and
+/// goes to the same upstream in the same place.
+fn replayable(stamp: &Stamp, header: &StampHeader, upstream: &Upstream) -> Option<StampHeader> {
+    let fresher = cache::hash(header.value.as_bytes()) != stamp.token;
+    let same_place = header.name == stamp.name
+        && header.location == stamp.location
+        && *upstream == stamp.upstream;
+    (fresher && same_place).then(|| header.clone())
+}
+
 /// What to do with a provider 401.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Decision {
-    /// Hold it back: a fresher token comes with lookup `id`.
+    /// Replay; the credential comes with lookup `u64`.
     Wait(u64),
-    /// No healer to hold back; the refresh runs (the next requests wait for it).
+    /// No replay to wait; the refresh runs (the next requests wait for it).
     Refreshing,
     /// Replay with this credential.
     Retry(StampHeader),
@@ -135,14 +185,14 @@ pub enum Decision {
     Unhealed(ErrorCode),
 }
 
-/// The provider refused the token of stamped request `id`. `healer`: the
-/// upstream context whose 401 waits (none for the stamping instance, which
-/// sees the 401 only when no upstream instance runs).
+/// The provider refused the token of stamped request `id`. `replay`: the
+/// upstream instance asks (a replay will wait for the answer); the stamping
+/// instance, which sees the 401 only when no upstream instance runs, does not.
 ///
 /// Every request for the connection that arrives from now on, on any
 /// worker, waits for the fresher token: the refused one leaves the cache
 /// and the shared-data marker is claimed before this returns.
-pub fn on_refused(host: &dyn Host, worker: &Worker, id: u64, healer: Option<u32>) -> Decision {
+pub fn on_refused(host: &dyn Host, worker: &Worker, id: u64, replay: bool) -> Decision {
     let Some((lookup, token)) = worker
         .stamps
         .borrow()
@@ -164,25 +214,25 @@ pub fn on_refused(host: &dyn Host, worker: &Worker, id: u64, healer: Option<u32>
     }
     let in_flight = worker.inflight.borrow().find_forced(&key.key);
     if let Some(pending) = in_flight {
-        return wait_on(worker, pending, healer, id);
+        return waiting(pending, replay);
     }
-    if cache::is_pending(host, key, now_ms) {
-        // Another worker's lookup (or forced refresh) of this connection.
-        let Some(healer) = healer else {
-            return Decision::Refreshing;
-        };
-        let until_ms = now_ms.saturating_add(filter::marker_ttl_ms(&lookup.config));
-        let pending =
-            worker
-                .inflight
-                .borrow_mut()
-                .start_remote_healer(Rc::clone(&lookup), healer, id, until_ms);
-        host.set_tick_period(filter::TICK);
-        return Decision::Wait(pending);
-    }
+    // The marker makes every new request for the connection, on any
+    // worker, wait from now on.
+    let ttl_ms = filter::marker_ttl_ms(&lookup.config);
+    let until_ms = match cache::claim(host, key, now_ms, ttl_ms, false) {
+        cache::Claim::Ask { until_ms } => until_ms,
+        cache::Claim::Wait { until_ms } => {
+            // Another worker's lookup (or forced refresh) of this connection.
+            return wait_remote(host, worker, &lookup, replay, until_ms);
+        }
+    };
     let interval_ms =
         u64::try_from(lookup.config.forced_refresh_interval.as_millis()).unwrap_or(u64::MAX);
-    if !cache::may_force(host, key, now_ms, interval_ms) {
+    // Nobody else asks for the connection now (we hold the marker): a
+    // refusal means its last forced refresh is done, and brought no better
+    // token than this one.
+    if cache::may_force(host, key, now_ms, interval_ms) != cache::Force::Allowed {
+        cache::release(host, key, until_ms);
         log::info!(
             "authstamp: provider answered 401 again within forced_refresh_interval provider={}",
             lookup.identity.provider
@@ -195,25 +245,40 @@ pub fn on_refused(host: &dyn Host, worker: &Worker, id: u64, healer: Option<u32>
         force_refresh: true,
         ..Lookup::clone(&lookup)
     });
-    let until_ms = match filter::claim(host, &forced) {
-        cache::Claim::Ask { until_ms } | cache::Claim::Wait { until_ms } => until_ms,
-    };
     log::info!(
         "authstamp: provider answered 401; refreshing provider={}",
         lookup.identity.provider
     );
     let pending = worker.inflight.borrow_mut().start_forced(forced, until_ms);
     host.set_tick_period(filter::TICK);
-    wait_on(worker, pending, healer, id)
+    waiting(pending, replay)
 }
 
-fn wait_on(worker: &Worker, pending: u64, healer: Option<u32>, id: u64) -> Decision {
-    match healer {
-        Some(healer) => {
-            worker.inflight.borrow_mut().heal_on(pending, healer, id);
-            Decision::Wait(pending)
-        }
-        None => Decision::Refreshing,
+/// Waits for another worker's lookup of the connection (polled on the
+/// root context's tick), then decides with what it left in the cache.
+fn wait_remote(
+    host: &dyn Host,
+    worker: &Worker,
+    lookup: &Rc<Lookup>,
+    replay: bool,
+    until_ms: u64,
+) -> Decision {
+    if !replay {
+        return Decision::Refreshing;
+    }
+    let pending = worker
+        .inflight
+        .borrow_mut()
+        .start_remote_healer(Rc::clone(lookup), until_ms);
+    host.set_tick_period(filter::TICK);
+    Decision::Wait(pending)
+}
+
+fn waiting(pending: u64, replay: bool) -> Decision {
+    if replay {
+        Decision::Wait(pending)
+    } else {
+        Decision::Refreshing
     }
 }
 
@@ -226,37 +291,26 @@ pub fn decide_stamp(
     upstream: &Upstream,
 ) -> Decision {
     let stamps = worker.stamps.borrow();
-    let Some(stamp) = stamps.get(id) else {
-        return Decision::Unhealed(ErrorCode::TokenRefused);
-    };
-    let fresher = cache::hash(header.value.as_bytes()) != stamp.token;
-    let same_place = header.name == stamp.name
-        && header.location == stamp.location
-        && *upstream == stamp.upstream;
-    if fresher && same_place {
-        Decision::Retry(header.clone())
-    } else {
-        Decision::Unhealed(ErrorCode::TokenRefused)
+    match stamps.get(id).and_then(|s| replayable(s, header, upstream)) {
+        Some(header) => Decision::Retry(header),
+        None => Decision::Unhealed(ErrorCode::TokenRefused),
     }
 }
 
 /// Applies a decision to the effective stream's 401 response headers.
 pub fn apply(host: &dyn Host, worker: &Worker, id: u64, decision: &Decision) {
-    match decision {
-        Decision::Wait(_) => worker.stamps.borrow_mut().set_heal(id, Heal::Refreshing),
-        Decision::Refreshing => {}
-        Decision::Retry(header) => {
-            worker
-                .stamps
-                .borrow_mut()
-                .set_heal(id, Heal::Retry(header.clone()));
-            host.add_response_header(RETRY_HEADER, "1");
-        }
+    let heal = match decision {
+        Decision::Refreshing => return,
+        Decision::Wait(pending) => Heal::Awaiting(*pending),
+        Decision::Retry(header) => Heal::Retry(header.clone()),
         Decision::Unhealed(code) => {
             worker.stamps.borrow_mut().set_heal(id, Heal::Unhealed);
             host.add_response_header(headers::ERROR, code.as_str());
+            return;
         }
-    }
+    };
+    worker.stamps.borrow_mut().set_heal(id, heal);
+    host.add_response_header(RETRY_HEADER, "1");
 }
 
 /// Where an upstream attempt is.
@@ -266,7 +320,7 @@ pub enum Attempt {
     Unknown,
     /// An attempt of stamped request `id`.
     Of(u64),
-    /// Its 401 waits for lookup `pending`.
+    /// A replay of `id` waiting for lookup `pending`.
     Held { id: u64, pending: u64 },
 }
 
@@ -275,15 +329,53 @@ fn stamp_id(host: &dyn Host) -> Option<u64> {
     std::str::from_utf8(&value).ok()?.parse().ok()
 }
 
-/// Request headers of an upstream attempt: a due replay gets the fresher
-/// credential; anything else is left alone without a host call.
-pub fn on_upstream_request(host: &dyn Host, worker: &Worker) -> Attempt {
+/// Request headers of upstream attempt `context`: a due replay gets the
+/// fresher credential, or waits for it; anything else is left alone
+/// without a host call.
+pub fn on_upstream_request(host: &dyn Host, worker: &Worker, context: u32) -> (Attempt, Verdict) {
     if worker.stamps.borrow().retries_due() == 0 {
-        return Attempt::Unknown;
+        return (Attempt::Unknown, Verdict::Continue);
     }
     let Some(id) = stamp_id(host) else {
-        return Attempt::Unknown;
+        return (Attempt::Unknown, Verdict::Continue);
     };
+    let heal = worker.stamps.borrow().heal(id);
+    match heal {
+        Some(Heal::Retry(_)) => {
+            replay(host, worker, id);
+            (Attempt::Of(id), Verdict::Continue)
+        }
+        Some(Heal::Awaiting(pending)) => {
+            if worker.inflight.borrow_mut().heal_on(pending, context, id) {
+                (Attempt::Held { id, pending }, Verdict::Pause)
+            } else {
+                // Its lookup is gone unanswered (cannot happen: answers resolve).
+                worker
+                    .stamps
+                    .borrow_mut()
+                    .set_heal(id, Heal::Failed(ErrorCode::TokenRefused));
+                (Attempt::Of(id), Verdict::Continue)
+            }
+        }
+        _ => (Attempt::Of(id), Verdict::Continue),
+    }
+}
+
+/// Request body or trailers of an upstream attempt: held while the replay
+/// waits (Continue here would send its headers on with the refused token).
+pub fn request_data(worker: &Worker, attempt: Attempt) -> Verdict {
+    match attempt {
+        Attempt::Held { id, pending }
+            if worker.stamps.borrow().heal(id) == Some(Heal::Awaiting(pending)) =>
+        {
+            Verdict::Pause
+        }
+        _ => Verdict::Continue,
+    }
+}
+
+/// Restamps the effective replay of `id` if its record has a credential for it.
+pub fn replay(host: &dyn Host, worker: &Worker, id: u64) {
     let heal = worker.stamps.borrow().heal(id);
     if let Some(Heal::Retry(header)) = heal {
         restamp(host, &header);
@@ -291,7 +383,6 @@ pub fn on_upstream_request(host: &dyn Host, worker: &Worker) -> Attempt {
         worker.metrics.healed(host);
         log::debug!("authstamp: replaying a refused request with a fresh token");
     }
-    Attempt::Of(id)
 }
 
 /// Replaces the credential of the effective (already stamped) request.
@@ -311,60 +402,38 @@ fn restamp(host: &dyn Host, header: &StampHeader) {
     }
 }
 
-/// Response headers of an upstream attempt (context `context`).
-pub fn on_upstream_response(
-    host: &dyn Host,
-    worker: &Worker,
-    context: u32,
-    attempt: Attempt,
-) -> (Attempt, Verdict) {
+/// Response headers of an upstream attempt: a first 401 is marked for the
+/// replay or for the app; a replay's 401 for the app.
+pub fn on_upstream_response(host: &dyn Host, worker: &Worker, attempt: Attempt) -> Attempt {
     if host.response_status() != Some(401) {
-        return (attempt, Verdict::Continue);
+        return attempt;
     }
     let id = match attempt {
         Attempt::Of(id) | Attempt::Held { id, .. } => id,
         Attempt::Unknown => match stamp_id(host) {
             Some(id) => id,
-            None => return (attempt, Verdict::Continue),
+            None => return attempt,
         },
     };
     let heal = worker.stamps.borrow().heal(id);
-    match heal {
+    let code = match heal {
         Some(Heal::Idle) => {
             worker.metrics.unauthorized(host);
-            let decision = on_refused(host, worker, id, Some(context));
+            let decision = on_refused(host, worker, id, true);
             apply(host, worker, id, &decision);
-            match decision {
-                Decision::Wait(pending) => (Attempt::Held { id, pending }, Verdict::Pause),
-                _ => (Attempt::Of(id), Verdict::Continue),
-            }
+            return Attempt::Of(id);
         }
-        Some(Heal::Retried) => {
-            // The fresher token is refused too: no second replay.
-            worker.metrics.unauthorized(host);
-            apply(
-                host,
-                worker,
-                id,
-                &Decision::Unhealed(ErrorCode::TokenRefused),
-            );
-            (Attempt::Of(id), Verdict::Continue)
-        }
-        _ => (Attempt::Of(id), Verdict::Continue),
-    }
+        // The fresher token is refused too: no second replay.
+        Some(Heal::Retried) => ErrorCode::TokenRefused,
+        Some(Heal::Failed(code)) => code,
+        _ => return Attempt::Of(id),
+    };
+    worker.metrics.unauthorized(host);
+    apply(host, worker, id, &Decision::Unhealed(code));
+    Attempt::Of(id)
 }
 
-/// Response body or trailers of an upstream attempt: held while its 401 is.
-pub fn response_data(worker: &Worker, attempt: Attempt) -> Verdict {
-    match attempt {
-        Attempt::Held { id, .. } if worker.stamps.borrow().heal(id) == Some(Heal::Refreshing) => {
-            Verdict::Pause
-        }
-        _ => Verdict::Continue,
-    }
-}
-
-/// The upstream attempt is done; a held 401 leaves its lookup.
+/// The upstream attempt is done; a waiting replay leaves its lookup.
 pub fn on_upstream_done(host: &dyn Host, worker: &Worker, context: u32, attempt: Attempt) {
     if let Attempt::Held { pending, .. } = attempt {
         let left = worker.inflight.borrow_mut().leave(pending, context);

@@ -647,7 +647,10 @@ pub mod mock {
         fn add_response_header(&self, name: &str, value: &str) {
             let mut state = self.state.borrow_mut();
             let current = state.current;
-            let stream = state.streams.get_mut(&current).expect("a stream is effective");
+            let stream = state
+                .streams
+                .get_mut(&current)
+                .expect("a stream is effective");
             stream
                 .response_added
                 .push((name.to_string(), value.to_string()));
@@ -656,14 +659,20 @@ pub mod mock {
         fn remove_response_header(&self, name: &str) {
             let mut state = self.state.borrow_mut();
             let current = state.current;
-            let stream = state.streams.get_mut(&current).expect("a stream is effective");
+            let stream = state
+                .streams
+                .get_mut(&current)
+                .expect("a stream is effective");
             stream.response_removed.push(name.to_string());
         }
 
         fn resume_response(&self) {
             let mut state = self.state.borrow_mut();
             let current = state.current;
-            let stream = state.streams.get_mut(&current).expect("a stream is effective");
+            let stream = state
+                .streams
+                .get_mut(&current)
+                .expect("a stream is effective");
             stream.response_resumed += 1;
         }
 

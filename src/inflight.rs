@@ -46,13 +46,14 @@ pub enum Owner {
 
 #[derive(Debug)]
 pub struct Pending {
+    pub id: u64,
     pub lookup: Rc<Lookup>,
     pub owner: Owner,
     pub token: Option<u32>,
     /// Streams waiting for the answer, in arrival order.
     pub members: Vec<u32>,
-    /// Upstream attempts whose provider 401 waits for the answer, with the
-    /// id of their stamped request (see `heal.rs`).
+    /// Replays of refused requests waiting for the answer (upstream
+    /// contexts), with the id of their stamped request (see `heal.rs`).
     pub healers: Vec<(u32, u64)>,
     /// When our shared-data marker for the key expires (0: we hold none);
     /// for a remote wait, when the other worker's marker expires.
@@ -123,9 +124,10 @@ impl Inflight {
         }
     }
 
-    fn insert(&mut self, pending: Pending) -> u64 {
+    fn insert(&mut self, mut pending: Pending) -> u64 {
         self.next_id += 1;
         let id = self.next_id;
+        pending.id = id;
         if let Some(token) = pending.token {
             self.tokens.insert(token, id);
         }
@@ -143,6 +145,7 @@ impl Inflight {
         started_ns: u64,
     ) -> u64 {
         self.insert(Pending {
+            id: 0,
             lookup,
             owner: Owner::Stream(stream),
             token: Some(token),
@@ -156,6 +159,7 @@ impl Inflight {
     /// Records `stream` waiting for another worker's lookup (marker until `until_ms`).
     pub fn start_remote(&mut self, lookup: Rc<Lookup>, stream: u32, until_ms: u64) -> u64 {
         self.insert(Pending {
+            id: 0,
             lookup,
             owner: Owner::Remote,
             token: None,
@@ -166,21 +170,16 @@ impl Inflight {
         })
     }
 
-    /// Records upstream attempt `healer` (of stamped request `stamp`)
-    /// waiting for another worker's lookup (marker until `until_ms`).
-    pub fn start_remote_healer(
-        &mut self,
-        lookup: Rc<Lookup>,
-        healer: u32,
-        stamp: u64,
-        until_ms: u64,
-    ) -> u64 {
+    /// Records a wait for another worker's lookup (marker until
+    /// `until_ms`) that replays of refused requests will join.
+    pub fn start_remote_healer(&mut self, lookup: Rc<Lookup>, until_ms: u64) -> u64 {
         self.insert(Pending {
+            id: 0,
             lookup,
             owner: Owner::Remote,
             token: None,
             members: Vec::new(),
-            healers: vec![(healer, stamp)],
+            healers: Vec::new(),
             until_ms,
             started_ns: 0,
         })
@@ -205,10 +204,14 @@ impl Inflight {
             .min()
     }
 
-    /// Adds upstream attempt `healer` (of stamped request `stamp`) to lookup `id`.
-    pub fn heal_on(&mut self, id: u64, healer: u32, stamp: u64) {
-        if let Some(p) = self.pending.get_mut(&id) {
-            p.healers.push((healer, stamp));
+    /// Adds replay `healer` (of stamped request `stamp`) to lookup `id`.
+    pub fn heal_on(&mut self, id: u64, healer: u32, stamp: u64) -> bool {
+        match self.pending.get_mut(&id) {
+            Some(p) => {
+                p.healers.push((healer, stamp));
+                true
+            }
+            None => false,
         }
     }
 
@@ -216,6 +219,7 @@ impl Inflight {
     /// (a forced refresh).
     pub fn start_orphan(&mut self, lookup: Rc<Lookup>) -> u64 {
         self.insert(Pending {
+            id: 0,
             lookup,
             owner: Owner::Orphaned,
             token: None,

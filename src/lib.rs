@@ -423,8 +423,17 @@ mod glue {
 
     impl HttpContext for UpstreamAttempt {
         fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-            self.attempt = heal::on_upstream_request(&HostCalls, &self.worker);
-            Action::Continue
+            let (attempt, verdict) = heal::on_upstream_request(&HostCalls, &self.worker, self.id);
+            self.attempt = attempt;
+            action(verdict)
+        }
+
+        fn on_http_request_body(&mut self, _body_size: usize, _end_of_stream: bool) -> Action {
+            action(heal::request_data(&self.worker, self.attempt))
+        }
+
+        fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+            action(heal::request_data(&self.worker, self.attempt))
         }
 
         fn on_http_response_headers(
@@ -432,20 +441,8 @@ mod glue {
             _num_headers: usize,
             _end_of_stream: bool,
         ) -> Action {
-            let (attempt, verdict) =
-                heal::on_upstream_response(&HostCalls, &self.worker, self.id, self.attempt);
-            self.attempt = attempt;
-            action(verdict)
-        }
-
-        // A held 401's body waits with its headers (Continue here would
-        // send the headers on before the decision).
-        fn on_http_response_body(&mut self, _body_size: usize, _end_of_stream: bool) -> Action {
-            action(heal::response_data(&self.worker, self.attempt))
-        }
-
-        fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {
-            action(heal::response_data(&self.worker, self.attempt))
+            self.attempt = heal::on_upstream_response(&HostCalls, &self.worker, self.attempt);
+            Action::Continue
         }
     }
 }

@@ -30,6 +30,23 @@ pub fn replace_once(text: &str, replacements: &[(&str, String)]) -> String {
     text
 }
 
+/// The filter's instances in each shipped bootstrap: the listener's and the
+/// upstream filter of each of the two provider clusters (one code path).
+pub const FILTER_INSTANCES: usize = 3;
+
+/// `text` with the filter's path `from` (found once per instance) set to the built filter.
+pub fn with_built_filter(text: &str, from: &str) -> String {
+    assert_eq!(
+        text.matches(from).count(),
+        FILTER_INSTANCES,
+        "`{from}` must occur once per filter instance"
+    );
+    text.replace(
+        from,
+        &format!("filename: {}", crate::filter_wasm().display()),
+    )
+}
+
 pub fn read_repo_file(path: &str) -> String {
     let full = crate::workspace_root().join(path);
     std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("read {}: {e}", full.display()))
@@ -98,6 +115,22 @@ impl Snippet {
             ["local"]["filename"];
         assert_eq!(*code, Yaml::from(SNIPPET_WASM_PATH));
         *code = Yaml::from(wasm);
+        for cluster in &mut edited.clusters {
+            let Some(filters) = cluster["typed_extension_protocol_options"]
+                ["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["http_filters"]
+                .as_sequence_mut()
+            else {
+                continue;
+            };
+            for filter in filters {
+                let code =
+                    &mut filter["typed_config"]["config"]["vm_config"]["code"]["local"]["filename"];
+                if !code.is_null() {
+                    assert_eq!(*code, Yaml::from(SNIPPET_WASM_PATH));
+                    *code = Yaml::from(wasm);
+                }
+            }
+        }
         edited
     }
 
@@ -205,18 +238,18 @@ pub fn egress_bootstrap(stack: &Stack, hosts: &[(&str, &str)], unmapped: &str) -
         .iter()
         .map(|(host, provider)| (host.to_string(), json!(provider)))
         .collect();
-    replace_once(
+    let text = with_built_filter(
         &read_repo_file("envoy/egress.yaml"),
+        "filename: target/wasm32-wasip1/release/authstamp_filter.wasm",
+    );
+    replace_once(
+        &text,
         &[
             ("port_value: 9902", "port_value: 0".to_string()),
             ("port_value: 10001", "port_value: 0".to_string()),
             (
                 "port_value: 8080",
                 format!("port_value: {}", port_of(&stack.service_url)),
-            ),
-            (
-                "filename: target/wasm32-wasip1/release/authstamp_filter.wasm",
-                format!("filename: {}", crate::filter_wasm().display()),
             ),
             (
                 r#""id": "app_your_app_id""#,
@@ -237,8 +270,12 @@ pub fn egress_bootstrap(stack: &Stack, hosts: &[(&str, &str)], unmapped: &str) -
 /// `envoy/compose.yaml` on this machine: loopback ports chosen by Envoy, the
 /// token service at `service_url`, the built filter.
 pub fn compose_bootstrap(service_url: &str) -> String {
-    replace_once(
+    let text = with_built_filter(
         &read_repo_file("envoy/compose.yaml"),
+        "filename: /etc/envoy/authstamp_filter.wasm",
+    );
+    replace_once(
+        &text,
         &[
             (
                 "address: 127.0.0.1, port_value: 9901",
@@ -251,10 +288,6 @@ pub fn compose_bootstrap(service_url: &str) -> String {
             (
                 "address: authstamp-token-service, port_value: 8080",
                 format!("address: 127.0.0.1, port_value: {}", port_of(service_url)),
-            ),
-            (
-                "filename: /etc/envoy/authstamp_filter.wasm",
-                format!("filename: {}", crate::filter_wasm().display()),
             ),
         ],
     )

@@ -34,7 +34,22 @@ fn the_local_compose_and_egress_bootstraps_carry_the_snippet() {
         .assert_carried_by(&local, "authstamp_egress", "providers");
     let compose = parse_yaml(&read_repo_file("envoy/compose.yaml"));
     snippet.assert_carried_by(&compose, "authstamp_egress", "providers");
-    let egress = parse_yaml(&read_repo_file("envoy/egress.yaml"));
+    let mut egress = parse_yaml(&read_repo_file("envoy/egress.yaml"));
+    // Its upstream instances share the first instance's vm_config, the app
+    // key's environment included (one VM for both).
+    for cluster in egress["static_resources"]["clusters"]
+        .as_sequence_mut()
+        .expect("clusters")
+    {
+        let filters = &mut cluster["typed_extension_protocol_options"]
+            ["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["http_filters"];
+        for filter in filters.as_sequence_mut().into_iter().flatten() {
+            let vm = &mut filter["typed_config"]["config"]["vm_config"];
+            if let Some(vm) = vm.as_mapping_mut() {
+                assert!(vm.remove("environment_variables").is_some());
+            }
+        }
+    }
     snippet
         .edited("127.0.0.1", 8080, LOCAL_WASM)
         .assert_routes_and_clusters(&egress, "authstamp_transparent_egress", "everything");
