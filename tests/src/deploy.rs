@@ -115,17 +115,22 @@ impl Snippet {
             ["local"]["filename"];
         assert_eq!(*code, Yaml::from(SNIPPET_WASM_PATH));
         *code = Yaml::from(wasm);
+        // The upstream instances (the provider clusters' http_filters) load the same file.
         for cluster in &mut edited.clusters {
-            let Some(filters) = cluster["typed_extension_protocol_options"]
-                ["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["http_filters"]
-                .as_sequence_mut()
-            else {
-                continue;
-            };
-            for filter in filters {
-                let code =
-                    &mut filter["typed_config"]["config"]["vm_config"]["code"]["local"]["filename"];
-                if !code.is_null() {
+            let filters = cluster
+                .get_mut("typed_extension_protocol_options")
+                .and_then(|o| o.get_mut("envoy.extensions.upstreams.http.v3.HttpProtocolOptions"))
+                .and_then(|o| o.get_mut("http_filters"))
+                .and_then(Yaml::as_sequence_mut);
+            for filter in filters.into_iter().flatten() {
+                let code = filter
+                    .get_mut("typed_config")
+                    .and_then(|c| c.get_mut("config"))
+                    .and_then(|c| c.get_mut("vm_config"))
+                    .and_then(|c| c.get_mut("code"))
+                    .and_then(|c| c.get_mut("local"))
+                    .and_then(|c| c.get_mut("filename"));
+                if let Some(code) = code {
                     assert_eq!(*code, Yaml::from(SNIPPET_WASM_PATH));
                     *code = Yaml::from(wasm);
                 }

@@ -41,11 +41,18 @@ fn the_local_compose_and_egress_bootstraps_carry_the_snippet() {
         .as_sequence_mut()
         .expect("clusters")
     {
-        let filters = &mut cluster["typed_extension_protocol_options"]
-            ["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["http_filters"];
-        for filter in filters.as_sequence_mut().into_iter().flatten() {
-            let vm = &mut filter["typed_config"]["config"]["vm_config"];
-            if let Some(vm) = vm.as_mapping_mut() {
+        let filters = cluster
+            .get_mut("typed_extension_protocol_options")
+            .and_then(|o| o.get_mut("envoy.extensions.upstreams.http.v3.HttpProtocolOptions"))
+            .and_then(|o| o.get_mut("http_filters"))
+            .and_then(serde_yaml_ng::Value::as_sequence_mut);
+        for filter in filters.into_iter().flatten() {
+            let vm = filter
+                .get_mut("typed_config")
+                .and_then(|c| c.get_mut("config"))
+                .and_then(|c| c.get_mut("vm_config"))
+                .and_then(serde_yaml_ng::Value::as_mapping_mut);
+            if let Some(vm) = vm {
                 assert!(vm.remove("environment_variables").is_some());
             }
         }
