@@ -824,6 +824,8 @@ mod tests {
 
     /// The root context of the second worker of a bench.
     const OTHER_ROOT: u32 = 1000;
+    /// The root context of the first worker's upstream instance.
+    const UPSTREAM_ROOT: u32 = 2000;
 
     /// A test bench: one host (shared data is shared by all workers), two
     /// workers, one config. Streams run on the first worker unless started
@@ -832,6 +834,9 @@ mod tests {
         host: MockHost,
         worker: Worker,
         other: Worker,
+        /// The upstream instance on the first worker (same VM: same stamps).
+        upstream: Worker,
+        attempts: RefCell<std::collections::HashMap<u32, heal::Attempt>>,
         config: Rc<Config>,
         states: RefCell<std::collections::HashMap<u32, State>>,
         on_other: RefCell<std::collections::HashSet<u32>>,
@@ -843,10 +848,17 @@ mod tests {
             host.add_context(OTHER_ROOT);
             let metrics = Metrics::define(&host);
             let other_metrics = Metrics::define(&host);
+            host.add_context(UPSTREAM_ROOT);
+            let upstream_metrics = Metrics::define(&host);
+            let worker = Worker::new(ROOT, metrics);
+            let upstream =
+                Worker::sharing(UPSTREAM_ROOT, upstream_metrics, Rc::clone(&worker.stamps));
             Bench {
                 host,
-                worker: Worker::new(ROOT, metrics),
+                worker,
                 other: Worker::new(OTHER_ROOT, other_metrics),
+                upstream,
+                attempts: RefCell::new(Default::default()),
                 config,
                 states: RefCell::new(Default::default()),
                 on_other: RefCell::new(Default::default()),
@@ -901,7 +913,11 @@ mod tests {
             self.host.set_call_response(status, body);
             self.host.enter(to);
             let size = self.host.call_response_body_len();
-            let worker = self.worker_of(to);
+            let worker = if to == UPSTREAM_ROOT {
+                &self.upstream
+            } else {
+                self.worker_of(to)
+            };
             on_call_response(&self.host, worker, token, size, to);
             if to != ROOT && to != OTHER_ROOT {
                 let state = settle(self.state(to), worker, to);
@@ -943,6 +959,44 @@ mod tests {
         fn tick(&self) {
             self.host.enter(ROOT);
             on_tick(&self.host, &self.worker);
+        }
+
+        /// The router sends an attempt (upstream context `attempt`) of the
+        /// stamped request of `stream`: its headers as stamped (minus the
+        /// route header the route removes), its filter state.
+        fn attempt(&self, attempt: u32, stream: u32) -> Verdict {
+            let original = self.host.stream(stream);
+            let headers = original
+                .headers
+                .into_iter()
+                .filter(|(n, _)| n != "x-authstamp-route")
+                .collect();
+            self.host.add_stream_bytes(attempt, headers);
+            for (name, value) in original.properties {
+                self.host.set_property(attempt, &name, &value);
+            }
+            self.host.enter(attempt);
+            let (state, verdict) = heal::on_upstream_request(&self.host, &self.upstream, attempt);
+            self.attempts.borrow_mut().insert(attempt, state);
+            verdict
+        }
+
+        /// The provider answers `status` to upstream attempt `attempt`.
+        fn attempt_answered(&self, attempt: u32, status: u16) {
+            self.host.set_response_status(attempt, status);
+            self.host.enter(attempt);
+            let state = self.attempts.borrow()[&attempt];
+            let state = heal::on_upstream_response(&self.host, &self.upstream, state);
+            self.attempts.borrow_mut().insert(attempt, state);
+        }
+
+        fn tick_upstream(&self) {
+            self.host.enter(UPSTREAM_ROOT);
+            on_tick(&self.host, &self.upstream);
+        }
+
+        fn added(&self, stream: u32) -> Vec<(String, String)> {
+            self.host.stream(stream).response_added
         }
 
         fn tick_other(&self) {
@@ -2291,6 +2345,257 @@ mod tests {
         assert_eq!(bench.worker.inflight.borrow().pending_count(), 0);
     }
 
+    // --- healing a provider 401 (upstream instance) ---------------------------
+
+    fn retry_header() -> (String, String) {
+        (heal::RETRY_HEADER.to_string(), "1".to_string())
+    }
+
+    fn error_header(code: &str) -> (String, String) {
+        ("x-authstamp-error".to_string(), code.to_string())
+    }
+
+    /// A cached token for alice, stamped on stream 2, whose first attempt
+    /// (context 10) the provider refuses.
+    fn refused_first_attempt() -> Bench {
+        let bench = Bench::new(gateway());
+        bench.call(2, "alice", KEY);
+        bench.answer_last(Some(200), &token_answer(None));
+        bench.call(3, "alice", KEY);
+        assert!(bench.state(3).is_stamped());
+        assert_eq!(bench.attempt(10, 3), Verdict::Continue);
+        bench.attempt_answered(10, 401);
+        bench
+    }
+
+    #[test]
+    fn a_first_attempt_needs_no_host_call_and_other_statuses_pass_untouched() {
+        let bench = Bench::new(gateway());
+        bench.call(2, "alice", KEY);
+        bench.answer_last(Some(200), &token_answer(None));
+        bench.call(3, "alice", KEY);
+        let reads = bench.host.shared_reads();
+        assert_eq!(bench.attempt(10, 3), Verdict::Continue);
+        assert_eq!(bench.attempts.borrow()[&10], heal::Attempt::Unknown);
+        for status in [200, 403, 500] {
+            bench.attempt_answered(10, status);
+            assert!(bench.added(10).is_empty(), "{status}");
+        }
+        assert_eq!(bench.host.shared_reads(), reads, "nothing read");
+        assert_eq!(bench.host.dispatch_count(), 1);
+        assert_eq!(bench.host.tick(), None);
+    }
+
+    #[test]
+    fn a_refused_token_is_replayed_once_with_the_forced_refresh() {
+        let bench = refused_first_attempt();
+        assert_eq!(bench.added(10), vec![retry_header()]);
+        assert!(
+            bench.entry_of("alice").is_none(),
+            "the refused token is gone"
+        );
+        assert_eq!(bench.host.tick(), Some(TICK));
+        // From now on new requests wait, on this worker and the other.
+        assert_eq!(bench.call(4, "alice", KEY), Verdict::Pause);
+        assert_eq!(bench.call_on_other(5, "alice", KEY), Verdict::Pause);
+        // The router's replay waits too, body included.
+        assert_eq!(bench.attempt(11, 3), Verdict::Pause);
+        let held = bench.attempts.borrow()[&11];
+        assert_eq!(heal::request_data(&bench.upstream, held), Verdict::Pause);
+
+        bench.tick_upstream();
+        let forced = bench.host.dispatches().last().cloned().unwrap();
+        assert_eq!(forced.from, UPSTREAM_ROOT);
+        let body: TokenLookupRequest = serde_json::from_slice(&forced.body).unwrap();
+        assert!(body.force_refresh);
+        bench.answer(UPSTREAM_ROOT, forced.token, Some(200), &refreshed_answer());
+
+        assert_eq!(bench.host.resumed(11), 1);
+        assert_eq!(
+            bench.host.header_values(11, "authorization"),
+            vec!["Bearer xoxb-fresh".to_string()]
+        );
+        assert_eq!(
+            bench.host.header(11, ":path").as_deref(),
+            Some("/api-base/api/users.info?user=U1"),
+            "nothing else changes"
+        );
+        assert_eq!(heal::request_data(&bench.upstream, held), Verdict::Continue);
+        bench.tick();
+        bench.tick_other();
+        for stream in [4, 5] {
+            assert_eq!(
+                bench.host.header_values(stream, "authorization"),
+                vec!["Bearer xoxb-fresh".to_string()],
+                "{stream}"
+            );
+        }
+        // The replay's answer goes to the app as it is.
+        bench.attempt_answered(11, 200);
+        assert!(bench.added(11).is_empty());
+        bench.response_arrives(3, 200);
+        assert!(bench.host.stream(3).response_removed.is_empty());
+        assert_eq!(bench.host.dispatch_count(), 2, "one forced refresh");
+        assert_eq!(bench.host.metric(metrics::HEALED_RETRIES), 1);
+        assert_eq!(bench.host.metric(metrics::UNHEALED), 0);
+        bench.done(3);
+        assert_eq!(bench.worker.stamps.borrow().retries_due(), 0);
+    }
+
+    #[test]
+    fn a_failed_refresh_sends_the_replay_as_it_was_and_marks_its_401() {
+        let bench = refused_first_attempt();
+        assert_eq!(bench.attempt(11, 3), Verdict::Pause);
+        bench.tick_upstream();
+        bench.answer_last(Some(409), &error_json("reauth_required", "connect again"));
+        assert_eq!(bench.host.resumed(11), 1);
+        assert_eq!(
+            bench.host.header_values(11, "authorization"),
+            vec!["Bearer xoxb-secret".to_string()]
+        );
+        bench.attempt_answered(11, 401);
+        assert_eq!(bench.added(11), vec![error_header("reauth_required")]);
+        bench.response_arrives(3, 401);
+        assert_eq!(bench.host.metric(metrics::UNHEALED), 1);
+        assert_eq!(bench.host.metric(metrics::HEALED_RETRIES), 0);
+    }
+
+    #[test]
+    fn a_replay_refused_again_is_not_replayed_and_forced_refreshes_are_bounded() {
+        let bench = refused_first_attempt();
+        bench.attempt(11, 3);
+        bench.tick_upstream();
+        bench.answer_last(Some(200), &refreshed_answer());
+        bench.attempt_answered(11, 401);
+        assert_eq!(bench.added(11), vec![error_header("token_refused")]);
+
+        // The fresh token is refused too, within forced_refresh_interval:
+        // no refresh, no replay, the current token stays.
+        bench.call(6, "alice", KEY);
+        assert!(bench.state(6).is_stamped());
+        bench.attempt(12, 6);
+        bench.attempt_answered(12, 401);
+        assert_eq!(bench.added(12), vec![error_header("token_refused")]);
+        assert_eq!(bench.host.dispatch_count(), 2);
+        assert_eq!(bench.host.metric(metrics::FORCED_REFUSED), 1);
+        assert_eq!(
+            bench.entry_of("alice").unwrap().header.value,
+            "Bearer xoxb-fresh"
+        );
+        assert_eq!(bench.attempt(13, 6), Verdict::Continue, "no replay due");
+
+        // Past the interval a 401 forces a refresh again.
+        bench.host.advance_millis(30_000);
+        bench.call(7, "alice", KEY);
+        bench.attempt(14, 7);
+        bench.attempt_answered(14, 401);
+        assert_eq!(bench.added(14), vec![retry_header()]);
+        bench.tick_upstream();
+        assert_eq!(bench.host.dispatch_count(), 3);
+    }
+
+    #[test]
+    fn a_401_the_router_does_not_replay_loses_the_retry_header() {
+        let bench = refused_first_attempt();
+        // A body over the retry buffer: the 401 reaches the stamping instance.
+        bench.response_arrives(3, 401);
+        assert_eq!(
+            bench.host.stream(3).response_removed,
+            vec![heal::RETRY_HEADER.to_string()]
+        );
+        assert_eq!(bench.host.metric(metrics::UNHEALED), 1);
+        // The forced refresh still happens, and the next request gets its token.
+        assert_eq!(bench.call(4, "alice", KEY), Verdict::Pause);
+        bench.tick_upstream();
+        bench.answer_last(Some(200), &refreshed_answer());
+        bench.tick();
+        assert_eq!(
+            bench.host.header_values(4, "authorization"),
+            vec!["Bearer xoxb-fresh".to_string()]
+        );
+        bench.done(3);
+        assert_eq!(bench.worker.stamps.borrow().retries_due(), 0);
+    }
+
+    #[test]
+    fn concurrent_401s_of_one_token_share_one_refresh_and_are_all_replayed() {
+        let bench = Bench::new(gateway());
+        bench.call(2, "alice", KEY);
+        bench.answer_last(Some(200), &token_answer(None));
+        for (stream, attempt) in [(3, 10), (4, 11), (5, 12)] {
+            bench.call(stream, "alice", KEY);
+            bench.attempt(attempt, stream);
+        }
+        for attempt in [10, 11, 12] {
+            bench.attempt_answered(attempt, 401);
+            assert_eq!(bench.added(attempt), vec![retry_header()], "{attempt}");
+        }
+        for (replay, stream) in [(20, 3), (21, 4)] {
+            assert_eq!(bench.attempt(replay, stream), Verdict::Pause);
+        }
+        bench.tick_upstream();
+        bench.answer_last(Some(200), &refreshed_answer());
+        // A replay arriving after the answer gets the fresh token at once.
+        assert_eq!(bench.attempt(22, 5), Verdict::Continue);
+        for replay in [20, 21, 22] {
+            assert_eq!(
+                bench.host.header_values(replay, "authorization"),
+                vec!["Bearer xoxb-fresh".to_string()],
+                "{replay}"
+            );
+        }
+        assert_eq!(bench.host.dispatch_count(), 2);
+        assert_eq!(bench.host.metric(metrics::HEALED_RETRIES), 3);
+    }
+
+    #[test]
+    fn a_401_after_another_request_refreshed_replays_with_the_cached_token() {
+        let bench = Bench::new(gateway());
+        bench.call(2, "alice", KEY);
+        bench.answer_last(Some(200), &token_answer(None));
+        bench.call(3, "alice", KEY);
+        bench.call(4, "alice", KEY);
+        bench.attempt(10, 3);
+        bench.attempt(11, 4);
+        bench.attempt_answered(10, 401);
+        bench.tick_upstream();
+        bench.answer_last(Some(200), &refreshed_answer());
+        // Stream 4 carried the old token too; its 401 comes later.
+        bench.attempt_answered(11, 401);
+        assert_eq!(bench.added(11), vec![retry_header()]);
+        assert_eq!(bench.attempt(21, 4), Verdict::Continue);
+        assert_eq!(
+            bench.host.header_values(21, "authorization"),
+            vec!["Bearer xoxb-fresh".to_string()]
+        );
+        assert_eq!(bench.host.dispatch_count(), 2);
+    }
+
+    #[test]
+    fn a_query_credential_is_replaced_in_the_replays_path() {
+        let bench = Bench::new(gateway());
+        let answer = |value: &str| {
+            serde_json::json!({
+                "header": {"name": "api_key", "value": value, "in": "query"},
+                "upstream": {"scheme": "https", "authority": "slack.com", "base_path": "/api-base"},
+                "expires_at": null,
+            })
+            .to_string()
+        };
+        bench.call(2, "alice", KEY);
+        bench.answer_last(Some(200), &answer("old"));
+        bench.call(3, "alice", KEY);
+        bench.attempt(10, 3);
+        bench.attempt_answered(10, 401);
+        bench.attempt(11, 3);
+        bench.tick_upstream();
+        bench.answer_last(Some(200), &answer("new"));
+        assert_eq!(
+            bench.host.header(11, ":path").as_deref(),
+            Some("/api-base/api/users.info?user=U1&api_key=new")
+        );
+    }
+
     #[test]
     fn unmarked_and_refused_requests_ignore_the_response() {
         let bench = Bench::new(gateway());
@@ -2528,6 +2833,10 @@ mod tests {
         assert_eq!(bench.host.shared_writes().len(), writes);
         assert_eq!(bench.host.dispatch_count(), 1);
         assert_eq!(bench.host.tick(), None, "no tick asked for");
+        // One filter-state write hands the record to the upstream instance.
+        let properties = bench.host.stream(3).properties;
+        assert_eq!(properties.len(), 1);
+        assert!(properties.contains_key(heal::STAMP_PROPERTY));
         assert_eq!(
             bench.host.metric(metrics::CACHE_HITS),
             0,
