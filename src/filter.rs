@@ -139,6 +139,7 @@ fn record_stamp(
         name: header.name.clone(),
         location: header.location,
         upstream,
+        static_credential: heal::is_static(header),
         heal: Heal::Idle,
     });
     host.set_stream_property(heal::STAMP_PROPERTY, id.to_string().as_bytes());
@@ -2572,28 +2573,44 @@ mod tests {
     }
 
     #[test]
-    fn a_query_credential_is_replaced_in_the_replays_path() {
+    fn static_credentials_get_their_401_untouched_without_a_refresh() {
         let bench = Bench::new(gateway());
-        let answer = |value: &str| {
+        let answer = |name: &str, value: &str, location: &str| {
             serde_json::json!({
-                "header": {"name": "api_key", "value": value, "in": "query"},
+                "header": {"name": name, "value": value, "in": location},
                 "upstream": {"scheme": "https", "authority": "slack.com", "base_path": "/api-base"},
                 "expires_at": null,
             })
             .to_string()
         };
-        bench.call(2, "alice", KEY);
-        bench.answer_last(Some(200), &answer("old"));
-        bench.call(3, "alice", KEY);
-        bench.attempt(10, 3);
-        bench.attempt_answered(10, 401);
-        bench.attempt(11, 3);
-        bench.tick_upstream();
-        bench.answer_last(Some(200), &answer("new"));
-        assert_eq!(
-            bench.host.header(11, ":path").as_deref(),
-            Some("/api-base/api/users.info?user=U1&api_key=new")
-        );
+        let cases = [
+            ("alice", answer("api_key", "k-1", "query")),
+            ("bob", answer("authorization", "Basic Ym9iOnB3", "header")),
+        ];
+        for (i, (user, answer)) in cases.iter().enumerate() {
+            let stream = 2 + 10 * i as u32;
+            bench.call(stream, user, KEY);
+            bench.answer_last(Some(200), answer);
+            bench.call(stream + 1, user, KEY);
+            bench.attempt(stream + 100, stream + 1);
+            bench.attempt_answered(stream + 100, 401);
+            assert!(bench.added(stream + 100).is_empty(), "{user}");
+            assert!(bench.entry_of(user).is_some(), "{user}: still cached");
+            bench.response_arrives(stream + 1, 401);
+            assert!(bench.host.stream(stream + 1).response_removed.is_empty());
+        }
+        assert_eq!(bench.host.dispatch_count(), 2, "no forced refresh");
+        assert_eq!(bench.host.tick(), None);
+        assert!(heal::is_static(&authstamp_protocol::StampHeader {
+            name: "authorization".into(),
+            value: "basic x".into(),
+            location: authstamp_protocol::StampLocation::Header,
+        }));
+        assert!(!heal::is_static(&authstamp_protocol::StampHeader {
+            name: "authorization".into(),
+            value: "Bearer x".into(),
+            location: authstamp_protocol::StampLocation::Header,
+        }));
     }
 
     #[test]

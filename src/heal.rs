@@ -75,7 +75,21 @@ pub struct Stamp {
     pub name: String,
     pub location: StampLocation,
     pub upstream: Upstream,
+    /// See [`is_static`].
+    pub static_credential: bool,
     pub heal: Heal,
+}
+
+/// Whether a stamped credential is one no refresh can change: HTTP Basic
+/// (RFC 7617) or a query parameter (API keys). A provider's 401 to it
+/// passes through untouched.
+pub fn is_static(header: &StampHeader) -> bool {
+    header.location == StampLocation::Query
+        || (header.name == "authorization"
+            && header
+                .value
+                .get(..6)
+                .is_some_and(|scheme| scheme.eq_ignore_ascii_case("basic ")))
 }
 
 /// The stamped requests of one worker, shared by both instances.
@@ -183,6 +197,8 @@ pub enum Decision {
     Retry(StampHeader),
     /// Pass it to the app with `x-authstamp-error: <code>`.
     Unhealed(ErrorCode),
+    /// Pass it to the app untouched: a static credential (see [`is_static`]).
+    PassThrough,
 }
 
 /// The provider refused the token of stamped request `id`. `replay`: the
@@ -193,14 +209,17 @@ pub enum Decision {
 /// worker, waits for the fresher token: the refused one leaves the cache
 /// and the shared-data marker is claimed before this returns.
 pub fn on_refused(host: &dyn Host, worker: &Worker, id: u64, replay: bool) -> Decision {
-    let Some((lookup, token)) = worker
+    let Some((lookup, token, static_credential)) = worker
         .stamps
         .borrow()
         .get(id)
-        .map(|s| (Rc::clone(&s.lookup), s.token))
+        .map(|s| (Rc::clone(&s.lookup), s.token, s.static_credential))
     else {
         return Decision::Unhealed(ErrorCode::TokenRefused);
     };
+    if static_credential {
+        return Decision::PassThrough;
+    }
     let Some(now_ms) = host.now_unix_millis() else {
         return Decision::Unhealed(ErrorCode::TokenRefused);
     };
@@ -301,6 +320,10 @@ pub fn decide_stamp(
 pub fn apply(host: &dyn Host, worker: &Worker, id: u64, decision: &Decision) {
     let heal = match decision {
         Decision::Refreshing => return,
+        Decision::PassThrough => {
+            worker.stamps.borrow_mut().set_heal(id, Heal::Unhealed);
+            return;
+        }
         Decision::Wait(pending) => Heal::Awaiting(*pending),
         Decision::Retry(header) => Heal::Retry(header.clone()),
         Decision::Unhealed(code) => {
@@ -385,20 +408,11 @@ pub fn replay(host: &dyn Host, worker: &Worker, id: u64) {
     }
 }
 
-/// Replaces the credential of the effective (already stamped) request.
+/// Replaces the credential of the effective (already stamped) request: a
+/// header (query credentials are static, never replayed).
 fn restamp(host: &dyn Host, header: &StampHeader) {
-    match header.location {
-        StampLocation::Header => host.set_request_header(&header.name, &header.value),
-        StampLocation::Query => {
-            let request = host.request_headers();
-            let path = request
-                .iter()
-                .find(|(n, _)| n == ":path")
-                .and_then(|(_, v)| std::str::from_utf8(v).ok())
-                .unwrap_or("/");
-            let path = crate::stamp::with_query_param(path, &header.name, &header.value);
-            host.set_request_header(":path", &path);
-        }
+    if header.location == StampLocation::Header {
+        host.set_request_header(&header.name, &header.value);
     }
 }
 
