@@ -2462,6 +2462,24 @@ mod tests {
     }
 
     #[test]
+    fn a_forced_lookup_answered_with_the_refused_token_is_not_a_heal() {
+        // The token service bounds forced refreshes too: within its
+        // interval it answers with the current token.
+        let bench = refused_first_attempt();
+        assert_eq!(bench.attempt(11, 3), Verdict::Pause);
+        bench.tick_upstream();
+        bench.answer_last(Some(200), &token_answer(None));
+        assert_eq!(bench.host.resumed(11), 1);
+        assert_eq!(
+            bench.host.header_values(11, "authorization"),
+            vec!["Bearer xoxb-secret".to_string()]
+        );
+        bench.attempt_answered(11, 401);
+        assert_eq!(bench.added(11), vec![error_header("token_refused")]);
+        assert_eq!(bench.host.metric(metrics::HEALED_RETRIES), 0);
+    }
+
+    #[test]
     fn a_replay_refused_again_is_not_replayed_and_forced_refreshes_are_bounded() {
         let bench = refused_first_attempt();
         bench.attempt(11, 3);
