@@ -643,6 +643,46 @@ pub fn release(host: &dyn Host, key: &Slotted, until_ms: u64) {
     }
 }
 
+const FORCED_PREFIX: &str = "authstamp/v2/forced/";
+
+/// The answer of [`may_force`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Force {
+    /// Recorded: ask for it.
+    Allowed,
+    /// The connection's last forced refresh was asked for at `at_ms`, within
+    /// the interval (by any worker).
+    Refused { at_ms: u64 },
+}
+
+/// Whether a forced refresh of `key` may be asked for now: at most one per
+/// `interval_ms` per connection across all workers (the last one's time is
+/// kept in shared data). A CAS conflict is another worker forcing at the
+/// same moment.
+pub fn may_force(host: &dyn Host, key: &Slotted, now_ms: u64, interval_ms: u64) -> Force {
+    let name = format!("{FORCED_PREFIX}{}", key.slots[0]);
+    let (value, cas) = host.get_shared_data(&name);
+    let last = value
+        .as_deref()
+        .and_then(Marker::decode)
+        .filter(|last| last.key == key.key);
+    if let Some(last) = last {
+        if now_ms < last.until_ms.saturating_add(interval_ms) {
+            return Force::Refused {
+                at_ms: last.until_ms,
+            };
+        }
+    }
+    let ours = Marker {
+        until_ms: now_ms,
+        key: key.key.clone(),
+    };
+    match host.set_shared_data(&name, &ours.encode(), cas) {
+        Ok(()) | Err(SharedDataError::Failed) => Force::Allowed,
+        Err(SharedDataError::CasMismatch) => Force::Refused { at_ms: now_ms },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -53,6 +53,11 @@ pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(300);
 pub const MIN_APP_KEY_RECHECK: Duration = Duration::from_secs(1);
 pub const MAX_APP_KEY_RECHECK: Duration = Duration::from_secs(3600);
 pub const DEFAULT_APP_KEY_RECHECK: Duration = Duration::from_secs(5);
+/// Bounds of `forced_refresh_interval` (the token service's
+/// `--forced-refresh-interval` has the same default).
+pub const MIN_FORCED_REFRESH_INTERVAL: Duration = Duration::from_secs(1);
+pub const MAX_FORCED_REFRESH_INTERVAL: Duration = Duration::from_secs(3600);
+pub const DEFAULT_FORCED_REFRESH_INTERVAL: Duration = Duration::from_secs(30);
 /// Bounds of `cache_capacity`: the number of shared-data slots of the token
 /// cache (see `cache.rs`), hence the most entries it ever holds.
 pub const MIN_CACHE_CAPACITY: u32 = 1;
@@ -167,6 +172,9 @@ pub struct Config {
     /// How long an app key the token service accepted is trusted on cache
     /// hits before one lookup checks it again (so a revoked key stops working).
     pub app_key_recheck: Duration,
+    /// At most one forced refresh per connection within this interval
+    /// (after a provider 401); past that the 401 goes to the app.
+    pub forced_refresh_interval: Duration,
     /// Slots of the shared-data token cache: the cap on cached entries.
     pub cache_capacity: u32,
     pub unmarked: Unmarked,
@@ -206,6 +214,8 @@ struct RawConfig {
     max_cache_ttl: Option<String>,
     #[serde(default)]
     app_key_recheck: Option<String>,
+    #[serde(default)]
+    forced_refresh_interval: Option<String>,
     #[serde(default)]
     cache_capacity: Option<u32>,
     #[serde(default)]
@@ -249,6 +259,20 @@ struct RawHeaders {
     app: Option<String>,
     #[serde(default)]
     app_key: Option<String>,
+}
+
+/// The configuration of the filter's second instance, the upstream HTTP
+/// filter of the provider clusters: `{"role": "upstream"}`, nothing else
+/// (it works with what the first instance recorded for the request).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    role: String,
+}
+
+/// Whether `raw` configures the upstream instance.
+pub fn is_upstream_role(raw: &[u8]) -> bool {
+    serde_json::from_slice::<RawUpstream>(raw).is_ok_and(|r| r.role == "upstream")
 }
 
 impl Config {
@@ -357,6 +381,16 @@ impl Config {
         if !(MIN_APP_KEY_RECHECK..=MAX_APP_KEY_RECHECK).contains(&app_key_recheck) {
             return Err(invalid("app_key_recheck must be between 1s and 1h"));
         }
+        let forced_refresh_interval = optional_duration(
+            "forced_refresh_interval",
+            raw.forced_refresh_interval,
+            DEFAULT_FORCED_REFRESH_INTERVAL,
+        )?;
+        if !(MIN_FORCED_REFRESH_INTERVAL..=MAX_FORCED_REFRESH_INTERVAL)
+            .contains(&forced_refresh_interval)
+        {
+            return Err(invalid("forced_refresh_interval must be between 1s and 1h"));
+        }
         let cache_capacity = raw.cache_capacity.unwrap_or(DEFAULT_CACHE_CAPACITY);
         if !(MIN_CACHE_CAPACITY..=MAX_CACHE_CAPACITY).contains(&cache_capacity) {
             return Err(invalid(format!(
@@ -404,6 +438,7 @@ impl Config {
             refresh_skew,
             max_cache_ttl,
             app_key_recheck,
+            forced_refresh_interval,
             cache_capacity,
             unmarked: raw.unmarked_requests.unwrap_or(Unmarked::Pass),
             headers,

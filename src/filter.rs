@@ -14,9 +14,11 @@
 //!    pause.
 //! 5. The answer is validated, cached, and every waiting stream is stamped
 //!    and resumed, or answered locally.
-//! 6. A provider answering 401 to a stamped request deletes the cached entry
-//!    that held the refused token and has the root context ask the token
-//!    service for a forced refresh; requests arriving meanwhile wait for it.
+//! 6. Each stamped request is recorded (`heal::Stamps`) for the upstream
+//!    instance, which heals a provider 401 with one replay (see `heal.rs`).
+//!    Without it, a 401 seen here deletes the cached entry that held the
+//!    refused token and has the root context ask the token service for a
+//!    forced refresh (bounded); requests arriving meanwhile wait for it.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -28,8 +30,9 @@ use authstamp_protocol::{
 
 use crate::cache::{self, Claim, KeyVerdict, Slotted, Stored};
 use crate::config::{Config, Unmarked};
+use crate::heal::{self, Heal, Stamp, Stamps};
 use crate::host::{DispatchError, HeaderPairs, Host};
-use crate::inflight::{Done, Inflight, Left, Lookup, Owner};
+use crate::inflight::{Done, Inflight, Left, Lookup, Owner, Pending};
 use crate::metrics::Metrics;
 use crate::reply::Rejection;
 use crate::request::{self, Classified};
@@ -55,14 +58,22 @@ pub struct Worker {
     pub root: u32,
     pub inflight: RefCell<Inflight>,
     pub metrics: Metrics,
+    /// Stamped requests, shared with the upstream instance of this worker.
+    pub stamps: Rc<RefCell<Stamps>>,
 }
 
 impl Worker {
     pub fn new(root: u32, metrics: Metrics) -> Worker {
+        Worker::sharing(root, metrics, Rc::default())
+    }
+
+    /// A worker whose stamp records are `stamps` (one set per VM).
+    pub fn sharing(root: u32, metrics: Metrics, stamps: Rc<RefCell<Stamps>>) -> Worker {
         Worker {
             root,
             inflight: RefCell::new(Inflight::default()),
             metrics,
+            stamps,
         }
     }
 }
@@ -81,9 +92,9 @@ pub enum State {
     Fresh,
     /// Not ours: the request goes on untouched.
     Passed,
-    /// Stamped for `lookup` with the token whose value hashes to the `u64`:
-    /// the request goes on; a 401 answer refreshes that token.
-    Stamped(Rc<Lookup>, u64),
+    /// Stamped (the `u64` is its record in `heal::Stamps`): the request
+    /// goes on; a 401 answer refreshes its token.
+    Stamped(u64),
     /// Paused on token lookup `id`.
     Waiting(u64),
     /// Answered locally.
@@ -97,7 +108,7 @@ impl State {
 }
 
 /// What a token-lookup answer means for the streams waiting on it.
-enum Outcome {
+pub(crate) enum Outcome {
     Stamp(TokenLookupResponse),
     Refuse(Rejection),
 }
@@ -113,20 +124,48 @@ fn refuse(host: &dyn Host, metrics: &Metrics, rejection: Rejection) -> (State, V
     (State::Replied, Verdict::Pause)
 }
 
+/// Records the effective stream as stamped for `lookup` and hands the
+/// record's id to the upstream instance (one host call).
+fn record_stamp(
+    host: &dyn Host,
+    worker: &Worker,
+    lookup: Rc<Lookup>,
+    header: &authstamp_protocol::StampHeader,
+    upstream: authstamp_protocol::Upstream,
+) -> u64 {
+    let id = worker.stamps.borrow_mut().add(Stamp {
+        lookup,
+        token: cache::hash(header.value.as_bytes()),
+        name: header.name.clone(),
+        location: header.location,
+        upstream,
+        static_credential: heal::is_static(header),
+        heal: Heal::Idle,
+    });
+    host.set_stream_property(heal::STAMP_PROPERTY, id.to_string().as_bytes());
+    id
+}
+
 /// Stamps a cache hit.
 fn stamp_hit(
     host: &dyn Host,
-    metrics: &Metrics,
+    worker: &Worker,
     lookup: Rc<Lookup>,
-    header: &authstamp_protocol::StampHeader,
-    upstream: &authstamp_protocol::Upstream,
+    entry: cache::Entry,
     request: &HeaderPairs,
 ) -> (State, Verdict) {
-    match stamp::stamp_request(host, &lookup.config.headers, header, upstream, request) {
+    let metrics = &worker.metrics;
+    match stamp::stamp_request(
+        host,
+        &lookup.config.headers,
+        &entry.header,
+        &entry.upstream,
+        request,
+    ) {
         Ok(()) => {
             metrics.hit_stamped(host);
-            let token = cache::hash(header.value.as_bytes());
-            (State::Stamped(lookup, token), Verdict::Continue)
+            let id = record_stamp(host, worker, lookup, &entry.header, entry.upstream);
+            (State::Stamped(id), Verdict::Continue)
         }
         Err(rejection) => refuse(host, metrics, rejection),
     }
@@ -218,14 +257,7 @@ pub fn on_request_headers(
                 config: Rc::clone(config),
                 force_refresh: false,
             });
-            return stamp_hit(
-                host,
-                metrics,
-                lookup,
-                &entry.header,
-                &entry.upstream,
-                &request_headers,
-            );
+            return stamp_hit(host, worker, lookup, entry, &request_headers);
         }
     }
     metrics.miss(host);
@@ -336,18 +368,23 @@ fn record_key_check(host: &dyn Host, lookup: &Lookup, outcome: &Outcome) {
     cache::key_accepted(host, &name, now_ms, recheck_ms);
 }
 
+/// How long a lookup's marker lives.
+pub(crate) fn marker_ttl_ms(config: &Config) -> u64 {
+    let timeout_ms = u64::try_from(config.token_service.timeout.as_millis()).unwrap_or(0);
+    timeout_ms + MARKER_GRACE_MS
+}
+
 /// Claims the shared-data marker of `lookup`'s key (see `cache::claim`); a
 /// host without a clock asks without a marker.
-fn claim(host: &dyn Host, lookup: &Lookup) -> Claim {
+pub(crate) fn claim(host: &dyn Host, lookup: &Lookup) -> Claim {
     let Some(now_ms) = host.now_unix_millis() else {
         return Claim::Ask { until_ms: 0 };
     };
-    let timeout_ms = u64::try_from(lookup.config.token_service.timeout.as_millis()).unwrap_or(0);
     cache::claim(
         host,
         &lookup.cache_key,
         now_ms,
-        timeout_ms + MARKER_GRACE_MS,
+        marker_ttl_ms(&lookup.config),
         lookup.force_refresh,
     )
 }
@@ -491,19 +528,28 @@ fn cache_answer(host: &dyn Host, metrics: &Metrics, lookup: &Lookup, answer: &To
     }
 }
 
-/// Completes every member: makes it the effective context, stamps and
-/// resumes it or answers it locally, and records how. Then makes `current`
-/// effective again.
-fn complete(
-    host: &dyn Host,
-    worker: &Worker,
-    members: &[u32],
-    lookup: &Rc<Lookup>,
-    outcome: &Outcome,
-    current: u32,
-) {
+/// Resolves the stamped requests whose replay awaits this lookup, and
+/// resumes the replays waiting (restamped if the answer is a fresher
+/// credential); completes every member: makes it the effective context,
+/// stamps and resumes it or answers it locally, and records how. Then makes
+/// `current` effective again.
+fn complete(host: &dyn Host, worker: &Worker, pending: &Pending, outcome: &Outcome, current: u32) {
     let metrics = &worker.metrics;
-    for &member in members {
+    let lookup = &pending.lookup;
+    let fresh = match outcome {
+        Outcome::Stamp(answer) => Ok((&answer.header, &answer.upstream)),
+        Outcome::Refuse(rejection) => Err(rejection.code),
+    };
+    worker.stamps.borrow_mut().resolve(pending.id, fresh);
+    for &(healer, stamp) in &pending.healers {
+        if !host.set_effective_context(healer) {
+            log::debug!("authstamp: a waiting replay is gone");
+            continue;
+        }
+        heal::replay(host, worker, stamp);
+        host.resume_request();
+    }
+    for &member in &pending.members {
         if !host.set_effective_context(member) {
             log::warn!("authstamp: a waiting stream is gone");
             continue;
@@ -515,14 +561,22 @@ fn complete(
                 &answer.header,
                 &answer.upstream,
             )
-            .map(|()| cache::hash(answer.header.value.as_bytes())),
+            .map(|()| {
+                record_stamp(
+                    host,
+                    worker,
+                    Rc::clone(lookup),
+                    &answer.header,
+                    answer.upstream.clone(),
+                )
+            }),
             Outcome::Refuse(rejection) => Err(rejection.clone()),
         };
         let done = match result {
-            Ok(token) => {
+            Ok(id) => {
                 metrics.stamped(host);
                 host.resume_request();
-                Done::Stamped(Rc::clone(lookup), token)
+                Done::Stamped(id)
             }
             Err(rejection) => {
                 metrics.error(host, rejection.code);
@@ -561,7 +615,7 @@ pub fn on_call_response(
     }
     record_key_check(host, lookup, &outcome);
     cache::release(host, &lookup.cache_key, pending.until_ms);
-    complete(host, worker, &pending.members, lookup, &outcome, current);
+    complete(host, worker, &pending, &outcome, current);
 }
 
 /// Dispatches lookup `id` from the root context (the effective context of
@@ -609,14 +663,7 @@ fn dispatch_from_root(
                 let outcome = Outcome::Refuse(Rejection::unavailable(
                     "the token service cannot be reached",
                 ));
-                complete(
-                    host,
-                    worker,
-                    &pending.members,
-                    lookup,
-                    &outcome,
-                    worker.root,
-                );
+                complete(host, worker, &pending, &outcome, worker.root);
             }
         }
     }
@@ -655,14 +702,7 @@ pub fn on_tick(host: &dyn Host, worker: &Worker) {
                     upstream: entry.upstream,
                     expires_at: None,
                 });
-                complete(
-                    host,
-                    worker,
-                    &pending.members,
-                    &lookup,
-                    &outcome,
-                    worker.root,
-                );
+                complete(host, worker, &pending, &outcome, worker.root);
             }
             continue;
         }
@@ -686,7 +726,7 @@ pub fn on_tick(host: &dyn Host, worker: &Worker) {
 pub fn settle(state: State, worker: &Worker, stream: u32) -> State {
     match state {
         State::Waiting(_) => match worker.inflight.borrow_mut().settle(stream) {
-            Some(Done::Stamped(lookup, token)) => State::Stamped(lookup, token),
+            Some(Done::Stamped(id)) => State::Stamped(id),
             Some(Done::Replied) => State::Replied,
             None => state,
         },
@@ -705,41 +745,37 @@ pub fn on_request_data(state: State, worker: &Worker, stream: u32) -> (State, Ve
     (state, verdict)
 }
 
-/// The provider's response headers for a stamped request. A 401 means the
-/// provider refused the token: if the cache still holds exactly that token
-/// it is deleted, and (once per refused token, whatever the number of
-/// workers and requests that saw the 401) a forced refresh is queued for the
-/// root context, so that it outlives this stream. Requests for the key that
-/// arrive in this worker meanwhile wait for the refresh; the 401 itself goes
-/// back to the client unchanged.
+/// The provider's response headers for a stamped request, as the app will
+/// get them. A 401 here is one the upstream instance did not heal: counted;
+/// a retry header the router did not act on (a body over the retry buffer)
+/// is removed. Without an upstream instance (it never saw the request), the
+/// 401 is handled here as there, minus the replay: the refused token leaves
+/// the cache and a bounded forced refresh is queued for the root context,
+/// which the next requests wait for.
 pub fn on_response_headers(host: &dyn Host, state: State, worker: &Worker, stream: u32) -> State {
     let state = settle(state, worker, stream);
-    let State::Stamped(lookup, token) = &state else {
+    let State::Stamped(id) = state else {
         return state;
     };
     if host.response_status() != Some(401) {
         return state;
     }
-    worker.metrics.unauthorized(host);
-    if !cache::invalidate(host, &lookup.cache_key, *token) {
-        log::debug!("authstamp: provider 401 for a token no longer cached");
-        return state;
+    worker.metrics.unhealed(host);
+    let heal = worker.stamps.borrow().heal(id);
+    match heal {
+        Some(Heal::Idle) => {
+            worker.metrics.unauthorized(host);
+            let decision = heal::on_refused(host, worker, id, false);
+            if let heal::Decision::Unhealed(code) = decision {
+                heal::apply(host, worker, id, &heal::Decision::Unhealed(code));
+            }
+        }
+        Some(Heal::Retry(_) | Heal::Awaiting(_)) => {
+            host.remove_response_header(heal::RETRY_HEADER);
+            worker.stamps.borrow_mut().set_heal(id, Heal::Unhealed);
+        }
+        _ => {}
     }
-    let mut inflight = worker.inflight.borrow_mut();
-    if inflight.has_forced(&lookup.cache_key.key) {
-        return state;
-    }
-    log::info!(
-        "authstamp: provider answered 401; refreshing provider={}",
-        lookup.identity.provider
-    );
-    let forced = Lookup {
-        force_refresh: true,
-        ..Lookup::clone(lookup)
-    };
-    inflight.start_orphan(Rc::new(forced));
-    drop(inflight);
-    host.set_tick_period(TICK);
     state
 }
 
@@ -748,6 +784,9 @@ pub fn on_response_headers(host: &dyn Host, state: State, worker: &Worker, strea
 /// dispatch again.
 pub fn on_done(host: &dyn Host, state: State, worker: &Worker, stream: u32) -> State {
     let state = settle(state, worker, stream);
+    if let State::Stamped(id) = state {
+        worker.stamps.borrow_mut().remove(id);
+    }
     if let State::Waiting(id) = state {
         let left = worker.inflight.borrow_mut().leave(id, stream);
         match left {
@@ -800,6 +839,8 @@ mod tests {
 
     /// The root context of the second worker of a bench.
     const OTHER_ROOT: u32 = 1000;
+    /// The root context of the first worker's upstream instance.
+    const UPSTREAM_ROOT: u32 = 2000;
 
     /// A test bench: one host (shared data is shared by all workers), two
     /// workers, one config. Streams run on the first worker unless started
@@ -808,6 +849,9 @@ mod tests {
         host: MockHost,
         worker: Worker,
         other: Worker,
+        /// The upstream instance on the first worker (same VM: same stamps).
+        upstream: Worker,
+        attempts: RefCell<std::collections::HashMap<u32, heal::Attempt>>,
         config: Rc<Config>,
         states: RefCell<std::collections::HashMap<u32, State>>,
         on_other: RefCell<std::collections::HashSet<u32>>,
@@ -819,10 +863,17 @@ mod tests {
             host.add_context(OTHER_ROOT);
             let metrics = Metrics::define(&host);
             let other_metrics = Metrics::define(&host);
+            host.add_context(UPSTREAM_ROOT);
+            let upstream_metrics = Metrics::define(&host);
+            let worker = Worker::new(ROOT, metrics);
+            let upstream =
+                Worker::sharing(UPSTREAM_ROOT, upstream_metrics, Rc::clone(&worker.stamps));
             Bench {
                 host,
-                worker: Worker::new(ROOT, metrics),
+                worker,
                 other: Worker::new(OTHER_ROOT, other_metrics),
+                upstream,
+                attempts: RefCell::new(Default::default()),
                 config,
                 states: RefCell::new(Default::default()),
                 on_other: RefCell::new(Default::default()),
@@ -877,7 +928,11 @@ mod tests {
             self.host.set_call_response(status, body);
             self.host.enter(to);
             let size = self.host.call_response_body_len();
-            let worker = self.worker_of(to);
+            let worker = if to == UPSTREAM_ROOT {
+                &self.upstream
+            } else {
+                self.worker_of(to)
+            };
             on_call_response(&self.host, worker, token, size, to);
             if to != ROOT && to != OTHER_ROOT {
                 let state = settle(self.state(to), worker, to);
@@ -919,6 +974,44 @@ mod tests {
         fn tick(&self) {
             self.host.enter(ROOT);
             on_tick(&self.host, &self.worker);
+        }
+
+        /// The router sends an attempt (upstream context `attempt`) of the
+        /// stamped request of `stream`: its headers as stamped (minus the
+        /// route header the route removes), its filter state.
+        fn attempt(&self, attempt: u32, stream: u32) -> Verdict {
+            let original = self.host.stream(stream);
+            let headers = original
+                .headers
+                .into_iter()
+                .filter(|(n, _)| n != "x-authstamp-route")
+                .collect();
+            self.host.add_stream_bytes(attempt, headers);
+            for (name, value) in original.properties {
+                self.host.set_property(attempt, &name, &value);
+            }
+            self.host.enter(attempt);
+            let (state, verdict) = heal::on_upstream_request(&self.host, &self.upstream, attempt);
+            self.attempts.borrow_mut().insert(attempt, state);
+            verdict
+        }
+
+        /// The provider answers `status` to upstream attempt `attempt`.
+        fn attempt_answered(&self, attempt: u32, status: u16) {
+            self.host.set_response_status(attempt, status);
+            self.host.enter(attempt);
+            let state = self.attempts.borrow()[&attempt];
+            let state = heal::on_upstream_response(&self.host, &self.upstream, state);
+            self.attempts.borrow_mut().insert(attempt, state);
+        }
+
+        fn tick_upstream(&self) {
+            self.host.enter(UPSTREAM_ROOT);
+            on_tick(&self.host, &self.upstream);
+        }
+
+        fn added(&self, stream: u32) -> Vec<(String, String)> {
+            self.host.stream(stream).response_added
         }
 
         fn tick_other(&self) {
@@ -2320,6 +2413,291 @@ mod tests {
         assert_eq!(bench.worker.inflight.borrow().pending_count(), 0);
     }
 
+    // --- healing a provider 401 (upstream instance) ---------------------------
+
+    fn retry_header() -> (String, String) {
+        (heal::RETRY_HEADER.to_string(), "1".to_string())
+    }
+
+    fn error_header(code: &str) -> (String, String) {
+        ("x-authstamp-error".to_string(), code.to_string())
+    }
+
+    /// A cached token for alice, stamped on stream 2, whose first attempt
+    /// (context 10) the provider refuses.
+    fn refused_first_attempt() -> Bench {
+        let bench = Bench::new(gateway());
+        bench.call(2, "alice", KEY);
+        bench.answer_last(Some(200), &token_answer(None));
+        bench.call(3, "alice", KEY);
+        assert!(bench.state(3).is_stamped());
+        assert_eq!(bench.attempt(10, 3), Verdict::Continue);
+        bench.attempt_answered(10, 401);
+        bench
+    }
+
+    #[test]
+    fn a_first_attempt_needs_no_host_call_and_other_statuses_pass_untouched() {
+        let bench = Bench::new(gateway());
+        bench.call(2, "alice", KEY);
+        bench.answer_last(Some(200), &token_answer(None));
+        bench.call(3, "alice", KEY);
+        let reads = bench.host.shared_reads();
+        assert_eq!(bench.attempt(10, 3), Verdict::Continue);
+        assert_eq!(bench.attempts.borrow()[&10], heal::Attempt::Unknown);
+        for status in [200, 403, 500] {
+            bench.attempt_answered(10, status);
+            assert!(bench.added(10).is_empty(), "{status}");
+        }
+        assert_eq!(bench.host.shared_reads(), reads, "nothing read");
+        assert_eq!(bench.host.dispatch_count(), 1);
+        assert_eq!(bench.host.tick(), None);
+    }
+
+    #[test]
+    fn a_refused_token_is_replayed_once_with_the_forced_refresh() {
+        let bench = refused_first_attempt();
+        assert_eq!(bench.added(10), vec![retry_header()]);
+        assert!(
+            bench.entry_of("alice").is_none(),
+            "the refused token is gone"
+        );
+        assert_eq!(bench.host.tick(), Some(TICK));
+        // From now on new requests wait, on this worker and the other.
+        assert_eq!(bench.call(4, "alice", KEY), Verdict::Pause);
+        assert_eq!(bench.call_on_other(5, "alice", KEY), Verdict::Pause);
+        // The router's replay waits too, body included.
+        assert_eq!(bench.attempt(11, 3), Verdict::Pause);
+        let held = bench.attempts.borrow()[&11];
+        assert_eq!(heal::request_data(&bench.upstream, held), Verdict::Pause);
+
+        bench.tick_upstream();
+        let forced = bench.host.dispatches().last().cloned().unwrap();
+        assert_eq!(forced.from, UPSTREAM_ROOT);
+        let body: TokenLookupRequest = serde_json::from_slice(&forced.body).unwrap();
+        assert!(body.force_refresh);
+        bench.answer(UPSTREAM_ROOT, forced.token, Some(200), &refreshed_answer());
+
+        assert_eq!(bench.host.resumed(11), 1);
+        assert_eq!(
+            bench.host.header_values(11, "authorization"),
+            vec!["Bearer xoxb-fresh".to_string()]
+        );
+        assert_eq!(
+            bench.host.header(11, ":path").as_deref(),
+            Some("/api-base/api/users.info?user=U1"),
+            "nothing else changes"
+        );
+        assert_eq!(heal::request_data(&bench.upstream, held), Verdict::Continue);
+        bench.tick();
+        bench.tick_other();
+        for stream in [4, 5] {
+            assert_eq!(
+                bench.host.header_values(stream, "authorization"),
+                vec!["Bearer xoxb-fresh".to_string()],
+                "{stream}"
+            );
+        }
+        // The replay's answer goes to the app as it is.
+        bench.attempt_answered(11, 200);
+        assert!(bench.added(11).is_empty());
+        bench.response_arrives(3, 200);
+        assert!(bench.host.stream(3).response_removed.is_empty());
+        assert_eq!(bench.host.dispatch_count(), 2, "one forced refresh");
+        assert_eq!(bench.host.metric(metrics::HEALED_RETRIES), 1);
+        assert_eq!(bench.host.metric(metrics::UNHEALED), 0);
+        bench.done(3);
+        assert_eq!(bench.worker.stamps.borrow().retries_due(), 0);
+    }
+
+    #[test]
+    fn a_failed_refresh_sends_the_replay_as_it_was_and_marks_its_401() {
+        let bench = refused_first_attempt();
+        assert_eq!(bench.attempt(11, 3), Verdict::Pause);
+        bench.tick_upstream();
+        bench.answer_last(Some(409), &error_json("reauth_required", "connect again"));
+        assert_eq!(bench.host.resumed(11), 1);
+        assert_eq!(
+            bench.host.header_values(11, "authorization"),
+            vec!["Bearer xoxb-secret".to_string()]
+        );
+        bench.attempt_answered(11, 401);
+        assert_eq!(bench.added(11), vec![error_header("reauth_required")]);
+        bench.response_arrives(3, 401);
+        assert_eq!(bench.host.metric(metrics::UNHEALED), 1);
+        assert_eq!(bench.host.metric(metrics::HEALED_RETRIES), 0);
+    }
+
+    #[test]
+    fn a_forced_lookup_answered_with_the_refused_token_is_not_a_heal() {
+        // The token service bounds forced refreshes too: within its
+        // interval it answers with the current token.
+        let bench = refused_first_attempt();
+        assert_eq!(bench.attempt(11, 3), Verdict::Pause);
+        bench.tick_upstream();
+        bench.answer_last(Some(200), &token_answer(None));
+        assert_eq!(bench.host.resumed(11), 1);
+        assert_eq!(
+            bench.host.header_values(11, "authorization"),
+            vec!["Bearer xoxb-secret".to_string()]
+        );
+        bench.attempt_answered(11, 401);
+        assert_eq!(bench.added(11), vec![error_header("token_refused")]);
+        assert_eq!(bench.host.metric(metrics::HEALED_RETRIES), 0);
+    }
+
+    #[test]
+    fn a_replay_refused_again_is_not_replayed_and_forced_refreshes_are_bounded() {
+        let bench = refused_first_attempt();
+        bench.attempt(11, 3);
+        bench.tick_upstream();
+        bench.answer_last(Some(200), &refreshed_answer());
+        bench.attempt_answered(11, 401);
+        assert_eq!(bench.added(11), vec![error_header("token_refused")]);
+
+        // The fresh token is refused too, within forced_refresh_interval:
+        // no refresh, no replay, the current token stays.
+        bench.call(6, "alice", KEY);
+        assert!(bench.state(6).is_stamped());
+        bench.attempt(12, 6);
+        bench.attempt_answered(12, 401);
+        assert_eq!(bench.added(12), vec![error_header("token_refused")]);
+        assert_eq!(bench.host.dispatch_count(), 2);
+        assert_eq!(bench.host.metric(metrics::FORCED_REFUSED), 1);
+        assert_eq!(
+            bench.entry_of("alice").unwrap().header.value,
+            "Bearer xoxb-fresh"
+        );
+        assert_eq!(bench.attempt(13, 6), Verdict::Continue, "no replay due");
+
+        // Past the interval a 401 forces a refresh again.
+        bench.host.advance_millis(30_000);
+        bench.call(7, "alice", KEY);
+        bench.attempt(14, 7);
+        bench.attempt_answered(14, 401);
+        assert_eq!(bench.added(14), vec![retry_header()]);
+        bench.tick_upstream();
+        assert_eq!(bench.host.dispatch_count(), 3);
+    }
+
+    #[test]
+    fn a_401_the_router_does_not_replay_loses_the_retry_header() {
+        let bench = refused_first_attempt();
+        // A body over the retry buffer: the 401 reaches the stamping instance.
+        bench.response_arrives(3, 401);
+        assert_eq!(
+            bench.host.stream(3).response_removed,
+            vec![heal::RETRY_HEADER.to_string()]
+        );
+        assert_eq!(bench.host.metric(metrics::UNHEALED), 1);
+        // The forced refresh still happens, and the next request gets its token.
+        assert_eq!(bench.call(4, "alice", KEY), Verdict::Pause);
+        bench.tick_upstream();
+        bench.answer_last(Some(200), &refreshed_answer());
+        bench.tick();
+        assert_eq!(
+            bench.host.header_values(4, "authorization"),
+            vec!["Bearer xoxb-fresh".to_string()]
+        );
+        bench.done(3);
+        assert_eq!(bench.worker.stamps.borrow().retries_due(), 0);
+    }
+
+    #[test]
+    fn concurrent_401s_of_one_token_share_one_refresh_and_are_all_replayed() {
+        let bench = Bench::new(gateway());
+        bench.call(2, "alice", KEY);
+        bench.answer_last(Some(200), &token_answer(None));
+        for (stream, attempt) in [(3, 10), (4, 11), (5, 12)] {
+            bench.call(stream, "alice", KEY);
+            bench.attempt(attempt, stream);
+        }
+        for attempt in [10, 11, 12] {
+            bench.attempt_answered(attempt, 401);
+            assert_eq!(bench.added(attempt), vec![retry_header()], "{attempt}");
+        }
+        for (replay, stream) in [(20, 3), (21, 4)] {
+            assert_eq!(bench.attempt(replay, stream), Verdict::Pause);
+        }
+        bench.tick_upstream();
+        bench.answer_last(Some(200), &refreshed_answer());
+        // A replay arriving after the answer gets the fresh token at once.
+        assert_eq!(bench.attempt(22, 5), Verdict::Continue);
+        for replay in [20, 21, 22] {
+            assert_eq!(
+                bench.host.header_values(replay, "authorization"),
+                vec!["Bearer xoxb-fresh".to_string()],
+                "{replay}"
+            );
+        }
+        assert_eq!(bench.host.dispatch_count(), 2);
+        assert_eq!(bench.host.metric(metrics::HEALED_RETRIES), 3);
+    }
+
+    #[test]
+    fn a_401_after_another_request_refreshed_replays_with_the_cached_token() {
+        let bench = Bench::new(gateway());
+        bench.call(2, "alice", KEY);
+        bench.answer_last(Some(200), &token_answer(None));
+        bench.call(3, "alice", KEY);
+        bench.call(4, "alice", KEY);
+        bench.attempt(10, 3);
+        bench.attempt(11, 4);
+        bench.attempt_answered(10, 401);
+        bench.tick_upstream();
+        bench.answer_last(Some(200), &refreshed_answer());
+        // Stream 4 carried the old token too; its 401 comes later.
+        bench.attempt_answered(11, 401);
+        assert_eq!(bench.added(11), vec![retry_header()]);
+        assert_eq!(bench.attempt(21, 4), Verdict::Continue);
+        assert_eq!(
+            bench.host.header_values(21, "authorization"),
+            vec!["Bearer xoxb-fresh".to_string()]
+        );
+        assert_eq!(bench.host.dispatch_count(), 2);
+    }
+
+    #[test]
+    fn static_credentials_get_their_401_untouched_without_a_refresh() {
+        let bench = Bench::new(gateway());
+        let answer = |name: &str, value: &str, location: &str| {
+            serde_json::json!({
+                "header": {"name": name, "value": value, "in": location},
+                "upstream": {"scheme": "https", "authority": "slack.com", "base_path": "/api-base"},
+                "expires_at": null,
+            })
+            .to_string()
+        };
+        let cases = [
+            ("alice", answer("api_key", "k-1", "query")),
+            ("bob", answer("authorization", "Basic Ym9iOnB3", "header")),
+        ];
+        for (i, (user, answer)) in cases.iter().enumerate() {
+            let stream = 2 + 10 * i as u32;
+            bench.call(stream, user, KEY);
+            bench.answer_last(Some(200), answer);
+            bench.call(stream + 1, user, KEY);
+            bench.attempt(stream + 100, stream + 1);
+            bench.attempt_answered(stream + 100, 401);
+            assert!(bench.added(stream + 100).is_empty(), "{user}");
+            assert!(bench.entry_of(user).is_some(), "{user}: still cached");
+            bench.response_arrives(stream + 1, 401);
+            assert!(bench.host.stream(stream + 1).response_removed.is_empty());
+        }
+        assert_eq!(bench.host.dispatch_count(), 2, "no forced refresh");
+        assert_eq!(bench.host.tick(), None);
+        assert!(heal::is_static(&authstamp_protocol::StampHeader {
+            name: "authorization".into(),
+            value: "basic x".into(),
+            location: authstamp_protocol::StampLocation::Header,
+        }));
+        assert!(!heal::is_static(&authstamp_protocol::StampHeader {
+            name: "authorization".into(),
+            value: "Bearer x".into(),
+            location: authstamp_protocol::StampLocation::Header,
+        }));
+    }
+
     #[test]
     fn unmarked_and_refused_requests_ignore_the_response() {
         let bench = Bench::new(gateway());
@@ -2557,6 +2935,10 @@ mod tests {
         assert_eq!(bench.host.shared_writes().len(), writes);
         assert_eq!(bench.host.dispatch_count(), 1);
         assert_eq!(bench.host.tick(), None, "no tick asked for");
+        // One filter-state write hands the record to the upstream instance.
+        let properties = bench.host.stream(3).properties;
+        assert_eq!(properties.len(), 1);
+        assert!(properties.contains_key(heal::STAMP_PROPERTY));
         assert_eq!(
             bench.host.metric(metrics::CACHE_HITS),
             0,

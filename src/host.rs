@@ -110,6 +110,18 @@ pub trait Host {
     /// `["connection", "uri_san_peer_certificate"]`); `None` when absent.
     fn property(&self, path: &[&str]) -> Option<Vec<u8>>;
 
+    /// Sets a value in the effective stream's filter state (Envoy:
+    /// `wasm.<name>`), which the upstream filters of the same request read
+    /// back through [`Host::property`] with the path `[name]`.
+    fn set_stream_property(&self, name: &str, value: &[u8]);
+
+    /// Adds a header to the effective stream's response headers.
+    fn add_response_header(&self, name: &str, value: &str);
+    /// Removes every value of a response header of the effective stream.
+    fn remove_response_header(&self, name: &str);
+    /// Resumes the paused response of the effective stream.
+    fn resume_response(&self);
+
     /// Defines (or finds) a metric of the plugin; `None` if the host refuses.
     fn define_metric(&self, kind: MetricKind, name: &str) -> Option<u32>;
     /// Adds `delta` to a counter or gauge.
@@ -184,6 +196,11 @@ pub mod mock {
         pub response_status: Option<u16>,
         /// Envoy attributes by dotted path (`connection.uri_san_peer_certificate`).
         pub properties: BTreeMap<String, Vec<u8>>,
+        /// Response headers the filter added, in order.
+        pub response_added: Vec<(String, String)>,
+        /// Response headers the filter removed.
+        pub response_removed: Vec<String>,
+        pub response_resumed: usize,
     }
 
     #[derive(Clone, Debug)]
@@ -617,6 +634,46 @@ pub mod mock {
                 .streams
                 .get(&state.current)
                 .and_then(|s| s.properties.get(&path.join(".")).cloned())
+        }
+
+        fn set_stream_property(&self, name: &str, value: &[u8]) {
+            let mut state = self.state.borrow_mut();
+            let current = state.current;
+            if let Some(stream) = state.streams.get_mut(&current) {
+                stream.properties.insert(name.to_string(), value.to_vec());
+            }
+        }
+
+        fn add_response_header(&self, name: &str, value: &str) {
+            let mut state = self.state.borrow_mut();
+            let current = state.current;
+            let stream = state
+                .streams
+                .get_mut(&current)
+                .expect("a stream is effective");
+            stream
+                .response_added
+                .push((name.to_string(), value.to_string()));
+        }
+
+        fn remove_response_header(&self, name: &str) {
+            let mut state = self.state.borrow_mut();
+            let current = state.current;
+            let stream = state
+                .streams
+                .get_mut(&current)
+                .expect("a stream is effective");
+            stream.response_removed.push(name.to_string());
+        }
+
+        fn resume_response(&self) {
+            let mut state = self.state.borrow_mut();
+            let current = state.current;
+            let stream = state
+                .streams
+                .get_mut(&current)
+                .expect("a stream is effective");
+            stream.response_resumed += 1;
         }
 
         fn define_metric(&self, kind: MetricKind, name: &str) -> Option<u32> {

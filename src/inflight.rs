@@ -46,11 +46,15 @@ pub enum Owner {
 
 #[derive(Debug)]
 pub struct Pending {
+    pub id: u64,
     pub lookup: Rc<Lookup>,
     pub owner: Owner,
     pub token: Option<u32>,
     /// Streams waiting for the answer, in arrival order.
     pub members: Vec<u32>,
+    /// Replays of refused requests waiting for the answer (upstream
+    /// contexts), with the id of their stamped request (see `heal.rs`).
+    pub healers: Vec<(u32, u64)>,
     /// When our shared-data marker for the key expires (0: we hold none);
     /// for a remote wait, when the other worker's marker expires.
     pub until_ms: u64,
@@ -61,8 +65,8 @@ pub struct Pending {
 /// How a waiting stream was completed by another context's callback.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Done {
-    /// Stamped with the token whose value hashes to the `u64`.
-    Stamped(Rc<Lookup>, u64),
+    /// Stamped; the `u64` is its record in `heal::Stamps`.
+    Stamped(u64),
     Replied,
 }
 
@@ -120,9 +124,10 @@ impl Inflight {
         }
     }
 
-    fn insert(&mut self, pending: Pending) -> u64 {
+    fn insert(&mut self, mut pending: Pending) -> u64 {
         self.next_id += 1;
         let id = self.next_id;
+        pending.id = id;
         if let Some(token) = pending.token {
             self.tokens.insert(token, id);
         }
@@ -140,10 +145,12 @@ impl Inflight {
         started_ns: u64,
     ) -> u64 {
         self.insert(Pending {
+            id: 0,
             lookup,
             owner: Owner::Stream(stream),
             token: Some(token),
             members: vec![stream],
+            healers: Vec::new(),
             until_ms,
             started_ns,
         })
@@ -152,23 +159,72 @@ impl Inflight {
     /// Records `stream` waiting for another worker's lookup (marker until `until_ms`).
     pub fn start_remote(&mut self, lookup: Rc<Lookup>, stream: u32, until_ms: u64) -> u64 {
         self.insert(Pending {
+            id: 0,
             lookup,
             owner: Owner::Remote,
             token: None,
             members: vec![stream],
+            healers: Vec::new(),
             until_ms,
             started_ns: 0,
         })
+    }
+
+    /// Records a wait for another worker's lookup (marker until
+    /// `until_ms`) that replays of refused requests will join.
+    pub fn start_remote_healer(&mut self, lookup: Rc<Lookup>, until_ms: u64) -> u64 {
+        self.insert(Pending {
+            id: 0,
+            lookup,
+            owner: Owner::Remote,
+            token: None,
+            members: Vec::new(),
+            healers: Vec::new(),
+            until_ms,
+            started_ns: 0,
+        })
+    }
+
+    /// Records a forced refresh for the root context to dispatch, whose
+    /// marker (already claimed) expires at `until_ms`.
+    pub fn start_forced(&mut self, lookup: Rc<Lookup>, until_ms: u64) -> u64 {
+        let id = self.start_orphan(lookup);
+        if let Some(p) = self.pending.get_mut(&id) {
+            p.until_ms = until_ms;
+        }
+        id
+    }
+
+    /// A forced refresh of `cache_key` in flight, if any.
+    pub fn find_forced(&self, cache_key: &str) -> Option<u64> {
+        self.pending
+            .iter()
+            .filter(|(_, p)| p.lookup.force_refresh && p.lookup.cache_key.key == cache_key)
+            .map(|(id, _)| *id)
+            .min()
+    }
+
+    /// Adds replay `healer` (of stamped request `stamp`) to lookup `id`.
+    pub fn heal_on(&mut self, id: u64, healer: u32, stamp: u64) -> bool {
+        match self.pending.get_mut(&id) {
+            Some(p) => {
+                p.healers.push((healer, stamp));
+                true
+            }
+            None => false,
+        }
     }
 
     /// Records a lookup without members for the root context to dispatch
     /// (a forced refresh).
     pub fn start_orphan(&mut self, lookup: Rc<Lookup>) -> u64 {
         self.insert(Pending {
+            id: 0,
             lookup,
             owner: Owner::Orphaned,
             token: None,
             members: Vec::new(),
+            healers: Vec::new(),
             until_ms: 0,
             started_ns: 0,
         })
@@ -186,10 +242,11 @@ impl Inflight {
             return Left::Nothing;
         };
         p.members.retain(|m| *m != stream);
+        p.healers.retain(|(h, _)| *h != stream);
         match p.owner {
             // Its answer still fills the cache.
             Owner::Root | Owner::Orphaned => Left::Nothing,
-            Owner::Remote if p.members.is_empty() => self.removed(id),
+            Owner::Remote if p.members.is_empty() && p.healers.is_empty() => self.removed(id),
             Owner::Remote => Left::Nothing,
             Owner::Stream(owner) if owner != stream => Left::Nothing,
             Owner::Stream(_) => {

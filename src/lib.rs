@@ -10,6 +10,7 @@ pub mod cache;
 pub mod config;
 pub mod egress;
 pub mod filter;
+pub mod heal;
 pub mod host;
 pub mod inflight;
 pub mod metrics;
@@ -20,6 +21,7 @@ pub mod workload;
 
 #[cfg(target_arch = "wasm32")]
 mod glue {
+    use std::cell::RefCell;
     use std::rc::Rc;
     use std::time::{Duration, UNIX_EPOCH};
 
@@ -31,15 +33,27 @@ mod glue {
 
     use crate::config::Config;
     use crate::filter::{self, State, Verdict, Worker};
+    use crate::heal::{self, Attempt, Stamps};
     use crate::host::{DispatchError, HeaderPairs, Host, MetricKind, SharedDataError};
     use crate::metrics::Metrics;
+
+    thread_local! {
+        /// The stamped requests of this VM (one per worker), shared by the
+        /// stamping and the upstream instance.
+        static STAMPS: Rc<RefCell<Stamps>> = Rc::default();
+    }
+
+    fn stamps() -> Rc<RefCell<Stamps>> {
+        STAMPS.with(Rc::clone)
+    }
 
     proxy_wasm::main! {{
         proxy_wasm::set_log_level(LogLevel::Info);
         proxy_wasm::set_root_context(|context_id| -> Box<dyn RootContext> {
             Box::new(Root {
                 config: None,
-                worker: Rc::new(Worker::new(context_id, Metrics::default())),
+                upstream: false,
+                worker: Rc::new(Worker::sharing(context_id, Metrics::default(), stamps())),
                 metrics_defined: false,
             })
         });
@@ -152,6 +166,30 @@ mod glue {
             hostcalls::get_property(path.to_vec()).ok().flatten()
         }
 
+        fn set_stream_property(&self, name: &str, value: &[u8]) {
+            if hostcalls::set_property(vec![name], Some(value)).is_err() {
+                log::warn!("authstamp: could not set a stream property");
+            }
+        }
+
+        fn add_response_header(&self, name: &str, value: &str) {
+            if hostcalls::add_map_value(MapType::HttpResponseHeaders, name, value).is_err() {
+                log::warn!("authstamp: could not add a response header");
+            }
+        }
+
+        fn remove_response_header(&self, name: &str) {
+            if hostcalls::set_map_value(MapType::HttpResponseHeaders, name, None).is_err() {
+                log::warn!("authstamp: could not remove a response header");
+            }
+        }
+
+        fn resume_response(&self) {
+            if hostcalls::resume_http_response().is_err() {
+                log::error!("authstamp: could not resume a response");
+            }
+        }
+
         fn define_metric(&self, kind: MetricKind, name: &str) -> Option<u32> {
             let kind = match kind {
                 MetricKind::Counter => MetricType::Counter,
@@ -198,6 +236,8 @@ mod glue {
     /// its metrics.
     struct Root {
         config: Option<Rc<Config>>,
+        /// The upstream instance (`{"role": "upstream"}`): heals 401s.
+        upstream: bool,
         worker: Rc<Worker>,
         metrics_defined: bool,
     }
@@ -224,7 +264,11 @@ mod glue {
         fn on_configure(&mut self, plugin_configuration_size: usize) -> bool {
             if !self.metrics_defined {
                 // Before any stream exists: nobody else holds the worker yet.
-                self.worker = Rc::new(Worker::new(self.worker.root, Metrics::define(&HostCalls)));
+                self.worker = Rc::new(Worker::sharing(
+                    self.worker.root,
+                    Metrics::define(&HostCalls),
+                    stamps(),
+                ));
                 self.metrics_defined = true;
             }
             let raw = match hostcalls::get_buffer(
@@ -235,6 +279,12 @@ mod glue {
                 Ok(raw) => raw.unwrap_or_default(),
                 Err(_) => Vec::new(),
             };
+            if crate::config::is_upstream_role(&raw) {
+                log::info!("authstamp: configured role=upstream");
+                self.upstream = true;
+                HostCalls.set_tick_period(filter::IDLE_TICK);
+                return true;
+            }
             match Config::parse(&raw, &|name| std::env::var(name).ok()) {
                 Ok(config) => {
                     log::info!(
@@ -259,6 +309,13 @@ mod glue {
         }
 
         fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+            if self.upstream {
+                return Some(Box::new(UpstreamAttempt {
+                    id: context_id,
+                    worker: Rc::clone(&self.worker),
+                    attempt: Attempt::Unknown,
+                }));
+            }
             Some(Box::new(Stream {
                 id: context_id,
                 config: self.config.clone(),
@@ -346,6 +403,45 @@ mod glue {
                 let state = self.take_state();
                 self.state = filter::on_response_headers(&HostCalls, state, &self.worker, self.id);
             }
+            Action::Continue
+        }
+    }
+
+    /// One per attempt the router makes to a provider (upstream instance).
+    struct UpstreamAttempt {
+        id: u32,
+        worker: Rc<Worker>,
+        attempt: Attempt,
+    }
+
+    impl Context for UpstreamAttempt {
+        fn on_done(&mut self) -> bool {
+            heal::on_upstream_done(&HostCalls, &self.worker, self.id, self.attempt);
+            true
+        }
+    }
+
+    impl HttpContext for UpstreamAttempt {
+        fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+            let (attempt, verdict) = heal::on_upstream_request(&HostCalls, &self.worker, self.id);
+            self.attempt = attempt;
+            action(verdict)
+        }
+
+        fn on_http_request_body(&mut self, _body_size: usize, _end_of_stream: bool) -> Action {
+            action(heal::request_data(&self.worker, self.attempt))
+        }
+
+        fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+            action(heal::request_data(&self.worker, self.attempt))
+        }
+
+        fn on_http_response_headers(
+            &mut self,
+            _num_headers: usize,
+            _end_of_stream: bool,
+        ) -> Action {
+            self.attempt = heal::on_upstream_response(&HostCalls, &self.worker, self.attempt);
             Action::Continue
         }
     }

@@ -34,6 +34,13 @@ pub const TOKEN_SERVICE_CALLS: &str = "authstamp_token_service_calls_total";
 pub const PROVIDER_UNAUTHORIZED: &str = "authstamp_provider_unauthorized_total";
 /// Forced refreshes asked of the token service after a provider 401.
 pub const FORCED_REFRESHES: &str = "authstamp_forced_refreshes_total";
+/// Retries after a provider 401 sent with a refreshed token.
+pub const HEALED_RETRIES: &str = "authstamp_healed_retries_total";
+/// Provider 401s to stamped requests that reached the app.
+pub const UNHEALED: &str = "authstamp_unhealed_unauthorized_total";
+/// Forced refreshes not asked for: the connection had one within
+/// `forced_refresh_interval`.
+pub const FORCED_REFUSED: &str = "authstamp_forced_refreshes_refused_total";
 /// Cache slots created in shared data (each holds at most one entry); never
 /// above `cache_capacity`.
 pub const CACHE_SLOTS: &str = "authstamp_cache_slots";
@@ -62,6 +69,9 @@ pub struct Metrics {
     calls: Option<u32>,
     unauthorized: Option<u32>,
     forced: Option<u32>,
+    healed: Option<u32>,
+    unhealed: Option<u32>,
+    forced_refused: Option<u32>,
     slots: Option<u32>,
     fetch_us: Option<u32>,
     errors: [Option<u32>; ErrorCode::ALL.len()],
@@ -85,6 +95,9 @@ impl Metrics {
             calls: counter(TOKEN_SERVICE_CALLS),
             unauthorized: counter(PROVIDER_UNAUTHORIZED),
             forced: counter(FORCED_REFRESHES),
+            healed: counter(HEALED_RETRIES),
+            unhealed: counter(UNHEALED),
+            forced_refused: counter(FORCED_REFUSED),
             slots: host.define_metric(MetricKind::Gauge, CACHE_SLOTS),
             fetch_us: host.define_metric(MetricKind::Histogram, TOKEN_FETCH_US),
             errors,
@@ -150,6 +163,18 @@ impl Metrics {
         Self::inc(host, self.forced);
     }
 
+    pub fn healed(&self, host: &dyn Host) {
+        Self::inc(host, self.healed);
+    }
+
+    pub fn unhealed(&self, host: &dyn Host) {
+        Self::inc(host, self.unhealed);
+    }
+
+    pub fn forced_refused(&self, host: &dyn Host) {
+        Self::inc(host, self.forced_refused);
+    }
+
     pub fn slot_created(&self, host: &dyn Host) {
         Self::inc(host, self.slots);
     }
@@ -177,7 +202,7 @@ mod tests {
         let host = MockHost::new(1);
         let metrics = Metrics::define(&host);
         let names = host.metric_names();
-        assert_eq!(names.len(), 9 + ErrorCode::ALL.len());
+        assert_eq!(names.len(), 12 + ErrorCode::ALL.len());
         let mut unique = names.clone();
         unique.sort();
         unique.dedup();

@@ -16,8 +16,12 @@ pub enum Kind {
     RouteHeader,
     /// (c) the native credential_injector filter, generic credential.
     CredentialInjector,
-    /// (d) and (e): the authstamp filter.
+    /// (d) and (e): the authstamp filter, with its upstream instance and
+    /// the route's retry policy as in envoy/envoy.yaml.
     Authstamp,
+    /// The authstamp filter alone (builds before the upstream instance, for
+    /// A/B rows: AUTHSTAMP_BENCH_ALT_WASM).
+    AuthstampWithoutHealing,
     /// Reference rows: the cheapest proxy-wasm filter (bench/floor-filter),
     /// doing nothing (`false`) or setting one static header (`true`).
     WasmFloor { stamp: bool },
@@ -69,8 +73,58 @@ fn wasm_filter(name: &str, vm_id: &str, configuration: &str, wasm: &Path) -> Str
     )
 }
 
+/// The routes' retry policy of envoy/envoy.yaml.
+const RETRY_POLICY: &str = r#"
+                  retry_policy:
+                    retry_on: retriable-headers
+                    num_retries: 1
+                    retriable_headers:
+                    - name: x-authstamp-retry
+                      string_match: { exact: "1" }
+                    retry_back_off: { base_interval: 0.001s, max_interval: 0.002s }"#;
+
+/// The upstream instance of the filter on the upstream cluster, as on the
+/// provider clusters of envoy/envoy.yaml.
+fn upstream_instance(wasm: &Path) -> String {
+    format!(
+        r#"
+    circuit_breakers:
+      thresholds:
+      - max_retries: 1024
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{ http_protocol_options: {{}} }}
+        http_filters:
+        - name: authstamp_upstream
+          typed_config:
+            "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+            config:
+              name: authstamp_upstream
+              root_id: authstamp_upstream
+              fail_open: false
+              configuration:
+                "@type": type.googleapis.com/google.protobuf.StringValue
+                value: '{{"role": "upstream"}}'
+              vm_config:
+                vm_id: authstamp
+                runtime: envoy.wasm.runtime.v8
+                code: {{ local: {{ filename: "{wasm}" }} }}
+        - name: envoy.filters.http.upstream_codec
+          typed_config:
+            "@type": type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec"#,
+        wasm = wasm.display()
+    )
+}
+
 /// `wasm`: the authstamp filter; `floor_wasm`: bench/floor-filter.
 pub fn bootstrap(kind: Kind, ports: &Ports, wasm: &Path, floor_wasm: &Path) -> String {
+    let healing = kind == Kind::Authstamp;
+    let kind = if healing {
+        Kind::AuthstampWithoutHealing
+    } else {
+        kind
+    };
     let (routes, filters, extra_clusters, secrets) = match kind {
         Kind::WasmFloor { stamp } => (
             route_to_upstream(""),
@@ -124,18 +178,22 @@ pub fn bootstrap(kind: Kind, ports: &Ports, wasm: &Path, floor_wasm: &Path) -> S
       secret: {{ inline_string: "{STATIC_CREDENTIAL}" }}"#
             ),
         ),
-        Kind::Authstamp => (
-            r#"
+        Kind::Authstamp | Kind::AuthstampWithoutHealing => (
+            format!(
+                r#"
               - match:
                   prefix: "/"
                   headers:
                   - name: x-authstamp-route
-                    string_match: { exact: http }
-                route: { cluster: bench_upstream, timeout: 10s }
+                    string_match: {{ exact: http }}
+                route:
+                  cluster: bench_upstream
+                  timeout: 10s{retry}
                 request_headers_to_remove: [x-authstamp-route]
-              - match: { prefix: "/" }
-                direct_response: { status: 404 }"#
-                .to_string(),
+              - match: {{ prefix: "/" }}
+                direct_response: {{ status: 404 }}"#,
+                retry = if healing { RETRY_POLICY } else { "" }
+            ),
             wasm_filter("authstamp", "authstamp", AUTHSTAMP_CONFIG, wasm),
             format!(
                 r#"
@@ -182,8 +240,13 @@ static_resources:
       cluster_name: bench_upstream
       endpoints:
       - lb_endpoints:
-        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {upstream} }} }} }}{extra_clusters}{secrets}
+        - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {upstream} }} }} }}{upstream_filters}{extra_clusters}{secrets}
 "#,
-        upstream = ports.upstream
+        upstream = ports.upstream,
+        upstream_filters = if healing {
+            upstream_instance(wasm)
+        } else {
+            String::new()
+        },
     )
 }

@@ -675,8 +675,8 @@ async fn main() -> anyhow::Result<()> {
             .unwrap_or_default();
         scenarios.push((
             *id,
-            format!("authstamp, cache hit ({stem})"),
-            Kind::Authstamp,
+            format!("authstamp, cache hit ({stem}, without the upstream instance)"),
+            Kind::AuthstampWithoutHealing,
         ));
     }
 

@@ -108,12 +108,16 @@ pub enum ErrorCode {
     MethodNotAllowed,
     /// The request body is not of the content type the endpoint accepts.
     UnsupportedMediaType,
+    /// Added to a provider's own 401: the provider refused the stamped token
+    /// and authstamp could not heal it (the refreshed token was refused too,
+    /// or this connection had its forced refresh within the interval).
+    TokenRefused,
     /// A bug or storage failure; details are in the token service's log.
     Internal,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 30] = [
+    pub const ALL: [ErrorCode; 31] = [
         ErrorCode::BadRequest,
         ErrorCode::Unauthorized,
         ErrorCode::UnknownApp,
@@ -143,6 +147,7 @@ impl ErrorCode {
         ErrorCode::Conflict,
         ErrorCode::MethodNotAllowed,
         ErrorCode::UnsupportedMediaType,
+        ErrorCode::TokenRefused,
         ErrorCode::Internal,
     ];
 
@@ -178,6 +183,7 @@ impl ErrorCode {
             ErrorCode::NotImplemented => "not_implemented",
             ErrorCode::UpstreamUnavailable => "upstream_unavailable",
             ErrorCode::UpstreamTimeout => "upstream_timeout",
+            ErrorCode::TokenRefused => "token_refused",
         }
     }
 
@@ -219,6 +225,7 @@ impl ErrorCode {
             ErrorCode::NotImplemented => 501,
             ErrorCode::UpstreamUnavailable => 503,
             ErrorCode::UpstreamTimeout => 504,
+            ErrorCode::TokenRefused => 401,
         }
     }
 }

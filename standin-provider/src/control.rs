@@ -37,14 +37,21 @@ pub async fn set_quirks(State(state): State<AppState>, body: Bytes) -> Response 
     }
 }
 
-/// `POST /_standin/revoke?login=X`: the user revokes the app; all their tokens die.
+/// `POST /_standin/revoke?login=X`: the user revokes the app; all their tokens
+/// die. With `&only=access` only their access tokens do (the provider
+/// revoked a token, not the grant): a refresh still works.
 pub async fn revoke(State(state): State<AppState>, RawQuery(query): RawQuery) -> Response {
     let params = Params::from_query(query.as_deref());
     let login = match params.single("login") {
         Ok(Some(login)) => login,
         _ => return bad_request("exactly one non-empty login parameter is required"),
     };
-    let revoked = state.store().revoke_login(login);
+    // `only=access`: the access tokens die, the grant (refresh tokens) lives.
+    let revoked = match params.single("only") {
+        Ok(None) => state.store().revoke_login(login),
+        Ok(Some("access")) => state.store().revoke_login_access(login),
+        _ => return bad_request("only must be `access` if given"),
+    };
     Json(json!({
         "login": login,
         "families_revoked": revoked.families_revoked,

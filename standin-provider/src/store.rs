@@ -445,6 +445,17 @@ impl Store {
     }
 
     /// Removes a family and all its tokens; returns how many tokens were removed.
+    /// Revokes every access token of `login`; the refresh tokens stay valid.
+    pub fn revoke_login_access(&mut self, login: &str) -> Revoked {
+        let mut out = Revoked::default();
+        for family in self.families.values().filter(|f| f.login == login) {
+            for t in &family.access {
+                out.tokens_revoked += u64::from(self.access.remove(t).is_some());
+            }
+        }
+        out
+    }
+
     fn revoke_family(&mut self, id: FamilyId) -> u64 {
         let Some(family) = self.families.remove(&id) else {
             return 0;

@@ -30,6 +30,23 @@ pub fn replace_once(text: &str, replacements: &[(&str, String)]) -> String {
     text
 }
 
+/// The filter's instances in each shipped bootstrap: the listener's and the
+/// upstream filter of each of the two provider clusters (one code path).
+pub const FILTER_INSTANCES: usize = 3;
+
+/// `text` with the filter's path `from` (found once per instance) set to the built filter.
+pub fn with_built_filter(text: &str, from: &str) -> String {
+    assert_eq!(
+        text.matches(from).count(),
+        FILTER_INSTANCES,
+        "`{from}` must occur once per filter instance"
+    );
+    text.replace(
+        from,
+        &format!("filename: {}", crate::filter_wasm().display()),
+    )
+}
+
 pub fn read_repo_file(path: &str) -> String {
     let full = crate::workspace_root().join(path);
     std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("read {}: {e}", full.display()))
@@ -98,6 +115,27 @@ impl Snippet {
             ["local"]["filename"];
         assert_eq!(*code, Yaml::from(SNIPPET_WASM_PATH));
         *code = Yaml::from(wasm);
+        // The upstream instances (the provider clusters' http_filters) load the same file.
+        for cluster in &mut edited.clusters {
+            let filters = cluster
+                .get_mut("typed_extension_protocol_options")
+                .and_then(|o| o.get_mut("envoy.extensions.upstreams.http.v3.HttpProtocolOptions"))
+                .and_then(|o| o.get_mut("http_filters"))
+                .and_then(Yaml::as_sequence_mut);
+            for filter in filters.into_iter().flatten() {
+                let code = filter
+                    .get_mut("typed_config")
+                    .and_then(|c| c.get_mut("config"))
+                    .and_then(|c| c.get_mut("vm_config"))
+                    .and_then(|c| c.get_mut("code"))
+                    .and_then(|c| c.get_mut("local"))
+                    .and_then(|c| c.get_mut("filename"));
+                if let Some(code) = code {
+                    assert_eq!(*code, Yaml::from(SNIPPET_WASM_PATH));
+                    *code = Yaml::from(wasm);
+                }
+            }
+        }
         edited
     }
 
@@ -252,18 +290,18 @@ pub fn egress_bootstrap(stack: &Stack, hosts: &[(&str, &str)], unmapped: &str) -
         .iter()
         .map(|(host, provider)| (host.to_string(), json!(provider)))
         .collect();
-    replace_once(
+    let text = with_built_filter(
         &read_repo_file("envoy/egress.yaml"),
+        "filename: target/wasm32-wasip1/release/authstamp_filter.wasm",
+    );
+    replace_once(
+        &text,
         &[
             ("port_value: 9902", "port_value: 0".to_string()),
             ("port_value: 10001", "port_value: 0".to_string()),
             (
                 "port_value: 8081",
                 format!("port_value: {}", port_of(&stack.filter_url)),
-            ),
-            (
-                "filename: target/wasm32-wasip1/release/authstamp_filter.wasm",
-                format!("filename: {}", crate::filter_wasm().display()),
             ),
             (
                 r#""id": "app_your_app_id""#,
@@ -284,8 +322,12 @@ pub fn egress_bootstrap(stack: &Stack, hosts: &[(&str, &str)], unmapped: &str) -
 /// `envoy/compose.yaml` on this machine: loopback ports chosen by Envoy, the
 /// token service at `service_url`, the built filter.
 pub fn compose_bootstrap(filter_url: &str) -> String {
-    replace_once(
+    let text = with_built_filter(
         &read_repo_file("envoy/compose.yaml"),
+        "filename: /etc/envoy/authstamp_filter.wasm",
+    );
+    replace_once(
+        &text,
         &[
             (
                 "address: 127.0.0.1, port_value: 9901",
@@ -298,10 +340,6 @@ pub fn compose_bootstrap(filter_url: &str) -> String {
             (
                 "address: authstamp-token-service, port_value: 8081",
                 format!("address: 127.0.0.1, port_value: {}", port_of(filter_url)),
-            ),
-            (
-                "filename: /etc/envoy/authstamp_filter.wasm",
-                format!("filename: {}", crate::filter_wasm().display()),
             ),
         ],
     )

@@ -362,17 +362,15 @@ pub fn local_bootstrap(filter_url: &str) -> String {
     let original =
         std::fs::read_to_string(root.join("envoy/envoy.yaml")).expect("read envoy/envoy.yaml");
     let service_port = filter_url.rsplit(':').next().expect("filter port");
-    let wasm = crate::filter_wasm();
     let replacements = [
         ("port_value: 9901", "port_value: 0".to_string()),
         ("port_value: 10000", "port_value: 0".to_string()),
         ("port_value: 8081", format!("port_value: {service_port}")),
-        (
-            "filename: target/wasm32-wasip1/release/authstamp_filter.wasm",
-            format!("filename: {}", wasm.display()),
-        ),
     ];
-    let mut config = original;
+    let mut config = crate::deploy::with_built_filter(
+        &original,
+        "filename: target/wasm32-wasip1/release/authstamp_filter.wasm",
+    );
     for (from, to) in replacements {
         assert_eq!(config.matches(from).count(), 1, "envoy.yaml: `{from}` once");
         config = config.replace(from, &to);

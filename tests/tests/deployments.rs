@@ -34,7 +34,29 @@ fn the_local_compose_and_egress_bootstraps_carry_the_snippet() {
         .assert_carried_by(&local, "authstamp_egress", "providers");
     let compose = parse_yaml(&read_repo_file("envoy/compose.yaml"));
     snippet.assert_carried_by(&compose, "authstamp_egress", "providers");
-    let egress = parse_yaml(&read_repo_file("envoy/egress.yaml"));
+    let mut egress = parse_yaml(&read_repo_file("envoy/egress.yaml"));
+    // Its upstream instances share the first instance's vm_config, the app
+    // key's environment included (one VM for both).
+    for cluster in egress["static_resources"]["clusters"]
+        .as_sequence_mut()
+        .expect("clusters")
+    {
+        let filters = cluster
+            .get_mut("typed_extension_protocol_options")
+            .and_then(|o| o.get_mut("envoy.extensions.upstreams.http.v3.HttpProtocolOptions"))
+            .and_then(|o| o.get_mut("http_filters"))
+            .and_then(serde_yaml_ng::Value::as_sequence_mut);
+        for filter in filters.into_iter().flatten() {
+            let vm = filter
+                .get_mut("typed_config")
+                .and_then(|c| c.get_mut("config"))
+                .and_then(|c| c.get_mut("vm_config"))
+                .and_then(serde_yaml_ng::Value::as_mapping_mut);
+            if let Some(vm) = vm {
+                assert!(vm.remove("environment_variables").is_some());
+            }
+        }
+    }
     snippet
         .edited("127.0.0.1", 8081, LOCAL_WASM)
         .assert_routes_and_clusters(&egress, "authstamp_transparent_egress", "everything");

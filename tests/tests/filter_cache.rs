@@ -328,7 +328,7 @@ async fn a_small_cache_holds_many_users_without_growing_or_mixing_tokens() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_provider_401_refreshes_the_token_for_the_next_request() {
+async fn a_provider_401_refreshes_the_token_for_the_replay_and_the_next_request() {
     let stack = Stack::start("provider_401", StackOptions::default()).await;
     stack.connect_user("rita").await;
 
@@ -344,7 +344,8 @@ async fn a_provider_401_refreshes_the_token_for_the_next_request() {
     let refused = bearer_seen(&first);
     assert_eq!(stack.token_lookups().await, 1);
 
-    // The provider refuses the token: the 401 reaches the app unchanged.
+    // The provider refuses the token, and the fresh one it is replayed
+    // with (see heal.rs): its second 401 reaches the app, marked as such.
     let response = stack
         .call(Method::GET, "/api/me", "rita")
         .header("x-standin-status", "401")
@@ -353,7 +354,10 @@ async fn a_provider_401_refreshes_the_token_for_the_next_request() {
         .unwrap();
     assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
     assert_eq!(response.headers().get("x-standin-echo").unwrap(), "1");
-    assert!(response.headers().get("x-authstamp-error").is_none());
+    assert_eq!(
+        response.headers().get("x-authstamp-error").unwrap(),
+        "token_refused"
+    );
 
     // The next request carries a fresh token from a forced refresh.
     let next = json_of(
@@ -384,7 +388,8 @@ async fn a_provider_401_refreshes_the_token_for_the_next_request() {
     assert_eq!(stack.token_lookups().await, 2);
     assert_eq!(
         envoy_metric(&stack, "authstamp_provider_unauthorized_total").await,
-        1
+        2,
+        "the first attempt's and the replay's"
     );
     assert_eq!(
         envoy_metric(&stack, "authstamp_forced_refreshes_total").await,
