@@ -36,7 +36,8 @@ fn the_local_compose_and_egress_bootstraps_carry_the_snippet() {
     snippet.assert_carried_by(&compose, "authstamp_egress", "providers");
     let mut egress = parse_yaml(&read_repo_file("envoy/egress.yaml"));
     // Its upstream instances share the first instance's vm_config, the app
-    // key's environment included (one VM for both).
+    // key's environment included (one VM for both); the snippet's name only
+    // the filter credential.
     for cluster in egress["static_resources"]["clusters"]
         .as_sequence_mut()
         .expect("clusters")
@@ -53,7 +54,12 @@ fn the_local_compose_and_egress_bootstraps_carry_the_snippet() {
                 .and_then(|c| c.get_mut("vm_config"))
                 .and_then(serde_yaml_ng::Value::as_mapping_mut);
             if let Some(vm) = vm {
-                assert!(vm.remove("environment_variables").is_some());
+                let env = vm.get_mut("environment_variables").expect("environment");
+                assert_eq!(
+                    env["host_env_keys"],
+                    parse_yaml("[AUTHSTAMP_APP_KEY, AUTHSTAMP_FILTER_TOKEN]")
+                );
+                *env = parse_yaml("host_env_keys: [AUTHSTAMP_FILTER_TOKEN]");
             }
         }
     }
