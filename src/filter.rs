@@ -60,7 +60,15 @@ pub struct Worker {
     pub metrics: Metrics,
     /// Stamped requests, shared with the upstream instance of this worker.
     pub stamps: Rc<RefCell<Stamps>>,
+    /// Stamped streams still to resume, [`RESUME_BATCH`] per callback.
+    pub to_resume: RefCell<std::collections::VecDeque<u32>>,
 }
+
+/// Streams resumed in one callback at most. Each resume runs the stream on
+/// to the router inside this call, the upstream filter instance's context
+/// creation included; hundreds in one call exhaust V8's stack (seen on 1.40
+/// with 250 waiters per worker), so the rest go on the next ticks.
+pub const RESUME_BATCH: usize = 16;
 
 impl Worker {
     pub fn new(root: u32, metrics: Metrics) -> Worker {
@@ -74,6 +82,7 @@ impl Worker {
             inflight: RefCell::new(Inflight::default()),
             metrics,
             stamps,
+            to_resume: RefCell::default(),
         }
     }
 }
@@ -541,6 +550,7 @@ fn complete(host: &dyn Host, worker: &Worker, pending: &Pending, outcome: &Outco
         Outcome::Refuse(rejection) => Err(rejection.code),
     };
     worker.stamps.borrow_mut().resolve(pending.id, fresh);
+    let mut resumed = 0;
     for &(healer, stamp) in &pending.healers {
         if !host.set_effective_context(healer) {
             log::debug!("authstamp: a waiting replay is gone");
@@ -575,7 +585,12 @@ fn complete(host: &dyn Host, worker: &Worker, pending: &Pending, outcome: &Outco
         let done = match result {
             Ok(id) => {
                 metrics.stamped(host);
-                host.resume_request();
+                if resumed < RESUME_BATCH {
+                    host.resume_request();
+                    resumed += 1;
+                } else {
+                    worker.to_resume.borrow_mut().push_back(member);
+                }
                 Done::Stamped(id)
             }
             Err(rejection) => {
@@ -586,7 +601,24 @@ fn complete(host: &dyn Host, worker: &Worker, pending: &Pending, outcome: &Outco
         };
         worker.inflight.borrow_mut().record(member, done);
     }
+    if !worker.to_resume.borrow().is_empty() {
+        host.set_tick_period(TICK);
+    }
     host.set_effective_context(current);
+}
+
+/// Resumes up to [`RESUME_BATCH`] of the stamped streams left by
+/// [`complete`] (a stream gone meanwhile is skipped).
+fn resume_left(host: &dyn Host, worker: &Worker) {
+    for _ in 0..RESUME_BATCH {
+        let Some(member) = worker.to_resume.borrow_mut().pop_front() else {
+            break;
+        };
+        if host.set_effective_context(member) {
+            host.resume_request();
+        }
+    }
+    host.set_effective_context(worker.root);
 }
 
 /// `on_http_call_response` for `token`, delivered to context `current` (a
@@ -674,6 +706,7 @@ fn dispatch_from_root(
 /// the ticks down to [`IDLE_TICK`] when nothing is left to do.
 pub fn on_tick(host: &dyn Host, worker: &Worker) {
     worker.metrics.flush(host);
+    resume_left(host, worker);
     let orphans = worker.inflight.borrow().orphans();
     for (id, lookup) in orphans {
         // A forced refresh claims the marker; a re-dispatch still holds its own.
@@ -716,7 +749,7 @@ pub fn on_tick(host: &dyn Host, worker: &Worker) {
         }
     }
 
-    if !worker.inflight.borrow().needs_tick() {
+    if !worker.inflight.borrow().needs_tick() && worker.to_resume.borrow().is_empty() {
         host.set_tick_period(IDLE_TICK);
     }
 }
