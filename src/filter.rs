@@ -2069,6 +2069,41 @@ mod tests {
     }
 
     #[test]
+    fn many_waiters_are_resumed_a_batch_per_callback_then_per_tick() {
+        let bench = Bench::new(gateway());
+        let streams: Vec<u32> = (2..2 + 40).collect();
+        for &stream in &streams {
+            assert_eq!(bench.call(stream, "alice", KEY), Verdict::Pause);
+        }
+        assert_eq!(bench.host.dispatch_count(), 1);
+        bench.answer(2, bench.host.last_token(), Some(200), &token_answer(None));
+        let resumed = |list: &[u32]| list.iter().filter(|s| bench.host.resumed(**s) == 1).count();
+        // Every waiter is stamped at once; only a batch runs on in the callback.
+        for &stream in &streams {
+            assert_stamped(&bench, stream, "Bearer xoxb-secret");
+        }
+        assert_eq!(resumed(&streams), RESUME_BATCH);
+        assert_eq!(bench.host.tick(), Some(TICK), "the rest on the next ticks");
+        assert_eq!(
+            bench.host.current(),
+            2,
+            "effective context back to the callback's"
+        );
+        bench.tick();
+        assert_eq!(resumed(&streams), 2 * RESUME_BATCH);
+        bench.done(streams[39]); // a stream gone before its turn is skipped
+        bench.tick();
+        assert_eq!(resumed(&streams[..39]), 39);
+        assert_eq!(bench.host.tick(), Some(IDLE_TICK), "nothing left to resume");
+        for &stream in &streams {
+            assert!(
+                bench.host.resumed(stream) <= 1,
+                "{stream} resumed once at most"
+            );
+        }
+    }
+
+    #[test]
     fn concurrent_misses_share_a_refusal_too() {
         let bench = Bench::new(gateway());
         bench.call(2, "alice", KEY);
