@@ -27,6 +27,7 @@ help:
 	@echo "make test-envoy-matrix   the end-to-end smoke suite on Envoy $(ENVOY_MATRIX)"
 	@echo "make wasm-sha256         the filter's sha256, for an Istio WasmPlugin"
 	@echo "make fuzz                every fuzz target for FUZZ_SECONDS (nightly + cargo-fuzz)"
+	@echo "make test-faults         the fault suite alone (database outage, hanging provider, crash mid-webhook)"
 
 build: wasm service
 
@@ -102,6 +103,13 @@ compose: wasm
 # What an Istio WasmPlugin's sha256 must be for the module built here.
 wasm-sha256: wasm
 	@sha256sum $(WASM)
+
+# The fault suite alone (also part of make test): a database outage during
+# rotating refreshes, a hanging provider, a crash in the middle of a webhook
+# delivery (tests/tests/faults.rs).
+.PHONY: test-faults
+test-faults: build envoy
+	cargo test -p authstamp-e2e --test faults -- --nocapture
 
 # Token service benchmark (issue 3): lookups on SQLite and PostgreSQL with
 # 1,000 and 1,000,000 connections; target/bench/service.{json,md}.
