@@ -51,21 +51,7 @@ async fn a_user_connects_in_headless_chromium() {
     browser
         .eval("document.getElementById('connect').click()")
         .await;
-
-    // The stand-in provider's consent page.
-    browser
-        .wait_for(
-            "the provider's consent page",
-            "document.getElementById('login') && document.getElementById('approve')",
-        )
-        .await;
-    browser
-        .eval("document.getElementById('login').focus()")
-        .await;
-    browser.type_text("alice").await;
-    browser
-        .eval("document.getElementById('approve').click()")
-        .await;
+    consent_as(&mut browser, "alice").await;
 
     // Back at the token service: the result page.
     browser
@@ -127,13 +113,8 @@ async fn connect_link(
         .to_owned()
 }
 
-/// Clicks Connect on the open connect page, signs in at the stand-in as
-/// `login` and waits until the browser is back on the app's page; the
-/// `authstamp_result` it carried.
-async fn connect_in_browser(browser: &mut Chromium, login: &str) -> String {
-    browser
-        .eval("document.getElementById('connect').click()")
-        .await;
+/// At the stand-in provider's consent page: types `login` and approves.
+async fn consent_as(browser: &mut Chromium, login: &str) {
     browser
         .wait_for(
             "the provider's consent page",
@@ -147,6 +128,16 @@ async fn connect_in_browser(browser: &mut Chromium, login: &str) -> String {
     browser
         .eval("document.getElementById('approve').click()")
         .await;
+}
+
+/// Clicks Connect on the open connect page, signs in at the stand-in as
+/// `login` and waits until the browser is back on the app's page; the
+/// `authstamp_result` it carried.
+async fn connect_in_browser(browser: &mut Chromium, login: &str) -> String {
+    browser
+        .eval("document.getElementById('connect').click()")
+        .await;
+    consent_as(browser, login).await;
     browser
         .wait_for("the app's return_to page", "document.getElementById('app')")
         .await;

@@ -200,17 +200,7 @@ async fn a_connection_exists_only_once_the_app_confirms_the_user_who_came_back()
 
     // The takeover: mallory's link, completed by alice's browser. The app's
     // backend sees alice logged in and confirms alice: refused, discarded.
-    let (state, nonce, _) = h
-        .start_connect(&app, "mallory", Some("https://app.test/done"))
-        .await;
-    let reply = h
-        .callback(
-            &format!("code=the-code&state={}", urlencode(&state)),
-            Some(&nonce),
-        )
-        .await;
-    assert_eq!(reply.status, StatusCode::FOUND, "{}", reply.text());
-    let result = connect_result_of(&reply);
+    let result = h.connect_until_return(&app, "mallory").await;
     h.lookup(&app, "mallory", false)
         .await
         .assert_error(404, "not_connected");
@@ -229,16 +219,7 @@ async fn a_connection_exists_only_once_the_app_confirms_the_user_who_came_back()
         .assert_error(400, "invalid_state");
 
     // The normal flow: one click for the user, one call for the app.
-    let (state, nonce, _) = h
-        .start_connect(&app, "alice", Some("https://app.test/done"))
-        .await;
-    let reply = h
-        .callback(
-            &format!("code=the-code&state={}", urlencode(&state)),
-            Some(&nonce),
-        )
-        .await;
-    let result = connect_result_of(&reply);
+    let result = h.connect_until_return(&app, "alice").await;
     // The tokens wait sealed: nothing in clear in the database.
     assert!(!contains(&h.raw_database(), b"at-1"));
     assert!(!contains(&h.raw_database(), result.as_bytes()));
@@ -259,16 +240,7 @@ async fn a_connection_exists_only_once_the_app_confirms_the_user_who_came_back()
         .assert_error(400, "invalid_state");
 
     // An unconfirmed result expires with the flow.
-    let (state, nonce, _) = h
-        .start_connect(&app, "carol", Some("https://app.test/done"))
-        .await;
-    let reply = h
-        .callback(
-            &format!("code=the-code&state={}", urlencode(&state)),
-            Some(&nonce),
-        )
-        .await;
-    let result = connect_result_of(&reply);
+    let result = h.connect_until_return(&app, "carol").await;
     h.exec("UPDATE connect_results SET expires_at = 1").await;
     h.confirm(&app, &result, "carol")
         .await

@@ -504,6 +504,14 @@ impl Harness {
     /// Runs the whole connect flow for `user`, back to the app's return_to,
     /// and the app's confirmation.
     pub async fn connect(&self, app: &ConnectedApp, user: &str) {
+        let result = self.connect_until_return(app, user).await;
+        let confirmed = self.confirm(app, &result, user).await;
+        assert_eq!(confirmed.status, StatusCode::OK, "{}", confirmed.text());
+    }
+
+    /// The connect flow for `user` up to the app's return_to: the one-time
+    /// result the browser carried back (nothing is connected yet).
+    pub async fn connect_until_return(&self, app: &ConnectedApp, user: &str) -> String {
         let (state, nonce, _) = self
             .start_connect(app, user, Some("https://app.test/done"))
             .await;
@@ -514,9 +522,7 @@ impl Harness {
             )
             .await;
         assert_eq!(reply.status, StatusCode::FOUND, "{}", reply.text());
-        let result = connect_result_of(&reply);
-        let confirmed = self.confirm(app, &result, user).await;
-        assert_eq!(confirmed.status, StatusCode::OK, "{}", confirmed.text());
+        connect_result_of(&reply)
     }
 
     /// The app's side of a callback that went back to its return_to: confirms
