@@ -200,8 +200,19 @@ fn strings_of(value: &Yaml) -> Vec<String> {
         .collect()
 }
 
-/// The three bootstraps next to one stack: `(local, compose, egress)`.
+/// The three bootstraps next to one stack: `(local, compose, egress)`; the
+/// egress Envoy maps the stand-in's API host to the stack's provider.
 async fn start_all(stack: &Stack) -> (Envoy, Envoy, Envoy) {
+    let authority = stack.standin_url.trim_start_matches("http://");
+    start_all_mapping(stack, authority, PROVIDER).await
+}
+
+/// [`start_all`] with the egress Envoy mapping `authority` to `provider`.
+async fn start_all_mapping(
+    stack: &Stack,
+    authority: &str,
+    provider: &str,
+) -> (Envoy, Envoy, Envoy) {
     let local = Envoy::start(
         &stack.log_dir,
         "local-envoy",
@@ -216,11 +227,10 @@ async fn start_all(stack: &Stack) -> (Envoy, Envoy, Envoy) {
         &[],
     )
     .await;
-    let authority = stack.standin_url.trim_start_matches("http://");
     let egress = Envoy::start(
         &stack.log_dir,
         "egress-envoy",
-        &egress_bootstrap(stack, &[(authority, PROVIDER)], "pass"),
+        &egress_bootstrap(stack, &[(authority, provider)], "pass"),
         &[("AUTHSTAMP_APP_KEY", stack.app_key.as_str())],
     )
     .await;
@@ -1097,27 +1107,7 @@ async fn the_provider_and_the_app_each_get_exactly_what_the_other_sent() {
     )
     .await;
     connect_provider(&stack, "exact", "alice").await;
-    let local = Envoy::start(
-        &stack.log_dir,
-        "local-envoy",
-        &local_bootstrap(&stack.filter_url),
-        &[],
-    )
-    .await;
-    let compose = Envoy::start(
-        &stack.log_dir,
-        "compose-envoy",
-        &compose_bootstrap(&stack.filter_url),
-        &[],
-    )
-    .await;
-    let egress = Envoy::start(
-        &stack.log_dir,
-        "egress-envoy",
-        &egress_bootstrap(&stack, &[(upstream_authority.as_str(), "exact")], "pass"),
-        &[("AUTHSTAMP_APP_KEY", stack.app_key.as_str())],
-    )
-    .await;
+    let (local, compose, egress) = start_all_mapping(&stack, &upstream_authority, "exact").await;
 
     let body = EXACT_BODY;
     let expected_upstream_headers = || {
