@@ -132,3 +132,17 @@ pub fn sha256_hex(data: &[u8]) -> String {
         .map(|b| format!("{b:02x}"))
         .collect()
 }
+
+/// The folder of the native module's test build (`make native-probe`:
+/// `cargo build -p authstamp-native --features probe`), which Envoy finds
+/// through `ENVOY_DYNAMIC_MODULES_SEARCH_PATH`.
+pub fn native_probe_dir() -> PathBuf {
+    let module = required_file(
+        "AUTHSTAMP_NATIVE_PROBE",
+        workspace_root().join("target/debug/libauthstamp_native.so"),
+    );
+    module.parent().expect("module folder").to_path_buf()
+}
+
+/// The environment variable through which Envoy finds dynamic modules.
+pub const DYNAMIC_MODULES_PATH_ENV: &str = "ENVOY_DYNAMIC_MODULES_SEARCH_PATH";
