@@ -556,8 +556,13 @@ fn complete(host: &dyn Host, worker: &Worker, pending: &Pending, outcome: &Outco
             log::debug!("authstamp: a waiting replay is gone");
             continue;
         }
-        heal::replay(host, worker, stamp);
-        host.resume_request();
+        match heal::replay(host, worker, stamp) {
+            Ok(()) => host.resume_request(),
+            Err(rejection) => {
+                metrics.error(host, rejection.code);
+                rejection.send(host);
+            }
+        }
     }
     for &member in &pending.members {
         if !host.set_effective_context(member) {
@@ -838,6 +843,7 @@ pub fn on_done(host: &dyn Host, state: State, worker: &Worker, stream: u32) -> S
 mod tests {
     use super::*;
     use crate::host::mock::{MockHost, ROOT};
+    use crate::stream::{NewStream, StreamFilter, UpstreamFilter, WorkerFilter};
     use crate::inflight::Owner;
     use crate::metrics;
     use authstamp_protocol::TokenLookupRequest;
@@ -876,17 +882,20 @@ mod tests {
     const UPSTREAM_ROOT: u32 = 2000;
 
     /// A test bench: one host (shared data is shared by all workers), two
-    /// workers, one config. Streams run on the first worker unless started
-    /// with [`Bench::call_on`].
+    /// workers, one config, driven through the objects the glues hold
+    /// ([`WorkerFilter`], [`StreamFilter`], [`UpstreamFilter`]). Streams run
+    /// on the first worker unless started with [`Bench::call_on_other`].
     struct Bench {
         host: MockHost,
-        worker: Worker,
-        other: Worker,
+        root: WorkerFilter,
+        other_root: WorkerFilter,
         /// The upstream instance on the first worker (same VM: same stamps).
-        upstream: Worker,
-        attempts: RefCell<std::collections::HashMap<u32, heal::Attempt>>,
+        upstream_root: WorkerFilter,
+        worker: Rc<Worker>,
+        other: Rc<Worker>,
+        streams: RefCell<std::collections::HashMap<u32, StreamFilter>>,
+        attempts: RefCell<std::collections::HashMap<u32, UpstreamFilter>>,
         config: Rc<Config>,
-        states: RefCell<std::collections::HashMap<u32, State>>,
         on_other: RefCell<std::collections::HashSet<u32>>,
     }
 
@@ -894,40 +903,52 @@ mod tests {
         fn new(config: Rc<Config>) -> Self {
             let host = MockHost::new(NOW);
             host.add_context(OTHER_ROOT);
-            let metrics = Metrics::define(&host);
-            let other_metrics = Metrics::define(&host);
             host.add_context(UPSTREAM_ROOT);
-            let upstream_metrics = Metrics::define(&host);
-            let worker = Worker::new(ROOT, metrics);
-            let upstream =
-                Worker::sharing(UPSTREAM_ROOT, upstream_metrics, Rc::clone(&worker.stamps));
+            let mut root = WorkerFilter::new(ROOT, Rc::default());
+            root.define_metrics(&host);
+            root.set_config(Rc::clone(&config));
+            let mut other_root = WorkerFilter::new(OTHER_ROOT, Rc::default());
+            other_root.define_metrics(&host);
+            other_root.set_config(Rc::clone(&config));
+            let mut upstream_root =
+                WorkerFilter::new(UPSTREAM_ROOT, Rc::clone(&root.worker().stamps));
+            upstream_root.define_metrics(&host);
+            upstream_root.set_upstream();
             Bench {
+                worker: Rc::clone(root.worker()),
+                other: Rc::clone(other_root.worker()),
                 host,
-                worker,
-                other: Worker::new(OTHER_ROOT, other_metrics),
-                upstream,
+                root,
+                other_root,
+                upstream_root,
+                streams: RefCell::new(Default::default()),
                 attempts: RefCell::new(Default::default()),
                 config,
-                states: RefCell::new(Default::default()),
                 on_other: RefCell::new(Default::default()),
             }
         }
 
-        /// The worker of a stream or root context.
-        fn worker_of(&self, context: u32) -> &Worker {
-            if context == OTHER_ROOT || self.on_other.borrow().contains(&context) {
-                &self.other
+        /// The worker of a stream.
+        fn root_of(&self, stream: u32) -> &WorkerFilter {
+            if self.on_other.borrow().contains(&stream) {
+                &self.other_root
             } else {
-                &self.worker
+                &self.root
             }
         }
 
         fn state(&self, stream: u32) -> State {
-            self.states
+            self.streams
                 .borrow()
                 .get(&stream)
-                .cloned()
+                .map(|s| s.state().clone())
                 .unwrap_or(State::Fresh)
+        }
+
+        /// Runs `f` on the object of `stream`.
+        fn on_stream<T>(&self, stream: u32, f: impl FnOnce(&mut StreamFilter) -> T) -> T {
+            let mut streams = self.streams.borrow_mut();
+            f(streams.get_mut(&stream).expect("a known stream"))
         }
 
         /// A request arrives on `stream`.
@@ -938,11 +959,11 @@ mod tests {
 
         fn headers_arrive(&self, stream: u32) -> Verdict {
             self.host.enter(stream);
-            let worker = self.worker_of(stream);
-            let (state, verdict) =
-                on_request_headers(&self.host, Some(&self.config), worker, stream);
-            self.states.borrow_mut().insert(stream, state);
-            verdict
+            let NewStream::Stream(filter) = self.root_of(stream).new_stream(stream) else {
+                panic!("a stamping worker");
+            };
+            self.streams.borrow_mut().insert(stream, filter);
+            self.on_stream(stream, |s| s.on_request_headers(&self.host))
         }
 
         /// A marked gateway request for `user` with app key `key`.
@@ -961,15 +982,11 @@ mod tests {
             self.host.set_call_response(status, body);
             self.host.enter(to);
             let size = self.host.call_response_body_len();
-            let worker = if to == UPSTREAM_ROOT {
-                &self.upstream
-            } else {
-                self.worker_of(to)
-            };
-            on_call_response(&self.host, worker, token, size, to);
-            if to != ROOT && to != OTHER_ROOT {
-                let state = settle(self.state(to), worker, to);
-                self.states.borrow_mut().insert(to, state);
+            match to {
+                ROOT => self.root.on_token_answer(&self.host, token, size),
+                OTHER_ROOT => self.other_root.on_token_answer(&self.host, token, size),
+                UPSTREAM_ROOT => self.upstream_root.on_token_answer(&self.host, token, size),
+                stream => self.on_stream(stream, |s| s.on_token_answer(&self.host, token, size)),
             }
         }
 
@@ -981,32 +998,26 @@ mod tests {
 
         fn body_arrives(&self, stream: u32) -> Verdict {
             self.host.enter(stream);
-            let worker = self.worker_of(stream);
-            let (state, verdict) = on_request_data(self.state(stream), worker, stream);
-            self.states.borrow_mut().insert(stream, state);
-            verdict
+            self.on_stream(stream, |s| s.on_request_body())
         }
 
         /// The provider answers `status` to the stamped request of `stream`.
         fn response_arrives(&self, stream: u32, status: u16) {
             self.host.set_response_status(stream, status);
             self.host.enter(stream);
-            let worker = self.worker_of(stream);
-            let state = on_response_headers(&self.host, self.state(stream), worker, stream);
-            self.states.borrow_mut().insert(stream, state);
+            let verdict = self.on_stream(stream, |s| s.on_response_headers(&self.host));
+            assert_eq!(verdict, Verdict::Continue);
         }
 
         fn done(&self, stream: u32) {
             self.host.enter(stream);
-            let worker = self.worker_of(stream);
-            let state = on_done(&self.host, self.state(stream), worker, stream);
-            self.states.borrow_mut().insert(stream, state);
+            self.on_stream(stream, |s| s.on_done(&self.host));
             self.host.delete_stream(stream);
         }
 
         fn tick(&self) {
             self.host.enter(ROOT);
-            on_tick(&self.host, &self.worker);
+            self.root.on_tick(&self.host);
         }
 
         /// The router sends an attempt (upstream context `attempt`) of the
@@ -1024,23 +1035,41 @@ mod tests {
                 self.host.set_property(attempt, &name, &value);
             }
             self.host.enter(attempt);
-            let (state, verdict) = heal::on_upstream_request(&self.host, &self.upstream, attempt);
-            self.attempts.borrow_mut().insert(attempt, state);
+            let NewStream::Upstream(mut filter) = self.upstream_root.new_stream(attempt) else {
+                panic!("an upstream worker");
+            };
+            let verdict = filter.on_request_headers(&self.host);
+            self.attempts.borrow_mut().insert(attempt, filter);
             verdict
+        }
+
+        /// Where upstream attempt `attempt` is.
+        fn attempt_state(&self, attempt: u32) -> heal::Attempt {
+            self.attempts.borrow()[&attempt].attempt()
+        }
+
+        /// A body chunk of upstream attempt `attempt`.
+        fn attempt_body(&self, attempt: u32) -> Verdict {
+            self.host.enter(attempt);
+            let mut attempts = self.attempts.borrow_mut();
+            attempts
+                .get_mut(&attempt)
+                .expect("a known attempt")
+                .on_request_body()
         }
 
         /// The provider answers `status` to upstream attempt `attempt`.
         fn attempt_answered(&self, attempt: u32, status: u16) {
             self.host.set_response_status(attempt, status);
             self.host.enter(attempt);
-            let state = self.attempts.borrow()[&attempt];
-            let state = heal::on_upstream_response(&self.host, &self.upstream, state);
-            self.attempts.borrow_mut().insert(attempt, state);
+            let mut attempts = self.attempts.borrow_mut();
+            let filter = attempts.get_mut(&attempt).expect("a known attempt");
+            assert_eq!(filter.on_response_headers(&self.host), Verdict::Continue);
         }
 
         fn tick_upstream(&self) {
             self.host.enter(UPSTREAM_ROOT);
-            on_tick(&self.host, &self.upstream);
+            self.upstream_root.on_tick(&self.host);
         }
 
         fn added(&self, stream: u32) -> Vec<(String, String)> {
@@ -1049,7 +1078,7 @@ mod tests {
 
         fn tick_other(&self) {
             self.host.enter(OTHER_ROOT);
-            on_tick(&self.host, &self.other);
+            self.other_root.on_tick(&self.host);
         }
 
         fn key_of(&self, user: &str) -> Slotted {
@@ -2024,18 +2053,21 @@ mod tests {
     #[test]
     fn without_a_configuration_marked_requests_are_refused() {
         let host = MockHost::new(NOW);
-        let worker = Worker::default();
+        let worker = WorkerFilter::new(ROOT, Rc::default());
         host.add_stream(2, &[(":path", "/x"), ("x-authstamp-user", "alice")]);
         host.enter(2);
-        let (state, verdict) = on_request_headers(&host, None, &worker, 2);
-        assert_eq!((state, verdict), (State::Replied, Verdict::Pause));
+        let NewStream::Stream(mut marked) = worker.new_stream(2) else {
+            panic!("a stamping worker");
+        };
+        assert_eq!(marked.on_request_headers(&host), Verdict::Pause);
+        assert_eq!(marked.state(), &State::Replied);
         assert_eq!(host.reply(2).unwrap().status, 500);
         host.add_stream(3, &[(":path", "/x")]);
         host.enter(3);
-        assert_eq!(
-            on_request_headers(&host, None, &worker, 3).1,
-            Verdict::Continue
-        );
+        let NewStream::Stream(mut unmarked) = worker.new_stream(3) else {
+            panic!("a stamping worker");
+        };
+        assert_eq!(unmarked.on_request_headers(&host), Verdict::Continue);
     }
 
     // --- coalescing ----------------------------------------------------------
@@ -2512,7 +2544,7 @@ mod tests {
         bench.call(3, "alice", KEY);
         let reads = bench.host.shared_reads();
         assert_eq!(bench.attempt(10, 3), Verdict::Continue);
-        assert_eq!(bench.attempts.borrow()[&10], heal::Attempt::Unknown);
+        assert_eq!(bench.attempt_state(10), heal::Attempt::Unknown);
         for status in [200, 403, 500] {
             bench.attempt_answered(10, status);
             assert!(bench.added(10).is_empty(), "{status}");
@@ -2536,8 +2568,7 @@ mod tests {
         assert_eq!(bench.call_on_other(5, "alice", KEY), Verdict::Pause);
         // The router's replay waits too, body included.
         assert_eq!(bench.attempt(11, 3), Verdict::Pause);
-        let held = bench.attempts.borrow()[&11];
-        assert_eq!(heal::request_data(&bench.upstream, held), Verdict::Pause);
+                assert_eq!(bench.attempt_body(11), Verdict::Pause);
 
         bench.tick_upstream();
         let forced = bench.host.dispatches().last().cloned().unwrap();
@@ -2556,7 +2587,7 @@ mod tests {
             Some("/api-base/api/users.info?user=U1"),
             "nothing else changes"
         );
-        assert_eq!(heal::request_data(&bench.upstream, held), Verdict::Continue);
+        assert_eq!(bench.attempt_body(11), Verdict::Continue);
         bench.tick();
         bench.tick_other();
         for stream in [4, 5] {

@@ -24,6 +24,11 @@ pub enum SharedDataError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DispatchError;
 
+/// The host refused a write to the stream (its headers): the caller fails
+/// closed, never forwards a request it could not stamp.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WriteError;
+
 /// Kinds of proxy-wasm metrics (Envoy stats).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MetricKind {
@@ -60,11 +65,9 @@ pub trait Host {
     /// The request headers of the effective stream.
     fn request_headers(&self) -> HeaderPairs;
     /// Replaces every value of `name` with `value`.
-    fn set_request_header(&self, name: &str, value: &str);
-    /// Removes every value of `name`.
-    fn remove_request_header(&self, name: &str);
+    fn set_request_header(&self, name: &str, value: &str) -> Result<(), WriteError>;
     /// Replaces the whole request header map with `headers`, in order.
-    fn set_request_headers(&self, headers: &[(&str, &[u8])]);
+    fn set_request_headers(&self, headers: &[(&str, &[u8])]) -> Result<(), WriteError>;
 
     /// Starts an HTTP call; its answer arrives as `on_http_call_response`
     /// with the returned token.
@@ -156,7 +159,8 @@ mod tests {
     }
 }
 
-#[cfg(test)]
+#[cfg(any(test, feature = "mock"))]
+#[allow(clippy::expect_used, clippy::panic)]
 pub mod mock {
     //! An in-memory host with several streams, a clock, shared data with CAS
     //! and a record of every dispatch, local reply and resume.
@@ -233,6 +237,8 @@ pub mod mock {
         pub dispatches: Vec<Dispatch>,
         pub next_token: u32,
         pub fail_dispatch: bool,
+        /// The host refuses every request-header write.
+        pub fail_header_writes: bool,
         pub shared: BTreeMap<String, (Vec<u8>, u32)>,
         pub next_cas: u32,
         pub shared_writes: Vec<(String, Option<u32>)>,
@@ -269,6 +275,7 @@ pub mod mock {
                     dispatches: Vec::new(),
                     next_token: 100,
                     fail_dispatch: false,
+                    fail_header_writes: false,
                     shared: BTreeMap::new(),
                     next_cas: 1,
                     shared_writes: Vec::new(),
@@ -441,6 +448,10 @@ pub mod mock {
             self.state.borrow_mut().now = None;
         }
 
+        pub fn set_fail_header_writes(&self, fail: bool) {
+            self.state.borrow_mut().fail_header_writes = fail;
+        }
+
         pub fn set_fail_dispatch(&self, fail: bool) {
             self.state.borrow_mut().fail_dispatch = fail;
         }
@@ -504,8 +515,11 @@ pub mod mock {
                 .unwrap_or_default()
         }
 
-        fn set_request_header(&self, name: &str, value: &str) {
+        fn set_request_header(&self, name: &str, value: &str) -> Result<(), WriteError> {
             let mut state = self.state.borrow_mut();
+            if state.fail_header_writes {
+                return Err(WriteError);
+            }
             let current = state.current;
             let stream = state
                 .streams
@@ -519,20 +533,14 @@ pub mod mock {
             stream
                 .headers
                 .push((name.to_string(), value.as_bytes().to_vec()));
+            Ok(())
         }
 
-        fn remove_request_header(&self, name: &str) {
+        fn set_request_headers(&self, headers: &[(&str, &[u8])]) -> Result<(), WriteError> {
             let mut state = self.state.borrow_mut();
-            let current = state.current;
-            let stream = state
-                .streams
-                .get_mut(&current)
-                .expect("a stream is effective");
-            stream.headers.retain(|(n, _)| n != name);
-        }
-
-        fn set_request_headers(&self, headers: &[(&str, &[u8])]) {
-            let mut state = self.state.borrow_mut();
+            if state.fail_header_writes {
+                return Err(WriteError);
+            }
             let current = state.current;
             let stream = state
                 .streams
@@ -546,6 +554,7 @@ pub mod mock {
                 .iter()
                 .map(|(n, v)| (n.to_string(), v.to_vec()))
                 .collect();
+            Ok(())
         }
 
         fn dispatch_http_call(
