@@ -19,7 +19,8 @@ mod glue {
     use authstamp_filter_core::filter::Verdict;
     use authstamp_filter_core::heal::Stamps;
     use authstamp_filter_core::host::{
-        serialize_pairs, DispatchError, HeaderPairs, Host, MetricKind, SharedDataError, WriteError,
+        serialize_pairs, DispatchError, HeaderPairs, Host, MetricKind, SharedDataError,
+        SharedStore, WriteError,
     };
     use authstamp_filter_core::stream::{NewStream, StreamFilter, UpstreamFilter, WorkerFilter};
 
@@ -52,6 +53,25 @@ mod glue {
     /// The [`Host`] of the running proxy: every call acts on the host's
     /// effective context. Host refusals are logged, never unwrapped.
     struct HostCalls;
+
+    impl SharedStore for HostCalls {
+        fn get_shared_data(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+            hostcalls::get_shared_data(key).unwrap_or((None, None))
+        }
+
+        fn set_shared_data(
+            &self,
+            key: &str,
+            value: &[u8],
+            cas: Option<u32>,
+        ) -> Result<(), SharedDataError> {
+            match hostcalls::set_shared_data(key, Some(value), cas) {
+                Ok(()) => Ok(()),
+                Err(Status::CasMismatch) => Err(SharedDataError::CasMismatch),
+                Err(_) => Err(SharedDataError::Failed),
+            }
+        }
+    }
 
     impl Host for HostCalls {
         fn request_headers(&self) -> HeaderPairs {
@@ -106,23 +126,6 @@ mod glue {
             hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, size)
                 .ok()
                 .flatten()
-        }
-
-        fn get_shared_data(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
-            hostcalls::get_shared_data(key).unwrap_or((None, None))
-        }
-
-        fn set_shared_data(
-            &self,
-            key: &str,
-            value: &[u8],
-            cas: Option<u32>,
-        ) -> Result<(), SharedDataError> {
-            match hostcalls::set_shared_data(key, Some(value), cas) {
-                Ok(()) => Ok(()),
-                Err(Status::CasMismatch) => Err(SharedDataError::CasMismatch),
-                Err(_) => Err(SharedDataError::Failed),
-            }
         }
 
         fn now_unix_nanos(&self) -> Option<u64> {

@@ -843,9 +843,9 @@ pub fn on_done(host: &dyn Host, state: State, worker: &Worker, stream: u32) -> S
 mod tests {
     use super::*;
     use crate::host::mock::{MockHost, ROOT};
-    use crate::stream::{NewStream, StreamFilter, UpstreamFilter, WorkerFilter};
     use crate::inflight::Owner;
     use crate::metrics;
+    use crate::stream::{NewStream, StreamFilter, UpstreamFilter, WorkerFilter};
     use authstamp_protocol::TokenLookupRequest;
 
     const NOW: u64 = 1_700_000_000;
@@ -1666,6 +1666,33 @@ mod tests {
             Some("/api/users.info?user=U1")
         );
         assert_eq!(bench.host.resumed(2), 1);
+    }
+
+    #[test]
+    fn a_refused_header_write_is_a_local_500_never_an_unstamped_request() {
+        let bench = Bench::new(gateway());
+        // A miss: the waiters of the answer.
+        bench.call(2, "alice", KEY);
+        bench.call(3, "alice", KEY);
+        bench.host.set_fail_header_writes(true);
+        bench.answer_last(Some(200), &token_answer(None));
+        for stream in [2, 3] {
+            let (status, code, _) = bench.reply_of(stream);
+            assert_eq!((status, code), (500, ErrorCode::Internal), "{stream}");
+            assert_eq!(bench.host.resumed(stream), 0, "{stream} not forwarded");
+            assert_eq!(bench.body_arrives(stream), Verdict::Pause, "{stream}");
+            assert_eq!(bench.state(stream), State::Replied);
+        }
+        // A hit.
+        assert_eq!(bench.call(4, "alice", KEY), Verdict::Pause);
+        let (status, code, _) = bench.reply_of(4);
+        assert_eq!((status, code), (500, ErrorCode::Internal));
+        assert_eq!(bench.host.header(4, "authorization"), None);
+        assert_eq!(bench.host.metric("authstamp_errors_internal_total"), 3);
+        // The host accepts writes again: stamped from the cache.
+        bench.host.set_fail_header_writes(false);
+        assert_eq!(bench.call(5, "alice", KEY), Verdict::Continue);
+        assert_stamped(&bench, 5, "Bearer xoxb-secret");
     }
 
     #[test]
@@ -2568,7 +2595,7 @@ mod tests {
         assert_eq!(bench.call_on_other(5, "alice", KEY), Verdict::Pause);
         // The router's replay waits too, body included.
         assert_eq!(bench.attempt(11, 3), Verdict::Pause);
-                assert_eq!(bench.attempt_body(11), Verdict::Pause);
+        assert_eq!(bench.attempt_body(11), Verdict::Pause);
 
         bench.tick_upstream();
         let forced = bench.host.dispatches().last().cloned().unwrap();

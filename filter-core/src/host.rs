@@ -61,7 +61,28 @@ pub fn serialize_pairs(pairs: &[(&str, &[u8])]) -> Vec<u8> {
     out
 }
 
-pub trait Host {
+/// The storage every worker shares: the token cache's slots, the markers of
+/// lookups in flight (cross-worker coalescing) and the app-key checks. Keys
+/// are never deleted (an empty value means deleted) and never enumerated.
+/// proxy-wasm: shared data of the VM id; native: [`crate::store::MemoryStore`].
+pub trait SharedStore {
+    /// Value and CAS of a key; `(None, None)` when it was never written.
+    fn get_shared_data(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>);
+    /// Writes a key if its CAS is still `cas` (`None`: unconditionally).
+    /// Creating a key never fails on CAS.
+    fn set_shared_data(
+        &self,
+        key: &str,
+        value: &[u8],
+        cas: Option<u32>,
+    ) -> Result<(), SharedDataError>;
+}
+
+/// Everything else the core asks of its host. Stream calls act on the
+/// *effective* context: the stream whose callback is running, or the one
+/// [`Host::set_effective_context`] selected last (the core switches to each
+/// waiting stream of a lookup to complete it, then back).
+pub trait Host: SharedStore {
     /// The request headers of the effective stream.
     fn request_headers(&self) -> HeaderPairs;
     /// Replaces every value of `name` with `value`.
@@ -82,16 +103,6 @@ pub trait Host {
     fn http_call_response_headers(&self) -> HeaderPairs;
     /// Body of the HTTP call answer being delivered.
     fn http_call_response_body(&self, size: usize) -> Option<Vec<u8>>;
-
-    /// Value and CAS of a shared-data key (shared by all workers of the VM id).
-    fn get_shared_data(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>);
-    /// Writes a shared-data key if its CAS is still `cas` (`None`: unconditionally).
-    fn set_shared_data(
-        &self,
-        key: &str,
-        value: &[u8],
-        cas: Option<u32>,
-    ) -> Result<(), SharedDataError>;
 
     /// The host's wall clock in Unix nanoseconds; `None` if it cannot tell.
     fn now_unix_nanos(&self) -> Option<u64>;
@@ -505,6 +516,38 @@ pub mod mock {
         }
     }
 
+    impl SharedStore for MockHost {
+        fn get_shared_data(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+            self.state.borrow_mut().shared_reads += 1;
+            match self.state.borrow().shared.get(key) {
+                Some((value, cas)) => (Some(value.clone()), Some(*cas)),
+                None => (None, None),
+            }
+        }
+
+        fn set_shared_data(
+            &self,
+            key: &str,
+            value: &[u8],
+            cas: Option<u32>,
+        ) -> Result<(), SharedDataError> {
+            let mut state = self.state.borrow_mut();
+            state.shared_writes.push((key.to_string(), cas));
+            if std::mem::take(&mut state.cas_conflict) {
+                return Err(SharedDataError::CasMismatch);
+            }
+            if let (Some(expected), Some((_, current))) = (cas, state.shared.get(key)) {
+                if expected != *current {
+                    return Err(SharedDataError::CasMismatch);
+                }
+            }
+            let next = state.next_cas;
+            state.next_cas += 1;
+            state.shared.insert(key.to_string(), (value.to_vec(), next));
+            Ok(())
+        }
+    }
+
     impl Host for MockHost {
         fn request_headers(&self) -> HeaderPairs {
             let state = self.state.borrow();
@@ -593,36 +636,6 @@ pub mod mock {
             let state = self.state.borrow();
             let body = &state.call_response.1;
             Some(body[..size.min(body.len())].to_vec())
-        }
-
-        fn get_shared_data(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
-            self.state.borrow_mut().shared_reads += 1;
-            match self.state.borrow().shared.get(key) {
-                Some((value, cas)) => (Some(value.clone()), Some(*cas)),
-                None => (None, None),
-            }
-        }
-
-        fn set_shared_data(
-            &self,
-            key: &str,
-            value: &[u8],
-            cas: Option<u32>,
-        ) -> Result<(), SharedDataError> {
-            let mut state = self.state.borrow_mut();
-            state.shared_writes.push((key.to_string(), cas));
-            if std::mem::take(&mut state.cas_conflict) {
-                return Err(SharedDataError::CasMismatch);
-            }
-            if let (Some(expected), Some((_, current))) = (cas, state.shared.get(key)) {
-                if expected != *current {
-                    return Err(SharedDataError::CasMismatch);
-                }
-            }
-            let next = state.next_cas;
-            state.next_cas += 1;
-            state.shared.insert(key.to_string(), (value.to_vec(), next));
-            Ok(())
         }
 
         fn now_unix_nanos(&self) -> Option<u64> {

@@ -18,5 +18,6 @@ pub mod metrics;
 pub mod reply;
 pub mod request;
 pub mod stamp;
+pub mod store;
 pub mod stream;
 pub mod workload;
