@@ -419,8 +419,18 @@ pub fn stamp_request(
         stamped.push((&header.name, header.value.as_bytes()));
     }
     stamped.push((headers::ROUTE, upstream.scheme.as_bytes()));
-    host.set_request_headers(&stamped);
-    Ok(())
+    host.set_request_headers(&stamped)
+        .map_err(|_| header_write_failed())
+}
+
+/// The host refused the stamped headers: the request is answered locally
+/// (500), never forwarded without its credential.
+pub fn header_write_failed() -> Rejection {
+    log::error!("authstamp: could not write the stamped request headers");
+    Rejection::new(
+        ErrorCode::Internal,
+        "the request could not be stamped (the proxy refused the header write)",
+    )
 }
 
 /// `path` with every query parameter named `name` (compared after

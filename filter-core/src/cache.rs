@@ -100,6 +100,13 @@ fn pending_key(slot: u32) -> String {
     format!("{PENDING_PREFIX}{slot}")
 }
 
+/// Whether a shared-data key is a lookup's marker: writing one empty is
+/// the release of [`release`] (the answer is in the cache, or the lookup
+/// failed), the moment other workers waiting on it should look again.
+pub fn is_marker_key(name: &str) -> bool {
+    name.starts_with(PENDING_PREFIX)
+}
+
 /// SHA-256 of an app key: what shared data holds instead of the key, which
 /// any code in the VM (or a heap dump of Envoy) could read there.
 pub fn key_digest(app_key: &str) -> [u8; 32] {

@@ -1,0 +1,131 @@
+//! The per-request state machine of the hot path, one module per phase.
+//! [`crate::stream::StreamFilter`] holds a stream's [`State`] and calls the
+//! phases with the host and the stream's worker.
+//!
+//! 1. Unmarked requests pass untouched (or are refused, by configuration).
+//! 2. Marked requests need a valid identity and an origin-form target that
+//!    stays under the base path.
+//! 3. A valid cache entry for the same app key, whose key the token service
+//!    accepted within `app_key_recheck` (else one request per key rechecks
+//!    it through step 4): stamp and continue.
+//! 4. Otherwise join a lookup in flight in this worker for the same key and
+//!    app key; or wait for another worker's lookup of the key (its
+//!    shared-data marker is live); or dispatch one to the token service; and
+//!    pause.
+//! 5. The answer is validated, cached, and every waiting stream is stamped
+//!    and resumed, or answered locally.
+//! 6. Each stamped request is recorded (`heal::Stamps`) for the upstream
+//!    instance, which heals a provider 401 with one replay (see `heal.rs`).
+//!    Without it, a 401 seen here deletes the cached entry that held the
+//!    refused token and has the root context ask the token service for a
+//!    forced refresh (bounded); requests arriving meanwhile wait for it.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Duration;
+
+use authstamp_protocol::TokenLookupResponse;
+
+use crate::heal::Stamps;
+use crate::inflight::Inflight;
+use crate::metrics::Metrics;
+use crate::reply::Rejection;
+
+/// Largest token-service answer read.
+pub const MAX_ANSWER_BYTES: usize = 64 * 1024;
+/// Tick period of the root context while it has lookups to dispatch or
+/// another worker's lookup to wait for.
+pub const TICK: Duration = Duration::from_millis(1);
+/// Tick period otherwise: hands batched metrics to Envoy.
+pub const IDLE_TICK: Duration = Duration::from_secs(1);
+/// Kept for the tests and callers of the first version.
+pub const ORPHAN_TICK: Duration = TICK;
+/// How long a marker outlives the token-service timeout, so that waiting
+/// workers take over only once the owner's call has surely ended.
+pub const MARKER_GRACE_MS: u64 = 250;
+
+/// One worker's filter state: its root context id, its lookups in flight
+/// and its metric ids. Shared by the worker's root context and streams.
+#[derive(Debug, Default)]
+pub struct Worker {
+    pub root: u32,
+    pub inflight: RefCell<Inflight>,
+    pub metrics: Metrics,
+    /// Stamped requests, shared with the upstream instance of this worker.
+    pub stamps: Rc<RefCell<Stamps>>,
+    /// Stamped streams still to resume, [`RESUME_BATCH`] per callback.
+    pub to_resume: RefCell<std::collections::VecDeque<u32>>,
+}
+
+/// Streams resumed in one callback at most. Each resume runs the stream on
+/// to the router inside this call, the upstream filter instance's context
+/// creation included; hundreds in one call exhaust V8's stack (seen on 1.40
+/// with 250 waiters per worker), so the rest go on the next ticks.
+pub const RESUME_BATCH: usize = 16;
+
+impl Worker {
+    pub fn new(root: u32, metrics: Metrics) -> Worker {
+        Worker::sharing(root, metrics, Rc::default())
+    }
+
+    /// A worker whose stamp records are `stamps` (one set per VM).
+    pub fn sharing(root: u32, metrics: Metrics, stamps: Rc<RefCell<Stamps>>) -> Worker {
+        Worker {
+            root,
+            inflight: RefCell::new(Inflight::default()),
+            metrics,
+            stamps,
+            to_resume: RefCell::default(),
+        }
+    }
+}
+
+/// What the host should do with the stream after a callback.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Continue,
+    Pause,
+}
+
+/// Where a stream is on the hot path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum State {
+    /// No request headers seen yet.
+    Fresh,
+    /// Not ours: the request goes on untouched.
+    Passed,
+    /// Stamped (the `u64` is its record in `heal::Stamps`): the request
+    /// goes on; a 401 answer refreshes its token.
+    Stamped(u64),
+    /// Paused on token lookup `id`.
+    Waiting(u64),
+    /// Answered locally.
+    Replied,
+}
+
+impl State {
+    pub fn is_stamped(&self) -> bool {
+        matches!(self, State::Stamped(..))
+    }
+}
+
+/// What a token-lookup answer means for the streams waiting on it.
+pub(crate) enum Outcome {
+    Stamp(TokenLookupResponse),
+    Refuse(Rejection),
+}
+mod answer;
+mod arrive;
+mod lifecycle;
+mod lookup;
+mod tick;
+mod wake;
+
+pub use answer::on_call_response;
+pub use arrive::on_request_headers;
+pub use lifecycle::{on_done, on_request_data, on_response_headers, settle};
+pub(crate) use lookup::{claim, marker_ttl_ms};
+pub use tick::on_tick;
+
+#[cfg(test)]
+mod tests;
