@@ -97,6 +97,7 @@ const HEADERS_STOP_ITERATION: u32 = 1;
 const BODY_CONTINUE: u32 = 0;
 const BODY_STOP_AND_BUFFER: u32 = 1;
 const TRAILERS_CONTINUE: u32 = 0;
+const TRAILERS_STOP_ITERATION: u32 = 1;
 
 impl ModuleBuffer {
     fn of(bytes: &[u8]) -> ModuleBuffer {
@@ -167,6 +168,27 @@ extern "C" {
         header_type: u32,
         key: ModuleBuffer,
         value: ModuleBuffer,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_http_add_header(
+        filter: FilterEnvoyPtr,
+        header_type: u32,
+        key: ModuleBuffer,
+        value: ModuleBuffer,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_http_filter_get_attribute_string(
+        filter: FilterEnvoyPtr,
+        attribute_id: u32,
+        result: *mut EnvoyBuffer,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_http_set_filter_state_bytes(
+        filter: FilterEnvoyPtr,
+        key: ModuleBuffer,
+        value: ModuleBuffer,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_http_get_filter_state_bytes(
+        filter: FilterEnvoyPtr,
+        key: ModuleBuffer,
+        result: *mut EnvoyBuffer,
     ) -> bool;
     fn envoy_dynamic_module_callback_http_send_response(
         filter: FilterEnvoyPtr,
@@ -240,6 +262,27 @@ extern "C" {
         value: u64,
     ) -> u32;
     fn envoy_dynamic_module_callback_http_filter_config_increment_counter(
+        config: ConfigEnvoyPtr,
+        id: usize,
+        label_values: *mut ModuleBuffer,
+        label_values_length: usize,
+        value: u64,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_config_increment_gauge(
+        config: ConfigEnvoyPtr,
+        id: usize,
+        label_values: *mut ModuleBuffer,
+        label_values_length: usize,
+        value: u64,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_config_decrement_gauge(
+        config: ConfigEnvoyPtr,
+        id: usize,
+        label_values: *mut ModuleBuffer,
+        label_values_length: usize,
+        value: u64,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_config_record_histogram_value(
         config: ConfigEnvoyPtr,
         id: usize,
         label_values: *mut ModuleBuffer,
@@ -411,6 +454,86 @@ impl Stream<'_> {
 
     pub fn remove_response_header(&mut self, name: &str) -> Result<(), HostError> {
         self.write_header(HEADER_RESPONSE, name, None)
+    }
+
+    /// Adds a value to request header `name` (keeps the others).
+    pub fn add_request_header(&mut self, name: &str, value: &[u8]) -> Result<(), HostError> {
+        // SAFETY: `self.raw` is the live filter; Envoy copies key and value.
+        let ok = unsafe {
+            envoy_dynamic_module_callback_http_add_header(
+                self.raw,
+                HEADER_REQUEST,
+                ModuleBuffer::of(name.as_bytes()),
+                ModuleBuffer::of(value),
+            )
+        };
+        ok.then_some(()).ok_or(HostError)
+    }
+
+    /// Adds a value to response header `name`.
+    pub fn add_response_header(&mut self, name: &str, value: &[u8]) -> Result<(), HostError> {
+        // SAFETY: `self.raw` is the live filter; Envoy copies key and value.
+        let ok = unsafe {
+            envoy_dynamic_module_callback_http_add_header(
+                self.raw,
+                HEADER_RESPONSE,
+                ModuleBuffer::of(name.as_bytes()),
+                ModuleBuffer::of(value),
+            )
+        };
+        ok.then_some(()).ok_or(HostError)
+    }
+
+    /// A string attribute of the stream (`attribute`: abi.h's id).
+    pub fn attribute(&self, attribute: Attribute) -> Option<&[u8]> {
+        let mut value = EnvoyBuffer::empty();
+        // SAFETY: `self.raw` is the live filter; `value` a valid out-pointer.
+        let found = unsafe {
+            envoy_dynamic_module_callback_http_filter_get_attribute_string(
+                self.raw,
+                attribute as u32,
+                &mut value,
+            )
+        };
+        // SAFETY: Envoy's buffer, valid during the hook (this borrow).
+        (found && !value.ptr.is_null()).then(|| unsafe { value.bytes() })
+    }
+
+    /// Stores bytes in the stream's filter state under `key` (readable by
+    /// the upstream filters of the same request).
+    pub fn set_filter_state(&mut self, key: &str, value: &[u8]) -> Result<(), HostError> {
+        // SAFETY: `self.raw` is the live filter; Envoy copies key and value.
+        let ok = unsafe {
+            envoy_dynamic_module_callback_http_set_filter_state_bytes(
+                self.raw,
+                ModuleBuffer::of(key.as_bytes()),
+                ModuleBuffer::of(value),
+            )
+        };
+        ok.then_some(()).ok_or(HostError)
+    }
+
+    pub fn filter_state(&self, key: &str) -> Option<&[u8]> {
+        let mut value = EnvoyBuffer::empty();
+        // SAFETY: `self.raw` is the live filter; `value` a valid out-pointer.
+        let found = unsafe {
+            envoy_dynamic_module_callback_http_get_filter_state_bytes(
+                self.raw,
+                ModuleBuffer::of(key.as_bytes()),
+                &mut value,
+            )
+        };
+        // SAFETY: Envoy's buffer, valid during the hook (this borrow).
+        (found && !value.ptr.is_null()).then(|| unsafe { value.bytes() })
+    }
+
+    /// A handle to this stream for later hooks of other streams of the
+    /// same worker (see [`StreamHandle::with`]).
+    pub fn handle(&self) -> StreamHandle {
+        StreamHandle {
+            raw: self.raw as usize,
+            _not_send: PhantomData,
+        }
     }
 
     /// Answers the stream locally (sent when the hook returns; the last
@@ -652,6 +775,45 @@ unsafe impl Send for ConfigHandle {}
 unsafe impl Sync for ConfigHandle {}
 
 impl ConfigHandle {
+    pub fn increment_gauge(&self, id: MetricId, value: u64) -> Result<(), HostError> {
+        // SAFETY: `self.raw` is the live configuration; no labels.
+        metrics_result(unsafe {
+            envoy_dynamic_module_callback_http_filter_config_increment_gauge(
+                self.raw,
+                id.0,
+                ptr::null_mut(),
+                0,
+                value,
+            )
+        })
+    }
+
+    pub fn decrement_gauge(&self, id: MetricId, value: u64) -> Result<(), HostError> {
+        // SAFETY: `self.raw` is the live configuration; no labels.
+        metrics_result(unsafe {
+            envoy_dynamic_module_callback_http_filter_config_decrement_gauge(
+                self.raw,
+                id.0,
+                ptr::null_mut(),
+                0,
+                value,
+            )
+        })
+    }
+
+    pub fn record_histogram(&self, id: MetricId, value: u64) -> Result<(), HostError> {
+        // SAFETY: `self.raw` is the live configuration; no labels.
+        metrics_result(unsafe {
+            envoy_dynamic_module_callback_http_filter_config_record_histogram_value(
+                self.raw,
+                id.0,
+                ptr::null_mut(),
+                0,
+                value,
+            )
+        })
+    }
+
     pub fn increment_counter(&self, id: MetricId, value: u64) -> Result<(), HostError> {
         // SAFETY: `self.raw` is the live configuration; no labels.
         metrics_result(unsafe {
@@ -676,6 +838,61 @@ impl ConfigHandle {
                 value,
             )
         })
+    }
+}
+
+/// String attributes read with [`Stream::attribute`] (abi.h
+/// `envoy_dynamic_module_type_attribute_id`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Attribute {
+    /// `connection.uri_san_peer_certificate`
+    ConnectionUriSanPeerCertificate = 37,
+}
+
+thread_local! {
+    /// The streams of this worker thread between `on_http_filter_new` and
+    /// `on_http_filter_destroy`: the only pointers a [`StreamHandle`] may
+    /// turn back into a [`Stream`].
+    static LIVE_STREAMS: RefCell<std::collections::HashMap<usize, usize>> =
+        RefCell::new(std::collections::HashMap::new());
+}
+
+/// Names a stream of this worker thread; usable while the stream lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct StreamHandle {
+    raw: usize,
+    /// Streams belong to their worker thread.
+    _not_send: PhantomData<*const ()>,
+}
+
+impl StreamHandle {
+    /// Runs `f` on the stream if it still lives (on this thread) and is not
+    /// inside one of its own hooks, then what `f` deferred (at once: its
+    /// resumes may run the stream's hooks); `None` otherwise.
+    pub fn with<R>(self, f: impl FnOnce(&mut Stream<'_>) -> R) -> Option<R> {
+        let slot = LIVE_STREAMS
+            .try_with(|live| live.borrow().get(&self.raw).copied())
+            .ok()
+            .flatten()?;
+        // SAFETY: `slot` is the `FilterSlot` registered with this live
+        // stream, freed only after its removal from `LIVE_STREAMS`.
+        let slot = unsafe { slot_ref(slot as FilterModulePtr) };
+        // Inside its own hook the stream's `Stream` exists already, and with
+        // it borrowed header values a second handle could invalidate.
+        if slot.filter.try_borrow_mut().is_err() {
+            return None;
+        }
+        let mut stream = Stream {
+            raw: self.raw as FilterEnvoyPtr,
+            deferred: None,
+            _hook: PhantomData,
+        };
+        let result = f(&mut stream);
+        if let Some(deferred) = stream.deferred.take() {
+            run_deferred(stream.raw, deferred);
+        }
+        Some(result)
     }
 }
 
@@ -745,6 +962,8 @@ struct FilterSlot {
     queued: RefCell<VecDeque<Queued>>,
     /// The 500 of a panic was sent (once per stream).
     failure_sent: Cell<bool>,
+    /// Envoy's pointer of the stream (its key in `LIVE_STREAMS`).
+    envoy: usize,
 }
 
 /// How a call into the stream's filter went.
@@ -914,7 +1133,7 @@ unsafe fn callout_response(
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_program_init() -> *const c_char {
-    crate::install_panic_hook();
+    crate::install_hooks();
     ABI_VERSION.as_ptr().cast()
 }
 
@@ -1010,8 +1229,14 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_new(
         filter: RefCell::new(filter),
         queued: RefCell::new(VecDeque::new()),
         failure_sent: Cell::new(false),
+        envoy: filter_envoy as usize,
     });
-    Box::into_raw(slot).cast_const().cast()
+    let slot = Box::into_raw(slot);
+    let _ = LIVE_STREAMS.try_with(|live| {
+        live.borrow_mut()
+            .insert(filter_envoy as usize, slot as usize)
+    });
+    slot.cast_const().cast()
 }
 
 fn headers_status(status: HeadersStatus) -> u32 {
@@ -1074,10 +1299,18 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(
-    _filter_envoy: FilterEnvoyPtr,
-    _filter: FilterModulePtr,
+    filter_envoy: FilterEnvoyPtr,
+    filter: FilterModulePtr,
 ) -> u32 {
-    TRAILERS_CONTINUE
+    if filter.is_null() {
+        return TRAILERS_STOP_ITERATION;
+    }
+    // SAFETY: a pointer of `on_http_filter_new`, not yet destroyed.
+    let slot = unsafe { slot_ref(filter) };
+    match with_filter(filter_envoy, slot, |f, s| f.on_request_trailers(s)) {
+        Outcome::Done(HeadersStatus::Continue) => TRAILERS_CONTINUE,
+        _ => TRAILERS_STOP_ITERATION,
+    }
 }
 
 #[no_mangle]
@@ -1151,6 +1384,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_destroy(filter: FilterModu
     // SAFETY: `filter` is the `Box<FilterSlot>` of `on_http_filter_new`;
     // Envoy destroys it once, last, on the stream's worker.
     let slot = unsafe { Box::from_raw(filter.cast_mut().cast::<FilterSlot>()) };
+    let _ = LIVE_STREAMS.try_with(|live| live.borrow_mut().remove(&slot.envoy));
     let _ = catch_unwind(AssertUnwindSafe(move || drop(slot)));
 }
 

@@ -93,6 +93,11 @@ pub trait HttpFilter {
         BodyStatus::Continue
     }
 
+    /// Request trailers: `Stop` holds them (and the request) back.
+    fn on_request_trailers(&mut self, _stream: &mut Stream<'_>) -> HeadersStatus {
+        HeadersStatus::Continue
+    }
+
     fn on_response_headers(
         &mut self,
         _stream: &mut Stream<'_>,

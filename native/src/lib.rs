@@ -16,6 +16,7 @@
 compile_error!("authstamp-native needs panic = \"unwind\": build it with `--profile native`");
 
 pub mod abi;
+pub mod glue;
 pub mod host;
 #[cfg(feature = "probe")]
 pub mod probe;
@@ -30,13 +31,44 @@ fn new_factory(context: &ConfigContext<'_>) -> Result<Box<dyn FilterFactory>, St
     if let Some(factory) = probe::factory(context)? {
         return Ok(factory);
     }
-    let _ = context;
-    Err("the authstamp filter core is not wired into the native module yet".to_string())
+    glue::factory(context)
+}
+
+/// The core's `log` records, into Envoy's log.
+struct EnvoyLogger;
+
+impl log::Log for EnvoyLogger {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        abi::log_enabled(level(metadata.level()))
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        let level = level(record.level());
+        if abi::log_enabled(level) {
+            abi::log(level, &record.args().to_string());
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+fn level(level: log::Level) -> LogLevel {
+    match level {
+        log::Level::Error => LogLevel::Error,
+        log::Level::Warn => LogLevel::Warn,
+        log::Level::Info => LogLevel::Info,
+        log::Level::Debug => LogLevel::Debug,
+        log::Level::Trace => LogLevel::Trace,
+    }
 }
 
 /// Reports a panic's place in Envoy's log, never its message (which could
 /// carry request data); the barrier in [`abi`] then fails the stream closed.
-fn install_panic_hook() {
+fn install_hooks() {
+    static LOGGER: EnvoyLogger = EnvoyLogger;
+    if log::set_logger(&LOGGER).is_ok() {
+        log::set_max_level(log::LevelFilter::Info);
+    }
     std::panic::set_hook(Box::new(|info| {
         let place = info
             .location()
