@@ -198,6 +198,7 @@ extern "C" {
         body: ModuleBuffer,
         details: ModuleBuffer,
     );
+    fn envoy_dynamic_module_callback_http_clear_route_cache(filter: FilterEnvoyPtr);
     fn envoy_dynamic_module_callback_http_filter_continue_decoding(filter: FilterEnvoyPtr);
     fn envoy_dynamic_module_callback_http_filter_continue_encoding(filter: FilterEnvoyPtr);
     fn envoy_dynamic_module_callback_http_filter_http_callout(
@@ -525,6 +526,13 @@ impl Stream<'_> {
         };
         // SAFETY: Envoy's buffer, valid during the hook (this borrow).
         (found && !value.ptr.is_null()).then(|| unsafe { value.bytes() })
+    }
+
+    /// Makes Envoy choose the route again (after header writes that
+    /// decide it, such as the stamp's `:authority` and route header).
+    pub fn clear_route_cache(&mut self) {
+        // SAFETY: `self.raw` is the live filter.
+        unsafe { envoy_dynamic_module_callback_http_clear_route_cache(self.raw) }
     }
 
     /// A handle to this stream for later hooks of other streams of the

@@ -462,14 +462,25 @@ impl Host for NativeHost<'_, '_, '_> {
     }
 
     fn set_request_header(&self, name: &str, value: &str) -> Result<(), WriteError> {
-        match self.on_effective(|s| s.set_request_header(name, value.as_bytes())) {
+        let write = |s: &mut Stream<'_>| {
+            s.set_request_header(name, value.as_bytes())?;
+            s.clear_route_cache();
+            Ok::<(), crate::host::HostError>(())
+        };
+        match self.on_effective(write) {
             Some(Ok(())) => Ok(()),
             _ => Err(WriteError),
         }
     }
 
     fn set_request_headers(&self, headers: &[(&str, &[u8])]) -> Result<(), WriteError> {
-        match self.on_effective(|s| replace_request_headers(s, headers)) {
+        let write = |s: &mut Stream<'_>| {
+            replace_request_headers(s, headers)?;
+            // The stamp decides the route (`:authority`, the route header).
+            s.clear_route_cache();
+            Ok::<(), crate::host::HostError>(())
+        };
+        match self.on_effective(write) {
             Some(Ok(())) => Ok(()),
             _ => Err(WriteError),
         }

@@ -84,7 +84,36 @@ pub fn envoy_bin() -> PathBuf {
 pub fn envoy_command() -> std::process::Command {
     let mut command = std::process::Command::new(envoy_bin());
     command.env(FILTER_TOKEN_ENV, filter_token());
+    if filter_build() == FilterBuild::Native {
+        command.env(DYNAMIC_MODULES_PATH_ENV, native_module_dir());
+    }
     command
+}
+
+/// Which build of the filter the local bootstrap runs: `AUTHSTAMP_E2E_FILTER`
+/// = `wasm` (default, `envoy/envoy.yaml`) or `native` (`envoy/envoy-native.yaml`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FilterBuild {
+    Wasm,
+    Native,
+}
+
+pub fn filter_build() -> FilterBuild {
+    match std::env::var("AUTHSTAMP_E2E_FILTER").as_deref() {
+        Ok("native") => FilterBuild::Native,
+        Ok("wasm") | Err(_) => FilterBuild::Wasm,
+        Ok(other) => panic!("AUTHSTAMP_E2E_FILTER={other}: wasm or native"),
+    }
+}
+
+/// The folder of the shipped native module (`cargo build --profile native
+/// -p authstamp-native`).
+pub fn native_module_dir() -> PathBuf {
+    let module = required_file(
+        "AUTHSTAMP_NATIVE",
+        workspace_root().join("target/native/libauthstamp_native.so"),
+    );
+    module.parent().expect("module folder").to_path_buf()
 }
 
 /// A fresh, kept log folder for one test.

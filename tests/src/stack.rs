@@ -359,6 +359,9 @@ pub fn metric_sum(text: &str, name: &str) -> u64 {
 /// of escaping them.
 pub fn local_bootstrap(filter_url: &str) -> String {
     let root = crate::workspace_root();
+    if crate::filter_build() == crate::FilterBuild::Native {
+        return native_bootstrap(filter_url);
+    }
     let original =
         std::fs::read_to_string(root.join("envoy/envoy.yaml")).expect("read envoy/envoy.yaml");
     let service_port = filter_url.rsplit(':').next().expect("filter port");
@@ -376,6 +379,23 @@ pub fn local_bootstrap(filter_url: &str) -> String {
         config = config.replace(from, &to);
     }
     config
+}
+
+/// [`local_bootstrap`] of the native build (`envoy/envoy-native.yaml`; the
+/// module comes from `ENVOY_DYNAMIC_MODULES_SEARCH_PATH`, see
+/// [`crate::envoy_command`]).
+fn native_bootstrap(filter_url: &str) -> String {
+    let original = std::fs::read_to_string(crate::workspace_root().join("envoy/envoy-native.yaml"))
+        .expect("read envoy/envoy-native.yaml");
+    let service_port = filter_url.rsplit(':').next().expect("filter port");
+    crate::deploy::replace_once(
+        &original,
+        &[
+            ("port_value: 9901", "port_value: 0".to_string()),
+            ("port_value: 10000", "port_value: 0".to_string()),
+            ("port_value: 8081", format!("port_value: {service_port}")),
+        ],
+    )
 }
 
 /// Envoy on the local bootstrap: `(process, listener URL, admin URL)`.
