@@ -32,6 +32,9 @@ use crate::host::{
 const TICK_EVENT: u64 = 1;
 /// The root context id of every worker (stream ids start above it).
 const ROOT: u32 = 1;
+/// The hook id of another worker's stream lent to a worker's tick: it only
+/// carries that worker's callouts (no worker has a stream of this id).
+const CARRIER_ONLY: u32 = u32::MAX;
 
 fn env(name: &str) -> Option<String> {
     std::env::var(name).ok()
@@ -174,16 +177,15 @@ struct Worker {
     shared: Arc<Shared>,
     /// Live streams by context id.
     streams: RefCell<HashMap<u32, StreamHandle>>,
-    /// Callouts in flight: (carrier stream, Envoy's id) → (token, context
-    /// the answer belongs to: a stream id or [`ROOT`]).
-    callouts: RefCell<HashMap<(StreamHandle, u64), (u32, u32)>>,
     /// Paused streams of this worker with their wake-up handle.
     paused: RefCell<HashMap<u32, (u64, Arc<Scheduler>)>>,
     next_id: Cell<u32>,
     next_token: Cell<u32>,
     tick_period: Cell<Duration>,
     last_tick: Cell<Instant>,
-    tick_armed: Cell<bool>,
+    /// The upstream instance's worker: its streams (upstream attempts)
+    /// cannot carry wake-ups (Envoy runs no scheduled event on them).
+    upstream: Cell<bool>,
 }
 
 impl Worker {
@@ -196,13 +198,12 @@ impl Worker {
             core: RefCell::new(WorkerFilter::new(ROOT, STAMPS.with(Rc::clone))),
             shared: Arc::clone(shared),
             streams: RefCell::default(),
-            callouts: RefCell::default(),
             paused: RefCell::default(),
             next_id: Cell::new(ROOT + 1),
             next_token: Cell::new(1),
             tick_period: Cell::new(core_filter::IDLE_TICK),
             last_tick: Cell::new(Instant::now()),
-            tick_armed: Cell::new(false),
+            upstream: Cell::new(false),
         });
         let host = NativeHost::new(&worker, None, ROOT);
         // Validated on the main thread already; a refusal leaves the worker
@@ -237,27 +238,12 @@ impl Worker {
         host.effective.set(back);
     }
 
-    /// Asks the ticker for the next tick while the core wants fast ticks
-    /// and a paused stream can carry the wake-up.
-    fn arm_tick(&self) {
-        if self.tick_armed.get() || self.tick_period.get() >= core_filter::IDLE_TICK {
-            return;
-        }
-        let Some(scheduler) = self
-            .paused
-            .borrow()
-            .values()
-            .next()
-            .map(|(_, s)| Arc::clone(s))
-        else {
-            return;
-        };
-        let at = Instant::now() + self.tick_period.get();
-        let sent = ticker()
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .send((at, scheduler));
-        self.tick_armed.set(sent.is_ok());
+    fn key(&self) -> usize {
+        Arc::as_ptr(&self.shared) as usize
+    }
+
+    fn wants_fast_ticks(&self) -> bool {
+        self.tick_period.get() < core_filter::IDLE_TICK
     }
 
     fn pause(&self, id: u32, stream: &Stream<'_>) {
@@ -278,16 +264,104 @@ impl Worker {
 
     fn forget(&self, id: u32, handle: StreamHandle) {
         self.streams.borrow_mut().remove(&id);
-        self.callouts
-            .borrow_mut()
-            .retain(|(carrier, _), _| *carrier != handle);
-        if let Some((serial, _)) = self.paused.borrow_mut().remove(&id) {
+        CALLOUTS.with(|c| c.borrow_mut().retain(|(carrier, _), _| *carrier != handle));
+        let removed = self.paused.borrow_mut().remove(&id);
+        if let Some((serial, _)) = removed {
             waiting()
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .remove(&serial);
+            // Its armed tick dies with it: another stream carries it.
+            if ARMED.get() == Some((self.key(), id)) {
+                ARMED.set(None);
+                arm_thread_tick();
+            }
         }
     }
+}
+
+thread_local! {
+    /// Callouts in flight on this thread: (carrier stream, Envoy's id) →
+    /// (worker key, token, context the answer belongs to: a stream id or
+    /// [`ROOT`]). A worker root's callouts ride on a downstream stream of
+    /// any worker of the thread.
+    static CALLOUTS: RefCell<HashMap<(StreamHandle, u64), (usize, u32, u32)>> =
+        RefCell::new(HashMap::new());
+    /// This thread's armed tick: (worker key, carrier stream id).
+    static ARMED: Cell<Option<(usize, u32)>> = const { Cell::new(None) };
+}
+
+/// Asks the ticker for this thread's next tick while one of its workers
+/// wants fast ticks. The wake-up is carried by a paused stream of any
+/// worker of the thread or, failing that, by any live stream of it (the
+/// ABI has no worker timer); a tick runs every worker of the thread.
+fn arm_thread_tick() {
+    if ARMED.get().is_some() {
+        return;
+    }
+    let workers: Vec<Rc<Worker>> = WORKERS.with(|w| w.borrow().values().cloned().collect());
+    let Some(period) = workers
+        .iter()
+        .filter(|w| w.wants_fast_ticks())
+        .map(|w| w.tick_period.get())
+        .min()
+    else {
+        return;
+    };
+    // Downstream streams only: Envoy runs no scheduled event on an
+    // upstream attempt.
+    let workers: Vec<Rc<Worker>> = workers.into_iter().filter(|w| !w.upstream.get()).collect();
+    let paused = |w: &Worker| {
+        w.paused
+            .borrow()
+            .iter()
+            .next()
+            .map(|(id, (_, s))| (*id, Arc::clone(s)))
+    };
+    let mut carrier = workers
+        .iter()
+        .find_map(|w| paused(w).map(|(id, s)| (w.key(), id, s)));
+    if carrier.is_none() {
+        carrier = workers.iter().find_map(|w| {
+            let streams: Vec<(u32, StreamHandle)> =
+                w.streams.borrow().iter().map(|(i, h)| (*i, *h)).collect();
+            streams.into_iter().find_map(|(id, handle)| {
+                handle.with(|stream| w.pause(id, stream))?;
+                let scheduler = w.paused.borrow().get(&id).map(|(_, s)| Arc::clone(s))?;
+                Some((w.key(), id, scheduler))
+            })
+        });
+    }
+    let Some((key, id, scheduler)) = carrier else {
+        return;
+    };
+    let sent = ticker()
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .send((Instant::now() + period, scheduler));
+    if sent.is_ok() {
+        ARMED.set(Some((key, id)));
+    }
+}
+
+/// A tick arrived on stream `id` of worker `own`: every worker of this
+/// thread that wants ticks (or is due) ticks, `own` with the stream as its
+/// hook (its own resumes go through it).
+fn on_tick_event(own: &Rc<Worker>, stream: &mut Stream<'_>, id: u32) {
+    ARMED.set(None);
+    let host = NativeHost::new(own, Some(stream), id);
+    own.tick(&host);
+    host.finish();
+    let workers: Vec<Rc<Worker>> = WORKERS.with(|w| w.borrow().values().cloned().collect());
+    for worker in workers.iter().filter(|w| !Rc::ptr_eq(w, own)) {
+        if worker.wants_fast_ticks() || worker.last_tick.get().elapsed() >= worker.tick_period.get()
+        {
+            let host = NativeHost::new(worker, Some(&mut *stream), CARRIER_ONLY);
+            worker.tick(&host);
+            host.finish();
+        }
+    }
+    arm_thread_tick();
 }
 
 // ---------------------------------------------------------------------------
@@ -378,7 +452,13 @@ impl<'w, 's, 'h> NativeHost<'w, 's, 'h> {
             }
         }
         if let Some(worker) = self.worker {
-            worker.arm_tick();
+            // Fast ticks wanted and nobody armed: this stream carries them.
+            if worker.wants_fast_ticks() && ARMED.get().is_none() && !worker.upstream.get() {
+                if let Some(hook) = &self.hook {
+                    worker.pause(self.hook_id, &hook.borrow());
+                }
+            }
+            arm_thread_tick();
         }
     }
 
@@ -504,29 +584,40 @@ impl Host for NativeHost<'_, '_, '_> {
             s.http_callout(cluster, &headers, body, timeout)
                 .map(|id| (s.handle(), id))
         };
-        // The root has no stream of its own: a live stream of the worker
-        // carries its callout, and the answer goes back to the root.
-        let started = if target == ROOT {
-            let carrier = self
-                .hook
-                .as_ref()
-                .map(|_| self.hook_id)
-                .or_else(|| worker.streams.borrow().keys().next().copied());
-            let carrier = carrier.ok_or(DispatchError)?;
-            let back = self.effective.replace(carrier);
+        // The root has no stream of its own: a live downstream stream of the
+        // thread carries its callout (an upstream attempt ends too soon),
+        // and the answer goes back to the root.
+        let started = if target != ROOT {
+            self.on_effective(call)
+        } else if self.hook.is_some() && (!worker.upstream.get() || self.hook_id == CARRIER_ONLY) {
+            let back = self.effective.replace(self.hook_id);
             let started = self.on_effective(call);
             self.effective.set(back);
             started
         } else {
-            self.on_effective(call)
+            let workers: Vec<Rc<Worker>> = WORKERS.with(|w| w.borrow().values().cloned().collect());
+            let carried = workers
+                .iter()
+                .filter(|w| !w.upstream.get())
+                .flat_map(|w| w.streams.borrow().values().copied().collect::<Vec<_>>())
+                .find_map(|handle| handle.with(call));
+            match carried {
+                Some(started) => Some(started),
+                None => {
+                    let back = self.effective.replace(self.hook_id);
+                    let started = self.on_effective(call);
+                    self.effective.set(back);
+                    started
+                }
+            }
         };
         let (carrier, id) = started.ok_or(DispatchError)?.map_err(|_| DispatchError)?;
         let token = worker.next_token.get();
         worker.next_token.set(token.wrapping_add(1).max(1));
-        worker
-            .callouts
-            .borrow_mut()
-            .insert((carrier, id), (token, target));
+        CALLOUTS.with(|c| {
+            c.borrow_mut()
+                .insert((carrier, id), (worker.key(), token, target))
+        });
         Ok(token)
     }
 
@@ -687,12 +778,15 @@ impl FilterFactory for Factory {
                 core,
                 worker,
             }),
-            NewStream::Upstream(core) => Box::new(NativeUpstream {
-                id,
-                handle,
-                core,
-                worker,
-            }),
+            NewStream::Upstream(core) => {
+                worker.upstream.set(true);
+                Box::new(NativeUpstream {
+                    id,
+                    handle,
+                    core,
+                    worker,
+                })
+            }
         }
     }
 }
@@ -729,7 +823,7 @@ impl HttpFilter for NativeStream {
         if verdict == Verdict::Pause {
             // Ticks and released lookups wake the worker through this stream.
             worker.pause(self.id, stream);
-            worker.arm_tick();
+            arm_thread_tick();
         }
         headers_status(verdict)
     }
@@ -751,32 +845,25 @@ impl HttpFilter for NativeStream {
     }
 
     fn on_callout_done(&mut self, stream: &mut Stream<'_>, id: u64, response: CalloutResponse) {
-        let worker = Rc::clone(&self.worker);
-        let Some((token, target)) = worker.callouts.borrow_mut().remove(&(self.handle, id)) else {
-            return;
-        };
-        let size = response.body.len();
-        let mut host = NativeHost::new(&worker, Some(stream), self.id);
-        host.answer = Some(response);
-        host.effective.set(target);
-        if target == ROOT {
-            worker.core.borrow().on_token_answer(&host, token, size);
-        } else {
-            self.core.on_token_answer(&host, token, size);
-        }
-        host.finish();
+        let core = &mut self.core;
+        deliver_answer(
+            &self.worker,
+            stream,
+            self.id,
+            id,
+            response,
+            |host, token, size| {
+                core.on_token_answer(host, token, size);
+            },
+        );
     }
 
     fn on_scheduled(&mut self, stream: &mut Stream<'_>, event_id: u64) {
         if event_id != TICK_EVENT {
             return;
         }
-        let worker = Rc::clone(&self.worker);
-        worker.tick_armed.set(false);
-        let host = NativeHost::new(&worker, Some(stream), self.id);
-        worker.tick(&host);
+        on_tick_event(&Rc::clone(&self.worker), stream, self.id);
         self.core.settle();
-        host.finish();
     }
 
     fn on_stream_complete(&mut self, stream: &mut Stream<'_>) {
@@ -790,6 +877,44 @@ impl HttpFilter for NativeStream {
     }
 }
 
+/// Delivers a callout answer to the context it belongs to: the worker root
+/// (it dispatched through this carrier stream) or the stream itself
+/// (`to_stream`).
+fn deliver_answer(
+    worker: &Rc<Worker>,
+    stream: &mut Stream<'_>,
+    stream_id: u32,
+    callout: u64,
+    response: CalloutResponse,
+    to_stream: impl FnOnce(&NativeHost<'_, '_, '_>, u32, usize),
+) {
+    let key = (stream.handle(), callout);
+    let Some((owner, token, target)) = CALLOUTS.with(|c| c.borrow_mut().remove(&key)) else {
+        return;
+    };
+    let size = response.body.len();
+    if owner != worker.key() {
+        // Another worker's root callout that this stream carried.
+        let Some(owner) = WORKERS.with(|w| w.borrow().get(&owner).cloned()) else {
+            return;
+        };
+        let mut host = NativeHost::new(&owner, None, ROOT);
+        host.answer = Some(response);
+        owner.core.borrow().on_token_answer(&host, token, size);
+        host.finish();
+        return;
+    }
+    let mut host = NativeHost::new(worker, Some(stream), stream_id);
+    host.answer = Some(response);
+    host.effective.set(target);
+    if target == ROOT {
+        worker.core.borrow().on_token_answer(&host, token, size);
+    } else {
+        to_stream(&host, token, size);
+    }
+    host.finish();
+}
+
 /// An attempt of the upstream instance (`{"role": "upstream"}`).
 struct NativeUpstream {
     id: u32,
@@ -799,11 +924,28 @@ struct NativeUpstream {
 }
 
 impl HttpFilter for NativeUpstream {
+    /// Answers to the worker's own callouts (forced refreshes) that this
+    /// attempt carried.
+    fn on_callout_done(&mut self, stream: &mut Stream<'_>, id: u64, response: CalloutResponse) {
+        deliver_answer(&self.worker, stream, self.id, id, response, |_, _, _| {});
+    }
+
+    fn on_scheduled(&mut self, stream: &mut Stream<'_>, event_id: u64) {
+        if event_id == TICK_EVENT {
+            on_tick_event(&Rc::clone(&self.worker), stream, self.id);
+        }
+    }
+
     fn on_request_headers(&mut self, stream: &mut Stream<'_>, _: bool) -> HeadersStatus {
         let worker = Rc::clone(&self.worker);
         let host = NativeHost::new(&worker, Some(stream), self.id);
         let verdict = self.core.on_request_headers(&host);
         host.finish();
+        if verdict == Verdict::Pause {
+            // A replay waiting for the fresher token: the ticks that bring it
+            // come through a downstream stream of this thread.
+            arm_thread_tick();
+        }
         headers_status(verdict)
     }
 

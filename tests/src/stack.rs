@@ -341,10 +341,23 @@ impl Drop for Stack {
     }
 }
 
-/// Sum of every sample of `name` in Prometheus text.
+/// Envoy's Prometheus prefix of the native module's stats (the Wasm
+/// filter's have none): the names after it are the same.
+pub const NATIVE_STATS_PREFIX: &str = "envoy_dynamicmodulescustom_";
+/// The same for the native upstream instance's stats, kept per provider
+/// cluster (label `envoy_cluster_name`).
+pub const NATIVE_CLUSTER_STATS_PREFIX: &str = "envoy_cluster_dynamicmodulescustom_";
+
+/// Sum of every sample of `name` in Prometheus text (with or without
+/// [`NATIVE_STATS_PREFIX`]).
 pub fn metric_sum(text: &str, name: &str) -> u64 {
     text.lines()
         .filter(|line| !line.starts_with('#'))
+        .map(|line| {
+            line.strip_prefix(NATIVE_STATS_PREFIX)
+                .or_else(|| line.strip_prefix(NATIVE_CLUSTER_STATS_PREFIX))
+                .unwrap_or(line)
+        })
         .filter(|line| {
             line.strip_prefix(name)
                 .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))

@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use authstamp_e2e::process::Process;
-use authstamp_e2e::stack::{local_bootstrap, metric_sum};
+use authstamp_e2e::stack::{local_bootstrap, metric_sum, NATIVE_STATS_PREFIX};
 use authstamp_e2e::{Stack, StackOptions};
 use reqwest::{Method, Response, StatusCode};
 use serde_json::{json, Value};
@@ -437,7 +437,9 @@ async fn filter_metrics_are_visible_in_envoy_prometheus_output() {
         2,
         "the fetch-latency histogram"
     );
-    let text = admin_text(&stack, "/stats/prometheus").await;
+    let text = admin_text(&stack, "/stats/prometheus")
+        .await
+        .replace(NATIVE_STATS_PREFIX, "");
     let expect = [
         ("authstamp_cache_misses_total", 2),
         ("authstamp_coalesced_total", 0),
