@@ -15,7 +15,7 @@ ENVOY_MATRIX ?= 1.36.4 1.38.2 1.40.0
 # The end-to-end smoke suite each of them runs.
 E2E_SMOKE := --test pass_through --test deployments --test egress --test tls
 
-.PHONY: help build wasm wasm-target service envoy validate-envoy test unit e2e lint fmt run clean
+.PHONY: help build wasm wasm-target service native native-probe envoy validate-envoy test unit e2e lint fmt run clean
 .PHONY: validate-deployments test-envoy-matrix compose wasm-sha256
 
 help:
@@ -28,8 +28,10 @@ help:
 	@echo "make wasm-sha256         the filter's sha256, for an Istio WasmPlugin"
 	@echo "make fuzz                every fuzz target for FUZZ_SECONDS (nightly + cargo-fuzz)"
 	@echo "make test-faults         the fault suite alone (database outage, hanging provider, crash mid-webhook)"
+	@echo "make test-native         the end-to-end filter suites against the native module (AUTHSTAMP_E2E_FILTER=native)"
+	@echo "make test-native-matrix  the native module's tests on Envoy $(NATIVE_MATRIX)"
 
-build: wasm service
+build: wasm service native
 
 wasm-target:
 	@rustup target list --installed | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
@@ -41,6 +43,16 @@ wasm: wasm-target
 service:
 	cargo build -p authstamp-token-service -p authstamp-standin-provider
 
+# The native Envoy module (docs/native.md): target/native/libauthstamp_native.so.
+NATIVE_DIR := target/native
+native:
+	cargo build --profile native -p authstamp-native
+	@ls -l $(NATIVE_DIR)/libauthstamp_native.so | awk '{print "native module: $(NATIVE_DIR)/libauthstamp_native.so (" $$5 " bytes)"}'
+
+# Its test build (feature probe) for tests/tests/native_module.rs: target/debug.
+native-probe:
+	cargo build -p authstamp-native --features probe
+
 envoy:
 	@if [ -x "$(ENVOY)" ]; then \
 		echo "envoy: $(ENVOY) ($$($(ENVOY) --version | grep -o '[0-9]*\.[0-9]*\.[0-9]*' | head -1))"; \
@@ -50,16 +62,17 @@ envoy:
 	fi
 
 # The filter refuses a configuration whose credential variable is unset.
-validate-envoy: wasm envoy
+validate-envoy: wasm native envoy
 	AUTHSTAMP_FILTER_TOKEN=validate-only $(ENVOY) --mode validate -c envoy/envoy.yaml -l warn
+	AUTHSTAMP_FILTER_TOKEN=validate-only ENVOY_DYNAMIC_MODULES_SEARCH_PATH=$(CURDIR)/$(NATIVE_DIR) $(ENVOY) --mode validate -c envoy/envoy-native.yaml -l warn
 
 unit:
 	cargo test --workspace --exclude authstamp-e2e
 
-e2e: build envoy
+e2e: build native-probe envoy
 	cargo test -p authstamp-e2e
 
-test: build envoy validate-envoy validate-deployments
+test: build native-probe envoy validate-envoy validate-deployments
 	cargo test --workspace
 
 lint: wasm-target
@@ -70,8 +83,10 @@ lint: wasm-target
 fmt:
 	cargo fmt --all
 
+# FILTER=native runs envoy/envoy-native.yaml (the native module) instead.
+FILTER ?= wasm
 run: build envoy
-	scripts/run-local.sh
+	FILTER=$(FILTER) ENVOY_DYNAMIC_MODULES_SEARCH_PATH=$(CURDIR)/$(NATIVE_DIR) scripts/run-local.sh
 
 clean:
 	cargo clean
@@ -139,6 +154,7 @@ bench-build: wasm-target envoy
 	@command -v wrk >/dev/null || { echo "wrk is missing: apt-get install -y wrk (see .ci/run)"; exit 1; }
 	cargo build --release --target wasm32-wasip1 -p authstamp-filter -p authstamp-bench-floor
 	cargo build --profile service -p authstamp-token-service -p authstamp-bench
+	cargo build --profile native -p authstamp-native
 
 bench: bench-build
 	target/service/authstamp-bench
@@ -169,3 +185,20 @@ fuzz: fuzz-tools
 		fi; \
 		grep -E 'stat::number_of_executed_units|stat::new_units_added' scratch/$$target.log; \
 	done; echo "fuzz: 0 crashes in $(words $(FUZZ_TARGETS)) targets"
+
+# The native module (docs/native.md): the end-to-end suites that exercise the
+# filter, run against envoy/envoy-native.yaml, plus the module's own tests.
+NATIVE_E2E := --test pass_through --test filter_cache --test refresh --test heal --test native_module
+.PHONY: test-native test-native-matrix
+test-native: build native-probe envoy
+	AUTHSTAMP_E2E_FILTER=native cargo test -p authstamp-e2e $(NATIVE_E2E)
+
+# Envoy versions the native module supports (built for 1.40's ABI; Envoy
+# loads a module on its own and the next minor version, and 1.39 has every
+# callback the module uses).
+NATIVE_MATRIX ?= 1.39.3 1.40.0
+test-native-matrix: build native-probe $(foreach v,$(NATIVE_MATRIX),.venv-envoy-$(v)/bin/envoy)
+	@set -e; for version in $(NATIVE_MATRIX); do \
+		echo "== Envoy $$version (native)"; \
+		ENVOY_BIN=$(CURDIR)/.venv-envoy-$$version/bin/envoy AUTHSTAMP_E2E_FILTER=native cargo test -p authstamp-e2e $(NATIVE_E2E); \
+	done

@@ -76,8 +76,11 @@ DEMO_CLIENT_SECRET=$client_secret "$AUTHSTAMP" provider set --local --data-dir "
 
 # The filter credential (local mode wrote it) goes to Envoy only, through
 # its environment: never to the app, never into envoy.yaml.
+# FILTER=native (make run FILTER=native): the native module's bootstrap.
+BOOTSTRAP=envoy/envoy.yaml
+[ "${FILTER:-wasm}" = native ] && BOOTSTRAP=envoy/envoy-native.yaml
 AUTHSTAMP_FILTER_TOKEN=$(cat "$DATA_DIR/filter.token") \
-  "$ENVOY_BIN" -c envoy/envoy.yaml --disable-hot-restart -l info >"$RUN_DIR/envoy.log" 2>&1 &
+  "$ENVOY_BIN" -c "$BOOTSTRAP" --disable-hot-restart -l info >"$RUN_DIR/envoy.log" 2>&1 &
 pids+=($!)
 wait_http "http://127.0.0.1:9901/ready" envoy
 

@@ -22,6 +22,10 @@ pub enum Kind {
     /// The authstamp filter alone (builds before the upstream instance, for
     /// A/B rows: AUTHSTAMP_BENCH_ALT_WASM).
     AuthstampWithoutHealing,
+    /// (d'): the authstamp native module (libauthstamp_native.so from
+    /// ENVOY_DYNAMIC_MODULES_SEARCH_PATH), with its upstream instance, as in
+    /// envoy/envoy-native.yaml.
+    Native,
     /// Reference rows: the cheapest proxy-wasm filter (bench/floor-filter),
     /// doing nothing (`false`) or setting one static header (`true`).
     WasmFloor { stamp: bool },
@@ -73,6 +77,20 @@ fn wasm_filter(name: &str, vm_id: &str, configuration: &str, wasm: &Path) -> Str
     )
 }
 
+fn native_filter(name: &str, configuration: &str) -> String {
+    format!(
+        r#"
+          - name: {name}
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter
+              dynamic_module_config: {{ name: authstamp_native, do_not_close: true }}
+              filter_name: {name}
+              filter_config:
+                "@type": type.googleapis.com/google.protobuf.StringValue
+                value: '{configuration}'{ROUTER}"#
+    )
+}
+
 /// The routes' retry policy of envoy/envoy.yaml.
 const RETRY_POLICY: &str = r#"
                   retry_policy:
@@ -117,9 +135,35 @@ fn upstream_instance(wasm: &Path) -> String {
     )
 }
 
+/// The native module's upstream instance on the upstream cluster.
+fn native_upstream_instance() -> String {
+    r#"
+    circuit_breakers:
+      thresholds:
+      - max_retries: 1024
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: { http_protocol_options: {} }
+        http_filters:
+        - name: authstamp_upstream
+          typed_config:
+            "@type": type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter
+            dynamic_module_config: { name: authstamp_native, do_not_close: true }
+            filter_name: authstamp_upstream
+            filter_config:
+              "@type": type.googleapis.com/google.protobuf.StringValue
+              value: '{"role": "upstream"}'
+        - name: envoy.filters.http.upstream_codec
+          typed_config:
+            "@type": type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec"#
+        .to_string()
+}
+
 /// `wasm`: the authstamp filter; `floor_wasm`: bench/floor-filter.
 pub fn bootstrap(kind: Kind, ports: &Ports, wasm: &Path, floor_wasm: &Path) -> String {
-    let healing = kind == Kind::Authstamp;
+    let native = kind == Kind::Native;
+    let healing = kind == Kind::Authstamp || native;
     let kind = if healing {
         Kind::AuthstampWithoutHealing
     } else {
@@ -194,7 +238,11 @@ pub fn bootstrap(kind: Kind, ports: &Ports, wasm: &Path, floor_wasm: &Path) -> S
                 direct_response: {{ status: 404 }}"#,
                 retry = if healing { RETRY_POLICY } else { "" }
             ),
-            wasm_filter("authstamp", "authstamp", AUTHSTAMP_CONFIG, wasm),
+            if native {
+                native_filter("authstamp", AUTHSTAMP_CONFIG)
+            } else {
+                wasm_filter("authstamp", "authstamp", AUTHSTAMP_CONFIG, wasm)
+            },
             format!(
                 r#"
   - name: authstamp_token_service
@@ -243,7 +291,9 @@ static_resources:
         - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {upstream} }} }} }}{upstream_filters}{extra_clusters}{secrets}
 "#,
         upstream = ports.upstream,
-        upstream_filters = if healing {
+        upstream_filters = if native {
+            native_upstream_instance()
+        } else if healing {
             upstream_instance(wasm)
         } else {
             String::new()

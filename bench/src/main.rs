@@ -32,6 +32,8 @@ use process::{rss_kib, Process};
 use report::{Run, Scenario};
 
 const READY: Duration = Duration::from_secs(30);
+/// Where Envoy looks for the native module.
+const NATIVE_PATH_ENV: &str = "ENVOY_DYNAMIC_MODULES_SEARCH_PATH";
 const APP_PROVIDER: &str = "bench";
 const HIT_USER: &str = "hit-0";
 const MISS_PREFIX: &str = "miss-";
@@ -39,9 +41,12 @@ const TOKEN_PREFIX: &str = "seeded_";
 /// Scenario ids of AUTHSTAMP_BENCH_ALT_WASM builds.
 const ALT_IDS: [char; 5] = ['x', 'y', 'z', 'v', 'w'];
 
-/// The cache-hit scenarios: (d) and the alternative builds.
+/// (d'): the native module's cache hit.
+const NATIVE_HIT: char = 'h';
+
+/// The cache-hit scenarios: (d), (d') and the alternative builds.
 fn is_hit(id: char) -> bool {
-    id == 'd' || ALT_IDS.contains(&id)
+    id == 'd' || id == NATIVE_HIT || ALT_IDS.contains(&id)
 }
 
 #[derive(Clone, Debug)]
@@ -156,6 +161,8 @@ struct Tools {
     upstream: PathBuf,
     wasm: PathBuf,
     floor_wasm: PathBuf,
+    /// The folder of libauthstamp_native.so (`--profile native`).
+    native_dir: PathBuf,
     scripts: PathBuf,
     /// The filter credential the token service and every Envoy get.
     filter_token: String,
@@ -194,6 +201,13 @@ impl Tools {
                 "AUTHSTAMP_BENCH_FLOOR_WASM",
                 root.join("target/wasm32-wasip1/release/authstamp_bench_floor.wasm"),
             )?,
+            native_dir: file_from(
+                "AUTHSTAMP_NATIVE",
+                root.join("target/native/libauthstamp_native.so"),
+            )?
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default(),
             scripts: root.join("bench/wrk"),
             filter_token: format!("ftk_{}", random_b64(24)?.replace(['+', '/', '='], "x")),
         })
@@ -228,7 +242,8 @@ async fn start_envoy(
         .arg("--admin-address-path")
         .arg(&admin_path)
         .args(["-l", "warn"])
-        .env(configs::FILTER_TOKEN_ENV, &tools.filter_token);
+        .env(configs::FILTER_TOKEN_ENV, &tools.filter_token)
+        .env(NATIVE_PATH_ENV, &tools.native_dir);
     let mut process = Process::spawn(name, command, dir, "\u{0}never")?;
     let deadline = Instant::now() + READY;
     loop {
@@ -645,6 +660,11 @@ async fn main() -> anyhow::Result<()> {
         ('d', "authstamp, cache hit", Kind::Authstamp),
         ('e', "authstamp, miss on every request", Kind::Authstamp),
         (
+            NATIVE_HIT,
+            "(d') authstamp native module, cache hit",
+            Kind::Native,
+        ),
+        (
             'n',
             "reference: no-op Wasm filter",
             Kind::WasmFloor { stamp: false },
@@ -695,6 +715,7 @@ async fn main() -> anyhow::Result<()> {
             .args(["--mode", "validate", "-l", "error", "-c"])
             .arg(&path)
             .env(configs::FILTER_TOKEN_ENV, &tools.filter_token)
+            .env(NATIVE_PATH_ENV, &tools.native_dir)
             .output()?;
         if !out.status.success() {
             bail!(
@@ -850,7 +871,7 @@ async fn main() -> anyhow::Result<()> {
     let mut memory = serde_json::Map::new();
     for ((id, _, _), envoy) in scenarios.iter().zip(&envoys) {
         memory.insert(id.to_string(), memory_of(&http, envoy).await);
-        if matches!(id, 'd' | 'e') {
+        if matches!(id, 'd' | 'e' | NATIVE_HIT) {
             let text = admin_get(&http, envoy, "/stats/prometheus").await?;
             filter_metrics.insert(id.to_string(), report::authstamp_metrics(&text));
         }

@@ -95,7 +95,9 @@ const LOCAL_REPLY_CONTINUE: u32 = 0;
 const HEADERS_CONTINUE: u32 = 0;
 const HEADERS_STOP_ITERATION: u32 = 1;
 const BODY_CONTINUE: u32 = 0;
-const BODY_STOP_AND_BUFFER: u32 = 1;
+// Buffers with flow control (reading stops past the limit) instead of a
+// 413 past it, as proxy-wasm's pause does.
+const BODY_STOP_AND_WATERMARK: u32 = 2;
 const TRAILERS_CONTINUE: u32 = 0;
 const TRAILERS_STOP_ITERATION: u32 = 1;
 
@@ -1257,7 +1259,7 @@ fn headers_status(status: HeadersStatus) -> u32 {
 fn body_status(status: BodyStatus) -> u32 {
     match status {
         BodyStatus::Continue => BODY_CONTINUE,
-        BodyStatus::StopAndBuffer => BODY_STOP_AND_BUFFER,
+        BodyStatus::StopAndBuffer => BODY_STOP_AND_WATERMARK,
     }
 }
 
@@ -1292,7 +1294,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
     end_of_stream: bool,
 ) -> u32 {
     if filter.is_null() {
-        return BODY_STOP_AND_BUFFER;
+        return BODY_STOP_AND_WATERMARK;
     }
     // SAFETY: a pointer of `on_http_filter_new`, not yet destroyed.
     let slot = unsafe { slot_ref(filter) };
@@ -1301,7 +1303,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
     }) {
         Outcome::Done(status) => body_status(status),
         // A failed stream's body goes nowhere.
-        Outcome::Busy | Outcome::Disabled | Outcome::Panicked => BODY_STOP_AND_BUFFER,
+        Outcome::Busy | Outcome::Disabled | Outcome::Panicked => BODY_STOP_AND_WATERMARK,
     }
 }
 
@@ -1359,7 +1361,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_response_body(
     }) {
         Outcome::Done(status) => body_status(status),
         Outcome::Busy | Outcome::Disabled => BODY_CONTINUE,
-        Outcome::Panicked => BODY_STOP_AND_BUFFER,
+        Outcome::Panicked => BODY_STOP_AND_WATERMARK,
     }
 }
 

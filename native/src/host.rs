@@ -79,7 +79,8 @@ pub enum HeadersStatus {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BodyStatus {
     Continue,
-    /// Keep the body in Envoy until the stream is resumed.
+    /// Keep the body in Envoy until the stream is resumed (past Envoy's
+    /// buffer limit, reading from the client pauses).
     StopAndBuffer,
 }
 
