@@ -222,7 +222,7 @@ pub fn bootstrap(kind: Kind, ports: &Ports, wasm: &Path, floor_wasm: &Path) -> S
       secret: {{ inline_string: "{STATIC_CREDENTIAL}" }}"#
             ),
         ),
-        Kind::Authstamp | Kind::AuthstampWithoutHealing => (
+        Kind::Authstamp | Kind::AuthstampWithoutHealing | Kind::Native => (
             format!(
                 r#"
               - match:

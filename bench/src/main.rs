@@ -871,7 +871,7 @@ async fn main() -> anyhow::Result<()> {
     let mut memory = serde_json::Map::new();
     for ((id, _, _), envoy) in scenarios.iter().zip(&envoys) {
         memory.insert(id.to_string(), memory_of(&http, envoy).await);
-        if matches!(id, 'd' | 'e' | NATIVE_HIT) {
+        if matches!(*id, 'd' | 'e' | NATIVE_HIT) {
             let text = admin_get(&http, envoy, "/stats/prometheus").await?;
             filter_metrics.insert(id.to_string(), report::authstamp_metrics(&text));
         }

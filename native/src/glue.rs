@@ -54,6 +54,8 @@ fn store() -> &'static MemoryStore {
 type Waiting = Mutex<HashMap<u64, (u32, Arc<Scheduler>)>>;
 /// A tick wanted at an instant, carried by a paused stream's scheduler.
 type TickRequest = (Instant, Arc<Scheduler>);
+/// Callouts in flight: (carrier, Envoy's id) → (worker key, token, target).
+type Callouts = HashMap<(StreamHandle, u64), (usize, u32, u32)>;
 /// Metrics defined while the configuration is created: name, kind, id.
 type Defined = RefCell<Vec<(String, MetricKind, MetricId)>>;
 
@@ -285,8 +287,7 @@ thread_local! {
     /// (worker key, token, context the answer belongs to: a stream id or
     /// [`ROOT`]). A worker root's callouts ride on a downstream stream of
     /// any worker of the thread.
-    static CALLOUTS: RefCell<HashMap<(StreamHandle, u64), (usize, u32, u32)>> =
-        RefCell::new(HashMap::new());
+    static CALLOUTS: RefCell<Callouts> = RefCell::new(HashMap::new());
     /// This thread's armed tick: (worker key, carrier stream id).
     static ARMED: Cell<Option<(usize, u32)>> = const { Cell::new(None) };
 }
