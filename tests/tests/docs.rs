@@ -109,3 +109,32 @@ fn the_parser_sees_links_outside_code_and_numbers_repeated_headings() {
     );
     assert_eq!(slug("The filter's cache, coalescing and 401s"), "the-filters-cache-coalescing-and-401s");
 }
+
+#[test]
+fn every_makefile_target_describes_itself_and_no_comment_names_an_issue() {
+    let makefile = std::fs::read_to_string(workspace_root().join("Makefile")).expect("Makefile");
+    let mut undescribed = Vec::new();
+    for (i, line) in makefile.lines().enumerate() {
+        let Some((name, rest)) = line.split_once(':') else {
+            continue;
+        };
+        let is_rule = !name.is_empty()
+            && !rest.starts_with('=')
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c));
+        if is_rule && !name.starts_with('.') && !rest.contains(" ## ") {
+            undescribed.push(format!("line {}: {name}", i + 1));
+        }
+        assert!(
+            !(line.trim_start().starts_with('#') && line.to_lowercase().contains("issue ")),
+            "Makefile line {}: comments say what, not which issue: {line}",
+            i + 1
+        );
+    }
+    assert!(
+        undescribed.is_empty(),
+        "targets without a `## ` description (make help lists only those with one):\n{}",
+        undescribed.join("\n")
+    );
+}
