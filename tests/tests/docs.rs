@@ -45,7 +45,10 @@ fn every_relative_link_and_anchor_in_the_docs_resolves() {
         }
     }
     assert!(broken.is_empty(), "broken links:\n{}", broken.join("\n"));
-    assert!(checked > 30, "only {checked} relative links found: is the parser broken?");
+    assert!(
+        checked > 30,
+        "only {checked} relative links found: is the parser broken?"
+    );
 }
 
 #[test]
@@ -99,7 +102,8 @@ fn the_marked_shell_blocks_run_as_shown() {
 
 #[test]
 fn the_parser_sees_links_outside_code_and_numbers_repeated_headings() {
-    let page = "# Metrics\n## Metrics\n[a](b.md#x) `[c](d.md)`\n```\n[e](f.md)\n# not a heading\n```\n";
+    let page =
+        "# Metrics\n## Metrics\n[a](b.md#x) `[c](d.md)`\n```\n[e](f.md)\n# not a heading\n```\n";
     let found: Vec<String> = links(page).into_iter().map(|l| l.target).collect();
     assert_eq!(found, ["b.md#x"]);
     assert_eq!(anchors(page), ["metrics", "metrics-1"]);
@@ -107,7 +111,10 @@ fn the_parser_sees_links_outside_code_and_numbers_repeated_headings() {
         slug("What the filter costs: `make bench`"),
         "what-the-filter-costs-make-bench"
     );
-    assert_eq!(slug("The filter's cache, coalescing and 401s"), "the-filters-cache-coalescing-and-401s");
+    assert_eq!(
+        slug("The filter's cache, coalescing and 401s"),
+        "the-filters-cache-coalescing-and-401s"
+    );
 }
 
 #[test]
