@@ -83,6 +83,12 @@ clean: ## cargo clean and the local trial's .run
 	cargo clean
 	rm -rf .run
 
+# The Prometheus alert rules and their unit tests (deploy/prometheus).
+.PHONY: alerts
+alerts: ## promtool check and test the alert rules in deploy/prometheus
+	promtool check rules deploy/prometheus/alerts.yml
+	promtool test rules deploy/prometheus/alerts.test.yml
+
 # Deployment files: docker-compose.yml (validated only: no Docker engine is
 # needed) and the transparent egress bootstrap. The compose bootstrap, the
 # snippet and the Istio manifests are checked by tests/tests/deployments.rs

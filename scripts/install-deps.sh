@@ -4,7 +4,7 @@
 #
 #   scripts/install-deps.sh run    make run: Python 3 with venv (Envoy's wheel), curl
 #   scripts/install-deps.sh test   make test: the above, plus docker-compose, openssl,
-#                                  PostgreSQL, Chromium and promtool
+#                                  PostgreSQL, Chromium, promtool, Python requests, Node
 #   scripts/install-deps.sh ci     .ci/run: the above, plus wrk (make bench-quick)
 #
 # Missing Debian packages are installed when this runs as root with apt-get;
@@ -26,6 +26,8 @@ has() { command -v "$1" >/dev/null; }
 has_initdb() { has initdb || ls /usr/lib/postgresql/*/bin/initdb; }
 has_chromium() { [ -n "${CHROMIUM_BIN:-}" ] && [ -x "$CHROMIUM_BIN" ] || [ -x /usr/bin/chromium ]; }
 has_venv() { python3 -c 'import ensurepip, venv'; }
+has_requests() { python3 -c 'import requests'; }
+has_node_fetch() { node -e 'if (typeof fetch !== "function") process.exit(1)'; }
 
 # Rust comes from rustup, not apt: say so and stop.
 if ! has cargo || ! has rustup; then
@@ -46,6 +48,9 @@ if [ "$profile" != run ]; then
   need postgresql has_initdb
   need chromium has_chromium
   need prometheus has promtool
+  # The client examples of docs/examples run with Python requests and Node's fetch.
+  need python3-requests has_requests
+  need nodejs has_node_fetch
 fi
 if [ "$profile" = ci ]; then
   # wrk loads Envoy in the filter benchmark (make bench-quick).

@@ -145,3 +145,54 @@ fn every_makefile_target_describes_itself_and_no_comment_names_an_issue() {
         undescribed.join("\n")
     );
 }
+
+/// Not root and promtool missing: scripts/install-deps.sh stops at once
+/// and names the one command that installs it.
+#[test]
+fn the_installer_prints_the_one_command_when_it_cannot_install() {
+    let bin = tempfile::tempdir().expect("temp dir");
+    let present = [
+        "bash",
+        "cargo",
+        "rustup",
+        "python3",
+        "curl",
+        "docker-compose",
+        "openssl",
+        "initdb",
+        "node",
+        "ls",
+        "grep",
+    ];
+    for name in present {
+        let found = Command::new("bash")
+            .args(["-c", &format!("command -v {name}")])
+            .output()
+            .expect("bash");
+        let path = String::from_utf8_lossy(&found.stdout).trim().to_string();
+        if !path.is_empty() {
+            std::os::unix::fs::symlink(&path, bin.path().join(name)).expect("symlink");
+        }
+    }
+    // Not root: `id -u` answers 1000.
+    let id = bin.path().join("id");
+    std::fs::write(&id, "#!/bin/sh\necho 1000\n").expect("fake id");
+    Command::new("chmod")
+        .arg("755")
+        .arg(&id)
+        .status()
+        .expect("chmod");
+    let out = Command::new(workspace_root().join("scripts/install-deps.sh"))
+        .arg("test")
+        .env("PATH", bin.path())
+        .output()
+        .expect("run the installer");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("install with:")
+            && stderr.contains("apt-get install -y")
+            && stderr.contains("prometheus"),
+        "{stderr}"
+    );
+}

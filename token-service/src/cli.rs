@@ -1446,6 +1446,21 @@ mod tests {
                 "s",
             ],
             &["authstamp", "connection", "list", "--app", "a"],
+            &[
+                "authstamp",
+                "provider",
+                "set",
+                "--app",
+                "a",
+                "--provider",
+                "p",
+                "--catalog",
+                "slack",
+                "--client-id",
+                "i",
+                "--client-secret",
+                "s",
+            ],
         ] {
             assert!(Cli::try_parse_from(args).is_err(), "{args:?}");
         }
