@@ -1047,6 +1047,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let state = open_state(&args.store, &env, None).await?;
             let done =
                 crate::lifecycle::disconnect(&state, &args.app, &args.provider, &args.user).await;
+            webhooks::settle(EVENT_WRITE_LIMIT).await;
             state.db.close().await;
             print_json(&done?)
         }
@@ -1062,9 +1063,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
+/// How long a command waits for the webhook events it caused to reach the
+/// outbox before it exits.
+const EVENT_WRITE_LIMIT: Duration = Duration::from_secs(5);
+
 /// The service state over the database, for commands that run the same
-/// functions as the API's app endpoints. Its webhook events are written in
-/// the background: one may be lost when the command exits first.
+/// functions as the API's app endpoints (their webhook events are written
+/// in the background: call [`webhooks::settle`] before exiting).
 async fn open_state(
     store: &StoreArgs,
     env: &SecretEnv,
@@ -1143,6 +1148,7 @@ async fn credentials_set(args: CredentialsSetArgs, env: &SecretEnv) -> anyhow::R
     let view =
         crate::credentials::put_credentials(&state, &args.app, &args.provider, &args.user, input)
             .await;
+    webhooks::settle(EVENT_WRITE_LIMIT).await;
     state.db.close().await;
     print_json(&view?)
 }

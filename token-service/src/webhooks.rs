@@ -169,11 +169,51 @@ pub fn emit(state: &AppState, app_id: &str, event: Event, provider: &str, user: 
         user: user.to_owned(),
     };
     let state = state.clone();
+    let pending = pending();
+    pending
+        .count
+        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     tokio::spawn(async move {
         if let Err(err) = enqueue(&state, &payload).await {
             tracing::warn!(app_id = %payload.app_id, event = payload.event.as_str(), error = %err, "webhook event not written to the outbox: dropped");
         }
+        pending
+            .count
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        pending.done.notify_waiters();
     });
+}
+
+/// Outbox writes that [`emit`] started and that have not finished.
+struct Pending {
+    count: std::sync::atomic::AtomicUsize,
+    done: tokio::sync::Notify,
+}
+
+fn pending() -> &'static Pending {
+    static PENDING: OnceLock<Pending> = OnceLock::new();
+    PENDING.get_or_init(|| Pending {
+        count: std::sync::atomic::AtomicUsize::new(0),
+        done: tokio::sync::Notify::new(),
+    })
+}
+
+/// Waits (at most `limit`) until every event emitted so far is written to
+/// the outbox or dropped: a CLI command calls it before it exits.
+pub async fn settle(limit: Duration) {
+    let pending = pending();
+    let wait = async {
+        loop {
+            let done = pending.done.notified();
+            if pending.count.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                return;
+            }
+            done.await;
+        }
+    };
+    if tokio::time::timeout(limit, wait).await.is_err() {
+        tracing::warn!("webhook events still being written to the outbox at exit");
+    }
 }
 
 async fn enqueue(state: &AppState, payload: &Payload) -> Result<(), String> {

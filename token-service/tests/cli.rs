@@ -421,6 +421,20 @@ async fn connection_list_by_status_reconnect_and_disconnect() {
         "the link opens the connect page"
     );
 
+    // The disconnect's webhook event reaches the outbox before the command exits.
+    cli_json(
+        &h,
+        &[
+            "webhook",
+            "set",
+            "--app",
+            &app.app_id,
+            "--url",
+            "http://127.0.0.1:9/hook",
+        ],
+        &[],
+        None,
+    );
     let done = cli_json(
         &h,
         &[
@@ -438,6 +452,18 @@ async fn connection_list_by_status_reconnect_and_disconnect() {
     );
     assert_eq!(done["deleted"], true);
     assert_eq!(done["revocation"], "unsupported");
+    let events: Vec<(String,)> =
+        sqlx::query_as("SELECT payload FROM webhook_outbox WHERE app_id = $1")
+            .bind(&app.app_id)
+            .fetch_all(h.state.db.pool())
+            .await
+            .unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|(p,)| p.contains("\"disconnected\"") && p.contains("\"alice\"")),
+        "{events:?}"
+    );
     h.lookup(&app, "alice", false)
         .await
         .assert_error(404, "not_connected");
