@@ -6,6 +6,7 @@ use std::rc::Rc;
 
 use authstamp_protocol::{headers, ErrorCode};
 
+use super::answer::stale_entry;
 use super::lookup::{dispatch_lookup, recheck_lease_ms};
 use super::*;
 use crate::cache::{self, Claim, KeyVerdict, Slotted};
@@ -138,7 +139,7 @@ pub fn on_request_headers(
         config.cache_capacity,
     );
     if let Some(now_ms) = host.now_unix_millis() {
-        let key_digest = cache::key_digest(identity.app_key.expose());
+        let key_digest = worker.key_digest(&identity.app_key);
         let hit = cache::lookup(host, &cache_key, &key_digest, now_ms / 1000);
         let trusted = hit.filter(|_| {
             let check =
@@ -223,11 +224,14 @@ pub fn on_request_headers(
                 lookup.identity.provider
             );
             cache::release(host, &lookup.cache_key, until_ms);
-            refuse(
-                host,
-                metrics,
-                Rejection::unavailable("the token service cannot be reached"),
-            )
+            let rejection = Rejection::unavailable("the token service cannot be reached");
+            match stale_entry(host, worker, &lookup, &rejection) {
+                Some(entry) => {
+                    metrics.stale_served(host, 1);
+                    stamp_hit(host, worker, lookup, entry, &request_headers)
+                }
+                None => refuse(host, metrics, rejection),
+            }
         }
     }
 }

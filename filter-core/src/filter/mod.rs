@@ -26,6 +26,8 @@ use std::time::Duration;
 
 use authstamp_protocol::TokenLookupResponse;
 
+use crate::cache;
+use crate::config::Secret;
 use crate::heal::Stamps;
 use crate::inflight::Inflight;
 use crate::metrics::Metrics;
@@ -55,6 +57,21 @@ pub struct Worker {
     pub stamps: Rc<RefCell<Stamps>>,
     /// Stamped streams still to resume, [`RESUME_BATCH`] per callback.
     pub to_resume: RefCell<std::collections::VecDeque<u32>>,
+    /// The last app key hashed and its digest: hits with the same key (all
+    /// of them in mesh mode) skip SHA-256.
+    last_digest: RefCell<Option<LastDigest>>,
+}
+
+/// An app key with its digest; prints neither.
+struct LastDigest {
+    key: Secret,
+    digest: [u8; 32],
+}
+
+impl std::fmt::Debug for LastDigest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
 }
 
 /// Streams resumed in one callback at most. Each resume runs the stream on
@@ -76,7 +93,25 @@ impl Worker {
             metrics,
             stamps,
             to_resume: RefCell::default(),
+            last_digest: RefCell::default(),
         }
+    }
+
+    /// [`cache::key_digest`] of `app_key`, remembered for the next request
+    /// with the same key (compared in constant time).
+    pub fn key_digest(&self, app_key: &Secret) -> [u8; 32] {
+        let mut last = self.last_digest.borrow_mut();
+        if let Some(last) = last.as_ref() {
+            if cache::constant_time_eq(last.key.expose().as_bytes(), app_key.expose().as_bytes()) {
+                return last.digest;
+            }
+        }
+        let digest = cache::key_digest(app_key.expose());
+        *last = Some(LastDigest {
+            key: app_key.clone(),
+            digest,
+        });
+        digest
     }
 }
 
