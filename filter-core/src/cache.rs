@@ -356,7 +356,7 @@ pub fn lookup_stale(
     now: u64,
 ) -> Option<Entry> {
     let entry = find(host, key)?;
-    if !entry.expires_at.is_some_and(|at| at > now) {
+    if entry.expires_at.is_none_or(|at| at <= now) {
         return None;
     }
     if !constant_time_eq(&entry.app_key_digest, app_key_digest) {
