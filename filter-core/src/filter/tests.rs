@@ -2323,3 +2323,20 @@ fn no_stale_token_without_a_known_expiry_for_a_refused_key_or_another_key() {
     assert_eq!(bench.reply_of(7).1, ErrorCode::TokenServiceUnavailable);
     assert_eq!(bench.host.metric(metrics::STALE_SERVED), 0);
 }
+
+#[test]
+fn a_forced_refresh_that_times_out_never_serves_the_refused_token() {
+    let bench = Bench::new(gateway());
+    bench.call(2, "alice", KEY);
+    bench.answer_last(Some(200), &token_answer(Some(NOW + 3600)));
+    bench.response_arrives(2, 401);
+    bench.call(3, "alice", KEY);
+    bench.tick();
+    let forced: TokenLookupRequest =
+        serde_json::from_slice(&bench.host.dispatches().last().unwrap().body).unwrap();
+    assert!(forced.force_refresh);
+    bench.answer_last(None, "");
+    assert_eq!(bench.reply_of(3).1, ErrorCode::TokenServiceUnavailable);
+    assert_eq!(bench.host.header(3, "authorization"), None);
+    assert_eq!(bench.host.metric(metrics::STALE_SERVED), 0);
+}
