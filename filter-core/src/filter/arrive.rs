@@ -59,6 +59,7 @@ fn stamp_hit(
     lookup: Rc<Lookup>,
     entry: cache::Entry,
     request: &HeaderPairs,
+    path: String,
 ) -> (State, Verdict) {
     let metrics = &worker.metrics;
     match stamp::stamp_request(
@@ -67,6 +68,7 @@ fn stamp_hit(
         &entry.header,
         &entry.upstream,
         request,
+        path,
     ) {
         Ok(()) => {
             metrics.hit_stamped(host);
@@ -125,9 +127,10 @@ pub fn on_request_headers(
     if let Err(rejection) = crate::workload::check(host, &config.allowed_workloads) {
         return refuse(host, metrics, rejection);
     }
-    if let Err(rejection) = stamp::request_path(&request_headers) {
-        return refuse(host, metrics, rejection);
-    }
+    let path = match stamp::request_path(&request_headers) {
+        Ok(path) => path,
+        Err(rejection) => return refuse(host, metrics, rejection),
+    };
 
     let cache_key = Slotted::new(
         cache::key(
@@ -163,7 +166,7 @@ pub fn on_request_headers(
                 config: Rc::clone(config),
                 force_refresh: false,
             });
-            return stamp_hit(host, worker, lookup, entry, &request_headers);
+            return stamp_hit(host, worker, lookup, entry, &request_headers, path);
         }
     }
     metrics.miss(host);
@@ -228,7 +231,7 @@ pub fn on_request_headers(
             match stale_entry(host, worker, &lookup, &rejection) {
                 Some(entry) => {
                     metrics.stale_served(host, 1);
-                    stamp_hit(host, worker, lookup, entry, &request_headers)
+                    stamp_hit(host, worker, lookup, entry, &request_headers, path)
                 }
                 None => refuse(host, metrics, rejection),
             }
