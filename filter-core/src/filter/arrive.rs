@@ -142,11 +142,13 @@ pub fn on_request_headers(
         config.cache_capacity,
     );
     if let Some(now_ms) = host.now_unix_millis() {
-        let key_digest = worker.key_digest(&identity.app_key);
+        let (key_digest, check) = worker.key_check(
+            &config.token_service.cluster,
+            &identity.app_id,
+            &identity.app_key,
+        );
         let hit = cache::lookup(host, &cache_key, &key_digest, now_ms / 1000);
         let trusted = hit.filter(|_| {
-            let check =
-                cache::key_check_name(&config.token_service.cluster, &identity.app_id, &key_digest);
             match cache::check_key(host, &check, now_ms, recheck_lease_ms(config)) {
                 KeyVerdict::Trusted => true,
                 KeyVerdict::Recheck => {

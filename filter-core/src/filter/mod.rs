@@ -62,10 +62,14 @@ pub struct Worker {
     last_digest: RefCell<Option<LastDigest>>,
 }
 
-/// An app key with its digest; prints neither.
+/// An app key with its digest and the name of its key check at one
+/// token service and app; prints none of them.
 struct LastDigest {
     key: Secret,
     digest: [u8; 32],
+    cluster: String,
+    app_id: String,
+    check_name: Rc<str>,
 }
 
 impl std::fmt::Debug for LastDigest {
@@ -100,18 +104,52 @@ impl Worker {
     /// [`cache::key_digest`] of `app_key`, remembered for the next request
     /// with the same key (compared in constant time).
     pub fn key_digest(&self, app_key: &Secret) -> [u8; 32] {
-        let mut last = self.last_digest.borrow_mut();
-        if let Some(last) = last.as_ref() {
-            if cache::constant_time_eq(last.key.expose().as_bytes(), app_key.expose().as_bytes()) {
-                return last.digest;
-            }
-        }
-        let digest = cache::key_digest(app_key.expose());
-        *last = Some(LastDigest {
-            key: app_key.clone(),
+        self.remembered(app_key, None).0
+    }
+
+    /// The digest of `app_key` and the name of its key check
+    /// ([`cache::key_check_name`]) at token-service `cluster` for `app_id`:
+    /// what a hit needs, without SHA-256 or formatting while they stay the
+    /// same.
+    pub fn key_check(&self, cluster: &str, app_id: &str, app_key: &Secret) -> ([u8; 32], Rc<str>) {
+        let (digest, name) = self.remembered(app_key, Some((cluster, app_id)));
+        (
             digest,
+            name.unwrap_or_else(|| cache::key_check_name(cluster, app_id, &digest).into()),
+        )
+    }
+
+    fn remembered(
+        &self,
+        app_key: &Secret,
+        check: Option<(&str, &str)>,
+    ) -> ([u8; 32], Option<Rc<str>>) {
+        let mut last = self.last_digest.borrow_mut();
+        let same_key = last.as_ref().is_some_and(|last| {
+            cache::constant_time_eq(last.key.expose().as_bytes(), app_key.expose().as_bytes())
         });
-        digest
+        if !same_key {
+            let digest = cache::key_digest(app_key.expose());
+            *last = Some(LastDigest {
+                key: app_key.clone(),
+                digest,
+                cluster: String::new(),
+                app_id: String::new(),
+                check_name: Rc::from(""),
+            });
+        }
+        let Some(last) = last.as_mut() else {
+            return (cache::key_digest(app_key.expose()), None);
+        };
+        let Some((cluster, app_id)) = check else {
+            return (last.digest, None);
+        };
+        if last.check_name.is_empty() || last.cluster != cluster || last.app_id != app_id {
+            last.cluster = cluster.to_string();
+            last.app_id = app_id.to_string();
+            last.check_name = cache::key_check_name(cluster, app_id, &last.digest).into();
+        }
+        (last.digest, Some(Rc::clone(&last.check_name)))
     }
 }
 

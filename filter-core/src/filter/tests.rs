@@ -2253,6 +2253,27 @@ fn the_remembered_app_key_digest_is_only_reused_for_the_same_key() {
     );
     assert_ne!(cache::key_digest("ask_right-kez"), cache::key_digest(KEY));
     assert_eq!(worker.key_digest(&right), cache::key_digest(KEY));
+    let digest = cache::key_digest(KEY);
+    for (cluster, app) in [
+        ("ts", APP),
+        ("ts", APP),
+        ("ts", "app_2"),
+        ("other", "app_2"),
+    ] {
+        let (got, name) = worker.key_check(cluster, app, &right);
+        assert_eq!(got, digest);
+        assert_eq!(
+            &*name,
+            cache::key_check_name(cluster, app, &digest),
+            "{cluster} {app}"
+        );
+    }
+    let (got, name) = worker.key_check("ts", APP, &wrong);
+    assert_eq!(got, cache::key_digest("ask_right-kez"));
+    assert_eq!(
+        &*name,
+        cache::key_check_name("ts", APP, &cache::key_digest("ask_right-kez"))
+    );
     assert!(!format!("{worker:?}").contains(KEY), "never printed");
 }
 
