@@ -140,6 +140,7 @@ fn cache_answer(host: &dyn Host, metrics: &Metrics, lookup: &Lookup, answer: &To
         header: answer.header.clone(),
         upstream: answer.upstream.clone(),
         valid_until,
+        expires_at: answer.expires_at,
     };
     if cache::store(host, &lookup.cache_key, &entry, now) == Stored::NewSlot {
         metrics.slot_created(host);
@@ -172,5 +173,72 @@ pub fn on_call_response(
     }
     record_key_check(host, lookup, &outcome);
     cache::release(host, &lookup.cache_key, pending.until_ms);
+    let outcome = or_stale(host, worker, lookup, outcome, pending.members.len());
     complete(host, worker, &pending, &outcome, current);
+}
+
+/// Stale-if-error: when the token service cannot answer (unreachable,
+/// timed out, failing, its storage or the provider down), the cached
+/// token of a lookup that is not a forced refresh, past its cache validity
+/// but still valid at the provider, and for an app key the service never
+/// refused. Never past the token's expiry (see [`cache::lookup_stale`]).
+pub(super) fn stale_entry(
+    host: &dyn Host,
+    worker: &Worker,
+    lookup: &Lookup,
+    rejection: &Rejection,
+) -> Option<cache::Entry> {
+    let transient = matches!(
+        rejection.code,
+        ErrorCode::TokenServiceUnavailable
+            | ErrorCode::StorageUnavailable
+            | ErrorCode::ProviderUnavailable
+    );
+    if !transient || lookup.force_refresh {
+        return None;
+    }
+    let now = host.now_unix_secs()?;
+    let identity = &lookup.identity;
+    let digest = worker.key_digest(&identity.app_key);
+    let check = cache::key_check_name(
+        &lookup.config.token_service.cluster,
+        &identity.app_id,
+        &digest,
+    );
+    if cache::key_refused_before(host, &check) {
+        return None;
+    }
+    let entry = cache::lookup_stale(host, &lookup.cache_key, &digest, now)?;
+    log::warn!(
+        "authstamp: token service failed ({}): serving the cached token, valid for {} s more provider={}",
+        rejection.code,
+        entry.expires_at.unwrap_or(now).saturating_sub(now),
+        identity.provider
+    );
+    Some(entry)
+}
+
+/// `outcome`, or a stale cached token for its `members` waiting streams
+/// when it is a failure of the token service (see [`stale_entry`]).
+pub(super) fn or_stale(
+    host: &dyn Host,
+    worker: &Worker,
+    lookup: &Lookup,
+    outcome: Outcome,
+    members: usize,
+) -> Outcome {
+    let Outcome::Refuse(rejection) = &outcome else {
+        return outcome;
+    };
+    match stale_entry(host, worker, lookup, rejection) {
+        Some(entry) => {
+            worker.metrics.stale_served(host, members);
+            Outcome::Stamp(TokenLookupResponse {
+                header: entry.header,
+                upstream: entry.upstream,
+                expires_at: entry.expires_at,
+            })
+        }
+        None => outcome,
+    }
 }

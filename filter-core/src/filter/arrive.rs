@@ -6,6 +6,7 @@ use std::rc::Rc;
 
 use authstamp_protocol::{headers, ErrorCode};
 
+use super::answer::stale_entry;
 use super::lookup::{dispatch_lookup, recheck_lease_ms};
 use super::*;
 use crate::cache::{self, Claim, KeyVerdict, Slotted};
@@ -58,6 +59,7 @@ fn stamp_hit(
     lookup: Rc<Lookup>,
     entry: cache::Entry,
     request: &HeaderPairs,
+    path: String,
 ) -> (State, Verdict) {
     let metrics = &worker.metrics;
     match stamp::stamp_request(
@@ -66,6 +68,7 @@ fn stamp_hit(
         &entry.header,
         &entry.upstream,
         request,
+        path,
     ) {
         Ok(()) => {
             metrics.hit_stamped(host);
@@ -124,9 +127,10 @@ pub fn on_request_headers(
     if let Err(rejection) = crate::workload::check(host, &config.allowed_workloads) {
         return refuse(host, metrics, rejection);
     }
-    if let Err(rejection) = stamp::request_path(&request_headers) {
-        return refuse(host, metrics, rejection);
-    }
+    let path = match stamp::request_path(&request_headers) {
+        Ok(path) => path,
+        Err(rejection) => return refuse(host, metrics, rejection),
+    };
 
     let cache_key = Slotted::new(
         cache::key(
@@ -138,11 +142,13 @@ pub fn on_request_headers(
         config.cache_capacity,
     );
     if let Some(now_ms) = host.now_unix_millis() {
-        let key_digest = cache::key_digest(identity.app_key.expose());
+        let (key_digest, check) = worker.key_check(
+            &config.token_service.cluster,
+            &identity.app_id,
+            &identity.app_key,
+        );
         let hit = cache::lookup(host, &cache_key, &key_digest, now_ms / 1000);
         let trusted = hit.filter(|_| {
-            let check =
-                cache::key_check_name(&config.token_service.cluster, &identity.app_id, &key_digest);
             match cache::check_key(host, &check, now_ms, recheck_lease_ms(config)) {
                 KeyVerdict::Trusted => true,
                 KeyVerdict::Recheck => {
@@ -162,7 +168,7 @@ pub fn on_request_headers(
                 config: Rc::clone(config),
                 force_refresh: false,
             });
-            return stamp_hit(host, worker, lookup, entry, &request_headers);
+            return stamp_hit(host, worker, lookup, entry, &request_headers, path);
         }
     }
     metrics.miss(host);
@@ -223,11 +229,14 @@ pub fn on_request_headers(
                 lookup.identity.provider
             );
             cache::release(host, &lookup.cache_key, until_ms);
-            refuse(
-                host,
-                metrics,
-                Rejection::unavailable("the token service cannot be reached"),
-            )
+            let rejection = Rejection::unavailable("the token service cannot be reached");
+            match stale_entry(host, worker, &lookup, &rejection) {
+                Some(entry) => {
+                    metrics.stale_served(host, 1);
+                    stamp_hit(host, worker, lookup, entry, &request_headers, path)
+                }
+                None => refuse(host, metrics, rejection),
+            }
         }
     }
 }

@@ -6,6 +6,7 @@ use std::rc::Rc;
 
 use authstamp_protocol::{headers, paths, TokenLookupRequest};
 
+use super::answer::or_stale;
 use super::wake::complete;
 use super::*;
 use crate::cache::{self, Claim};
@@ -127,6 +128,7 @@ pub(super) fn dispatch_from_root(
                 let outcome = Outcome::Refuse(Rejection::unavailable(
                     "the token service cannot be reached",
                 ));
+                let outcome = or_stale(host, worker, lookup, outcome, pending.members.len());
                 complete(host, worker, &pending, &outcome, worker.root);
             }
         }

@@ -26,6 +26,8 @@ use std::time::Duration;
 
 use authstamp_protocol::TokenLookupResponse;
 
+use crate::cache;
+use crate::config::Secret;
 use crate::heal::Stamps;
 use crate::inflight::Inflight;
 use crate::metrics::Metrics;
@@ -55,6 +57,25 @@ pub struct Worker {
     pub stamps: Rc<RefCell<Stamps>>,
     /// Stamped streams still to resume, [`RESUME_BATCH`] per callback.
     pub to_resume: RefCell<std::collections::VecDeque<u32>>,
+    /// The last app key hashed and its digest: hits with the same key (all
+    /// of them in mesh mode) skip SHA-256.
+    last_digest: RefCell<Option<LastDigest>>,
+}
+
+/// An app key with its digest and the name of its key check at one
+/// token service and app; prints none of them.
+struct LastDigest {
+    key: Secret,
+    digest: [u8; 32],
+    cluster: String,
+    app_id: String,
+    check_name: Rc<str>,
+}
+
+impl std::fmt::Debug for LastDigest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
 }
 
 /// Streams resumed in one callback at most. Each resume runs the stream on
@@ -76,7 +97,59 @@ impl Worker {
             metrics,
             stamps,
             to_resume: RefCell::default(),
+            last_digest: RefCell::default(),
         }
+    }
+
+    /// [`cache::key_digest`] of `app_key`, remembered for the next request
+    /// with the same key (compared in constant time).
+    pub fn key_digest(&self, app_key: &Secret) -> [u8; 32] {
+        self.remembered(app_key, None).0
+    }
+
+    /// The digest of `app_key` and the name of its key check
+    /// ([`cache::key_check_name`]) at token-service `cluster` for `app_id`:
+    /// what a hit needs, without SHA-256 or formatting while they stay the
+    /// same.
+    pub fn key_check(&self, cluster: &str, app_id: &str, app_key: &Secret) -> ([u8; 32], Rc<str>) {
+        let (digest, name) = self.remembered(app_key, Some((cluster, app_id)));
+        (
+            digest,
+            name.unwrap_or_else(|| cache::key_check_name(cluster, app_id, &digest).into()),
+        )
+    }
+
+    fn remembered(
+        &self,
+        app_key: &Secret,
+        check: Option<(&str, &str)>,
+    ) -> ([u8; 32], Option<Rc<str>>) {
+        let mut last = self.last_digest.borrow_mut();
+        let same_key = last.as_ref().is_some_and(|last| {
+            cache::constant_time_eq(last.key.expose().as_bytes(), app_key.expose().as_bytes())
+        });
+        if !same_key {
+            let digest = cache::key_digest(app_key.expose());
+            *last = Some(LastDigest {
+                key: app_key.clone(),
+                digest,
+                cluster: String::new(),
+                app_id: String::new(),
+                check_name: Rc::from(""),
+            });
+        }
+        let Some(last) = last.as_mut() else {
+            return (cache::key_digest(app_key.expose()), None);
+        };
+        let Some((cluster, app_id)) = check else {
+            return (last.digest, None);
+        };
+        if last.check_name.is_empty() || last.cluster != cluster || last.app_id != app_id {
+            last.cluster = cluster.to_string();
+            last.app_id = app_id.to_string();
+            last.check_name = cache::key_check_name(cluster, app_id, &last.digest).into();
+        }
+        (last.digest, Some(Rc::clone(&last.check_name)))
     }
 }
 

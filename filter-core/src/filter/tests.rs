@@ -2238,3 +2238,126 @@ fn a_hit_reads_shared_data_twice_and_makes_no_other_host_call_but_the_header_wri
         "hit counts wait for the batch"
     );
 }
+
+#[test]
+fn the_remembered_app_key_digest_is_only_reused_for_the_same_key() {
+    use crate::config::Secret;
+    let worker = Worker::default();
+    let right = Secret::new(KEY);
+    assert_eq!(worker.key_digest(&right), cache::key_digest(KEY));
+    assert_eq!(worker.key_digest(&right), cache::key_digest(KEY));
+    let wrong = Secret::new("ask_right-kez");
+    assert_eq!(
+        worker.key_digest(&wrong),
+        cache::key_digest("ask_right-kez")
+    );
+    assert_ne!(cache::key_digest("ask_right-kez"), cache::key_digest(KEY));
+    assert_eq!(worker.key_digest(&right), cache::key_digest(KEY));
+    let digest = cache::key_digest(KEY);
+    for (cluster, app) in [
+        ("ts", APP),
+        ("ts", APP),
+        ("ts", "app_2"),
+        ("other", "app_2"),
+    ] {
+        let (got, name) = worker.key_check(cluster, app, &right);
+        assert_eq!(got, digest);
+        assert_eq!(
+            &*name,
+            cache::key_check_name(cluster, app, &digest),
+            "{cluster} {app}"
+        );
+    }
+    let (got, name) = worker.key_check("ts", APP, &wrong);
+    assert_eq!(got, cache::key_digest("ask_right-kez"));
+    assert_eq!(
+        &*name,
+        cache::key_check_name("ts", APP, &cache::key_digest("ask_right-kez"))
+    );
+    assert!(!format!("{worker:?}").contains(KEY), "never printed");
+}
+
+#[test]
+fn a_failed_lookup_serves_the_cached_token_until_its_real_expiry_never_after() {
+    let bench = Bench::new(gateway());
+    bench.call(2, "alice", KEY);
+    bench.answer_last(Some(200), &token_answer(Some(NOW + 3600)));
+    // Past max_cache_ttl (5 min): a miss, and the token service times out.
+    bench.host.set_now(NOW + 301);
+    assert_eq!(bench.call(3, "alice", KEY), Verdict::Pause);
+    assert_eq!(bench.call(4, "alice", KEY), Verdict::Pause, "joins");
+    bench.answer_last(None, "");
+    for stream in [3, 4] {
+        assert_stamped(&bench, stream, "Bearer xoxb-secret");
+        assert_eq!(bench.host.resumed(stream), 1);
+    }
+    assert_eq!(bench.host.metric(metrics::STALE_SERVED), 2);
+    // Failing answers of every kind of outage, and an unreachable service.
+    for (stream, status, body) in [
+        (5, Some(503), "upstream connect error".to_string()),
+        (6, Some(503), error_json("storage_unavailable", "db down")),
+        (7, Some(200), "{garbage".to_string()),
+    ] {
+        assert_eq!(bench.call(stream, "alice", KEY), Verdict::Pause);
+        bench.answer_last(status, &body);
+        assert_stamped(&bench, stream, "Bearer xoxb-secret");
+    }
+    bench.host.set_fail_dispatch(true);
+    assert_eq!(bench.call(8, "alice", KEY), Verdict::Continue);
+    assert_stamped(&bench, 8, "Bearer xoxb-secret");
+    bench.host.set_fail_dispatch(false);
+    assert_eq!(bench.host.metric(metrics::STALE_SERVED), 6);
+    // An answer that is the service's verdict is not an outage.
+    assert_eq!(bench.call(9, "alice", KEY), Verdict::Pause);
+    bench.answer_last(Some(404), &error_json("not_connected", "gone"));
+    assert_eq!(bench.reply_of(9).1, ErrorCode::NotConnected);
+    // At the token's expiry: no stale token any more.
+    bench.host.set_now(NOW + 3600);
+    assert_eq!(bench.call(10, "alice", KEY), Verdict::Pause);
+    bench.answer_last(None, "");
+    assert_eq!(bench.reply_of(10).1, ErrorCode::TokenServiceUnavailable);
+    assert_eq!(bench.host.header(10, "authorization"), None);
+    assert_eq!(bench.host.metric(metrics::STALE_SERVED), 6);
+}
+
+#[test]
+fn no_stale_token_without_a_known_expiry_for_a_refused_key_or_another_key() {
+    let bench = Bench::new(gateway());
+    bench.call(2, "alice", KEY);
+    bench.answer_last(Some(200), &token_answer(None));
+    bench.call(3, "bob", KEY);
+    bench.answer_last(Some(200), &token_answer(Some(NOW + 3600)));
+    bench.host.set_now(NOW + 301);
+    // alice's token has no known expiry.
+    bench.call(4, "alice", KEY);
+    bench.answer_last(None, "");
+    assert_eq!(bench.reply_of(4).1, ErrorCode::TokenServiceUnavailable);
+    // Another app key never gets bob's token.
+    bench.call(5, "bob", "ask_other-key");
+    bench.answer_last(None, "");
+    assert_eq!(bench.reply_of(5).1, ErrorCode::TokenServiceUnavailable);
+    // The key refused: never served, not even stale.
+    bench.call(6, "bob", KEY);
+    bench.answer_last(Some(401), &error_json("bad_app_key", "revoked"));
+    bench.call(7, "bob", KEY);
+    bench.answer_last(None, "");
+    assert_eq!(bench.reply_of(7).1, ErrorCode::TokenServiceUnavailable);
+    assert_eq!(bench.host.metric(metrics::STALE_SERVED), 0);
+}
+
+#[test]
+fn a_forced_refresh_that_times_out_never_serves_the_refused_token() {
+    let bench = Bench::new(gateway());
+    bench.call(2, "alice", KEY);
+    bench.answer_last(Some(200), &token_answer(Some(NOW + 3600)));
+    bench.response_arrives(2, 401);
+    bench.call(3, "alice", KEY);
+    bench.tick();
+    let forced: TokenLookupRequest =
+        serde_json::from_slice(&bench.host.dispatches().last().unwrap().body).unwrap();
+    assert!(forced.force_refresh);
+    bench.answer_last(None, "");
+    assert_eq!(bench.reply_of(3).1, ErrorCode::TokenServiceUnavailable);
+    assert_eq!(bench.host.header(3, "authorization"), None);
+    assert_eq!(bench.host.metric(metrics::STALE_SERVED), 0);
+}
