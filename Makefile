@@ -28,6 +28,7 @@ help:
 	@echo "make wasm-sha256         the filter's sha256, for an Istio WasmPlugin"
 	@echo "make fuzz                every fuzz target for FUZZ_SECONDS (nightly + cargo-fuzz)"
 	@echo "make test-faults         the fault suite alone (database outage, hanging provider, crash mid-webhook)"
+	@echo "make soak                SOAK_SECONDS (300) of bounded load with token churn: 0 failures, flat memory"
 
 build: wasm service
 
@@ -108,8 +109,16 @@ wasm-sha256: wasm
 # rotating refreshes, a hanging provider, a crash in the middle of a webhook
 # delivery (tests/tests/faults.rs).
 .PHONY: test-faults
+# Bounded load through Envoy with token churn; memory must stay flat.
+.PHONY: soak
+SOAK_SECONDS ?= 300
+soak: build envoy
+	SOAK_SECONDS=$(SOAK_SECONDS) cargo test -p authstamp-e2e --test soak -- --nocapture
+
+# The database outages of the journal tests last 60 s here (15 s in `make test`).
+FAULTS_OUTAGE_SECS ?= 60
 test-faults: build envoy
-	cargo test -p authstamp-e2e --test faults -- --nocapture
+	AUTHSTAMP_FAULTS_OUTAGE_SECS=$(FAULTS_OUTAGE_SECS) cargo test -p authstamp-e2e --test faults -- --nocapture
 
 # Token service benchmark (issue 3): lookups on SQLite and PostgreSQL with
 # 1,000 and 1,000,000 connections; target/bench/service.{json,md}.

@@ -280,3 +280,184 @@ async fn a_webhook_event_survives_a_crash_in_the_middle_of_its_delivery() {
         secret, &delivered
     ));
 }
+
+/// How long the database outages of the journal tests last:
+/// `AUTHSTAMP_FAULTS_OUTAGE_SECS` (`make test-faults`: 60), else 15 s.
+fn outage() -> Duration {
+    let secs = std::env::var("AUTHSTAMP_FAULTS_OUTAGE_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(15);
+    Duration::from_secs(secs)
+}
+
+const JOURNALLED_USERS: usize = 20;
+
+/// PostgreSQL goes away while 20 refreshes are in flight at a provider that
+/// rotates refresh tokens and detects their reuse. Every caller is served
+/// its new token during the outage (journalled first: sealed, never the
+/// token in plaintext, 0600); after the outage every journalled token is in
+/// the database, on this replica (`kill: false`) or, after a SIGKILL during
+/// the outage, on the restarted one; no connection is lost and the
+/// provider never saw a refresh token twice.
+async fn journalled_refreshes_survive(test_name: &str, kill: bool) {
+    let mut replicas = Replicas::start(test_name, 1, true, &["--background-interval", "0s"]).await;
+    let cut = replicas.cut_database().await;
+    let mut index = replicas.add_replica(&[]);
+    let users: Vec<String> = (0..JOURNALLED_USERS)
+        .map(|i| format!("journalled-{i}"))
+        .collect();
+    replicas
+        .set_quirks(json!({"rotate_refresh_tokens": true}))
+        .await;
+    for user in &users {
+        replicas.connect_user_expiring(user, 1).await;
+    }
+    // The tokens expire; the provider rotates at once and answers 1.5 s later.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    replicas
+        .set_quirks(json!({"token_delay_ms": 1500, "delay_after_issuing": true}))
+        .await;
+    let calls_before = replicas.refresh_calls().await;
+    let in_flight: Vec<_> = users
+        .iter()
+        .map(|user| {
+            let http = replicas.http.clone();
+            let url = replicas.filter_urls[index].clone();
+            let (app_id, app_key) = (replicas.app_id.clone(), replicas.app_key.clone());
+            let user = user.clone();
+            tokio::spawn(async move {
+                authstamp_e2e::replicas::lookup_at(&http, &url, &app_id, &app_key, &user).await
+            })
+        })
+        .collect();
+    replicas
+        .wait_for_refresh_calls(
+            calls_before + JOURNALLED_USERS as u64,
+            Duration::from_secs(10),
+        )
+        .await;
+    cut.cut();
+    let outage_began = Instant::now();
+
+    // Every caller gets its new token, although the database is away.
+    let mut served = Vec::new();
+    for lookup in in_flight {
+        let (status, body) = lookup.await.expect("lookup task");
+        assert_eq!(status, StatusCode::OK, "{body}");
+        served.push(token(&body));
+    }
+    let journal_path = replicas.data_dir.join("token-journal.jsonl");
+    let journal = std::fs::read_to_string(&journal_path).expect("the journal");
+    assert_eq!(journal.lines().count(), JOURNALLED_USERS, "{journal}");
+    for token in &served {
+        let raw = token.trim_start_matches("Bearer ");
+        assert!(
+            !raw.is_empty() && !journal.contains(raw),
+            "a plaintext token in the journal"
+        );
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&journal_path)
+            .expect("journal")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let metrics = replicas.metrics(index).await;
+    assert_eq!(
+        metric(&metrics, "authstamp_token_journal_appends_total"),
+        JOURNALLED_USERS as u64,
+        "{metrics}"
+    );
+    eprintln!(
+        "{JOURNALLED_USERS} callers served and journalled {:?} into the outage",
+        outage_began.elapsed()
+    );
+    if kill {
+        replicas.services[index].kill(); // SIGKILL: only the journal remains
+    }
+
+    // The outage (the fault under test, not a wait for readiness).
+    tokio::time::sleep(outage().saturating_sub(outage_began.elapsed())).await;
+    cut.restore();
+    let restored = Instant::now();
+    if kill {
+        // The journal is replayed before the new process announces itself.
+        index = replicas.add_replica(&[]);
+        let metrics = replicas.metrics(index).await;
+        assert_eq!(
+            metric(&metrics, "authstamp_token_journal_replayed_total"),
+            JOURNALLED_USERS as u64,
+            "{metrics}"
+        );
+        assert_eq!(
+            metric(&metrics, "authstamp_token_journal_stored_total"),
+            JOURNALLED_USERS as u64,
+            "{metrics}"
+        );
+        assert!(
+            replicas.all_output().contains("replayed the token journal"),
+            "the replay is logged"
+        );
+    } else {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let metrics = replicas.metrics(index).await;
+            if metric(&metrics, "authstamp_token_journal_stored_total") == JOURNALLED_USERS as u64 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "journalled tokens not stored after the outage:\n{metrics}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let stored_after = restored.elapsed();
+    eprintln!(
+        "outage {:?}; all {JOURNALLED_USERS} journalled tokens stored {stored_after:?} after it ended{}",
+        outage(),
+        if kill { " (SIGKILL, restart, replay)" } else { "" }
+    );
+    assert!(
+        !journal_path.exists(),
+        "the journal is removed once everything is stored"
+    );
+    if !kill {
+        assert!(stored_after < Duration::from_secs(2), "{stored_after:?}");
+    }
+
+    // 0 connections lost: each serves the token handed out in the outage.
+    replicas.set_quirks(json!({"token_delay_ms": 0})).await;
+    for (user, served) in users.iter().zip(&served) {
+        let view = replicas.connection(index, user).await;
+        assert_eq!(view["status"], "active", "{user}: {view}");
+        assert_eq!(view["failure_count"], 0, "{user}: {view}");
+        let (status, body) = replicas.lookup(index, user).await;
+        assert_eq!(status, StatusCode::OK, "{user}: {body}");
+        assert_eq!(&token(&body), served, "{user}: the journalled token");
+    }
+    let stats = replicas.standin_stats().await;
+    assert_eq!(
+        stats["token_calls"]["refresh_token"].as_u64(),
+        Some(calls_before + JOURNALLED_USERS as u64),
+        "one refresh per connection: {stats}"
+    );
+    assert_eq!(
+        stats["families_revoked"], 0,
+        "no refresh token reused: {stats}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_database_outage_loses_none_of_20_rotating_refreshes() {
+    journalled_refreshes_survive("faults_journal", false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn journalled_refreshes_survive_a_sigkill_during_the_outage() {
+    journalled_refreshes_survive("faults_journal_kill", true).await;
+}

@@ -82,7 +82,13 @@ pub async fn lookup(
     let policy = state.policy.with(&provider.policy);
     let params = connection.params.clone();
     let now = db::now();
-    let served = if request.force_refresh {
+    let journalled = (!request.force_refresh)
+        .then(|| refresh::journalled(state, &connection, &policy, now))
+        .flatten();
+    let served = if let Some(served) = journalled {
+        // Refreshed while the database was away, not written yet.
+        served?
+    } else if request.force_refresh {
         refresh::refresh(state, &provider, connection, Need::Force).await?
     } else if refresh::is_due(&connection, &policy, now) || !connection.is_valid_at(now) {
         refresh::refresh(state, &provider, connection, Need::Due).await?
