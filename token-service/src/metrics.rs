@@ -309,7 +309,7 @@ impl Metrics {
             ),
             (
                 "authstamp_provider_probes_total",
-                "Refreshes sent during a cooldown to learn whether the provider is back (one per provider per 2 s).",
+                "Refreshes sent during a cooldown to learn whether the provider is back (one per provider per 500 ms).",
                 &self.provider_probes,
             ),
             (

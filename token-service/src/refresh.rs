@@ -45,8 +45,8 @@ use std::time::{Duration, Instant};
 pub const DEFAULT_VALID_TOKEN_MAX_WAIT: Duration = Duration::from_millis(250);
 /// While a provider's connections cool down after failures, one refresh
 /// attempt per this interval (per provider, per replica) goes to it anyway:
-/// a healed provider is noticed within seconds, not after the cooldown.
-pub const PROBE_INTERVAL: Duration = Duration::from_secs(2);
+/// a healed provider is noticed within a second, not after the cooldown.
+pub const PROBE_INTERVAL: Duration = Duration::from_millis(500);
 /// A permanent refusal while the access token still works is confirmed by
 /// one more attempt this many seconds later before the user must reconnect.
 const CONFIRM_AFTER_SECS: i64 = 2;
@@ -55,7 +55,7 @@ const CONFIRM_AFTER_SECS: i64 = 2;
 pub const UNCONFIRMED: &str = "unconfirmed ";
 /// Retry delays of a write of refreshed tokens while the database is away.
 const STORE_RETRY_FIRST: Duration = Duration::from_millis(200);
-const STORE_RETRY_MAX: Duration = Duration::from_secs(1);
+const STORE_RETRY_MAX: Duration = Duration::from_millis(500);
 const FIRST_BACKOFF: Duration = Duration::from_millis(5);
 const MAX_BACKOFF: Duration = Duration::from_millis(200);
 
@@ -636,8 +636,8 @@ async fn settle(state: &AppState, key: &ConnKey, base_version: i64) {
     }
 }
 
-/// A task writing a journalled entry until the database takes it (200 ms
-/// doubling to 1 s between attempts), holding `local`.
+/// A task writing a journalled entry until the database takes it (200 ms,
+/// then every 500 ms), holding `local`.
 async fn hold_until_stored(
     state: &AppState,
     entry: Entry,
