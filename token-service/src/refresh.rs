@@ -281,7 +281,13 @@ async fn run(
             return serve(state, &current, &policy);
         }
         let cooling = current.retry_at.is_some_and(|at| at > now);
-        if cooling && state.provider_probes.take(&key.app_id, &key.provider) {
+        // An unconfirmed refusal is confirmed after its own delay, not by a
+        // probe: a glitch shorter than that costs no reconnect.
+        let unconfirmed = current
+            .last_refresh_error
+            .as_deref()
+            .is_some_and(|e| e.starts_with(UNCONFIRMED));
+        if cooling && !unconfirmed && state.provider_probes.take(&key.app_id, &key.provider) {
             // This attempt tells whether the provider is back; a success
             // ends the cooldown of all its connections.
             state.metrics.provider_probe();
