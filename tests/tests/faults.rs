@@ -606,3 +606,104 @@ async fn provider_faults_fail_only_users_without_a_valid_token_and_heal_within_a
         recovered_before = recovered;
     }
 }
+
+/// Two replicas on PostgreSQL under token churn (every token lives 2 s, the
+/// provider rotates refresh tokens and detects reuse), lookups alternating
+/// between them, while PostgreSQL ends every client connection twice (what
+/// clients see of a restart). Passes with 0 failed lookups, every provider
+/// refresh stored exactly once, no refresh token used twice and every
+/// connection active.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_under_token_churn_and_postgres_restarts_fail_nothing() {
+    let replicas = Replicas::start("faults_churn", 2, true, &["--background-interval", "0s"]).await;
+    replicas
+        .set_quirks(json!({"rotate_refresh_tokens": true}))
+        .await;
+    let users: Vec<String> = (0..8).map(|i| format!("churn-{i}")).collect();
+    for user in &users {
+        replicas.connect_user_expiring(user, 2).await;
+    }
+    replicas
+        .set_quirks(json!({"access_token_ttl_secs": 2}))
+        .await;
+    let calls_before = replicas.refresh_calls().await;
+    let run = Duration::from_secs(8);
+    let started = Instant::now();
+    let workers: Vec<_> = users
+        .iter()
+        .enumerate()
+        .map(|(i, user)| {
+            let http = replicas.http.clone();
+            let urls = replicas.filter_urls.clone();
+            let (app_id, app_key) = (replicas.app_id.clone(), replicas.app_key.clone());
+            let user = user.clone();
+            tokio::spawn(async move {
+                let (mut ok, mut failed) = (0u64, Vec::new());
+                let mut n = i;
+                while started.elapsed() < run {
+                    let url = &urls[n % urls.len()];
+                    n += 1;
+                    let (status, body) =
+                        authstamp_e2e::replicas::lookup_at(&http, url, &app_id, &app_key, &user)
+                            .await;
+                    if status == StatusCode::OK {
+                        ok += 1;
+                    } else {
+                        failed.push(format!("{status} {body}"));
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    let pg = replicas.postgres.as_ref().expect("postgres");
+    let database = replicas
+        .database_url
+        .as_deref()
+        .and_then(|u| u.rsplit('/').next())
+        .expect("database name")
+        .to_owned();
+    for at in [Duration::from_secs(3), Duration::from_secs(6)] {
+        tokio::time::sleep(at.saturating_sub(started.elapsed())).await;
+        let ended = pg.psql(
+            "postgres",
+            &format!(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                 WHERE datname = '{database}'"
+            ),
+        );
+        eprintln!("PostgreSQL ended {} client connections", ended.trim());
+    }
+    let (mut ok, mut failed) = (0, Vec::new());
+    for worker in workers {
+        let (o, f) = worker.await.expect("worker");
+        ok += o;
+        failed.extend(f);
+    }
+    let refreshes = replicas.refresh_calls().await - calls_before;
+    let mut stored = 0;
+    for index in 0..2 {
+        let metrics = replicas.metrics(index).await;
+        stored += metric(&metrics, "authstamp_refreshes_total{outcome=\"ok\"}");
+    }
+    let stats = replicas.standin_stats().await;
+    eprintln!(
+        "two replicas, {} users, 2 s tokens, {run:?}: {ok} lookups ok, {} failed; \
+         {refreshes} provider refreshes, {stored} stored; {} families revoked",
+        users.len(),
+        failed.len(),
+        stats["families_revoked"]
+    );
+    assert!(failed.is_empty(), "failed lookups: {failed:?}");
+    assert!(refreshes >= users.len() as u64 * 2, "the tokens churned");
+    assert_eq!(refreshes, stored, "every provider refresh stored once");
+    assert_eq!(
+        stats["families_revoked"], 0,
+        "no refresh token reused: {stats}"
+    );
+    for user in &users {
+        let view = replicas.connection(0, user).await;
+        assert_eq!(view["status"], "active", "{user}: {view}");
+    }
+}

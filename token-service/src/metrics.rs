@@ -64,6 +64,7 @@ pub struct Metrics {
     recoveries: AtomicU64,
     stores_retried: AtomicU64,
     journalled: AtomicU64,
+    lookups_retried: AtomicU64,
     journal_replayed: AtomicU64,
     journal_stored: AtomicU64,
     journal_superseded: AtomicU64,
@@ -173,6 +174,11 @@ impl Metrics {
         inc(&self.stores_retried);
     }
 
+    /// A lookup failed fast on storage (a connection the server ended) and is retried.
+    pub fn lookup_retried(&self) {
+        inc(&self.lookups_retried);
+    }
+
     /// Refreshed tokens the database could not take were journalled.
     pub fn journalled(&self) {
         inc(&self.journalled);
@@ -251,7 +257,12 @@ impl Metrics {
                 load(&self.refreshes[outcome as usize])
             );
         }
-        let counters: [(&str, &str, &AtomicU64); 16] = [
+        let counters: [(&str, &str, &AtomicU64); 17] = [
+            (
+                "authstamp_token_lookups_retried_total",
+                "Lookup retries on the next database connection after a fast storage failure (a connection the server ended).",
+                &self.lookups_retried,
+            ),
             (
                 "authstamp_token_journal_appends_total",
                 "Refreshed tokens journalled (sealed, fsynced) because the database could not take them.",
