@@ -5,8 +5,8 @@
 //! and the token service flat within 10 % after the warm-up (the first
 //! quarter). Prints the figures.
 
-use authstamp_e2e::stack::{Stack, StackOptions};
-use reqwest::{Method, StatusCode};
+use authstamp_e2e::stack::{Stack, StackOptions, PROVIDER};
+use reqwest::StatusCode;
 use serde_json::{json, Value};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -29,16 +29,14 @@ async fn a_soak_under_token_churn_has_no_failures_and_flat_memory() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(20);
-    let stack = Arc::new(
-        Stack::start(
-            "soak",
-            StackOptions {
-                envoy_concurrency: 2,
-                ..StackOptions::default()
-            },
-        )
-        .await,
-    );
+    let stack = Stack::start(
+        "soak",
+        StackOptions {
+            envoy_concurrency: 2,
+            ..StackOptions::default()
+        },
+    )
+    .await;
     // 6 s tokens: due for a refresh after half their lifetime.
     stack
         .set_quirks(json!({"rotate_refresh_tokens": true, "access_token_ttl_secs": 6}))
@@ -53,12 +51,22 @@ async fn a_soak_under_token_churn_has_no_failures_and_flat_memory() {
     let workers: Vec<_> = users
         .iter()
         .map(|user| {
-            let (stack, tally, user) = (stack.clone(), tally.clone(), user.clone());
+            let (tally, user) = (tally.clone(), user.clone());
+            let http = stack.http.clone();
+            let url = format!("{}/api/me", stack.envoy_url);
+            let (app_id, app_key) = (stack.app_id.clone(), stack.app_key.clone());
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(PER_USER_INTERVAL);
                 while started.elapsed() < run {
                     tick.tick().await;
-                    let response = stack.call(Method::GET, "/api/me", &user).send().await;
+                    let response = http
+                        .get(&url)
+                        .header("x-authstamp-provider", PROVIDER)
+                        .header("x-authstamp-user", &user)
+                        .header("x-authstamp-app", &app_id)
+                        .header("x-authstamp-app-key", &app_key)
+                        .send()
+                        .await;
                     let echo = match response {
                         Ok(r) if r.status() == StatusCode::OK => r.json::<Value>().await.ok(),
                         Ok(r) => {
