@@ -155,7 +155,7 @@ impl Journal {
             }
         }
         let mut left: Vec<Entry> = pending.values().cloned().collect();
-        left.sort_by(|a, b| a.issued_at.cmp(&b.issued_at));
+        left.sort_by_key(|e| e.issued_at);
         Ok((
             Self {
                 path: Some(path),
