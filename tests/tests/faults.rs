@@ -707,3 +707,45 @@ async fn two_replicas_under_token_churn_and_postgres_restarts_fail_nothing() {
         assert_eq!(view["status"], "active", "{user}: {view}");
     }
 }
+
+/// Envoy is killed and started again: every user's next request through
+/// the new Envoy is stamped with that user's token, at once (its cache is
+/// empty; the token service answers from its store, no provider refresh).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_an_envoy_restart_every_user_is_served_at_once() {
+    use authstamp_e2e::stack::{Stack, StackOptions};
+    let mut stack = Stack::start("faults_envoy_restart", StackOptions::default()).await;
+    let users = ["envoy-a", "envoy-b", "envoy-c"];
+    for user in users {
+        stack.connect_user(user).await;
+    }
+    async fn me(stack: &Stack, user: &str) -> Value {
+        let response = stack
+            .call(reqwest::Method::GET, "/api/me", user)
+            .send()
+            .await
+            .expect("request through Envoy");
+        assert_eq!(response.status(), StatusCode::OK, "{user}");
+        response.json().await.expect("echo json")
+    }
+    for user in users {
+        assert_eq!(me(&stack, user).await["user"], user);
+    }
+    let refreshes = stack.refresh_calls().await;
+    stack.restart_envoy(1).await;
+    let ready = Instant::now();
+    for user in users {
+        assert_eq!(me(&stack, user).await["user"], user, "the right user");
+    }
+    let all_served = ready.elapsed();
+    eprintln!(
+        "after an Envoy restart: {} users served {all_served:?} after it was ready",
+        users.len()
+    );
+    assert!(all_served < Duration::from_secs(1), "{all_served:?}");
+    assert_eq!(
+        stack.refresh_calls().await,
+        refreshes,
+        "no provider refresh"
+    );
+}
