@@ -27,7 +27,7 @@ help:
 	@echo "make test-envoy-matrix   the end-to-end smoke suite on Envoy $(ENVOY_MATRIX)"
 	@echo "make wasm-sha256         the filter's sha256, for an Istio WasmPlugin"
 	@echo "make fuzz                every fuzz target for FUZZ_SECONDS (nightly + cargo-fuzz)"
-	@echo "make test-faults         the fault suite alone (database outage, hanging provider, crash mid-webhook)"
+	@echo "make test-faults         the fault suite alone, 60 s database outages (FAULTS_OUTAGE_SECS): journal, provider faults, restarts, churn"
 	@echo "make soak                SOAK_SECONDS (300) of bounded load with token churn: 0 failures, flat memory"
 
 build: wasm service
