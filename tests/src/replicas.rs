@@ -287,6 +287,33 @@ impl Replicas {
         assert!(response.status().is_success());
     }
 
+    /// The stand-in's counters (`GET /_standin/stats`).
+    pub async fn standin_stats(&self) -> Value {
+        self.http
+            .get(format!("{}/_standin/stats", self.standin_url))
+            .send()
+            .await
+            .expect("stats")
+            .json()
+            .await
+            .expect("stats json")
+    }
+
+    /// Replicas started from now on reach PostgreSQL through a
+    /// [`TcpCut`](crate::tcp_cut::TcpCut): a database outage on demand.
+    pub async fn cut_database(&mut self) -> crate::tcp_cut::TcpCut {
+        let url = self.database_url.clone().expect("postgres");
+        let authority = url
+            .split('@')
+            .nth(1)
+            .and_then(|rest| rest.split('/').next())
+            .expect("host:port in the database URL")
+            .to_owned();
+        let cut = crate::tcp_cut::TcpCut::start(&authority).await;
+        self.database_url = Some(url.replacen(&authority, &cut.addr, 1));
+        cut
+    }
+
     pub async fn refresh_calls(&self) -> u64 {
         let stats: Value = self
             .http

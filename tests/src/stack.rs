@@ -129,6 +129,22 @@ impl Stack {
         stack
     }
 
+    /// Kills Envoy and starts it again (`concurrency` workers, new ports).
+    pub async fn restart_envoy(&mut self, concurrency: u32) {
+        self.envoy.kill();
+        let envoy = Envoy::start_with_workers(
+            &self.log_dir,
+            "envoy-restarted",
+            &local_bootstrap(&self.filter_url),
+            &[],
+            concurrency,
+        )
+        .await;
+        self.envoy_url = envoy.listener("authstamp_egress").to_string();
+        self.envoy_admin_url = envoy.admin_url;
+        self.envoy = envoy.process;
+    }
+
     pub fn admin(&self, method: Method, path: &str) -> RequestBuilder {
         self.http
             .request(method, format!("{}{path}", self.service_url))

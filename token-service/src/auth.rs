@@ -10,6 +10,7 @@ use authstamp_protocol::{headers, ErrorCode};
 use axum::extract::{FromRequestParts, Request, State};
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
+use axum::http::HeaderMap;
 use axum::middleware::Next;
 use axum::response::{IntoResponse as _, Response};
 
@@ -94,9 +95,8 @@ pub async fn require_filter(
 #[derive(Debug)]
 pub struct AppAuth(pub AppRecord);
 
-fn required_header<'a>(parts: &'a Parts, name: &str) -> Result<&'a str, ApiError> {
-    parts
-        .headers
+fn required_header<'a>(headers: &'a HeaderMap, name: &str) -> Result<&'a str, ApiError> {
+    headers
         .get(name)
         .map(|v| v.to_str().map(str::trim))
         .transpose()
@@ -109,8 +109,15 @@ impl FromRequestParts<AppState> for AppAuth {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let app_id = required_header(parts, headers::APP)?;
-        let key = required_header(parts, headers::APP_KEY)?;
+        Self::of(&parts.headers, state).await
+    }
+}
+
+impl AppAuth {
+    /// The app the request's `x-authstamp-app` and `x-authstamp-app-key` prove.
+    pub async fn of(request_headers: &HeaderMap, state: &AppState) -> Result<Self, ApiError> {
+        let app_id = required_header(request_headers, headers::APP)?;
+        let key = required_header(request_headers, headers::APP_KEY)?;
         let app = apps::get(&state.db, app_id)
             .await?
             .ok_or_else(|| ApiError::new(ErrorCode::UnknownApp, "unknown app"))?;

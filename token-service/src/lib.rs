@@ -20,6 +20,7 @@ pub mod error;
 pub mod files;
 pub mod filter_tls;
 pub mod html;
+pub mod journal;
 pub mod keys;
 pub mod lifecycle;
 pub mod logging;
@@ -83,6 +84,10 @@ pub struct Inner {
     pub valid_token_max_wait: Duration,
     pub lease_owners: LeaseOwners,
     pub provider_probes: refresh::ProviderProbes,
+    /// When each failing connection's failures began (time to recover).
+    pub failing_since: refresh::FailingSince,
+    /// Refreshed tokens the database could not take yet.
+    pub journal: journal::Journal,
     /// Held by every running refresh task; shutdown waits for them.
     pub refresh_tasks: Arc<tokio::sync::Semaphore>,
     pub background: BackgroundOptions,
@@ -158,6 +163,8 @@ pub struct StateOptions {
     pub background: BackgroundOptions,
     pub connect_session_ttl: Duration,
     pub rate_limits: ratelimit::RateLimits,
+    /// The token journal (`serve`: in the data directory); `None`: memory only.
+    pub journal: Option<journal::Journal>,
 }
 
 impl StateOptions {
@@ -179,6 +186,7 @@ impl StateOptions {
             },
             connect_session_ttl: Duration::from_secs(600),
             rate_limits: ratelimit::RateLimits::default(),
+            journal: None,
         }
     }
 }
@@ -211,6 +219,8 @@ impl AppState {
             valid_token_max_wait: options.valid_token_max_wait,
             lease_owners: LeaseOwners::new(),
             provider_probes: refresh::ProviderProbes::default(),
+            failing_since: refresh::FailingSince::default(),
+            journal: options.journal.unwrap_or_else(journal::Journal::in_memory),
             refresh_tasks: Arc::new(tokio::sync::Semaphore::new(MAX_REFRESH_TASKS as usize)),
             background: options.background,
             connect_session_ttl: options.connect_session_ttl,

@@ -19,24 +19,40 @@ use authstamp_protocol::{
     ErrorCode, StampHeader, TokenLookupRequest, TokenLookupResponse, Upstream,
 };
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use std::time::Instant;
 use url::Url;
 
+/// Storage failures within this time of the request are broken pooled
+/// connections, worth a retry on the next one (at most [`FAST_RETRIES`]).
+const FAST_FAILURE: std::time::Duration = std::time::Duration::from_millis(250);
+const FAST_RETRIES: usize = 16;
+
 pub async fn handler(
     State(state): State<AppState>,
-    app: Result<AppAuth, ApiError>,
+    request_headers: HeaderMap,
     body: Result<ApiJson<TokenLookupRequest>, ApiError>,
 ) -> Response {
     let started = Instant::now();
-    let result = match (app, body) {
-        (Ok(AppAuth(app)), Ok(ApiJson(request))) => match state.limits.lookups.check(&app.app_id) {
-            Ok(()) => lookup(&state, &app.app_id, &request).await,
-            Err(wait) => Err(ApiError::rate_limited("token lookups", wait)),
-        },
-        (Err(err), _) | (_, Err(err)) => Err(err),
-    };
+    // Pooled connections the server ended (a restart, a failover) each fail
+    // their next query at once: retried on the next connection while the
+    // failures stay that fast. An unreachable database fails slowly (the
+    // acquire timeout) and is not retried.
+    let mut result = authenticated_lookup(&state, &request_headers, &body).await;
+    for _ in 0..FAST_RETRIES {
+        match &result {
+            Err(err)
+                if err.code() == ErrorCode::StorageUnavailable
+                    && started.elapsed() < FAST_FAILURE =>
+            {
+                state.metrics.lookup_retried();
+                result = authenticated_lookup(&state, &request_headers, &body).await;
+            }
+            _ => break,
+        }
+    }
     state.metrics.lookup(
         result.as_ref().map(|_| ()).map_err(ApiError::code),
         started.elapsed(),
@@ -45,6 +61,21 @@ pub async fn handler(
         Ok(answer) => Json(answer).into_response(),
         Err(err) => err.into_response(),
     }
+}
+
+async fn authenticated_lookup(
+    state: &AppState,
+    request_headers: &HeaderMap,
+    body: &Result<ApiJson<TokenLookupRequest>, ApiError>,
+) -> Result<TokenLookupResponse, ApiError> {
+    let AppAuth(app) = AppAuth::of(request_headers, state).await?;
+    let ApiJson(request) = body.as_ref().map_err(Clone::clone)?;
+    state
+        .limits
+        .lookups
+        .check(&app.app_id)
+        .map_err(|wait| ApiError::rate_limited("token lookups", wait))?;
+    lookup(state, &app.app_id, request).await
 }
 
 pub async fn lookup(
@@ -82,7 +113,13 @@ pub async fn lookup(
     let policy = state.policy.with(&provider.policy);
     let params = connection.params.clone();
     let now = db::now();
-    let served = if request.force_refresh {
+    let journalled = (!request.force_refresh)
+        .then(|| refresh::journalled(state, &connection, &policy, now))
+        .flatten();
+    let served = if let Some(served) = journalled {
+        // Refreshed while the database was away, not written yet.
+        served?
+    } else if request.force_refresh {
         refresh::refresh(state, &provider, connection, Need::Force).await?
     } else if refresh::is_due(&connection, &policy, now) || !connection.is_valid_at(now) {
         refresh::refresh(state, &provider, connection, Need::Due).await?

@@ -11,6 +11,9 @@ const LOOKUP_BUCKETS: [f64; 11] = [
     0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
 ];
 
+/// Seconds from a connection's first transient refresh failure to its next success.
+const RECOVER_BUCKETS: [f64; 10] = [1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0];
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RefreshOutcome {
     Ok,
@@ -73,6 +76,14 @@ pub struct Metrics {
     provider_probes: AtomicU64,
     recoveries: AtomicU64,
     stores_retried: AtomicU64,
+    journalled: AtomicU64,
+    lookups_retried: AtomicU64,
+    journal_replayed: AtomicU64,
+    journal_stored: AtomicU64,
+    journal_superseded: AtomicU64,
+    recover_buckets: [AtomicU64; RECOVER_BUCKETS.len()],
+    recover_count: AtomicU64,
+    recover_sum_millis: AtomicU64,
     forced_refreshes: AtomicU64,
     forced_refreshes_refused: AtomicU64,
     provider_calls: [AtomicU64; 2],
@@ -176,6 +187,44 @@ impl Metrics {
         inc(&self.stores_retried);
     }
 
+    /// A lookup failed fast on storage (a connection the server ended) and is retried.
+    pub fn lookup_retried(&self) {
+        inc(&self.lookups_retried);
+    }
+
+    /// Refreshed tokens the database could not take were journalled.
+    pub fn journalled(&self) {
+        inc(&self.journalled);
+    }
+
+    /// Entries left by a previous process were replayed at start.
+    pub fn journal_replayed(&self, n: usize) {
+        self.journal_replayed
+            .fetch_add(u64::try_from(n).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+
+    /// A journal entry was settled: written (`stored`), or dropped for newer tokens.
+    pub fn journal_stored(&self, stored: bool) {
+        inc(if stored {
+            &self.journal_stored
+        } else {
+            &self.journal_superseded
+        });
+    }
+
+    /// A connection refreshed again `failing_for` after its first transient failure.
+    pub fn time_to_recover(&self, failing_for: Duration) {
+        let secs = failing_for.as_secs_f64();
+        for (bucket, bound) in self.recover_buckets.iter().zip(RECOVER_BUCKETS) {
+            if secs <= bound {
+                inc(bucket);
+            }
+        }
+        inc(&self.recover_count);
+        let millis = u64::try_from(failing_for.as_millis()).unwrap_or(u64::MAX);
+        self.recover_sum_millis.fetch_add(millis, Ordering::Relaxed);
+    }
+
     pub fn refreshes(&self, outcome: RefreshOutcome) -> u64 {
         self.refreshes[outcome as usize].load(Ordering::Relaxed)
     }
@@ -221,7 +270,32 @@ impl Metrics {
                 load(&self.refreshes[outcome as usize])
             );
         }
-        let counters: [(&str, &str, &AtomicU64); 12] = [
+        let counters: [(&str, &str, &AtomicU64); 17] = [
+            (
+                "authstamp_token_lookups_retried_total",
+                "Lookup retries on the next database connection after a fast storage failure (a connection the server ended).",
+                &self.lookups_retried,
+            ),
+            (
+                "authstamp_token_journal_appends_total",
+                "Refreshed tokens journalled (sealed, fsynced) because the database could not take them.",
+                &self.journalled,
+            ),
+            (
+                "authstamp_token_journal_replayed_total",
+                "Journal entries a previous process left, replayed at start.",
+                &self.journal_replayed,
+            ),
+            (
+                "authstamp_token_journal_stored_total",
+                "Journal entries written to the database.",
+                &self.journal_stored,
+            ),
+            (
+                "authstamp_token_journal_superseded_total",
+                "Journal entries dropped because the database already held newer tokens.",
+                &self.journal_superseded,
+            ),
             (
                 "authstamp_background_refreshes_total",
                 "Refresh attempts started by the background refresher (also in authstamp_refreshes_total).",
@@ -259,7 +333,7 @@ impl Metrics {
             ),
             (
                 "authstamp_provider_probes_total",
-                "Refreshes sent during a cooldown to learn whether the provider is back (one per provider per 2 s).",
+                "Refreshes sent during a cooldown to learn whether the provider is back (one per provider per 500 ms).",
                 &self.provider_probes,
             ),
             (
@@ -327,6 +401,25 @@ impl Metrics {
                 self.provider_calls(grant)
             );
         }
+        out.push_str("# HELP authstamp_refresh_time_to_recover_seconds Time from a connection's first transient refresh failure to its next success.\n");
+        out.push_str("# TYPE authstamp_refresh_time_to_recover_seconds histogram\n");
+        for (bucket, bound) in self.recover_buckets.iter().zip(RECOVER_BUCKETS) {
+            let _ = writeln!(
+                out,
+                "authstamp_refresh_time_to_recover_seconds_bucket{{le=\"{bound}\"}} {}",
+                load(bucket)
+            );
+        }
+        let recovered = load(&self.recover_count);
+        let sum = load(&self.recover_sum_millis);
+        let _ = writeln!(
+            out,
+            "authstamp_refresh_time_to_recover_seconds_bucket{{le=\"+Inf\"}} {recovered}\n\
+             authstamp_refresh_time_to_recover_seconds_sum {}.{:03}\n\
+             authstamp_refresh_time_to_recover_seconds_count {recovered}",
+            sum / 1000,
+            sum % 1000
+        );
         out.push_str("# HELP authstamp_token_lookup_seconds Token lookup latency.\n");
         out.push_str("# TYPE authstamp_token_lookup_seconds histogram\n");
         for (bucket, bound) in self.lookup_buckets.iter().zip(LOOKUP_BUCKETS) {
@@ -366,6 +459,8 @@ mod tests {
         m.refresh(RefreshOutcome::Transient);
         m.provider_call(Grant::RefreshToken);
         m.lease_wait(Duration::from_millis(1500));
+        m.time_to_recover(Duration::from_millis(1500));
+        m.time_to_recover(Duration::from_secs(40));
         let text = m.render(Some(StatusCounts {
             active: 3,
             reauth_required: 1,
@@ -388,5 +483,10 @@ mod tests {
         assert!(text.contains("authstamp_token_lookup_seconds_bucket{le=\"+Inf\"} 2\n"));
         assert!(text.contains("authstamp_token_lookup_seconds_sum 0.033000\n"));
         assert!(text.contains("authstamp_token_lookup_seconds_count 2\n"));
+        assert!(text.contains("authstamp_refresh_time_to_recover_seconds_bucket{le=\"1\"} 0\n"));
+        assert!(text.contains("authstamp_refresh_time_to_recover_seconds_bucket{le=\"2\"} 1\n"));
+        assert!(text.contains("authstamp_refresh_time_to_recover_seconds_bucket{le=\"60\"} 2\n"));
+        assert!(text.contains("authstamp_refresh_time_to_recover_seconds_sum 41.500\n"));
+        assert!(text.contains("authstamp_refresh_time_to_recover_seconds_count 2\n"));
     }
 }

@@ -24,6 +24,7 @@
 
 use crate::db;
 use crate::error::ApiError;
+use crate::journal::Entry;
 use crate::metrics::{Grant, RefreshOutcome};
 use crate::oauth::client::{ClientCredentials, GrantRequest, TokenError};
 use crate::policy::{secs, RefreshPolicy};
@@ -44,8 +45,8 @@ use std::time::{Duration, Instant};
 pub const DEFAULT_VALID_TOKEN_MAX_WAIT: Duration = Duration::from_millis(250);
 /// While a provider's connections cool down after failures, one refresh
 /// attempt per this interval (per provider, per replica) goes to it anyway:
-/// a healed provider is noticed within seconds, not after the cooldown.
-pub const PROBE_INTERVAL: Duration = Duration::from_secs(2);
+/// a healed provider is noticed within a second, not after the cooldown.
+pub const PROBE_INTERVAL: Duration = Duration::from_millis(500);
 /// A permanent refusal while the access token still works is confirmed by
 /// one more attempt this many seconds later before the user must reconnect.
 const CONFIRM_AFTER_SECS: i64 = 2;
@@ -54,7 +55,7 @@ const CONFIRM_AFTER_SECS: i64 = 2;
 pub const UNCONFIRMED: &str = "unconfirmed ";
 /// Retry delays of a write of refreshed tokens while the database is away.
 const STORE_RETRY_FIRST: Duration = Duration::from_millis(200);
-const STORE_RETRY_MAX: Duration = Duration::from_secs(2);
+const STORE_RETRY_MAX: Duration = Duration::from_millis(500);
 const FIRST_BACKOFF: Duration = Duration::from_millis(5);
 const MAX_BACKOFF: Duration = Duration::from_millis(200);
 
@@ -280,7 +281,13 @@ async fn run(
             return serve(state, &current, &policy);
         }
         let cooling = current.retry_at.is_some_and(|at| at > now);
-        if cooling && state.provider_probes.take(&key.app_id, &key.provider) {
+        // An unconfirmed refusal is confirmed after its own delay, not by a
+        // probe: a glitch shorter than that costs no reconnect.
+        let unconfirmed = current
+            .last_refresh_error
+            .as_deref()
+            .is_some_and(|e| e.starts_with(UNCONFIRMED));
+        if cooling && !unconfirmed && state.provider_probes.take(&key.app_id, &key.provider) {
             // This attempt tells whether the provider is back; a success
             // ends the cooldown of all its connections.
             state.metrics.provider_probe();
@@ -323,6 +330,11 @@ async fn run(
                         && fresh.failure_count == current.failure_count
                         && fresh.status == ConnectionStatus::Active =>
                 {
+                    match store_journalled(state, &policy, &fresh, &owner).await? {
+                        Journalled::Nothing => {}
+                        Journalled::Served(served) => return Ok(served),
+                        Journalled::Reread => continue,
+                    }
                     drop(timer);
                     if need == Need::Force {
                         state.metrics.forced_refresh_done();
@@ -432,7 +444,15 @@ async fn attempt(
             };
             let stored = store_or_hold(state, refreshed, local).await?;
             state.metrics.refresh(RefreshOutcome::Ok);
+            let failing_for = state.failing_since.recovered(key);
             if current.failure_count > 0 {
+                // From this replica's first failure of the run, or else
+                // (another replica failed) from the last failed attempt.
+                let failing_for = failing_for.unwrap_or_else(|| {
+                    let since = current.last_attempt_at.unwrap_or(now);
+                    Duration::from_secs(u64::try_from(now.saturating_sub(since)).unwrap_or(0))
+                });
+                state.metrics.time_to_recover(failing_for);
                 // The provider answers again: its other connections need not
                 // wait out their cooldowns.
                 state.metrics.recovered();
@@ -481,6 +501,7 @@ async fn attempt(
                 )
                 .await?;
                 state.provider_probes.touch(&key.app_id, &key.provider);
+                state.failing_since.failed(key);
                 state.metrics.refresh(RefreshOutcome::Transient);
                 tracing::warn!(app_id = %key.app_id, provider = %key.provider, reason = %code, "refresh refused while the access token still works: serving it; one more attempt confirms the refusal before the user must reconnect");
                 return serve(state, &current, policy);
@@ -495,6 +516,7 @@ async fn attempt(
             )
             .await?;
             if marked {
+                state.failing_since.recovered(key);
                 crate::webhooks::emit(
                     state,
                     &key.app_id,
@@ -541,6 +563,7 @@ async fn attempt(
             )
             .await?;
             state.provider_probes.touch(&key.app_id, &key.provider);
+            state.failing_since.failed(key);
             crate::webhooks::emit(
                 state,
                 &key.app_id,
@@ -561,10 +584,11 @@ async fn attempt(
 
 /// Writes refreshed tokens. While the database is unreachable the provider
 /// may already have rotated the refresh token, so giving up would lose the
-/// connection: a task of its own keeps the sealed tokens in memory and
-/// tries again (200 ms doubling to 2 s) until they are written, holding the
-/// connection's local lock so no refresh in this replica starts from the old
-/// refresh token meanwhile; the caller is served the new token at once.
+/// connection: the sealed tokens are journalled (see [`crate::journal`]:
+/// fsynced in the data directory, kept in memory) before the caller is
+/// served them, and a task of its own writes them as soon as the database
+/// is back, holding the connection's local lock so no refresh in this
+/// replica starts from the old refresh token meanwhile.
 async fn store_or_hold(
     state: &AppState,
     refreshed: Refreshed<'_>,
@@ -575,48 +599,193 @@ async fn store_or_hold(
         Err(err) if db::is_unavailable(&err) => err,
         Err(err) => return Err(err.into()),
     };
+    let entry = Entry::of(&refreshed);
     let key = refreshed.key.clone();
-    let owner = refreshed.owner.to_owned();
-    let scopes = refreshed.scopes.map(str::to_owned);
-    let (access_token, refresh_token) = (refreshed.access_token, refreshed.refresh_token);
-    let (base_version, expires_at, now) =
-        (refreshed.base_version, refreshed.expires_at, refreshed.now);
-    tracing::error!(app_id = %key.app_id, provider = %key.provider, error = %err, "database unavailable after a refresh: holding the new tokens in memory and writing them as soon as it is back");
+    match journal_io(state, {
+        let entry = entry.clone();
+        move |journal| journal.append(entry)
+    })
+    .await
+    {
+        Ok(()) => {
+            state.metrics.journalled();
+            tracing::error!(app_id = %key.app_id, provider = %key.provider, error = %err, pending = state.journal.pending_count(), "database unavailable after a refresh: journalled the new tokens (sealed, fsynced) and holding them in memory; they are written as soon as the database is back");
+        }
+        Err(journal_err) => {
+            tracing::error!(app_id = %key.app_id, provider = %key.provider, error = %err, journal_error = %format_args!("{journal_err:#}"), "database unavailable after a refresh and the journal could not be written: holding the new tokens in memory only (lost if this process dies before the database is back)");
+        }
+    }
+    hold_until_stored(state, entry, refreshed.owner.to_owned(), local).await;
+    Ok(true)
+}
+
+/// Runs blocking journal I/O off the async workers.
+async fn journal_io<T: Send + 'static>(
+    state: &AppState,
+    io: impl FnOnce(&crate::journal::Journal) -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    let task_state = state.clone();
+    tokio::task::spawn_blocking(move || io(&task_state.journal))
+        .await
+        .map_err(|e| anyhow::anyhow!("journal task failed: {e}"))?
+}
+
+/// Settles `key`'s journal entry (the database has its tokens or newer ones).
+async fn settle(state: &AppState, key: &ConnKey, base_version: i64) {
+    let settled = journal_io(state, {
+        let key = key.clone();
+        move |journal| journal.settle(&key, base_version)
+    })
+    .await;
+    if let Err(err) = settled {
+        tracing::error!(app_id = %key.app_id, provider = %key.provider, error = %format_args!("{err:#}"), "could not remove a stored entry from the token journal; it is replayed harmlessly at the next start");
+    }
+}
+
+/// A task writing a journalled entry until the database takes it (200 ms,
+/// then every 500 ms), holding `local`.
+async fn hold_until_stored(
+    state: &AppState,
+    entry: Entry,
+    owner: String,
+    local: tokio::sync::OwnedMutexGuard<()>,
+) {
     let task_state = state.clone();
     let permit = state.refresh_tasks.clone().acquire_owned().await;
     tokio::spawn(async move {
         let (_local, _permit) = (local, permit);
+        let key = entry.key();
         let since = Instant::now();
         let mut delay = STORE_RETRY_FIRST;
         loop {
             tokio::time::sleep(delay).await;
-            let attempt = Refreshed {
-                key: &key,
-                owner: &owner,
-                base_version,
-                access_token: access_token.clone(),
-                refresh_token: refresh_token.clone(),
-                expires_at,
-                scopes: scopes.as_deref(),
-                now,
-            };
-            match connections::store_refreshed(&task_state.db, attempt).await {
+            match connections::store_refreshed(&task_state.db, entry.refreshed(&key, &owner)).await
+            {
                 Ok(stored) => {
+                    settle(&task_state, &key, entry.base_version).await;
                     task_state.metrics.store_retried();
-                    tracing::warn!(app_id = %key.app_id, provider = %key.provider, stored, waited_ms = since.elapsed().as_millis(), "database back: the refreshed tokens held in memory are written");
+                    task_state.metrics.journal_stored(stored);
+                    let pending = task_state.journal.pending_count();
+                    if stored {
+                        tracing::warn!(app_id = %key.app_id, provider = %key.provider, waited_ms = since.elapsed().as_millis(), pending, "database back: stored the journalled tokens");
+                    } else {
+                        tracing::warn!(app_id = %key.app_id, provider = %key.provider, waited_ms = since.elapsed().as_millis(), pending, "database back: newer tokens were stored meanwhile; dropped the journalled ones");
+                    }
                     return;
                 }
                 Err(err) if db::is_unavailable(&err) => {
                     delay = (delay * 2).min(STORE_RETRY_MAX);
                 }
                 Err(err) => {
-                    tracing::error!(app_id = %key.app_id, provider = %key.provider, error = %err, "refreshed tokens could not be written");
+                    tracing::error!(app_id = %key.app_id, provider = %key.provider, error = %err, "journalled tokens could not be written; kept in the journal for the next start");
                     return;
                 }
             }
         }
     });
-    Ok(true)
+}
+
+/// Replays the journal a previous process left, before serving: each entry
+/// is written if the database still holds the version it started from,
+/// dropped if it holds newer tokens, and held (and retried) if the database
+/// is unreachable.
+pub async fn replay_journal(state: &AppState, entries: Vec<Entry>) {
+    if entries.is_empty() {
+        return;
+    }
+    let total = entries.len();
+    let (mut stored, mut superseded, mut waiting, mut failed) = (0, 0, 0, 0);
+    for entry in entries {
+        let key = entry.key();
+        let local = state.refresh_locks.lock_for(&key).lock_owned().await;
+        let owner = state.lease_owner();
+        match connections::store_refreshed(&state.db, entry.refreshed(&key, &owner)).await {
+            Ok(written) => {
+                settle(state, &key, entry.base_version).await;
+                state.metrics.journal_stored(written);
+                if written {
+                    stored += 1;
+                } else {
+                    superseded += 1;
+                }
+            }
+            Err(err) if db::is_unavailable(&err) => {
+                waiting += 1;
+                hold_until_stored(state, entry, owner, local).await;
+            }
+            Err(err) => {
+                failed += 1;
+                tracing::error!(app_id = %key.app_id, provider = %key.provider, error = %err, "a journalled entry could not be written; kept in the journal");
+            }
+        }
+    }
+    state.metrics.journal_replayed(total);
+    tracing::warn!(
+        replayed = total,
+        stored,
+        superseded,
+        waiting_for_database = waiting,
+        failed,
+        "replayed the token journal left by the previous process"
+    );
+}
+
+/// A journalled refresh this caller finds after taking the lease (a
+/// previous process of this data directory refreshed, journalled and died,
+/// or its write is still waiting): written instead of a new provider call,
+/// which would present a refresh token the provider has already retired.
+async fn store_journalled(
+    state: &AppState,
+    policy: &RefreshPolicy,
+    fresh: &ConnectionRecord,
+    owner: &str,
+) -> Result<Journalled, ApiError> {
+    let Some(entry) = state
+        .journal
+        .pending(&fresh.key)
+        .filter(|e| e.base_version == fresh.token_version)
+    else {
+        return Ok(Journalled::Nothing);
+    };
+    let key = &fresh.key;
+    let stored = connections::store_refreshed(&state.db, entry.refreshed(key, owner)).await?;
+    settle(state, key, entry.base_version).await;
+    state.metrics.journal_stored(stored);
+    if !stored {
+        connections::release_lease(&state.db, key, owner).await?;
+        return Ok(Journalled::Reread);
+    }
+    tracing::warn!(app_id = %key.app_id, provider = %key.provider, "stored journalled tokens found when taking the refresh lease, instead of asking the provider again");
+    let mut served = fresh.clone();
+    entry.apply_to(&mut served);
+    serve(state, &served, policy).map(Journalled::Served)
+}
+
+/// What [`store_journalled`] did.
+enum Journalled {
+    /// No journalled refresh: ask the provider.
+    Nothing,
+    Served(Served),
+    /// Newer tokens are stored; the lease is released: read again.
+    Reread,
+}
+
+/// The journalled tokens of `c` not yet in the database (`c` holds the
+/// version they started from), while their access token is valid: lookups
+/// are served them without waiting for the database write.
+pub fn journalled(
+    state: &AppState,
+    c: &ConnectionRecord,
+    p: &RefreshPolicy,
+    now: i64,
+) -> Option<Result<Served, ApiError>> {
+    let entry = state
+        .journal
+        .pending(&c.key)
+        .filter(|e| e.base_version == c.token_version)?;
+    let mut newer = c.clone();
+    entry.apply_to(&mut newer);
+    newer.is_valid_at(now).then(|| serve(state, &newer, p))
 }
 
 /// When each provider was last asked during failures, per replica: the
@@ -643,6 +812,31 @@ impl ProviderProbes {
     pub fn touch(&self, app_id: &str, provider: &str) {
         let mut last = self.0.lock().unwrap_or_else(|e| e.into_inner());
         last.insert((app_id.to_owned(), provider.to_owned()), Instant::now());
+    }
+}
+
+/// When each connection's current run of refresh failures began, in this
+/// replica: the time-to-recover histogram.
+#[derive(Debug, Default)]
+pub struct FailingSince(Mutex<HashMap<ConnKey, Instant>>);
+
+/// Connections tracked by [`FailingSince`] at most (a provider outage over
+/// more is still counted, from the stored last attempt).
+const FAILING_TRACKED: usize = 100_000;
+
+impl FailingSince {
+    /// A refresh of `key` failed; the run's first failure is kept.
+    pub fn failed(&self, key: &ConnKey) {
+        let mut since = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if since.len() < FAILING_TRACKED || since.contains_key(key) {
+            since.entry(key.clone()).or_insert_with(Instant::now);
+        }
+    }
+
+    /// The run of failures of `key` ended: how long it lasted, if it began here.
+    pub fn recovered(&self, key: &ConnKey) -> Option<Duration> {
+        let mut since = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        since.remove(key).map(|at| at.elapsed())
     }
 }
 

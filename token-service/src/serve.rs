@@ -56,6 +56,8 @@ pub async fn run(args: ServeArgs, env: SecretEnv) -> anyhow::Result<()> {
     .await?;
     // A key that does not open this vault's key checks means no start.
     let key_version = crate::keys::attach(&db, &vault).await?;
+    // Tokens a previous process journalled while the database was away.
+    let (journal, journalled) = crate::journal::Journal::open(&store.data_dir)?;
 
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -102,8 +104,10 @@ pub async fn run(args: ServeArgs, env: SecretEnv) -> anyhow::Result<()> {
                 lookups: args.rate_limit_lookups,
                 connect_sessions: args.rate_limit_connect,
             },
+            journal: Some(journal),
         },
     )?;
+    crate::refresh::replay_journal(&state, journalled).await;
 
     let shutdown = shutdown_signal()?;
     {
