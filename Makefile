@@ -70,8 +70,9 @@ unit: ## every test but the end-to-end crate
 e2e: build native-probe envoy ## the end-to-end tests; one file: cargo test -p authstamp-e2e --test pass_through
 	cargo test -p authstamp-e2e
 
-test: deps build native-probe envoy validate-envoy validate-deployments ## everything: unit and end-to-end tests against a real Envoy
+test: deps build native-probe envoy validate-envoy validate-deployments ## everything: unit and end-to-end tests against a real Envoy, the filter suites on both builds
 	cargo test --workspace
+	AUTHSTAMP_E2E_FILTER=native cargo test -p authstamp-e2e $(NATIVE_E2E)
 
 lint: wasm-target ## rustfmt check, clippy native and clippy for wasm32-wasip1
 	cargo fmt --all -- --check
@@ -204,7 +205,8 @@ fuzz: fuzz-tools ## every fuzz target for FUZZ_SECONDS (nightly + cargo-fuzz)
 
 # The native module (docs/native.md): the end-to-end suites that exercise the
 # filter, run against envoy/envoy-native.yaml, plus the module's own tests.
-NATIVE_E2E := --test pass_through --test filter_cache --test refresh --test heal --test native_module
+NATIVE_E2E := --test pass_through --test filter_cache --test refresh --test heal --test native_module \
+  --test bad_input --test callers --test credentials --test destinations --test no_secrets --test tls --test envoy_edges
 .PHONY: test-native test-native-matrix
 test-native: build native-probe envoy ## the end-to-end filter suites against the native module (AUTHSTAMP_E2E_FILTER=native)
 	AUTHSTAMP_E2E_FILTER=native cargo test -p authstamp-e2e $(NATIVE_E2E)
