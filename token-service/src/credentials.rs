@@ -254,7 +254,7 @@ pub async fn client_credentials_token(
     let scope = provider.scopes.join(&provider.scope_separator);
     let result = state
         .token_client
-        .request(
+        .request_with(
             token_url.as_str(),
             &ClientCredentials {
                 client_id: &provider.client_id,
@@ -264,6 +264,7 @@ pub async fn client_credentials_token(
             &GrantRequest::ClientCredentials {
                 scope: Some(scope.as_str()),
             },
+            &provider.settings.token_request_params.client_credentials,
         )
         .await;
     let now = db::now();
