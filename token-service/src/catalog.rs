@@ -674,10 +674,12 @@ fn validate_entry(e: &CatalogEntry) -> Vec<String> {
         ("client_credentials", &e.token_request_params.client_credentials),
     ] {
         for (key, value) in params {
+            // Zoom's server-to-server apps: `grant_type=account_credentials`.
+            let grant_override = grant == "client_credentials" && key == "grant_type";
             if key.is_empty()
                 || key.chars().any(char::is_control)
                 || value.chars().any(char::is_control)
-                || RESERVED_TOKEN_PARAMS.contains(&key.as_str())
+                || (RESERVED_TOKEN_PARAMS.contains(&key.as_str()) && !grant_override)
             {
                 errors.push(format!(
                     "token_request_params.{grant} key {key:?} is invalid or written by the service"
@@ -837,7 +839,9 @@ pub fn validate_templates(
                 }
                 // Catalog URLs carry no query (README rule 3); an app's own
                 // authorize and token URLs may (kept as they are).
-                let query_allowed = !t.https_only && what != "api_base_url";
+                // Dropbox Sign refreshes at `/oauth/token?refresh`.
+                let query_allowed =
+                    (!t.https_only && what != "api_base_url") || what == "refresh_url";
                 if (parsed.query().is_some() && !query_allowed) || parsed.fragment().is_some() {
                     errors.push(format!("{what} must not carry a query or fragment"));
                 }
@@ -916,7 +920,7 @@ fn sub_keys(e: &CatalogEntry, field: &str) -> Vec<String> {
 fn validate_references(e: &CatalogEntry) -> Vec<String> {
     let mut errors = Vec::new();
     let known = |name: &str| -> bool {
-        if FIELDS.contains(&name) && !SELF_DESCRIBING.contains(&name) {
+        if FIELDS.contains(&name) {
             return true;
         }
         match name.split_once('.') {
@@ -1052,13 +1056,48 @@ mod tests {
         "acme.my.salesforce.com",
         "us",
         "eu",
-        "com",
-        "acme.atlassian.net",
-        "acme.myshopify.com",
+        "live",
+        "api",
+        "gcp",
+        "na",
         "12345",
-        "acme.zendesk.com",
-        "acme.freshdesk.com",
+        "123-ABC-456",
+        "2024-01-01",
+        "ABCDEFGH12",
+        "abcdefghij0123456789",
+        "0123456789abcdef0123456789abcdef",
+        "01234567-89ab-cdef-0123-456789abcdef",
+        "amzn1.acme",
+        "acct_0123456789abcdef",
+        "https://api.acme.example/",
+        "sellercentral.amazon.com",
+        "restacme.bullhornstaffing.com",
+        "www.clover.com",
+        "api.clover.com",
+        "us-central1",
+        "acme.cloud.databricks.com",
+        "datadoghq.com",
+        "app.datadoghq.com",
+        "acme.docusign.net",
+        "acme.myfreshworks.com",
+        "acme.api.gong.io",
+        "acme.grafana.net",
+        "acme.looker.com",
+        "acme.onmicrosoft.com",
+        "mixpanel.com",
+        "acme.service-now.com",
+        "sentry.io",
+        "smartsheet.com",
+        "acme.snowflakecomputing.com",
+        "acme.teamwork.com",
+        "www.wrike.com",
+        "acme.yahooapis.com",
+        "business.revolut.com",
+        "b2b.revolut.com",
+        "sandbox-api",
         "gitlab.com",
+        "acme.api-us1.com",
+        "",
     ];
 
     fn sample_for(p: &ConnectionParam) -> String {
@@ -1380,6 +1419,46 @@ mod tests {
             .unwrap_err()
             .join("\n");
         assert!(twice.contains("duplicate name"), "{twice}");
+    }
+
+    /// A parameter that selects a host decides where the client secret and
+    /// the user's token go: it must never admit a host outside the
+    /// provider's own domains.
+    #[test]
+    fn no_connection_param_admits_a_foreign_host() {
+        for e in catalog().entries() {
+            let t = Templates::of_entry(e, true);
+            let mut hosts: Vec<&str> = e.api_hosts.iter().map(String::as_str).collect();
+            for url in [
+                t.authorize_url,
+                t.token_url,
+                t.refresh_url,
+                t.revocation_url,
+                t.metadata_url,
+                t.api_base_url,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                let rest = url.split_once("://").map_or(url, |(_, r)| r);
+                hosts.push(rest.split('/').next().unwrap_or(rest));
+            }
+            for p in &e.connection_params {
+                let placeholder = format!("{{{}}}", p.name);
+                if !hosts.iter().any(|h| h.contains(&placeholder)) {
+                    continue;
+                }
+                let re = compile_pattern(&p.pattern).unwrap();
+                for foreign in ["evil.example", "login.evil.example", "evil.example:443"] {
+                    assert!(
+                        !re.is_match(foreign),
+                        "{}: {} admits {foreign}",
+                        e.name,
+                        p.name
+                    );
+                }
+            }
+        }
     }
 
     #[test]

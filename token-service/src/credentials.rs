@@ -97,7 +97,10 @@ pub async fn put_credentials(
                 .password
                 .ok_or_else(|| ApiError::bad_request("password is required"))?;
             no_control("username", &username, 1024)?;
-            no_control("password", password.expose(), 4096)?;
+            // RFC 7617 allows an empty password (an API key as the user name).
+            if !password.expose().is_empty() {
+                no_control("password", password.expose(), 4096)?;
+            }
             if username.contains(':') {
                 return Err(ApiError::bad_request(
                     "username must not contain ':' (RFC 7617)",

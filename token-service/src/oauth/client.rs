@@ -323,7 +323,11 @@ pub fn form_body(
             }
         }
         GrantRequest::ClientCredentials { scope } => {
-            form.append_pair("grant_type", "client_credentials");
+            // The one reserved name a catalog may set (Zoom: account_credentials).
+            let grant_type = extra
+                .get("grant_type")
+                .map_or("client_credentials", String::as_str);
+            form.append_pair("grant_type", grant_type);
             if let Some(scope) = scope.filter(|s| !s.is_empty()) {
                 form.append_pair("scope", scope);
             }
