@@ -72,6 +72,13 @@ def log(name, message):
     print(f"{name}: {message}", file=sys.stderr)
 
 
+def metadata_header(record):
+    """The metadata call's authorization as the record's notes state it
+    ("Authorization: OAuth {token}"), else a bearer token."""
+    m = re.search(r"Authorization: ([A-Za-z]+) \{token\}", record.get("notes") or "")
+    return f"{m.group(1)} {{token}}" if m else "Bearer {token}"
+
+
 def header_of(credential, auth_type):
     credential = credential or {}
     where = credential.get("in", "header")
@@ -260,7 +267,7 @@ def convert(record):
     if metadata:
         metadata = {
             "url": metadata["url"],
-            "header_format": metadata.get("header_format") or "Bearer {token}",
+            "header_format": metadata.get("header_format") or metadata_header(record),
             "field": metadata["field"],
             "fills": metadata["fills"],
         }

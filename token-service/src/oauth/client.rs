@@ -474,7 +474,8 @@ fn is_usable_token(token: &str) -> bool {
         && !token.chars().any(|c| c.is_control() || c.is_whitespace())
 }
 
-/// A number or a numeric string (some providers quote it).
+/// A number or a numeric string (some providers quote it); 0 means "does
+/// not expire" (Mailchimp), never "already expired".
 fn parse_expires_in(value: &Value) -> Option<u64> {
     let secs = match value {
         Value::Number(n) => n
@@ -483,7 +484,7 @@ fn parse_expires_in(value: &Value) -> Option<u64> {
         Value::String(s) => s.trim().parse::<u64>().ok(),
         _ => None,
     }?;
-    Some(secs.min(MAX_EXPIRES_IN))
+    (secs > 0).then(|| secs.min(MAX_EXPIRES_IN))
 }
 
 fn parse_scope(value: &Value) -> Option<String> {
@@ -567,6 +568,8 @@ mod tests {
         assert_eq!(set.scope.as_deref(), Some("a b"));
         let set = token_set(&fields(json!({"access_token": "at", "expires_in": 60}))).unwrap();
         assert_eq!(set.expires_in, Some(60));
+        let set = token_set(&fields(json!({"access_token": "at", "expires_in": 0}))).unwrap();
+        assert_eq!(set.expires_in, None, "Mailchimp: 0 is no expiry");
         assert_eq!(set.scope, None);
         assert!(token_set(&fields(json!({"access_token": ""}))).is_err());
         assert!(token_set(&fields(json!({"token_type": "bearer"}))).is_err());
