@@ -1044,6 +1044,49 @@ impl<'a> From<&'a CatalogEntry> for Summary<'a> {
 }
 
 
+impl Catalog {
+    /// The table of `docs/providers.md`: one row per entry with what is
+    /// referenced, and the totals above it.
+    pub fn markdown_table(&self) -> String {
+        let mut by_type: BTreeMap<&str, usize> = BTreeMap::new();
+        let (mut referenced, mut unverified) = (0, 0);
+        for e in &self.entries {
+            *by_type.entry(e.auth_type.as_str()).or_default() += 1;
+            referenced += e.references.len();
+            unverified += e.unverified.len();
+        }
+        let mut out = format!(
+            "{} entries ({}); {referenced} referenced fields or field groups, {unverified} unverified.\n\n",
+            self.entries.len(),
+            by_type
+                .iter()
+                .map(|(t, n)| format!("{n} {t}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        out.push_str("| name | provider | category | auth type | referenced | unverified | docs |\n");
+        out.push_str("| --- | --- | --- | --- | --- | --- | --- |\n");
+        let cell = |text: &str| text.replace('|', "\\|");
+        for e in &self.entries {
+            out.push_str(&format!(
+                "| `{}` | {} | {} | {} | {} | {} | [docs]({}) |\n",
+                e.name,
+                cell(&e.display_name),
+                e.category,
+                e.auth_type.as_str(),
+                e.references.len(),
+                if e.unverified.is_empty() {
+                    "-".to_owned()
+                } else {
+                    cell(&e.unverified.join(", "))
+                },
+                e.docs_url
+            ));
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -522,3 +522,23 @@ async fn mailchimp_metadata_fills_the_data_centre_of_the_api_host() {
         lookup.text()
     );
 }
+
+/// `docs/providers.md` carries the catalog's table as the code builds it.
+#[test]
+fn docs_providers_md_is_the_catalog() {
+    const START: &str = "<!-- generated: catalog table -->\n";
+    const END: &str = "<!-- end of generated table -->";
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/providers.md");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let (head, rest) = text.split_once(START).expect("start marker");
+    let (_, tail) = rest.split_once(END).expect("end marker");
+    let catalog = authstamp_token_service::catalog::embedded().unwrap();
+    let expected = format!("{head}{START}{}{END}{tail}", catalog.markdown_table());
+    if std::env::var_os("AUTHSTAMP_WRITE_DOCS").is_some() {
+        std::fs::write(&path, &expected).unwrap();
+    }
+    assert!(
+        text == expected,
+        "docs/providers.md is not the catalog: regenerate it (see the file)"
+    );
+}
