@@ -671,7 +671,10 @@ fn validate_entry(e: &CatalogEntry) -> Vec<String> {
     for (grant, params) in [
         ("exchange", &e.token_request_params.exchange),
         ("refresh", &e.token_request_params.refresh),
-        ("client_credentials", &e.token_request_params.client_credentials),
+        (
+            "client_credentials",
+            &e.token_request_params.client_credentials,
+        ),
     ] {
         for (key, value) in params {
             // Zoom's server-to-server apps: `grant_type=account_credentials`.
@@ -738,10 +741,9 @@ fn validate_entry(e: &CatalogEntry) -> Vec<String> {
         }
     }
     errors.extend(validate_params(&e.connection_params));
-    errors.extend(validate_templates(
-        &Templates::of_entry(e, true),
-        &|_| "acme".to_owned(),
-    ));
+    errors.extend(validate_templates(&Templates::of_entry(e, true), &|_| {
+        "acme".to_owned()
+    }));
     if let Err(msg) = template::render_url(&e.docs_url, &Values::new()) {
         errors.push(format!("docs_url: {msg}"));
     } else if !e.docs_url.starts_with("https://") {
@@ -932,7 +934,9 @@ fn validate_references(e: &CatalogEntry) -> Vec<String> {
     let unverified: BTreeSet<&str> = e.unverified.iter().map(String::as_str).collect();
     for name in referenced.iter().chain(unverified.iter()) {
         if !known(name) {
-            errors.push(format!("references/unverified name {name:?} is not a field"));
+            errors.push(format!(
+                "references/unverified name {name:?} is not a field"
+            ));
         }
     }
     for name in referenced.intersection(&unverified) {
@@ -967,10 +971,8 @@ fn validate_references(e: &CatalogEntry) -> Vec<String> {
             continue;
         }
         let parts = sub_keys(e, field);
-        let all_parts = !parts.is_empty()
-            && parts
-                .iter()
-                .all(|key| covered(&format!("{field}.{key}")));
+        let all_parts =
+            !parts.is_empty() && parts.iter().all(|key| covered(&format!("{field}.{key}")));
         if !all_parts {
             errors.push(format!("{field} is neither referenced nor unverified"));
         }
@@ -1043,7 +1045,6 @@ impl<'a> From<&'a CatalogEntry> for Summary<'a> {
     }
 }
 
-
 impl Catalog {
     /// The table of `docs/providers.md`: one row per entry with what is
     /// referenced, and the totals above it.
@@ -1064,7 +1065,9 @@ impl Catalog {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        out.push_str("| name | provider | category | auth type | referenced | unverified | docs |\n");
+        out.push_str(
+            "| name | provider | category | auth type | referenced | unverified | docs |\n",
+        );
         out.push_str("| --- | --- | --- | --- | --- | --- | --- |\n");
         let cell = |text: &str| text.replace('|', "\\|");
         for e in &self.entries {

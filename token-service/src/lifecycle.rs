@@ -142,13 +142,14 @@ async fn revoke(
             .map_err(|e| e.to_string())?
             .as_str(),
     );
-    let client_auth = provider
-        .settings
-        .revocation_client_auth
-        .unwrap_or(match provider.client_auth {
-            ClientAuth::Basic => RevocationClientAuth::Basic,
-            ClientAuth::Body => RevocationClientAuth::Body,
-        });
+    let client_auth =
+        provider
+            .settings
+            .revocation_client_auth
+            .unwrap_or(match provider.client_auth {
+                ClientAuth::Basic => RevocationClientAuth::Basic,
+                ClientAuth::Body => RevocationClientAuth::Body,
+            });
     let bearer = provider.settings.revocation_style == Some(RevocationStyle::Bearer);
     let body = if bearer {
         Zeroizing::new(String::new())

@@ -290,7 +290,10 @@ async fn intercom_revokes_with_the_token_as_bearer_on_its_regional_host() {
     let h = Harness::new().await;
     let intercom = entry(&h.get("/v1/catalog").await.json(), "intercom");
     assert_eq!(intercom["revocation"]["style"], "bearer");
-    assert_eq!(intercom["revocation"]["url"], "https://{api_host}/auth/uninstall");
+    assert_eq!(
+        intercom["revocation"]["url"],
+        "https://{api_host}/auth/uninstall"
+    );
     let rec = Recorder::start().await;
     let app = catalog_app(&h, &rec, "intercom").await;
     // A European workspace: authorize on its regional host.
@@ -303,7 +306,10 @@ async fn intercom_revokes_with_the_token_as_bearer_on_its_regional_host() {
     .await;
     assert_eq!(authorize.host_str(), Some("app.eu.intercom.com"));
     let lookup = h.lookup(&app, "alice", false).await.json();
-    assert_eq!(lookup["upstream"]["authority"], "api.eu.intercom.io", "{lookup}");
+    assert_eq!(
+        lookup["upstream"]["authority"], "api.eu.intercom.io",
+        "{lookup}"
+    );
     let access = rec.at("/auth/eagle/token")[0].clone();
     assert_eq!(access.method, "POST");
     let reply = disconnect(&h, &app, "alice").await;
@@ -317,7 +323,10 @@ async fn intercom_revokes_with_the_token_as_bearer_on_its_regional_host() {
             .is_some_and(|a| a.starts_with("Bearer at-")),
         "{revoke:?}"
     );
-    assert!(revoke.form.is_empty(), "no client secret in a bearer revoke");
+    assert!(
+        revoke.form.is_empty(),
+        "no client secret in a bearer revoke"
+    );
 }
 
 #[tokio::test]
@@ -366,7 +375,10 @@ async fn slack_pkce_is_sent_only_when_the_app_opts_in() {
     let rec = Recorder::start().await;
     let app = catalog_app(&h, &rec, "slack").await;
     let (_, _, authorize) = h.start_connect(&app, "alice", None).await;
-    assert!(query_param(&authorize, "code_challenge").is_none(), "{authorize}");
+    assert!(
+        query_param(&authorize, "code_challenge").is_none(),
+        "{authorize}"
+    );
     // The app opted in at Slack and says so in its provider configuration.
     let reply = h
         .put_provider(
@@ -378,7 +390,10 @@ async fn slack_pkce_is_sent_only_when_the_app_opts_in() {
         .await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
     let (_, _, authorize) = h.start_connect(&app, "bob", None).await;
-    assert!(query_param(&authorize, "code_challenge").is_some(), "{authorize}");
+    assert!(
+        query_param(&authorize, "code_challenge").is_some(),
+        "{authorize}"
+    );
 }
 
 /// Shopify's `expiring=1` and Zendesk's `expires_in` reach the code exchange
@@ -437,7 +452,11 @@ async fn salesforce_login_hosts_include_the_partitioned_domains() {
     ] {
         assert!(re.is_match(ok), "{ok}");
     }
-    for bad in ["evil.example", "acme.my.salesforce.com.evil.example", "salesforce.com"] {
+    for bad in [
+        "evil.example",
+        "acme.my.salesforce.com.evil.example",
+        "salesforce.com",
+    ] {
         assert!(!re.is_match(bad), "{bad}");
     }
 }
@@ -446,7 +465,10 @@ async fn salesforce_login_hosts_include_the_partitioned_domains() {
 async fn figma_refreshes_at_its_refresh_url() {
     let h = Harness::new().await;
     let figma = entry(&h.get("/v1/catalog").await.json(), "figma");
-    assert_eq!(figma["refresh_url"], "https://api.figma.com/v1/oauth/refresh");
+    assert_eq!(
+        figma["refresh_url"],
+        "https://api.figma.com/v1/oauth/refresh"
+    );
     let rec = Recorder::start().await;
     let app = catalog_app(&h, &rec, "figma").await;
     connect(&h, &app, "alice", json!({})).await;

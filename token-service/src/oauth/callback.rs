@@ -133,7 +133,8 @@ pub async fn handler(
     let mut params = record.params.clone();
     params.extend(tokens.derived.clone());
     params.extend(from_redirect);
-    if let Some((name, value)) = post_exchange_metadata(&state, &provider, &params, &tokens).await? {
+    if let Some((name, value)) = post_exchange_metadata(&state, &provider, &params, &tokens).await?
+    {
         params.insert(name, value);
     }
     let mut response = match &record.return_to {

@@ -233,7 +233,10 @@ impl TokenClient {
 pub fn metadata_value(bytes: &[u8], field: &str) -> Result<String, TokenError> {
     let invalid = || TokenError::Transient("invalid_metadata".into());
     let fields: Map<String, Value> = serde_json::from_slice(bytes).map_err(|_| invalid())?;
-    let value = fields.get(field).and_then(Value::as_str).ok_or_else(invalid)?;
+    let value = fields
+        .get(field)
+        .and_then(Value::as_str)
+        .ok_or_else(invalid)?;
     let label = value.to_ascii_lowercase();
     let is_label = (1..=63).contains(&label.len())
         && label
