@@ -228,7 +228,7 @@ def convert(record):
     for p in record.get("connection_params") or []:
         # "common (default; ...)", "default: x", "defaults to x": the record
         # names the default in words only.
-        m = re.search(r"([A-Za-z0-9._-]+) \(default|default:? ([A-Za-z0-9._-]+)|defaults to ([A-Za-z0-9._-]+)",
+        m = re.search(r"([A-Za-z0-9._-]+) \((?:[^)]*, )?default|default:? ([A-Za-z0-9._-]+)|defaults to ([A-Za-z0-9._-]+)",
                       p.get("description") or "")
         if m and p.get("default") is None:
             value = next(g for g in m.groups() if g)

@@ -290,9 +290,11 @@ fn token(p: &Profile, path: &str, headers: &HeaderMap, body: &[u8]) -> Result<Fo
     let in_body = count(&pairs, "client_secret") > 0;
     match (p.client_auth, basic, in_body) {
         (ClientAuth::Basic, true, false) | (ClientAuth::Body, false, true) => {}
-        (want, _, _) => return Err(format!(
+        (want, _, _) => {
+            return Err(format!(
             "client authentication is not {want:?} (basic header: {basic}, body secret: {in_body})"
-        )),
+        ))
+        }
     }
     for (key, value) in params {
         let sent: Vec<&str> = pairs
