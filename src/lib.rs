@@ -1,23 +1,8 @@
-//! authstamp filter: a proxy-wasm HTTP filter that stamps a user's OAuth
-//! access token on provider API requests.
-//!
-//! All logic lives behind the [`host::Host`] trait and is unit-tested natively
-//! with a mock host; this file only wires proxy-wasm's root and HTTP contexts
-//! to it and implements the trait over `proxy_wasm::hostcalls` (built for
-//! wasm32 only: a native build never links against the host's imports).
-
-pub mod cache;
-pub mod config;
-pub mod egress;
-pub mod filter;
-pub mod heal;
-pub mod host;
-pub mod inflight;
-pub mod metrics;
-pub mod reply;
-pub mod request;
-pub mod stamp;
-pub mod workload;
+//! authstamp filter, the proxy-wasm build: wires proxy-wasm's root and HTTP
+//! contexts to the host-independent core (`authstamp-filter-core`) and
+//! implements its [`Host`](authstamp_filter_core::host::Host) trait over
+//! `proxy_wasm::hostcalls`. Built for wasm32 only: a native build never
+//! links against the host's imports. Every callback forwards in a line.
 
 #[cfg(target_arch = "wasm32")]
 mod glue {
@@ -31,11 +16,13 @@ mod glue {
 
     use proxy_wasm::types::MetricType;
 
-    use crate::config::Config;
-    use crate::filter::{self, State, Verdict, Worker};
-    use crate::heal::{self, Attempt, Stamps};
-    use crate::host::{DispatchError, HeaderPairs, Host, MetricKind, SharedDataError};
-    use crate::metrics::Metrics;
+    use authstamp_filter_core::filter::Verdict;
+    use authstamp_filter_core::heal::Stamps;
+    use authstamp_filter_core::host::{
+        serialize_pairs, DispatchError, HeaderPairs, Host, MetricKind, SharedDataError,
+        SharedStore, WriteError,
+    };
+    use authstamp_filter_core::stream::{NewStream, StreamFilter, UpstreamFilter, WorkerFilter};
 
     thread_local! {
         /// The stamped requests of this VM (one per worker), shared by the
@@ -50,12 +37,7 @@ mod glue {
     proxy_wasm::main! {{
         proxy_wasm::set_log_level(LogLevel::Info);
         proxy_wasm::set_root_context(|context_id| -> Box<dyn RootContext> {
-            Box::new(Root {
-                config: None,
-                upstream: false,
-                worker: Rc::new(Worker::sharing(context_id, Metrics::default(), stamps())),
-                metrics_defined: false,
-            })
+            Box::new(Root(WorkerFilter::new(context_id, stamps())))
         });
     }}
 
@@ -72,25 +54,37 @@ mod glue {
     /// effective context. Host refusals are logged, never unwrapped.
     struct HostCalls;
 
+    impl SharedStore for HostCalls {
+        fn get_shared_data(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+            hostcalls::get_shared_data(key).unwrap_or((None, None))
+        }
+
+        fn set_shared_data(
+            &self,
+            key: &str,
+            value: &[u8],
+            cas: Option<u32>,
+        ) -> Result<(), SharedDataError> {
+            match hostcalls::set_shared_data(key, Some(value), cas) {
+                Ok(()) => Ok(()),
+                Err(Status::CasMismatch) => Err(SharedDataError::CasMismatch),
+                Err(_) => Err(SharedDataError::Failed),
+            }
+        }
+    }
+
     impl Host for HostCalls {
         fn request_headers(&self) -> HeaderPairs {
             hostcalls::get_map_bytes(MapType::HttpRequestHeaders).unwrap_or_default()
         }
 
-        fn set_request_header(&self, name: &str, value: &str) {
-            if hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value)).is_err() {
-                log::warn!("authstamp: could not set a request header");
-            }
+        fn set_request_header(&self, name: &str, value: &str) -> Result<(), WriteError> {
+            hostcalls::set_map_value(MapType::HttpRequestHeaders, name, Some(value))
+                .map_err(|_| WriteError)
         }
 
-        fn remove_request_header(&self, name: &str) {
-            if hostcalls::set_map_value(MapType::HttpRequestHeaders, name, None).is_err() {
-                log::warn!("authstamp: could not remove a request header");
-            }
-        }
-
-        fn set_request_headers(&self, headers: &[(&str, &[u8])]) {
-            let serialized = crate::host::serialize_pairs(headers);
+        fn set_request_headers(&self, headers: &[(&str, &[u8])]) -> Result<(), WriteError> {
+            let serialized = serialize_pairs(headers);
             // The raw ABI call: the SDK's set_map_bytes panics (killing the
             // VM) on any status but Ok.
             let status = unsafe {
@@ -100,8 +94,10 @@ mod glue {
                     serialized.len(),
                 )
             };
-            if status != Status::Ok {
-                log::error!("authstamp: could not set the request headers");
+            if status == Status::Ok {
+                Ok(())
+            } else {
+                Err(WriteError)
             }
         }
 
@@ -130,23 +126,6 @@ mod glue {
             hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, size)
                 .ok()
                 .flatten()
-        }
-
-        fn get_shared_data(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
-            hostcalls::get_shared_data(key).unwrap_or((None, None))
-        }
-
-        fn set_shared_data(
-            &self,
-            key: &str,
-            value: &[u8],
-            cas: Option<u32>,
-        ) -> Result<(), SharedDataError> {
-            match hostcalls::set_shared_data(key, Some(value), cas) {
-                Ok(()) => Ok(()),
-                Err(Status::CasMismatch) => Err(SharedDataError::CasMismatch),
-                Err(_) => Err(SharedDataError::Failed),
-            }
         }
 
         fn now_unix_nanos(&self) -> Option<u64> {
@@ -232,109 +211,43 @@ mod glue {
         }
     }
 
-    /// One per worker: the configuration, the worker's lookups in flight and
-    /// its metrics.
-    struct Root {
-        config: Option<Rc<Config>>,
-        /// The upstream instance (`{"role": "upstream"}`): heals 401s.
-        upstream: bool,
-        worker: Rc<Worker>,
-        metrics_defined: bool,
-    }
+    /// One per worker (the root context): forwards to [`WorkerFilter`].
+    struct Root(WorkerFilter);
 
     impl Context for Root {
-        fn on_http_call_response(
-            &mut self,
-            token_id: u32,
-            _num_headers: usize,
-            body_size: usize,
-            _num_trailers: usize,
-        ) {
-            filter::on_call_response(
-                &HostCalls,
-                &self.worker,
-                token_id,
-                body_size,
-                self.worker.root,
-            );
+        fn on_http_call_response(&mut self, token: u32, _: usize, body_size: usize, _: usize) {
+            self.0.on_token_answer(&HostCalls, token, body_size);
         }
     }
 
     impl RootContext for Root {
         fn on_configure(&mut self, plugin_configuration_size: usize) -> bool {
-            if !self.metrics_defined {
-                // Before any stream exists: nobody else holds the worker yet.
-                self.worker = Rc::new(Worker::sharing(
-                    self.worker.root,
-                    Metrics::define(&HostCalls),
-                    stamps(),
-                ));
-                self.metrics_defined = true;
-            }
-            let raw = match hostcalls::get_buffer(
+            let raw = hostcalls::get_buffer(
                 BufferType::PluginConfiguration,
                 0,
                 plugin_configuration_size,
-            ) {
-                Ok(raw) => raw.unwrap_or_default(),
-                Err(_) => Vec::new(),
-            };
-            if crate::config::is_upstream_role(&raw) {
-                log::info!("authstamp: configured role=upstream");
-                self.upstream = true;
-                HostCalls.set_tick_period(filter::IDLE_TICK);
-                return true;
-            }
-            match Config::parse(&raw, &|name| std::env::var(name).ok()) {
-                Ok(config) => {
-                    log::info!(
-                        "authstamp: configured mode={} cluster={}",
-                        if config.is_mesh() { "mesh" } else { "gateway" },
-                        config.token_service.cluster
-                    );
-                    self.config = Some(Rc::new(config));
-                    // Hands batched metrics to Envoy (see metrics.rs).
-                    HostCalls.set_tick_period(filter::IDLE_TICK);
-                    true
-                }
-                Err(error) => {
-                    log::error!("authstamp: invalid plugin configuration: {error}");
-                    false
-                }
-            }
+            )
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+            self.0
+                .on_configure(&HostCalls, &raw, &|name| std::env::var(name).ok())
         }
 
         fn on_tick(&mut self) {
-            filter::on_tick(&HostCalls, &self.worker);
+            self.0.on_tick(&HostCalls);
         }
 
         fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
-            if self.upstream {
-                return Some(Box::new(UpstreamAttempt {
-                    id: context_id,
-                    worker: Rc::clone(&self.worker),
-                    attempt: Attempt::Unknown,
-                }));
-            }
-            Some(Box::new(Stream {
-                id: context_id,
-                config: self.config.clone(),
-                worker: Rc::clone(&self.worker),
-                state: State::Fresh,
-            }))
+            Some(match self.0.new_stream(context_id) {
+                NewStream::Stream(stream) => Box::new(Stream(stream)),
+                NewStream::Upstream(attempt) => Box::new(Upstream(attempt)),
+            })
         }
 
         fn get_type(&self) -> Option<ContextType> {
             Some(ContextType::HttpContext)
         }
-    }
-
-    /// One per request.
-    struct Stream {
-        id: u32,
-        config: Option<Rc<Config>>,
-        worker: Rc<Worker>,
-        state: State,
     }
 
     fn action(verdict: Verdict) -> Action {
@@ -344,105 +257,63 @@ mod glue {
         }
     }
 
-    impl Stream {
-        fn take_state(&mut self) -> State {
-            std::mem::replace(&mut self.state, State::Fresh)
-        }
-
-        fn on_data(&mut self) -> Action {
-            let state = self.take_state();
-            let (state, verdict) = filter::on_request_data(state, &self.worker, self.id);
-            self.state = state;
-            action(verdict)
-        }
-    }
+    /// One per request: forwards to [`StreamFilter`].
+    struct Stream(StreamFilter);
 
     impl Context for Stream {
-        fn on_http_call_response(
-            &mut self,
-            token_id: u32,
-            _num_headers: usize,
-            body_size: usize,
-            _num_trailers: usize,
-        ) {
-            filter::on_call_response(&HostCalls, &self.worker, token_id, body_size, self.id);
-            let state = self.take_state();
-            self.state = filter::settle(state, &self.worker, self.id);
+        fn on_http_call_response(&mut self, token: u32, _: usize, body_size: usize, _: usize) {
+            self.0.on_token_answer(&HostCalls, token, body_size);
         }
 
         fn on_done(&mut self) -> bool {
-            let state = self.take_state();
-            self.state = filter::on_done(&HostCalls, state, &self.worker, self.id);
+            self.0.on_done(&HostCalls);
             true
         }
     }
 
     impl HttpContext for Stream {
-        fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-            let (state, verdict) =
-                filter::on_request_headers(&HostCalls, self.config.as_ref(), &self.worker, self.id);
-            self.state = state;
-            action(verdict)
+        fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
+            action(self.0.on_request_headers(&HostCalls))
         }
 
-        fn on_http_request_body(&mut self, _body_size: usize, _end_of_stream: bool) -> Action {
-            self.on_data()
+        fn on_http_request_body(&mut self, _: usize, _: bool) -> Action {
+            action(self.0.on_request_body())
         }
 
-        fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
-            self.on_data()
+        fn on_http_request_trailers(&mut self, _: usize) -> Action {
+            action(self.0.on_request_trailers())
         }
 
-        fn on_http_response_headers(
-            &mut self,
-            _num_headers: usize,
-            _end_of_stream: bool,
-        ) -> Action {
-            // Only stamped requests care about the answer (a 401 refreshes the token).
-            if matches!(self.state, State::Stamped(..) | State::Waiting(_)) {
-                let state = self.take_state();
-                self.state = filter::on_response_headers(&HostCalls, state, &self.worker, self.id);
-            }
-            Action::Continue
+        fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
+            action(self.0.on_response_headers(&HostCalls))
         }
     }
 
-    /// One per attempt the router makes to a provider (upstream instance).
-    struct UpstreamAttempt {
-        id: u32,
-        worker: Rc<Worker>,
-        attempt: Attempt,
-    }
+    /// One per upstream attempt: forwards to [`UpstreamFilter`].
+    struct Upstream(UpstreamFilter);
 
-    impl Context for UpstreamAttempt {
+    impl Context for Upstream {
         fn on_done(&mut self) -> bool {
-            heal::on_upstream_done(&HostCalls, &self.worker, self.id, self.attempt);
+            self.0.on_done(&HostCalls);
             true
         }
     }
 
-    impl HttpContext for UpstreamAttempt {
-        fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-            let (attempt, verdict) = heal::on_upstream_request(&HostCalls, &self.worker, self.id);
-            self.attempt = attempt;
-            action(verdict)
+    impl HttpContext for Upstream {
+        fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
+            action(self.0.on_request_headers(&HostCalls))
         }
 
-        fn on_http_request_body(&mut self, _body_size: usize, _end_of_stream: bool) -> Action {
-            action(heal::request_data(&self.worker, self.attempt))
+        fn on_http_request_body(&mut self, _: usize, _: bool) -> Action {
+            action(self.0.on_request_body())
         }
 
-        fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
-            action(heal::request_data(&self.worker, self.attempt))
+        fn on_http_request_trailers(&mut self, _: usize) -> Action {
+            action(self.0.on_request_trailers())
         }
 
-        fn on_http_response_headers(
-            &mut self,
-            _num_headers: usize,
-            _end_of_stream: bool,
-        ) -> Action {
-            self.attempt = heal::on_upstream_response(&HostCalls, &self.worker, self.attempt);
-            Action::Continue
+        fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
+            action(self.0.on_response_headers(&HostCalls))
         }
     }
 }

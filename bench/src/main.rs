@@ -668,16 +668,28 @@ async fn main() -> anyhow::Result<()> {
         .zip(ALT_IDS)
         .map(|(p, id)| (id, PathBuf::from(p)))
         .collect();
+    // AUTHSTAMP_BENCH_ALT_SHIPPED=1: the alternative builds run as (d) is
+    // shipped (upstream instance, retry policy), for A/B rows of builds
+    // that have them.
+    let alt_shipped = std::env::var("AUTHSTAMP_BENCH_ALT_SHIPPED").is_ok_and(|v| v == "1");
     for (id, path) in &alts {
         let stem = path
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .unwrap_or_default();
-        scenarios.push((
-            *id,
-            format!("authstamp, cache hit ({stem}, without the upstream instance)"),
-            Kind::AuthstampWithoutHealing,
-        ));
+        scenarios.push(if alt_shipped {
+            (
+                *id,
+                format!("authstamp, cache hit ({stem})"),
+                Kind::Authstamp,
+            )
+        } else {
+            (
+                *id,
+                format!("authstamp, cache hit ({stem}, without the upstream instance)"),
+                Kind::AuthstampWithoutHealing,
+            )
+        });
     }
 
     // Validate, then start, every Envoy.

@@ -2,7 +2,7 @@
 //! with a message, never a panic (a panic in `on_configure` kills the VM).
 #![no_main]
 
-use authstamp_filter::config::Config;
+use authstamp_filter_core::config::Config;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

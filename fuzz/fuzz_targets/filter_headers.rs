@@ -3,9 +3,9 @@
 //! Input: lines `name:value` (values may hold any byte but `\n`).
 #![no_main]
 
-use authstamp_filter::config::Config;
-use authstamp_filter::request::{self, Classified};
-use authstamp_filter::stamp;
+use authstamp_filter_core::config::Config;
+use authstamp_filter_core::request::{self, Classified};
+use authstamp_filter_core::stamp;
 use libfuzzer_sys::fuzz_target;
 use std::sync::OnceLock;
 

@@ -7,6 +7,7 @@
 pub mod browser;
 pub mod chromium;
 pub mod deploy;
+pub mod docs;
 pub mod page_server;
 pub mod postgres;
 pub mod process;

@@ -1,6 +1,6 @@
 //! The ways authstamp is deployed, checked against the files users copy:
 //! the snippet for an existing Envoy (pasted into a foreign bootstrap and
-//! run), the bootstraps that carry it, the README that shows it, and the
+//! run), the bootstraps that carry it, the deployment guide (docs/deploy.md) that shows it, and the
 //! docker-compose trial (validated: this machine has no Docker engine).
 
 use authstamp_e2e::deploy::{
@@ -16,12 +16,12 @@ use std::time::Duration;
 const LOCAL_WASM: &str = "target/wasm32-wasip1/release/authstamp_filter.wasm";
 
 #[test]
-fn the_readme_shows_the_snippet_file_verbatim() {
-    let readme = read_repo_file("README.md");
+fn the_deployment_guide_shows_the_snippet_file_verbatim() {
+    let guide = read_repo_file("docs/deploy.md");
     let snippet = read_repo_file(SNIPPET_PATH);
     assert!(
-        readme.contains(&format!("```yaml\n{snippet}```")),
-        "README.md must show {SNIPPET_PATH} verbatim in a ```yaml block"
+        guide.contains(&format!("```yaml\n{snippet}```")),
+        "docs/deploy.md must show {SNIPPET_PATH} verbatim in a ```yaml block"
     );
 }
 

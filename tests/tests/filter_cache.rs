@@ -68,15 +68,29 @@ async fn envoy_allocated(stack: &Stack) -> u64 {
 /// Replaces the stack's Envoy by one whose filter configuration is the
 /// local bootstrap's plus `extra` (JSON members, e.g. `"cache_capacity": 4`).
 async fn restart_envoy_with(stack: &mut Stack, extra: &str, concurrency: u32) {
+    restart_envoy_replacing(
+        stack,
+        MAX_CACHE_TTL,
+        &format!("{MAX_CACHE_TTL}, {extra}"),
+        concurrency,
+    )
+    .await;
+}
+
+/// The local bootstrap's `max_cache_ttl` member.
+const MAX_CACHE_TTL: &str = "\"max_cache_ttl\": \"5m\"";
+
+/// Replaces the stack's Envoy by one whose filter configuration is the
+/// local bootstrap's with [`MAX_CACHE_TTL`] replaced by `with`.
+async fn restart_envoy_replacing(stack: &mut Stack, anchor: &str, with: &str, concurrency: u32) {
     stack.envoy.kill();
     let original = local_bootstrap(&stack.filter_url);
-    let anchor = "\"max_cache_ttl\": \"5m\"";
     assert_eq!(
         original.matches(anchor).count(),
         1,
         "envoy.yaml: {anchor} once"
     );
-    let config = original.replace(anchor, &format!("{anchor}, {extra}"));
+    let config = original.replace(anchor, with);
     let path = stack.log_dir.join("envoy-restarted.yaml");
     std::fs::write(&path, config).expect("write envoy config");
     let admin_path = stack.log_dir.join("envoy-restarted-admin-address");
@@ -462,5 +476,56 @@ async fn filter_metrics_are_visible_in_envoy_prometheus_output() {
     assert!(
         text.contains("authstamp_token_fetch_us_bucket{le="),
         "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_token_service_stopped_a_cached_token_still_valid_is_served() {
+    let mut stack = Stack::start("stale_if_error", StackOptions::default()).await;
+    stack.connect_user("sam").await;
+    stack.connect_user("tia").await;
+    // Entries valid for 1 s in the cache; the provider's tokens for an hour.
+    restart_envoy_replacing(&mut stack, MAX_CACHE_TTL, "\"max_cache_ttl\": \"1s\"", 1).await;
+    let first = stack
+        .call(Method::GET, "/api/me", "sam")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    let token = bearer_seen(&json_of(first).await);
+
+    stack.token_service.kill();
+    // Until the entry is past its cache validity the requests are plain
+    // hits; then each is a failed lookup answered from the stale entry.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while envoy_metric(&stack, "authstamp_stale_served_total").await == 0 {
+        assert!(Instant::now() < deadline, "no stale token served");
+        let response = stack
+            .call(Method::GET, "/api/me", "sam")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(bearer_seen(&json_of(response).await), token);
+    }
+    let response = stack
+        .call(Method::GET, "/api/me", "sam")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(bearer_seen(&json_of(response).await), token);
+    assert!(envoy_metric(&stack, "authstamp_stale_served_total").await >= 2);
+
+    // A user without a cached token gets the outage.
+    let response = stack
+        .call(Method::GET, "/api/me", "tia")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        response.headers().get("x-authstamp-error").unwrap(),
+        "token_service_unavailable"
     );
 }

@@ -3,14 +3,21 @@
 //! Every option also reads an `AUTHSTAMP_*` variable; secrets are never flags.
 
 use crate::admin::{self, CreateApp, HeaderSpec, PutProvider};
+use crate::app_keys;
 use crate::config::{self, PublicUrl, SecretEnv};
+use crate::connections::ConnectionView;
+use crate::credentials::PutCredentials;
 use crate::db::Db;
 use crate::logging::{self, LogFormat};
 use crate::policy::{PolicyOverrides, RefreshPolicy};
+use crate::secrets::AccessToken;
 use crate::secrets::ClientSecret;
 use crate::serve;
+use crate::store::connections::ConnectionStatus;
 use crate::store::providers::ClientAuth;
 use crate::vault::Vault;
+use crate::webhooks;
+use crate::{AppState, StateOptions};
 use anyhow::{bail, Context as _};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::io::{Read as _, Write as _};
@@ -53,10 +60,22 @@ pub enum Command {
         #[command(subcommand)]
         command: ProvidersCommand,
     },
-    /// Inspect connections (status, last refresh, failures; never tokens).
+    /// Connections: inspect (status, last refresh, failures; never tokens),
+    /// list by status, disconnect, reconnect.
     Connection {
         #[command(subcommand)]
         command: ConnectionCommand,
+    },
+    /// Store or replace a user's API key or Basic credentials (secrets from
+    /// an environment variable, a file or stdin, never a flag).
+    Credentials {
+        #[command(subcommand)]
+        command: CredentialsCommand,
+    },
+    /// An app's webhook: set, show, delete, send a signed test event.
+    Webhook {
+        #[command(subcommand)]
+        command: WebhookCommand,
     },
     /// Vault master keys: rotate to a new version, show versions in use.
     Keys {
@@ -72,8 +91,10 @@ pub enum Command {
 pub struct BenchSeedArgs {
     #[command(flatten)]
     pub store: StoreArgs,
+    /// The app id (app_…).
     #[arg(long, value_name = "APP_ID")]
     pub app: String,
+    /// The provider configuration's name (the x-authstamp-provider value).
     #[arg(long, value_name = "NAME")]
     pub provider: String,
     /// How many users: <prefix><start> … <prefix><start + users - 1>.
@@ -147,30 +168,244 @@ pub enum ProvidersCommand {
 pub enum ConnectionCommand {
     /// Print one connection.
     Get(ConnectionGetArgs),
-    /// Print every connection of one user of an app.
+    /// Print the connections of one user of an app, or with --status those
+    /// of every user in that state.
     List(ConnectionListArgs),
+    /// Revoke the grant at the provider (RFC 7009, where it has an endpoint),
+    /// then delete the connection locally, always; prints what happened.
+    Disconnect(ConnectionGetArgs),
+    /// Print a new connect link for an existing OAuth connection (same
+    /// connection parameters): send the user's browser to its connect_url.
+    Reconnect(ConnectionReconnectArgs),
 }
 
 #[derive(Debug, Clone, Args)]
 pub struct ConnectionGetArgs {
     #[command(flatten)]
     pub store: StoreArgs,
+    /// The app id (app_…).
     #[arg(long, value_name = "APP_ID")]
     pub app: String,
+    /// The provider configuration's name (the x-authstamp-provider value).
     #[arg(long, value_name = "NAME")]
     pub provider: String,
+    /// The app's id of its end user (the x-authstamp-user value; `-`: the app itself).
     #[arg(long, value_name = "USER")]
     pub user: String,
 }
 
 #[derive(Debug, Clone, Args)]
+#[group(id = "connection_list", required = true, multiple = true, args = ["user", "status"])]
 pub struct ConnectionListArgs {
     #[command(flatten)]
     pub store: StoreArgs,
+    /// The app id (app_…).
     #[arg(long, value_name = "APP_ID")]
     pub app: String,
+    /// Only this user's connections.
+    #[arg(long, value_name = "USER")]
+    pub user: Option<String>,
+    /// Only connections in this state (every user of the app unless --user).
+    #[arg(long, value_enum)]
+    pub status: Option<StatusArg>,
+    /// At most this many connections without --user.
+    #[arg(long, default_value_t = 1000)]
+    pub limit: i64,
+}
+
+/// A connection's state as `connection list --status` filters it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum StatusArg {
+    /// Usable, no refresh running.
+    Active,
+    /// A refresh holds the connection's lease right now.
+    Refreshing,
+    /// The provider refused the refresh token: the user must connect again.
+    ReauthRequired,
+    /// Usable, but its last refresh failed (failure_count > 0).
+    Failing,
+}
+
+impl StatusArg {
+    fn stored(self) -> ConnectionStatus {
+        match self {
+            StatusArg::ReauthRequired => ConnectionStatus::ReauthRequired,
+            _ => ConnectionStatus::Active,
+        }
+    }
+
+    fn matches(self, view: &ConnectionView) -> bool {
+        match self {
+            StatusArg::Active => view.status == "active",
+            StatusArg::Refreshing => view.status == "refreshing",
+            StatusArg::ReauthRequired => view.status == "reauth_required",
+            StatusArg::Failing => view.status != "reauth_required" && view.failure_count > 0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ConnectionReconnectArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// The app id (app_…).
+    #[arg(long, value_name = "APP_ID")]
+    pub app: String,
+    /// The provider configuration's name (the x-authstamp-provider value).
+    #[arg(long, value_name = "NAME")]
+    pub provider: String,
+    /// The app's id of its end user (the x-authstamp-user value; `-`: the app itself).
     #[arg(long, value_name = "USER")]
     pub user: String,
+    /// Where the browser returns after consent (one of the app's allowed
+    /// return URLs); absent: the service's result page.
+    #[arg(long, value_name = "URL")]
+    pub return_to: Option<String>,
+    /// Base of the connect link: the URL browsers reach the service at.
+    #[arg(long, env = "AUTHSTAMP_PUBLIC_URL", value_name = "URL")]
+    pub public_url: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CredentialsCommand {
+    /// Store (or replace) the credential of a user of an api_key or basic
+    /// provider (user `-`: the app's own); prints the connection, never the secret.
+    Set(CredentialsSetArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+#[group(id = "credential", required = true, multiple = false, args = ["api_key_env", "api_key_file", "api_key_stdin", "username"])]
+pub struct CredentialsSetArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// The app id (app_…).
+    #[arg(long, value_name = "APP_ID")]
+    pub app: String,
+    /// The provider configuration's name (the x-authstamp-provider value).
+    #[arg(long, value_name = "NAME")]
+    pub provider: String,
+    /// The app's id of its end user (the x-authstamp-user value; `-`: the app itself).
+    #[arg(long, value_name = "USER")]
+    pub user: String,
+    /// api_key providers: read the key from this environment variable.
+    #[arg(long, value_name = "VAR")]
+    pub api_key_env: Option<String>,
+    /// api_key providers: read the key from this file.
+    #[arg(long, value_name = "PATH")]
+    pub api_key_file: Option<PathBuf>,
+    /// api_key providers: read the key from standard input.
+    #[arg(long)]
+    pub api_key_stdin: bool,
+    /// basic providers: the user name (not a secret), with one --password-* source.
+    #[arg(long, requires = "password")]
+    pub username: Option<String>,
+    #[command(flatten)]
+    pub password: PasswordSource,
+    /// A connection parameter the provider declares, NAME=VALUE (repeatable).
+    #[arg(long = "param", value_name = "NAME=VALUE", value_parser = parse_param)]
+    pub params: Vec<(String, String)>,
+}
+
+/// Where a Basic password comes from.
+#[derive(Debug, Clone, Args)]
+#[group(id = "password", required = false, multiple = false)]
+pub struct PasswordSource {
+    /// basic providers: read the password from this environment variable.
+    #[arg(long, value_name = "VAR", requires = "username")]
+    pub password_env: Option<String>,
+    /// basic providers: read the password from this file.
+    #[arg(long, value_name = "PATH", requires = "username")]
+    pub password_file: Option<PathBuf>,
+    /// basic providers: read the password from standard input.
+    #[arg(long, requires = "username")]
+    pub password_stdin: bool,
+}
+
+fn parse_param(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("{text:?} is not NAME=VALUE"))
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WebhookCommand {
+    /// Create or replace an app's webhook; prints it, with the signing secret
+    /// only when the service made it (no --secret-*).
+    Set(WebhookSetArgs),
+    /// Print an app's webhook (never its secret).
+    Get(WebhookAppArgs),
+    /// Remove an app's webhook.
+    Delete(WebhookAppArgs),
+    /// POST one signed event of type `test` to the webhook now and print the
+    /// receiver's status; fails unless it answers 2xx.
+    Test(WebhookAppArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct WebhookSetArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// The app id (app_…).
+    #[arg(long, value_name = "APP_ID")]
+    pub app: String,
+    /// The receiver's URL (http or https).
+    #[arg(long, value_name = "URL")]
+    pub url: String,
+    #[command(flatten)]
+    pub secret: WebhookSecretSource,
+}
+
+/// Where a webhook signing secret comes from (none: the service makes one).
+#[derive(Debug, Clone, Args)]
+#[group(required = false, multiple = false)]
+pub struct WebhookSecretSource {
+    /// Read the signing secret (16 to 512 bytes) from this environment variable.
+    #[arg(long, value_name = "VAR")]
+    pub secret_env: Option<String>,
+    /// Read the signing secret from this file.
+    #[arg(long, value_name = "PATH")]
+    pub secret_file: Option<PathBuf>,
+    /// Read the signing secret from standard input.
+    #[arg(long)]
+    pub secret_stdin: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct WebhookAppArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// The app id (app_…).
+    #[arg(long, value_name = "APP_ID")]
+    pub app: String,
+}
+
+/// Reads a secret from the one source given: an environment variable, a
+/// file or stdin (a trailing newline is not part of it). `None`: no source.
+fn read_secret(
+    what: &str,
+    env: Option<&str>,
+    file: Option<&std::path::Path>,
+    stdin: bool,
+) -> anyhow::Result<Option<zeroize::Zeroizing<String>>> {
+    let raw = if let Some(var) = env {
+        std::env::var(var)
+            .with_context(|| format!("environment variable {var} ({what}) is not set"))?
+    } else if let Some(path) = file {
+        std::fs::read_to_string(path)
+            .with_context(|| format!("could not read {what} from {}", path.display()))?
+    } else if stdin {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .with_context(|| format!("could not read {what} from stdin"))?;
+        text
+    } else {
+        return Ok(None);
+    };
+    let raw = zeroize::Zeroizing::new(raw);
+    Ok(Some(zeroize::Zeroizing::new(
+        raw.trim_end_matches(['\r', '\n']).to_owned(),
+    )))
 }
 
 /// A provider's refresh policy overrides (absent: the service's defaults).
@@ -344,12 +579,62 @@ pub struct ServeArgs {
 pub enum AppCommand {
     /// Create an app; prints {"app_id", "app_key"} (the key is shown only once).
     Create(AppCreateArgs),
+    /// An app's keys: rotate (add one), list, revoke.
+    Key {
+        #[command(subcommand)]
+        command: AppKeyCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AppKeyCommand {
+    /// Add a key (shown only in this output); the others stay valid until
+    /// revoked, or until --grace from now. At most 10 valid keys per app.
+    Rotate(AppKeyRotateArgs),
+    /// Print the app's keys: id, created, expiry, valid (never a key).
+    List(AppKeyAppArgs),
+    /// Revoke one key at once (never the app's last valid one).
+    Revoke(AppKeyRevokeArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct AppKeyRotateArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// The app id (app_…).
+    #[arg(long, value_name = "APP_ID")]
+    pub app: String,
+    /// The app's other keys expire this long from now (at most 90 days).
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub grace: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct AppKeyAppArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// The app id (app_…).
+    #[arg(long, value_name = "APP_ID")]
+    pub app: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct AppKeyRevokeArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// The app id (app_…).
+    #[arg(long, value_name = "APP_ID")]
+    pub app: String,
+    /// The key id, from `authstamp app key list`.
+    #[arg(long, value_name = "KEY_ID")]
+    pub key: String,
 }
 
 #[derive(Debug, Clone, Args)]
 pub struct AppCreateArgs {
     #[command(flatten)]
     pub store: StoreArgs,
+    /// The app's display name.
     #[arg(long)]
     pub name: String,
     /// URL prefix that connect sessions may return to (repeatable).
@@ -426,18 +711,23 @@ impl SecretSource {
 pub struct ProviderSetArgs {
     #[command(flatten)]
     pub store: StoreArgs,
+    /// The app id (app_…).
     #[arg(long, value_name = "APP_ID")]
     pub app: String,
+    /// The provider configuration's name (the x-authstamp-provider value).
     #[arg(long, value_name = "NAME")]
     pub provider: String,
     /// Start from this catalog entry (authstamp providers list); every other
     /// flag overrides one of its fields.
     #[arg(long, value_name = "NAME")]
     pub catalog: Option<String>,
+    /// How the credential is obtained (default: the catalog entry's, else oauth2).
     #[arg(long, value_enum)]
     pub auth_type: Option<AuthTypeArg>,
+    /// The provider's name as the connect page shows it.
     #[arg(long)]
     pub display_name: Option<String>,
+    /// The OAuth client id of your app at the provider.
     #[arg(long)]
     pub client_id: Option<String>,
     #[command(flatten)]
@@ -446,12 +736,16 @@ pub struct ProviderSetArgs {
     /// (RFC 9207), and its metadata fills the URLs not given (OIDC / RFC 8414).
     #[arg(long, value_name = "URL")]
     pub issuer: Option<String>,
+    /// The provider's authorization endpoint.
     #[arg(long, value_name = "URL")]
     pub authorize_url: Option<String>,
+    /// The provider's token endpoint.
     #[arg(long, value_name = "URL")]
     pub token_url: Option<String>,
+    /// The provider's RFC 7009 revocation endpoint (disconnect revokes there).
     #[arg(long, value_name = "URL")]
     pub revocation_url: Option<String>,
+    /// The API base URL requests are sent to (their path is appended).
     #[arg(long, value_name = "URL")]
     pub api_base_url: Option<String>,
     /// A host the credential may be stamped on (repeatable; default: the API base URL's).
@@ -460,8 +754,10 @@ pub struct ProviderSetArgs {
     /// Scope to request (repeatable; default: the catalog's).
     #[arg(long = "scope", value_name = "S")]
     pub scopes: Vec<String>,
+    /// How scopes are joined in the authorization request (default: a space).
     #[arg(long)]
     pub scope_separator: Option<String>,
+    /// How the client authenticates at the token endpoint (default: basic).
     #[arg(long, value_enum)]
     pub client_auth: Option<ClientAuthArg>,
     /// Header (or with --header-in query, query parameter) the filter sets.
@@ -470,6 +766,7 @@ pub struct ProviderSetArgs {
     /// Its value; {token} is replaced by the credential.
     #[arg(long)]
     pub header_format: Option<String>,
+    /// Stamp the credential in a header (default) or a query parameter.
     #[arg(long, value_enum)]
     pub header_in: Option<StampInArg>,
     /// Public URL of the service, to print the redirect URI to register.
@@ -509,10 +806,13 @@ pub enum StampInArg {
 pub struct ProviderGetArgs {
     #[command(flatten)]
     pub store: StoreArgs,
+    /// The app id (app_…).
     #[arg(long, value_name = "APP_ID")]
     pub app: String,
+    /// The provider configuration's name (the x-authstamp-provider value).
     #[arg(long, value_name = "NAME")]
     pub provider: String,
+    /// Public URL of the service, to print the redirect URI to register.
     #[arg(long, env = "AUTHSTAMP_PUBLIC_URL")]
     pub public_url: Option<String>,
 }
@@ -617,6 +917,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             db.close().await;
             print_json(&view?)
         }
+        Command::App {
+            command: AppCommand::Key { command },
+        } => app_key_command(command).await,
+        Command::Credentials {
+            command: CredentialsCommand::Set(args),
+        } => credentials_set(args, &env).await,
+        Command::Webhook { command } => webhook_command(command, &env).await,
         Command::Providers { command } => providers_command(command),
         Command::BenchSeed(args) => {
             let (db, vault) = open_vault_db(&args.store, &env).await?;
@@ -712,15 +1019,185 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             command: ConnectionCommand::List(args),
         } => {
             let db = open_db(&args.store).await?;
-            let list = crate::connections::list_connections(
-                &db,
-                &RefreshPolicy::default(),
-                &args.app,
-                &args.user,
-            )
-            .await;
+            let defaults = RefreshPolicy::default();
+            let list = match &args.user {
+                Some(user) => {
+                    crate::connections::list_connections(&db, &defaults, &args.app, user).await
+                }
+                None => {
+                    crate::connections::list_app_connections(
+                        &db,
+                        &defaults,
+                        &args.app,
+                        args.status.map(StatusArg::stored),
+                        args.limit,
+                    )
+                    .await
+                }
+            };
             db.close().await;
-            print_json(&list?)
+            let mut list = list?;
+            if let Some(status) = args.status {
+                list.connections.retain(|view| status.matches(view));
+            }
+            print_json(&list)
+        }
+        Command::Connection {
+            command: ConnectionCommand::Disconnect(args),
+        } => {
+            let state = open_state(&args.store, &env, None).await?;
+            let done =
+                crate::lifecycle::disconnect(&state, &args.app, &args.provider, &args.user).await;
+            webhooks::settle(EVENT_WRITE_LIMIT).await;
+            state.db.close().await;
+            print_json(&done?)
+        }
+        Command::Connection {
+            command: ConnectionCommand::Reconnect(args),
+        } => {
+            let public_url = PublicUrl::parse(&args.public_url)?;
+            let state = open_state(&args.store, &env, Some(public_url)).await?;
+            let session = reconnect(&state, &args).await;
+            state.db.close().await;
+            print_json(&session?)
+        }
+    }
+}
+
+/// How long a command waits for the webhook events it caused to reach the
+/// outbox before it exits.
+const EVENT_WRITE_LIMIT: Duration = Duration::from_secs(5);
+
+/// The service state over the database, for commands that run the same
+/// functions as the API's app endpoints (their webhook events are written
+/// in the background: call [`webhooks::settle`] before exiting).
+async fn open_state(
+    store: &StoreArgs,
+    env: &SecretEnv,
+    public_url: Option<PublicUrl>,
+) -> anyhow::Result<AppState> {
+    let (db, vault) = open_vault_db(store, env).await?;
+    let public_url = match public_url {
+        Some(url) => url,
+        // Not used by these commands: only connect links carry it.
+        None => PublicUrl::parse("http://127.0.0.1:8080")?,
+    };
+    AppState::new(db, vault, StateOptions::new(public_url))
+}
+
+async fn reconnect(
+    state: &AppState,
+    args: &ConnectionReconnectArgs,
+) -> anyhow::Result<crate::oauth::connect::CreatedSession> {
+    let app = crate::store::apps::get(&state.db, &args.app)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no app {:?}", args.app))?;
+    let input = crate::lifecycle::Reconnect {
+        return_to: args.return_to.clone(),
+        user_display_name: None,
+    };
+    Ok(crate::lifecycle::reconnect(state, &app, &args.provider, &args.user, input).await?)
+}
+
+async fn app_key_command(command: AppKeyCommand) -> anyhow::Result<()> {
+    match command {
+        AppKeyCommand::Rotate(args) => {
+            let db = open_db(&args.store).await?;
+            let key =
+                app_keys::rotate(&db, &args.app, app_keys::RotateKey { grace: args.grace }).await;
+            db.close().await;
+            print_json(&key?)
+        }
+        AppKeyCommand::List(args) => {
+            let db = open_db(&args.store).await?;
+            let keys = app_keys::list(&db, &args.app).await;
+            db.close().await;
+            print_json(&serde_json::json!({ "keys": keys? }))
+        }
+        AppKeyCommand::Revoke(args) => {
+            let db = open_db(&args.store).await?;
+            let done = app_keys::revoke(&db, &args.app, &args.key).await;
+            db.close().await;
+            done?;
+            print_json(
+                &serde_json::json!({ "app_id": args.app, "key_id": args.key, "revoked": true }),
+            )
+        }
+    }
+}
+
+async fn credentials_set(args: CredentialsSetArgs, env: &SecretEnv) -> anyhow::Result<()> {
+    let api_key = read_secret(
+        "the API key",
+        args.api_key_env.as_deref(),
+        args.api_key_file.as_deref(),
+        args.api_key_stdin,
+    )?;
+    let password = read_secret(
+        "the password",
+        args.password.password_env.as_deref(),
+        args.password.password_file.as_deref(),
+        args.password.password_stdin,
+    )?;
+    let input = PutCredentials {
+        api_key: api_key.map(|k| AccessToken::new(k.as_str())),
+        username: args.username.clone(),
+        password: password.map(|p| AccessToken::new(p.as_str())),
+        params: args.params.iter().cloned().collect(),
+    };
+    let state = open_state(&args.store, env, None).await?;
+    let view =
+        crate::credentials::put_credentials(&state, &args.app, &args.provider, &args.user, input)
+            .await;
+    webhooks::settle(EVENT_WRITE_LIMIT).await;
+    state.db.close().await;
+    print_json(&view?)
+}
+
+async fn webhook_command(command: WebhookCommand, env: &SecretEnv) -> anyhow::Result<()> {
+    match command {
+        WebhookCommand::Set(args) => {
+            let secret = read_secret(
+                "the webhook secret",
+                args.secret.secret_env.as_deref(),
+                args.secret.secret_file.as_deref(),
+                args.secret.secret_stdin,
+            )?;
+            let input = webhooks::PutWebhook {
+                url: args.url.clone(),
+                secret: secret.map(|s| ClientSecret::new(s.as_str())),
+            };
+            let (db, vault) = open_vault_db(&args.store, env).await?;
+            let view = webhooks::put(&db, &vault, &args.app, input).await;
+            db.close().await;
+            print_json(&view?)
+        }
+        WebhookCommand::Get(args) => {
+            let db = open_db(&args.store).await?;
+            let hook = webhooks::get(&db, &args.app).await;
+            db.close().await;
+            let hook = hook?.ok_or_else(|| anyhow::anyhow!("app {:?} has no webhook", args.app))?;
+            print_json(&webhooks::view_of(&hook))
+        }
+        WebhookCommand::Delete(args) => {
+            let db = open_db(&args.store).await?;
+            let deleted = webhooks::delete(&db, &args.app).await;
+            db.close().await;
+            if !deleted? {
+                bail!("app {:?} has no webhook", args.app);
+            }
+            print_json(&serde_json::json!({ "app_id": args.app, "deleted": true }))
+        }
+        WebhookCommand::Test(args) => {
+            let (db, vault) = open_vault_db(&args.store, env).await?;
+            let sent = webhooks::send_test(&db, &vault, &args.app).await;
+            db.close().await;
+            let sent = sent?;
+            print_json(&sent)?;
+            if !sent.delivered {
+                bail!("the webhook receiver did not accept the test event");
+            }
+            Ok(())
         }
     }
 }
@@ -783,6 +1260,217 @@ mod tests {
     #[test]
     fn command_line_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    /// `--help` of every command explains every command and option.
+    #[test]
+    fn every_command_and_option_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if arg.is_hide_set() || ["help", "version"].contains(&id) {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} --{id}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                if sub.is_hide_set() || sub.get_name() == "help" {
+                    continue;
+                }
+                let here = format!("{path} {}", sub.get_name());
+                if sub.get_about().is_none() {
+                    missing.push(here.clone());
+                }
+                walk(sub, &here, missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "authstamp", &mut missing);
+        assert!(missing.is_empty(), "no help text: {missing:#?}");
+    }
+
+    #[test]
+    fn new_commands_parse_and_take_no_secret_as_a_flag() {
+        for args in [
+            &[
+                "authstamp",
+                "app",
+                "key",
+                "rotate",
+                "--app",
+                "a",
+                "--grace",
+                "24h",
+            ][..],
+            &["authstamp", "app", "key", "list", "--app", "a"],
+            &[
+                "authstamp",
+                "app",
+                "key",
+                "revoke",
+                "--app",
+                "a",
+                "--key",
+                "k",
+            ],
+            &[
+                "authstamp",
+                "credentials",
+                "set",
+                "--app",
+                "a",
+                "--provider",
+                "p",
+                "--user",
+                "u",
+                "--api-key-stdin",
+            ],
+            &[
+                "authstamp",
+                "credentials",
+                "set",
+                "--app",
+                "a",
+                "--provider",
+                "p",
+                "--user",
+                "u",
+                "--username",
+                "n",
+                "--password-env",
+                "P",
+            ],
+            &[
+                "authstamp",
+                "webhook",
+                "set",
+                "--app",
+                "a",
+                "--url",
+                "https://h.test/x",
+            ],
+            &["authstamp", "webhook", "test", "--app", "a"],
+            &[
+                "authstamp",
+                "connection",
+                "list",
+                "--app",
+                "a",
+                "--status",
+                "reauth-required",
+            ],
+            &[
+                "authstamp",
+                "connection",
+                "disconnect",
+                "--app",
+                "a",
+                "--provider",
+                "p",
+                "--user",
+                "u",
+            ],
+            &[
+                "authstamp",
+                "connection",
+                "reconnect",
+                "--app",
+                "a",
+                "--provider",
+                "p",
+                "--user",
+                "u",
+                "--public-url",
+                "https://x.test",
+            ],
+        ] {
+            assert!(Cli::try_parse_from(args).is_ok(), "{args:?}");
+        }
+        for args in [
+            &[
+                "authstamp",
+                "credentials",
+                "set",
+                "--app",
+                "a",
+                "--provider",
+                "p",
+                "--user",
+                "u",
+                "--api-key",
+                "k",
+            ][..],
+            &[
+                "authstamp",
+                "credentials",
+                "set",
+                "--app",
+                "a",
+                "--provider",
+                "p",
+                "--user",
+                "u",
+                "--username",
+                "n",
+                "--password",
+                "p",
+            ],
+            &[
+                "authstamp",
+                "credentials",
+                "set",
+                "--app",
+                "a",
+                "--provider",
+                "p",
+                "--user",
+                "u",
+                "--username",
+                "n",
+            ],
+            &[
+                "authstamp",
+                "credentials",
+                "set",
+                "--app",
+                "a",
+                "--provider",
+                "p",
+                "--user",
+                "u",
+            ],
+            &[
+                "authstamp",
+                "webhook",
+                "set",
+                "--app",
+                "a",
+                "--url",
+                "https://h.test/x",
+                "--secret",
+                "s",
+            ],
+            &["authstamp", "connection", "list", "--app", "a"],
+            &[
+                "authstamp",
+                "provider",
+                "set",
+                "--app",
+                "a",
+                "--provider",
+                "p",
+                "--catalog",
+                "slack",
+                "--client-id",
+                "i",
+                "--client-secret",
+                "s",
+            ],
+        ] {
+            assert!(Cli::try_parse_from(args).is_err(), "{args:?}");
+        }
     }
 
     #[test]

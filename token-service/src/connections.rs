@@ -158,3 +158,20 @@ pub async fn get_handler(
         .await
         .map(Json)
 }
+
+/// Connections of `app_id` across users (for the CLI), optionally only those
+/// whose stored status is `status`; at most `limit`.
+pub async fn list_app_connections(
+    db: &Db,
+    defaults: &RefreshPolicy,
+    app_id: &str,
+    status: Option<connections::ConnectionStatus>,
+    limit: i64,
+) -> Result<ConnectionList, ApiError> {
+    let mut views = Vec::new();
+    for record in connections::list_for_app(db, app_id, status, limit).await? {
+        let policy = policy_for(db, defaults, app_id, &record.key.provider).await?;
+        views.push(ConnectionView::new(&record, &policy));
+    }
+    Ok(ConnectionList { connections: views })
+}

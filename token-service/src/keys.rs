@@ -43,6 +43,16 @@ async fn registered(db: &Db) -> Result<BTreeMap<u32, Vec<u8>>, sqlx::Error> {
         .collect())
 }
 
+/// The active (highest) key version and when it was activated (unix
+/// seconds), for the key-age gauge of `/metrics`.
+pub async fn active_key_activation(db: &Db) -> Result<Option<(u32, i64)>, sqlx::Error> {
+    let row: Option<(i64, i64)> =
+        sqlx::query_as("SELECT version, created_at FROM vault_keys ORDER BY version DESC LIMIT 1")
+            .fetch_optional(db.pool())
+            .await?;
+    Ok(row.and_then(|(version, at)| Some((u32::try_from(version).ok()?, at))))
+}
+
 async fn register(db: &Db, vault: &Vault, version: u32) -> anyhow::Result<()> {
     let check = vault.key_check(version)?;
     sqlx::query(

@@ -408,12 +408,19 @@ async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, ApiE
 
 async fn metrics_text(State(state): State<AppState>) -> impl IntoResponse {
     let counts = state.status_counts().await;
+    let active_key = tokio::time::timeout(PROBE_DB_TIMEOUT, keys::active_key_activation(&state.db))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .flatten();
+    let mut text = state.metrics.render(counts);
+    text.push_str(&metrics::render_active_key(active_key));
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        state.metrics.render(counts),
+        text,
     )
 }
 

@@ -267,8 +267,23 @@ pub async fn reconnect_handler(
         .connect_sessions
         .check(&app.app_id)
         .map_err(|wait| ApiError::rate_limited("connect sessions", wait))?;
+    let created = reconnect(&state, &app, &provider_name, &user, input).await?;
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+/// A new connect session for an existing OAuth connection of `app`, with
+/// its connection parameters (the API's reconnect and `authstamp connection
+/// reconnect`).
+pub async fn reconnect(
+    state: &AppState,
+    app: &crate::store::apps::AppRecord,
+    provider_name: &str,
+    user: &str,
+    input: Reconnect,
+) -> Result<CreatedSession, ApiError> {
+    let user = user.to_owned();
     validate::user_id(&user)?;
-    let provider = app_provider(&state, &app.app_id, &provider_name).await?;
+    let provider = app_provider(state, &app.app_id, provider_name).await?;
     if provider.auth_type != AuthType::Oauth2 {
         return Err(ApiError::bad_request(
             "only OAuth authorization-code connections are reconnected in a browser",
@@ -296,9 +311,9 @@ pub async fn reconnect_handler(
         .into_iter()
         .filter(|(k, _)| declared.contains(&k.as_str()))
         .collect();
-    let created = new_session(
-        &state,
-        &app,
+    new_session(
+        state,
+        app,
         CreateSession {
             provider: provider.provider,
             user,
@@ -307,6 +322,5 @@ pub async fn reconnect_handler(
             params,
         },
     )
-    .await?;
-    Ok((StatusCode::CREATED, Json(created)))
+    .await
 }

@@ -43,6 +43,19 @@ impl Grant {
     }
 }
 
+/// The gauge of when the active vault key version was activated (unix
+/// seconds; alert on its age), or nothing when the database did not answer.
+pub fn render_active_key(active: Option<(u32, i64)>) -> String {
+    let Some((version, activated_at)) = active else {
+        return String::new();
+    };
+    format!(
+        "# HELP authstamp_vault_active_key_activated_seconds Unix time the active vault key version was activated.\n\
+         # TYPE authstamp_vault_active_key_activated_seconds gauge\n\
+         authstamp_vault_active_key_activated_seconds{{version=\"{version}\"}} {activated_at}\n"
+    )
+}
+
 #[derive(Debug, Default)]
 pub struct Metrics {
     lookups_ok: AtomicU64,

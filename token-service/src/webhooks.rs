@@ -169,11 +169,51 @@ pub fn emit(state: &AppState, app_id: &str, event: Event, provider: &str, user: 
         user: user.to_owned(),
     };
     let state = state.clone();
+    let pending = pending();
+    pending
+        .count
+        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     tokio::spawn(async move {
         if let Err(err) = enqueue(&state, &payload).await {
             tracing::warn!(app_id = %payload.app_id, event = payload.event.as_str(), error = %err, "webhook event not written to the outbox: dropped");
         }
+        pending
+            .count
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        pending.done.notify_waiters();
     });
+}
+
+/// Outbox writes that [`emit`] started and that have not finished.
+struct Pending {
+    count: std::sync::atomic::AtomicUsize,
+    done: tokio::sync::Notify,
+}
+
+fn pending() -> &'static Pending {
+    static PENDING: OnceLock<Pending> = OnceLock::new();
+    PENDING.get_or_init(|| Pending {
+        count: std::sync::atomic::AtomicUsize::new(0),
+        done: tokio::sync::Notify::new(),
+    })
+}
+
+/// Waits (at most `limit`) until every event emitted so far is written to
+/// the outbox or dropped: a CLI command calls it before it exits.
+pub async fn settle(limit: Duration) {
+    let pending = pending();
+    let wait = async {
+        loop {
+            let done = pending.done.notified();
+            if pending.count.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                return;
+            }
+            done.await;
+        }
+    };
+    if tokio::time::timeout(limit, wait).await.is_err() {
+        tracing::warn!("webhook events still being written to the outbox at exit");
+    }
 }
 
 async fn enqueue(state: &AppState, payload: &Payload) -> Result<(), String> {
@@ -457,16 +497,84 @@ pub async fn delete_handler(
     _admin: AdminAuth,
     ApiPath(app_id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
-    let done = sqlx::query("DELETE FROM webhooks WHERE app_id = $1")
-        .bind(&app_id)
-        .execute(state.db.pool())
-        .await?;
-    if done.rows_affected() == 0 {
+    if !delete(&state.db, &app_id).await? {
         return Err(ApiError::not_found(format!(
             "app {app_id:?} has no webhook"
         )));
     }
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Removes the webhook of `app_id`; `false`: it had none.
+pub async fn delete(db: &Db, app_id: &str) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query("DELETE FROM webhooks WHERE app_id = $1")
+        .bind(app_id)
+        .execute(db.pool())
+        .await?;
+    Ok(done.rows_affected() > 0)
+}
+
+/// A stored webhook as the API shows it (never its secret).
+pub fn view_of(record: &WebhookRecord) -> WebhookView {
+    view(record, None)
+}
+
+/// What `authstamp webhook test` sent and got.
+#[derive(Debug, Serialize)]
+pub struct TestDelivery {
+    pub url: String,
+    pub id: String,
+    /// The receiver's HTTP status (absent: no answer).
+    pub status: Option<u16>,
+    pub delivered: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The event type of a test delivery (not one of [`Event`]: never queued).
+pub const TEST_EVENT: &str = "test";
+
+/// POSTs one signed `test` event to the app's webhook now, once, with the
+/// headers and signature of a real delivery (outside the outbox).
+pub async fn send_test(db: &Db, vault: &Vault, app_id: &str) -> Result<TestDelivery, ApiError> {
+    let hook = get(db, app_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("app {app_id:?} has no webhook")))?;
+    let secret = vault.open(&Aad::webhook_secret(app_id), &hook.secret)?;
+    let id = format!("evt_{}", hex(&random_bytes::<12>()));
+    let body = serde_json::json!({
+        "id": id,
+        "type": TEST_EVENT,
+        "created_at": db::now(),
+        "app_id": app_id,
+        "provider": "",
+        "user": "",
+    })
+    .to_string()
+    .into_bytes();
+    let delivery = delivery().ok_or_else(|| ApiError::internal("webhook client", "unavailable"))?;
+    let response = delivery
+        .http
+        .post(&hook.url)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .header(SIGNATURE_HEADER, signature(&secret, db::now(), &body))
+        .header(EVENT_HEADER, TEST_EVENT)
+        .header(DELIVERY_HEADER, &id)
+        .body(body)
+        .send()
+        .await;
+    let (status, error) = match response {
+        Ok(response) => (Some(response.status().as_u16()), None),
+        Err(err) if err.is_timeout() => (None, Some("timeout".to_owned())),
+        Err(_) => (None, Some("unreachable".to_owned())),
+    };
+    Ok(TestDelivery {
+        url: hook.url,
+        id,
+        delivered: status.is_some_and(|s| (200..300).contains(&s)),
+        status,
+        error,
+    })
 }
 
 #[cfg(test)]

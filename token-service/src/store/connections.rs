@@ -160,6 +160,28 @@ pub async fn list_for_user(
     .collect()
 }
 
+/// Connections of an app, by user and provider, optionally only those with
+/// a stored `status`; at most `limit`.
+pub async fn list_for_app(
+    db: &Db,
+    app_id: &str,
+    status: Option<ConnectionStatus>,
+    limit: i64,
+) -> Result<Vec<ConnectionRecord>, sqlx::Error> {
+    sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM connections WHERE app_id = $1 AND ($2 = '' OR status = $2) \
+         ORDER BY user_id, provider LIMIT $3"
+    ))
+    .bind(app_id)
+    .bind(status.map_or("", ConnectionStatus::as_str))
+    .bind(limit)
+    .fetch_all(db.pool())
+    .await?
+    .iter()
+    .map(ConnectionRecord::from_row)
+    .collect()
+}
+
 /// Tokens from a completed authorization: a fresh, active connection that
 /// replaces any earlier one of the same user.
 pub struct NewConnection<'a> {

@@ -371,9 +371,9 @@ mod tests {
     #[test]
     fn through_the_filter_a_transparent_request_is_looked_up_stamped_and_then_cached() {
         use crate::config::Config;
-        use crate::filter::{on_call_response, on_request_headers, Verdict, Worker};
+        use crate::filter::Verdict;
         use crate::host::mock::{MockHost, ROOT};
-        use crate::metrics::Metrics;
+        use crate::stream::{NewStream, StreamFilter, WorkerFilter};
         use authstamp_protocol::TokenLookupRequest;
         use std::rc::Rc;
 
@@ -387,10 +387,18 @@ mod tests {
             .unwrap(),
         );
         let host = MockHost::new(1_700_000_000);
-        let worker = Worker::new(ROOT, Metrics::default());
-        let request = |stream: u32, path: &str| {
+        let mut worker = WorkerFilter::new(ROOT, Rc::default());
+        worker.set_config(config);
+        let new_stream = |id: u32| -> StreamFilter {
+            match worker.new_stream(id) {
+                NewStream::Stream(stream) => stream,
+                NewStream::Upstream(_) => panic!("a stamping worker"),
+            }
+        };
+        let request = |stream: &mut StreamFilter, path: &str| {
+            let id = stream.id();
             host.add_stream(
-                stream,
+                id,
                 &[
                     (":method", "GET"),
                     (":authority", "graph.microsoft.com"),
@@ -398,11 +406,12 @@ mod tests {
                     ("x-authstamp-user", "u1"),
                 ],
             );
-            host.enter(stream);
-            on_request_headers(&host, Some(&config), &worker, stream).1
+            host.enter(id);
+            stream.on_request_headers(&host)
         };
 
-        assert_eq!(request(2, "/v1.0/me"), Verdict::Pause);
+        let mut first = new_stream(2);
+        assert_eq!(request(&mut first, "/v1.0/me"), Verdict::Pause);
         let dispatch = host.dispatches().last().cloned().unwrap();
         let body: TokenLookupRequest = serde_json::from_slice(&dispatch.body).unwrap();
         assert_eq!(
@@ -420,7 +429,7 @@ mod tests {
         );
         host.enter(2);
         let size = host.call_response_body_len();
-        on_call_response(&host, &worker, dispatch.token, size, 2);
+        first.on_token_answer(&host, dispatch.token, size);
         assert_eq!(host.resumed(2), 1);
         assert_eq!(host.header(2, ":path").as_deref(), Some("/v1.0/me"));
         assert_eq!(
@@ -430,7 +439,10 @@ mod tests {
         assert_eq!(host.header(2, "x-authstamp-user"), None);
 
         // The next one is served from the cache, its path kept too.
-        assert_eq!(request(3, "/v1.0/me/messages"), Verdict::Continue);
+        assert_eq!(
+            request(&mut new_stream(3), "/v1.0/me/messages"),
+            Verdict::Continue
+        );
         assert_eq!(host.dispatch_count(), 1);
         assert_eq!(
             host.header(3, ":path").as_deref(),

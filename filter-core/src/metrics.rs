@@ -44,6 +44,9 @@ pub const FORCED_REFUSED: &str = "authstamp_forced_refreshes_refused_total";
 /// Cache slots created in shared data (each holds at most one entry); never
 /// above `cache_capacity`.
 pub const CACHE_SLOTS: &str = "authstamp_cache_slots";
+/// Requests stamped with a cached token past its cache validity but still
+/// valid at the provider, because the token service failed (stale-if-error).
+pub const STALE_SERVED: &str = "authstamp_stale_served_total";
 /// Latency of token-service calls in microseconds, from dispatch to answer
 /// (or timeout).
 pub const TOKEN_FETCH_US: &str = "authstamp_token_fetch_us";
@@ -73,6 +76,7 @@ pub struct Metrics {
     unhealed: Option<u32>,
     forced_refused: Option<u32>,
     slots: Option<u32>,
+    stale: Option<u32>,
     fetch_us: Option<u32>,
     errors: [Option<u32>; ErrorCode::ALL.len()],
 }
@@ -99,6 +103,7 @@ impl Metrics {
             unhealed: counter(UNHEALED),
             forced_refused: counter(FORCED_REFUSED),
             slots: host.define_metric(MetricKind::Gauge, CACHE_SLOTS),
+            stale: counter(STALE_SERVED),
             fetch_us: host.define_metric(MetricKind::Histogram, TOKEN_FETCH_US),
             errors,
         }
@@ -175,6 +180,12 @@ impl Metrics {
         Self::inc(host, self.forced_refused);
     }
 
+    pub fn stale_served(&self, host: &dyn Host, requests: usize) {
+        if let (Some(id), Ok(delta)) = (self.stale, i64::try_from(requests)) {
+            host.increment_metric(id, delta);
+        }
+    }
+
     pub fn slot_created(&self, host: &dyn Host) {
         Self::inc(host, self.slots);
     }
@@ -202,7 +213,7 @@ mod tests {
         let host = MockHost::new(1);
         let metrics = Metrics::define(&host);
         let names = host.metric_names();
-        assert_eq!(names.len(), 12 + ErrorCode::ALL.len());
+        assert_eq!(names.len(), 13 + ErrorCode::ALL.len());
         let mut unique = names.clone();
         unique.sort();
         unique.dedup();
@@ -231,6 +242,8 @@ mod tests {
         metrics.error(&host, ErrorCode::NotConnected);
         metrics.fetch_latency(&host, 1500);
         metrics.slot_created(&host);
+        metrics.stale_served(&host, 3);
+        assert_eq!(host.metric(STALE_SERVED), 3);
         assert_eq!(host.metric(CACHE_HITS), 3 + i64::from(FLUSH_EVERY));
         assert_eq!(host.metric("authstamp_errors_not_connected_total"), 1);
         assert_eq!(host.metric("authstamp_errors_internal_total"), 0);

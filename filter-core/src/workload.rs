@@ -51,9 +51,9 @@ pub fn check(host: &dyn Host, allowed: &[String]) -> Result<(), Rejection> {
 mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::filter::{on_request_headers, Verdict, Worker};
+    use crate::filter::Verdict;
     use crate::host::mock::{MockHost, ROOT};
-    use crate::metrics::Metrics;
+    use crate::stream::{NewStream, WorkerFilter};
     use std::rc::Rc;
 
     const ALLOWED: &str = "spiffe://cluster.local/ns/my-app/sa/my-service";
@@ -75,7 +75,12 @@ mod tests {
         properties: &[(&str, &[u8])],
     ) -> (Verdict, Option<crate::host::mock::LocalReply>, usize) {
         let host = MockHost::new(1_700_000_000);
-        let worker = Worker::new(ROOT, Metrics::define(&host));
+        let mut worker = WorkerFilter::new(ROOT, Rc::default());
+        worker.define_metrics(&host);
+        worker.set_config(Rc::clone(config));
+        let NewStream::Stream(mut stream) = worker.new_stream(2) else {
+            panic!("a stamping worker");
+        };
         host.add_stream(
             2,
             &[
@@ -88,7 +93,7 @@ mod tests {
             host.set_property(2, path, value);
         }
         host.enter(2);
-        let (_, verdict) = on_request_headers(&host, Some(config), &worker, 2);
+        let verdict = stream.on_request_headers(&host);
         (verdict, host.reply(2), host.dispatch_count())
     }
 

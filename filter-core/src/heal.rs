@@ -33,6 +33,7 @@ use crate::cache;
 use crate::filter::{self, Verdict, Worker};
 use crate::host::Host;
 use crate::inflight::{Left, Lookup};
+use crate::reply::Rejection;
 
 /// The filter-state name (Envoy: `wasm.authstamp_stamp`) of a stamped
 /// request's record id.
@@ -364,10 +365,14 @@ pub fn on_upstream_request(host: &dyn Host, worker: &Worker, context: u32) -> (A
     };
     let heal = worker.stamps.borrow().heal(id);
     match heal {
-        Some(Heal::Retry(_)) => {
-            replay(host, worker, id);
-            (Attempt::Of(id), Verdict::Continue)
-        }
+        Some(Heal::Retry(_)) => match replay(host, worker, id) {
+            Ok(()) => (Attempt::Of(id), Verdict::Continue),
+            Err(rejection) => {
+                worker.metrics.error(host, rejection.code);
+                rejection.send(host);
+                (Attempt::Of(id), Verdict::Pause)
+            }
+        },
         Some(Heal::Awaiting(pending)) => {
             if worker.inflight.borrow_mut().heal_on(pending, context, id) {
                 (Attempt::Held { id, pending }, Verdict::Pause)
@@ -397,23 +402,27 @@ pub fn request_data(worker: &Worker, attempt: Attempt) -> Verdict {
     }
 }
 
-/// Restamps the effective replay of `id` if its record has a credential for it.
-pub fn replay(host: &dyn Host, worker: &Worker, id: u64) {
+/// Restamps the effective replay of `id` if its record has a credential for
+/// it; a refused write is answered locally (500 `internal`).
+pub fn replay(host: &dyn Host, worker: &Worker, id: u64) -> Result<(), Rejection> {
     let heal = worker.stamps.borrow().heal(id);
     if let Some(Heal::Retry(header)) = heal {
-        restamp(host, &header);
+        restamp(host, &header)?;
         worker.stamps.borrow_mut().set_heal(id, Heal::Retried);
         worker.metrics.healed(host);
         log::debug!("authstamp: replaying a refused request with a fresh token");
     }
+    Ok(())
 }
 
 /// Replaces the credential of the effective (already stamped) request: a
 /// header (query credentials are static, never replayed).
-fn restamp(host: &dyn Host, header: &StampHeader) {
+fn restamp(host: &dyn Host, header: &StampHeader) -> Result<(), Rejection> {
     if header.location == StampLocation::Header {
-        host.set_request_header(&header.name, &header.value);
+        host.set_request_header(&header.name, &header.value)
+            .map_err(|_| crate::stamp::header_write_failed())?;
     }
+    Ok(())
 }
 
 /// Response headers of an upstream attempt: a first 401 is marked for the

@@ -360,20 +360,21 @@ pub fn stamp(
     upstream: &Upstream,
 ) -> Result<(), Rejection> {
     let request = host.request_headers();
-    stamp_request(host, names, header, upstream, &request)
+    let path = request_path(&request)?;
+    stamp_request(host, names, header, upstream, &request, path)
 }
 
-/// [`stamp`] with the request headers the caller already read: the new
-/// header list is written back in one host call (the hot path's cost is
-/// mostly host calls, not work).
+/// [`stamp`] with the request headers the caller already read and their
+/// checked [`request_path`]: the new header list is written back in one
+/// host call (the hot path's cost is mostly host calls, not work).
 pub fn stamp_request(
     host: &dyn Host,
     names: &HeaderNames,
     header: &StampHeader,
     upstream: &Upstream,
     request: &HeaderPairs,
+    path: String,
 ) -> Result<(), Rejection> {
-    let path = request_path(request)?;
     let transparent = !request
         .iter()
         .any(|(n, _)| n.eq_ignore_ascii_case(&names.provider));
@@ -419,8 +420,18 @@ pub fn stamp_request(
         stamped.push((&header.name, header.value.as_bytes()));
     }
     stamped.push((headers::ROUTE, upstream.scheme.as_bytes()));
-    host.set_request_headers(&stamped);
-    Ok(())
+    host.set_request_headers(&stamped)
+        .map_err(|_| header_write_failed())
+}
+
+/// The host refused the stamped headers: the request is answered locally
+/// (500), never forwarded without its credential.
+pub fn header_write_failed() -> Rejection {
+    log::error!("authstamp: could not write the stamped request headers");
+    Rejection::new(
+        ErrorCode::Internal,
+        "the request could not be stamped (the proxy refused the header write)",
+    )
 }
 
 /// `path` with every query parameter named `name` (compared after

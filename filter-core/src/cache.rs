@@ -100,6 +100,13 @@ fn pending_key(slot: u32) -> String {
     format!("{PENDING_PREFIX}{slot}")
 }
 
+/// Whether a shared-data key is a lookup's marker: writing one empty is
+/// the release of [`release`] (the answer is in the cache, or the lookup
+/// failed), the moment other workers waiting on it should look again.
+pub fn is_marker_key(name: &str) -> bool {
+    name.starts_with(PENDING_PREFIX)
+}
+
 /// SHA-256 of an app key: what shared data holds instead of the key, which
 /// any code in the VM (or a heap dump of Envoy) could read there.
 pub fn key_digest(app_key: &str) -> [u8; 32] {
@@ -116,6 +123,9 @@ pub struct Entry {
     pub header: StampHeader,
     pub upstream: Upstream,
     pub valid_until: u64,
+    /// When the token itself expires at the provider (Unix seconds), if the
+    /// token service said: the bound of stale-if-error (see [`lookup_stale`]).
+    pub expires_at: Option<u64>,
 }
 
 impl fmt::Debug for Entry {
@@ -126,12 +136,13 @@ impl fmt::Debug for Entry {
             .field("header", &self.header)
             .field("upstream", &self.upstream)
             .field("valid_until", &self.valid_until)
+            .field("expires_at", &self.expires_at)
             .finish()
     }
 }
 
 /// First line of an encoded entry.
-const ENTRY_TAG: &str = "authstamp-entry-v3";
+const ENTRY_TAG: &str = "authstamp-entry-v4";
 
 impl Entry {
     /// One field per line (read on every cache hit: no JSON). No field can
@@ -159,12 +170,20 @@ impl Entry {
             return None;
         }
         let until = self.valid_until.to_string();
-        let size =
-            ENTRY_TAG.len() + until.len() + fields.iter().map(|f| f.len() + 1).sum::<usize>() + 1;
+        let expires = self
+            .expires_at
+            .map_or_else(|| "-".to_string(), |at| at.to_string());
+        let size = ENTRY_TAG.len()
+            + until.len()
+            + expires.len()
+            + fields.iter().map(|f| f.len() + 1).sum::<usize>()
+            + 2;
         let mut out = String::with_capacity(size);
         out.push_str(ENTRY_TAG);
         out.push('\n');
         out.push_str(&until);
+        out.push('\n');
+        out.push_str(&expires);
         for field in fields {
             out.push('\n');
             out.push_str(field);
@@ -183,6 +202,10 @@ impl Entry {
             return None;
         }
         let valid_until = fields.next()?.parse().ok()?;
+        let expires_at = match fields.next()? {
+            "-" => None,
+            at => Some(at.parse().ok()?),
+        };
         let mut next = || fields.next().map(str::to_string);
         let entry = Entry {
             key: next()?,
@@ -209,6 +232,7 @@ impl Entry {
                 base_path: next()?,
             },
             valid_until,
+            expires_at,
         };
         if fields.next().is_some() {
             return None;
@@ -315,6 +339,32 @@ pub fn lookup(
         || stamp::validate_header(&entry.header).is_err()
     {
         log::warn!("authstamp: ignoring a malformed cache entry");
+        return None;
+    }
+    Some(entry)
+}
+
+/// Stale-if-error: an entry of `key` for this app key past its cache
+/// validity (the refresh skew, `max_cache_ttl`) whose token is still valid
+/// at the provider at `now` (its real expiry is known and later), for when
+/// the token service cannot answer. Never past the expiry; an entry
+/// without a known expiry is never served stale.
+pub fn lookup_stale(
+    host: &dyn Host,
+    key: &Slotted,
+    app_key_digest: &[u8; 32],
+    now: u64,
+) -> Option<Entry> {
+    let entry = find(host, key)?;
+    if entry.expires_at.is_none_or(|at| at <= now) {
+        return None;
+    }
+    if !constant_time_eq(&entry.app_key_digest, app_key_digest) {
+        return None;
+    }
+    if stamp::check_upstream_shape(&entry.upstream).is_err()
+        || stamp::validate_header(&entry.header).is_err()
+    {
         return None;
     }
     Some(entry)
@@ -506,6 +556,16 @@ pub fn key_verified(host: &dyn Host, name: &str, now_ms: u64) -> bool {
         .as_deref()
         .and_then(KeyCheck::decode)
         .is_some_and(|c| !c.refused && c.verified_until_ms > now_ms)
+}
+
+/// Whether the token service has refused the key of check `name` (revoked,
+/// unknown): such a key is never served, not even stale.
+pub fn key_refused_before(host: &dyn Host, name: &str) -> bool {
+    let (value, _) = host.get_shared_data(name);
+    value
+        .as_deref()
+        .and_then(KeyCheck::decode)
+        .is_some_and(|c| c.refused)
 }
 
 /// The token service accepted the key of check `name` at `now_ms`: hits
@@ -703,6 +763,7 @@ mod tests {
                 base_path: String::new(),
             },
             valid_until,
+            expires_at: None,
         }
     }
 

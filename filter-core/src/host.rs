@@ -24,6 +24,11 @@ pub enum SharedDataError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DispatchError;
 
+/// The host refused a write to the stream (its headers): the caller fails
+/// closed, never forwards a request it could not stamp.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WriteError;
+
 /// Kinds of proxy-wasm metrics (Envoy stats).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MetricKind {
@@ -56,15 +61,34 @@ pub fn serialize_pairs(pairs: &[(&str, &[u8])]) -> Vec<u8> {
     out
 }
 
-pub trait Host {
+/// The storage every worker shares: the token cache's slots, the markers of
+/// lookups in flight (cross-worker coalescing) and the app-key checks. Keys
+/// are never deleted (an empty value means deleted) and never enumerated.
+/// proxy-wasm: shared data of the VM id; native: [`crate::store::MemoryStore`].
+pub trait SharedStore {
+    /// Value and CAS of a key; `(None, None)` when it was never written.
+    fn get_shared_data(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>);
+    /// Writes a key if its CAS is still `cas` (`None`: unconditionally).
+    /// Creating a key never fails on CAS.
+    fn set_shared_data(
+        &self,
+        key: &str,
+        value: &[u8],
+        cas: Option<u32>,
+    ) -> Result<(), SharedDataError>;
+}
+
+/// Everything else the core asks of its host. Stream calls act on the
+/// *effective* context: the stream whose callback is running, or the one
+/// [`Host::set_effective_context`] selected last (the core switches to each
+/// waiting stream of a lookup to complete it, then back).
+pub trait Host: SharedStore {
     /// The request headers of the effective stream.
     fn request_headers(&self) -> HeaderPairs;
     /// Replaces every value of `name` with `value`.
-    fn set_request_header(&self, name: &str, value: &str);
-    /// Removes every value of `name`.
-    fn remove_request_header(&self, name: &str);
+    fn set_request_header(&self, name: &str, value: &str) -> Result<(), WriteError>;
     /// Replaces the whole request header map with `headers`, in order.
-    fn set_request_headers(&self, headers: &[(&str, &[u8])]);
+    fn set_request_headers(&self, headers: &[(&str, &[u8])]) -> Result<(), WriteError>;
 
     /// Starts an HTTP call; its answer arrives as `on_http_call_response`
     /// with the returned token.
@@ -79,16 +103,6 @@ pub trait Host {
     fn http_call_response_headers(&self) -> HeaderPairs;
     /// Body of the HTTP call answer being delivered.
     fn http_call_response_body(&self, size: usize) -> Option<Vec<u8>>;
-
-    /// Value and CAS of a shared-data key (shared by all workers of the VM id).
-    fn get_shared_data(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>);
-    /// Writes a shared-data key if its CAS is still `cas` (`None`: unconditionally).
-    fn set_shared_data(
-        &self,
-        key: &str,
-        value: &[u8],
-        cas: Option<u32>,
-    ) -> Result<(), SharedDataError>;
 
     /// The host's wall clock in Unix nanoseconds; `None` if it cannot tell.
     fn now_unix_nanos(&self) -> Option<u64>;
@@ -156,7 +170,8 @@ mod tests {
     }
 }
 
-#[cfg(test)]
+#[cfg(any(test, feature = "mock"))]
+#[allow(clippy::expect_used, clippy::panic)]
 pub mod mock {
     //! An in-memory host with several streams, a clock, shared data with CAS
     //! and a record of every dispatch, local reply and resume.
@@ -233,6 +248,8 @@ pub mod mock {
         pub dispatches: Vec<Dispatch>,
         pub next_token: u32,
         pub fail_dispatch: bool,
+        /// The host refuses every request-header write.
+        pub fail_header_writes: bool,
         pub shared: BTreeMap<String, (Vec<u8>, u32)>,
         pub next_cas: u32,
         pub shared_writes: Vec<(String, Option<u32>)>,
@@ -269,6 +286,7 @@ pub mod mock {
                     dispatches: Vec::new(),
                     next_token: 100,
                     fail_dispatch: false,
+                    fail_header_writes: false,
                     shared: BTreeMap::new(),
                     next_cas: 1,
                     shared_writes: Vec::new(),
@@ -441,6 +459,10 @@ pub mod mock {
             self.state.borrow_mut().now = None;
         }
 
+        pub fn set_fail_header_writes(&self, fail: bool) {
+            self.state.borrow_mut().fail_header_writes = fail;
+        }
+
         pub fn set_fail_dispatch(&self, fail: bool) {
             self.state.borrow_mut().fail_dispatch = fail;
         }
@@ -494,6 +516,38 @@ pub mod mock {
         }
     }
 
+    impl SharedStore for MockHost {
+        fn get_shared_data(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+            self.state.borrow_mut().shared_reads += 1;
+            match self.state.borrow().shared.get(key) {
+                Some((value, cas)) => (Some(value.clone()), Some(*cas)),
+                None => (None, None),
+            }
+        }
+
+        fn set_shared_data(
+            &self,
+            key: &str,
+            value: &[u8],
+            cas: Option<u32>,
+        ) -> Result<(), SharedDataError> {
+            let mut state = self.state.borrow_mut();
+            state.shared_writes.push((key.to_string(), cas));
+            if std::mem::take(&mut state.cas_conflict) {
+                return Err(SharedDataError::CasMismatch);
+            }
+            if let (Some(expected), Some((_, current))) = (cas, state.shared.get(key)) {
+                if expected != *current {
+                    return Err(SharedDataError::CasMismatch);
+                }
+            }
+            let next = state.next_cas;
+            state.next_cas += 1;
+            state.shared.insert(key.to_string(), (value.to_vec(), next));
+            Ok(())
+        }
+    }
+
     impl Host for MockHost {
         fn request_headers(&self) -> HeaderPairs {
             let state = self.state.borrow();
@@ -504,8 +558,11 @@ pub mod mock {
                 .unwrap_or_default()
         }
 
-        fn set_request_header(&self, name: &str, value: &str) {
+        fn set_request_header(&self, name: &str, value: &str) -> Result<(), WriteError> {
             let mut state = self.state.borrow_mut();
+            if state.fail_header_writes {
+                return Err(WriteError);
+            }
             let current = state.current;
             let stream = state
                 .streams
@@ -519,20 +576,14 @@ pub mod mock {
             stream
                 .headers
                 .push((name.to_string(), value.as_bytes().to_vec()));
+            Ok(())
         }
 
-        fn remove_request_header(&self, name: &str) {
+        fn set_request_headers(&self, headers: &[(&str, &[u8])]) -> Result<(), WriteError> {
             let mut state = self.state.borrow_mut();
-            let current = state.current;
-            let stream = state
-                .streams
-                .get_mut(&current)
-                .expect("a stream is effective");
-            stream.headers.retain(|(n, _)| n != name);
-        }
-
-        fn set_request_headers(&self, headers: &[(&str, &[u8])]) {
-            let mut state = self.state.borrow_mut();
+            if state.fail_header_writes {
+                return Err(WriteError);
+            }
             let current = state.current;
             let stream = state
                 .streams
@@ -546,6 +597,7 @@ pub mod mock {
                 .iter()
                 .map(|(n, v)| (n.to_string(), v.to_vec()))
                 .collect();
+            Ok(())
         }
 
         fn dispatch_http_call(
@@ -584,36 +636,6 @@ pub mod mock {
             let state = self.state.borrow();
             let body = &state.call_response.1;
             Some(body[..size.min(body.len())].to_vec())
-        }
-
-        fn get_shared_data(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
-            self.state.borrow_mut().shared_reads += 1;
-            match self.state.borrow().shared.get(key) {
-                Some((value, cas)) => (Some(value.clone()), Some(*cas)),
-                None => (None, None),
-            }
-        }
-
-        fn set_shared_data(
-            &self,
-            key: &str,
-            value: &[u8],
-            cas: Option<u32>,
-        ) -> Result<(), SharedDataError> {
-            let mut state = self.state.borrow_mut();
-            state.shared_writes.push((key.to_string(), cas));
-            if std::mem::take(&mut state.cas_conflict) {
-                return Err(SharedDataError::CasMismatch);
-            }
-            if let (Some(expected), Some((_, current))) = (cas, state.shared.get(key)) {
-                if expected != *current {
-                    return Err(SharedDataError::CasMismatch);
-                }
-            }
-            let next = state.next_cas;
-            state.next_cas += 1;
-            state.shared.insert(key.to_string(), (value.to_vec(), next));
-            Ok(())
         }
 
         fn now_unix_nanos(&self) -> Option<u64> {
