@@ -21,6 +21,7 @@ mod crypto;
 mod error;
 mod html;
 mod params;
+mod profile;
 mod quirks;
 mod scope;
 mod server;
@@ -88,6 +89,15 @@ pub fn app(state: AppState) -> Router {
             get(control::get_quirks).post(control::set_quirks),
         )
         .route("/_standin/revoke", post(control::revoke))
+        .route(
+            "/_standin/profiles/{name}",
+            get(profile::get).put(profile::put),
+        )
+        .route("/p/{name}", any(profile::dispatch))
+        .route(
+            "/p/{name}/{*path}",
+            any(profile::dispatch).layer(DefaultBodyLimit::max(API_BODY_LIMIT)),
+        )
         .route("/_standin/credentials", post(control::add_credentials))
         .route("/healthz", get(control::healthz))
         .route(

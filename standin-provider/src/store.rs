@@ -152,6 +152,8 @@ pub struct Store {
     issued_since_prune: u64,
     pub quirks: Quirks,
     pub stats: Stats,
+    /// Catalog profiles served under `/p/{name}/…`.
+    pub profiles: HashMap<String, crate::profile::Registered>,
 }
 
 impl Store {
@@ -168,6 +170,7 @@ impl Store {
             issued_since_prune: 0,
             quirks,
             stats: Stats::default(),
+            profiles: HashMap::new(),
         }
     }
 

@@ -26,6 +26,16 @@ pub fn browser_client() -> Client {
 /// Opens `connect_url`, consents at the provider as `login`, and follows the
 /// provider's redirect back to the token service's callback.
 pub async fn walk_connect(browser: &Client, connect_url: &str, login: &str) -> ConnectOutcome {
+    walk_connect_pkce(browser, connect_url, login, true).await
+}
+
+/// [`walk_connect`] for a provider that gets PKCE (`pkce`) or not.
+pub async fn walk_connect_pkce(
+    browser: &Client,
+    connect_url: &str,
+    login: &str,
+    pkce: bool,
+) -> ConnectOutcome {
     // 1. The token service shows its connect page; its Connect button posts
     //    the form, and the answer sends the browser to the provider.
     let page = browser
@@ -68,8 +78,16 @@ pub async fn walk_connect(browser: &Client, connect_url: &str, login: &str) -> C
             .map(|(_, v)| v.clone())
     };
     assert_eq!(param("response_type").as_deref(), Some("code"));
-    assert_eq!(param("code_challenge_method").as_deref(), Some("S256"));
-    assert!(param("code_challenge").is_some_and(|c| c.len() == 43));
+    if pkce {
+        assert_eq!(param("code_challenge_method").as_deref(), Some("S256"));
+        assert!(param("code_challenge").is_some_and(|c| c.len() == 43));
+    } else {
+        assert_eq!(
+            param("code_challenge"),
+            None,
+            "PKCE sent to a provider without it"
+        );
+    }
     assert!(param("state").is_some_and(|s| s.len() >= 32));
 
     // 2. The provider shows its consent page; the user types a login and approves.

@@ -2,7 +2,9 @@
 //! admin HTTP API and the CLI, and the thin HTTP handlers over them.
 
 use crate::auth::AdminAuth;
-use crate::catalog::{self, AuthType, CatalogEntry, ConnectionParam, Pkce, RevocationStyle};
+use crate::catalog::{
+    self, AuthType, CatalogEntry, ConnectionParam, Pkce, RevocationStyle, TokenRequestParams,
+};
 use crate::config::PublicUrl;
 use crate::db::{self, Db};
 use crate::discovery;
@@ -128,6 +130,15 @@ pub struct PutProvider {
     pub token_url: Option<String>,
     #[serde(default)]
     pub revocation_url: Option<String>,
+    /// The refresh endpoint, when it is not the token URL.
+    #[serde(default)]
+    pub refresh_url: Option<String>,
+    /// Where the catalog entry's post-exchange metadata call goes instead.
+    #[serde(default)]
+    pub metadata_url: Option<String>,
+    /// Extra token-request form fields per grant (replaces the entry's).
+    #[serde(default)]
+    pub token_request_params: Option<TokenRequestParams>,
     #[serde(default)]
     pub api_base_url: Option<String>,
     #[serde(default)]
@@ -275,6 +286,7 @@ pub async fn put_provider(
         .token_url
         .or_else(|| discovered.as_ref().and_then(|d| d.token_endpoint.clone()))
         .or_else(|| from_entry(|e| e.token_url.clone()));
+    let entry_revocation = entry.as_ref().and_then(|e| e.revocation.clone());
     let revocation_url = input
         .revocation_url
         .clone()
@@ -283,16 +295,35 @@ pub async fn put_provider(
                 .as_ref()
                 .and_then(|d| d.revocation_endpoint.clone())
         })
-        .or_else(|| from_entry(|e| e.revocation_url.clone()));
-    let revocation_style = if input.revocation_url.is_some()
-        || discovered
+        .or_else(|| entry_revocation.as_ref().map(|r| r.url.clone()));
+    // An overridden URL keeps the entry's way of calling it; a custom
+    // provider's (or a discovered) endpoint is RFC 7009.
+    let revocation_style = revocation_url.as_ref().map(|_| {
+        entry_revocation
             .as_ref()
-            .is_some_and(|d| d.revocation_endpoint.is_some())
-    {
-        revocation_url.as_ref().map(|_| RevocationStyle::Rfc7009)
-    } else {
-        entry.as_ref().and_then(|e| e.revocation_style)
-    };
+            .map_or(RevocationStyle::Rfc7009, |r| r.style)
+    });
+    let refresh_url = input
+        .refresh_url
+        .or_else(|| from_entry(|e| e.refresh_url.clone()));
+    let post_exchange_metadata = entry
+        .as_ref()
+        .and_then(|e| e.post_exchange_metadata.clone())
+        .map(|mut m| {
+            if let Some(url) = &input.metadata_url {
+                m.url = url.clone();
+            }
+            m
+        });
+    if input.metadata_url.is_some() && post_exchange_metadata.is_none() {
+        return Err(ApiError::bad_request(
+            "metadata_url overrides the catalog entry's post_exchange_metadata, which it has none of",
+        ));
+    }
+    let token_request_params = input
+        .token_request_params
+        .or_else(|| entry.as_ref().map(|e| e.token_request_params.clone()))
+        .unwrap_or_default();
     let api_base_url = input
         .api_base_url
         .or_else(|| from_entry(|e| e.api_base_url.clone()))
@@ -301,7 +332,10 @@ pub async fn put_provider(
         .connection_params
         .or_else(|| entry.as_ref().map(|e| e.connection_params.clone()))
         .unwrap_or_default();
-    let quirk = entry.as_ref().and_then(|e| e.token_response_quirk.clone());
+    let quirks = entry
+        .as_ref()
+        .map(|e| e.token_response_quirks.clone())
+        .unwrap_or_default();
     let api_hosts = match input.api_hosts {
         Some(hosts) => hosts,
         None => match &entry {
@@ -416,12 +450,15 @@ pub async fn put_provider(
         &catalog::Templates {
             authorize_url: Some(authorize_url.as_str()).filter(|u| !u.is_empty()),
             token_url: Some(token_url.as_str()).filter(|u| !u.is_empty()),
+            refresh_url: refresh_url.as_deref(),
             revocation_url: revocation_url.as_deref(),
+            metadata_url: post_exchange_metadata.as_ref().map(|m| m.url.as_str()),
             api_base_url: Some(&api_base_url),
             api_hosts: &api_hosts,
             extra_authorize_params: &extra_authorize_params,
             connection_params: &connection_params,
-            quirk: quirk.as_deref(),
+            quirks: &quirks,
+            metadata_fills: post_exchange_metadata.as_ref().map(|m| m.fills.as_str()),
             https_only: false,
         },
         &|_| "acme".to_owned(),
@@ -503,7 +540,14 @@ pub async fn put_provider(
             pkce,
             extra_authorize_params,
             connection_params,
-            token_response_quirk: quirk,
+            token_response_quirk: None,
+            token_response_quirks: quirks,
+            refresh_url,
+            token_request_params,
+            revocation_method: entry_revocation.as_ref().map(|r| r.method),
+            revocation_client_auth: entry_revocation.as_ref().map(|r| r.client_auth),
+            revocation_token: entry_revocation.as_ref().map(|r| r.token),
+            post_exchange_metadata,
             stamp_in: header.location,
         },
         created_at: now,

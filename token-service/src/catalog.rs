@@ -59,6 +59,7 @@ impl AuthType {
     }
 }
 
+/// PKCE (S256) policy of a provider.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Pkce {
@@ -66,23 +67,131 @@ pub enum Pkce {
     #[default]
     Supported,
     Unsupported,
+    /// Accepted only once the app enabled it at the provider (Slack: a
+    /// one-way switch to a public client). Not sent unless the app's
+    /// provider configuration sets `pkce` to `supported` or `required`.
+    OptIn,
     Unknown,
 }
 
 impl Pkce {
-    /// PKCE is sent unless the provider is known not to support it.
+    /// PKCE is sent unless the provider is known not to support it or the
+    /// app has not opted in.
     pub fn send(self) -> bool {
-        self != Pkce::Unsupported
+        !matches!(self, Pkce::Unsupported | Pkce::OptIn)
     }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RevocationStyle {
-    /// RFC 7009: POST `token` (+ `token_type_hint`) with client authentication.
+    /// RFC 7009: `token` (+ `token_type_hint`) form-encoded, with client
+    /// authentication per `revocation.client_auth`.
     Rfc7009,
+    /// The token itself is the bearer credential of the call (Intercom's
+    /// `auth/uninstall`, Slack's `auth.revoke`); no body.
+    Bearer,
     /// Anything else: not called by the service (see the entry's notes).
     ProviderSpecific,
+}
+
+/// How the client authenticates at a revocation endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RevocationClientAuth {
+    Basic,
+    /// `client_id` and `client_secret` in the form body (Calendly).
+    Body,
+    None,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum HttpMethod {
+    #[default]
+    Post,
+    Delete,
+}
+
+/// Which token a revocation call sends.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RevokedToken {
+    /// The refresh token when the connection has one, else the access token.
+    #[default]
+    Refresh,
+    Access,
+}
+
+/// A provider's revocation endpoint and how to call it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Revocation {
+    pub url: String,
+    pub method: HttpMethod,
+    pub style: RevocationStyle,
+    pub client_auth: RevocationClientAuth,
+    pub token: RevokedToken,
+}
+
+/// Extra form fields of token requests, per grant.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRequestParams {
+    #[serde(default)]
+    pub exchange: BTreeMap<String, String>,
+    #[serde(default)]
+    pub refresh: BTreeMap<String, String>,
+    #[serde(default)]
+    pub client_credentials: BTreeMap<String, String>,
+}
+
+impl TokenRequestParams {
+    pub fn is_empty(&self) -> bool {
+        self.exchange.is_empty() && self.refresh.is_empty() && self.client_credentials.is_empty()
+    }
+}
+
+/// Form fields the service writes itself: a catalog cannot override them.
+pub const RESERVED_TOKEN_PARAMS: &[&str] = &[
+    "grant_type",
+    "code",
+    "redirect_uri",
+    "code_verifier",
+    "refresh_token",
+    "client_id",
+    "client_secret",
+    "client_assertion",
+    "client_assertion_type",
+];
+
+/// A call after the code exchange whose answer fills a placeholder
+/// (Mailchimp: `GET login.mailchimp.com/oauth2/metadata` → `dc`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostExchangeMetadata {
+    /// GET with the new access token stamped per `header_format`.
+    pub url: String,
+    /// `authorization` header value, `{token}` once (Mailchimp: `OAuth {token}`).
+    pub header_format: String,
+    /// Top-level string field of the JSON answer.
+    pub field: String,
+    /// The placeholder it fills; the value must be one DNS label.
+    pub fills: String,
+}
+
+/// One field of an API-key or Basic connect form.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyField {
+    /// `api_key`, `username` or `password` (what the credentials API takes).
+    pub name: String,
+    pub label: String,
+    pub secret: bool,
+    #[serde(default)]
+    pub help: Option<String>,
+    #[serde(default)]
+    pub help_url: Option<String>,
 }
 
 /// A per-tenant value of a connection (a Zendesk subdomain, a Shopify shop).
@@ -103,19 +212,18 @@ pub const QUIRKS: &[&str] = &[
     "salesforce_instance_url",
     "error_in_200",
     "quickbooks_realm_id",
-    "mailchimp_metadata_dc",
     "stripe_connect_account",
     "pipedrive_api_domain",
     "zoho_api_domain",
-    "figma_separate_refresh_url",
     "granted_scopes_in_redirect",
+    "scope_as_array",
+    "expires_in_string",
 ];
 
 /// Placeholders filled from the token exchange, and the quirk that fills each.
 pub const DERIVED_PLACEHOLDERS: &[(&str, &[&str])] = &[
     ("instance_host", &["salesforce_instance_url"]),
     ("realm_id", &["quickbooks_realm_id"]),
-    ("dc", &["mailchimp_metadata_dc"]),
     (
         "api_domain_host",
         &["pipedrive_api_domain", "zoho_api_domain"],
@@ -142,12 +250,15 @@ pub struct RefreshInfo {
 pub struct CatalogEntry {
     pub name: String,
     pub display_name: String,
+    pub category: String,
     pub docs_url: String,
     pub auth_type: AuthType,
     pub authorize_url: Option<String>,
     pub token_url: Option<String>,
-    pub revocation_url: Option<String>,
-    pub revocation_style: Option<RevocationStyle>,
+    /// Only when refreshing uses another endpoint than `token_url` (Figma).
+    pub refresh_url: Option<String>,
+    pub token_request_params: TokenRequestParams,
+    pub revocation: Option<Revocation>,
     pub api_base_url: Option<String>,
     pub api_hosts: Vec<String>,
     pub scope_separator: String,
@@ -156,24 +267,44 @@ pub struct CatalogEntry {
     pub pkce: Pkce,
     pub extra_authorize_params: BTreeMap<String, String>,
     pub connection_params: Vec<ConnectionParam>,
-    pub token_response_quirk: Option<String>,
+    pub token_response_quirks: Vec<String>,
+    pub post_exchange_metadata: Option<PostExchangeMetadata>,
     pub header: HeaderSpec,
+    pub api_key_fields: Vec<ApiKeyField>,
     pub refresh: RefreshInfo,
-    pub verified: Vec<String>,
+    /// Field (or group, or `group.key`) → sources: provider documentation
+    /// URLs and `nango@<commit>:<key>`.
+    pub references: BTreeMap<String, Vec<String>>,
     pub unverified: Vec<String>,
     pub notes: String,
+}
+
+impl CatalogEntry {
+    /// The referenced fields: exactly the keys of `references`.
+    pub fn verified(&self) -> Vec<&str> {
+        self.references.keys().map(String::as_str).collect()
+    }
+
+    /// The placeholder filled by the post-exchange metadata call, if any.
+    pub fn metadata_fills(&self) -> Option<&str> {
+        self.post_exchange_metadata
+            .as_ref()
+            .map(|m| m.fills.as_str())
+    }
 }
 
 /// Every field of an entry, each required (`null` where it does not apply).
 pub const FIELDS: &[&str] = &[
     "name",
     "display_name",
+    "category",
     "docs_url",
     "auth_type",
     "authorize_url",
     "token_url",
-    "revocation_url",
-    "revocation_style",
+    "refresh_url",
+    "token_request_params",
+    "revocation",
     "api_base_url",
     "api_hosts",
     "scope_separator",
@@ -182,12 +313,48 @@ pub const FIELDS: &[&str] = &[
     "pkce",
     "extra_authorize_params",
     "connection_params",
-    "token_response_quirk",
+    "token_response_quirks",
+    "post_exchange_metadata",
     "header",
+    "api_key_fields",
     "refresh",
-    "verified",
+    "references",
     "unverified",
     "notes",
+];
+
+/// Fields that are names, labels or bookkeeping: no reference needed.
+const SELF_DESCRIBING: &[&str] = &[
+    "name",
+    "display_name",
+    "category",
+    "references",
+    "unverified",
+    "notes",
+];
+
+/// The categories of `providers/README.md`.
+pub const CATEGORIES: &[&str] = &[
+    "chat",
+    "meetings",
+    "drive",
+    "crm",
+    "marketing",
+    "email",
+    "ticketing",
+    "devops",
+    "accounting",
+    "hr",
+    "video",
+    "social",
+    "esign",
+    "calendar",
+    "payments",
+    "ecommerce",
+    "productivity",
+    "identity",
+    "analytics",
+    "other",
 ];
 
 const REFRESH_KEYS: &[&str] = &[
@@ -197,6 +364,9 @@ const REFRESH_KEYS: &[&str] = &[
     "refresh_token_idle_expiry",
     "non_expiring_access_tokens",
 ];
+
+const REVOCATION_KEYS: &[&str] = &["url", "method", "style", "client_auth", "token"];
+const TOKEN_PARAM_KEYS: &[&str] = &["exchange", "refresh", "client_credentials"];
 
 /// The validated catalog, sorted by name.
 #[derive(Debug)]
@@ -277,10 +447,16 @@ fn parse_entry(file: &str, text: &str) -> Result<CatalogEntry, Vec<String>> {
             errors.push(format!("{file}: missing field {field}"));
         }
     }
-    if let Some(Value::Object(refresh)) = object.get("refresh") {
-        for key in REFRESH_KEYS {
-            if !refresh.contains_key(*key) {
-                errors.push(format!("{file}: missing field refresh.{key}"));
+    for (group, keys) in [
+        ("refresh", REFRESH_KEYS),
+        ("revocation", REVOCATION_KEYS),
+        ("token_request_params", TOKEN_PARAM_KEYS),
+    ] {
+        if let Some(Value::Object(inner)) = object.get(group) {
+            for key in keys {
+                if !inner.contains_key(*key) {
+                    errors.push(format!("{file}: missing field {group}.{key}"));
+                }
             }
         }
     }
@@ -383,6 +559,7 @@ fn is_placeholder_name(name: &str) -> bool {
 pub fn sample_values(
     params: &[ConnectionParam],
     sample: &dyn Fn(&ConnectionParam) -> String,
+    metadata_fills: Option<&str>,
 ) -> Values {
     let mut values: Values = RESERVED_PLACEHOLDERS
         .iter()
@@ -391,6 +568,9 @@ pub fn sample_values(
         .collect();
     values.insert("instance_host".into(), "sample.example.com".into());
     values.insert("api_domain_host".into(), "sample.example.com".into());
+    if let Some(fills) = metadata_fills {
+        values.insert(fills.to_owned(), "sample-value".into());
+    }
     for p in params {
         let value = p.default.clone().unwrap_or_else(|| sample(p));
         values.insert(p.name.clone(), value);
@@ -398,19 +578,19 @@ pub fn sample_values(
     values
 }
 
-/// The placeholders an entry with `params` and `quirk` may use in its URLs
-/// and hosts.
+/// The placeholders an entry with `params`, `quirks` and a metadata call
+/// filling `metadata_fills` may use in its URLs and hosts.
 pub fn allowed_placeholders<'a>(
     params: &'a [ConnectionParam],
-    quirk: Option<&'a str>,
+    quirks: &'a [String],
+    metadata_fills: Option<&'a str>,
 ) -> BTreeSet<&'a str> {
     let mut allowed: BTreeSet<&str> = params.iter().map(|p| p.name.as_str()).collect();
     allowed.extend(RESERVED_PLACEHOLDERS.iter().copied());
-    if let Some(quirk) = quirk {
-        for (name, quirks) in DERIVED_PLACEHOLDERS {
-            if quirks.contains(&quirk) {
-                allowed.insert(name);
-            }
+    allowed.extend(metadata_fills);
+    for (name, fillers) in DERIVED_PLACEHOLDERS {
+        if quirks.iter().any(|q| fillers.contains(&q.as_str())) {
+            allowed.insert(name);
         }
     }
     allowed
@@ -432,27 +612,48 @@ fn validate_entry(e: &CatalogEntry) -> Vec<String> {
         "display_name must be 1 to 100 bytes",
     );
     check(
+        CATEGORIES.contains(&e.category.as_str()),
+        "category is not a known category",
+    );
+    check(
         matches!(e.scope_separator.as_str(), " " | ","),
         "scope_separator must be \" \" or \",\"",
     );
     check(
-        e.revocation_url.is_some() == e.revocation_style.is_some(),
-        "revocation_url and revocation_style are null together",
-    );
-    check(
-        e.token_response_quirk
-            .as_deref()
-            .is_none_or(|q| QUIRKS.contains(&q)),
-        "token_response_quirk is not a known code",
+        e.token_response_quirks
+            .iter()
+            .all(|q| QUIRKS.contains(&q.as_str())),
+        "token_response_quirks holds an unknown code",
     );
     if e.auth_type == AuthType::Oauth2 {
         check(e.authorize_url.is_some(), "oauth2 needs authorize_url");
     }
     if e.auth_type.is_oauth() {
         check(e.token_url.is_some(), "oauth2 needs token_url");
+    } else {
+        check(
+            e.authorize_url.is_none()
+                && e.token_url.is_none()
+                && e.refresh_url.is_none()
+                && e.revocation.is_none()
+                && e.token_request_params.is_empty()
+                && e.post_exchange_metadata.is_none(),
+            "api_key and basic entries have no OAuth endpoints or token parameters",
+        );
+        check(
+            !e.api_key_fields.is_empty(),
+            "api_key and basic entries describe their api_key_fields",
+        );
+    }
+    if e.auth_type == AuthType::Oauth2ClientCredentials {
+        check(
+            e.authorize_url.is_none(),
+            "client credentials entries have no authorize_url",
+        );
     }
     check(
-        crate::validate::header_name(&e.header.name).is_ok(),
+        crate::validate::header_name(&e.header.name).is_ok()
+            || e.header.location == authstamp_protocol::StampLocation::Query,
         "header.name must be a lowercase, unreserved header name",
     );
     check(
@@ -467,36 +668,82 @@ fn validate_entry(e: &CatalogEntry) -> Vec<String> {
             "default_scopes entries must be non-empty without the separator",
         );
     }
+    for (grant, params) in [
+        ("exchange", &e.token_request_params.exchange),
+        ("refresh", &e.token_request_params.refresh),
+        (
+            "client_credentials",
+            &e.token_request_params.client_credentials,
+        ),
+    ] {
+        for (key, value) in params {
+            // Zoom's server-to-server apps: `grant_type=account_credentials`.
+            let grant_override = grant == "client_credentials" && key == "grant_type";
+            if key.is_empty()
+                || key.chars().any(char::is_control)
+                || value.chars().any(char::is_control)
+                || (RESERVED_TOKEN_PARAMS.contains(&key.as_str()) && !grant_override)
+            {
+                errors.push(format!(
+                    "token_request_params.{grant} key {key:?} is invalid or written by the service"
+                ));
+            }
+        }
+    }
+    if let Some(m) = &e.post_exchange_metadata {
+        if crate::validate::header_format(&m.header_format).is_err() {
+            errors.push("post_exchange_metadata.header_format must contain {token} once".into());
+        }
+        if !is_placeholder_name(&m.fills)
+            || e.connection_params.iter().any(|p| p.name == m.fills)
+            || RESERVED_PLACEHOLDERS.contains(&m.fills.as_str())
+            || DERIVED_PLACEHOLDERS.iter().any(|(n, _)| *n == m.fills)
+        {
+            errors.push("post_exchange_metadata.fills must be a new placeholder name".into());
+        }
+        if m.field.is_empty() || m.field.len() > 64 {
+            errors.push("post_exchange_metadata.field must be 1 to 64 bytes".into());
+        }
+    }
+    let mut key_names = BTreeSet::new();
+    for field in &e.api_key_fields {
+        if !matches!(field.name.as_str(), "api_key" | "username" | "password")
+            || !key_names.insert(field.name.as_str())
+        {
+            errors.push(format!(
+                "api_key_fields name {:?} must be one of api_key, username, password, once",
+                field.name
+            ));
+        }
+        if field.label.trim().is_empty() || field.label.len() > 100 {
+            errors.push("api_key_fields label must be 1 to 100 bytes".into());
+        }
+        if let Some(url) = &field.help_url {
+            if !url.starts_with("https://") || url::Url::parse(url).is_err() {
+                errors.push("api_key_fields help_url must be an https URL".into());
+            }
+        }
+    }
     // Refresh.
     let r = &e.refresh;
-    check(
-        !r.rotation || r.supported,
-        "refresh.rotation without refresh.supported",
-    );
+    if r.rotation && !r.supported {
+        errors.push("refresh.rotation without refresh.supported".into());
+    }
+    if e.refresh_url.is_some() && !r.supported {
+        errors.push("refresh_url without refresh.supported".into());
+    }
     for d in [&r.access_token_lifetime, &r.refresh_token_idle_expiry]
         .into_iter()
         .flatten()
     {
-        check(
-            is_catalog_duration(d),
-            "refresh durations must match ^\\d+(s|m|h|d|mo)$",
-        );
+        if !is_catalog_duration(d) {
+            errors.push("refresh durations must match ^\\d+(s|m|h|d|mo)$".into());
+        }
     }
     errors.extend(validate_params(&e.connection_params));
-    errors.extend(validate_templates(
-        &Templates {
-            authorize_url: e.authorize_url.as_deref(),
-            token_url: e.token_url.as_deref(),
-            revocation_url: e.revocation_url.as_deref(),
-            api_base_url: e.api_base_url.as_deref(),
-            api_hosts: &e.api_hosts,
-            extra_authorize_params: &e.extra_authorize_params,
-            connection_params: &e.connection_params,
-            quirk: e.token_response_quirk.as_deref(),
-            https_only: true,
-        },
-        &|_| "acme".to_owned(),
-    ));
+    errors.extend(validate_templates(&Templates::of_entry(e, true), &|_| {
+        "acme".to_owned()
+    }));
     if let Err(msg) = template::render_url(&e.docs_url, &Values::new()) {
         errors.push(format!("docs_url: {msg}"));
     } else if !e.docs_url.starts_with("https://") {
@@ -505,7 +752,7 @@ fn validate_entry(e: &CatalogEntry) -> Vec<String> {
     if e.api_base_url.is_none() {
         errors.push("api_base_url is required".into());
     }
-    errors.extend(validate_verification(e));
+    errors.extend(validate_references(e));
     errors
 }
 
@@ -513,16 +760,38 @@ fn validate_entry(e: &CatalogEntry) -> Vec<String> {
 pub struct Templates<'a> {
     pub authorize_url: Option<&'a str>,
     pub token_url: Option<&'a str>,
+    pub refresh_url: Option<&'a str>,
     pub revocation_url: Option<&'a str>,
+    pub metadata_url: Option<&'a str>,
     pub api_base_url: Option<&'a str>,
     pub api_hosts: &'a [String],
     pub extra_authorize_params: &'a BTreeMap<String, String>,
     pub connection_params: &'a [ConnectionParam],
-    pub quirk: Option<&'a str>,
+    pub quirks: &'a [String],
+    pub metadata_fills: Option<&'a str>,
     /// Catalog entries: every URL is https and has no query. App
     /// configurations may use http (test providers on a trusted network)
     /// and a query in the authorize and token URLs.
     pub https_only: bool,
+}
+
+impl<'a> Templates<'a> {
+    pub fn of_entry(e: &'a CatalogEntry, https_only: bool) -> Self {
+        Self {
+            authorize_url: e.authorize_url.as_deref(),
+            token_url: e.token_url.as_deref(),
+            refresh_url: e.refresh_url.as_deref(),
+            revocation_url: e.revocation.as_ref().map(|r| r.url.as_str()),
+            metadata_url: e.post_exchange_metadata.as_ref().map(|m| m.url.as_str()),
+            api_base_url: e.api_base_url.as_deref(),
+            api_hosts: &e.api_hosts,
+            extra_authorize_params: &e.extra_authorize_params,
+            connection_params: &e.connection_params,
+            quirks: &e.token_response_quirks,
+            metadata_fills: e.metadata_fills(),
+            https_only,
+        }
+    }
 }
 
 /// Rules 3 to 5 of `providers/README.md`: placeholders are known, URLs
@@ -533,8 +802,8 @@ pub fn validate_templates(
     sample: &dyn Fn(&ConnectionParam) -> String,
 ) -> Vec<String> {
     let mut errors = Vec::new();
-    let allowed = allowed_placeholders(t.connection_params, t.quirk);
-    let values = sample_values(t.connection_params, sample);
+    let allowed = allowed_placeholders(t.connection_params, t.quirks, t.metadata_fills);
+    let values = sample_values(t.connection_params, sample, t.metadata_fills);
     let check_placeholders =
         |what: &str, text: &str, errors: &mut Vec<String>| match template::placeholders(text) {
             Ok(names) => {
@@ -545,6 +814,12 @@ pub fn validate_templates(
                     if name == "refresh_token" && what != "revocation_url" {
                         errors.push(format!("{what}: {{refresh_token}} only in revocation_url"));
                     }
+                    // The metadata call runs before its placeholder is known.
+                    if Some(name) == t.metadata_fills
+                        && matches!(what, "authorize_url" | "token_url" | "metadata_url")
+                    {
+                        errors.push(format!("{what}: {{{name}}} is not known yet there"));
+                    }
                 }
             }
             Err(e) => errors.push(format!("{what}: {e}")),
@@ -552,7 +827,9 @@ pub fn validate_templates(
     for (what, url) in [
         ("authorize_url", t.authorize_url),
         ("token_url", t.token_url),
+        ("refresh_url", t.refresh_url),
         ("revocation_url", t.revocation_url),
+        ("metadata_url", t.metadata_url),
         ("api_base_url", t.api_base_url),
     ] {
         let Some(url) = url else { continue };
@@ -564,7 +841,9 @@ pub fn validate_templates(
                 }
                 // Catalog URLs carry no query (README rule 3); an app's own
                 // authorize and token URLs may (kept as they are).
-                let query_allowed = !t.https_only && what != "api_base_url";
+                // Dropbox Sign refreshes at `/oauth/token?refresh`.
+                let query_allowed =
+                    (!t.https_only && what != "api_base_url") || what == "refresh_url";
                 if (parsed.query().is_some() && !query_allowed) || parsed.fragment().is_some() {
                     errors.push(format!("{what} must not carry a query or fragment"));
                 }
@@ -604,35 +883,98 @@ pub fn validate_templates(
     errors
 }
 
-fn validate_verification(e: &CatalogEntry) -> Vec<String> {
+/// A reference: a provider documentation URL (https) or Nango's catalog at
+/// a named commit, `nango@<hex commit>:<entry key>`.
+pub fn is_reference(source: &str) -> bool {
+    if let Some(rest) = source.strip_prefix("nango@") {
+        let Some((commit, key)) = rest.split_once(':') else {
+            return false;
+        };
+        return (7..=40).contains(&commit.len())
+            && commit.bytes().all(|b| b.is_ascii_hexdigit())
+            && !key.is_empty()
+            && key.len() <= 100
+            && !key.chars().any(char::is_whitespace);
+    }
+    source.starts_with("https://") && source.len() <= 2048 && url::Url::parse(source).is_ok()
+}
+
+/// The sub-keys of a grouped field that a reference may name one by one.
+fn sub_keys(e: &CatalogEntry, field: &str) -> Vec<String> {
+    let fixed: &[&str] = match field {
+        "refresh" => REFRESH_KEYS,
+        "revocation" if e.revocation.is_some() => REVOCATION_KEYS,
+        "token_request_params" => TOKEN_PARAM_KEYS,
+        "post_exchange_metadata" if e.post_exchange_metadata.is_some() => {
+            &["url", "header_format", "field", "fills"]
+        }
+        "extra_authorize_params" => {
+            return e.extra_authorize_params.keys().cloned().collect();
+        }
+        _ => &[],
+    };
+    fixed.iter().map(|k| (*k).to_owned()).collect()
+}
+
+/// Item 2 of issue 15: every field is referenced (by itself, its group, or
+/// each of its sub-keys) or listed unverified, never both; every source is a
+/// reference.
+fn validate_references(e: &CatalogEntry) -> Vec<String> {
     let mut errors = Vec::new();
     let known = |name: &str| -> bool {
         if FIELDS.contains(&name) {
             return true;
         }
         match name.split_once('.') {
-            Some(("refresh", key)) => REFRESH_KEYS.contains(&key),
-            Some(("extra_authorize_params", key)) => e.extra_authorize_params.contains_key(key),
-            _ => false,
+            Some((field, key)) => sub_keys(e, field).iter().any(|k| k == key),
+            None => false,
         }
     };
-    let verified: BTreeSet<&str> = e.verified.iter().map(String::as_str).collect();
+    let referenced: BTreeSet<&str> = e.references.keys().map(String::as_str).collect();
     let unverified: BTreeSet<&str> = e.unverified.iter().map(String::as_str).collect();
-    for name in verified.iter().chain(unverified.iter()) {
+    for name in referenced.iter().chain(unverified.iter()) {
         if !known(name) {
-            errors.push(format!("verified/unverified name {name:?} is not a field"));
+            errors.push(format!(
+                "references/unverified name {name:?} is not a field"
+            ));
         }
     }
-    for name in verified.intersection(&unverified) {
-        errors.push(format!("{name:?} is both verified and unverified"));
+    for name in referenced.intersection(&unverified) {
+        errors.push(format!("{name:?} is both referenced and unverified"));
     }
-    for (list, other) in [(&verified, &unverified), (&unverified, &verified)] {
-        for name in list.iter() {
-            if let Some((parent, _)) = name.split_once('.') {
-                if other.contains(parent) {
-                    errors.push(format!("{name:?} contradicts its parent {parent:?}"));
+    for (field, sources) in &e.references {
+        if sources.is_empty() {
+            errors.push(format!("references.{field} names no source"));
+        }
+        for source in sources {
+            if !is_reference(source) {
+                errors.push(format!(
+                    "references.{field}: {source:?} is neither an https URL nor nango@<commit>:<key>"
+                ));
+            }
+        }
+    }
+    let covered = |name: &str| referenced.contains(name) || unverified.contains(name);
+    for field in FIELDS.iter().filter(|f| !SELF_DESCRIBING.contains(f)) {
+        if covered(field) {
+            let parts = sub_keys(e, field);
+            for key in parts {
+                let dotted = format!("{field}.{key}");
+                if covered(&dotted) {
+                    let parent_referenced = referenced.contains(field);
+                    let child_referenced = referenced.contains(dotted.as_str());
+                    if parent_referenced != child_referenced {
+                        errors.push(format!("{dotted:?} contradicts its parent {field:?}"));
+                    }
                 }
             }
+            continue;
+        }
+        let parts = sub_keys(e, field);
+        let all_parts =
+            !parts.is_empty() && parts.iter().all(|key| covered(&format!("{field}.{key}")));
+        if !all_parts {
+            errors.push(format!("{field} is neither referenced nor unverified"));
         }
     }
     errors
@@ -703,6 +1045,51 @@ impl<'a> From<&'a CatalogEntry> for Summary<'a> {
     }
 }
 
+impl Catalog {
+    /// The table of `docs/providers.md`: one row per entry with what is
+    /// referenced, and the totals above it.
+    pub fn markdown_table(&self) -> String {
+        let mut by_type: BTreeMap<&str, usize> = BTreeMap::new();
+        let (mut referenced, mut unverified) = (0, 0);
+        for e in &self.entries {
+            *by_type.entry(e.auth_type.as_str()).or_default() += 1;
+            referenced += e.references.len();
+            unverified += e.unverified.len();
+        }
+        let mut out = format!(
+            "{} entries ({}); {referenced} referenced fields or field groups, {unverified} unverified.\n\n",
+            self.entries.len(),
+            by_type
+                .iter()
+                .map(|(t, n)| format!("{n} {t}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        out.push_str(
+            "| name | provider | category | auth type | referenced | unverified | docs |\n",
+        );
+        out.push_str("| --- | --- | --- | --- | --- | --- | --- |\n");
+        let cell = |text: &str| text.replace('|', "\\|");
+        for e in &self.entries {
+            out.push_str(&format!(
+                "| `{}` | {} | {} | {} | {} | {} | [docs]({}) |\n",
+                e.name,
+                cell(&e.display_name),
+                e.category,
+                e.auth_type.as_str(),
+                e.references.len(),
+                if e.unverified.is_empty() {
+                    "-".to_owned()
+                } else {
+                    cell(&e.unverified.join(", "))
+                },
+                e.docs_url
+            ));
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -713,6 +1100,50 @@ mod tests {
         "acme.okta.com",
         "acme.us.auth0.com",
         "acme.my.salesforce.com",
+        "us",
+        "eu",
+        "live",
+        "api",
+        "gcp",
+        "na",
+        "12345",
+        "123-ABC-456",
+        "2024-01-01",
+        "ABCDEFGH12",
+        "abcdefghij0123456789",
+        "0123456789abcdef0123456789abcdef",
+        "01234567-89ab-cdef-0123-456789abcdef",
+        "amzn1.acme",
+        "acct_0123456789abcdef",
+        "https://api.acme.example/",
+        "sellercentral.amazon.com",
+        "restacme.bullhornstaffing.com",
+        "www.clover.com",
+        "api.clover.com",
+        "us-central1",
+        "acme.cloud.databricks.com",
+        "datadoghq.com",
+        "app.datadoghq.com",
+        "acme.docusign.net",
+        "acme.myfreshworks.com",
+        "acme.api.gong.io",
+        "acme.grafana.net",
+        "acme.looker.com",
+        "acme.onmicrosoft.com",
+        "mixpanel.com",
+        "acme.service-now.com",
+        "sentry.io",
+        "smartsheet.com",
+        "acme.snowflakecomputing.com",
+        "acme.teamwork.com",
+        "www.wrike.com",
+        "acme.yahooapis.com",
+        "business.revolut.com",
+        "b2b.revolut.com",
+        "sandbox-api",
+        "gitlab.com",
+        "acme.api-us1.com",
+        "",
     ];
 
     fn sample_for(p: &ConnectionParam) -> String {
@@ -724,12 +1155,16 @@ mod tests {
             .to_string()
     }
 
-    #[test]
-    fn every_embedded_entry_is_valid() {
-        let catalog = match embedded() {
+    pub(crate) fn catalog() -> &'static Catalog {
+        match embedded() {
             Ok(c) => c,
             Err(errors) => panic!("catalog errors:\n{}", errors.join("\n")),
-        };
+        }
+    }
+
+    #[test]
+    fn every_embedded_entry_is_valid() {
+        let catalog = catalog();
         assert_eq!(catalog.entries().len(), files::FILES.len());
         assert!(catalog.entries().len() >= 40);
         for required in [
@@ -778,22 +1213,9 @@ mod tests {
         // With a value matching each pattern (not only "acme"), every URL and
         // host still renders.
         for e in catalog.entries() {
-            let errors = validate_templates(
-                &Templates {
-                    authorize_url: e.authorize_url.as_deref(),
-                    token_url: e.token_url.as_deref(),
-                    revocation_url: e.revocation_url.as_deref(),
-                    api_base_url: e.api_base_url.as_deref(),
-                    api_hosts: &e.api_hosts,
-                    extra_authorize_params: &e.extra_authorize_params,
-                    connection_params: &e.connection_params,
-                    quirk: e.token_response_quirk.as_deref(),
-                    https_only: true,
-                },
-                &sample_for,
-            );
+            let errors = validate_templates(&Templates::of_entry(e, true), &sample_for);
             assert!(errors.is_empty(), "{}: {errors:?}", e.name);
-            let values = sample_values(&e.connection_params, &sample_for);
+            let values = sample_values(&e.connection_params, &sample_for, e.metadata_fills());
             resolve_params(
                 &e.connection_params,
                 &e.connection_params
@@ -826,6 +1248,18 @@ mod tests {
         v.to_string()
     }
 
+    /// Moves `field` (and its sub-keys) out of `references` into `unverified`.
+    fn unverify(o: &mut serde_json::Map<String, Value>, field: &str) {
+        let refs = o["references"].as_object_mut().unwrap();
+        refs.retain(|k, _| k != field && !k.starts_with(&format!("{field}.")));
+        let list = o["unverified"].as_array_mut().unwrap();
+        list.retain(|v| {
+            let v = v.as_str().unwrap();
+            v != field && !v.starts_with(&format!("{field}."))
+        });
+        list.push(field.into());
+    }
+
     #[test]
     fn broken_entries_are_refused_with_a_reason() {
         assert!(Catalog::parse(&[("slack.json", &slack_text())]).is_ok());
@@ -835,6 +1269,12 @@ mod tests {
                     o.remove("notes");
                 }),
                 "missing field notes",
+            ),
+            (
+                mutate(|o| {
+                    o["refresh"].as_object_mut().unwrap().remove("rotation");
+                }),
+                "missing field refresh.rotation",
             ),
             (
                 mutate(|o| {
@@ -850,15 +1290,21 @@ mod tests {
             ),
             (
                 mutate(|o| {
+                    o.insert("category".into(), "nope".into());
+                }),
+                "known category",
+            ),
+            (
+                mutate(|o| {
                     o.insert("token_url".into(), "https://slack.com/x?a=1".into());
                 }),
                 "query",
             ),
             (
                 mutate(|o| {
-                    o.insert("token_url".into(), "http://slack.com/x".into());
+                    o.insert("refresh_url".into(), "http://slack.com/x".into());
                 }),
-                "must be https",
+                "refresh_url must be https",
             ),
             (
                 mutate(|o| {
@@ -886,15 +1332,34 @@ mod tests {
             ),
             (
                 mutate(|o| {
-                    o.insert("revocation_style".into(), Value::Null);
+                    o["revocation"]["style"] = "nope".into();
                 }),
-                "null together",
+                "does not fit the schema",
             ),
             (
                 mutate(|o| {
-                    o.insert("token_response_quirk".into(), "nope".into());
+                    o.insert("token_response_quirks".into(), serde_json::json!(["nope"]));
                 }),
-                "known code",
+                "unknown code",
+            ),
+            (
+                mutate(|o| {
+                    o["token_request_params"]["refresh"] =
+                        serde_json::json!({"grant_type": "password"});
+                }),
+                "written by the service",
+            ),
+            (
+                mutate(|o| {
+                    o["post_exchange_metadata"] = serde_json::json!({"url": "https://slack.com/m", "header_format": "Bearer {token}", "field": "dc", "fills": "client_id"});
+                }),
+                "new placeholder name",
+            ),
+            (
+                mutate(|o| {
+                    o["post_exchange_metadata"] = serde_json::json!({"url": "https://{dc}.slack.com/m", "header_format": "Bearer {token}", "field": "dc", "fills": "dc"});
+                }),
+                "not known yet",
             ),
             (
                 mutate(|o| {
@@ -919,19 +1384,48 @@ mod tests {
             ),
             (
                 mutate(|o| {
-                    o["verified"] = serde_json::json!(["api_hosts"]);
+                    let first = o["unverified"][0].clone();
+                    o["references"][first.as_str().unwrap()] =
+                        serde_json::json!(["https://docs.slack.dev/x"]);
                 }),
-                "both verified",
+                "both referenced",
             ),
             (
                 mutate(|o| {
-                    o["verified"] = serde_json::json!(["nope"]);
+                    o["unverified"] = serde_json::json!(["nope"]);
                 }),
                 "not a field",
             ),
             (
                 mutate(|o| {
-                    o["unverified"] = serde_json::json!(["refresh.rotation"]);
+                    o["references"]
+                        .as_object_mut()
+                        .unwrap()
+                        .retain(|k, _| k != "token_url");
+                    o["unverified"]
+                        .as_array_mut()
+                        .unwrap()
+                        .retain(|v| v != "token_url");
+                }),
+                "token_url is neither referenced nor unverified",
+            ),
+            (
+                mutate(|o| {
+                    o["references"]["token_url"] = serde_json::json!(["slack docs"]);
+                }),
+                "neither an https URL nor nango",
+            ),
+            (
+                mutate(|o| {
+                    o["references"]["token_url"] = serde_json::json!([]);
+                }),
+                "names no source",
+            ),
+            (
+                mutate(|o| {
+                    unverify(o, "refresh");
+                    o["references"]["refresh.rotation"] =
+                        serde_json::json!(["https://docs.slack.dev/x"]);
                 }),
                 "contradicts its parent",
             ),
@@ -954,6 +1448,12 @@ mod tests {
                 }),
                 "does not compile",
             ),
+            (
+                mutate(|o| {
+                    o["auth_type"] = "api_key".into();
+                }),
+                "no OAuth endpoints",
+            ),
             ("[]".to_owned(), "not a JSON object"),
             ("{".to_owned(), "invalid JSON"),
         ];
@@ -967,9 +1467,76 @@ mod tests {
         assert!(twice.contains("duplicate name"), "{twice}");
     }
 
+    /// A parameter that selects a host decides where the client secret and
+    /// the user's token go: it must never admit a host outside the
+    /// provider's own domains.
+    #[test]
+    fn no_connection_param_admits_a_foreign_host() {
+        for e in catalog().entries() {
+            let t = Templates::of_entry(e, true);
+            let mut hosts: Vec<&str> = e.api_hosts.iter().map(String::as_str).collect();
+            for url in [
+                t.authorize_url,
+                t.token_url,
+                t.refresh_url,
+                t.revocation_url,
+                t.metadata_url,
+                t.api_base_url,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                let rest = url.split_once("://").map_or(url, |(_, r)| r);
+                hosts.push(rest.split('/').next().unwrap_or(rest));
+            }
+            for p in &e.connection_params {
+                let placeholder = format!("{{{}}}", p.name);
+                if !hosts.iter().any(|h| h.contains(&placeholder)) {
+                    continue;
+                }
+                let re = compile_pattern(&p.pattern).unwrap();
+                for foreign in ["evil.example", "login.evil.example", "evil.example:443"] {
+                    assert!(
+                        !re.is_match(foreign),
+                        "{}: {} admits {foreign}",
+                        e.name,
+                        p.name
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn verified_is_exactly_the_referenced_fields() {
+        for e in catalog().entries() {
+            let verified: BTreeSet<&str> = e.verified().into_iter().collect();
+            let referenced: BTreeSet<&str> = e.references.keys().map(String::as_str).collect();
+            assert_eq!(verified, referenced, "{}", e.name);
+            for name in &e.unverified {
+                assert!(!verified.contains(name.as_str()), "{}: {name}", e.name);
+            }
+        }
+    }
+
+    #[test]
+    fn references_name_a_url_or_nango_at_a_commit() {
+        assert!(is_reference("https://developers.hubspot.com/docs/x"));
+        assert!(is_reference("nango@2f4c0af6:hubspot"));
+        for bad in [
+            "http://example.com",
+            "nango:hubspot",
+            "nango@zzzz0000:hubspot",
+            "nango@2f4c0af6:",
+            "hubspot docs",
+        ] {
+            assert!(!is_reference(bad), "{bad}");
+        }
+    }
+
     #[test]
     fn params_are_checked_and_defaulted() {
-        let catalog = embedded().unwrap();
+        let catalog = catalog();
         let zendesk = &catalog.get("zendesk").unwrap().connection_params;
         let given = |k: &str, v: &str| BTreeMap::from([(k.to_owned(), v.to_owned())]);
         assert_eq!(

@@ -888,6 +888,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 connection_params: None,
                 header,
                 refresh: args.policy.clone().into(),
+                ..PutProvider::default()
             };
             let (db, vault) = open_vault_db(store, &env).await?;
             let view = admin::put_provider(

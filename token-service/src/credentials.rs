@@ -97,7 +97,10 @@ pub async fn put_credentials(
                 .password
                 .ok_or_else(|| ApiError::bad_request("password is required"))?;
             no_control("username", &username, 1024)?;
-            no_control("password", password.expose(), 4096)?;
+            // RFC 7617 allows an empty password (an API key as the user name).
+            if !password.expose().is_empty() {
+                no_control("password", password.expose(), 4096)?;
+            }
             if username.contains(':') {
                 return Err(ApiError::bad_request(
                     "username must not contain ':' (RFC 7617)",
@@ -254,7 +257,7 @@ pub async fn client_credentials_token(
     let scope = provider.scopes.join(&provider.scope_separator);
     let result = state
         .token_client
-        .request(
+        .request_with(
             token_url.as_str(),
             &ClientCredentials {
                 client_id: &provider.client_id,
@@ -264,6 +267,7 @@ pub async fn client_credentials_token(
             &GrantRequest::ClientCredentials {
                 scope: Some(scope.as_str()),
             },
+            &provider.settings.token_request_params.client_credentials,
         )
         .await;
     let now = db::now();

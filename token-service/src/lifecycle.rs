@@ -10,7 +10,7 @@
 //!   parameters (the user consents again; the new tokens replace the old).
 
 use crate::auth::AppAuth;
-use crate::catalog::{AuthType, RevocationStyle};
+use crate::catalog::{AuthType, HttpMethod, RevocationClientAuth, RevocationStyle, RevokedToken};
 use crate::error::{ApiError, ApiPath};
 use crate::oauth::connect::{app_provider, new_session, CreateSession, CreatedSession};
 use crate::secrets::ClientSecret;
@@ -71,15 +71,23 @@ pub async fn disconnect(
         .settings
         .revocation_url
         .as_ref()
-        .filter(|_| provider.settings.revocation_style == Some(RevocationStyle::Rfc7009))
+        .filter(|_| {
+            matches!(
+                provider.settings.revocation_style,
+                Some(RevocationStyle::Rfc7009 | RevocationStyle::Bearer)
+            )
+        })
         .filter(|_| provider.auth_type.is_oauth());
     let (revocation, revocation_error) = match endpoint {
         None => ("unsupported".to_owned(), None),
         Some(template) => {
             let aad = |field| Aad::connection(&key.app_id, &key.provider, &key.user_id, field);
+            // A bearer-authenticated endpoint needs the access token.
+            let wants_access = provider.settings.revocation_token == Some(RevokedToken::Access)
+                || provider.settings.revocation_style == Some(RevocationStyle::Bearer);
             let (blob, hint, field) = match &connection.refresh_token {
-                Some(blob) => (blob, "refresh_token", Field::RefreshToken),
-                None => (&connection.access_token, "access_token", Field::AccessToken),
+                Some(blob) if !wants_access => (blob, "refresh_token", Field::RefreshToken),
+                _ => (&connection.access_token, "access_token", Field::AccessToken),
             };
             let token = state.vault.open_string(&aad(field), blob)?;
             match revoke(state, &provider, template, &connection.params, &token, hint).await {
@@ -110,8 +118,9 @@ pub async fn disconnect(
 }
 
 /// RFC 7009 §2.1: POST `token` and `token_type_hint`, with the client
-/// authentication the provider uses at its token endpoint. 200 means
-/// revoked (also for an already invalid token, §2.2).
+/// authentication the catalog names for the endpoint (else the token
+/// endpoint's); or, `bearer` style, the token itself as the credential and
+/// no body. 2xx means revoked (also for an already invalid token, §2.2).
 async fn revoke(
     state: &AppState,
     provider: &ProviderRecord,
@@ -133,20 +142,44 @@ async fn revoke(
             .map_err(|e| e.to_string())?
             .as_str(),
     );
-    let body = revocation_form(provider, &secret, token, hint);
+    let client_auth =
+        provider
+            .settings
+            .revocation_client_auth
+            .unwrap_or(match provider.client_auth {
+                ClientAuth::Basic => RevocationClientAuth::Basic,
+                ClientAuth::Body => RevocationClientAuth::Body,
+            });
+    let bearer = provider.settings.revocation_style == Some(RevocationStyle::Bearer);
+    let body = if bearer {
+        Zeroizing::new(String::new())
+    } else {
+        revocation_form(provider, &secret, client_auth, token, hint)
+    };
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(REVOCATION_TIMEOUT)
         .build()
         .map_err(|_| "client".to_owned())?;
+    let method = match provider.settings.revocation_method.unwrap_or_default() {
+        HttpMethod::Post => reqwest::Method::POST,
+        HttpMethod::Delete => reqwest::Method::DELETE,
+    };
     let mut request = http
-        .post(url)
-        .header(
+        .request(method, url)
+        .header(reqwest::header::ACCEPT, "application/json");
+    if !bearer {
+        request = request.header(
             reqwest::header::CONTENT_TYPE,
             "application/x-www-form-urlencoded",
-        )
-        .header(reqwest::header::ACCEPT, "application/json");
-    if provider.client_auth == ClientAuth::Basic {
+        );
+    }
+    if bearer {
+        let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+            .map_err(|_| "access token".to_owned())?;
+        value.set_sensitive(true);
+        request = request.header(reqwest::header::AUTHORIZATION, value);
+    } else if client_auth == RevocationClientAuth::Basic {
         let id: String = form_urlencoded::byte_serialize(provider.client_id.as_bytes()).collect();
         let encoded_secret = Zeroizing::new(
             form_urlencoded::byte_serialize(secret.expose().as_bytes()).collect::<String>(),
@@ -182,13 +215,14 @@ async fn revoke(
 fn revocation_form(
     provider: &ProviderRecord,
     secret: &ClientSecret,
+    client_auth: RevocationClientAuth,
     token: &str,
     hint: &str,
 ) -> Zeroizing<String> {
     let mut form = form_urlencoded::Serializer::new(String::new());
     form.append_pair("token", token)
         .append_pair("token_type_hint", hint);
-    if provider.client_auth == ClientAuth::Body {
+    if client_auth == RevocationClientAuth::Body {
         form.append_pair("client_id", &provider.client_id)
             .append_pair("client_secret", secret.expose());
     }

@@ -397,7 +397,7 @@ async fn attempt(
             .as_str(),
     );
     let token_url = provider
-        .token_url_for(&current.params)
+        .refresh_url_for(&current.params)
         .map_err(|e| ApiError::internal("stored token_url is invalid", e))?;
     state.metrics.provider_call(Grant::RefreshToken);
     if need == Need::Background {
@@ -405,7 +405,7 @@ async fn attempt(
     }
     let result = state
         .token_client
-        .request(
+        .request_with(
             token_url.as_str(),
             &ClientCredentials {
                 client_id: &provider.client_id,
@@ -415,6 +415,7 @@ async fn attempt(
             &GrantRequest::RefreshToken {
                 refresh_token: &refresh_token,
             },
+            &provider.settings.token_request_params.refresh,
         )
         .await;
     let now = db::now();

@@ -95,7 +95,10 @@ async fn overrides_replace_only_what_they_name() {
     assert_eq!(view["scope_separator"], ",");
     assert_eq!(view["display_name"], "Our Slack");
     assert_eq!(view["token_url"], "https://slack.com/api/oauth.v2.access");
-    assert_eq!(view["token_response_quirk"], "slack_authed_user");
+    assert_eq!(
+        view["token_response_quirks"],
+        json!(["slack_authed_user", "error_in_200"])
+    );
     let reply = h
         .admin(
             Method::GET,

@@ -133,6 +133,10 @@ pub async fn handler(
     let mut params = record.params.clone();
     params.extend(tokens.derived.clone());
     params.extend(from_redirect);
+    if let Some((name, value)) = post_exchange_metadata(&state, &provider, &params, &tokens).await?
+    {
+        params.insert(name, value);
+    }
     let mut response = match &record.return_to {
         // Back to the app, which must confirm that the browser that came
         // back is the user the link was made for before the connection
@@ -188,8 +192,7 @@ fn redirect_values(
     realm_id: Option<String>,
 ) -> crate::template::Values {
     let mut values = crate::template::Values::new();
-    let quickbooks =
-        provider.settings.token_response_quirk.as_deref() == Some("quickbooks_realm_id");
+    let quickbooks = provider.settings.has_quirk("quickbooks_realm_id");
     let realm_id = realm_id
         .filter(|id| (1..=32).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_digit()));
     if let (true, Some(realm_id)) = (quickbooks, realm_id) {
@@ -226,7 +229,7 @@ async fn exchange(
     state.metrics.provider_call(Grant::AuthorizationCode);
     state
         .token_client
-        .request(
+        .request_with(
             token_url.as_str(),
             &ClientCredentials {
                 client_id: &provider.client_id,
@@ -238,6 +241,7 @@ async fn exchange(
                 redirect_uri: &record.redirect_uri,
                 code_verifier: &verifier,
             },
+            &provider.settings.token_request_params.exchange,
         )
         .await
         .map_err(|err| {
@@ -252,6 +256,39 @@ async fn exchange(
             };
             ApiError::new(ErrorCode::OauthFailed, message)
         })
+}
+
+/// The provider's post-exchange metadata call, when it has one: the
+/// placeholder it fills and its value. A failure fails the connect (the API
+/// host would be unknown).
+async fn post_exchange_metadata(
+    state: &AppState,
+    provider: &crate::store::providers::ProviderRecord,
+    params: &crate::template::Values,
+    tokens: &TokenSet,
+) -> Result<Option<(String, String)>, ApiError> {
+    let Some(metadata) = &provider.settings.post_exchange_metadata else {
+        return Ok(None);
+    };
+    let url = crate::template::render_url(&metadata.url, &provider.values(params))
+        .map_err(|e| ApiError::internal("stored post_exchange_metadata url is invalid", e))?;
+    let value = state
+        .token_client
+        .fetch_metadata(
+            url.as_str(),
+            &metadata.header_format,
+            &metadata.field,
+            &tokens.access_token,
+        )
+        .await
+        .map_err(|err| {
+            tracing::warn!(provider = %provider.provider, reason = %err.reason(), "post-exchange metadata call failed");
+            ApiError::new(
+                ErrorCode::OauthFailed,
+                format!("the provider's metadata call failed ({})", err.reason()),
+            )
+        })?;
+    Ok(Some((metadata.fills.clone(), value)))
 }
 
 /// Stores (or replaces) the connection `key` with tokens sealed to it, and

@@ -12,6 +12,7 @@ use base64::Engine as _;
 use reqwest::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use reqwest::StatusCode;
 use serde_json::{Map, Value};
+use std::collections::BTreeMap;
 use std::time::Duration;
 use url::form_urlencoded;
 use zeroize::Zeroizing;
@@ -152,7 +153,20 @@ impl TokenClient {
         client: &ClientCredentials<'_>,
         grant: &GrantRequest<'_>,
     ) -> Result<TokenSet, TokenError> {
-        let body = form_body(client, grant);
+        self.request_with(token_url, client, grant, &BTreeMap::new())
+            .await
+    }
+
+    /// [`Self::request`] with the provider's extra form fields for this
+    /// grant (catalog `token_request_params`, e.g. Shopify's `expiring=1`).
+    pub async fn request_with(
+        &self,
+        token_url: &str,
+        client: &ClientCredentials<'_>,
+        grant: &GrantRequest<'_>,
+        extra: &BTreeMap<String, String>,
+    ) -> Result<TokenSet, TokenError> {
+        let body = form_body(client, grant, extra);
         let mut request = self
             .http
             .post(token_url)
@@ -177,6 +191,63 @@ impl TokenClient {
             .map(str::to_owned);
         let bytes = read_capped(response).await?;
         parse_token_response(status.as_u16(), content_type.as_deref(), &bytes)
+    }
+}
+
+impl TokenClient {
+    /// The post-exchange metadata call (Mailchimp): `GET url` with the new
+    /// access token stamped per `header_format`; the answer's `field` must be
+    /// one DNS label, as it becomes part of the API host.
+    pub async fn fetch_metadata(
+        &self,
+        url: &str,
+        header_format: &str,
+        field: &str,
+        access_token: &AccessToken,
+    ) -> Result<String, TokenError> {
+        let value = Zeroizing::new(header_format.replace("{token}", access_token.expose()));
+        let mut header = HeaderValue::from_str(&value)
+            .map_err(|_| TokenError::Permanent("invalid_access_token".into()))?;
+        header.set_sensitive(true);
+        let response = self
+            .http
+            .get(url)
+            .header(ACCEPT, "application/json")
+            .header(AUTHORIZATION, header)
+            .send()
+            .await
+            .map_err(classify_send_error)?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(TokenError::Transient(format!(
+                "metadata_http_{}",
+                status.as_u16()
+            )));
+        }
+        let bytes = read_capped(response).await?;
+        metadata_value(&bytes, field)
+    }
+}
+
+/// The `field` of a metadata answer, if it is one lowercase DNS label.
+pub fn metadata_value(bytes: &[u8], field: &str) -> Result<String, TokenError> {
+    let invalid = || TokenError::Transient("invalid_metadata".into());
+    let fields: Map<String, Value> = serde_json::from_slice(bytes).map_err(|_| invalid())?;
+    let value = fields
+        .get(field)
+        .and_then(Value::as_str)
+        .ok_or_else(invalid)?;
+    let label = value.to_ascii_lowercase();
+    let is_label = (1..=63).contains(&label.len())
+        && label
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !label.starts_with('-')
+        && !label.ends_with('-');
+    if is_label {
+        Ok(label)
+    } else {
+        Err(invalid())
     }
 }
 
@@ -227,8 +298,19 @@ pub fn parse_token_response(
 
 /// The form body of a token request (built apart: the serializer is not
 /// `Send`).
-fn form_body(client: &ClientCredentials<'_>, grant: &GrantRequest<'_>) -> Zeroizing<String> {
+pub fn form_body(
+    client: &ClientCredentials<'_>,
+    grant: &GrantRequest<'_>,
+    extra: &BTreeMap<String, String>,
+) -> Zeroizing<String> {
     let mut form = form_urlencoded::Serializer::new(String::new());
+    // The catalog refuses the names written below; a custom provider's
+    // duplicate of one of them is skipped rather than sent twice.
+    for (key, value) in extra {
+        if !crate::catalog::RESERVED_TOKEN_PARAMS.contains(&key.as_str()) {
+            form.append_pair(key, value);
+        }
+    }
     match grant {
         GrantRequest::AuthorizationCode {
             code,
@@ -244,7 +326,11 @@ fn form_body(client: &ClientCredentials<'_>, grant: &GrantRequest<'_>) -> Zeroiz
             }
         }
         GrantRequest::ClientCredentials { scope } => {
-            form.append_pair("grant_type", "client_credentials");
+            // The one reserved name a catalog may set (Zoom: account_credentials).
+            let grant_type = extra
+                .get("grant_type")
+                .map_or("client_credentials", String::as_str);
+            form.append_pair("grant_type", grant_type);
             if let Some(scope) = scope.filter(|s| !s.is_empty()) {
                 form.append_pair("scope", scope);
             }
@@ -391,7 +477,8 @@ fn is_usable_token(token: &str) -> bool {
         && !token.chars().any(|c| c.is_control() || c.is_whitespace())
 }
 
-/// A number or a numeric string (some providers quote it).
+/// A number or a numeric string (some providers quote it); 0 means "does
+/// not expire" (Mailchimp), never "already expired".
 fn parse_expires_in(value: &Value) -> Option<u64> {
     let secs = match value {
         Value::Number(n) => n
@@ -400,7 +487,7 @@ fn parse_expires_in(value: &Value) -> Option<u64> {
         Value::String(s) => s.trim().parse::<u64>().ok(),
         _ => None,
     }?;
-    Some(secs.min(MAX_EXPIRES_IN))
+    (secs > 0).then(|| secs.min(MAX_EXPIRES_IN))
 }
 
 fn parse_scope(value: &Value) -> Option<String> {
@@ -484,6 +571,8 @@ mod tests {
         assert_eq!(set.scope.as_deref(), Some("a b"));
         let set = token_set(&fields(json!({"access_token": "at", "expires_in": 60}))).unwrap();
         assert_eq!(set.expires_in, Some(60));
+        let set = token_set(&fields(json!({"access_token": "at", "expires_in": 0}))).unwrap();
+        assert_eq!(set.expires_in, None, "Mailchimp: 0 is no expiry");
         assert_eq!(set.scope, None);
         assert!(token_set(&fields(json!({"access_token": ""}))).is_err());
         assert!(token_set(&fields(json!({"token_type": "bearer"}))).is_err());
@@ -499,6 +588,51 @@ mod tests {
         );
         let long = "x".repeat(500);
         assert_eq!(sanitize_code(&long).len(), 64);
+    }
+
+    #[test]
+    fn token_request_params_are_sent_and_never_replace_ours() {
+        let secret = ClientSecret::new("s");
+        let client = ClientCredentials {
+            client_id: "id",
+            client_secret: &secret,
+            auth: ClientAuth::Basic,
+        };
+        let refresh_token = RefreshToken::new("rt");
+        let extra = BTreeMap::from([
+            ("expiring".to_owned(), "1".to_owned()),
+            ("grant_type".to_owned(), "password".to_owned()),
+        ]);
+        let body = form_body(
+            &client,
+            &GrantRequest::RefreshToken {
+                refresh_token: &refresh_token,
+            },
+            &extra,
+        );
+        let pairs: Vec<(String, String)> = form_urlencoded::parse(body.as_bytes())
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        assert!(pairs.contains(&("expiring".into(), "1".into())));
+        let grant_types: Vec<_> = pairs.iter().filter(|(k, _)| k == "grant_type").collect();
+        assert_eq!(grant_types.len(), 1);
+        assert_eq!(grant_types[0].1, "refresh_token");
+    }
+
+    #[test]
+    fn metadata_values_must_be_one_dns_label() {
+        assert_eq!(metadata_value(br#"{"dc":"us6"}"#, "dc").unwrap(), "us6");
+        assert_eq!(metadata_value(br#"{"dc":"US6"}"#, "dc").unwrap(), "us6");
+        for bad in [
+            r#"{"dc":"us6.evil.example"}"#,
+            r#"{"dc":""}"#,
+            r#"{"dc":"a/b"}"#,
+            r#"{"dc":5}"#,
+            r#"{"other":"us6"}"#,
+            "not json",
+        ] {
+            assert!(metadata_value(bad.as_bytes(), "dc").is_err(), "{bad}");
+        }
     }
 
     #[test]

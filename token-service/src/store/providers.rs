@@ -1,7 +1,10 @@
 //! `providers`: one OAuth client configuration per (app, provider); the
 //! client secret is a vault envelope.
 
-use crate::catalog::{AuthType, ConnectionParam, Pkce, RevocationStyle};
+use crate::catalog::{
+    AuthType, ConnectionParam, HttpMethod, Pkce, PostExchangeMetadata, RevocationClientAuth,
+    RevocationStyle, RevokedToken, TokenRequestParams,
+};
 use crate::db::Db;
 use crate::policy::PolicyOverrides;
 use crate::template::{self, Values};
@@ -57,11 +60,40 @@ pub struct ProviderSettings {
     pub extra_authorize_params: BTreeMap<String, String>,
     #[serde(default)]
     pub connection_params: Vec<ConnectionParam>,
-    #[serde(default)]
+    /// The single quirk code of configurations stored before
+    /// `token_response_quirks` existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token_response_quirk: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub token_response_quirks: Vec<String>,
+    /// Refreshing uses this endpoint instead of the token URL (Figma).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_url: Option<String>,
+    /// Extra form fields of token requests, per grant.
+    #[serde(default, skip_serializing_if = "TokenRequestParams::is_empty")]
+    pub token_request_params: TokenRequestParams,
+    /// How the revocation endpoint is called (absent: POST, the token
+    /// endpoint's client authentication, the refresh token first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revocation_method: Option<HttpMethod>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revocation_client_auth: Option<RevocationClientAuth>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revocation_token: Option<RevokedToken>,
+    /// A call after the code exchange that fills a placeholder (Mailchimp's `dc`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub post_exchange_metadata: Option<PostExchangeMetadata>,
     /// Where the credential is stamped: a header (default) or a query parameter.
     #[serde(default, skip_serializing_if = "StampLocation::is_header")]
     pub stamp_in: StampLocation,
+}
+
+impl ProviderSettings {
+    /// Whether the provider has the token-response quirk `code`.
+    pub fn has_quirk(&self, code: &str) -> bool {
+        self.token_response_quirk.as_deref() == Some(code)
+            || self.token_response_quirks.iter().any(|q| q == code)
+    }
 }
 
 /// A provider's URLs with a connection's parameters filled in.
@@ -141,6 +173,14 @@ impl ProviderRecord {
     pub fn token_url_for(&self, params: &Values) -> Result<url::Url, String> {
         self.url(&self.token_url, params)?
             .ok_or_else(|| "the provider has no token URL".to_owned())
+    }
+
+    /// The endpoint of refresh requests: `refresh_url`, else the token URL.
+    pub fn refresh_url_for(&self, params: &Values) -> Result<url::Url, String> {
+        match &self.settings.refresh_url {
+            Some(template) => template::render_url(template, &self.values(params)),
+            None => self.token_url_for(params),
+        }
     }
 
     /// The API base URL of a connection with parameters `params` (may need
