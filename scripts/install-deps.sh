@@ -45,6 +45,7 @@ if [ "$profile" != run ]; then
   need openssl has openssl
   need postgresql has_initdb
   need chromium has_chromium
+  need chromium-driver has chromedriver
   need prometheus has promtool
 fi
 if [ "$profile" = ci ]; then
