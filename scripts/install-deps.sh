@@ -47,6 +47,7 @@ if [ "$profile" != run ]; then
   need openssl has openssl
   need postgresql has_initdb
   need chromium has_chromium
+  need chromium-driver has chromedriver
   need prometheus has promtool
   # The client examples of docs/examples run with Python requests and Node's fetch.
   need python3-requests has_requests

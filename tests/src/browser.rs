@@ -176,11 +176,15 @@ fn attribute(tag: &str, name: &str) -> Option<String> {
 
 fn unescape_html(text: &str) -> String {
     text.replace("&quot;", "\"")
+        .replace("&#34;", "\"")
         .replace("&#39;", "'")
         .replace("&#x27;", "'")
         .replace("&lt;", "<")
+        .replace("&#60;", "<")
         .replace("&gt;", ">")
+        .replace("&#62;", ">")
         .replace("&amp;", "&")
+        .replace("&#38;", "&")
 }
 
 #[cfg(test)]
@@ -190,12 +194,14 @@ mod tests {
     #[test]
     fn reads_hidden_inputs_and_unescapes_them() {
         let html = r#"<form><input type="hidden" name="state" value="a&amp;b">
-            <input type="text" name="login" value="x"><input type="hidden" name="scope" value="read write"></form>"#;
+            <input type="text" name="login" value="x"><input type="hidden" name="scope" value="read write">
+            <input type="hidden" name="q" value="&#60;&#34;&#38;&#62;"></form>"#;
         assert_eq!(
             hidden_inputs(html),
             vec![
                 ("state".to_string(), "a&b".to_string()),
-                ("scope".to_string(), "read write".to_string())
+                ("scope".to_string(), "read write".to_string()),
+                ("q".to_string(), "<\"&>".to_string())
             ]
         );
     }

@@ -1,173 +1,195 @@
-//! Headless Chromium (Debian's `chromium`, or `CHROMIUM_BIN`) driven over
-//! the Chrome DevTools Protocol on its websocket: navigate, evaluate
-//! JavaScript, wait for a condition. Just enough to click through a connect
-//! flow the way a user does, with no browser download and no Node.js.
+//! Headless Chromium (Debian's `chromium`, or `CHROMIUM_BIN`) driven through
+//! WebDriver: Debian's `chromedriver` (or `CHROMEDRIVER_BIN`) and the
+//! `fantoccini` client. Navigate, evaluate JavaScript, click, type, wait
+//! for a condition: enough to click through a connect flow the way a user
+//! does, with no browser download and no Node.js.
 
-use futures::{SinkExt as _, StreamExt as _};
+use fantoccini::{Client, ClientBuilder, Locator};
+use hyper_util::client::legacy::connect::HttpConnector;
 use serde_json::{json, Value};
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use tokio_tungstenite::tungstenite::Message;
-
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 pub struct Chromium {
-    child: Child,
-    socket: Socket,
-    next_id: u64,
+    client: Client,
+    /// chromedriver, the leader of a process group that holds Chromium too.
+    driver: Child,
     _profile: tempfile::TempDir,
 }
 
-/// The Chromium binary: `CHROMIUM_BIN`, else `/usr/bin/chromium`.
-pub fn chromium_bin() -> PathBuf {
-    let path = std::env::var_os("CHROMIUM_BIN")
+fn binary(env: &str, default: &str, package: &str) -> PathBuf {
+    let path = std::env::var_os(env)
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
+        .unwrap_or_else(|| PathBuf::from(default));
     assert!(
         path.is_file(),
-        "{} not found: apt-get install -y chromium (see .ci/run) or set CHROMIUM_BIN",
+        "{} not found: apt-get install -y {package} (scripts/install-deps.sh) or set {env}",
         path.display()
     );
     path
 }
 
+/// The Chromium binary: `CHROMIUM_BIN`, else `/usr/bin/chromium`.
+pub fn chromium_bin() -> PathBuf {
+    binary("CHROMIUM_BIN", "/usr/bin/chromium", "chromium")
+}
+
+/// The WebDriver server: `CHROMEDRIVER_BIN`, else `/usr/bin/chromedriver`.
+pub fn chromedriver_bin() -> PathBuf {
+    binary(
+        "CHROMEDRIVER_BIN",
+        "/usr/bin/chromedriver",
+        "chromium-driver",
+    )
+}
+
 impl Chromium {
-    /// Starts a headless Chromium with a fresh profile and attaches to its
-    /// first page.
+    /// Starts chromedriver and through it a headless Chromium with a fresh
+    /// profile; logs go to `log_dir/chromedriver.log`.
     pub async fn launch(log_dir: &Path) -> Chromium {
         let profile = tempfile::tempdir().expect("profile dir");
-        let stderr =
-            std::fs::File::create(log_dir.join("chromium.stderr.log")).expect("chromium log");
-        let mut command = Command::new(chromium_bin());
-        command
-            .args([
-                "--headless=new",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-dev-shm-usage",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--disable-extensions",
-                "--no-first-run",
-                "--no-default-browser-check",
-                "--remote-debugging-address=127.0.0.1",
-                "--remote-debugging-port=0",
-            ])
-            .arg(format!("--user-data-dir={}", profile.path().display()))
-            .arg("about:blank")
+        let port = crate::process::free_port();
+        let driver = Command::new(chromedriver_bin())
+            .arg(format!("--port={port}"))
+            .arg(format!(
+                "--log-path={}",
+                log_dir.join("chromedriver.log").display()
+            ))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(stderr);
-        let child = command.spawn().expect("start chromium");
-        // Chromium writes the port it picked to DevToolsActivePort.
-        let port_file = profile.path().join("DevToolsActivePort");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let port = loop {
-            if let Some(port) = std::fs::read_to_string(&port_file)
-                .ok()
-                .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<u16>().ok()))
-            {
-                break port;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "Chromium did not start (see chromium.stderr.log)"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
+            .stderr(Stdio::null())
+            // Its own process group: Drop ends chromedriver and Chromium together.
+            .process_group(0)
+            .spawn()
+            .expect("start chromedriver");
+        let webdriver = format!("http://127.0.0.1:{port}");
         let http = reqwest::Client::new();
-        let page_ws = loop {
-            let targets: Option<Value> = match http
-                .get(format!("http://127.0.0.1:{port}/json/list"))
-                .send()
-                .await
-            {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let status: Option<Value> = match http.get(format!("{webdriver}/status")).send().await {
                 Ok(r) => r.json().await.ok(),
                 Err(_) => None,
             };
-            let found = targets.as_ref().and_then(|t| {
-                t.as_array()?.iter().find(|t| t["type"] == "page")?["webSocketDebuggerUrl"]
-                    .as_str()
-                    .map(str::to_owned)
-            });
-            if let Some(url) = found {
-                break url;
+            if status.is_some_and(|s| s["value"]["ready"] == true) {
+                break;
             }
-            assert!(Instant::now() < deadline, "Chromium has no page target");
+            assert!(
+                Instant::now() < deadline,
+                "chromedriver did not get ready (see chromedriver.log)"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
-        };
-        let (socket, _) = tokio_tungstenite::connect_async(page_ws.as_str())
+        }
+        let mut capabilities = serde_json::Map::new();
+        capabilities.insert(
+            "goog:chromeOptions".into(),
+            json!({
+                "binary": chromium_bin(),
+                "args": [
+                    "--headless=new",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-dev-shm-usage",
+                    "--disable-background-networking",
+                    "--disable-component-update",
+                    "--disable-sync",
+                    "--disable-extensions",
+                    "--no-first-run",
+                    "--no-default-browser-check",
+                    format!("--user-data-dir={}", profile.path().display()),
+                ],
+            }),
+        );
+        let client = ClientBuilder::new(HttpConnector::new())
+            .capabilities(capabilities)
+            .connect(&webdriver)
             .await
-            .expect("DevTools websocket");
-        let mut browser = Chromium {
-            child,
-            socket,
-            next_id: 1,
+            .expect("a WebDriver session with headless Chromium");
+        Chromium {
+            client,
+            driver,
             _profile: profile,
-        };
-        browser.call("Page.enable", json!({})).await;
-        browser.call("Runtime.enable", json!({})).await;
-        browser
-    }
-
-    /// One DevTools command; returns its `result` (events are skipped).
-    pub async fn call(&mut self, method: &str, params: Value) -> Value {
-        let id = self.next_id;
-        self.next_id += 1;
-        let message = json!({"id": id, "method": method, "params": params}).to_string();
-        self.socket
-            .send(Message::text(message))
-            .await
-            .expect("send to Chromium");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let frame = tokio::time::timeout(left, self.socket.next())
-                .await
-                .unwrap_or_else(|_| panic!("no answer from Chromium to {method}"))
-                .expect("Chromium closed the websocket")
-                .expect("websocket error");
-            let Message::Text(text) = frame else {
-                continue;
-            };
-            let value: Value = serde_json::from_str(text.as_str()).expect("DevTools JSON");
-            if value["id"] == id {
-                assert!(value.get("error").is_none(), "{method} failed: {value}");
-                return value["result"].clone();
-            }
         }
     }
 
     pub async fn navigate(&mut self, url: &str) {
-        let result = self.call("Page.navigate", json!({"url": url})).await;
-        assert!(
-            result.get("errorText").is_none(),
-            "navigation failed: {result}"
-        );
+        self.client.goto(url).await.expect("navigate");
     }
 
     /// Evaluates `expression` in the page; its value.
     pub async fn eval(&mut self, expression: &str) -> Value {
-        let result = self
-            .call(
-                "Runtime.evaluate",
-                json!({"expression": expression, "returnByValue": true, "awaitPromise": true}),
-            )
-            .await;
-        result["result"]["value"].clone()
+        self.client
+            .execute(&format!("return ({expression});"), Vec::new())
+            .await
+            .unwrap_or_else(|e| panic!("evaluating {expression}: {e}"))
+    }
+
+    /// The text of the element with `id`, as a user sees it.
+    pub async fn text(&mut self, id: &str) -> String {
+        self.client
+            .find(Locator::Id(id))
+            .await
+            .unwrap_or_else(|e| panic!("#{id}: {e}"))
+            .text()
+            .await
+            .expect("element text")
+    }
+
+    /// The texts of the elements matching the CSS `selector`.
+    pub async fn texts(&mut self, selector: &str) -> Vec<String> {
+        let mut texts = Vec::new();
+        for element in self
+            .client
+            .find_all(Locator::Css(selector))
+            .await
+            .expect("find elements")
+        {
+            texts.push(element.text().await.expect("element text"));
+        }
+        texts
+    }
+
+    /// Clicks the element with `id`.
+    pub async fn click(&mut self, id: &str) {
+        self.client
+            .find(Locator::Id(id))
+            .await
+            .unwrap_or_else(|e| panic!("#{id}: {e}"))
+            .click()
+            .await
+            .unwrap_or_else(|e| panic!("click #{id}: {e}"));
+    }
+
+    /// Types `text` into the element with `id`, as keystrokes would.
+    pub async fn type_into(&mut self, id: &str, text: &str) {
+        self.client
+            .find(Locator::Id(id))
+            .await
+            .unwrap_or_else(|e| panic!("#{id}: {e}"))
+            .send_keys(text)
+            .await
+            .unwrap_or_else(|e| panic!("type into #{id}: {e}"));
+    }
+
+    pub async fn url(&mut self) -> url::Url {
+        self.client.current_url().await.expect("current URL")
     }
 
     /// Waits (at most 15 s) until `expression` is truthy in the page;
     /// navigations in between are fine.
     pub async fn wait_for(&mut self, what: &str, expression: &str) {
         let deadline = Instant::now() + Duration::from_secs(15);
+        let probe = format!(
+            "(() => {{ try {{ return !!({expression}); }} catch (e) {{ return false; }} }})()"
+        );
         loop {
+            // A navigation under way can fail the script: not yet, then.
             let value = self
-                .eval(&format!("(() => {{ try {{ return !!({expression}); }} catch (e) {{ return false; }} }})()"))
-                .await;
+                .client
+                .execute(&format!("return {probe};"), Vec::new())
+                .await
+                .unwrap_or(Value::Bool(false));
             if value == Value::Bool(true) {
                 return;
             }
@@ -181,18 +203,16 @@ impl Chromium {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-
-    /// Types `text` into the focused element, as keystrokes would.
-    pub async fn type_text(&mut self, text: &str) {
-        self.call("Input.insertText", json!({"text": text})).await;
-    }
 }
 
 impl Drop for Chromium {
     fn drop(&mut self) {
-        // SIGKILL to the browser process; its renderers and zygote exit
-        // with it (they watch their parent).
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        // SIGKILL to chromedriver's process group: chromedriver, Chromium and
+        // its helpers (a WebDriver session is not ended from a sync Drop).
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.driver.id())])
+            .status();
+        let _ = self.driver.kill();
+        let _ = self.driver.wait();
     }
 }

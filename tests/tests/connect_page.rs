@@ -40,17 +40,9 @@ async fn a_user_connects_in_headless_chromium() {
     browser
         .wait_for("the connect page", "document.getElementById('connect')")
         .await;
-    let title = browser
-        .eval("document.getElementById('title').innerText")
-        .await;
-    assert_eq!(title, "Connect Stand-in Cloud");
-    let scopes = browser
-        .eval("[...document.querySelectorAll('#scopes li')].map(li => li.innerText)")
-        .await;
-    assert_eq!(scopes, json!(["read", "write"]));
-    browser
-        .eval("document.getElementById('connect').click()")
-        .await;
+    assert_eq!(browser.text("title").await, "Connect Stand-in Cloud");
+    assert_eq!(browser.texts("#scopes li").await, ["read", "write"]);
+    browser.click("connect").await;
     consent_as(&mut browser, "alice").await;
 
     // Back at the token service: the result page.
@@ -121,28 +113,20 @@ async fn consent_as(browser: &mut Chromium, login: &str) {
             "document.getElementById('login') && document.getElementById('approve')",
         )
         .await;
-    browser
-        .eval("document.getElementById('login').focus()")
-        .await;
-    browser.type_text(login).await;
-    browser
-        .eval("document.getElementById('approve').click()")
-        .await;
+    browser.type_into("login", login).await;
+    browser.click("approve").await;
 }
 
 /// Clicks Connect on the open connect page, signs in at the stand-in as
 /// `login` and waits until the browser is back on the app's page; the
 /// `authstamp_result` it carried.
 async fn connect_in_browser(browser: &mut Chromium, login: &str) -> String {
-    browser
-        .eval("document.getElementById('connect').click()")
-        .await;
+    browser.click("connect").await;
     consent_as(browser, login).await;
     browser
         .wait_for("the app's return_to page", "document.getElementById('app')")
         .await;
-    let back = browser.eval("location.href").await;
-    let back = url::Url::parse(back.as_str().expect("href")).expect("return_to URL");
+    let back = browser.url().await;
     let param = |name: &str| {
         back.query_pairs()
             .find(|(k, _)| k == name)
@@ -227,9 +211,9 @@ async fn another_users_browser_never_completes_a_connect_link() {
             "document.body && document.body.innerText.includes('cross_site_request')",
         )
         .await;
-    let at = browser.eval("location.href").await;
+    let at = browser.url().await;
     assert!(
-        at.as_str().unwrap().starts_with(&stack.service_url),
+        at.as_str().starts_with(&stack.service_url),
         "the browser never left for the provider: {at}"
     );
     assert_eq!(evil.requests(), ["/prize"]);
@@ -245,13 +229,8 @@ async fn another_users_browser_never_completes_a_connect_link() {
     browser
         .wait_for("the connect page", "document.getElementById('connect')")
         .await;
-    let account = browser
-        .eval("document.getElementById('account').innerText")
-        .await;
-    assert!(
-        account.as_str().unwrap().contains("mallory@example.test"),
-        "{account}"
-    );
+    let account = browser.text("account").await;
+    assert!(account.contains("mallory@example.test"), "{account}");
     let result = connect_in_browser(&mut browser, "alice").await;
     let (status, body) = confirm(&stack, app, &result, "alice").await;
     assert_eq!(status, 403, "{body}");

@@ -1,29 +1,16 @@
-//! Tiny HTML pages for the browser side of the connect flow.
+//! Tiny HTML pages for the browser side of the connect flow, from the
+//! `askama` templates in `templates/`: compiled in, and every value is
+//! HTML-escaped unless a template says otherwise (none does).
 
+use crate::error::ApiError;
+use askama::Template;
 use axum::http::{header, HeaderValue};
 use axum::response::{Html, IntoResponse, Response};
 
-pub fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-const STYLE: &str = "body{font-family:system-ui,sans-serif;max-width:32rem;margin:4rem auto;\
-    padding:0 1rem;color:#222}h1{font-size:1.4rem}ul{padding-left:1.2rem}\
-    button{font-size:1rem;padding:.6rem 1.4rem;border:0;border-radius:.3rem;\
-    background:#2457d6;color:#fff;cursor:pointer}";
-
-/// What the connect page shows.
+/// The connect page: who asks, for which provider, which scopes, and a
+/// Connect button (`id="connect"`) that posts the form.
+#[derive(Template)]
+#[template(path = "connect.html")]
 pub struct ConnectPage<'a> {
     /// The provider's display name.
     pub provider: &'a str,
@@ -38,54 +25,28 @@ pub struct ConnectPage<'a> {
     pub csrf: &'a str,
 }
 
-/// The connect page: who asks, for which provider, which scopes, and a
-/// Connect button (`id="connect"`) that posts the form.
-pub fn connect_page(page: &ConnectPage<'_>) -> Response {
-    let scopes = if page.scopes.is_empty() {
-        "  <p id=\"scopes\">No specific permissions are requested; the provider shows what the app gets.</p>\n"
-            .to_owned()
-    } else {
-        let items: String = page
-            .scopes
-            .iter()
-            .map(|s| format!("    <li>{}</li>\n", escape(s)))
-            .collect();
-        format!("  <p>Permissions requested:</p>\n  <ul id=\"scopes\">\n{items}  </ul>\n")
-    };
-    let body = format!(
-        "<!doctype html>\n<html><head><meta charset=\"utf-8\">\
-         <meta name=\"viewport\" content=\"width=device-width\">\
-         <title>Connect {provider}</title><style>{STYLE}</style></head>\n<body>\n\
-         <h1 id=\"title\">Connect {provider}</h1>\n\
-         <p id=\"summary\">{app} asks to use your {provider} account.</p>\n\
-         <p id=\"account\">This link connects it for <strong>{user}</strong> in {app}. \
-         If that is not you, close this page.</p>\n{scopes}\
-         <form method=\"post\" action=\"{action}\">\n\
-         <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\n\
-         <button type=\"submit\" id=\"connect\">Connect {provider}</button>\n</form>\n\
-         <p>You will sign in at {provider} and approve there.</p>\n</body></html>\n",
-        provider = escape(page.provider),
-        app = escape(page.app),
-        user = escape(page.user),
-        action = escape(page.action),
-        csrf = escape(page.csrf),
-    );
-    page_response(body)
-}
-
 /// The result page after the callback.
-pub fn connected_page(provider: &str, user: &str) -> Response {
-    let body = format!(
-        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>Connected</title>\
-         <style>{STYLE}</style></head>\n<body>\n<h1 id=\"result\" data-status=\"connected\">\
-         Connected</h1>\n<p>Connected {} for {}. You can close this window.</p>\n</body></html>\n",
-        escape(provider),
-        escape(user)
-    );
-    page_response(body)
+#[derive(Template)]
+#[template(path = "connected.html")]
+struct ConnectedPage<'a> {
+    provider: &'a str,
+    user: &'a str,
 }
 
-fn page_response(body: String) -> Response {
+pub fn connect_page(page: &ConnectPage<'_>) -> Response {
+    page_response(page)
+}
+
+pub fn connected_page(provider: &str, user: &str) -> Response {
+    page_response(&ConnectedPage { provider, user })
+}
+
+fn page_response(page: &impl Template) -> Response {
+    // Rendering only writes strings: it fails only if formatting does.
+    let body = match page.render() {
+        Ok(body) => body,
+        Err(e) => return ApiError::internal("rendering a page", e).into_response(),
+    };
     let mut response = Html(body).into_response();
     let headers = response.headers_mut();
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -105,11 +66,76 @@ fn page_response(body: String) -> Response {
 mod tests {
     use super::*;
 
-    #[test]
-    fn escapes_markup() {
-        assert_eq!(
-            escape(r#"<script>alert('x')&"</script>"#),
-            "&lt;script&gt;alert(&#39;x&#39;)&amp;&quot;&lt;/script&gt;"
+    const MARKUP: &str = r#"<script>alert('x')&"</script>"#;
+
+    async fn body(response: Response) -> String {
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    /// `MARKUP` as it must appear: every markup character escaped (askama
+    /// writes numeric character references).
+    fn escaped(html: &str) -> bool {
+        html.contains("&#60;script&#62;alert(&#39;x&#39;)&#38;&#34;&#60;/script&#62;")
+    }
+
+    #[tokio::test]
+    async fn user_supplied_values_with_script_are_escaped_on_the_connect_page() {
+        let scopes = vec!["read".to_owned(), MARKUP.to_owned()];
+        let page = body(connect_page(&ConnectPage {
+            provider: "Stand-in Cloud",
+            app: MARKUP,
+            user: MARKUP,
+            scopes: &scopes,
+            action: "/connect/tok",
+            csrf: MARKUP,
+        }))
+        .await;
+        assert!(!page.contains("<script>"), "{page}");
+        // The app and the user in the summary and account lines, a scope,
+        // the hidden CSRF field's attribute.
+        assert!(escaped(&page), "{page}");
+        assert!(page.matches("&#60;script&#62;").count() >= 5, "{page}");
+        assert!(
+            page.contains("<h1 id=\"title\">Connect Stand-in Cloud</h1>"),
+            "{page}"
         );
+        assert!(page.contains("<li>read</li>"), "{page}");
+        assert!(page.contains("action=\"/connect/tok\""), "{page}");
+    }
+
+    #[tokio::test]
+    async fn the_result_page_escapes_provider_and_user() {
+        let response = connected_page(MARKUP, "alice");
+        assert_eq!(response.headers()[header::CACHE_CONTROL], "no-store");
+        assert!(response.headers()[header::CONTENT_SECURITY_POLICY]
+            .to_str()
+            .unwrap()
+            .starts_with("default-src 'none'"));
+        let page = body(response).await;
+        assert!(!page.contains("<script>"), "{page}");
+        assert!(escaped(&page), "{page}");
+        assert!(page.contains("data-status=\"connected\""), "{page}");
+        assert!(page.contains("for alice."), "{page}");
+    }
+
+    #[tokio::test]
+    async fn without_scopes_the_page_says_so() {
+        let page = body(connect_page(&ConnectPage {
+            provider: "P",
+            app: "A",
+            user: "u",
+            scopes: &[],
+            action: "/c",
+            csrf: "t",
+        }))
+        .await;
+        assert!(
+            page.contains("<p id=\"scopes\">No specific permissions"),
+            "{page}"
+        );
+        assert!(!page.contains("<ul"), "{page}");
     }
 }

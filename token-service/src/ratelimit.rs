@@ -1,17 +1,25 @@
-//! Per-app rate limits: a token bucket per app in this process's memory, so
-//! the limits hold per replica (N replicas behind one address allow up to N
-//! times the rate). A bucket holds `count` requests and refills at
-//! `count / period`; an empty bucket answers 429 `rate_limited` with
-//! `Retry-After`.
+//! Per-app rate limits: a `governor` rate limiter (GCRA) keyed by app id in
+//! this process's memory, so the limits hold per replica (N replicas behind
+//! one address allow up to N times the rate). A rate `count/period` allows a
+//! burst of `count` requests and one more every `period / count`, as a token
+//! bucket of `count` refilled at `count / period` does; past it, 429
+//! `rate_limited` with `Retry-After`.
 
-use std::collections::HashMap;
+use governor::clock::{Clock, DefaultClock};
+use governor::middleware::NoOpMiddleware;
+use governor::state::keyed::DashMapStateStore;
+use governor::{Quota, RateLimiter};
 use std::fmt;
+use std::num::NonZeroU32;
 use std::str::FromStr;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
 
-/// Buckets kept at most; full, idle ones are dropped first.
-const MAX_BUCKETS: usize = 100_000;
+/// Keys kept before idle ones (whose state equals a fresh key's) are dropped.
+const MAX_KEYS: usize = 100_000;
+/// How many checks pass between two looks at the key count (a look visits
+/// every shard of the map, too dear for every request).
+const PRUNE_EVERY: u32 = 4096;
 
 /// `COUNT/PERIOD` (`10000/s`, `60/m`, `1000/h`) or `0`/`off`.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -102,19 +110,26 @@ impl RateLimits {
     }
 }
 
-#[derive(Clone, Copy, Debug)]
-struct Bucket {
-    tokens: f64,
-    at: Instant,
+type KeyedLimiter<C> =
+    RateLimiter<String, DashMapStateStore<String>, C, NoOpMiddleware<<C as Clock>::Instant>>;
+
+/// The quota of a rate; `None` when the rate is off.
+fn quota(rate: Rate) -> Option<Quota> {
+    let burst = NonZeroU32::new(rate.count)?;
+    // Rates above one per nanosecond round to one per nanosecond.
+    let interval = (rate.period / rate.count).max(Duration::from_nanos(1));
+    Some(Quota::with_period(interval)?.allow_burst(burst))
 }
 
-/// Token buckets by key (the app id).
-pub struct Limiter {
+/// One rate limit by key (the app id).
+pub struct Limiter<C: Clock = DefaultClock> {
     rate: Rate,
-    buckets: Mutex<HashMap<String, Bucket>>,
+    /// `None`: the rate is off.
+    limiter: Option<KeyedLimiter<C>>,
+    checks: AtomicU32,
 }
 
-impl fmt::Debug for Limiter {
+impl<C: Clock> fmt::Debug for Limiter<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Limiter")
             .field("rate", &self.rate.to_string())
@@ -124,43 +139,33 @@ impl fmt::Debug for Limiter {
 
 impl Limiter {
     pub fn new(rate: Rate) -> Self {
+        Self::with_clock(rate, DefaultClock::default())
+    }
+}
+
+impl<C: Clock> Limiter<C> {
+    pub fn with_clock(rate: Rate, clock: C) -> Self {
         Self {
             rate,
-            buckets: Mutex::new(HashMap::new()),
+            limiter: quota(rate).map(|q| RateLimiter::dashmap_with_clock(q, clock)),
+            checks: AtomicU32::new(0),
         }
     }
 
-    /// Takes one request from `key`'s bucket; `Err(wait)` when it is empty.
+    /// Counts one request of `key`; `Err(wait)` when it is over the rate.
     pub fn check(&self, key: &str) -> Result<(), Duration> {
-        self.check_at(key, Instant::now())
-    }
-
-    pub fn check_at(&self, key: &str, now: Instant) -> Result<(), Duration> {
-        if self.rate.is_off() {
+        let Some(limiter) = &self.limiter else {
             return Ok(());
+        };
+        if self.checks.fetch_add(1, Ordering::Relaxed) % PRUNE_EVERY == 0
+            && limiter.len() >= MAX_KEYS
+        {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
         }
-        let capacity = f64::from(self.rate.count);
-        let per_sec = capacity / self.rate.period.as_secs_f64();
-        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
-        if buckets.len() >= MAX_BUCKETS && !buckets.contains_key(key) {
-            // Forget buckets that have refilled: they hold no state worth keeping.
-            buckets.retain(|_, b| {
-                b.tokens + now.saturating_duration_since(b.at).as_secs_f64() * per_sec < capacity
-            });
-        }
-        let bucket = buckets.entry(key.to_owned()).or_insert(Bucket {
-            tokens: capacity,
-            at: now,
-        });
-        let elapsed = now.saturating_duration_since(bucket.at).as_secs_f64();
-        bucket.tokens = (bucket.tokens + elapsed * per_sec).min(capacity);
-        bucket.at = now;
-        if bucket.tokens >= 1.0 {
-            bucket.tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(Duration::from_secs_f64((1.0 - bucket.tokens) / per_sec))
-        }
+        limiter
+            .check_key(&key.to_owned())
+            .map_err(|not_until| not_until.wait_time_from(limiter.clock().now()))
     }
 }
 
@@ -183,6 +188,7 @@ impl Limiters {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use governor::clock::FakeRelativeClock;
 
     #[test]
     fn rates_parse_and_print() {
@@ -202,36 +208,70 @@ mod tests {
 
     #[test]
     fn a_bucket_allows_its_burst_then_refills_at_the_rate() {
-        let limiter = Limiter::new(Rate::per_second(5));
-        let t0 = Instant::now();
+        let clock = FakeRelativeClock::default();
+        let limiter = Limiter::with_clock(Rate::per_second(5), clock.clone());
         for _ in 0..5 {
-            assert!(limiter.check_at("app_a", t0).is_ok());
+            assert!(limiter.check("app_a").is_ok());
         }
-        let wait = limiter.check_at("app_a", t0).unwrap_err();
+        let wait = limiter.check("app_a").unwrap_err();
         assert!(
             wait > Duration::from_millis(150) && wait <= Duration::from_millis(200),
             "{wait:?}"
         );
         // Another app has its own bucket.
-        assert!(limiter.check_at("app_b", t0).is_ok());
+        assert!(limiter.check("app_b").is_ok());
         // 200 ms later, one more.
-        let t1 = t0 + Duration::from_millis(200);
-        assert!(limiter.check_at("app_a", t1).is_ok());
-        assert!(limiter.check_at("app_a", t1).is_err());
+        clock.advance(Duration::from_millis(200));
+        assert!(limiter.check("app_a").is_ok());
+        assert!(limiter.check("app_a").is_err());
         // Never more than the burst after a long pause.
-        let t2 = t1 + Duration::from_secs(3600);
+        clock.advance(Duration::from_secs(3600));
         for _ in 0..5 {
-            assert!(limiter.check_at("app_a", t2).is_ok());
+            assert!(limiter.check("app_a").is_ok());
         }
-        assert!(limiter.check_at("app_a", t2).is_err());
+        assert!(limiter.check("app_a").is_err());
+    }
+
+    #[test]
+    fn per_minute_and_per_hour_rates_refill_over_their_period() {
+        let clock = FakeRelativeClock::default();
+        let limiter = Limiter::with_clock("3/h".parse().unwrap(), clock.clone());
+        for _ in 0..3 {
+            assert!(limiter.check("a").is_ok());
+        }
+        let wait = limiter.check("a").unwrap_err();
+        assert_eq!(wait, Duration::from_secs(1200));
+        clock.advance(Duration::from_secs(1199));
+        assert!(limiter.check("a").is_err());
+        clock.advance(Duration::from_secs(1));
+        assert!(limiter.check("a").is_ok());
+    }
+
+    #[test]
+    fn idle_keys_are_dropped_once_there_are_too_many() {
+        let clock = FakeRelativeClock::default();
+        let limiter = Limiter::with_clock(Rate::per_second(1), clock.clone());
+        let keys = |l: &Limiter<FakeRelativeClock>| l.limiter.as_ref().map_or(0, |l| l.len());
+        for i in 0..MAX_KEYS {
+            assert!(limiter.check(&format!("app_{i}")).is_ok());
+        }
+        assert_eq!(keys(&limiter), MAX_KEYS);
+        // An hour later those buckets are full again; one key is in use.
+        clock.advance(Duration::from_secs(3600));
+        assert!(limiter.check("busy").is_ok());
+        // Within PRUNE_EVERY checks the key count is looked at: the full
+        // buckets go, the one in use stays (and stays limited).
+        for _ in 0..PRUNE_EVERY {
+            assert!(limiter.check("busy").is_err());
+        }
+        assert_eq!(keys(&limiter), 1);
     }
 
     #[test]
     fn off_never_limits() {
         let limiter = Limiter::new(Rate::per_second(0));
-        let t0 = Instant::now();
         for _ in 0..10_000 {
-            assert!(limiter.check_at("a", t0).is_ok());
+            assert!(limiter.check("a").is_ok());
         }
     }
 }

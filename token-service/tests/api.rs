@@ -811,7 +811,7 @@ async fn callback_without_return_to_shows_an_escaped_page() {
         .starts_with("text/html"));
     let text = reply.text();
     assert!(
-        text.contains("Connected fake for &lt;b&gt;bob&lt;/b&gt;. You can close this window."),
+        text.contains("Connected fake for &#60;b&#62;bob&#60;/b&#62;. You can close this window."),
         "{text}"
     );
     assert!(!text.contains("<b>bob"));

@@ -61,7 +61,7 @@ async fn the_connect_form_is_refused_unless_posted_from_its_own_page() {
     let html = page.text();
     // The page names the user the link is for (escaped), the app and the provider.
     assert!(
-        html.contains("<strong>Mallory &lt;m@example.test&gt;</strong>"),
+        html.contains("<strong>Mallory &#60;m@example.test&#62;</strong>"),
         "{html}"
     );
     assert!(html.contains("test app"), "{html}");
