@@ -1143,6 +1143,9 @@ mod tests {
         "sandbox-api",
         "gitlab.com",
         "acme.api-us1.com",
+        "pub_00000000-0000-0000-0000-000000000000",
+        "api.teamtailor.com",
+        "cdp",
         "",
     ];
 
