@@ -246,17 +246,9 @@ impl StatusArg {
 
 #[derive(Debug, Clone, Args)]
 pub struct ConnectionReconnectArgs {
+    /// The connection: store, app, provider and user.
     #[command(flatten)]
-    pub store: StoreArgs,
-    /// The app id (app_…).
-    #[arg(long, value_name = "APP_ID")]
-    pub app: String,
-    /// The provider configuration's name (the x-authstamp-provider value).
-    #[arg(long, value_name = "NAME")]
-    pub provider: String,
-    /// The app's id of its end user (the x-authstamp-user value; `-`: the app itself).
-    #[arg(long, value_name = "USER")]
-    pub user: String,
+    pub connection: ConnectionGetArgs,
     /// Where the browser returns after consent (one of the app's allowed
     /// return URLs); absent: the service's result page.
     #[arg(long, value_name = "URL")]
@@ -276,17 +268,9 @@ pub enum CredentialsCommand {
 #[derive(Debug, Clone, Args)]
 #[group(id = "credential", required = true, multiple = false, args = ["api_key_env", "api_key_file", "api_key_stdin", "username"])]
 pub struct CredentialsSetArgs {
+    /// The connection: store, app, provider and user.
     #[command(flatten)]
-    pub store: StoreArgs,
-    /// The app id (app_…).
-    #[arg(long, value_name = "APP_ID")]
-    pub app: String,
-    /// The provider configuration's name (the x-authstamp-provider value).
-    #[arg(long, value_name = "NAME")]
-    pub provider: String,
-    /// The app's id of its end user (the x-authstamp-user value; `-`: the app itself).
-    #[arg(long, value_name = "USER")]
-    pub user: String,
+    pub connection: ConnectionGetArgs,
     /// api_key providers: read the key from this environment variable.
     #[arg(long, value_name = "VAR")]
     pub api_key_env: Option<String>,
@@ -1056,7 +1040,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             command: ConnectionCommand::Reconnect(args),
         } => {
             let public_url = PublicUrl::parse(&args.public_url)?;
-            let state = open_state(&args.store, &env, Some(public_url)).await?;
+            let state = open_state(&args.connection.store, &env, Some(public_url)).await?;
             let session = reconnect(&state, &args).await;
             state.db.close().await;
             print_json(&session?)
@@ -1089,14 +1073,15 @@ async fn reconnect(
     state: &AppState,
     args: &ConnectionReconnectArgs,
 ) -> anyhow::Result<crate::oauth::connect::CreatedSession> {
-    let app = crate::store::apps::get(&state.db, &args.app)
+    let app = crate::store::apps::get(&state.db, &args.connection.app)
         .await?
-        .ok_or_else(|| anyhow::anyhow!("no app {:?}", args.app))?;
+        .ok_or_else(|| anyhow::anyhow!("no app {:?}", args.connection.app))?;
     let input = crate::lifecycle::Reconnect {
         return_to: args.return_to.clone(),
         user_display_name: None,
     };
-    Ok(crate::lifecycle::reconnect(state, &app, &args.provider, &args.user, input).await?)
+    let key = &args.connection;
+    Ok(crate::lifecycle::reconnect(state, &app, &key.provider, &key.user, input).await?)
 }
 
 async fn app_key_command(command: AppKeyCommand) -> anyhow::Result<()> {
@@ -1145,9 +1130,10 @@ async fn credentials_set(args: CredentialsSetArgs, env: &SecretEnv) -> anyhow::R
         password: password.map(|p| AccessToken::new(p.as_str())),
         params: args.params.iter().cloned().collect(),
     };
-    let state = open_state(&args.store, env, None).await?;
+    let state = open_state(&args.connection.store, env, None).await?;
+    let key = &args.connection;
     let view =
-        crate::credentials::put_credentials(&state, &args.app, &args.provider, &args.user, input)
+        crate::credentials::put_credentials(&state, &key.app, &key.provider, &key.user, input)
             .await;
     webhooks::settle(EVENT_WRITE_LIMIT).await;
     state.db.close().await;
