@@ -45,10 +45,41 @@ pub fn chromedriver_bin() -> PathBuf {
     )
 }
 
+/// A page viewport in CSS pixels at device pixel ratio 1; `phone` lays
+/// pages out as a mobile browser does (the viewport meta tag applies).
+#[derive(Clone, Copy, Debug)]
+pub struct Viewport {
+    pub width: u32,
+    pub height: u32,
+    pub phone: bool,
+}
+
+impl Viewport {
+    pub const DESKTOP: Viewport = Viewport {
+        width: 1280,
+        height: 900,
+        phone: false,
+    };
+    pub const PHONE: Viewport = Viewport {
+        width: 375,
+        height: 812,
+        phone: true,
+    };
+}
+
 impl Chromium {
     /// Starts chromedriver and through it a headless Chromium with a fresh
     /// profile; logs go to `log_dir/chromedriver.log`.
     pub async fn launch(log_dir: &Path) -> Chromium {
+        Self::launch_with(log_dir, None).await
+    }
+
+    /// [`Chromium::launch`] with pages laid out at `viewport`.
+    pub async fn launch_at(log_dir: &Path, viewport: Viewport) -> Chromium {
+        Self::launch_with(log_dir, Some(viewport)).await
+    }
+
+    async fn launch_with(log_dir: &Path, viewport: Option<Viewport>) -> Chromium {
         let profile = tempfile::tempdir().expect("profile dir");
         let port = crate::process::free_port();
         let driver = Command::new(chromedriver_bin())
@@ -82,9 +113,7 @@ impl Chromium {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let mut capabilities = serde_json::Map::new();
-        capabilities.insert(
-            "goog:chromeOptions".into(),
-            json!({
+        let mut options = json!({
                 "binary": chromium_bin(),
                 "args": [
                     "--headless=new",
@@ -99,8 +128,15 @@ impl Chromium {
                     "--no-default-browser-check",
                     format!("--user-data-dir={}", profile.path().display()),
                 ],
-            }),
-        );
+        });
+        if let Some(v) = viewport {
+            // Device metrics, not a window size: exact CSS pixels at ratio 1.
+            options["mobileEmulation"] = json!({"deviceMetrics": {
+                "width": v.width, "height": v.height, "pixelRatio": 1.0,
+                "mobile": v.phone, "touch": v.phone,
+            }});
+        }
+        capabilities.insert("goog:chromeOptions".into(), options);
         let client = ClientBuilder::new(HttpConnector::new())
             .capabilities(capabilities)
             .connect(&webdriver)
@@ -170,6 +206,11 @@ impl Chromium {
             .send_keys(text)
             .await
             .unwrap_or_else(|e| panic!("type into #{id}: {e}"));
+    }
+
+    /// A PNG of the viewport as it is shown.
+    pub async fn screenshot(&mut self) -> Vec<u8> {
+        self.client.screenshot().await.expect("screenshot")
     }
 
     pub async fn url(&mut self) -> url::Url {

@@ -2,9 +2,12 @@
 //! session's URL, sees the provider and the permissions asked, clicks
 //! Connect, types a login and approves at the stand-in provider's consent
 //! page, lands on the result page; the connection is then active through
-//! the API and the filter stamps its token.
+//! the API and the filter stamps its token. For API-key and Basic
+//! providers the page is a form: the user types the key, the stand-in
+//! checks it, and the filter stamps it; screenshots at desktop and phone
+//! widths are checked.
 
-use authstamp_e2e::chromium::Chromium;
+use authstamp_e2e::chromium::{Chromium, Viewport};
 use authstamp_e2e::page_server::PageServer;
 use authstamp_e2e::stack::{CLIENT_ID, PROVIDER};
 use authstamp_e2e::{Stack, StackOptions};
@@ -254,4 +257,253 @@ async fn another_users_browser_never_completes_a_connect_link() {
     let (status, echo) = call_status(&stack, app, "alice").await;
     assert_eq!(status, 200, "{echo}");
     assert_eq!(echo["user"], "alice");
+}
+
+/// A connect link of the stack's app for `user` of `provider`.
+async fn key_link(stack: &Stack, provider: &str, user: &str) -> String {
+    let response = stack
+        .as_app(Method::POST, "/v1/connect-sessions")
+        .json(&json!({"provider": provider, "user": user}))
+        .send()
+        .await
+        .expect("connect session");
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let session: Value = response.json().await.expect("session json");
+    session["connect_url"]
+        .as_str()
+        .expect("connect_url")
+        .to_owned()
+}
+
+/// Takes a screenshot of the open page into the log directory and checks
+/// it and the layout at `viewport`: the PNG decodes at the viewport's width
+/// and is not blank, nothing scrolls sideways, the submit button is inside
+/// the viewport, every label is visible, every input has one label, the
+/// first input has the focus and a visible outline.
+async fn check_layout(browser: &mut Chromium, stack: &Stack, viewport: Viewport, name: &str) {
+    let png_bytes = browser.screenshot().await;
+    let file = stack.log_dir.join(format!("{name}.png"));
+    std::fs::write(&file, &png_bytes).expect("write screenshot");
+    let mut reader = png::Decoder::new(std::io::Cursor::new(&png_bytes))
+        .read_info()
+        .unwrap_or_else(|e| panic!("{}: not a PNG: {e}", file.display()));
+    let mut pixels = vec![0; reader.output_buffer_size().expect("frame size")];
+    let frame = reader.next_frame(&mut pixels).expect("decode screenshot");
+    assert_eq!(frame.width, viewport.width, "{}", file.display());
+    assert_eq!(frame.height, viewport.height, "{}", file.display());
+    let first = &pixels[..3];
+    assert!(
+        pixels
+            .chunks(frame.line_size / frame.width as usize)
+            .any(|p| &p[..3] != first),
+        "{} is blank",
+        file.display()
+    );
+    let layout = browser
+        .eval(
+            "(() => { const inside = (r) => r.width > 0 && r.height > 0 && r.left >= 0 && r.top >= 0 \
+               && r.right <= innerWidth && r.bottom <= innerHeight; \
+               const visible = (e) => { const s = getComputedStyle(e); \
+                 return s.visibility === 'visible' && s.display !== 'none' && s.opacity !== '0' && inside(e.getBoundingClientRect()); }; \
+               const inputs = [...document.querySelectorAll('input:not([type=hidden])')]; \
+               const focused = document.activeElement; const outline = getComputedStyle(focused); \
+               return { scrollWidth: document.documentElement.scrollWidth, innerWidth, \
+                 button: inside(document.getElementById('connect').getBoundingClientRect()), \
+                 labels: [...document.querySelectorAll('label')].map(visible), \
+                 labelled: inputs.map((i) => i.labels.length === 1 && visible(i.labels[0])), \
+                 focused: focused === inputs[0], \
+                 outline: outline.outlineStyle + ' ' + outline.outlineWidth }; })()",
+        )
+        .await;
+    let width = u64::from(viewport.width);
+    assert_eq!(layout["innerWidth"], width, "{layout}");
+    assert!(
+        layout["scrollWidth"].as_u64().is_some_and(|w| w <= width),
+        "horizontal scroll at {width} px: {layout}"
+    );
+    assert_eq!(
+        layout["button"], true,
+        "submit button outside the viewport: {layout}"
+    );
+    let labels = layout["labels"].as_array().expect("labels");
+    assert!(
+        !labels.is_empty() && labels.iter().all(|v| v == true),
+        "{layout}"
+    );
+    let labelled = layout["labelled"].as_array().expect("inputs");
+    assert!(
+        !labelled.is_empty() && labelled.iter().all(|v| v == true),
+        "{layout}"
+    );
+    assert_eq!(
+        layout["focused"], true,
+        "the first input has the focus: {layout}"
+    );
+    assert_eq!(
+        layout["outline"], "solid 3px",
+        "a visible focus outline: {layout}"
+    );
+}
+
+/// API keys (in a header, in a query parameter) and Basic credentials
+/// typed into the connect page in headless Chromium: the stand-in checks
+/// each (a wrong key shows the form again with the reason), the result page
+/// follows, and calls through Envoy carry the credential where the
+/// provider wants it. The forms are screenshot and checked at 1280 and
+/// 375 px.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_enter_api_keys_and_basic_credentials_in_headless_chromium() {
+    let stack = Stack::start("connect_key_page", StackOptions::default()).await;
+    let standin = stack.standin_url.clone();
+    let response = stack
+        .http
+        .post(format!("{standin}/_standin/credentials"))
+        .json(&json!({"api_keys": {"key-alice": "alice"}, "basic": {"carol": "c4rol pass:word"}}))
+        .send()
+        .await
+        .expect("credentials");
+    assert!(response.status().is_success());
+    let check = json!({"method": "GET", "path": "/api/me", "expect_status": 200});
+    let key_field = json!([{"name": "api_key", "label": "Stand-in API key", "secret": true,
+                            "help": "Settings → Developer → API keys",
+                            "help_url": "https://standin.example/settings/keys"}]);
+    stack
+        .put_provider(
+            "standin-key",
+            json!({"auth_type": "api_key", "display_name": "Stand-in Keys", "api_base_url": standin,
+                   "header": {"name": "x-api-key", "format": "{token}"},
+                   "api_key_fields": key_field, "key_check": check}),
+        )
+        .await;
+    stack
+        .put_provider(
+            "standin-key-query",
+            json!({"auth_type": "api_key", "display_name": "Stand-in Maps", "api_base_url": standin,
+                   "header": {"name": "api_key", "format": "{token}", "in": "query"},
+                   "api_key_fields": key_field, "key_check": check}),
+        )
+        .await;
+    stack
+        .put_provider(
+            "standin-basic",
+            json!({"auth_type": "basic", "display_name": "Stand-in Desk", "api_base_url": standin,
+                   "key_check": check}),
+        )
+        .await;
+
+    // 1. Desktop, a key in a header: a wrong key first.
+    let mut browser = Chromium::launch_at(&stack.log_dir, Viewport::DESKTOP).await;
+    browser
+        .navigate(&key_link(&stack, "standin-key", "alice").await)
+        .await;
+    browser
+        .wait_for("the key form", "document.getElementById('api_key')")
+        .await;
+    assert_eq!(browser.text("title").await, "Connect Stand-in Keys");
+    assert!(browser.text("requested").await.contains("Stand-in API key"));
+    assert_eq!(
+        browser
+            .eval("document.querySelector('#api_key-help a').href")
+            .await,
+        "https://standin.example/settings/keys"
+    );
+    check_layout(
+        &mut browser,
+        &stack,
+        Viewport::DESKTOP,
+        "connect-key-desktop",
+    )
+    .await;
+    let rejected_before = stack.standin_stats().await["api_calls_rejected"].clone();
+    browser.type_into("api_key", "key-wrong").await;
+    browser.click("connect").await;
+    browser
+        .wait_for("the refusal", "document.getElementById('form-error')")
+        .await;
+    assert!(browser
+        .text("form-error")
+        .await
+        .contains("Stand-in Keys did not accept these credentials (HTTP 401)"),);
+    assert_eq!(
+        browser
+            .eval("document.getElementById('api_key').value")
+            .await,
+        ""
+    );
+    assert_eq!(
+        stack.standin_stats().await["api_calls_rejected"].as_u64(),
+        rejected_before.as_u64().map(|n| n + 1),
+        "the check call reached the stand-in"
+    );
+    browser.type_into("api_key", "key-alice").await;
+    browser.click("connect").await;
+    wait_for_result(&mut browser).await;
+    let body = browser.eval("document.body.innerText").await;
+    assert!(!body.as_str().unwrap_or("").contains("key-alice"), "{body}");
+    let echo = echo_of(
+        stack
+            .call_provider(Method::GET, "standin-key", "/api/me", "alice")
+            .header("x-api-key", "forged"),
+    )
+    .await;
+    assert_eq!(echo["user"], "alice");
+    assert_eq!(echo["token_grant"], "api_key");
+    assert_eq!(echo["headers"]["x-api-key"], json!(["key-alice"]));
+    drop(browser);
+
+    // 2. Phone, a key in a query parameter, and Basic credentials.
+    let mut browser = Chromium::launch_at(&stack.log_dir, Viewport::PHONE).await;
+    browser
+        .navigate(&key_link(&stack, "standin-key-query", "alice").await)
+        .await;
+    browser
+        .wait_for("the key form", "document.getElementById('api_key')")
+        .await;
+    check_layout(&mut browser, &stack, Viewport::PHONE, "connect-key-phone").await;
+    browser.type_into("api_key", "key-alice").await;
+    browser.click("connect").await;
+    wait_for_result(&mut browser).await;
+    let echo = echo_of(stack.call_provider(
+        Method::GET,
+        "standin-key-query",
+        "/api/search?q=1&api_key=forged",
+        "alice",
+    ))
+    .await;
+    assert_eq!(echo["user"], "alice");
+    assert_eq!(echo["query"], "q=1&api_key=key-alice");
+
+    browser
+        .navigate(&key_link(&stack, "standin-basic", "carol").await)
+        .await;
+    browser
+        .wait_for("the Basic form", "document.getElementById('password')")
+        .await;
+    check_layout(&mut browser, &stack, Viewport::PHONE, "connect-basic-phone").await;
+    browser.type_into("username", "carol").await;
+    browser.type_into("password", "c4rol pass:word").await;
+    browser.click("connect").await;
+    wait_for_result(&mut browser).await;
+    let echo =
+        echo_of(stack.call_provider(Method::GET, "standin-basic", "/api/tickets", "carol")).await;
+    assert_eq!(echo["user"], "carol");
+    assert_eq!(echo["token_grant"], "basic");
+}
+
+async fn wait_for_result(browser: &mut Chromium) {
+    browser
+        .wait_for(
+            "the result page",
+            "document.getElementById('result') && document.getElementById('result').dataset.status === 'connected'",
+        )
+        .await;
+}
+
+/// The stand-in's echo of a call through Envoy (which must succeed).
+async fn echo_of(request: reqwest::RequestBuilder) -> Value {
+    let response = request.send().await.expect("call through Envoy");
+    let status = response.status();
+    let text = response.text().await.expect("body");
+    assert_eq!(status, StatusCode::OK, "{text}");
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }

@@ -157,6 +157,12 @@ pub struct PutProvider {
     pub connection_params: Option<Vec<ConnectionParam>>,
     #[serde(default)]
     pub header: Option<HeaderSpec>,
+    /// The connect page's form fields (API-key and Basic providers).
+    #[serde(default)]
+    pub api_key_fields: Option<Vec<catalog::ApiKeyField>>,
+    /// The call that checks credentials entered on the connect page.
+    #[serde(default)]
+    pub key_check: Option<catalog::KeyCheck>,
     /// Refresh policy overrides for this provider (absent: the service's defaults).
     #[serde(default)]
     pub refresh: PolicyOverrides,
@@ -392,6 +398,13 @@ pub async fn put_provider(
             })
         })
         .unwrap_or_default();
+    let api_key_fields = input
+        .api_key_fields
+        .or_else(|| entry.as_ref().map(|e| e.api_key_fields.clone()))
+        .unwrap_or_default();
+    let key_check = input
+        .key_check
+        .or_else(|| entry.as_ref().and_then(|e| e.key_check.clone()));
     let display_name = input
         .display_name
         .or_else(|| from_entry(|e| Some(e.display_name.clone())))
@@ -446,6 +459,11 @@ pub async fn put_provider(
         (String::new(), String::new())
     };
     let mut problems = catalog::validate_params(&connection_params);
+    if auth_type.is_oauth() && (!api_key_fields.is_empty() || key_check.is_some()) {
+        problems.push("api_key_fields and key_check are for api_key and basic providers".into());
+    }
+    problems.extend(catalog::key_field_problems(auth_type, &api_key_fields));
+    problems.extend(key_check.iter().flat_map(catalog::KeyCheck::problems));
     problems.extend(catalog::validate_templates(
         &catalog::Templates {
             authorize_url: Some(authorize_url.as_str()).filter(|u| !u.is_empty()),
@@ -549,6 +567,8 @@ pub async fn put_provider(
             revocation_token: entry_revocation.as_ref().map(|r| r.token),
             post_exchange_metadata,
             stamp_in: header.location,
+            api_key_fields,
+            key_check,
         },
         created_at: now,
         updated_at: now,

@@ -194,6 +194,113 @@ pub struct ApiKeyField {
     pub help_url: Option<String>,
 }
 
+/// The HTTP method of a [`KeyCheck`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum CheckMethod {
+    #[default]
+    Get,
+    Head,
+    Post,
+}
+
+impl CheckMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CheckMethod::Get => "GET",
+            CheckMethod::Head => "HEAD",
+            CheckMethod::Post => "POST",
+        }
+    }
+}
+
+/// One call that tells whether credentials entered on the connect page
+/// work: `method` on `path` of the API host, stamped as calls are; any
+/// other status than `expect_status` refuses them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyCheck {
+    #[serde(default)]
+    pub method: CheckMethod,
+    /// Absolute path (and query) on the API base URL's host.
+    pub path: String,
+    pub expect_status: u16,
+}
+
+impl KeyCheck {
+    /// Problems of a check: a path that is not a plain absolute path, a
+    /// status that is not a success.
+    pub fn problems(&self) -> Vec<String> {
+        let mut errors = Vec::new();
+        let p = &self.path;
+        if !p.starts_with('/')
+            || p.starts_with("//")
+            || p.len() > 512
+            || p.contains('#')
+            || p.chars().any(|c| c.is_control() || c.is_whitespace())
+        {
+            errors.push("key_check.path must be an absolute path of at most 512 bytes without '#', spaces or control characters".into());
+        }
+        if !(200..=299).contains(&self.expect_status) {
+            errors.push("key_check.expect_status must be a 2xx status".into());
+        }
+        errors
+    }
+}
+
+/// Problems of the connect form fields of a provider of `auth_type`: an
+/// API-key provider asks for `api_key`, a Basic one for `username` and
+/// `password`; each field once, a label, an https help link.
+pub fn key_field_problems(auth_type: AuthType, fields: &[ApiKeyField]) -> Vec<String> {
+    let mut errors = Vec::new();
+    let mut key_names = BTreeSet::new();
+    for field in fields {
+        if !matches!(field.name.as_str(), "api_key" | "username" | "password")
+            || !key_names.insert(field.name.as_str())
+        {
+            errors.push(format!(
+                "api_key_fields name {:?} must be one of api_key, username, password, once",
+                field.name
+            ));
+        }
+        if field.label.trim().is_empty()
+            || field.label.len() > 100
+            || field.label.chars().any(char::is_control)
+        {
+            errors.push("api_key_fields label must be 1 to 100 bytes".into());
+        }
+        if field
+            .help
+            .as_ref()
+            .is_some_and(|h| h.len() > 500 || h.chars().any(char::is_control))
+        {
+            errors.push("api_key_fields help must be at most 500 bytes".into());
+        }
+        if let Some(url) = &field.help_url {
+            if !url.starts_with("https://") || url::Url::parse(url).is_err() {
+                errors.push("api_key_fields help_url must be an https URL".into());
+            }
+        }
+    }
+    let wanted: &[&str] = match auth_type {
+        AuthType::ApiKey => &["api_key"],
+        AuthType::Basic => &["password", "username"],
+        _ => &[],
+    };
+    if !fields.is_empty() && key_names.iter().copied().ne(wanted.iter().copied()) {
+        errors.push(format!(
+            "api_key_fields: {} providers ask for {}",
+            auth_type.as_str(),
+            if wanted.is_empty() {
+                "none".to_owned()
+            } else {
+                wanted.join(" and ")
+            }
+        ));
+    }
+    errors
+}
+
 /// A per-tenant value of a connection (a Zendesk subdomain, a Shopify shop).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -271,6 +378,9 @@ pub struct CatalogEntry {
     pub post_exchange_metadata: Option<PostExchangeMetadata>,
     pub header: HeaderSpec,
     pub api_key_fields: Vec<ApiKeyField>,
+    /// Optional: the call the connect page makes to check entered credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_check: Option<KeyCheck>,
     pub refresh: RefreshInfo,
     /// Field (or group, or `group.key`) → sources: provider documentation
     /// URLs and `nango@<commit>:<key>`.
@@ -322,6 +432,9 @@ pub const FIELDS: &[&str] = &[
     "unverified",
     "notes",
 ];
+
+/// Fields an entry may leave out; present, they need a reference like any.
+pub const OPTIONAL_FIELDS: &[&str] = &["key_check"];
 
 /// Fields that are names, labels or bookkeeping: no reference needed.
 const SELF_DESCRIBING: &[&str] = &[
@@ -705,24 +818,12 @@ fn validate_entry(e: &CatalogEntry) -> Vec<String> {
             errors.push("post_exchange_metadata.field must be 1 to 64 bytes".into());
         }
     }
-    let mut key_names = BTreeSet::new();
-    for field in &e.api_key_fields {
-        if !matches!(field.name.as_str(), "api_key" | "username" | "password")
-            || !key_names.insert(field.name.as_str())
-        {
-            errors.push(format!(
-                "api_key_fields name {:?} must be one of api_key, username, password, once",
-                field.name
-            ));
+    errors.extend(key_field_problems(e.auth_type, &e.api_key_fields));
+    if let Some(check) = &e.key_check {
+        if e.auth_type.is_oauth() {
+            errors.push("key_check is for api_key and basic entries".into());
         }
-        if field.label.trim().is_empty() || field.label.len() > 100 {
-            errors.push("api_key_fields label must be 1 to 100 bytes".into());
-        }
-        if let Some(url) = &field.help_url {
-            if !url.starts_with("https://") || url::Url::parse(url).is_err() {
-                errors.push("api_key_fields help_url must be an https URL".into());
-            }
-        }
+        errors.extend(check.problems());
     }
     // Refresh.
     let r = &e.refresh;
@@ -922,7 +1023,7 @@ fn sub_keys(e: &CatalogEntry, field: &str) -> Vec<String> {
 fn validate_references(e: &CatalogEntry) -> Vec<String> {
     let mut errors = Vec::new();
     let known = |name: &str| -> bool {
-        if FIELDS.contains(&name) {
+        if FIELDS.contains(&name) || OPTIONAL_FIELDS.contains(&name) {
             return true;
         }
         match name.split_once('.') {
@@ -976,6 +1077,9 @@ fn validate_references(e: &CatalogEntry) -> Vec<String> {
         if !all_parts {
             errors.push(format!("{field} is neither referenced nor unverified"));
         }
+    }
+    if e.key_check.is_some() && !covered("key_check") {
+        errors.push("key_check is neither referenced nor unverified".into());
     }
     errors
 }
@@ -1261,6 +1365,61 @@ mod tests {
             v != field && !v.starts_with(&format!("{field}."))
         });
         list.push(field.into());
+    }
+
+    /// `anthropic.json` (an API-key entry) changed by `f`: the parse errors.
+    fn key_entry_errors(f: impl FnOnce(&mut serde_json::Map<String, Value>)) -> Vec<String> {
+        let text = files::FILES
+            .iter()
+            .find(|(f, _)| *f == "anthropic.json")
+            .unwrap()
+            .1;
+        let mut v: Value = serde_json::from_str(text).unwrap();
+        f(v.as_object_mut().unwrap());
+        Catalog::parse(&[("anthropic.json", &v.to_string())])
+            .err()
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn a_key_check_is_optional_checked_and_referenced() {
+        let check =
+            serde_json::json!({"method": "GET", "path": "/v1/models", "expect_status": 200});
+        assert!(key_entry_errors(|_| {}).is_empty());
+        let with_check = |check: Value, referenced: bool| {
+            key_entry_errors(move |o| {
+                o.insert("key_check".into(), check);
+                if referenced {
+                    o["references"].as_object_mut().unwrap().insert(
+                        "key_check".into(),
+                        serde_json::json!(["https://docs.anthropic.com/en/api/models-list"]),
+                    );
+                }
+            })
+            .join("\n")
+        };
+        assert_eq!(with_check(check.clone(), true), "");
+        assert!(with_check(check.clone(), false)
+            .contains("key_check is neither referenced nor unverified"));
+        let bad = serde_json::json!({"path": "https://evil.test/x", "expect_status": 200});
+        assert!(with_check(bad, true).contains("key_check.path must be an absolute path"));
+        let bad = serde_json::json!({"path": "/v1/models", "expect_status": 401});
+        assert!(with_check(bad, true).contains("key_check.expect_status must be a 2xx"));
+        let errors = key_entry_errors(|o| {
+            o["api_key_fields"][0]["name"] = "username".into();
+        })
+        .join("\n");
+        assert!(
+            errors.contains("api_key_fields: api_key providers ask for api_key"),
+            "{errors}"
+        );
+        let errors = errors_of(&mutate(|o| {
+            o.insert("key_check".into(), check);
+        }));
+        assert!(
+            errors.contains("key_check is for api_key and basic entries"),
+            "{errors}"
+        );
     }
 
     #[test]

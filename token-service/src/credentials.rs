@@ -52,13 +52,107 @@ pub struct PutCredentials {
     pub params: BTreeMap<String, String>,
 }
 
-fn no_control(field: &str, value: &str, max: usize) -> Result<(), ApiError> {
+/// Longest API key, user name and password, in bytes.
+pub const API_KEY_MAX: usize = 8192;
+pub const USERNAME_MAX: usize = 1024;
+pub const PASSWORD_MAX: usize = 4096;
+
+/// Entered credentials that cannot be stored: which field, and why.
+#[derive(Debug)]
+pub struct FieldError {
+    /// `api_key`, `username` or `password`; `None` for the whole input.
+    pub field: Option<&'static str>,
+    pub message: String,
+}
+
+impl FieldError {
+    fn of(field: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            field: Some(field),
+            message: message.into(),
+        }
+    }
+}
+
+impl From<FieldError> for ApiError {
+    fn from(e: FieldError) -> Self {
+        ApiError::bad_request(e.message)
+    }
+}
+
+fn no_control(field: &'static str, value: &str, max: usize) -> Result<(), FieldError> {
     if value.is_empty() || value.len() > max || value.chars().any(char::is_control) {
-        return Err(ApiError::bad_request(format!(
-            "{field} must be 1 to {max} bytes without control characters"
-        )));
+        return Err(FieldError::of(
+            field,
+            format!("{field} must be 1 to {max} bytes without control characters"),
+        ));
     }
     Ok(())
+}
+
+/// The secret stamped for a provider of `auth_type`: the API key itself, or
+/// a Basic pair as the `base64(username:password)` it is sent as.
+pub fn credential_secret(
+    auth_type: AuthType,
+    provider_name: &str,
+    api_key: Option<&AccessToken>,
+    username: Option<&str>,
+    password: Option<&AccessToken>,
+) -> Result<AccessToken, FieldError> {
+    match auth_type {
+        AuthType::ApiKey => {
+            if username.is_some() || password.is_some() {
+                return Err(FieldError {
+                    field: None,
+                    message: "an api_key provider takes {\"api_key\"}, not a username and password"
+                        .into(),
+                });
+            }
+            let key = api_key.ok_or_else(|| FieldError::of("api_key", "api_key is required"))?;
+            no_control("api_key", key.expose(), API_KEY_MAX)?;
+            Ok(AccessToken::new(key.expose()))
+        }
+        AuthType::Basic => {
+            if api_key.is_some() {
+                return Err(FieldError {
+                    field: None,
+                    message: "a basic provider takes {\"username\", \"password\"}, not an api_key"
+                        .into(),
+                });
+            }
+            let username =
+                username.ok_or_else(|| FieldError::of("username", "username is required"))?;
+            let password =
+                password.ok_or_else(|| FieldError::of("password", "password is required"))?;
+            no_control("username", username, USERNAME_MAX)?;
+            // RFC 7617 allows an empty password (an API key as the user name).
+            if !password.expose().is_empty() {
+                no_control("password", password.expose(), PASSWORD_MAX)?;
+            }
+            if username.contains(':') {
+                return Err(FieldError::of(
+                    "username",
+                    "username must not contain ':' (RFC 7617)",
+                ));
+            }
+            let pair = zeroize::Zeroizing::new(format!("{username}:{}", password.expose()));
+            Ok(AccessToken::new(
+                base64::engine::general_purpose::STANDARD.encode(pair.as_bytes()),
+            ))
+        }
+        other => Err(FieldError {
+            field: None,
+            message: format!(
+                "provider {provider_name:?} uses {} credentials: {}",
+                other.as_str(),
+                if other == AuthType::Oauth2 {
+                    "the user connects in a browser (POST /v1/connect-sessions)"
+                } else {
+                    "the service fetches its token itself"
+                }
+            ),
+        }),
+    }
 }
 
 /// Stores (or replaces) a user's API key or Basic credentials.
@@ -71,56 +165,13 @@ pub async fn put_credentials(
 ) -> Result<ConnectionView, ApiError> {
     validate::user_id(user)?;
     let provider = app_provider(state, app_id, provider_name).await?;
-    let secret = match provider.auth_type {
-        AuthType::ApiKey => {
-            if input.username.is_some() || input.password.is_some() {
-                return Err(ApiError::bad_request(
-                    "an api_key provider takes {\"api_key\"}, not a username and password",
-                ));
-            }
-            let key = input
-                .api_key
-                .ok_or_else(|| ApiError::bad_request("api_key is required"))?;
-            no_control("api_key", key.expose(), 8192)?;
-            AccessToken::new(key.expose())
-        }
-        AuthType::Basic => {
-            if input.api_key.is_some() {
-                return Err(ApiError::bad_request(
-                    "a basic provider takes {\"username\", \"password\"}, not an api_key",
-                ));
-            }
-            let username = input
-                .username
-                .ok_or_else(|| ApiError::bad_request("username is required"))?;
-            let password = input
-                .password
-                .ok_or_else(|| ApiError::bad_request("password is required"))?;
-            no_control("username", &username, 1024)?;
-            // RFC 7617 allows an empty password (an API key as the user name).
-            if !password.expose().is_empty() {
-                no_control("password", password.expose(), 4096)?;
-            }
-            if username.contains(':') {
-                return Err(ApiError::bad_request(
-                    "username must not contain ':' (RFC 7617)",
-                ));
-            }
-            let pair = zeroize::Zeroizing::new(format!("{username}:{}", password.expose()));
-            AccessToken::new(base64::engine::general_purpose::STANDARD.encode(pair.as_bytes()))
-        }
-        other => {
-            return Err(ApiError::bad_request(format!(
-                "provider {provider_name:?} uses {} credentials: {}",
-                other.as_str(),
-                if other == AuthType::Oauth2 {
-                    "the user connects in a browser (POST /v1/connect-sessions)"
-                } else {
-                    "the service fetches its token itself"
-                }
-            )))
-        }
-    };
+    let secret = credential_secret(
+        provider.auth_type,
+        provider_name,
+        input.api_key.as_ref(),
+        input.username.as_deref(),
+        input.password.as_ref(),
+    )?;
     let params = catalog::resolve_params(&provider.settings.connection_params, &input.params)?;
     provider
         .urls(&params)
@@ -130,6 +181,19 @@ pub async fn put_credentials(
         provider: provider.provider.clone(),
         user_id: user.to_owned(),
     };
+    store_credentials(state, &key, provider.auth_type, &secret, &params).await?;
+    views::get_connection(&state.db, &state.policy, app_id, &key.provider, user).await
+}
+
+/// Seals `secret` to the connection `key` and stores it (replacing what
+/// was there), and tells the app's webhook.
+pub async fn store_credentials(
+    state: &AppState,
+    key: &ConnKey,
+    auth_type: AuthType,
+    secret: &AccessToken,
+    params: &Values,
+) -> Result<(), ApiError> {
     let sealed = state.vault.seal_str(
         &Aad::connection(&key.app_id, &key.provider, &key.user_id, Field::AccessToken),
         secret.expose(),
@@ -137,30 +201,30 @@ pub async fn put_credentials(
     connections::upsert_connected(
         &state.db,
         NewConnection {
-            key: &key,
+            key,
             access_token: sealed,
             refresh_token: None,
             expires_at: None,
             scopes: "",
             now: db::now(),
-            params: Some(&params),
+            params: Some(params),
         },
     )
     .await?;
     tracing::info!(
-        app_id,
-        provider = provider_name,
-        auth_type = provider.auth_type.as_str(),
+        app_id = %key.app_id,
+        provider = %key.provider,
+        auth_type = auth_type.as_str(),
         "stored credentials"
     );
     crate::webhooks::emit(
         state,
-        app_id,
+        &key.app_id,
         crate::webhooks::Event::Connected,
         &key.provider,
-        user,
+        &key.user_id,
     );
-    views::get_connection(&state.db, &state.policy, app_id, &key.provider, user).await
+    Ok(())
 }
 
 /// `PUT /v1/connections/{provider}/{user}/credentials` (app auth).

@@ -25,6 +25,46 @@ pub struct ConnectPage<'a> {
     pub csrf: &'a str,
 }
 
+/// The connect page of an API-key or Basic provider: who asks, for which
+/// provider, what is requested, and a form with one input per field
+/// (`id` = field name) and a Connect button (`id="connect"`).
+#[derive(Template)]
+#[template(path = "connect_key.html")]
+pub struct KeyConnectPage<'a> {
+    pub provider: &'a str,
+    pub app: &'a str,
+    pub user: &'a str,
+    /// What the form asks for ("API key", "username and password").
+    pub requested: &'a str,
+    /// Whether one call at the provider checks the entry before it is kept.
+    pub checked: bool,
+    pub fields: Vec<KeyField<'a>>,
+    /// A problem with the entry as a whole (`id="form-error"`).
+    pub form_error: Option<&'a str>,
+    pub action: &'a str,
+    pub csrf: &'a str,
+}
+
+/// One input of a [`KeyConnectPage`].
+pub struct KeyField<'a> {
+    /// `api_key`, `username` or `password`: the input's `id` and `name`.
+    pub name: &'a str,
+    pub label: &'a str,
+    pub help: Option<&'a str>,
+    pub help_url: Option<&'a str>,
+    /// A password input, never filled in again.
+    pub secret: bool,
+    /// What the user entered, shown again (never for a secret field).
+    pub value: &'a str,
+    pub error: Option<&'a str>,
+    pub invalid: bool,
+    pub maxlength: usize,
+    pub required: bool,
+    pub autofocus: bool,
+    /// The ids of the help, the error and the form's error, space-separated.
+    pub described_by: String,
+}
+
 /// The result page after the callback.
 #[derive(Template)]
 #[template(path = "connected.html")]
@@ -34,6 +74,10 @@ struct ConnectedPage<'a> {
 }
 
 pub fn connect_page(page: &ConnectPage<'_>) -> Response {
+    page_response(page)
+}
+
+pub fn key_connect_page(page: &KeyConnectPage<'_>) -> Response {
     page_response(page)
 }
 

@@ -21,6 +21,7 @@ pub mod files;
 pub mod filter_tls;
 pub mod html;
 pub mod journal;
+pub mod key_connect;
 pub mod keys;
 pub mod lifecycle;
 pub mod logging;

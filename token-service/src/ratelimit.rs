@@ -169,11 +169,20 @@ impl<C: Clock> Limiter<C> {
     }
 }
 
-/// Both limiters of a service.
+/// Credentials a connect link may submit: a link is no oracle for guessing
+/// keys at the provider.
+pub const KEY_SUBMISSIONS: Rate = Rate {
+    count: 5,
+    period: Duration::from_secs(60),
+};
+
+/// The limiters of a service.
 #[derive(Debug)]
 pub struct Limiters {
     pub lookups: Limiter,
     pub connect_sessions: Limiter,
+    /// Credentials submitted on a connect page, per connect link.
+    pub key_submissions: Limiter,
 }
 
 impl Limiters {
@@ -181,6 +190,7 @@ impl Limiters {
         Self {
             lookups: Limiter::new(limits.lookups),
             connect_sessions: Limiter::new(limits.connect_sessions),
+            key_submissions: Limiter::new(KEY_SUBMISSIONS),
         }
     }
 }

@@ -47,18 +47,11 @@ async fn api_keys_in_a_header_or_a_query_parameter() {
                "header": {"name": "x-api-key", "format": "{token}"}}),
     )
     .await;
-    // Not connected until a key is stored; no browser flow for keys.
+    // Not connected until a key is stored (by the app here; by the user
+    // on the connect page in connect_key_page.rs).
     h.lookup(&app, "alice", false)
         .await
         .assert_error(404, "not_connected");
-    h.as_app(
-        &app.app_id,
-        &app.app_key,
-        "/v1/connect-sessions",
-        json!({"provider": "keyed", "user": "alice"}),
-    )
-    .await
-    .assert_error(400, "bad_request");
     let reply = put_credentials(&h, &app, "alice", json!({"api_key": "key-of-alice"})).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
     assert_eq!(reply.json()["status"], "active");

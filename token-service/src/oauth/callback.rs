@@ -137,29 +137,22 @@ pub async fn handler(
     {
         params.insert(name, value);
     }
+    let key = ConnKey {
+        app_id: record.app_id.clone(),
+        provider: record.provider.clone(),
+        user_id: record.user_id.clone(),
+    };
     let mut response = match &record.return_to {
         // Back to the app, which must confirm that the browser that came
         // back is the user the link was made for before the connection
         // exists (POST /v1/connect-results/confirm).
         Some(return_to) => {
-            let result = super::confirm::hold(&state, &record, &tokens, &params, now).await?;
-            let mut url = Url::parse(return_to)
-                .map_err(|e| ApiError::internal("stored return_to is invalid", e))?;
-            url.query_pairs_mut()
-                .append_pair("authstamp_status", "confirmation_required")
-                .append_pair("authstamp_result", result.expose());
-            let mut response = StatusCode::FOUND.into_response();
-            let location = HeaderValue::from_str(url.as_str())
-                .map_err(|e| ApiError::internal("invalid return_to header", e))?;
-            response.headers_mut().insert(header::LOCATION, location);
-            response
+            let result =
+                super::confirm::hold(&state, &key, &record.requested_scope, &tokens, &params, now)
+                    .await?;
+            redirect_to_return(return_to, &result, StatusCode::FOUND)?
         }
         None => {
-            let key = ConnKey {
-                app_id: record.app_id.clone(),
-                provider: record.provider.clone(),
-                user_id: record.user_id.clone(),
-            };
             let sealed = super::confirm::seal_tokens(&state, &tokens, |field| {
                 Aad::connection(&key.app_id, &key.provider, &key.user_id, field)
             })?;
@@ -182,6 +175,25 @@ pub async fn handler(
         header::REFERRER_POLICY,
         HeaderValue::from_static("no-referrer"),
     );
+    Ok(response)
+}
+
+/// The redirect back to the app's `return_to` with the one-time result the
+/// app confirms.
+pub(crate) fn redirect_to_return(
+    return_to: &str,
+    result: &crate::secrets::ConnectResultToken,
+    status: StatusCode,
+) -> Result<Response, ApiError> {
+    let mut url =
+        Url::parse(return_to).map_err(|e| ApiError::internal("stored return_to is invalid", e))?;
+    url.query_pairs_mut()
+        .append_pair("authstamp_status", "confirmation_required")
+        .append_pair("authstamp_result", result.expose());
+    let mut response = status.into_response();
+    let location = HeaderValue::from_str(url.as_str())
+        .map_err(|e| ApiError::internal("invalid return_to header", e))?;
+    response.headers_mut().insert(header::LOCATION, location);
     Ok(response)
 }
 

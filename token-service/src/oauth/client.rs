@@ -227,6 +227,55 @@ impl TokenClient {
         let bytes = read_capped(response).await?;
         metadata_value(&bytes, field)
     }
+
+    /// The connect page's key check: `method url` with `secret` stamped as
+    /// the filter stamps calls (`format` in header `name`, or in query
+    /// parameter `name`); the answer's status. The body is not read, and no
+    /// redirect is followed.
+    pub async fn check_credential(
+        &self,
+        method: crate::catalog::CheckMethod,
+        mut url: url::Url,
+        stamp: &CredentialStamp<'_>,
+        secret: &AccessToken,
+    ) -> Result<StatusCode, TokenError> {
+        let value = Zeroizing::new(stamp.format.replace("{token}", secret.expose()));
+        let invalid = || TokenError::Permanent("invalid_credential".into());
+        let method = match method {
+            crate::catalog::CheckMethod::Get => reqwest::Method::GET,
+            crate::catalog::CheckMethod::Head => reqwest::Method::HEAD,
+            crate::catalog::CheckMethod::Post => reqwest::Method::POST,
+        };
+        let request = if stamp.in_query {
+            let kept: Vec<(String, String)> = url
+                .query_pairs()
+                .filter(|(k, _)| k != stamp.name)
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect();
+            url.query_pairs_mut()
+                .clear()
+                .extend_pairs(kept)
+                .append_pair(stamp.name, &value);
+            self.http.request(method, url.as_str())
+        } else {
+            let name = reqwest::header::HeaderName::from_bytes(stamp.name.as_bytes())
+                .map_err(|_| invalid())?;
+            let mut header = HeaderValue::from_str(&value).map_err(|_| invalid())?;
+            header.set_sensitive(true);
+            self.http.request(method, url.as_str()).header(name, header)
+        };
+        let response = request.send().await.map_err(classify_send_error)?;
+        Ok(response.status())
+    }
+}
+
+/// How a key check stamps the credential.
+pub struct CredentialStamp<'a> {
+    pub name: &'a str,
+    /// `{token}` once.
+    pub format: &'a str,
+    /// In the query parameter `name` instead of a header.
+    pub in_query: bool,
 }
 
 /// The `field` of a metadata answer, if it is one lowercase DNS label.

@@ -15,7 +15,6 @@ use crate::error::{ApiError, ApiJson};
 use crate::secrets::{sha256, AccessToken, ConnectResultToken, RefreshToken};
 use crate::store::connect_results::{self, ConnectResult};
 use crate::store::connections::ConnKey;
-use crate::store::sessions::OAuthStateRecord;
 use crate::validate;
 use crate::vault::{Aad, Field};
 use crate::AppState;
@@ -59,11 +58,14 @@ pub fn seal_tokens(
     })
 }
 
-/// Keeps the tokens of a finished authorization until the app confirms;
-/// returns the one-time result for the browser's way back.
+/// Keeps the tokens of a finished authorization (or credentials entered on
+/// the connect page) for `key` until the app confirms; `requested_scope`
+/// stands when the provider named none. Returns the one-time result for the
+/// browser's way back.
 pub async fn hold(
     state: &AppState,
-    record: &OAuthStateRecord,
+    key: &ConnKey,
+    requested_scope: &str,
     tokens: &TokenSet,
     params: &crate::template::Values,
     now: i64,
@@ -77,22 +79,20 @@ pub async fn hold(
         &state.db,
         &ConnectResult {
             result_hash: result_hash.to_vec(),
-            app_id: record.app_id.clone(),
-            provider: record.provider.clone(),
-            user_id: record.user_id.clone(),
+            app_id: key.app_id.clone(),
+            provider: key.provider.clone(),
+            user_id: key.user_id.clone(),
             token_expires_at: sealed.expires_at(now),
             access_token: sealed.access_token,
             refresh_token: sealed.refresh_token,
-            scopes: sealed
-                .scope
-                .unwrap_or_else(|| record.requested_scope.clone()),
+            scopes: sealed.scope.unwrap_or_else(|| requested_scope.to_owned()),
             params: params.clone(),
             created_at: now,
             expires_at: now.saturating_add(STATE_TTL_SECS),
         },
     )
     .await?;
-    tracing::info!(app_id = %record.app_id, provider = %record.provider, "connect result waiting for the app's confirmation");
+    tracing::info!(app_id = %key.app_id, provider = %key.provider, "connect result waiting for the app's confirmation");
     Ok(result)
 }
 

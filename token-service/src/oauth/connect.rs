@@ -104,16 +104,11 @@ pub async fn new_session(
         display_name(name)?;
     }
     let provider = app_provider(state, &app.app_id, &input.provider).await?;
-    if provider.auth_type != AuthType::Oauth2 {
+    if provider.auth_type == AuthType::Oauth2ClientCredentials {
         return Err(ApiError::bad_request(format!(
-            "provider {:?} uses {} credentials: there is nothing to connect in a browser ({})",
+            "provider {:?} uses {} credentials: there is nothing to connect in a browser (the service fetches its token itself)",
             provider.provider,
             provider.auth_type.as_str(),
-            if provider.auth_type == AuthType::Oauth2ClientCredentials {
-                "the service fetches its token itself"
-            } else {
-                "store them with PUT /v1/connections/{provider}/{user}/credentials"
-            }
         )));
     }
     if input.user == APP_USER {
@@ -122,9 +117,12 @@ pub async fn new_session(
         )));
     }
     let params = catalog::resolve_params(&provider.settings.connection_params, &input.params)?;
-    provider
-        .check_connect_urls(&params)
-        .map_err(|e| ApiError::bad_request(format!("connection parameters: {e}")))?;
+    let urls = if provider.auth_type == AuthType::Oauth2 {
+        provider.check_connect_urls(&params)
+    } else {
+        provider.urls(&params).map(|_| ())
+    };
+    urls.map_err(|e| ApiError::bad_request(format!("connection parameters: {e}")))?;
     let return_to = match &input.return_to {
         None => None,
         Some(text) => {
@@ -177,32 +175,93 @@ pub async fn page(
         .filter(|s| s.expires_at > now)
         .ok_or_else(ApiError::invalid_state)?;
     let provider = app_provider(&state, &session.app_id, &session.provider).await?;
-    let app_name = crate::store::apps::get(&state.db, &session.app_id)
-        .await?
-        .map(|a| a.name)
-        .filter(|n| !n.is_empty())
-        .unwrap_or_else(|| session.app_id.clone());
-    let action = state
-        .public_url
-        .browser_path(&format!("{CONNECT_PATH}/{}", token.expose()));
+    if crate::key_connect::is_key_provider(provider.auth_type) {
+        return crate::key_connect::form_page(
+            &state,
+            &token,
+            &session,
+            &provider,
+            StatusCode::OK,
+            &crate::key_connect::Shown::default(),
+        )
+        .await;
+    }
+    let app_name = app_name(&state, &session).await?;
+    let action = page_path(&state, &token);
     let csrf = CsrfToken::generate();
     let mut response = crate::html::connect_page(&crate::html::ConnectPage {
         provider: provider.shown_name(),
         app: &app_name,
-        user: session
-            .user_display_name
-            .as_deref()
-            .unwrap_or(&session.user_id),
+        user: shown_user(&session),
         scopes: &provider.scopes,
         action: &action,
         csrf: csrf.expose(),
     });
-    let cookie = csrf_cookie(&state, &action, csrf.expose(), STATE_TTL_SECS);
+    set_csrf_cookie(&state, &mut response, &action, &csrf)?;
+    Ok(response)
+}
+
+/// The name the connect page gives the app (its id when it has none).
+pub(crate) async fn app_name(
+    state: &AppState,
+    session: &ConnectSession,
+) -> Result<String, ApiError> {
+    Ok(crate::store::apps::get(&state.db, &session.app_id)
+        .await?
+        .map(|a| a.name)
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| session.app_id.clone()))
+}
+
+/// How the connect page names the user: the app's display name, else the id.
+pub(crate) fn shown_user(session: &ConnectSession) -> &str {
+    session
+        .user_display_name
+        .as_deref()
+        .unwrap_or(&session.user_id)
+}
+
+/// The connect page's path in the browser (its form posts there).
+pub(crate) fn page_path(state: &AppState, token: &SessionToken) -> String {
+    state
+        .public_url
+        .browser_path(&format!("{CONNECT_PATH}/{}", token.expose()))
+}
+
+/// Sets the page's CSRF cookie (the form carries the same token).
+pub(crate) fn set_csrf_cookie(
+    state: &AppState,
+    response: &mut Response,
+    path: &str,
+    csrf: &CsrfToken,
+) -> Result<(), ApiError> {
+    let cookie = csrf_cookie(state, path, csrf.expose(), STATE_TTL_SECS);
     response.headers_mut().append(
         header::SET_COOKIE,
         HeaderValue::from_str(&cookie).map_err(|e| ApiError::internal("invalid cookie", e))?,
     );
-    Ok(response)
+    Ok(())
+}
+
+/// Clears the page's CSRF cookie (the session is used up) and keeps the
+/// answer out of caches and of the next page's `Referer`.
+pub(crate) fn finish_response(
+    state: &AppState,
+    response: &mut Response,
+    token: &SessionToken,
+) -> Result<(), ApiError> {
+    let clear = csrf_cookie(state, &page_path(state, token), "", 0);
+    let headers = response.headers_mut();
+    headers.append(
+        header::SET_COOKIE,
+        HeaderValue::from_str(&clear).map_err(|e| ApiError::internal("invalid cookie", e))?,
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    Ok(())
 }
 
 /// The CSRF cookie, bound to the one connect page's path. `SameSite=Strict`:
@@ -281,9 +340,11 @@ pub fn check_same_origin(
 }
 
 /// `POST /v1/connect/{session_token}` (the page's Connect button): checks
-/// that the post comes from the page ([`check_same_origin`]), consumes the
-/// session, stores a state with a PKCE verifier and a browser nonce, and
-/// sends the browser to the provider (303).
+/// that the post comes from the page ([`check_same_origin`]); for an
+/// API-key or Basic provider the form is the credentials
+/// ([`crate::key_connect::submit`]); otherwise consumes the session, stores
+/// a state with a PKCE verifier and a browser nonce, and sends the browser
+/// to the provider (303).
 pub async fn start(
     State(state): State<AppState>,
     ApiPath(token): ApiPath<String>,
@@ -295,11 +356,18 @@ pub async fn start(
     })?;
     let token = SessionToken::new(token);
     let now = db::now();
+    let peeked = sessions::peek_session(&state.db, &sha256(token.expose().as_bytes()))
+        .await?
+        .filter(|s| s.expires_at > now)
+        .ok_or_else(ApiError::invalid_state)?;
+    let provider = app_provider(&state, &peeked.app_id, &peeked.provider).await?;
+    if crate::key_connect::is_key_provider(provider.auth_type) {
+        return crate::key_connect::submit(&state, &token, &peeked, &provider, &form).await;
+    }
     let session = sessions::take_session(&state.db, &sha256(token.expose().as_bytes()))
         .await?
         .filter(|s| s.expires_at > now)
         .ok_or_else(ApiError::invalid_state)?;
-    let provider = app_provider(&state, &session.app_id, &session.provider).await?;
 
     let oauth_state = OAuthState::generate();
     let state_hash = sha256(oauth_state.expose().as_bytes());
@@ -348,20 +416,11 @@ pub async fn start(
     let header_value = |v: &str| {
         HeaderValue::from_str(v).map_err(|e| ApiError::internal("invalid redirect header", e))
     };
-    let page_path = state
-        .public_url
-        .browser_path(&format!("{CONNECT_PATH}/{}", token.expose()));
-    let csrf_clear = csrf_cookie(&state, &page_path, "", 0);
     let mut response = StatusCode::SEE_OTHER.into_response();
     let headers = response.headers_mut();
     headers.insert(header::LOCATION, header_value(location.as_str())?);
     headers.append(header::SET_COOKIE, header_value(&cookie)?);
-    headers.append(header::SET_COOKIE, header_value(&csrf_clear)?);
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    headers.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
-    );
+    finish_response(&state, &mut response, &token)?;
     Ok(response)
 }
 

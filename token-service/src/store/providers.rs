@@ -2,8 +2,8 @@
 //! client secret is a vault envelope.
 
 use crate::catalog::{
-    AuthType, ConnectionParam, HttpMethod, Pkce, PostExchangeMetadata, RevocationClientAuth,
-    RevocationStyle, RevokedToken, TokenRequestParams,
+    ApiKeyField, AuthType, ConnectionParam, HttpMethod, KeyCheck, Pkce, PostExchangeMetadata,
+    RevocationClientAuth, RevocationStyle, RevokedToken, TokenRequestParams,
 };
 use crate::db::Db;
 use crate::policy::PolicyOverrides;
@@ -86,6 +86,13 @@ pub struct ProviderSettings {
     /// Where the credential is stamped: a header (default) or a query parameter.
     #[serde(default, skip_serializing_if = "StampLocation::is_header")]
     pub stamp_in: StampLocation,
+    /// The connect page's form fields (API-key and Basic providers); none:
+    /// the default labels.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub api_key_fields: Vec<ApiKeyField>,
+    /// The call that checks credentials entered on the connect page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_check: Option<KeyCheck>,
 }
 
 impl ProviderSettings {

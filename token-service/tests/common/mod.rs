@@ -53,7 +53,14 @@ type Responder = Box<dyn Fn(&TokenCall) -> (u16, Value) + Send + Sync>;
 #[derive(Clone)]
 pub struct FakeProvider {
     pub token_url: String,
+    /// Its API's base URL (`GET /api/me` checks a credential).
+    pub api_url: String,
     calls: Arc<Mutex<Vec<TokenCall>>>,
+    /// Credentials `GET /api/me` accepts (an `x-api-key`, an `api_key`
+    /// query parameter or a whole `authorization` value).
+    accepted: Arc<Mutex<Vec<String>>>,
+    /// The credential each `GET /api/me` carried.
+    api_calls: Arc<Mutex<Vec<String>>>,
     responder: Arc<Mutex<Responder>>,
     delay: Arc<Mutex<Duration>>,
 }
@@ -62,7 +69,10 @@ impl FakeProvider {
     pub async fn start() -> Self {
         let provider = Self {
             token_url: String::new(),
+            api_url: String::new(),
             calls: Arc::default(),
+            accepted: Arc::default(),
+            api_calls: Arc::default(),
             responder: Arc::new(Mutex::new(Box::new(|call: &TokenCall| {
                 match call.grant_type() {
                     "authorization_code" => (
@@ -80,6 +90,7 @@ impl FakeProvider {
         };
         let router = Router::new()
             .route("/token", post(token_endpoint))
+            .route("/api/me", axum::routing::get(api_me))
             .with_state(provider.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -88,8 +99,19 @@ impl FakeProvider {
         });
         Self {
             token_url: format!("http://{addr}/token"),
+            api_url: format!("http://{addr}"),
             ..provider
         }
+    }
+
+    /// Makes `GET /api/me` accept `credential`.
+    pub fn accept(&self, credential: &str) {
+        self.accepted.lock().unwrap().push(credential.to_owned());
+    }
+
+    /// The credential each `GET /api/me` carried, in order.
+    pub fn api_calls(&self) -> Vec<String> {
+        self.api_calls.lock().unwrap().clone()
     }
 
     pub fn respond(&self, f: impl Fn(&TokenCall) -> (u16, Value) + Send + Sync + 'static) {
@@ -130,6 +152,29 @@ async fn token_endpoint(
     }
     let (status, body) = (provider.responder.lock().unwrap())(&call);
     (StatusCode::from_u16(status).unwrap(), axum::Json(body))
+}
+
+/// `GET /api/me`: 200 for an accepted credential, else 401.
+async fn api_me(
+    State(provider): State<FakeProvider>,
+    headers: HeaderMap,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> StatusCode {
+    let from_query = url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+        .find(|(k, _)| k == "api_key")
+        .map(|(_, v)| v.into_owned());
+    let credential = headers
+        .get("x-api-key")
+        .or_else(|| headers.get(header::AUTHORIZATION))
+        .map(|v| v.to_str().unwrap().to_owned())
+        .or(from_query)
+        .unwrap_or_default();
+    provider.api_calls.lock().unwrap().push(credential.clone());
+    if provider.accepted.lock().unwrap().contains(&credential) {
+        StatusCode::OK
+    } else {
+        StatusCode::UNAUTHORIZED
+    }
 }
 
 pub struct Harness {
