@@ -279,7 +279,8 @@ async fn key_link(stack: &Stack, provider: &str, user: &str) -> String {
 /// it and the layout at `viewport`: the PNG decodes at the viewport's width
 /// and is not blank, nothing scrolls sideways, the submit button is inside
 /// the viewport, every label is visible, every input has one label, the
-/// first input has the focus and a visible outline.
+/// first input has the focus and a visible outline, and all text has a
+/// contrast of at least 4.5:1 with its background (WCAG 2.1, 1.4.3).
 async fn check_layout(browser: &mut Chromium, stack: &Stack, viewport: Viewport, name: &str) {
     let png_bytes = browser.screenshot().await;
     let file = stack.log_dir.join(format!("{name}.png"));
@@ -301,7 +302,14 @@ async fn check_layout(browser: &mut Chromium, stack: &Stack, viewport: Viewport,
     );
     let layout = browser
         .eval(
-            "(() => { const inside = (r) => r.width > 0 && r.height > 0 && r.left >= 0 && r.top >= 0 \
+            "(() => { const rgb = (c) => c.match(/[\\d.]+/g).map(Number); \
+               const lum = (c) => { const f = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4); }; \
+                 return 0.2126 * f(c[0]) + 0.7152 * f(c[1]) + 0.0722 * f(c[2]); }; \
+               const background = (e) => { for (; e; e = e.parentElement) { const c = rgb(getComputedStyle(e).backgroundColor); \
+                 if (c.length < 4 || c[3] > 0) return c; } return [255, 255, 255]; }; \
+               const contrast = (e) => { const a = lum(rgb(getComputedStyle(e).color)), b = lum(background(e)); \
+                 return (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05); }; \
+               const inside = (r) => r.width > 0 && r.height > 0 && r.left >= 0 && r.top >= 0 \
                && r.right <= innerWidth && r.bottom <= innerHeight; \
                const visible = (e) => { const s = getComputedStyle(e); \
                  return s.visibility === 'visible' && s.display !== 'none' && s.opacity !== '0' && inside(e.getBoundingClientRect()); }; \
@@ -312,7 +320,8 @@ async fn check_layout(browser: &mut Chromium, stack: &Stack, viewport: Viewport,
                  labels: [...document.querySelectorAll('label')].map(visible), \
                  labelled: inputs.map((i) => i.labels.length === 1 && visible(i.labels[0])), \
                  focused: focused === inputs[0], \
-                 outline: outline.outlineStyle + ' ' + outline.outlineWidth }; })()",
+                 outline: outline.outlineStyle + ' ' + outline.outlineWidth, \
+                 contrast: Math.min(...[...document.querySelectorAll('h1, p, label, a, strong, button, input:not([type=hidden])')].map(contrast)) }; })()",
         )
         .await;
     let width = u64::from(viewport.width);
@@ -342,6 +351,10 @@ async fn check_layout(browser: &mut Chromium, stack: &Stack, viewport: Viewport,
     assert_eq!(
         layout["outline"], "solid 3px",
         "a visible focus outline: {layout}"
+    );
+    assert!(
+        layout["contrast"].as_f64().is_some_and(|c| c >= 4.5),
+        "text contrast below 4.5:1: {layout}"
     );
 }
 

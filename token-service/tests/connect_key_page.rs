@@ -104,9 +104,9 @@ async fn an_api_key_entered_on_the_connect_page_is_checked_sealed_and_stamped() 
     let html = page.text();
     for expected in [
         "<h1 id=\"title\">Connect Keyed Cloud</h1>",
-        "test app asks for your Keyed Cloud Secret &#60;b&#62;key&#60;/b&#62;",
+        "test app asks to call Keyed Cloud for you with your Secret &#60;b&#62;key&#60;/b&#62;.",
         "for <strong>alice</strong>",
-        "One call to Keyed Cloud checks it first.",
+        "One call to Keyed Cloud checks it before it is kept.",
         "<label for=\"api_key\">Secret &#60;b&#62;key&#60;/b&#62;</label>",
         "<p id=\"api_key-help\" class=\"help\">Settings → API keys <a href=\"https://keyed.test/settings/keys\"",
         "type=\"password\"",
@@ -316,7 +316,7 @@ async fn basic_credentials_return_to_the_app_for_its_confirmation() {
         html.contains("<label for=\"password\">Password</label>"),
         "{html}"
     );
-    assert!(html.contains("your desk username and password"), "{html}");
+    assert!(html.contains("Requested: username and password."), "{html}");
 
     // A user name with markup and ':' is refused and shown back escaped;
     // the password never is.
