@@ -11,6 +11,7 @@ use authstamp_e2e::chromium::{Chromium, Viewport};
 use authstamp_e2e::page_server::PageServer;
 use authstamp_e2e::stack::{CLIENT_ID, PROVIDER};
 use authstamp_e2e::{Stack, StackOptions};
+use base64::Engine as _;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -501,6 +502,17 @@ async fn users_enter_api_keys_and_basic_credentials_in_headless_chromium() {
         echo_of(stack.call_provider(Method::GET, "standin-basic", "/api/tickets", "carol")).await;
     assert_eq!(echo["user"], "carol");
     assert_eq!(echo["token_grant"], "basic");
+
+    // What the users typed is in none of the token service's log lines.
+    let logs = stack.token_service.logs();
+    assert!(logs.contains("stored credentials"), "{logs}");
+    let basic = base64::engine::general_purpose::STANDARD.encode("carol:c4rol pass:word");
+    for secret in ["key-alice", "key-wrong", "c4rol pass", basic.as_str()] {
+        assert!(
+            !logs.contains(secret),
+            "{secret:?} in the token service's log"
+        );
+    }
 }
 
 async fn wait_for_result(browser: &mut Chromium) {
