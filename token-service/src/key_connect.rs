@@ -152,11 +152,23 @@ pub async fn form_page(
 }
 
 /// What the form posted: the credentials the provider takes.
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct Entered {
     api_key: Option<AccessToken>,
     username: Option<String>,
     password: Option<AccessToken>,
+}
+
+/// Which fields were posted, never their values: some providers take an
+/// API key as the Basic user name.
+impl std::fmt::Debug for Entered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Entered")
+            .field("api_key", &self.api_key.is_some())
+            .field("username", &self.username.is_some())
+            .field("password", &self.password.is_some())
+            .finish()
+    }
 }
 
 /// The posted form's fields; an unknown or repeated field is refused.
@@ -374,5 +386,12 @@ mod tests {
     fn entered_secrets_are_not_in_debug_output() {
         let entered = parse_form(b"api_key=sk-live-0123456789").unwrap();
         assert!(!format!("{entered:?}").contains("sk-live"));
+        let entered = parse_form(b"username=key-as-user&password=pw-1").unwrap();
+        let debug = format!("{entered:?}");
+        assert!(
+            !debug.contains("key-as-user") && !debug.contains("pw-1"),
+            "{debug}"
+        );
+        assert!(debug.contains("username: true"), "{debug}");
     }
 }
