@@ -215,6 +215,10 @@ pub async fn hold_until_stored(
     });
 }
 
+/// A lookup's answer from a journalled connection: the token and the
+/// connection's parameters.
+pub type JournalledLookup = Result<(Served, crate::template::Values), ApiError>;
+
 /// The journalled, unwritten connection `key` as a lookup is served it:
 /// `None` when there is none (the database's row is current).
 pub fn served(
@@ -223,7 +227,7 @@ pub fn served(
     key: &ConnKey,
     force_refresh: bool,
     now: i64,
-) -> Option<Result<(Served, crate::template::Values), ApiError>> {
+) -> Option<JournalledLookup> {
     let connection = state
         .journal
         .pending(key)
@@ -247,10 +251,7 @@ pub fn during_outage(
     key: &ConnKey,
     app_key: &str,
     force_refresh: bool,
-) -> Option<(
-    ProviderRecord,
-    Result<(Served, crate::template::Values), ApiError>,
-)> {
+) -> Option<(ProviderRecord, JournalledLookup)> {
     let context = state.journalled_connects.map().get(key).cloned()?;
     let digest = crate::secrets::sha256(app_key.as_bytes());
     let mut matches = false;
