@@ -19,6 +19,9 @@ use std::time::{Duration, Instant};
 pub const USER: &str = "authstamp";
 /// Unprivileged account that owns the cluster when the tests run as root.
 const RUN_AS: &str = "nobody";
+/// Present while [`TestPostgres::restart`] stops the server: the supervisor
+/// starts it again instead of removing it.
+const RESTART_FLAG: &str = "restart";
 
 pub struct TestPostgres {
     dir: tempfile::TempDir,
@@ -124,17 +127,23 @@ impl TestPostgres {
         for _attempt in 0..5 {
             let port = crate::process::free_port();
             // The shell stops the server when the test process is gone
-            // (`kill -0` would fail across users: watch /proc instead).
+            // (`kill -0` would fail across users: watch /proc instead), and
+            // starts it again after a stop that `restart` asked for.
             let script = format!(
-                "{postgres} -D {data} -p {port} -c listen_addresses=127.0.0.1 \
+                "while :; do \
+                 {postgres} -D {data} -p {port} -c listen_addresses=127.0.0.1 \
                  -c unix_socket_directories= -c fsync=off -c synchronous_commit=off \
                  -c full_page_writes=off -c max_connections=300 -c shared_buffers=128MB \
                  >>{log} 2>&1 & pm=$!; \
-                 while [ -d /proc/{parent} ] && kill -0 $pm 2>/dev/null; do sleep 0.5; done; \
-                 kill -INT $pm 2>/dev/null; wait $pm; rm -rf {dir}/data {log}; rmdir {dir} 2>/dev/null",
+                 ( while [ -d /proc/{parent} ] && kill -0 $pm 2>/dev/null; do sleep 0.5; done; \
+                   kill -INT $pm 2>/dev/null ) & \
+                 wait $pm; \
+                 [ -f {restart} ] && [ -d /proc/{parent} ] || break; rm -f {restart}; \
+                 done; rm -rf {dir}/data {log} {restart}; rmdir {dir} 2>/dev/null",
                 postgres = bin.join("postgres").display(),
                 data = data.display(),
                 log = log.display(),
+                restart = dir.path().join(RESTART_FLAG).display(),
                 dir = dir.path().display(),
                 parent = std::process::id(),
             );
@@ -209,6 +218,42 @@ impl TestPostgres {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Restarts the server as an operator would (`pg_ctl stop -m fast`, then
+    /// start) on the same data directory and port; returns once it accepts
+    /// connections again. Every client connection is ended.
+    pub fn restart(&self) {
+        const READY: &str = "ready to accept connections";
+        let ready_before = self.log().matches(READY).count();
+        let flag = self.dir.path().join(RESTART_FLAG);
+        std::fs::write(&flag, b"").expect("restart flag");
+        if self.as_root {
+            let _ = command(true, Path::new("chown"))
+                .arg(RUN_AS)
+                .arg(&flag)
+                .status();
+        }
+        let status = command(self.as_root, &self.bin.join("pg_ctl"))
+            .arg("-D")
+            .arg(self.dir.path().join("data"))
+            .args(["stop", "-m", "fast", "-w", "-t", "20"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("pg_ctl stop");
+        assert!(status.success(), "pg_ctl stop failed:\n{}", self.log());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.log().matches(READY).count() <= ready_before
+            || std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "PostgreSQL did not come back:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn log(&self) -> String {

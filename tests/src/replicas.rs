@@ -188,6 +188,18 @@ impl Replicas {
 
     /// Connects `user` through the browser flow via replica `index`.
     pub async fn connect_user_via(&self, index: usize, user: &str) {
+        let connect_url = self.connect_session(index, user).await;
+        let outcome = walk_connect(&browser_client(), &connect_url, user).await;
+        assert_eq!(
+            outcome.final_status,
+            StatusCode::OK,
+            "{}",
+            outcome.final_body
+        );
+    }
+
+    /// A connect link for `user` made at replica `index`.
+    pub async fn connect_session(&self, index: usize, user: &str) -> String {
         let response = self
             .http
             .post(format!("{}/v1/connect-sessions", self.urls[index]))
@@ -199,18 +211,10 @@ impl Replicas {
             .expect("connect session");
         assert_eq!(response.status(), StatusCode::CREATED);
         let body: Value = response.json().await.expect("session json");
-        let outcome = walk_connect(
-            &browser_client(),
-            body["connect_url"].as_str().expect("connect_url"),
-            user,
-        )
-        .await;
-        assert_eq!(
-            outcome.final_status,
-            StatusCode::OK,
-            "{}",
-            outcome.final_body
-        );
+        body["connect_url"]
+            .as_str()
+            .expect("connect_url")
+            .to_owned()
     }
 
     /// Connects `user` with an access token that expires `ttl_secs` later.

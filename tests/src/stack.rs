@@ -22,6 +22,8 @@ pub struct StackOptions {
     pub refresh_skew: &'static str,
     /// More `authstamp serve` arguments (e.g. the filter listener's TLS).
     pub service_args: Vec<String>,
+    /// PostgreSQL (`AUTHSTAMP_DATABASE_URL`); `None`: SQLite in the data dir.
+    pub database_url: Option<String>,
 }
 
 impl Default for StackOptions {
@@ -30,6 +32,7 @@ impl Default for StackOptions {
             envoy_concurrency: 1,
             refresh_skew: "60s",
             service_args: Vec::new(),
+            database_url: None,
         }
     }
 }
@@ -96,6 +99,9 @@ impl Stack {
             .env("AUTHSTAMP_ADMIN_TOKEN", &admin_token)
             .env(crate::FILTER_TOKEN_ENV, crate::filter_token())
             .env("RUST_LOG", "debug,sqlx=info");
+        if let Some(url) = &options.database_url {
+            command.env("AUTHSTAMP_DATABASE_URL", url);
+        }
         let mut token_service = Process::spawn("token-service", command, &log_dir, "listening on");
         let line = token_service.wait_for_line(READY_TIMEOUT);
         let (service_url, filter_url) = crate::process::service_urls(&line);

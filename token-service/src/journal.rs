@@ -2,8 +2,9 @@
 //!
 //! A provider that rotates refresh tokens has retired the old one the moment
 //! it answers a refresh: if the new tokens are then lost (the database is
-//! away and the process dies), the connection is lost for good. So before a
-//! caller is served such tokens they are appended to
+//! away and the process dies), the connection is lost for good; the tokens
+//! of a code exchange are a user's consent, lost with them. So before a
+//! caller (or the user's browser) is answered such tokens are appended to
 //! `<data_dir>/token-journal.jsonl` (0600, in the 0700 data directory), the
 //! file and the directory fsynced, and kept here in memory. Tokens are
 //! vault-sealed, with the connection's additional data: the file holds no
@@ -19,9 +20,9 @@
 //! tokens) is skipped.
 //!
 //! This module is the file and the in-memory map; the database side is in
-//! [`crate::refresh`].
+//! [`crate::refresh`] and, for code exchanges, [`crate::oauth::journalled_connect`].
 
-use crate::store::connections::{ConnKey, ConnectionRecord, Refreshed};
+use crate::store::connections::{ConnKey, ConnectionRecord, ConnectionStatus, Refreshed};
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -31,7 +32,8 @@ use std::sync::Mutex;
 
 pub const JOURNAL_FILE: &str = "token-journal.jsonl";
 
-/// Refreshed tokens waiting for the database, as journalled.
+/// Issued tokens waiting for the database, as journalled: a refresh's, or
+/// a code exchange's (`connect`).
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
     pub app_id: String,
@@ -50,6 +52,19 @@ pub struct Entry {
     pub scopes: Option<String>,
     /// When the provider issued them (unix seconds).
     pub issued_at: i64,
+    /// Set for the tokens of a code exchange: the whole new connection
+    /// (`base_version` unused; written unless the database holds tokens
+    /// issued later).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect: Option<Connect>,
+}
+
+/// What a code exchange's entry needs besides the tokens to store the
+/// connection.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Connect {
+    /// Connection parameter values (and response-derived placeholders).
+    pub params: crate::template::Values,
 }
 
 impl std::fmt::Debug for Entry {
@@ -59,6 +74,7 @@ impl std::fmt::Debug for Entry {
             .field("provider", &self.provider)
             .field("base_version", &self.base_version)
             .field("expires_at", &self.expires_at)
+            .field("connect", &self.connect.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -75,7 +91,13 @@ impl Entry {
             expires_at: r.expires_at,
             scopes: r.scopes.map(str::to_owned),
             issued_at: r.now,
+            connect: None,
         }
+    }
+
+    /// Whether this is a refresh's entry (else a code exchange's).
+    pub fn is_refresh(&self) -> bool {
+        self.connect.is_none()
     }
 
     pub fn key(&self) -> ConnKey {
@@ -98,6 +120,31 @@ impl Entry {
         }
         c.issued_at = self.issued_at;
         c.token_version = self.base_version.saturating_add(1);
+    }
+
+    /// The connection a code exchange's entry stands for until it is written.
+    pub fn as_connection(&self) -> Option<ConnectionRecord> {
+        let connect = self.connect.as_ref()?;
+        Some(ConnectionRecord {
+            key: self.key(),
+            access_token: self.access_token.clone(),
+            refresh_token: self.refresh_token.clone(),
+            expires_at: self.expires_at,
+            scopes: self.scopes.clone().unwrap_or_default(),
+            status: ConnectionStatus::Active,
+            failure_count: 0,
+            last_refresh_at: None,
+            last_refresh_error: None,
+            last_attempt_at: None,
+            retry_at: None,
+            issued_at: self.issued_at,
+            token_version: 0,
+            lease_owner: None,
+            lease_until: None,
+            params: connect.params.clone(),
+            created_at: self.issued_at,
+            updated_at: self.issued_at,
+        })
     }
 
     /// The database write of this entry by lease holder `owner`.
@@ -200,9 +247,19 @@ impl Journal {
     /// The database now holds `key`'s tokens from `base_version` on (or
     /// newer): its entry goes, and the file keeps only the rest. Blocking I/O.
     pub fn settle(&self, key: &ConnKey, base_version: i64) -> anyhow::Result<()> {
+        self.settle_if(key, |e| e.is_refresh() && e.base_version <= base_version)
+    }
+
+    /// The database now holds (or has newer tokens than) `key`'s code
+    /// exchange issued at `issued_at`: its entry goes. Blocking I/O.
+    pub fn settle_connect(&self, key: &ConnKey, issued_at: i64) -> anyhow::Result<()> {
+        self.settle_if(key, |e| !e.is_refresh() && e.issued_at <= issued_at)
+    }
+
+    fn settle_if(&self, key: &ConnKey, settled: impl Fn(&Entry) -> bool) -> anyhow::Result<()> {
         let mut map = self.map();
         match map.get(key) {
-            Some(entry) if entry.base_version <= base_version => {
+            Some(entry) if settled(entry) => {
                 map.remove(key);
             }
             _ => return Ok(()),
@@ -236,13 +293,17 @@ impl Journal {
     }
 }
 
-/// Keeps the entry with the newer base version of a connection.
+/// Keeps the newer entry of a connection: a code exchange replaces whatever
+/// was there before it (a new connection), a refresh replaces an older
+/// refresh, never a connection not yet written.
 fn keep_newest(map: &mut HashMap<ConnKey, Entry>, entry: Entry) {
     let key = entry.key();
-    if map
-        .get(&key)
-        .is_none_or(|old| old.base_version <= entry.base_version)
-    {
+    let newer = match (map.get(&key), entry.is_refresh()) {
+        (None, _) => true,
+        (Some(old), false) => old.is_refresh() || old.issued_at <= entry.issued_at,
+        (Some(old), true) => old.is_refresh() && old.base_version <= entry.base_version,
+    };
+    if newer {
         map.insert(key, entry);
     }
 }
@@ -330,7 +391,48 @@ mod tests {
             expires_at: Some(100),
             scopes: None,
             issued_at: 10 + base_version,
+            connect: None,
         }
+    }
+
+    fn connect_entry(user: &str, issued_at: i64) -> Entry {
+        Entry {
+            base_version: 0,
+            issued_at,
+            scopes: Some("read".into()),
+            connect: Some(Connect {
+                params: [("tenant".to_owned(), "t1".to_owned())].into(),
+            }),
+            ..entry(user, 0)
+        }
+    }
+
+    #[test]
+    fn a_code_exchange_entry_outranks_refreshes_and_settles_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, _) = Journal::open(dir.path()).unwrap();
+        let key = entry("a", 0).key();
+        journal.append(entry("a", 3)).unwrap();
+        journal.append(connect_entry("a", 50)).unwrap();
+        // A refresh never replaces a connection not yet written, nor an
+        // older exchange a newer one.
+        journal.append(entry("a", 9)).unwrap();
+        journal.append(connect_entry("a", 40)).unwrap();
+        assert_eq!(journal.pending(&key), Some(connect_entry("a", 50)));
+        let (reopened, left) = Journal::open(dir.path()).unwrap();
+        assert_eq!(
+            left,
+            vec![connect_entry("a", 50)],
+            "params survive the file"
+        );
+        // A refresh's settling leaves it; the exchange's own settles it.
+        reopened.settle(&key, 100).unwrap();
+        assert_eq!(reopened.pending_count(), 1);
+        reopened.settle_connect(&key, 49).unwrap();
+        assert_eq!(reopened.pending_count(), 1);
+        reopened.settle_connect(&key, 50).unwrap();
+        assert_eq!(reopened.pending_count(), 0);
+        assert!(!dir.path().join(JOURNAL_FILE).exists());
     }
 
     #[test]

@@ -87,8 +87,10 @@ pub struct Inner {
     pub provider_probes: refresh::ProviderProbes,
     /// When each failing connection's failures began (time to recover).
     pub failing_since: refresh::FailingSince,
-    /// Refreshed tokens the database could not take yet.
+    /// Issued tokens the database could not take yet.
     pub journal: journal::Journal,
+    /// What lookups of journalled, unwritten connections need meanwhile.
+    pub journalled_connects: oauth::journalled_connect::Contexts,
     /// Held by every running refresh task; shutdown waits for them.
     pub refresh_tasks: Arc<tokio::sync::Semaphore>,
     pub background: BackgroundOptions,
@@ -222,6 +224,7 @@ impl AppState {
             provider_probes: refresh::ProviderProbes::default(),
             failing_since: refresh::FailingSince::default(),
             journal: options.journal.unwrap_or_else(journal::Journal::in_memory),
+            journalled_connects: oauth::journalled_connect::Contexts::default(),
             refresh_tasks: Arc::new(tokio::sync::Semaphore::new(MAX_REFRESH_TASKS as usize)),
             background: options.background,
             connect_session_ttl: options.connect_session_ttl,

@@ -10,13 +10,14 @@ use crate::db;
 use crate::error::{ApiError, ApiJson};
 use crate::oauth::connect::app_provider;
 use crate::oauth::connect::APP_USER;
+use crate::oauth::journalled_connect;
 use crate::refresh::{self, Need, Served};
 use crate::store::connections::{self, ConnKey, ConnectionStatus};
 use crate::store::providers::ProviderRecord;
 use crate::validate::{self, TOKEN_PLACEHOLDER};
 use crate::AppState;
 use authstamp_protocol::{
-    ErrorCode, StampHeader, TokenLookupRequest, TokenLookupResponse, Upstream,
+    headers, ErrorCode, StampHeader, TokenLookupRequest, TokenLookupResponse, Upstream,
 };
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -68,7 +69,15 @@ async fn authenticated_lookup(
     request_headers: &HeaderMap,
     body: &Result<ApiJson<TokenLookupRequest>, ApiError>,
 ) -> Result<TokenLookupResponse, ApiError> {
-    let AppAuth(app) = AppAuth::of(request_headers, state).await?;
+    let app = match AppAuth::of(request_headers, state).await {
+        Ok(AppAuth(app)) => app,
+        // The database is away: a connection journalled after its code
+        // exchange is still served (the key checked against its callback's).
+        Err(err) if err.code() == ErrorCode::StorageUnavailable => {
+            return during_outage(state, request_headers, body).unwrap_or(Err(err));
+        }
+        Err(err) => return Err(err),
+    };
     let ApiJson(request) = body.as_ref().map_err(Clone::clone)?;
     state
         .limits
@@ -76,6 +85,32 @@ async fn authenticated_lookup(
         .check(&app.app_id)
         .map_err(|wait| ApiError::rate_limited("token lookups", wait))?;
     lookup(state, &app.app_id, request).await
+}
+
+/// A lookup of a journalled, unwritten connection while the database is
+/// away; `None`: not one.
+fn during_outage(
+    state: &AppState,
+    request_headers: &HeaderMap,
+    body: &Result<ApiJson<TokenLookupRequest>, ApiError>,
+) -> Option<Result<TokenLookupResponse, ApiError>> {
+    let ApiJson(request) = body.as_ref().ok()?;
+    let header = |name| request_headers.get(name)?.to_str().ok();
+    let key = ConnKey {
+        app_id: header(headers::APP)?.to_owned(),
+        provider: request.provider.clone(),
+        user_id: request.user.clone(),
+    };
+    let (provider, served) = journalled_connect::during_outage(
+        state,
+        &key,
+        header(headers::APP_KEY)?,
+        request.force_refresh,
+    )?;
+    if let Err(wait) = state.limits.lookups.check(&key.app_id) {
+        return Some(Err(ApiError::rate_limited("token lookups", wait)));
+    }
+    Some(served.and_then(|(served, params)| answer(&provider, &params, &served)))
 }
 
 pub async fn lookup(
@@ -101,6 +136,14 @@ pub async fn lookup(
         provider: provider.provider.clone(),
         user_id: request.user.clone(),
     };
+    let now = db::now();
+    if let Some(journalled) =
+        journalled_connect::served(state, &provider, &key, request.force_refresh, now)
+    {
+        // Connected while the database was away, not written yet.
+        let (served, params) = journalled?;
+        return answer(&provider, &params, &served);
+    }
     let connection = connections::get(&state.db, &key).await?.ok_or_else(|| {
         ApiError::new(
             ErrorCode::NotConnected,
@@ -112,7 +155,6 @@ pub async fn lookup(
     }
     let policy = state.policy.with(&provider.policy);
     let params = connection.params.clone();
-    let now = db::now();
     let journalled = (!request.force_refresh)
         .then(|| refresh::journalled(state, &connection, &policy, now))
         .flatten();

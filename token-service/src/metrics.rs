@@ -192,7 +192,7 @@ impl Metrics {
         inc(&self.lookups_retried);
     }
 
-    /// Refreshed tokens the database could not take were journalled.
+    /// Issued tokens the database could not take were journalled.
     pub fn journalled(&self) {
         inc(&self.journalled);
     }
@@ -278,7 +278,7 @@ impl Metrics {
             ),
             (
                 "authstamp_token_journal_appends_total",
-                "Refreshed tokens journalled (sealed, fsynced) because the database could not take them.",
+                "Issued tokens (of a refresh or a code exchange) journalled (sealed, fsynced) because the database could not take them.",
                 &self.journalled,
             ),
             (

@@ -54,8 +54,8 @@ const CONFIRM_AFTER_SECS: i64 = 2;
 /// `last_refresh_error`).
 pub const UNCONFIRMED: &str = "unconfirmed ";
 /// Retry delays of a write of refreshed tokens while the database is away.
-const STORE_RETRY_FIRST: Duration = Duration::from_millis(200);
-const STORE_RETRY_MAX: Duration = Duration::from_millis(500);
+pub(crate) const STORE_RETRY_FIRST: Duration = Duration::from_millis(200);
+pub(crate) const STORE_RETRY_MAX: Duration = Duration::from_millis(500);
 const FIRST_BACKOFF: Duration = Duration::from_millis(5);
 const MAX_BACKOFF: Duration = Duration::from_millis(200);
 
@@ -159,7 +159,11 @@ pub fn open_access_token(state: &AppState, c: &ConnectionRecord) -> Result<Acces
     ))
 }
 
-fn serve(state: &AppState, c: &ConnectionRecord, p: &RefreshPolicy) -> Result<Served, ApiError> {
+pub(crate) fn serve(
+    state: &AppState,
+    c: &ConnectionRecord,
+    p: &RefreshPolicy,
+) -> Result<Served, ApiError> {
     Ok(Served {
         access_token: open_access_token(state, c)?,
         expires_at: reported_expiry(c, p),
@@ -621,7 +625,7 @@ async fn store_or_hold(
 }
 
 /// Runs blocking journal I/O off the async workers.
-async fn journal_io<T: Send + 'static>(
+pub(crate) async fn journal_io<T: Send + 'static>(
     state: &AppState,
     io: impl FnOnce(&crate::journal::Journal) -> anyhow::Result<T> + Send + 'static,
 ) -> anyhow::Result<T> {
@@ -700,9 +704,18 @@ pub async fn replay_journal(state: &AppState, entries: Vec<Entry>) {
         let key = entry.key();
         let local = state.refresh_locks.lock_for(&key).lock_owned().await;
         let owner = state.lease_owner();
-        match connections::store_refreshed(&state.db, entry.refreshed(&key, &owner)).await {
+        let written = if entry.is_refresh() {
+            connections::store_refreshed(&state.db, entry.refreshed(&key, &owner)).await
+        } else {
+            crate::oauth::journalled_connect::write(state, &entry).await
+        };
+        match written {
             Ok(written) => {
-                settle(state, &key, entry.base_version).await;
+                if entry.is_refresh() {
+                    settle(state, &key, entry.base_version).await;
+                } else {
+                    crate::oauth::journalled_connect::settle(state, &entry).await;
+                }
                 state.metrics.journal_stored(written);
                 if written {
                     stored += 1;
@@ -712,7 +725,11 @@ pub async fn replay_journal(state: &AppState, entries: Vec<Entry>) {
             }
             Err(err) if db::is_unavailable(&err) => {
                 waiting += 1;
-                hold_until_stored(state, entry, owner, local).await;
+                if entry.is_refresh() {
+                    hold_until_stored(state, entry, owner, local).await;
+                } else {
+                    crate::oauth::journalled_connect::hold_until_stored(state, entry, local).await;
+                }
             }
             Err(err) => {
                 failed += 1;
@@ -783,7 +800,7 @@ pub fn journalled(
     let entry = state
         .journal
         .pending(&c.key)
-        .filter(|e| e.base_version == c.token_version)?;
+        .filter(|e| e.is_refresh() && e.base_version == c.token_version)?;
     let mut newer = c.clone();
     entry.apply_to(&mut newer);
     newer.is_valid_at(now).then(|| serve(state, &newer, p))

@@ -129,6 +129,12 @@ pub async fn handler(
         })?;
 
     let from_redirect = redirect_values(&provider, query.realm_id);
+    // Read while the database is known to answer: lookups of a connection
+    // journalled after the exchange are checked against these.
+    let app_key_digests = match record.return_to {
+        Some(_) => Vec::new(),
+        None => crate::app_keys::valid_digests(&state.db, &record.app_id).await?,
+    };
     let tokens = exchange(&state, &provider, &record, &code).await?;
     let mut params = record.params.clone();
     params.extend(tokens.derived.clone());
@@ -156,7 +162,21 @@ pub async fn handler(
             let sealed = super::confirm::seal_tokens(&state, &tokens, |field| {
                 Aad::connection(&key.app_id, &key.provider, &key.user_id, field)
             })?;
-            store_connection(&state, &key, sealed, &record.requested_scope, &params, now).await?;
+            // The tokens exist at the provider now: kept even if the
+            // database cannot take them (journalled, written later).
+            super::journalled_connect::store_or_journal(
+                &state,
+                super::journalled_connect::NewConnect {
+                    key: &key,
+                    tokens: sealed,
+                    requested_scope: &record.requested_scope,
+                    params: &params,
+                    now,
+                    provider: &provider,
+                    app_key_digests,
+                },
+            )
+            .await?;
             html::connected_page(&key.provider, &key.user_id)
         }
     };
@@ -303,23 +323,8 @@ async fn post_exchange_metadata(
     Ok(Some((metadata.fills.clone(), value)))
 }
 
-/// Stores (or replaces) the connection `key` with tokens sealed to it, and
-/// tells the app's webhook. `scopes` is what was asked when the provider
-/// named none.
-pub(crate) async fn store_connection(
-    state: &AppState,
-    key: &ConnKey,
-    tokens: super::confirm::SealedTokens,
-    scopes: &str,
-    params: &crate::template::Values,
-    now: i64,
-) -> Result<(), ApiError> {
-    let expires_at = tokens.expires_at(now);
-    let scopes = tokens.scope.clone().unwrap_or_else(|| scopes.to_owned());
-    store_connection_until(state, key, tokens, expires_at, &scopes, params, now).await
-}
-
-/// [`store_connection`] with the access token's expiry and the scopes given.
+/// Stores (or replaces) the connection `key` with tokens sealed to it, the
+/// access token's expiry and the scopes given, and tells the app's webhook.
 pub(crate) async fn store_connection_until(
     state: &AppState,
     key: &ConnKey,
@@ -342,6 +347,12 @@ pub(crate) async fn store_connection_until(
         },
     )
     .await?;
+    announce_connected(state, key);
+    Ok(())
+}
+
+/// Logs a stored connection and tells the app's webhook.
+pub(crate) fn announce_connected(state: &AppState, key: &ConnKey) {
     tracing::info!(app_id = %key.app_id, provider = %key.provider, "connection stored");
     crate::webhooks::emit(
         state,
@@ -350,7 +361,6 @@ pub(crate) async fn store_connection_until(
         &key.provider,
         &key.user_id,
     );
-    Ok(())
 }
 
 #[cfg(test)]

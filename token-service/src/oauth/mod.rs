@@ -5,6 +5,7 @@ pub mod callback;
 pub mod client;
 pub mod confirm;
 pub mod connect;
+pub mod journalled_connect;
 
 use axum::http::{header, HeaderMap};
 

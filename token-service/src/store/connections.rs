@@ -207,34 +207,54 @@ pub async fn upsert_connected_on<'e, E>(
 where
     E: sqlx::Executor<'e, Database = sqlx::Any>,
 {
-    sqlx::query(
-        "INSERT INTO connections (app_id, provider, user_id, access_token, refresh_token, \
-           expires_at, scopes, status, failure_count, last_refresh_at, last_refresh_error, \
-           last_attempt_at, retry_at, issued_at, token_version, \
-           refresh_lease_owner, refresh_lease_until, created_at, updated_at, params) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, 'active', 0, NULL, NULL, NULL, NULL, $8, 1, \
-           NULL, NULL, $8, $8, $9) \
-         ON CONFLICT (app_id, provider, user_id) DO UPDATE SET \
-           access_token = excluded.access_token, refresh_token = excluded.refresh_token, \
-           expires_at = excluded.expires_at, scopes = excluded.scopes, status = 'active', \
-           failure_count = 0, last_refresh_at = NULL, last_refresh_error = NULL, \
-           last_attempt_at = NULL, retry_at = NULL, issued_at = excluded.issued_at, \
-           token_version = connections.token_version + 1, \
-           refresh_lease_owner = NULL, refresh_lease_until = NULL, \
-           updated_at = excluded.updated_at, params = excluded.params",
-    )
-    .bind(&c.key.app_id)
-    .bind(&c.key.provider)
-    .bind(&c.key.user_id)
-    .bind(c.access_token)
-    .bind(c.refresh_token)
-    .bind(c.expires_at)
-    .bind(c.scopes)
-    .bind(c.now)
-    .bind(super::to_json(&c.params.cloned().unwrap_or_default())?)
-    .execute(executor)
-    .await?;
-    Ok(())
+    upsert(executor, c, UPSERT_CONNECTED).await.map(|_| ())
+}
+
+/// [`upsert_connected`] of a journalled code exchange: unless the database
+/// holds tokens issued after it (a later connect or refresh). Returns
+/// whether it was written.
+pub async fn upsert_connected_unless_newer(
+    db: &Db,
+    c: NewConnection<'_>,
+) -> Result<bool, sqlx::Error> {
+    let sql = format!("{UPSERT_CONNECTED} WHERE connections.issued_at <= excluded.issued_at");
+    upsert(db.pool(), c, &sql).await.map(|rows| rows == 1)
+}
+
+const UPSERT_CONNECTED: &str = "INSERT INTO connections (app_id, provider, user_id, \
+       access_token, refresh_token, \
+       expires_at, scopes, status, failure_count, last_refresh_at, last_refresh_error, \
+       last_attempt_at, retry_at, issued_at, token_version, \
+       refresh_lease_owner, refresh_lease_until, created_at, updated_at, params) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, 'active', 0, NULL, NULL, NULL, NULL, $8, 1, \
+       NULL, NULL, $8, $8, $9) \
+     ON CONFLICT (app_id, provider, user_id) DO UPDATE SET \
+       access_token = excluded.access_token, refresh_token = excluded.refresh_token, \
+       expires_at = excluded.expires_at, scopes = excluded.scopes, status = 'active', \
+       failure_count = 0, last_refresh_at = NULL, last_refresh_error = NULL, \
+       last_attempt_at = NULL, retry_at = NULL, issued_at = excluded.issued_at, \
+       token_version = connections.token_version + 1, \
+       refresh_lease_owner = NULL, refresh_lease_until = NULL, \
+       updated_at = excluded.updated_at, params = excluded.params";
+
+/// Runs an upsert of `c`; returns the rows written.
+async fn upsert<'e, E>(executor: E, c: NewConnection<'_>, sql: &str) -> Result<u64, sqlx::Error>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    let done = sqlx::query(sql)
+        .bind(&c.key.app_id)
+        .bind(&c.key.provider)
+        .bind(&c.key.user_id)
+        .bind(c.access_token)
+        .bind(c.refresh_token)
+        .bind(c.expires_at)
+        .bind(c.scopes)
+        .bind(c.now)
+        .bind(super::to_json(&c.params.cloned().unwrap_or_default())?)
+        .execute(executor)
+        .await?;
+    Ok(done.rows_affected())
 }
 
 /// Rows per statement of [`upsert_many_on`] (8 bind parameters each; well
