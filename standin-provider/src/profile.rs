@@ -1,9 +1,15 @@
 //! Provider profiles: the stand-in takes the shape of one catalog entry
 //! under `/p/{name}/…` — its endpoint paths, client authentication, scope
-//! separator, PKCE policy, token-request parameters, refresh endpoint,
-//! revocation style, metadata call and API credential header. Each request
+//! separator, PKCE policy, token-request parameters (per grant, including a
+//! client-credentials `grant_type` of its own), refresh endpoint, token
+//! lifetime and refresh-token rotation, revocation style, metadata call, and
+//! where the API wants its credential (a header with the text around the
+//! token, or a query parameter; an access token, an API key or Basic
+//! credentials registered with `POST /_standin/credentials`). Each request
 //! is checked against the profile, then served by the ordinary endpoints;
-//! every mismatch is answered 400 and kept for `GET /_standin/profiles/{name}`.
+//! every mismatch is answered 400 (the API: 401) and kept for
+//! `GET /_standin/profiles/{name}`, with the calls per endpoint and the
+//! digests of the refresh tokens presented, in order.
 
 use std::collections::BTreeMap;
 use std::time::SystemTime;
@@ -17,8 +23,12 @@ use serde::Deserialize;
 use serde_json::json;
 use url::form_urlencoded;
 
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+
 use crate::crypto;
 use crate::params::Params;
+use crate::store::Issuing;
 use crate::AppState;
 
 /// The verifier the stand-in uses for itself when a profile's client sends
@@ -64,27 +74,95 @@ pub struct Metadata {
     pub value: String,
 }
 
+/// What the API takes as its credential.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApiCredential {
+    /// A live access token of the stand-in.
+    #[default]
+    AccessToken,
+    /// A key registered with `POST /_standin/credentials`.
+    ApiKey,
+    /// `base64(username:password)` of a registered pair.
+    Basic,
+}
+
+/// Where the API wants the credential.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Placement {
+    #[default]
+    Header,
+    Query,
+}
+
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Profile {
-    pub authorize_path: String,
-    pub token_path: String,
+    /// Absent: no authorization code flow (client credentials, API keys).
+    #[serde(default)]
+    pub authorize_path: Option<String>,
+    /// Absent: no token endpoint (API keys, Basic).
+    #[serde(default)]
+    pub token_path: Option<String>,
     #[serde(default)]
     pub refresh_path: Option<String>,
+    #[serde(default = "default_client_auth")]
     pub client_auth: ClientAuth,
+    #[serde(default = "default_pkce")]
     pub pkce: Pkce,
+    #[serde(default = "default_separator")]
     pub scope_separator: String,
     #[serde(default)]
     pub exchange_params: BTreeMap<String, String>,
     #[serde(default)]
     pub refresh_params: BTreeMap<String, String>,
+    /// Client-credentials form fields; a `grant_type` here replaces
+    /// `client_credentials` (Zoom's `account_credentials`).
+    #[serde(default)]
+    pub client_credentials_params: BTreeMap<String, String>,
+    /// Access-token lifetime in seconds; absent: the quirks'.
+    #[serde(default)]
+    pub access_token_ttl_secs: Option<u64>,
+    /// Refresh-token rotation; absent: the quirks'.
+    #[serde(default)]
+    pub rotate_refresh_tokens: Option<bool>,
     #[serde(default)]
     pub revocation: Option<Revocation>,
     #[serde(default)]
     pub metadata: Option<Metadata>,
-    /// The API credential: header name and the text before the token.
+    /// The API credential: header (or query parameter) name and the text
+    /// before and after the credential.
     pub api_header: String,
     pub api_prefix: String,
+    #[serde(default)]
+    pub api_suffix: String,
+    #[serde(default)]
+    pub api_in: Placement,
+    #[serde(default)]
+    pub api_credential: ApiCredential,
+}
+
+fn default_client_auth() -> ClientAuth {
+    ClientAuth::Body
+}
+
+fn default_pkce() -> Pkce {
+    Pkce::Unknown
+}
+
+fn default_separator() -> String {
+    " ".into()
+}
+
+impl Profile {
+    fn issuing(&self, store: &crate::store::Store) -> Issuing {
+        let quirks = store.issuing();
+        Issuing {
+            ttl: self.access_token_ttl_secs.or(quirks.ttl),
+            rotate: self.rotate_refresh_tokens.unwrap_or(quirks.rotate),
+        }
+    }
 }
 
 /// A profile and what went wrong with it so far.
@@ -93,6 +171,8 @@ pub struct Registered {
     pub profile: Profile,
     pub mismatches: Vec<String>,
     pub calls: BTreeMap<String, u64>,
+    /// SHA-256 (hex) of each refresh token presented, in order.
+    pub refresh_tokens: Vec<String>,
 }
 
 /// `PUT /_standin/profiles/{name}`: registers (or replaces) a profile.
@@ -113,6 +193,7 @@ pub async fn put(State(state): State<AppState>, Path(name): Path<String>, body: 
             profile,
             mismatches: Vec::new(),
             calls: BTreeMap::new(),
+            refresh_tokens: Vec::new(),
         },
     );
     StatusCode::NO_CONTENT.into_response()
@@ -121,7 +202,12 @@ pub async fn put(State(state): State<AppState>, Path(name): Path<String>, body: 
 /// `GET /_standin/profiles/{name}`: the profile's mismatches and calls.
 pub async fn get(State(state): State<AppState>, Path(name): Path<String>) -> Response {
     match state.store().profiles.get(&name) {
-        Some(r) => Json(json!({"mismatches": r.mismatches, "calls": r.calls})).into_response(),
+        Some(r) => Json(json!({
+            "mismatches": r.mismatches,
+            "calls": r.calls,
+            "refresh_tokens": r.refresh_tokens,
+        }))
+        .into_response(),
         None => StatusCode::NOT_FOUND.into_response(),
     }
 }
@@ -142,6 +228,7 @@ pub async fn dispatch(
     };
     let (what, outcome) = route(
         &state,
+        &name,
         &profile,
         &path,
         &method,
@@ -164,7 +251,8 @@ pub async fn dispatch(
             crate::authorize::show(State(state), RawQuery(Some(query))).await
         }
         Ok(Forward::Token(body)) => {
-            crate::token::token(State(state), headers, Bytes::from(body)).await
+            let issuing = profile.issuing(&state.store());
+            crate::token::issue(&state, &headers, body.as_bytes(), Some(issuing)).await
         }
         Ok(Forward::Answer(response)) => response,
         // A provider answers a bad credential with 401.
@@ -187,8 +275,10 @@ enum Forward {
     Answer(Response),
 }
 
+#[allow(clippy::too_many_arguments)] // one request, taken apart by axum
 fn route(
     state: &AppState,
+    name: &str,
     p: &Profile,
     path: &str,
     method: &Method,
@@ -196,11 +286,13 @@ fn route(
     headers: &HeaderMap,
     body: &[u8],
 ) -> (&'static str, Result<Forward, String>) {
-    if path == p.authorize_path && method == Method::GET {
+    if p.authorize_path.as_deref() == Some(path) && method == Method::GET {
         return ("authorize", authorize(p, query));
     }
-    if (path == p.token_path || p.refresh_path.as_deref() == Some(path)) && method == Method::POST {
-        return ("token", token(p, path, headers, body));
+    if (p.token_path.as_deref() == Some(path) || p.refresh_path.as_deref() == Some(path))
+        && method == Method::POST
+    {
+        return ("token", token(state, name, p, path, headers, body));
     }
     if let Some(r) = p.revocation.as_ref().filter(|r| r.path == path) {
         return ("revoke", revoke(state, r, method, headers, body));
@@ -209,7 +301,7 @@ fn route(
         return ("metadata", metadata(state, m, headers));
     }
     if path.starts_with("/api/") {
-        return ("api", api(state, p, path, headers));
+        return ("api", api(state, p, path, query, headers));
     }
     (
         "unknown",
@@ -247,10 +339,18 @@ fn authorize(p: &Profile, query: Option<&str>) -> Result<Forward, String> {
         }
         _ => {}
     }
+    normalise_scope(p, &mut pairs)?;
+    let query = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs)
+        .finish();
+    Ok(Forward::Authorize(query))
+}
+
+/// A comma-joined scope must hold no space; the core endpoints want it space-joined.
+fn normalise_scope(p: &Profile, pairs: &mut [(String, String)]) -> Result<(), String> {
     for (k, v) in pairs.iter_mut() {
         if k == "scope" {
-            let other = if p.scope_separator == "," { " " } else { "," };
-            if p.scope_separator == "," && v.contains(other) {
+            if p.scope_separator == "," && v.contains(' ') {
                 return Err(format!(
                     "scope {v:?} is not joined by {:?}",
                     p.scope_separator
@@ -262,25 +362,40 @@ fn authorize(p: &Profile, query: Option<&str>) -> Result<Forward, String> {
                 .join(" ");
         }
     }
-    let query = form_urlencoded::Serializer::new(String::new())
-        .extend_pairs(pairs)
-        .finish();
-    Ok(Forward::Authorize(query))
+    Ok(())
 }
 
-fn token(p: &Profile, path: &str, headers: &HeaderMap, body: &[u8]) -> Result<Forward, String> {
+fn token(
+    state: &AppState,
+    name: &str,
+    p: &Profile,
+    path: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Forward, String> {
     let mut pairs = pairs(body);
+    if count(&pairs, "grant_type") != 1 {
+        return Err("grant_type must be sent exactly once".into());
+    }
     let grant = pairs
         .iter()
         .find(|(k, _)| k == "grant_type")
         .map(|(_, v)| v.clone())
         .unwrap_or_default();
+    let token_path = p.token_path.as_deref().unwrap_or_default();
+    let client_grant = p
+        .client_credentials_params
+        .get("grant_type")
+        .map_or("client_credentials", String::as_str);
     let (expected_path, params) = match grant.as_str() {
-        "authorization_code" => (p.token_path.as_str(), &p.exchange_params),
-        "refresh_token" => (
-            p.refresh_path.as_deref().unwrap_or(&p.token_path),
+        "authorization_code" if p.authorize_path.is_some() => (token_path, &p.exchange_params),
+        "refresh_token" if p.authorize_path.is_some() => (
+            p.refresh_path.as_deref().unwrap_or(token_path),
             &p.refresh_params,
         ),
+        g if g == client_grant && p.authorize_path.is_none() => {
+            (token_path, &p.client_credentials_params)
+        }
         other => return Err(format!("grant_type {other:?} is not part of the profile")),
     };
     if path != expected_path {
@@ -296,7 +411,7 @@ fn token(p: &Profile, path: &str, headers: &HeaderMap, body: &[u8]) -> Result<Fo
         ))
         }
     }
-    for (key, value) in params {
+    for (key, value) in params.iter().filter(|(k, _)| *k != "grant_type") {
         let sent: Vec<&str> = pairs
             .iter()
             .filter(|(k, _)| k == key)
@@ -306,6 +421,22 @@ fn token(p: &Profile, path: &str, headers: &HeaderMap, body: &[u8]) -> Result<Fo
             return Err(format!(
                 "token parameter {key}={value} not sent once (got {sent:?})"
             ));
+        }
+    }
+    if grant == "refresh_token" {
+        if let Some((_, presented)) = pairs.iter().find(|(k, _)| k == "refresh_token") {
+            let digest = crypto::sha256_hex(presented.as_bytes());
+            if let Some(r) = state.store().profiles.get_mut(name) {
+                r.refresh_tokens.push(digest);
+            }
+        }
+    }
+    if grant == client_grant {
+        normalise_scope(p, &mut pairs)?;
+        for (k, v) in pairs.iter_mut() {
+            if k == "grant_type" {
+                "client_credentials".clone_into(v);
+            }
         }
     }
     if grant == "authorization_code" && count(&pairs, "code_verifier") == 0 {
@@ -398,18 +529,69 @@ fn metadata(state: &AppState, m: &Metadata, headers: &HeaderMap) -> Result<Forwa
     ))
 }
 
-fn api(state: &AppState, p: &Profile, path: &str, headers: &HeaderMap) -> Result<Forward, String> {
-    let token = live_token(state, headers, &p.api_header, &p.api_prefix).ok_or_else(|| {
-        format!(
-            "API call without `{}: {}<live token>`",
-            p.api_header, p.api_prefix
-        )
-    })?;
-    let login = state
-        .store()
-        .access(&token, SystemTime::now())
-        .map(|i| i.login)
-        .unwrap_or_default();
+/// The credential exactly where the profile wants it: one header (or query
+/// parameter) of that name, its value the prefix, the credential, the suffix.
+fn placed<'a>(
+    p: &Profile,
+    query: &'a [(String, String)],
+    headers: &'a HeaderMap,
+) -> Option<String> {
+    let values: Vec<String> = match p.api_in {
+        Placement::Header => headers
+            .get_all(p.api_header.as_str())
+            .iter()
+            .filter_map(|v| v.to_str().ok().map(str::to_owned))
+            .collect(),
+        Placement::Query => query
+            .iter()
+            .filter(|(k, _)| *k == p.api_header)
+            .map(|(_, v)| v.clone())
+            .collect(),
+    };
+    let [value] = values.as_slice() else {
+        return None;
+    };
+    let credential = value
+        .strip_prefix(p.api_prefix.as_str())?
+        .strip_suffix(p.api_suffix.as_str())?;
+    (!credential.is_empty()).then(|| credential.to_owned())
+}
+
+/// The login a credential stands for, if the stand-in knows it.
+fn login_of(state: &AppState, kind: ApiCredential, credential: &str) -> Option<String> {
+    let store = state.store();
+    match kind {
+        ApiCredential::AccessToken => store.access(credential, SystemTime::now()).map(|i| i.login),
+        ApiCredential::ApiKey => store.api_keys.get(credential).cloned(),
+        ApiCredential::Basic => {
+            let decoded = STANDARD.decode(credential).ok()?;
+            let decoded = String::from_utf8(decoded).ok()?;
+            let (user, password) = decoded.split_once(':')?;
+            store
+                .basic
+                .get(user)
+                .filter(|expected| crypto::ct_eq(expected, password))
+                .map(|_| user.to_owned())
+        }
+    }
+}
+
+fn api(
+    state: &AppState,
+    p: &Profile,
+    path: &str,
+    query: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<Forward, String> {
+    let query = pairs(query.unwrap_or_default().as_bytes());
+    let login = placed(p, &query, headers)
+        .and_then(|credential| login_of(state, p.api_credential, &credential))
+        .ok_or_else(|| {
+            format!(
+                "API call without {:?} {}: {}<{:?}>{} exactly once",
+                p.api_in, p.api_header, p.api_prefix, p.api_credential, p.api_suffix
+            )
+        })?;
     Ok(Forward::Answer(
         Json(json!({"user": login, "path": path})).into_response(),
     ))

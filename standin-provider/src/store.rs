@@ -114,6 +114,15 @@ pub struct Issued {
     pub bot_token: Option<String>,
 }
 
+/// How a grant issues its tokens: the quirks' settings, or a profile's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Issuing {
+    /// Access-token lifetime in seconds; `None`: no `expires_in`, never expires.
+    pub ttl: Option<u64>,
+    /// A refresh returns a new refresh token and retires the presented one.
+    pub rotate: bool,
+}
+
 /// A validated access token, as the API sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccessInfo {
@@ -195,6 +204,7 @@ impl Store {
     pub fn redeem_code(
         &mut self,
         r: Redemption<'_>,
+        issuing: Issuing,
         now: SystemTime,
     ) -> Result<Issued, OAuthError> {
         let Some(entry) = self.codes.get(r.code) else {
@@ -243,7 +253,7 @@ impl Store {
             entry.family = Some(family);
         }
 
-        let expires_in = self.access_ttl();
+        let expires_in = issuing.ttl;
         let access_token = self.issue_access(
             family,
             &grant.login,
@@ -282,6 +292,7 @@ impl Store {
         client_id: &str,
         refresh_token: &str,
         requested_scope: Option<&str>,
+        issuing: Issuing,
         now: SystemTime,
     ) -> Result<Issued, OAuthError> {
         let Some(entry) = self.refresh.get(refresh_token) else {
@@ -322,7 +333,7 @@ impl Store {
         let login = entry.login.clone();
         let original_scope = entry.scope.clone();
 
-        let expires_in = self.access_ttl();
+        let expires_in = issuing.ttl;
         let access_token = self.issue_access(
             family,
             &login,
@@ -333,7 +344,7 @@ impl Store {
         );
         let refresh_token = if self.quirks.omit_refresh_token_on_refresh {
             None
-        } else if self.quirks.rotate_refresh_tokens {
+        } else if issuing.rotate {
             let fresh = self.issue_refresh(family, client_id, &login, &original_scope);
             if let Some(old) = self.refresh.get_mut(refresh_token) {
                 old.rotated = true;
@@ -357,6 +368,7 @@ impl Store {
         &mut self,
         client_id: &str,
         scope: Option<&str>,
+        issuing: Issuing,
         now: SystemTime,
     ) -> Result<Issued, OAuthError> {
         let scope = match scope {
@@ -376,7 +388,7 @@ impl Store {
                 refresh: Vec::new(),
             },
         );
-        let expires_in = self.access_ttl();
+        let expires_in = issuing.ttl;
         let access_token = self.issue_access(
             family,
             &login,
@@ -474,10 +486,13 @@ impl Store {
         removed
     }
 
-    /// The lifetime of access tokens issued now; `None` (never expires) when the
-    /// `omit_expires_in` quirk is on.
-    fn access_ttl(&self) -> Option<u64> {
-        (!self.quirks.omit_expires_in).then_some(self.quirks.access_token_ttl_secs)
+    /// How grants issue tokens under the current quirks: `ttl` is `None`
+    /// (never expires) when the `omit_expires_in` quirk is on.
+    pub fn issuing(&self) -> Issuing {
+        Issuing {
+            ttl: (!self.quirks.omit_expires_in).then_some(self.quirks.access_token_ttl_secs),
+            rotate: self.quirks.rotate_refresh_tokens,
+        }
     }
 
     /// Issues an access token living `ttl` seconds (`None`: forever).
@@ -610,12 +625,16 @@ mod tests {
         let t0 = SystemTime::now();
         let code = s.issue_code(grant(), t0);
         let err = s
-            .redeem_code(redeem(&code), t0 + CODE_LIFETIME)
+            .redeem_code(redeem(&code), s.issuing(), t0 + CODE_LIFETIME)
             .unwrap_err();
         assert_eq!(err.error, "invalid_grant");
         let code = s.issue_code(grant(), t0);
         let issued = s
-            .redeem_code(redeem(&code), t0 + CODE_LIFETIME - Duration::from_secs(1))
+            .redeem_code(
+                redeem(&code),
+                s.issuing(),
+                t0 + CODE_LIFETIME - Duration::from_secs(1),
+            )
             .unwrap();
         assert_eq!(issued.login, "alice");
         assert_eq!(issued.scope, "read write");
@@ -627,7 +646,7 @@ mod tests {
         let mut s = store();
         let t0 = SystemTime::now();
         let code = s.issue_code(grant(), t0);
-        let issued = s.redeem_code(redeem(&code), t0).unwrap();
+        let issued = s.redeem_code(redeem(&code), s.issuing(), t0).unwrap();
         let t = &issued.access_token;
         assert!(s.access(t, t0 + Duration::from_secs(3599)).is_some());
         assert!(s.access(t, t0 + Duration::from_secs(3600)).is_none());
@@ -640,11 +659,17 @@ mod tests {
         let code = s.issue_code(grant(), now);
         let mut bad = redeem(&code);
         bad.code_verifier = "x";
-        assert_eq!(s.redeem_code(bad, now).unwrap_err().error, "invalid_grant");
+        assert_eq!(
+            s.redeem_code(bad, s.issuing(), now).unwrap_err().error,
+            "invalid_grant"
+        );
         let mut bad = redeem(&code);
         bad.redirect_uri = "http://localhost/other";
-        assert_eq!(s.redeem_code(bad, now).unwrap_err().error, "invalid_grant");
-        assert!(s.redeem_code(redeem(&code), now).is_ok());
+        assert_eq!(
+            s.redeem_code(bad, s.issuing(), now).unwrap_err().error,
+            "invalid_grant"
+        );
+        assert!(s.redeem_code(redeem(&code), s.issuing(), now).is_ok());
         assert_eq!(s.stats.families_revoked, 0);
     }
 
@@ -654,7 +679,7 @@ mod tests {
         let t0 = SystemTime::now();
         s.quirks.access_token_ttl_secs = 10;
         let code = s.issue_code(grant(), t0);
-        let issued = s.redeem_code(redeem(&code), t0).unwrap();
+        let issued = s.redeem_code(redeem(&code), s.issuing(), t0).unwrap();
         let _unused = s.issue_code(grant(), t0);
         assert_eq!(s.counts(), (2, 1, 1, 1));
         s.prune(t0 + Duration::from_secs(61));
@@ -666,6 +691,7 @@ mod tests {
                 "app",
                 issued.refresh_token.as_deref().unwrap(),
                 None,
+                s.issuing(),
                 t0 + Duration::from_secs(61)
             )
             .is_ok());
@@ -678,12 +704,12 @@ mod tests {
         let mut s = store();
         let now = SystemTime::now();
         let code = s.issue_code(grant(), now);
-        let issued = s.redeem_code(redeem(&code), now).unwrap();
+        let issued = s.redeem_code(redeem(&code), s.issuing(), now).unwrap();
         let pending = s.issue_code(grant(), now);
         let mut bob = grant();
         bob.login = "bob".into();
         let bob_code = s.issue_code(bob, now);
-        let bob_issued = s.redeem_code(redeem(&bob_code), now).unwrap();
+        let bob_issued = s.redeem_code(redeem(&bob_code), s.issuing(), now).unwrap();
 
         let out = s.revoke_login("alice");
         assert_eq!(
@@ -696,9 +722,33 @@ mod tests {
         assert!(s.access(&issued.access_token, now).is_none());
         assert!(s.access(&bob_issued.access_token, now).is_some());
         assert_eq!(
-            s.redeem_code(redeem(&pending), now).unwrap_err().error,
+            s.redeem_code(redeem(&pending), s.issuing(), now)
+                .unwrap_err()
+                .error,
             "invalid_grant"
         );
         assert_eq!(s.stats.families_revoked, 1);
+    }
+
+    #[test]
+    fn rotation_follows_the_issuing_policy() {
+        let mut s = store();
+        let now = SystemTime::now();
+        for rotate in [false, true] {
+            let issuing = Issuing {
+                ttl: Some(60),
+                rotate,
+            };
+            let code = s.issue_code(grant(), now);
+            let first = s.redeem_code(redeem(&code), issuing, now).unwrap();
+            let old = first.refresh_token.unwrap();
+            let next = s.refresh("app", &old, None, issuing, now).unwrap();
+            let new = next.refresh_token.unwrap();
+            assert_eq!(new != old, rotate);
+            let again = s.refresh("app", &old, None, issuing, now);
+            // A rotated refresh token is refused (and its family revoked); a kept one works.
+            assert_eq!(again.is_err(), rotate);
+            assert_eq!(s.refresh("app", &new, None, issuing, now).is_err(), rotate);
+        }
     }
 }

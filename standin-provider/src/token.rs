@@ -16,13 +16,24 @@ use crate::crypto;
 use crate::error::{no_store, OAuthError};
 use crate::params::{form_decode, Params, Repeated};
 use crate::quirks::Quirks;
-use crate::store::{Issued, Redemption};
+use crate::store::{Issued, Issuing, Redemption};
 use crate::AppState;
 
 pub async fn token(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
-    let is_form = is_form_urlencoded(&headers);
+    issue(&state, &headers, &body, None).await
+}
+
+/// The token endpoint; a catalog profile passes its own `issuing` (lifetime,
+/// rotation) instead of the quirks'.
+pub(crate) async fn issue(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: &[u8],
+    issuing: Option<Issuing>,
+) -> Response {
+    let is_form = is_form_urlencoded(headers);
     let params = if is_form {
-        Params::parse(&body)
+        Params::parse(body)
     } else {
         Params::default()
     };
@@ -47,7 +58,7 @@ pub async fn token(State(state): State<AppState>, headers: HeaderMap, body: Byte
         OAuthError::invalid_request("expected an application/x-www-form-urlencoded body")
             .into_response()
     } else {
-        handle(&state, &headers, &params).unwrap_or_else(IntoResponse::into_response)
+        handle(state, headers, &params, issuing).unwrap_or_else(IntoResponse::into_response)
     };
     if !delay.is_zero() && quirks.delay_after_issuing {
         // The grant is done (a rotated refresh token is already retired).
@@ -132,7 +143,12 @@ fn quirk_response(quirks: &Quirks) -> Option<Response> {
         .map(|error| Json(json!({"ok": false, "error": error})).into_response())
 }
 
-fn handle(state: &AppState, headers: &HeaderMap, params: &Params) -> Result<Response, OAuthError> {
+fn handle(
+    state: &AppState,
+    headers: &HeaderMap,
+    params: &Params,
+    issuing: Option<Issuing>,
+) -> Result<Response, OAuthError> {
     if let Some(Repeated(name)) = params.any_repeated() {
         return Err(OAuthError::invalid_request(format!(
             "parameter {name} is repeated"
@@ -140,6 +156,7 @@ fn handle(state: &AppState, headers: &HeaderMap, params: &Params) -> Result<Resp
     }
     let client_id = authenticate(headers, params, state.config())?;
     let now = SystemTime::now();
+    let issuing = issuing.unwrap_or_else(|| state.store().issuing());
     let issued = match single(params, "grant_type")? {
         Some("authorization_code") => {
             let code = required(params, "code")?;
@@ -157,6 +174,7 @@ fn handle(state: &AppState, headers: &HeaderMap, params: &Params) -> Result<Resp
                     redirect_uri,
                     code_verifier,
                 },
+                issuing,
                 now,
             )?
         }
@@ -165,11 +183,13 @@ fn handle(state: &AppState, headers: &HeaderMap, params: &Params) -> Result<Resp
             let scope = single(params, "scope")?;
             state
                 .store()
-                .refresh(&client_id, refresh_token, scope, now)?
+                .refresh(&client_id, refresh_token, scope, issuing, now)?
         }
         Some("client_credentials") => {
             let scope = single(params, "scope")?;
-            state.store().client_credentials(&client_id, scope, now)?
+            state
+                .store()
+                .client_credentials(&client_id, scope, issuing, now)?
         }
         Some(other) => {
             return Err(OAuthError::unsupported_grant_type(format!(

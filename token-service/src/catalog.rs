@@ -764,6 +764,15 @@ fn validate_entry(e: &CatalogEntry) -> Vec<String> {
             "client credentials entries have no authorize_url",
         );
     }
+    if e.auth_type == AuthType::Basic {
+        // The stored credential is `base64(username:password)` (RFC 7617).
+        check(
+            e.header.name == "authorization"
+                && e.header.format == "Basic {token}"
+                && e.header.location == authstamp_protocol::StampLocation::Header,
+            "basic entries stamp authorization: Basic {token}",
+        );
+    }
     check(
         crate::validate::header_name(&e.header.name).is_ok()
             || e.header.location == authstamp_protocol::StampLocation::Query,
@@ -800,6 +809,16 @@ fn validate_entry(e: &CatalogEntry) -> Vec<String> {
                 errors.push(format!(
                     "token_request_params.{grant} key {key:?} is invalid or written by the service"
                 ));
+            }
+            // Filled from the connection's parameters when the request is sent.
+            match crate::template::placeholders(value) {
+                Ok(names)
+                    if names.iter().all(|n| {
+                        e.connection_params.iter().any(|p| p.name == *n) || *n == "client_id"
+                    }) => {}
+                _ => errors.push(format!(
+                    "token_request_params.{grant} value of {key:?} names an unknown placeholder"
+                )),
             }
         }
     }
@@ -1615,6 +1634,18 @@ mod tests {
                     o["auth_type"] = "api_key".into();
                 }),
                 "no OAuth endpoints",
+            ),
+            (
+                mutate(|o| {
+                    o["auth_type"] = "basic".into();
+                }),
+                "basic entries stamp authorization: Basic {token}",
+            ),
+            (
+                mutate(|o| {
+                    o["token_request_params"]["exchange"] = serde_json::json!({"team": "{team}"});
+                }),
+                "names an unknown placeholder",
             ),
             ("[]".to_owned(), "not a JSON object"),
             ("{".to_owned(), "invalid JSON"),

@@ -309,6 +309,12 @@ pub async fn client_credentials_token(
     let token_url = provider
         .token_url_for(&params)
         .map_err(|e| ApiError::internal("stored token_url is invalid", e))?;
+    let extra = provider
+        .token_params_for(
+            &provider.settings.token_request_params.client_credentials,
+            &params,
+        )
+        .map_err(|e| ApiError::internal("stored token_request_params are invalid", e))?;
     let secret = ClientSecret::new(
         state
             .vault
@@ -331,7 +337,7 @@ pub async fn client_credentials_token(
             &GrantRequest::ClientCredentials {
                 scope: Some(scope.as_str()),
             },
-            &provider.settings.token_request_params.client_credentials,
+            &extra,
         )
         .await;
     let now = db::now();

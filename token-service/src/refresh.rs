@@ -403,6 +403,12 @@ async fn attempt(
     let token_url = provider
         .refresh_url_for(&current.params)
         .map_err(|e| ApiError::internal("stored token_url is invalid", e))?;
+    let extra = provider
+        .token_params_for(
+            &provider.settings.token_request_params.refresh,
+            &current.params,
+        )
+        .map_err(|e| ApiError::internal("stored token_request_params are invalid", e))?;
     state.metrics.provider_call(Grant::RefreshToken);
     if need == Need::Background {
         state.metrics.background_refresh();
@@ -419,7 +425,7 @@ async fn attempt(
             &GrantRequest::RefreshToken {
                 refresh_token: &refresh_token,
             },
-            &provider.settings.token_request_params.refresh,
+            &extra,
         )
         .await;
     let now = db::now();

@@ -258,6 +258,12 @@ async fn exchange(
     let token_url = provider
         .token_url_for(&record.params)
         .map_err(|e| ApiError::internal("stored token_url is invalid", e))?;
+    let extra = provider
+        .token_params_for(
+            &provider.settings.token_request_params.exchange,
+            &record.params,
+        )
+        .map_err(|e| ApiError::internal("stored token_request_params are invalid", e))?;
     state.metrics.provider_call(Grant::AuthorizationCode);
     state
         .token_client
@@ -273,7 +279,7 @@ async fn exchange(
                 redirect_uri: &record.redirect_uri,
                 code_verifier: &verifier,
             },
-            &provider.settings.token_request_params.exchange,
+            &extra,
         )
         .await
         .map_err(|err| {

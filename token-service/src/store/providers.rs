@@ -176,6 +176,20 @@ impl ProviderRecord {
         template::render_url(template, &self.values(params)).map(Some)
     }
 
+    /// Extra token-request form fields of one grant (`token_request_params`)
+    /// with a connection's parameters filled in (Auth0's `audience={audience}`).
+    pub fn token_params_for(
+        &self,
+        grant_params: &BTreeMap<String, String>,
+        params: &Values,
+    ) -> Result<BTreeMap<String, String>, String> {
+        let values = self.values(params);
+        grant_params
+            .iter()
+            .map(|(k, v)| Ok((k.clone(), template::render_text(v, &values)?)))
+            .collect()
+    }
+
     /// The token endpoint of a connection with parameters `params`.
     pub fn token_url_for(&self, params: &Values) -> Result<url::Url, String> {
         self.url(&self.token_url, params)?
