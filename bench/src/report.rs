@@ -267,6 +267,41 @@ pub fn render(scenarios: &[Scenario], meta: Value) -> (Value, String) {
             goals.push(goal("(d) rps ≥ (c) rps", d.rps / c.rps, 1.0, true, "× (c)"));
         }
     }
+    // The native module (issue 13): (h) is (d'), (m) is (e').
+    if let (Some(b), Some(h)) = (&base, get('h')) {
+        goals.push(goal(
+            "(d') Envoy CPU ≤ (b) + 3 µs/req",
+            h.envoy_cpu_us - b.envoy_cpu_us,
+            3.0,
+            false,
+            "µs over (b)",
+        ));
+        goals.push(goal(
+            "(d') rps ≥ 0.97 × (b)",
+            h.rps / b.rps,
+            0.97,
+            true,
+            "×",
+        ));
+        if let Some(c) = get('c') {
+            goals.push(goal(
+                "(d') rps ≥ (c) rps",
+                h.rps / c.rps,
+                1.0,
+                true,
+                "× (c)",
+            ));
+        }
+    }
+    if let (Some(e), Some(m)) = (get('e'), get('m')) {
+        goals.push(goal(
+            "(e') Envoy CPU ≤ 0.5 × (e)",
+            m.envoy_cpu_us / e.envoy_cpu_us,
+            0.5,
+            false,
+            "× (e)",
+        ));
+    }
     md.push('\n');
     for g in &goals {
         md.push_str(&format!(
@@ -280,6 +315,27 @@ pub fn render(scenarios: &[Scenario], meta: Value) -> (Value, String) {
             g["measured"].as_str().unwrap_or_default()
         ));
     }
+    // What the heal machinery (upstream instance, retry policy) costs a
+    // hit: each build against itself without it, in the same rounds.
+    let mut heal = Vec::new();
+    for (with, without, build) in [('d', 'f', "Wasm"), ('h', 'g', "native")] {
+        if let (Some(w), Some(o)) = (get(with), get(without)) {
+            md.push_str(&format!(
+                "- heal machinery, {build} hit ({with}) ÷ ({without}): Envoy CPU {:.2} × ({:+.1} µs/req), rps {:.2} ×\n",
+                w.envoy_cpu_us / o.envoy_cpu_us,
+                w.envoy_cpu_us - o.envoy_cpu_us,
+                w.rps / o.rps
+            ));
+            heal.push(json!({
+                "build": build,
+                "with": with.to_string(),
+                "without": without.to_string(),
+                "envoy_cpu_ratio": ratio(w.envoy_cpu_us, o.envoy_cpu_us),
+                "envoy_cpu_added_us": w.envoy_cpu_us - o.envoy_cpu_us,
+                "rps_ratio": ratio(w.rps, o.rps),
+            }));
+        }
+    }
     md.push_str(&format!(
         "\nrps and loaded p50/p99: wrk {} connection(s), {} thread(s), {} s; p50/p99/p99.9: one connection, {} s; \
          Envoy --concurrency {}; medians of {} round(s); {} CPUs, load {} → {}.\n",
@@ -288,7 +344,7 @@ pub fn render(scenarios: &[Scenario], meta: Value) -> (Value, String) {
         meta["loadavg_before"].as_str().unwrap_or_default(),
         meta["loadavg_after"].as_str().unwrap_or_default()
     ));
-    let doc = json!({ "scenarios": rows, "goals": goals, "meta": meta });
+    let doc = json!({ "scenarios": rows, "goals": goals, "heal_machinery": heal, "meta": meta });
     (doc, md)
 }
 
