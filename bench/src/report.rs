@@ -267,7 +267,7 @@ pub fn render(scenarios: &[Scenario], meta: Value) -> (Value, String) {
             goals.push(goal("(d) rps ≥ (c) rps", d.rps / c.rps, 1.0, true, "× (c)"));
         }
     }
-    // The native module (issue 13): (h) is (d'), (m) is (e').
+    // The native module: (h) is (d'), (m) is (e').
     if let (Some(b), Some(h)) = (&base, get('h')) {
         goals.push(goal(
             "(d') Envoy CPU ≤ (b) + 3 µs/req",
