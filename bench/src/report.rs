@@ -429,6 +429,41 @@ mod tests {
     }
 
     #[test]
+    fn native_goals_and_heal_ratios() {
+        let with_cpu = |id: char, rps: f64, cpu: f64| {
+            let mut s = Scenario::new(id, "x");
+            s.runs = vec![Run {
+                envoy_cpu_us: cpu,
+                ..run(rps, 100, 200)
+            }];
+            s
+        };
+        let rows = [
+            with_cpu('b', 1000.0, 50.0),
+            with_cpu('e', 200.0, 400.0),
+            with_cpu('h', 980.0, 52.0),
+            with_cpu('g', 1000.0, 50.0),
+            with_cpu('m', 400.0, 180.0),
+        ];
+        let (doc, md) = render(&rows, json!({}));
+        let goals = doc["goals"].as_array().unwrap();
+        let met = |name: &str| {
+            goals
+                .iter()
+                .find(|g| g["goal"] == json!(name))
+                .map(|g| g["met"] == json!(true))
+        };
+        assert_eq!(met("(d') Envoy CPU ≤ (b) + 3 µs/req"), Some(true));
+        assert_eq!(met("(d') rps ≥ 0.97 × (b)"), Some(true));
+        assert_eq!(met("(e') Envoy CPU ≤ 0.5 × (e)"), Some(true));
+        assert!(
+            md.contains("native hit (h) ÷ (g): Envoy CPU 1.04 × (+2.0 µs/req), rps 0.98 ×"),
+            "{md}"
+        );
+        assert_eq!(doc["heal_machinery"][0]["envoy_cpu_added_us"], json!(2.0));
+    }
+
+    #[test]
     fn metrics_are_read_from_prometheus_text() {
         let text = "# TYPE authstamp_cache_hits_total counter\nauthstamp_cache_hits_total 5\n\
                     authstamp_token_fetch_us_bucket{le=\"1\"} 0\nauthstamp_errors_internal_total 0\n\
