@@ -26,6 +26,9 @@ pub enum Kind {
     /// ENVOY_DYNAMIC_MODULES_SEARCH_PATH), with its upstream instance, as in
     /// envoy/envoy-native.yaml.
     Native,
+    /// The native module alone: no upstream instance, no retry policy (the
+    /// heal machinery off, to measure what it costs a hit).
+    NativeWithoutHealing,
     /// Reference rows: the cheapest proxy-wasm filter (bench/floor-filter),
     /// doing nothing (`false`) or setting one static header (`true`).
     WasmFloor { stamp: bool },
@@ -162,9 +165,9 @@ fn native_upstream_instance() -> String {
 
 /// `wasm`: the authstamp filter; `floor_wasm`: bench/floor-filter.
 pub fn bootstrap(kind: Kind, ports: &Ports, wasm: &Path, floor_wasm: &Path) -> String {
-    let native = kind == Kind::Native;
-    let healing = kind == Kind::Authstamp || native;
-    let kind = if healing {
+    let native = matches!(kind, Kind::Native | Kind::NativeWithoutHealing);
+    let healing = matches!(kind, Kind::Authstamp | Kind::Native);
+    let kind = if healing || native {
         Kind::AuthstampWithoutHealing
     } else {
         kind
@@ -222,7 +225,10 @@ pub fn bootstrap(kind: Kind, ports: &Ports, wasm: &Path, floor_wasm: &Path) -> S
       secret: {{ inline_string: "{STATIC_CREDENTIAL}" }}"#
             ),
         ),
-        Kind::Authstamp | Kind::AuthstampWithoutHealing | Kind::Native => (
+        Kind::Authstamp
+        | Kind::AuthstampWithoutHealing
+        | Kind::Native
+        | Kind::NativeWithoutHealing => (
             format!(
                 r#"
               - match:
@@ -291,7 +297,7 @@ static_resources:
         - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {upstream} }} }} }}{upstream_filters}{extra_clusters}{secrets}
 "#,
         upstream = ports.upstream,
-        upstream_filters = if native {
+        upstream_filters = if native && healing {
             native_upstream_instance()
         } else if healing {
             upstream_instance(wasm)

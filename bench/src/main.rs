@@ -41,12 +41,31 @@ const TOKEN_PREFIX: &str = "seeded_";
 /// Scenario ids of AUTHSTAMP_BENCH_ALT_WASM builds.
 const ALT_IDS: [char; 5] = ['x', 'y', 'z', 'v', 'w'];
 
+/// Scenario ids of AUTHSTAMP_BENCH_ALT_NATIVE builds.
+const ALT_NATIVE_IDS: [char; 3] = ['i', 'j', 'k'];
+
 /// (d'): the native module's cache hit.
 const NATIVE_HIT: char = 'h';
+/// (e'): the native module, a miss on every request.
+const NATIVE_MISS: char = 'm';
+/// (f) and (g): the Wasm and the native cache hit with the heal machinery
+/// off (no upstream instance, no retry policy).
+const WASM_HIT_NO_HEAL: char = 'f';
+const NATIVE_HIT_NO_HEAL: char = 'g';
+/// The native module's file name in ENVOY_DYNAMIC_MODULES_SEARCH_PATH.
+const NATIVE_FILE: &str = "libauthstamp_native.so";
 
-/// The cache-hit scenarios: (d), (d') and the alternative builds.
+/// The cache-hit scenarios: (d), (d'), their heal-off rows and the
+/// alternative builds.
 fn is_hit(id: char) -> bool {
-    id == 'd' || id == NATIVE_HIT || ALT_IDS.contains(&id)
+    matches!(id, 'd' | NATIVE_HIT | WASM_HIT_NO_HEAL | NATIVE_HIT_NO_HEAL)
+        || ALT_IDS.contains(&id)
+        || ALT_NATIVE_IDS.contains(&id)
+}
+
+/// The miss scenarios: a new user on every request.
+fn is_miss(id: char) -> bool {
+    matches!(id, 'e' | NATIVE_MISS)
 }
 
 #[derive(Clone, Debug)]
@@ -203,7 +222,7 @@ impl Tools {
             )?,
             native_dir: file_from(
                 "AUTHSTAMP_NATIVE",
-                root.join("target/native/libauthstamp_native.so"),
+                root.join("target/native").join(NATIVE_FILE),
             )?
             .parent()
             .map(Path::to_path_buf)
@@ -227,6 +246,7 @@ async fn start_envoy(
     name: &str,
     config: &str,
     concurrency: u32,
+    native_dir: &Path,
     http: &reqwest::Client,
 ) -> anyhow::Result<Envoy> {
     let config_path = dir.join(format!("{name}.yaml"));
@@ -243,7 +263,7 @@ async fn start_envoy(
         .arg(&admin_path)
         .args(["-l", "warn"])
         .env(configs::FILTER_TOKEN_ENV, &tools.filter_token)
-        .env(NATIVE_PATH_ENV, &tools.native_dir);
+        .env(NATIVE_PATH_ENV, native_dir);
     let mut process = Process::spawn(name, command, dir, "\u{0}never")?;
     let deadline = Instant::now() + READY;
     loop {
@@ -374,7 +394,7 @@ async fn start_token_service(
         .context("configure the bench provider")?;
 
     // One user for the cache hit, miss_users + a few for the misses.
-    let miss_users = if opts.wants('e') {
+    let miss_users = if opts.wants('e') || opts.wants(NATIVE_MISS) {
         opts.miss_users + 10
     } else {
         0
@@ -558,8 +578,9 @@ async fn memory_of(http: &reqwest::Client, envoy: &Envoy) -> Value {
     })
 }
 
-/// RSS of idle Envoys with and without the filter at concurrency 1 and 4:
-/// what one more worker's Wasm VM costs.
+/// RSS of idle Envoys without a filter, with the Wasm filter and with the
+/// native module, at concurrency 1 and 4 (after one stamped request): what
+/// each build adds, and what one more worker's Wasm VM costs.
 async fn per_vm_memory(
     tools: &Tools,
     dir: &Path,
@@ -568,7 +589,11 @@ async fn per_vm_memory(
     http: &reqwest::Client,
 ) -> anyhow::Result<Value> {
     let mut rss = serde_json::Map::new();
-    for (kind, label) in [(Kind::Plain, "plain"), (Kind::Authstamp, "authstamp")] {
+    for (kind, label) in [
+        (Kind::Plain, "plain"),
+        (Kind::Authstamp, "authstamp"),
+        (Kind::Native, "native"),
+    ] {
         for workers in [1u32, 4] {
             let name = format!("mem-{label}-{workers}");
             let envoy = start_envoy(
@@ -577,10 +602,11 @@ async fn per_vm_memory(
                 &name,
                 &configs::bootstrap(kind, ports, &tools.wasm, &tools.floor_wasm),
                 workers,
+                &tools.native_dir,
                 http,
             )
             .await?;
-            if kind == Kind::Authstamp {
+            if kind != Kind::Plain {
                 let headers = headers_of('d', ts);
                 let expected = format!("Bearer {TOKEN_PREFIX}{HIT_USER}");
                 check(http, &envoy, &headers, Some(HIT_USER), Some(&expected)).await?;
@@ -596,6 +622,8 @@ async fn per_vm_memory(
     let at4 = get("mem-authstamp-4") - get("mem-plain-4");
     Ok(json!({
         "rss_kib": rss,
+        "native_rss_kib_at_concurrency_1": get("mem-native-1") - get("mem-plain-1"),
+        "native_rss_kib_at_concurrency_4": get("mem-native-4") - get("mem-plain-4"),
         "filter_rss_kib_at_concurrency_1": at1,
         "filter_rss_kib_at_concurrency_4": at4,
         "per_worker_vm_kib": ((at4 - at1) / 3.0).round(),
@@ -665,6 +693,21 @@ async fn main() -> anyhow::Result<()> {
             Kind::Native,
         ),
         (
+            NATIVE_MISS,
+            "(e') authstamp native module, miss on every request",
+            Kind::Native,
+        ),
+        (
+            WASM_HIT_NO_HEAL,
+            "authstamp, cache hit, heal machinery off",
+            Kind::AuthstampWithoutHealing,
+        ),
+        (
+            NATIVE_HIT_NO_HEAL,
+            "authstamp native module, cache hit, heal machinery off",
+            Kind::NativeWithoutHealing,
+        ),
+        (
             'n',
             "reference: no-op Wasm filter",
             Kind::WasmFloor { stamp: false },
@@ -712,6 +755,41 @@ async fn main() -> anyhow::Result<()> {
         });
     }
 
+    // (i), (j), (k): the native cache hit with other builds of the module
+    // (AUTHSTAMP_BENCH_ALT_NATIVE=dir/libauthstamp_native.so,…), as shipped.
+    let alt_natives: Vec<(char, PathBuf)> = std::env::var("AUTHSTAMP_BENCH_ALT_NATIVE")
+        .unwrap_or_default()
+        .split(',')
+        .filter(|p| !p.is_empty())
+        .zip(ALT_NATIVE_IDS)
+        .map(|(p, id)| (id, PathBuf::from(p)))
+        .collect();
+    for (id, path) in &alt_natives {
+        if !path.is_file() || path.file_name().is_none_or(|n| n != NATIVE_FILE) {
+            bail!(
+                "AUTHSTAMP_BENCH_ALT_NATIVE: {} is not a file named {NATIVE_FILE}",
+                path.display()
+            );
+        }
+        let folder = path
+            .parent()
+            .and_then(Path::file_name)
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        scenarios.push((
+            *id,
+            format!("authstamp native module, cache hit ({folder})"),
+            Kind::Native,
+        ));
+    }
+    let native_dir_of = |id: char| -> PathBuf {
+        alt_natives
+            .iter()
+            .find(|(alt, _)| *alt == id)
+            .and_then(|(_, p)| p.parent().map(Path::to_path_buf))
+            .unwrap_or_else(|| tools.native_dir.clone())
+    };
+
     // Validate, then start, every Envoy.
     let mut envoys = Vec::new();
     for (id, _, kind) in &scenarios {
@@ -727,7 +805,7 @@ async fn main() -> anyhow::Result<()> {
             .args(["--mode", "validate", "-l", "error", "-c"])
             .arg(&path)
             .env(configs::FILTER_TOKEN_ENV, &tools.filter_token)
-            .env(NATIVE_PATH_ENV, &tools.native_dir)
+            .env(NATIVE_PATH_ENV, native_dir_of(*id))
             .output()?;
         if !out.status.success() {
             bail!(
@@ -742,6 +820,7 @@ async fn main() -> anyhow::Result<()> {
             &format!("envoy-{id}"),
             &config,
             opts.concurrency,
+            &native_dir_of(*id),
             &http,
         )
         .await?;
@@ -774,8 +853,8 @@ async fn main() -> anyhow::Result<()> {
             id if is_hit(*id) => check(&http, envoy, &headers, Some(HIT_USER), Some(&hit)).await?,
             _ => check(&http, envoy, &headers, Some(&probe), Some(&probe_expected)).await?,
         }
-        let unique = (*id == 'e').then_some((0, window));
-        let fixed = (*id != 'e').then_some(HIT_USER);
+        let unique = is_miss(*id).then_some((0, window));
+        let fixed = (!is_miss(*id)).then_some(HIT_USER);
         wrk(
             &tools,
             full,
@@ -790,6 +869,8 @@ async fn main() -> anyhow::Result<()> {
 
     let mut miss_ratios = Vec::new();
     let mut e_memory = Vec::new();
+    let mut native_miss_ratios = Vec::new();
+    let mut native_miss_memory = Vec::new();
     for round in 0..opts.rounds {
         // Each round starts one scenario later, so that no scenario always
         // runs right after the same neighbour.
@@ -798,9 +879,9 @@ async fn main() -> anyhow::Result<()> {
         for i in order {
             let ((id, _, _), envoy) = (&scenarios[i], &envoys[i]);
             let headers = headers_of(*id, &ts);
-            let unique = (*id == 'e').then_some((window * u64::from(2 * round + 1), window));
-            let fixed = (*id != 'e').then_some(HIT_USER);
-            let before = if *id == 'e' {
+            let unique = is_miss(*id).then_some((window * u64::from(2 * round + 1), window));
+            let fixed = (!is_miss(*id)).then_some(HIT_USER);
+            let before = if is_miss(*id) {
                 ts.lookups(&http).await?
             } else {
                 0
@@ -839,10 +920,17 @@ async fn main() -> anyhow::Result<()> {
             if let Some(mut perf) = perf {
                 let _ = perf.wait();
             }
-            if *id == 'e' {
+            if is_miss(*id) {
                 let lookups = ts.lookups(&http).await? - before;
-                miss_ratios.push(lookups as f64 / run.requests.max(1) as f64);
-                e_memory.push(memory_of(&http, envoy).await);
+                let ratio = lookups as f64 / run.requests.max(1) as f64;
+                let memory = memory_of(&http, envoy).await;
+                if *id == 'e' {
+                    miss_ratios.push(ratio);
+                    e_memory.push(memory);
+                } else {
+                    native_miss_ratios.push(ratio);
+                    native_miss_memory.push(memory);
+                }
             }
             eprintln!(
                 "bench: round {} ({id}) {:>9.0} rps  p50 {:>6} µs  p99 {:>6} µs  p99.9 {:>6} µs  Envoy CPU {:>5.1} µs/req  errors {}",
@@ -856,7 +944,7 @@ async fn main() -> anyhow::Result<()> {
             );
             results[i].runs.push(run);
             if opts.latency_duration > 0 {
-                let unique = (*id == 'e').then_some((window * u64::from(2 * round + 2), window));
+                let unique = is_miss(*id).then_some((window * u64::from(2 * round + 2), window));
                 let latency = wrk(
                     &tools,
                     single,
@@ -883,7 +971,7 @@ async fn main() -> anyhow::Result<()> {
     let mut memory = serde_json::Map::new();
     for ((id, _, _), envoy) in scenarios.iter().zip(&envoys) {
         memory.insert(id.to_string(), memory_of(&http, envoy).await);
-        if matches!(*id, 'd' | 'e' | NATIVE_HIT) {
+        if matches!(*id, 'd' | 'e' | NATIVE_HIT | NATIVE_MISS) {
             let text = admin_get(&http, envoy, "/stats/prometheus").await?;
             filter_metrics.insert(id.to_string(), report::authstamp_metrics(&text));
         }
@@ -923,6 +1011,8 @@ async fn main() -> anyhow::Result<()> {
         "miss_users_per_round": window,
         "e_token_lookups_per_request": miss_ratios,
         "e_memory_after_each_round": e_memory,
+        "native_miss_token_lookups_per_request": native_miss_ratios,
+        "native_miss_memory_after_each_round": native_miss_memory,
         "memory": memory,
         "per_vm_memory": per_vm,
         "filter_metrics": filter_metrics,

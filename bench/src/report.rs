@@ -267,6 +267,41 @@ pub fn render(scenarios: &[Scenario], meta: Value) -> (Value, String) {
             goals.push(goal("(d) rps ≥ (c) rps", d.rps / c.rps, 1.0, true, "× (c)"));
         }
     }
+    // The native module: (h) is (d'), (m) is (e').
+    if let (Some(b), Some(h)) = (&base, get('h')) {
+        goals.push(goal(
+            "(d') Envoy CPU ≤ (b) + 3 µs/req",
+            h.envoy_cpu_us - b.envoy_cpu_us,
+            3.0,
+            false,
+            "µs over (b)",
+        ));
+        goals.push(goal(
+            "(d') rps ≥ 0.97 × (b)",
+            h.rps / b.rps,
+            0.97,
+            true,
+            "×",
+        ));
+        if let Some(c) = get('c') {
+            goals.push(goal(
+                "(d') rps ≥ (c) rps",
+                h.rps / c.rps,
+                1.0,
+                true,
+                "× (c)",
+            ));
+        }
+    }
+    if let (Some(e), Some(m)) = (get('e'), get('m')) {
+        goals.push(goal(
+            "(e') Envoy CPU ≤ 0.5 × (e)",
+            m.envoy_cpu_us / e.envoy_cpu_us,
+            0.5,
+            false,
+            "× (e)",
+        ));
+    }
     md.push('\n');
     for g in &goals {
         md.push_str(&format!(
@@ -280,6 +315,27 @@ pub fn render(scenarios: &[Scenario], meta: Value) -> (Value, String) {
             g["measured"].as_str().unwrap_or_default()
         ));
     }
+    // What the heal machinery (upstream instance, retry policy) costs a
+    // hit: each build against itself without it, in the same rounds.
+    let mut heal = Vec::new();
+    for (with, without, build) in [('d', 'f', "Wasm"), ('h', 'g', "native")] {
+        if let (Some(w), Some(o)) = (get(with), get(without)) {
+            md.push_str(&format!(
+                "- heal machinery, {build} hit ({with}) ÷ ({without}): Envoy CPU {:.2} × ({:+.1} µs/req), rps {:.2} ×\n",
+                w.envoy_cpu_us / o.envoy_cpu_us,
+                w.envoy_cpu_us - o.envoy_cpu_us,
+                w.rps / o.rps
+            ));
+            heal.push(json!({
+                "build": build,
+                "with": with.to_string(),
+                "without": without.to_string(),
+                "envoy_cpu_ratio": ratio(w.envoy_cpu_us, o.envoy_cpu_us),
+                "envoy_cpu_added_us": w.envoy_cpu_us - o.envoy_cpu_us,
+                "rps_ratio": ratio(w.rps, o.rps),
+            }));
+        }
+    }
     md.push_str(&format!(
         "\nrps and loaded p50/p99: wrk {} connection(s), {} thread(s), {} s; p50/p99/p99.9: one connection, {} s; \
          Envoy --concurrency {}; medians of {} round(s); {} CPUs, load {} → {}.\n",
@@ -288,7 +344,7 @@ pub fn render(scenarios: &[Scenario], meta: Value) -> (Value, String) {
         meta["loadavg_before"].as_str().unwrap_or_default(),
         meta["loadavg_after"].as_str().unwrap_or_default()
     ));
-    let doc = json!({ "scenarios": rows, "goals": goals, "meta": meta });
+    let doc = json!({ "scenarios": rows, "goals": goals, "heal_machinery": heal, "meta": meta });
     (doc, md)
 }
 
@@ -370,6 +426,41 @@ mod tests {
         assert_eq!((s.loaded_p50_us, s.loaded_p99_us), (900.0, 2000.0));
         assert_eq!(s.rps, 500.0);
         assert_eq!(s.requests, 200);
+    }
+
+    #[test]
+    fn native_goals_and_heal_ratios() {
+        let with_cpu = |id: char, rps: f64, cpu: f64| {
+            let mut s = Scenario::new(id, "x");
+            s.runs = vec![Run {
+                envoy_cpu_us: cpu,
+                ..run(rps, 100, 200)
+            }];
+            s
+        };
+        let rows = [
+            with_cpu('b', 1000.0, 50.0),
+            with_cpu('e', 200.0, 400.0),
+            with_cpu('h', 980.0, 52.0),
+            with_cpu('g', 1000.0, 50.0),
+            with_cpu('m', 400.0, 180.0),
+        ];
+        let (doc, md) = render(&rows, json!({}));
+        let goals = doc["goals"].as_array().unwrap();
+        let met = |name: &str| {
+            goals
+                .iter()
+                .find(|g| g["goal"] == json!(name))
+                .map(|g| g["met"] == json!(true))
+        };
+        assert_eq!(met("(d') Envoy CPU ≤ (b) + 3 µs/req"), Some(true));
+        assert_eq!(met("(d') rps ≥ 0.97 × (b)"), Some(true));
+        assert_eq!(met("(e') Envoy CPU ≤ 0.5 × (e)"), Some(true));
+        assert!(
+            md.contains("native hit (h) ÷ (g): Envoy CPU 1.04 × (+2.0 µs/req), rps 0.98 ×"),
+            "{md}"
+        );
+        assert_eq!(doc["heal_machinery"][0]["envoy_cpu_added_us"], json!(2.0));
     }
 
     #[test]

@@ -300,18 +300,26 @@ fn arm_thread_tick() {
     if ARMED.get().is_some() {
         return;
     }
-    let workers: Vec<Rc<Worker>> = WORKERS.with(|w| w.borrow().values().cloned().collect());
-    let Some(period) = workers
-        .iter()
-        .filter(|w| w.wants_fast_ticks())
-        .map(|w| w.tick_period.get())
-        .min()
-    else {
+    // Checked before anything is collected: on a hit nobody wants ticks.
+    let period = WORKERS.with(|w| {
+        w.borrow()
+            .values()
+            .filter(|w| w.wants_fast_ticks())
+            .map(|w| w.tick_period.get())
+            .min()
+    });
+    let Some(period) = period else {
         return;
     };
     // Downstream streams only: Envoy runs no scheduled event on an
     // upstream attempt.
-    let workers: Vec<Rc<Worker>> = workers.into_iter().filter(|w| !w.upstream.get()).collect();
+    let workers: Vec<Rc<Worker>> = WORKERS.with(|w| {
+        w.borrow()
+            .values()
+            .filter(|w| !w.upstream.get())
+            .cloned()
+            .collect()
+    });
     let paused = |w: &Worker| {
         w.paused
             .borrow()
@@ -487,29 +495,62 @@ fn apply(stream: &mut Stream<'_>, action: Action) {
     }
 }
 
-/// Replaces the whole request header map with `headers`, in order.
+/// Makes the request header map hold exactly `headers`: names it lacks
+/// are removed, and a name is written (its first value set, the others
+/// added) only where its values differ from the map's (most headers of a
+/// stamped request pass unchanged; each write is a host call).
 fn replace_request_headers(
     stream: &mut Stream<'_>,
     headers: &[(&str, &[u8])],
 ) -> Result<(), crate::host::HostError> {
-    let keep: HashSet<String> = headers
-        .iter()
-        .map(|(n, _)| n.to_ascii_lowercase())
-        .collect();
-    let gone: Vec<String> = stream
-        .request_headers()
-        .iter()
-        .map(|(n, _)| String::from_utf8_lossy(n).to_ascii_lowercase())
-        .filter(|n| !keep.contains(n))
-        .collect();
+    let (gone, changed) = {
+        let current = stream.request_headers();
+        let mut gone: Vec<String> = Vec::new();
+        for (i, (name, _)) in current.iter().enumerate() {
+            let first = !current[..i]
+                .iter()
+                .any(|(n, _)| n.eq_ignore_ascii_case(name));
+            let kept = headers
+                .iter()
+                .any(|(n, _)| n.as_bytes().eq_ignore_ascii_case(name));
+            if first && !kept {
+                gone.push(String::from_utf8_lossy(name).into_owned());
+            }
+        }
+        let mut changed: Vec<&str> = Vec::new();
+        for (i, (name, _)) in headers.iter().enumerate() {
+            if headers[..i]
+                .iter()
+                .any(|(n, _)| n.eq_ignore_ascii_case(name))
+            {
+                continue;
+            }
+            let wanted = headers
+                .iter()
+                .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| *v);
+            let held = current
+                .iter()
+                .filter(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+                .map(|(_, v)| *v);
+            if !wanted.eq(held) {
+                changed.push(name);
+            }
+        }
+        (gone, changed)
+    };
     for name in gone {
         stream.remove_request_header(&name)?;
     }
-    let mut written: HashSet<String> = HashSet::new();
-    for (name, value) in headers {
-        if written.insert(name.to_ascii_lowercase()) {
-            stream.set_request_header(name, value)?;
-        } else {
+    for name in changed {
+        let mut values = headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| *v);
+        if let Some(first) = values.next() {
+            stream.set_request_header(name, first)?;
+        }
+        for value in values {
             stream.add_request_header(name, value)?;
         }
     }
