@@ -145,6 +145,7 @@ soak: build envoy ## SOAK_SECONDS (300) of bounded load with token churn: 0 fail
 
 # Token service benchmark: lookups on SQLite and PostgreSQL with
 # 1,000 and 1,000,000 connections; target/bench/service.{json,md}.
+# AUTHSTAMP_BIN_BASELINE=<authstamp binary> measures it side by side.
 .PHONY: bench-service bench-service-quick postgres-check
 bench-service: postgres-check ## token service lookups on SQLite and PostgreSQL, 1,000 and 1,000,000 connections
 	cargo build --profile service -p authstamp-token-service

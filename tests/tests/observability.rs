@@ -49,12 +49,17 @@ fn metric_names(text: &str) -> BTreeSet<String> {
     names
 }
 
-/// The metric families a Prometheus text exposition declares (`# TYPE`).
+/// The metric names a Prometheus or OpenMetrics text exposition declares
+/// (`# TYPE`); an OpenMetrics counter family `x` is exported as `x_total`.
 fn exported_families(text: &str) -> BTreeSet<String> {
     text.lines()
         .filter_map(|line| line.strip_prefix("# TYPE "))
-        .filter_map(|rest| rest.split(' ').next())
-        .map(str::to_string)
+        .filter_map(|rest| rest.split_once(' '))
+        .flat_map(|(name, kind)| {
+            let total =
+                (kind == "counter" && !name.ends_with("_total")).then(|| format!("{name}_total"));
+            std::iter::once(name.to_string()).chain(total)
+        })
         .collect()
 }
 

@@ -427,15 +427,8 @@ async fn metrics_text(State(state): State<AppState>) -> impl IntoResponse {
         .ok()
         .and_then(Result::ok)
         .flatten();
-    let mut text = state.metrics.render(counts);
-    text.push_str(&metrics::render_active_key(active_key));
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        text,
-    )
+    let text = state.metrics.render(counts, active_key);
+    ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text)
 }
 
 /// `GET /v1/catalog`: every catalog entry (public data, no authentication).

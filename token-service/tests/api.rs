@@ -897,10 +897,10 @@ async fn metrics_count_lookups_and_provider_calls() {
     .assert_error(401, "bad_app_key");
     let reply = h.get("/metrics").await;
     assert_eq!(reply.status, StatusCode::OK);
-    assert!(reply
-        .header("content-type")
-        .unwrap()
-        .starts_with("text/plain"));
+    assert_eq!(
+        reply.header("content-type"),
+        Some("application/openmetrics-text; version=1.0.0; charset=utf-8")
+    );
     let text = reply.text();
     for line in [
         "authstamp_token_lookups_total{outcome=\"ok\"} 1",

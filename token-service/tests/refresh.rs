@@ -518,7 +518,7 @@ async fn a_healed_provider_is_probed_within_seconds_and_every_cooldown_ends_case
     for line in [
         "authstamp_provider_probes_total 1",
         "authstamp_refresh_recoveries_total 2",
-        "authstamp_refresh_time_to_recover_seconds_bucket{le=\"5\"} 2",
+        "authstamp_refresh_time_to_recover_seconds_bucket{le=\"5.0\"} 2",
         "authstamp_refresh_time_to_recover_seconds_count 2",
     ] {
         assert!(

@@ -14,6 +14,13 @@
 //! `--quick`: 1,000 and 20,000 connections, fewer requests, every cell
 //! still run (a smoke run for CI). `AUTHSTAMP_BIN` picks the binary
 //! (default: `target/service/authstamp`, else `target/debug/authstamp`).
+//!
+//! `AUTHSTAMP_BIN_BASELINE`: a second binary (e.g. the last release) run on
+//! the same cells in the same interleaved rounds, each with its own
+//! database; the report adds its rows and the ratios candidate/baseline of
+//! lookups/s and of the server's CPU time per lookup (utime + stime of the
+//! token-service process from `/proc/<pid>/stat`, summed over the rounds).
+//! `BENCH_SERVICE_REQUESTS` overrides the measured requests per cell.
 
 use authstamp_e2e::postgres::TestPostgres;
 use serde_json::{json, Value};
@@ -32,6 +39,26 @@ struct Plan {
     sizes: [u64; 2],
     requests: u64,
     warmup: u64,
+}
+
+/// Which binary a cell runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Candidate,
+    Baseline,
+}
+
+impl Role {
+    fn as_str(self) -> &'static str {
+        match self {
+            Role::Candidate => "candidate",
+            Role::Baseline => "baseline",
+        }
+    }
+}
+
+fn baseline_binary() -> Option<PathBuf> {
+    std::env::var_os("AUTHSTAMP_BIN_BASELINE").map(PathBuf::from)
 }
 
 fn binary() -> PathBuf {
@@ -127,6 +154,25 @@ impl Server {
                 .unwrap_or(0.0)
         };
         (kib("VmRSS:") / 1024.0, kib("VmHWM:") / 1024.0)
+    }
+
+    /// CPU time (user + system, all threads) the server has used so far.
+    fn cpu_time(&self) -> Duration {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // Fields after the parenthesised command name; utime and stime are
+        // the 14th and 15th fields, in USER_HZ (100 per second on Linux).
+        let ticks: u64 = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| {
+                rest.split_whitespace()
+                    .skip(11)
+                    .take(2)
+                    .filter_map(|f| f.parse::<u64>().ok())
+                    .sum()
+            })
+            .unwrap_or(0);
+        Duration::from_millis(ticks * 10)
     }
 }
 
@@ -226,6 +272,7 @@ fn percentile_ms(sorted_us: &[u64], p: f64) -> f64 {
 
 /// A seeded database with its server running.
 struct Prepared {
+    role: Role,
     backend: &'static str,
     connections: u64,
     store: Store,
@@ -238,22 +285,24 @@ struct Prepared {
     latencies_us: Vec<u64>,
     errors: u64,
     busy: Duration,
+    cpu: Duration,
 }
 
 async fn prepare(
-    bin: &Path,
+    (role, bin): (Role, &Path),
     plan: &Plan,
     backend: &'static str,
     connections: u64,
     pg: Option<&TestPostgres>,
     work: &Path,
 ) -> Prepared {
-    let dir = work.join(format!("{backend}-{connections}"));
+    let dir = work.join(format!("{backend}-{connections}-{}", role.as_str()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("cell dir");
     let store = Store {
         data_dir: dir.join("data"),
-        database_url: pg.map(|pg| pg.create_database(&format!("bench_{connections}"))),
+        database_url: pg
+            .map(|pg| pg.create_database(&format!("bench_{connections}_{}", role.as_str()))),
         master_key: master_key(),
     };
     let app = cli(bin, &store, &["app", "create", "--name", "bench"]);
@@ -312,6 +361,7 @@ async fn prepare(
         dir.display()
     );
     Prepared {
+        role,
         backend,
         connections,
         store,
@@ -324,15 +374,23 @@ async fn prepare(
         latencies_us: Vec::new(),
         errors: 0,
         busy: Duration::ZERO,
+        cpu: Duration::ZERO,
     }
 }
 
-/// Measures the small and the large cell of one backend in alternating
-/// rounds, so that whatever else the machine does hits both alike.
-async fn measure_pair(plan: &Plan, cells: &mut [Prepared; 2]) {
-    let rounds = 3;
-    for _ in 0..rounds {
-        for cell in cells.iter_mut() {
+/// Measures the cells of one backend (small and large, candidate and
+/// baseline) in interleaved rounds, so that whatever else the machine does
+/// hits all alike; every other round runs them in reverse order.
+async fn measure_interleaved(plan: &Plan, cells: &mut [Prepared]) {
+    let rounds = 4;
+    for round in 0..rounds {
+        let mut order: Vec<usize> = (0..cells.len()).collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for i in order {
+            let cell = &mut cells[i];
+            let cpu_before = cell.server.cpu_time();
             let l = load(
                 &cell.server.url,
                 &cell.app_id,
@@ -341,6 +399,7 @@ async fn measure_pair(plan: &Plan, cells: &mut [Prepared; 2]) {
                 plan.requests / rounds,
             )
             .await;
+            cell.cpu += cell.server.cpu_time().saturating_sub(cpu_before);
             cell.latencies_us.extend(l.latencies_us);
             cell.errors += l.errors;
             cell.busy += l.wall;
@@ -357,6 +416,7 @@ fn finish(mut cell: Prepared, pg: Option<&TestPostgres>) -> Value {
         / 1000.0;
     let n = cell.latencies_us.len() as f64;
     let result = json!({
+        "binary": cell.role.as_str(),
         "backend": cell.backend,
         "connections": cell.connections,
         "seed_seconds": round(seed_secs, 2),
@@ -367,6 +427,7 @@ fn finish(mut cell: Prepared, pg: Option<&TestPostgres>) -> Value {
         "errors": cell.errors,
         "concurrency": CONCURRENCY,
         "throughput_rps": round(n / cell.busy.as_secs_f64(), 0),
+        "cpu_us_per_lookup": round(cell.cpu.as_secs_f64() * 1e6 / n, 1),
         "p50_ms": round(percentile_ms(&cell.latencies_us, 50.0), 3),
         "p99_ms": round(percentile_ms(&cell.latencies_us, 99.0), 3),
         "rss_idle_mib": round(cell.idle_rss, 1),
@@ -395,22 +456,34 @@ fn round(x: f64, digits: i32) -> f64 {
     (x * f).round() / f
 }
 
-fn markdown(cells: &[Value], ratios: &[Value], plan: &Plan, bin: &Path) -> String {
+fn markdown(
+    cells: &[Value],
+    ratios: &[Value],
+    versus: &[Value],
+    plan: &Plan,
+    bins: &[(Role, PathBuf)],
+) -> String {
     let mut out = String::new();
+    let named: Vec<String> = bins
+        .iter()
+        .map(|(role, bin)| format!("{} `{}`", role.as_str(), bin.display()))
+        .collect();
     out.push_str(&format!(
-        "Token lookups (`POST /v1/token-lookup`, random users, {CONCURRENCY} in flight, {} measured requests per cell{}), binary `{}`.\n\n",
+        "Token lookups (`POST /v1/token-lookup`, random users, {CONCURRENCY} in flight, {} measured requests per cell{}), {}.\n\n",
         plan.requests,
         if plan.quick { ", quick mode" } else { "" },
-        bin.display()
+        named.join(", ")
     ));
-    out.push_str("| backend | connections | lookups/s | p50 ms | p99 ms | errors | RSS MiB (peak) | seed s (rows/s) | of which sealing s |\n");
-    out.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    out.push_str("| binary | backend | connections | lookups/s | server CPU µs/lookup | p50 ms | p99 ms | errors | RSS MiB (peak) | seed s (rows/s) | of which sealing s |\n");
+    out.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for c in cells {
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} ({}) | {} ({}) | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} ({}) | {} ({}) | {} |\n",
+            c["binary"].as_str().unwrap_or(""),
             c["backend"].as_str().unwrap_or(""),
             c["connections"],
             c["throughput_rps"],
+            c["cpu_us_per_lookup"],
             c["p50_ms"],
             c["p99_ms"],
             c["errors"],
@@ -421,10 +494,11 @@ fn markdown(cells: &[Value], ratios: &[Value], plan: &Plan, bin: &Path) -> Strin
             c["seed_sealing_seconds"],
         ));
     }
-    out.push_str("\n| backend | large/small | p50 ratio | p99 ratio | throughput ratio (small/large) | goal ≤ 1.5 |\n|---|---|---:|---:|---:|---|\n");
+    out.push_str("\n| binary | backend | large/small | p50 ratio | p99 ratio | throughput ratio (small/large) | goal ≤ 1.5 |\n|---|---|---|---:|---:|---:|---|\n");
     for r in ratios {
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {} | {} | {} |\n",
+            r["binary"].as_str().unwrap_or(""),
             r["backend"].as_str().unwrap_or(""),
             r["sizes"].as_str().unwrap_or(""),
             r["p50_ratio"],
@@ -436,6 +510,19 @@ fn markdown(cells: &[Value], ratios: &[Value], plan: &Plan, bin: &Path) -> Strin
                 "no"
             },
         ));
+    }
+    if !versus.is_empty() {
+        out.push_str("\n| backend | connections | lookups/s candidate/baseline | CPU per lookup candidate/baseline | p50 candidate/baseline |\n|---|---:|---:|---:|---:|\n");
+        for v in versus {
+            out.push_str(&format!(
+                "| {} | {} | {} | {} | {} |\n",
+                v["backend"].as_str().unwrap_or(""),
+                v["connections"],
+                v["throughput_ratio"],
+                v["cpu_per_lookup_ratio"],
+                v["p50_ratio"],
+            ));
+        }
     }
     out
 }
@@ -458,8 +545,19 @@ async fn main() {
             warmup: 3_000,
         }
     };
-    let bin = binary();
-    assert!(bin.is_file(), "{} missing: run `make service` or `cargo build --profile service -p authstamp-token-service`", bin.display());
+    let mut plan = plan;
+    // More measured requests per cell, for a comparison on a noisy machine.
+    if let Some(n) = std::env::var("BENCH_SERVICE_REQUESTS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+    {
+        plan.requests = n;
+    }
+    let mut bins = vec![(Role::Candidate, binary())];
+    bins.extend(baseline_binary().map(|bin| (Role::Baseline, bin)));
+    for (_, bin) in &bins {
+        assert!(bin.is_file(), "{} missing: run `make service` or `cargo build --profile service -p authstamp-token-service`", bin.display());
+    }
     let root = authstamp_e2e::workspace_root();
     let out_dir = root.join("target/bench");
     let work = out_dir.join("service-work");
@@ -468,45 +566,78 @@ async fn main() {
     let mut cells = Vec::new();
     for backend in ["sqlite", "postgres"] {
         let pg = (backend == "postgres").then_some(&pg);
-        let small = prepare(&bin, &plan, backend, plan.sizes[0], pg, &work).await;
-        let large = prepare(&bin, &plan, backend, plan.sizes[1], pg, &work).await;
-        let mut pair = [small, large];
-        measure_pair(&plan, &mut pair).await;
-        for cell in pair {
+        let mut prepared = Vec::new();
+        for (role, bin) in &bins {
+            for size in plan.sizes {
+                prepared.push(prepare((*role, bin), &plan, backend, size, pg, &work).await);
+            }
+        }
+        measure_interleaved(&plan, &mut prepared).await;
+        for cell in prepared {
             cells.push(finish(cell, pg));
         }
     }
     drop(pg);
+    let of = |role: Role, backend: &str, size: u64| {
+        cells
+            .iter()
+            .find(|c| {
+                c["binary"] == role.as_str() && c["backend"] == backend && c["connections"] == size
+            })
+            .cloned()
+            .unwrap_or(Value::Null)
+    };
+    let f = |v: &Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
     let mut ratios = Vec::new();
+    let mut versus = Vec::new();
     for backend in ["sqlite", "postgres"] {
-        let of = |size: u64| {
-            cells
-                .iter()
-                .find(|c| c["backend"] == backend && c["connections"] == size)
-                .cloned()
-                .unwrap_or(Value::Null)
-        };
-        let (small, large) = (of(plan.sizes[0]), of(plan.sizes[1]));
-        let f = |v: &Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
-        let p50 = f(&large, "p50_ms") / f(&small, "p50_ms");
-        let p99 = f(&large, "p99_ms") / f(&small, "p99_ms");
-        let throughput = f(&small, "throughput_rps") / f(&large, "throughput_rps");
-        ratios.push(json!({
-            "backend": backend,
-            "sizes": format!("{}/{}", plan.sizes[1], plan.sizes[0]),
-            "p50_ratio": round(p50, 2),
-            "p99_ratio": round(p99, 2),
-            "throughput_ratio": round(throughput, 2),
-            "meets_goal": p50 <= 1.5 && p99 <= 1.5 && throughput <= 1.5,
-        }));
+        for (role, _) in &bins {
+            let (small, large) = (
+                of(*role, backend, plan.sizes[0]),
+                of(*role, backend, plan.sizes[1]),
+            );
+            let p50 = f(&large, "p50_ms") / f(&small, "p50_ms");
+            let p99 = f(&large, "p99_ms") / f(&small, "p99_ms");
+            let throughput = f(&small, "throughput_rps") / f(&large, "throughput_rps");
+            ratios.push(json!({
+                "binary": role.as_str(),
+                "backend": backend,
+                "sizes": format!("{}/{}", plan.sizes[1], plan.sizes[0]),
+                "p50_ratio": round(p50, 2),
+                "p99_ratio": round(p99, 2),
+                "throughput_ratio": round(throughput, 2),
+                "meets_goal": p50 <= 1.5 && p99 <= 1.5 && throughput <= 1.5,
+            }));
+        }
+        if bins.len() == 2 {
+            for size in plan.sizes {
+                let (new, old) = (
+                    of(Role::Candidate, backend, size),
+                    of(Role::Baseline, backend, size),
+                );
+                let ratio = |k: &str| round(f(&new, k) / f(&old, k), 3);
+                versus.push(json!({
+                    "backend": backend,
+                    "connections": size,
+                    "throughput_ratio": ratio("throughput_rps"),
+                    "cpu_per_lookup_ratio": ratio("cpu_us_per_lookup"),
+                    "p50_ratio": ratio("p50_ms"),
+                }));
+            }
+        }
     }
+    let binaries: serde_json::Map<String, Value> = bins
+        .iter()
+        .map(|(role, bin)| (role.as_str().to_owned(), json!(bin.display().to_string())))
+        .collect();
     let report = json!({
         "quick": plan.quick,
-        "binary": bin.display().to_string(),
+        "binaries": binaries,
         "concurrency": CONCURRENCY,
         "requests_per_cell": plan.requests,
         "cells": cells,
         "ratios": ratios,
+        "candidate_vs_baseline": versus,
         "machine": {"cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)},
     });
     let name = if plan.quick {
@@ -520,7 +651,7 @@ async fn main() {
         serde_json::to_string_pretty(&report).expect("json"),
     )
     .expect("write json");
-    let table = markdown(&cells, &ratios, &plan, &bin);
+    let table = markdown(&cells, &ratios, &versus, &plan, &bins);
     std::fs::write(out_dir.join(format!("{name}.md")), &table).expect("write md");
     let _ = std::fs::remove_dir_all(&work);
     println!("{table}");
