@@ -652,8 +652,7 @@ fn validate_entry(e: &CatalogEntry) -> Vec<String> {
         );
     }
     check(
-        crate::validate::header_name(&e.header.name).is_ok()
-            || e.header.location == authstamp_protocol::StampLocation::Query,
+        crate::validate::credential_name(e.header.placement, &e.header.name).is_ok(),
         "header.name must be a lowercase, unreserved header name",
     );
     check(
