@@ -28,10 +28,9 @@
 use std::fmt;
 use std::time::Duration;
 
-use authstamp_protocol::{StampHeader, StampLocation, Upstream};
+use authstamp_protocol::{credential, upstream, Credential, Placement, Upstream};
 
 use crate::host::{Host, SharedDataError};
-use crate::stamp;
 
 /// Version of the key and value layout: a change makes old entries invisible.
 const SLOT_PREFIX: &str = "authstamp/v2/slot/";
@@ -120,7 +119,7 @@ pub fn key_digest(app_key: &str) -> [u8; 32] {
 pub struct Entry {
     pub key: String,
     pub app_key_digest: [u8; 32],
-    pub header: StampHeader,
+    pub credential: Credential,
     pub upstream: Upstream,
     pub valid_until: u64,
     /// When the token itself expires at the provider (Unix seconds), if the
@@ -133,7 +132,7 @@ impl fmt::Debug for Entry {
         f.debug_struct("Entry")
             .field("key", &self.key)
             .field("app_key_digest", &"<redacted>")
-            .field("header", &self.header)
+            .field("credential", &self.credential)
             .field("upstream", &self.upstream)
             .field("valid_until", &self.valid_until)
             .field("expires_at", &self.expires_at)
@@ -152,16 +151,16 @@ impl Entry {
     pub fn encode(&self) -> Option<Vec<u8>> {
         // A query credential's name is written `?name` (no header name can
         // start with `?`).
-        let stamp_name = match self.header.location {
-            StampLocation::Header => std::borrow::Cow::Borrowed(self.header.name.as_str()),
-            StampLocation::Query => std::borrow::Cow::Owned(format!("?{}", self.header.name)),
+        let stamp_name = match self.credential.placement {
+            Placement::Header => std::borrow::Cow::Borrowed(self.credential.name.as_str()),
+            Placement::Query => std::borrow::Cow::Owned(format!("?{}", self.credential.name)),
         };
         let digest = hex(&self.app_key_digest);
         let fields = [
             self.key.as_str(),
             &digest,
             &stamp_name,
-            &self.header.value,
+            &self.credential.value,
             &self.upstream.scheme,
             &self.upstream.authority,
             &self.upstream.base_path,
@@ -210,19 +209,19 @@ impl Entry {
         let entry = Entry {
             key: next()?,
             app_key_digest: unhex(&next()?)?,
-            header: {
+            credential: {
                 let name = next()?;
                 let value = next()?;
                 match name.strip_prefix('?') {
-                    Some(query) => StampHeader {
+                    Some(query) => Credential {
                         name: query.to_string(),
                         value,
-                        location: StampLocation::Query,
+                        placement: Placement::Query,
                     },
-                    None => StampHeader {
+                    None => Credential {
                         name,
                         value,
-                        location: StampLocation::Header,
+                        placement: Placement::Header,
                     },
                 }
             },
@@ -297,11 +296,7 @@ fn unhex(text: &str) -> Option<[u8; 32]> {
 
 /// Byte-wise equality in time independent of where the inputs differ.
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
-    std::hint::black_box(diff) == 0
+    subtle::ConstantTimeEq::ct_eq(a, b).into()
 }
 
 /// The entry of `key` in its first candidate slot that holds it, if any.
@@ -335,8 +330,8 @@ pub fn lookup(
     }
     // Only this filter writes these keys, after validating the answer in
     // full; a cheap check of the shape is enough here.
-    if stamp::check_upstream_shape(&entry.upstream).is_err()
-        || stamp::validate_header(&entry.header).is_err()
+    if upstream::check_shape(&entry.upstream).is_err()
+        || credential::check(&entry.credential).is_err()
     {
         log::warn!("authstamp: ignoring a malformed cache entry");
         return None;
@@ -362,8 +357,8 @@ pub fn lookup_stale(
     if !constant_time_eq(&entry.app_key_digest, app_key_digest) {
         return None;
     }
-    if stamp::check_upstream_shape(&entry.upstream).is_err()
-        || stamp::validate_header(&entry.header).is_err()
+    if upstream::check_shape(&entry.upstream).is_err()
+        || credential::check(&entry.credential).is_err()
     {
         return None;
     }
@@ -436,7 +431,7 @@ pub fn invalidate(host: &dyn Host, key: &Slotted, stamped: u64) -> bool {
             continue;
         };
         if entry.key == key.key
-            && hash(entry.header.value.as_bytes()) == stamped
+            && hash(entry.credential.value.as_bytes()) == stamped
             && host.set_shared_data(&name, b"", cas).is_ok()
         {
             deleted = true;
@@ -752,10 +747,10 @@ mod tests {
         Entry {
             key: key.key.clone(),
             app_key_digest: key_digest("ask_1"),
-            header: StampHeader {
+            credential: Credential {
                 name: "authorization".into(),
                 value: format!("Bearer tok-{}", key.key),
-                location: StampLocation::Header,
+                placement: Placement::Header,
             },
             upstream: Upstream {
                 scheme: "https".into(),
@@ -841,8 +836,8 @@ mod tests {
         let short = text.rsplit_once('\n').unwrap().0;
         assert_eq!(Entry::decode(short.as_bytes()), None);
         let mut query = e.clone();
-        query.header.name = "api_key".into();
-        query.header.location = StampLocation::Query;
+        query.credential.name = "api_key".into();
+        query.credential.placement = Placement::Query;
         let encoded = query.encode().unwrap();
         assert!(String::from_utf8_lossy(&encoded).contains("\n?api_key\n"));
         assert_eq!(
@@ -851,7 +846,7 @@ mod tests {
             "a query credential stays one"
         );
         let mut broken = e.clone();
-        broken.header.value = "Bearer a\nb".into();
+        broken.credential.value = "Bearer a\nb".into();
         assert_eq!(broken.encode(), None, "no line break is ever encoded");
         let debug = format!("{e:?}");
         assert!(
@@ -913,7 +908,7 @@ mod tests {
             &entry_for(&alice, 500).encode().unwrap(),
         );
         let found = lookup(&host, &alice, &key_digest("ask_1"), 100).unwrap();
-        assert_eq!(found.header.value, format!("Bearer tok-{}", alice.key));
+        assert_eq!(found.credential.value, format!("Bearer tok-{}", alice.key));
     }
 
     #[test]
@@ -1017,7 +1012,7 @@ mod tests {
         let k = slotted("alice", 8);
         let e = entry_for(&k, 500);
         store(&host, &k, &e, 100);
-        let refused = hash(e.header.value.as_bytes());
+        let refused = hash(e.credential.value.as_bytes());
         assert!(!invalidate(&host, &k, hash(b"Bearer another")));
         assert!(lookup(&host, &k, &key_digest("ask_1"), 100).is_some());
         assert!(!invalidate(&host, &slotted("bob", 8), refused));

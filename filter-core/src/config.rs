@@ -525,15 +525,7 @@ fn check_identifier(field: &str, value: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// An RFC 9110 token character.
-pub fn is_tchar(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-}
-
-/// A non-empty, lowercase header field name.
-pub fn is_lowercase_header_name(name: &str) -> bool {
-    !name.is_empty() && name.bytes().all(|b| is_tchar(b) && !b.is_ascii_uppercase())
-}
+pub use authstamp_protocol::credential::{is_lowercase_header_name, is_tchar};
 
 fn check_header_name(field: &str, name: &str) -> Result<(), ConfigError> {
     if !is_lowercase_header_name(name) || name.len() > 128 {

@@ -27,7 +27,7 @@
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use authstamp_protocol::{headers, ErrorCode, StampHeader, StampLocation, Upstream};
+use authstamp_protocol::{headers, Credential, ErrorCode, Placement, Upstream};
 
 use crate::cache;
 use crate::filter::{self, Verdict, Worker};
@@ -50,7 +50,7 @@ pub enum Heal {
     /// A replay is due; its credential comes with lookup `u64`.
     Awaiting(u64),
     /// A replay is due and gets this credential.
-    Retry(StampHeader),
+    Retry(Credential),
     /// The replay carries the fresher credential.
     Retried,
     /// No fresher credential (the code says why): the replay goes out as
@@ -74,7 +74,7 @@ pub struct Stamp {
     pub token: u64,
     /// Name and place of the stamped credential: a restamp replaces it.
     pub name: String,
-    pub location: StampLocation,
+    pub placement: Placement,
     pub upstream: Upstream,
     /// See [`is_static`].
     pub static_credential: bool,
@@ -84,8 +84,8 @@ pub struct Stamp {
 /// Whether a stamped credential is one no refresh can change: HTTP Basic
 /// (RFC 7617) or a query parameter (API keys). A provider's 401 to it
 /// passes through untouched.
-pub fn is_static(header: &StampHeader) -> bool {
-    header.location == StampLocation::Query
+pub fn is_static(header: &Credential) -> bool {
+    header.placement == Placement::Query
         || (header.name == "authorization"
             && header
                 .value
@@ -142,7 +142,7 @@ impl Stamps {
     /// Lookup `pending` is answered: each record awaiting it gets `fresh`
     /// (the answer's credential and upstream) if it is fresher and goes to
     /// the same place, else fails with `fresh`'s error or `token_refused`.
-    pub fn resolve(&mut self, pending: u64, fresh: Result<(&StampHeader, &Upstream), ErrorCode>) {
+    pub fn resolve(&mut self, pending: u64, fresh: Result<(&Credential, &Upstream), ErrorCode>) {
         let awaiting: Vec<u64> = self
             .records
             .iter()
@@ -179,10 +179,10 @@ impl Stamps {
 
 /// The credential to replay `stamp` with: `header`, if it is fresher and
 /// goes to the same upstream in the same place.
-fn replayable(stamp: &Stamp, header: &StampHeader, upstream: &Upstream) -> Option<StampHeader> {
+fn replayable(stamp: &Stamp, header: &Credential, upstream: &Upstream) -> Option<Credential> {
     let fresher = cache::hash(header.value.as_bytes()) != stamp.token;
     let same_place = header.name == stamp.name
-        && header.location == stamp.location
+        && header.placement == stamp.placement
         && *upstream == stamp.upstream;
     (fresher && same_place).then(|| header.clone())
 }
@@ -195,7 +195,7 @@ pub enum Decision {
     /// No replay to wait; the refresh runs (the next requests wait for it).
     Refreshing,
     /// Replay with this credential.
-    Retry(StampHeader),
+    Retry(Credential),
     /// Pass it to the app with `x-authstamp-error: <code>`.
     Unhealed(ErrorCode),
     /// Pass it to the app untouched: a static credential (see [`is_static`]).
@@ -228,8 +228,8 @@ pub fn on_refused(host: &dyn Host, worker: &Worker, id: u64, replay: bool) -> De
     let digest = cache::key_digest(lookup.identity.app_key.expose());
     // Someone refreshed already: replay with that token.
     if let Some(entry) = cache::lookup(host, key, &digest, now_ms / 1000) {
-        if cache::hash(entry.header.value.as_bytes()) != token {
-            return decide_stamp(worker, id, &entry.header, &entry.upstream);
+        if cache::hash(entry.credential.value.as_bytes()) != token {
+            return decide_stamp(worker, id, &entry.credential, &entry.upstream);
         }
     }
     let in_flight = worker.inflight.borrow().find_forced(&key.key);
@@ -307,7 +307,7 @@ fn waiting(pending: u64, replay: bool) -> Decision {
 pub fn decide_stamp(
     worker: &Worker,
     id: u64,
-    header: &StampHeader,
+    header: &Credential,
     upstream: &Upstream,
 ) -> Decision {
     let stamps = worker.stamps.borrow();
@@ -417,8 +417,8 @@ pub fn replay(host: &dyn Host, worker: &Worker, id: u64) -> Result<(), Rejection
 
 /// Replaces the credential of the effective (already stamped) request: a
 /// header (query credentials are static, never replayed).
-fn restamp(host: &dyn Host, header: &StampHeader) -> Result<(), Rejection> {
-    if header.location == StampLocation::Header {
+fn restamp(host: &dyn Host, header: &Credential) -> Result<(), Rejection> {
+    if header.placement == Placement::Header {
         host.set_request_header(&header.name, &header.value)
             .map_err(|_| crate::stamp::header_write_failed())?;
     }

@@ -5,6 +5,12 @@
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
+pub mod credential;
+pub mod upstream;
+
+pub use credential::{Credential, Placement};
+pub use upstream::Upstream;
+
 /// Request and response header names of the pass-through.
 pub mod headers {
     /// Every header starting with this prefix is authstamp's: a request that
@@ -259,7 +265,9 @@ pub struct TokenLookupRequest {
 /// Answer of `POST /v1/token-lookup`: what to stamp and where to send it.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenLookupResponse {
-    pub header: StampHeader,
+    /// Serialized as `header`, its name before query credentials existed.
+    #[serde(rename = "header")]
+    pub credential: Credential,
     pub upstream: Upstream,
     /// Unix seconds when the access token expires; `None` when the provider
     /// gave no lifetime.
@@ -269,85 +277,11 @@ pub struct TokenLookupResponse {
 impl fmt::Debug for TokenLookupResponse {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TokenLookupResponse")
-            .field("header", &self.header)
+            .field("credential", &self.credential)
             .field("upstream", &self.upstream)
             .field("expires_at", &self.expires_at)
             .finish()
     }
-}
-
-/// The credential to set on the upstream request: a header, e.g.
-/// `authorization: Bearer <token>`, or (`"in": "query"`) a query parameter,
-/// e.g. `?api_key=<key>`, replacing every parameter of that name the request
-/// carried. The value is a credential.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StampHeader {
-    pub name: String,
-    pub value: String,
-    /// Where the credential goes; absent means a header.
-    #[serde(
-        default,
-        rename = "in",
-        skip_serializing_if = "StampLocation::is_header"
-    )]
-    pub location: StampLocation,
-}
-
-/// Where a stamped credential goes (OpenAPI's `in` of an API key).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum StampLocation {
-    /// A request header (`name` is a lowercase header name).
-    #[default]
-    Header,
-    /// A query parameter (`name` matches `[A-Za-z0-9._~-]{1,64}`; the value is
-    /// percent-encoded by the filter).
-    Query,
-}
-
-impl StampLocation {
-    pub fn is_header(&self) -> bool {
-        *self == StampLocation::Header
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            StampLocation::Header => "header",
-            StampLocation::Query => "query",
-        }
-    }
-}
-
-/// Whether `name` may be a stamped query parameter: 1 to 64 RFC 3986
-/// unreserved characters, so it needs no encoding.
-pub fn is_query_param_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'~' | b'-'))
-}
-
-impl fmt::Debug for StampHeader {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("StampHeader")
-            .field("name", &self.name)
-            .field("value", &"<redacted>")
-            .field("in", &self.location)
-            .finish()
-    }
-}
-
-/// Where the connection's API lives: the request goes to
-/// `scheme://authority` + `base_path` + the request's own path.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Upstream {
-    /// `http` or `https`.
-    pub scheme: String,
-    /// `host` or `host:port`.
-    pub authority: String,
-    /// Empty, or a path starting with `/` and without a trailing `/`.
-    pub base_path: String,
 }
 
 #[cfg(test)]
@@ -368,10 +302,10 @@ mod tests {
     #[test]
     fn debug_of_lookup_response_hides_the_credential() {
         let response = TokenLookupResponse {
-            header: StampHeader {
+            credential: Credential {
                 name: "authorization".into(),
                 value: "Bearer s3cr3t-token".into(),
-                location: StampLocation::Header,
+                placement: Placement::Header,
             },
             upstream: Upstream {
                 scheme: "https".into(),
@@ -383,27 +317,10 @@ mod tests {
         let debug = format!("{response:?}");
         assert!(!debug.contains("s3cr3t-token"), "{debug}");
         assert!(debug.contains("slack.com"));
-    }
-
-    #[test]
-    fn stamp_location_defaults_to_a_header() {
-        let header: StampHeader =
-            serde_json::from_str(r#"{"name":"authorization","value":"Bearer x"}"#).unwrap();
-        assert_eq!(header.location, StampLocation::Header);
-        assert_eq!(
-            serde_json::to_string(&header).unwrap(),
-            r#"{"name":"authorization","value":"Bearer x"}"#
-        );
-        let query: StampHeader =
-            serde_json::from_str(r#"{"name":"api_key","value":"k","in":"query"}"#).unwrap();
-        assert_eq!(query.location, StampLocation::Query);
-        assert!(serde_json::to_string(&query)
-            .unwrap()
-            .contains(r#""in":"query""#));
-        assert!(is_query_param_name("api_key"));
-        for bad in ["", "a b", "a&b", "a=b", "a%20", &"a".repeat(65)] {
-            assert!(!is_query_param_name(bad), "{bad}");
-        }
+        // The wire keeps the field's first name.
+        let json = serde_json::to_value(&response).unwrap();
+        assert_eq!(json["header"]["name"], "authorization");
+        assert_eq!(json.get("credential"), None);
     }
 
     #[test]

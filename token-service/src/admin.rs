@@ -16,7 +16,7 @@ use crate::store::providers::{self, ClientAuth, ProviderRecord, ProviderSettings
 use crate::validate;
 use crate::vault::{Aad, Vault};
 use crate::AppState;
-use authstamp_protocol::StampLocation;
+use authstamp_protocol::Placement;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
@@ -89,12 +89,8 @@ pub struct HeaderSpec {
     pub format: String,
     /// `query`: the credential goes into the query parameter `name` instead
     /// of a header (API keys that providers want in the URL).
-    #[serde(
-        default,
-        rename = "in",
-        skip_serializing_if = "StampLocation::is_header"
-    )]
-    pub location: StampLocation,
+    #[serde(default, rename = "in", skip_serializing_if = "Placement::is_header")]
+    pub placement: Placement,
 }
 
 impl Default for HeaderSpec {
@@ -102,7 +98,7 @@ impl Default for HeaderSpec {
         Self {
             name: "authorization".into(),
             format: "Bearer {token}".into(),
-            location: StampLocation::Header,
+            placement: Placement::Header,
         }
     }
 }
@@ -227,7 +223,7 @@ impl ProviderView {
             header: HeaderSpec {
                 name: p.header_name,
                 format: p.header_format,
-                location: p.settings.stamp_in,
+                placement: p.settings.stamp_in,
             },
             settings: p.settings,
             refresh: p.policy,
@@ -368,7 +364,7 @@ pub async fn put_provider(
             AuthType::Basic => HeaderSpec {
                 name: "authorization".into(),
                 format: "Basic {token}".into(),
-                location: StampLocation::Header,
+                placement: Placement::Header,
             },
             _ => HeaderSpec::default(),
         });
@@ -492,6 +488,19 @@ pub async fn put_provider(
             ));
         }
     }
+    if !api_base_url.contains('{') {
+        // A fixed API URL must already be what the filter accepts as an
+        // upstream (`authstamp_protocol::upstream`), not fail at the first call.
+        let rule = url::Url::parse(&api_base_url)
+            .map_err(|_| "api_base_url is not a URL")
+            .and_then(|url| {
+                crate::lookup::upstream_of(&url).map_err(|_| "api_base_url has no host")
+            })
+            .and_then(|upstream| authstamp_protocol::upstream::check(&upstream));
+        if let Err(reason) = rule {
+            problems.push(format!("api_base_url: {reason}"));
+        }
+    }
     if let Some(first) = problems.first() {
         return Err(ApiError::bad_request(format!(
             "invalid provider configuration: {first}{}",
@@ -503,16 +512,7 @@ pub async fn put_provider(
         )));
     }
     validate::scopes(&scopes, &scope_separator)?;
-    match header.location {
-        StampLocation::Header => validate::header_name(&header.name)?,
-        StampLocation::Query => {
-            if !authstamp_protocol::is_query_param_name(&header.name) {
-                return Err(ApiError::bad_request(
-                    "header.name of a query credential must be 1 to 64 of [A-Za-z0-9._~-]",
-                ));
-            }
-        }
-    }
+    validate::credential_name(header.placement, &header.name)?;
     validate::header_format(&header.format)?;
     input.refresh.validate()?;
     if let Some(issuer) = &input.issuer {
@@ -566,7 +566,7 @@ pub async fn put_provider(
             revocation_client_auth: entry_revocation.as_ref().map(|r| r.client_auth),
             revocation_token: entry_revocation.as_ref().map(|r| r.token),
             post_exchange_metadata,
-            stamp_in: header.location,
+            stamp_in: header.placement,
             api_key_fields,
             key_check,
         },

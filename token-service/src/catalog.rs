@@ -769,13 +769,12 @@ fn validate_entry(e: &CatalogEntry) -> Vec<String> {
         check(
             e.header.name == "authorization"
                 && e.header.format == "Basic {token}"
-                && e.header.location == authstamp_protocol::StampLocation::Header,
+                && e.header.placement == authstamp_protocol::Placement::Header,
             "basic entries stamp authorization: Basic {token}",
         );
     }
     check(
-        crate::validate::header_name(&e.header.name).is_ok()
-            || e.header.location == authstamp_protocol::StampLocation::Query,
+        crate::validate::credential_name(e.header.placement, &e.header.name).is_ok(),
         "header.name must be a lowercase, unreserved header name",
     );
     check(

@@ -841,9 +841,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                             Some(StampInArg::Query) => "{token}".to_owned(),
                             _ => default.format,
                         }),
-                        location: match location {
-                            Some(StampInArg::Query) => authstamp_protocol::StampLocation::Query,
-                            _ => authstamp_protocol::StampLocation::Header,
+                        placement: match location {
+                            Some(StampInArg::Query) => authstamp_protocol::Placement::Query,
+                            _ => authstamp_protocol::Placement::Header,
                         },
                     })
                 }

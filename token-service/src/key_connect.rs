@@ -21,7 +21,7 @@ use crate::store::connections::ConnKey;
 use crate::store::providers::ProviderRecord;
 use crate::store::sessions::{self, ConnectSession};
 use crate::AppState;
-use authstamp_protocol::StampLocation;
+use authstamp_protocol::Placement;
 use axum::http::StatusCode;
 use axum::response::Response;
 
@@ -330,7 +330,7 @@ async fn run_check(
     let stamp = CredentialStamp {
         name: &provider.header_name,
         format: &provider.header_format,
-        in_query: provider.settings.stamp_in == StampLocation::Query,
+        in_query: provider.settings.stamp_in == Placement::Query,
     };
     match state
         .token_client

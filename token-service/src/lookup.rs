@@ -17,7 +17,7 @@ use crate::store::providers::ProviderRecord;
 use crate::validate::{self, TOKEN_PLACEHOLDER};
 use crate::AppState;
 use authstamp_protocol::{
-    headers, ErrorCode, StampHeader, TokenLookupRequest, TokenLookupResponse, Upstream,
+    headers, Credential, ErrorCode, TokenLookupRequest, TokenLookupResponse, Upstream,
 };
 use axum::extract::State;
 use axum::http::HeaderMap;
@@ -194,6 +194,36 @@ fn answer(
             "the connection's API host is not one of the provider's api_hosts",
         ));
     }
+    let upstream = upstream_of(&api)?;
+    let response = TokenLookupResponse {
+        credential: Credential {
+            placement: provider.settings.stamp_in,
+            name: provider.header_name.clone(),
+            value: provider.header_format.replacen(
+                TOKEN_PLACEHOLDER,
+                served.access_token.expose(),
+                1,
+            ),
+        },
+        upstream,
+        expires_at: served.expires_at.and_then(|at| u64::try_from(at).ok()),
+    };
+    // The filter applies the same rules and would refuse the answer: say
+    // here what is wrong rather than leave it a bad answer there.
+    authstamp_protocol::credential::check(&response.credential)
+        .and_then(|()| authstamp_protocol::upstream::check(&response.upstream))
+        .map_err(|reason| {
+            ApiError::new(
+                ErrorCode::Internal,
+                format!("the connection's credential or upstream is invalid: {reason}"),
+            )
+        })?;
+    Ok(response)
+}
+
+/// The upstream the filter sends a connection's requests to: scheme,
+/// `host[:port]` and the path without its trailing `/`.
+pub fn upstream_of(api: &Url) -> Result<Upstream, ApiError> {
     let host = api
         .host_str()
         .ok_or_else(|| ApiError::internal("stored api_base_url has no host", "no host"))?;
@@ -202,21 +232,9 @@ fn answer(
         Some(port) => format!("{host}:{port}"),
         None => host.to_owned(),
     };
-    Ok(TokenLookupResponse {
-        header: StampHeader {
-            location: provider.settings.stamp_in,
-            name: provider.header_name.clone(),
-            value: provider.header_format.replacen(
-                TOKEN_PLACEHOLDER,
-                served.access_token.expose(),
-                1,
-            ),
-        },
-        upstream: Upstream {
-            scheme: api.scheme().to_owned(),
-            authority,
-            base_path: api.path().trim_end_matches('/').to_owned(),
-        },
-        expires_at: served.expires_at.and_then(|at| u64::try_from(at).ok()),
+    Ok(Upstream {
+        scheme: api.scheme().to_owned(),
+        authority,
+        base_path: api.path().trim_end_matches('/').to_owned(),
     })
 }

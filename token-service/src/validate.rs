@@ -2,6 +2,7 @@
 //! returns a `bad_request` with a message naming the field.
 
 use crate::error::ApiError;
+use authstamp_protocol::Placement;
 use url::Url;
 
 /// `[a-z0-9][a-z0-9_.-]{0,63}`
@@ -81,58 +82,12 @@ pub fn http_url_without_query(field: &str, value: &str) -> Result<Url, ApiError>
     Ok(url)
 }
 
-/// Headers that a stamped credential must never replace: framing, routing
-/// and authstamp's own.
-const RESERVED_HEADERS: &[&str] = &[
-    "host",
-    "content-length",
-    "content-type",
-    "transfer-encoding",
-    "connection",
-    "keep-alive",
-    "te",
-    "trailer",
-    "upgrade",
-    "proxy-connection",
-];
-
-/// A lowercase HTTP field name (RFC 9110 token) that is not reserved.
-pub fn header_name(name: &str) -> Result<(), ApiError> {
-    let is_tchar = |b: &u8| {
-        b.is_ascii_lowercase()
-            || b.is_ascii_digit()
-            || matches!(
-                b,
-                b'!' | b'#'
-                    | b'$'
-                    | b'%'
-                    | b'&'
-                    | b'\''
-                    | b'*'
-                    | b'+'
-                    | b'-'
-                    | b'.'
-                    | b'^'
-                    | b'_'
-                    | b'`'
-                    | b'|'
-                    | b'~'
-            )
-    };
-    if name.is_empty() || name.len() > 64 || !name.as_bytes().iter().all(is_tchar) {
-        return Err(ApiError::bad_request(
-            "header.name must be a lowercase HTTP header name",
-        ));
-    }
-    if RESERVED_HEADERS.contains(&name)
-        || name.starts_with("proxy-")
-        || name.starts_with(authstamp_protocol::headers::PREFIX)
-    {
-        return Err(ApiError::bad_request(format!(
-            "header.name {name:?} is reserved"
-        )));
-    }
-    Ok(())
+/// Whether a credential may be sent as `name` at `placement`: the rules of
+/// `authstamp_protocol::credential`, which the filter applies again before
+/// it stamps.
+pub fn credential_name(placement: Placement, name: &str) -> Result<(), ApiError> {
+    authstamp_protocol::credential::check_name(placement, name)
+        .map_err(|reason| ApiError::bad_request(format!("header.name {name:?}: {reason}")))
 }
 
 pub const TOKEN_PLACEHOLDER: &str = "{token}";
@@ -231,8 +186,8 @@ mod tests {
 
     #[test]
     fn headers() {
-        assert!(header_name("authorization").is_ok());
-        assert!(header_name("x-api-key").is_ok());
+        assert!(credential_name(Placement::Header, "authorization").is_ok());
+        assert!(credential_name(Placement::Header, "x-api-key").is_ok());
         for bad in [
             "Authorization",
             "",
@@ -242,7 +197,7 @@ mod tests {
             "x-authstamp-user",
             "proxy-authorization",
         ] {
-            assert!(header_name(bad).is_err(), "{bad}");
+            assert!(credential_name(Placement::Header, bad).is_err(), "{bad}");
         }
         assert!(header_format("Bearer {token}").is_ok());
         assert!(header_format("{token}").is_ok());

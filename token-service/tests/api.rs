@@ -271,6 +271,40 @@ async fn provider_validation_errors_are_json_400s() {
                 json!({"name": "authorization", "format": "Bearer {token}\r\nx: y"}),
             ),
         ),
+        // The rules of `authstamp_protocol::credential` and `::upstream`,
+        // the ones the filter applies before it stamps.
+        (
+            "fake",
+            with(
+                "header",
+                json!({"name": "proxy-authorization", "format": "Bearer {token}"}),
+            ),
+        ),
+        (
+            "fake",
+            with(
+                "header",
+                json!({"name": "x-authstamp-route", "format": "{token}"}),
+            ),
+        ),
+        (
+            "fake",
+            with(
+                "header",
+                json!({"name": "a".repeat(65), "format": "{token}"}),
+            ),
+        ),
+        (
+            "fake",
+            with(
+                "header",
+                json!({"name": "api key", "format": "{token}", "in": "query"}),
+            ),
+        ),
+        (
+            "fake",
+            with("api_base_url", json!("https://api.p.test/v1//x")),
+        ),
         ("fake", with("client_auth", json!("digest"))),
         ("fake", with("client_secret", json!(""))),
         ("fake", with("scopes", json!(["a b"]))),
@@ -588,8 +622,8 @@ async fn full_connect_flow_then_lookup() {
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
     let body: authstamp_protocol::TokenLookupResponse =
         serde_json::from_slice(&reply.body).unwrap();
-    assert_eq!(body.header.name, "authorization");
-    assert_eq!(body.header.value, "Bearer at-1");
+    assert_eq!(body.credential.name, "authorization");
+    assert_eq!(body.credential.value, "Bearer at-1");
     assert_eq!(body.upstream.scheme, "https");
     assert_eq!(body.upstream.authority, "api.provider.test:8443");
     assert_eq!(body.upstream.base_path, "/v2");

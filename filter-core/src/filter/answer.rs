@@ -137,7 +137,7 @@ fn cache_answer(host: &dyn Host, metrics: &Metrics, lookup: &Lookup, answer: &To
     let entry = cache::Entry {
         key: lookup.cache_key.key.clone(),
         app_key_digest: cache::key_digest(lookup.identity.app_key.expose()),
-        header: answer.header.clone(),
+        credential: answer.credential.clone(),
         upstream: answer.upstream.clone(),
         valid_until,
         expires_at: answer.expires_at,
@@ -234,7 +234,7 @@ pub(super) fn or_stale(
         Some(entry) => {
             worker.metrics.stale_served(host, members);
             Outcome::Stamp(TokenLookupResponse {
-                header: entry.header,
+                credential: entry.credential,
                 upstream: entry.upstream,
                 expires_at: entry.expires_at,
             })

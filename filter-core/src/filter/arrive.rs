@@ -36,14 +36,14 @@ pub(super) fn record_stamp(
     host: &dyn Host,
     worker: &Worker,
     lookup: Rc<Lookup>,
-    header: &authstamp_protocol::StampHeader,
+    header: &authstamp_protocol::Credential,
     upstream: authstamp_protocol::Upstream,
 ) -> u64 {
     let id = worker.stamps.borrow_mut().add(Stamp {
         lookup,
         token: cache::hash(header.value.as_bytes()),
         name: header.name.clone(),
-        location: header.location,
+        placement: header.placement,
         upstream,
         static_credential: heal::is_static(header),
         heal: Heal::Idle,
@@ -65,14 +65,14 @@ fn stamp_hit(
     match stamp::stamp_request(
         host,
         &lookup.config.headers,
-        &entry.header,
+        &entry.credential,
         &entry.upstream,
         request,
         path,
     ) {
         Ok(()) => {
             metrics.hit_stamped(host);
-            let id = record_stamp(host, worker, lookup, &entry.header, entry.upstream);
+            let id = record_stamp(host, worker, lookup, &entry.credential, entry.upstream);
             (State::Stamped(id), Verdict::Continue)
         }
         Err(rejection) => refuse(host, metrics, rejection),

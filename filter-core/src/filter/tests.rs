@@ -1643,7 +1643,7 @@ fn a_provider_401_drops_the_token_and_forces_one_refresh_from_the_root() {
         );
     }
     assert_eq!(
-        bench.entry_of("alice").unwrap().header.value,
+        bench.entry_of("alice").unwrap().credential.value,
         "Bearer xoxb-fresh"
     );
     assert_eq!(bench.call(7, "alice", KEY), Verdict::Continue);
@@ -1663,7 +1663,7 @@ fn a_late_401_for_an_old_token_keeps_the_fresh_one() {
     // Stream 3 was stamped with the old token before the refresh.
     bench.response_arrives(3, 401);
     assert_eq!(
-        bench.entry_of("alice").unwrap().header.value,
+        bench.entry_of("alice").unwrap().credential.value,
         "Bearer xoxb-fresh"
     );
     assert_eq!(bench.host.tick(), Some(IDLE_TICK));
@@ -1858,7 +1858,7 @@ fn a_replay_refused_again_is_not_replayed_and_forced_refreshes_are_bounded() {
     assert_eq!(bench.host.dispatch_count(), 2);
     assert_eq!(bench.host.metric(metrics::FORCED_REFUSED), 1);
     assert_eq!(
-        bench.entry_of("alice").unwrap().header.value,
+        bench.entry_of("alice").unwrap().credential.value,
         "Bearer xoxb-fresh"
     );
     assert_eq!(bench.attempt(13, 6), Verdict::Continue, "no replay due");
@@ -1979,15 +1979,15 @@ fn static_credentials_get_their_401_untouched_without_a_refresh() {
     }
     assert_eq!(bench.host.dispatch_count(), 2, "no forced refresh");
     assert_eq!(bench.host.tick(), None);
-    assert!(heal::is_static(&authstamp_protocol::StampHeader {
+    assert!(heal::is_static(&authstamp_protocol::Credential {
         name: "authorization".into(),
         value: "basic x".into(),
-        location: authstamp_protocol::StampLocation::Header,
+        placement: authstamp_protocol::Placement::Header,
     }));
-    assert!(!heal::is_static(&authstamp_protocol::StampHeader {
+    assert!(!heal::is_static(&authstamp_protocol::Credential {
         name: "authorization".into(),
         value: "Bearer x".into(),
-        location: authstamp_protocol::StampLocation::Header,
+        placement: authstamp_protocol::Placement::Header,
     }));
 }
 

@@ -40,7 +40,7 @@ pub fn on_tick(host: &dyn Host, worker: &Worker) {
             let removed = worker.inflight.borrow_mut().remove(id);
             if let Some(pending) = removed {
                 let outcome = Outcome::Stamp(TokenLookupResponse {
-                    header: entry.header,
+                    credential: entry.credential,
                     upstream: entry.upstream,
                     expires_at: None,
                 });

@@ -25,7 +25,7 @@ pub(super) fn complete(
     let metrics = &worker.metrics;
     let lookup = &pending.lookup;
     let fresh = match outcome {
-        Outcome::Stamp(answer) => Ok((&answer.header, &answer.upstream)),
+        Outcome::Stamp(answer) => Ok((&answer.credential, &answer.upstream)),
         Outcome::Refuse(rejection) => Err(rejection.code),
     };
     worker.stamps.borrow_mut().resolve(pending.id, fresh);
@@ -52,7 +52,7 @@ pub(super) fn complete(
             Outcome::Stamp(answer) => stamp::stamp(
                 host,
                 &lookup.config.headers,
-                &answer.header,
+                &answer.credential,
                 &answer.upstream,
             )
             .map(|()| {
@@ -60,7 +60,7 @@ pub(super) fn complete(
                     host,
                     worker,
                     Rc::clone(lookup),
-                    &answer.header,
+                    &answer.credential,
                     answer.upstream.clone(),
                 )
             }),

@@ -8,7 +8,7 @@ use crate::catalog::{
 use crate::db::Db;
 use crate::policy::PolicyOverrides;
 use crate::template::{self, Values};
-use authstamp_protocol::StampLocation;
+use authstamp_protocol::Placement;
 use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
 use sqlx::Row as _;
@@ -84,8 +84,8 @@ pub struct ProviderSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub post_exchange_metadata: Option<PostExchangeMetadata>,
     /// Where the credential is stamped: a header (default) or a query parameter.
-    #[serde(default, skip_serializing_if = "StampLocation::is_header")]
-    pub stamp_in: StampLocation,
+    #[serde(default, skip_serializing_if = "Placement::is_header")]
+    pub stamp_in: Placement,
     /// The connect page's form fields (API-key and Basic providers); none:
     /// the default labels.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
