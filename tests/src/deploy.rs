@@ -561,9 +561,7 @@ impl CredentialEcho {
             let counted = Arc::clone(&counted);
             async move {
                 counted.fetch_add(1, Ordering::Relaxed);
-                let authorization = headers
-                    .get("authorization")
-                    .and_then(|v| v.to_str().ok());
+                let authorization = headers.get("authorization").and_then(|v| v.to_str().ok());
                 axum::Json(json!({ "authorization": authorization }))
             }
         });
