@@ -1,5 +1,5 @@
 //! Many distinct users through a small cache, end to end: each of
-//! `AUTHSTAMP_SCALE_USERS` users (20,000 by default; `make
+//! `AUTHSTAMP_SCALE_USERS` users (12,000 by default; `make
 //! test-native-scale` runs 1,000,000) is seeded in the token service and
 //! asked for once through Envoy with `cache_capacity: 1024`, so every
 //! request is a miss that evicts another user's entry. Every response must
@@ -34,7 +34,7 @@ fn scale_users() -> u64 {
         Ok(text) => text
             .parse()
             .unwrap_or_else(|_| panic!("AUTHSTAMP_SCALE_USERS={text}: a number of users")),
-        Err(_) => 20_000,
+        Err(_) => 12_000,
     }
 }
 
