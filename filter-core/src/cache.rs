@@ -642,9 +642,10 @@ fn live_marker(value: Option<&[u8]>, key: &Slotted, now_ms: u64) -> Option<Marke
 /// Before asking the token service for `key`: if another worker's marker
 /// for it is live, wait for that; otherwise write ours (until `now_ms +
 /// ttl_ms`) and ask. `force` asks regardless (a forced refresh must not wait
-/// for a plain lookup that may bring back the refused token). Inserting a
-/// new key never fails CAS, so two workers may both ask for a key whose
-/// marker slot never existed; once it exists, the CAS makes the claim exclusive.
+/// for a plain lookup that may bring back the refused token). In proxy-wasm
+/// inserting a new key never fails CAS, so two workers may both ask for a key
+/// whose marker slot never existed; once it exists, the CAS makes the claim
+/// exclusive (in the native memory store, from the first claim on).
 pub fn claim(host: &dyn Host, key: &Slotted, now_ms: u64, ttl_ms: u64, force: bool) -> Claim {
     let name = pending_key(key.slots[0]);
     let (value, cas) = host.get_shared_data(&name);

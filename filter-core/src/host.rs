@@ -66,10 +66,12 @@ pub fn serialize_pairs(pairs: &[(&str, &[u8])]) -> Vec<u8> {
 /// are never deleted (an empty value means deleted) and never enumerated.
 /// proxy-wasm: shared data of the VM id; native: [`crate::store::MemoryStore`].
 pub trait SharedStore {
-    /// Value and CAS of a key; `(None, None)` when it was never written.
+    /// Value and CAS of a key; when it was never written, `(None, None)`
+    /// (proxy-wasm) or `(None, Some(0))` ([`crate::store::MemoryStore`]).
     fn get_shared_data(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>);
     /// Writes a key if its CAS is still `cas` (`None`: unconditionally).
-    /// Creating a key never fails on CAS.
+    /// In proxy-wasm creating a key never fails on CAS; in the memory store
+    /// a write with CAS 0 creates it only if it is still absent.
     fn set_shared_data(
         &self,
         key: &str,

@@ -3,6 +3,12 @@
 //! contract as proxy-wasm shared data, so the cache's slot and eviction
 //! rules, its markers and key checks run unchanged. Sharded by key hash so
 //! that workers rarely contend on one lock.
+//!
+//! One difference, on purpose: a key never written reads with CAS 0, and a
+//! write with CAS 0 creates it only if nobody did in between (proxy-wasm
+//! shared data has no CAS for an absent key, so there two first writes both
+//! win). So the first claim of a lookup's marker is exclusive too, and a
+//! cold key makes one token-service call across all workers.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
@@ -11,6 +17,8 @@ use crate::cache;
 use crate::host::{SharedDataError, SharedStore};
 
 const SHARDS: usize = 64;
+/// The CAS of a key never written (a written key's is never 0).
+const ABSENT_CAS: u32 = 0;
 
 type Shard = HashMap<String, (Vec<u8>, u32)>;
 
@@ -78,7 +86,7 @@ impl SharedStore for MemoryStore {
     fn get_shared_data(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
         match self.shard(key).get(key) {
             Some((value, cas)) => (Some(value.clone()), Some(*cas)),
-            None => (None, None),
+            None => (None, Some(ABSENT_CAS)),
         }
     }
 
@@ -112,6 +120,9 @@ impl MemoryStore {
                 *current = current.wrapping_add(1).max(1);
             }
             None => {
+                if cas.is_some_and(|expected| expected != ABSENT_CAS) {
+                    return Err(SharedDataError::CasMismatch);
+                }
                 shard.insert(key.to_string(), (value.to_vec(), 1));
             }
         }
@@ -125,10 +136,14 @@ mod tests {
     use std::sync::Arc;
 
     #[test]
-    fn writes_honour_cas_and_creating_a_key_never_fails() {
+    fn writes_honour_cas_and_an_absent_key_has_cas_zero() {
         let store = MemoryStore::default();
-        assert_eq!(store.get_shared_data("k"), (None, None));
-        assert_eq!(store.set_shared_data("k", b"a", Some(7)), Ok(()));
+        assert_eq!(store.get_shared_data("k"), (None, Some(0)));
+        assert_eq!(
+            store.set_shared_data("k", b"a", Some(7)),
+            Err(SharedDataError::CasMismatch)
+        );
+        assert_eq!(store.set_shared_data("k", b"a", Some(0)), Ok(()));
         let (value, cas) = store.get_shared_data("k");
         assert_eq!(value.as_deref(), Some(&b"a"[..]));
         let cas = cas.unwrap();
@@ -141,6 +156,26 @@ mod tests {
         assert_eq!(store.set_shared_data("k", b"d", None), Ok(()));
         assert_eq!(store.get_shared_data("k").0.as_deref(), Some(&b"d"[..]));
         assert_eq!(store.len(), 1);
+    }
+
+    #[test]
+    fn of_two_first_claims_of_a_marker_read_before_either_writes_one_wins() {
+        let store = MemoryStore::default();
+        let marker = "authstamp/v2/pending/9";
+        let (_, first) = store.get_shared_data(marker);
+        let (_, second) = store.get_shared_data(marker);
+        assert_eq!(store.set_shared_data(marker, b"worker 1", first), Ok(()));
+        assert_eq!(
+            store.set_shared_data(marker, b"worker 2", second),
+            Err(SharedDataError::CasMismatch),
+            "the second worker waits for the first one's lookup"
+        );
+        assert_eq!(
+            store.get_shared_data(marker).0.as_deref(),
+            Some(&b"worker 1"[..])
+        );
+        // Without a CAS a write still creates or replaces.
+        assert_eq!(store.set_shared_data("other", b"x", None), Ok(()));
     }
 
     #[test]
@@ -164,7 +199,6 @@ mod tests {
     #[test]
     fn threads_racing_on_one_key_with_cas_lose_no_increment() {
         let store = Arc::new(MemoryStore::default());
-        // Created first: creating a key never fails on CAS (as in proxy-wasm).
         store.set_shared_data("n", b"0", None).unwrap();
         let threads: Vec<_> = (0..4)
             .map(|_| {

@@ -282,18 +282,23 @@ pub fn with_token_service_tls(bootstrap: &str, transport_socket: &Yaml) -> Strin
     serde_yaml_ng::to_string(&doc).expect("yaml")
 }
 
-/// `envoy/egress.yaml` for `stack`: its token service, the built filter, the
-/// stack's app (its key goes in Envoy's environment, see [`Envoy::start`]),
+/// `envoy/egress.yaml` (`envoy/egress-native.yaml` for the native build, see
+/// [`crate::filter_build`]) for `stack`: its token service, the built filter,
+/// the stack's app (its key goes in Envoy's environment, see [`Envoy::start`]),
 /// `hosts` as `provider_hosts` and `unmapped` as `unmapped_hosts`.
 pub fn egress_bootstrap(stack: &Stack, hosts: &[(&str, &str)], unmapped: &str) -> String {
     let hosts: serde_json::Map<String, Value> = hosts
         .iter()
         .map(|(host, provider)| (host.to_string(), json!(provider)))
         .collect();
-    let text = with_built_filter(
-        &read_repo_file("envoy/egress.yaml"),
-        "filename: target/wasm32-wasip1/release/authstamp_filter.wasm",
-    );
+    let text = match crate::filter_build() {
+        crate::FilterBuild::Wasm => with_built_filter(
+            &read_repo_file("envoy/egress.yaml"),
+            "filename: target/wasm32-wasip1/release/authstamp_filter.wasm",
+        ),
+        // The module comes from ENVOY_DYNAMIC_MODULES_SEARCH_PATH (crate::envoy_command).
+        crate::FilterBuild::Native => read_repo_file("envoy/egress-native.yaml"),
+    };
     replace_once(
         &text,
         &[
@@ -528,6 +533,55 @@ impl EchoServer {
 }
 
 impl Drop for EchoServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A keep-alive HTTP/1.1 upstream that answers every request with
+/// `{"authorization": <the request's authorization or null>}` and only
+/// counts requests (it keeps nothing of them): a provider for runs of
+/// millions of requests, each checked by its client.
+pub struct CredentialEcho {
+    pub url: String,
+    requests: Arc<std::sync::atomic::AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl CredentialEcho {
+    pub async fn start() -> CredentialEcho {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind credential echo");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let requests = Arc::new(AtomicU64::new(0));
+        let counted = Arc::clone(&requests);
+        let app = axum::Router::new().fallback(move |headers: axum::http::HeaderMap| {
+            let counted = Arc::clone(&counted);
+            async move {
+                counted.fetch_add(1, Ordering::Relaxed);
+                let authorization = headers.get("authorization").and_then(|v| v.to_str().ok());
+                axum::Json(json!({ "authorization": authorization }))
+            }
+        });
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        CredentialEcho {
+            url,
+            requests,
+            task,
+        }
+    }
+
+    /// Requests answered so far.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for CredentialEcho {
     fn drop(&mut self) {
         self.task.abort();
     }

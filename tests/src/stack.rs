@@ -137,11 +137,18 @@ impl Stack {
 
     /// Kills Envoy and starts it again (`concurrency` workers, new ports).
     pub async fn restart_envoy(&mut self, concurrency: u32) {
+        let bootstrap = local_bootstrap(&self.filter_url);
+        self.restart_envoy_on(&bootstrap, concurrency).await;
+    }
+
+    /// Kills Envoy and starts it on `bootstrap` (the local bootstrap with
+    /// some values changed; listener `authstamp_egress`).
+    pub async fn restart_envoy_on(&mut self, bootstrap: &str, concurrency: u32) {
         self.envoy.kill();
         let envoy = Envoy::start_with_workers(
             &self.log_dir,
             "envoy-restarted",
-            &local_bootstrap(&self.filter_url),
+            bootstrap,
             &[],
             concurrency,
         )
@@ -414,6 +421,19 @@ pub fn local_bootstrap(filter_url: &str) -> String {
         config = config.replace(from, &to);
     }
     config
+}
+
+/// The local bootstrap's `max_cache_ttl` filter configuration member: where
+/// tests change the filter configuration.
+pub const MAX_CACHE_TTL: &str = "\"max_cache_ttl\": \"5m\"";
+
+/// [`local_bootstrap`] with [`MAX_CACHE_TTL`] (found once) replaced by
+/// `with`, e.g. `"max_cache_ttl": "5m", "cache_capacity": 4`.
+pub fn local_bootstrap_replacing(filter_url: &str, with: &str) -> String {
+    crate::deploy::replace_once(
+        &local_bootstrap(filter_url),
+        &[(MAX_CACHE_TTL, with.to_string())],
+    )
 }
 
 /// [`local_bootstrap`] of the native build (`envoy/envoy-native.yaml`; the

@@ -25,6 +25,52 @@ fn the_deployment_guide_shows_the_snippet_file_verbatim() {
     );
 }
 
+/// Each native bootstrap and the Wasm bootstrap it is made from.
+const NATIVE_BOOTSTRAPS: [(&str, &str); 2] = [
+    ("envoy/envoy.yaml", "envoy/envoy-native.yaml"),
+    ("envoy/egress.yaml", "envoy/egress-native.yaml"),
+];
+
+/// `node` with every Wasm filter entry replaced by the native module's: the
+/// same filter name and configuration JSON, the module loaded by name.
+fn with_native_filters(node: &mut serde_yaml_ng::Value) {
+    use serde_yaml_ng::Value as Yaml;
+    const WASM: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
+    match node {
+        Yaml::Mapping(mapping) => {
+            if let Some(config) = mapping.get_mut("typed_config") {
+                if config["@type"].as_str() == Some(WASM) {
+                    let wasm = config["config"].clone();
+                    let mut native = parse_yaml(
+                        "\"@type\": type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter\n\
+                         dynamic_module_config: { name: authstamp_native, do_not_close: true }",
+                    );
+                    native["filter_name"] = wasm["name"].clone();
+                    native["filter_config"] = wasm["configuration"].clone();
+                    *config = native;
+                }
+            }
+            for (_, value) in mapping.iter_mut() {
+                with_native_filters(value);
+            }
+        }
+        Yaml::Sequence(items) => items.iter_mut().for_each(with_native_filters),
+        _ => {}
+    }
+}
+
+#[test]
+fn each_native_bootstrap_is_its_wasm_bootstrap_with_the_filter_entries_replaced() {
+    for (wasm, native) in NATIVE_BOOTSTRAPS {
+        let mut expected = parse_yaml(&read_repo_file(wasm));
+        with_native_filters(&mut expected);
+        assert!(
+            expected == parse_yaml(&read_repo_file(native)),
+            "{native} must be {wasm} with each Wasm filter entry replaced by the module's"
+        );
+    }
+}
+
 #[test]
 fn the_local_compose_and_egress_bootstraps_carry_the_snippet() {
     let snippet = Snippet::load();
