@@ -234,17 +234,23 @@ impl TestPostgres {
                 .arg(&flag)
                 .status();
         }
+        const SHUT_DOWN: &str = "database system is shut down";
+        let shut_down_before = self.log().matches(SHUT_DOWN).count();
+        // `-W`: pg_ctl only sends the signal. Waiting (`-w`) watches the
+        // pid file, which the supervisor may already have written again;
+        // the server's log says when it stopped and when it is back.
         let status = command(self.as_root, &self.bin.join("pg_ctl"))
             .arg("-D")
             .arg(self.dir.path().join("data"))
-            .args(["stop", "-m", "fast", "-w", "-t", "20"])
+            .args(["stop", "-m", "fast", "-W"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
             .expect("pg_ctl stop");
         assert!(status.success(), "pg_ctl stop failed:\n{}", self.log());
         let deadline = Instant::now() + Duration::from_secs(30);
-        while self.log().matches(READY).count() <= ready_before
+        while self.log().matches(SHUT_DOWN).count() <= shut_down_before
+            || self.log().matches(READY).count() <= ready_before
             || std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err()
         {
             assert!(
