@@ -165,6 +165,96 @@ async fn a_database_outage_fails_fast_and_loses_no_rotated_token() {
     );
 }
 
+/// PostgreSQL stops answering (connections open and silent, new ones
+/// accepted and never answered: a hung server or a black-holed network)
+/// rather than going away. Lookups still fail within the filter's 2 s
+/// timeout with `storage_unavailable`, the probes answer at once, and the
+/// service serves again as soon as the database does. With the database
+/// timeout as long as the old pool's (`AUTHSTAMP_DB_TIMEOUT=10s`) the
+/// lookup takes 10 s and this fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_that_stops_answering_fails_fast_too() {
+    let mut replicas = Replicas::start("faults_db_stall", 1, true, &[]).await;
+    let url = replicas.database_url.clone().expect("postgres");
+    let authority = url
+        .split('@')
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .expect("host:port in the database URL")
+        .to_owned();
+    let cut = TcpCut::start(&authority).await;
+    replicas.database_url = Some(url.replacen(&authority, &cut.addr, 1));
+    let index = replicas.add_replica(&[]);
+    let base = replicas.urls[index].clone();
+    replicas.connect_user("stalled-user").await;
+    let (status, body) = replicas.lookup(index, "stalled-user").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    cut.stall();
+    let http = &replicas.http;
+    for user in ["stalled-user", "someone-else"] {
+        let started = Instant::now();
+        let (status, body) = replicas.lookup(index, user).await;
+        let took = started.elapsed();
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{user}: {body}");
+        assert_eq!(body["error"], "storage_unavailable", "{user}: {body}");
+        assert!(
+            took < Duration::from_secs(2),
+            "{user}: lookup took {took:?}"
+        );
+        eprintln!("database stalled: lookup of {user} 503 in {took:?}");
+    }
+    let started = Instant::now();
+    let health = http
+        .get(format!("{base}/healthz"))
+        .send()
+        .await
+        .expect("healthz");
+    let health_took = started.elapsed();
+    assert_eq!(health.status(), StatusCode::OK);
+    assert!(health_took < Duration::from_millis(200), "{health_took:?}");
+    let started = Instant::now();
+    let ready = http
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .expect("readyz");
+    let ready_took = started.elapsed();
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(ready_took < Duration::from_secs(1), "{ready_took:?}");
+    let started = Instant::now();
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("metrics");
+    let metrics_took = started.elapsed();
+    assert_eq!(metrics.status(), StatusCode::OK);
+    assert!(metrics_took < Duration::from_secs(1), "{metrics_took:?}");
+    eprintln!(
+        "database stalled: /healthz in {health_took:?}, /readyz 503 in {ready_took:?}, \
+         /metrics in {metrics_took:?}"
+    );
+
+    cut.restore();
+    let restored = Instant::now();
+    loop {
+        let (status, body) = replicas.lookup(index, "stalled-user").await;
+        if status == StatusCode::OK {
+            break;
+        }
+        assert!(
+            restored.elapsed() < Duration::from_secs(5),
+            "not served after the database answered again: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "served again {:?} after the database answered",
+        restored.elapsed()
+    );
+}
+
 /// The provider hangs (12 s) while the stored token is due for a refresh
 /// but still valid: every lookup gets the valid token within the bound
 /// (250 ms), on one replica, the one that started the refresh included.
