@@ -4,7 +4,6 @@
 //! through a cuttable TCP forwarder, the stand-in provider.
 
 use authstamp_e2e::replicas::{metric, Replicas};
-use authstamp_e2e::tcp_cut::TcpCut;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -31,15 +30,7 @@ async fn a_database_outage_fails_fast_and_loses_no_rotated_token() {
     )
     .await;
     // The replica under test reaches PostgreSQL through the cut.
-    let url = replicas.database_url.clone().expect("postgres");
-    let authority = url
-        .split('@')
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .expect("host:port in the database URL")
-        .to_owned();
-    let cut = TcpCut::start(&authority).await;
-    replicas.database_url = Some(url.replacen(&authority, &cut.addr, 1));
+    let cut = replicas.cut_database().await;
     let index = replicas.add_replica(&[]);
     let base = replicas.urls[index].clone();
 
@@ -78,47 +69,8 @@ async fn a_database_outage_fails_fast_and_loses_no_rotated_token() {
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_eq!(body["error"], "storage_unavailable", "{body}");
     assert!(lookup_took < Duration::from_secs(2), "{lookup_took:?}");
-    let http = &replicas.http;
-    let started = Instant::now();
-    let health = http
-        .get(format!("{base}/healthz"))
-        .send()
-        .await
-        .expect("healthz");
-    let health_took = started.elapsed();
-    assert_eq!(health.status(), StatusCode::OK);
-    assert!(health_took < Duration::from_millis(200), "{health_took:?}");
-    let started = Instant::now();
-    let ready = http
-        .get(format!("{base}/readyz"))
-        .send()
-        .await
-        .expect("readyz");
-    let ready_took = started.elapsed();
-    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
-    let ready: Value = ready.json().await.expect("readyz json");
-    assert_eq!(ready["error"], "storage_unavailable");
-    assert!(
-        ready["message"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("database"),
-        "{ready}"
-    );
-    assert!(ready_took < Duration::from_secs(1), "{ready_took:?}");
-    let started = Instant::now();
-    let metrics = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .expect("metrics");
-    let metrics_took = started.elapsed();
-    assert_eq!(metrics.status(), StatusCode::OK);
-    assert!(metrics_took < Duration::from_secs(1), "{metrics_took:?}");
-    eprintln!(
-        "during the outage: lookup 503 in {lookup_took:?}, /healthz in {health_took:?}, \
-         /readyz 503 in {ready_took:?}, /metrics in {metrics_took:?}"
-    );
+    let probes = probes_answer_during_the_outage(&replicas.http, &base).await;
+    eprintln!("during the outage: lookup 503 in {lookup_took:?}, {probes}");
 
     // The outage lasts 12 s in all (it is the fault being tested, not a wait for readiness).
     tokio::time::sleep(Duration::from_secs(12).saturating_sub(outage.elapsed())).await;
@@ -165,6 +117,42 @@ async fn a_database_outage_fails_fast_and_loses_no_rotated_token() {
     );
 }
 
+/// During a database outage: `/healthz` answers 200 in under 200 ms
+/// without the database, `/readyz` 503 `storage_unavailable` naming the
+/// database and `/metrics` 200, each within 1 s. Their times, for the log.
+async fn probes_answer_during_the_outage(http: &reqwest::Client, base: &str) -> String {
+    let timed = |path: &'static str| async move {
+        let started = Instant::now();
+        let reply = http
+            .get(format!("{base}{path}"))
+            .send()
+            .await
+            .unwrap_or_else(|err| panic!("{path}: {err}"));
+        (reply, started.elapsed())
+    };
+    let (health, health_took) = timed("/healthz").await;
+    assert_eq!(health.status(), StatusCode::OK);
+    assert!(health_took < Duration::from_millis(200), "{health_took:?}");
+    let (ready, ready_took) = timed("/readyz").await;
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let ready: Value = ready.json().await.expect("readyz json");
+    assert_eq!(ready["error"], "storage_unavailable");
+    assert!(
+        ready["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("database"),
+        "{ready}"
+    );
+    assert!(ready_took < Duration::from_secs(1), "{ready_took:?}");
+    let (metrics, metrics_took) = timed("/metrics").await;
+    assert_eq!(metrics.status(), StatusCode::OK);
+    assert!(metrics_took < Duration::from_secs(1), "{metrics_took:?}");
+    format!(
+        "/healthz in {health_took:?}, /readyz 503 in {ready_took:?}, /metrics in {metrics_took:?}"
+    )
+}
+
 /// PostgreSQL stops answering (connections open and silent, new ones
 /// accepted and never answered: a hung server or a black-holed network)
 /// rather than going away. Lookups still fail within the filter's 2 s
@@ -175,15 +163,7 @@ async fn a_database_outage_fails_fast_and_loses_no_rotated_token() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_that_stops_answering_fails_fast_too() {
     let mut replicas = Replicas::start("faults_db_stall", 1, true, &[]).await;
-    let url = replicas.database_url.clone().expect("postgres");
-    let authority = url
-        .split('@')
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .expect("host:port in the database URL")
-        .to_owned();
-    let cut = TcpCut::start(&authority).await;
-    replicas.database_url = Some(url.replacen(&authority, &cut.addr, 1));
+    let cut = replicas.cut_database().await;
     let index = replicas.add_replica(&[]);
     let base = replicas.urls[index].clone();
     replicas.connect_user("stalled-user").await;
@@ -204,37 +184,8 @@ async fn a_database_that_stops_answering_fails_fast_too() {
         );
         eprintln!("database stalled: lookup of {user} 503 in {took:?}");
     }
-    let started = Instant::now();
-    let health = http
-        .get(format!("{base}/healthz"))
-        .send()
-        .await
-        .expect("healthz");
-    let health_took = started.elapsed();
-    assert_eq!(health.status(), StatusCode::OK);
-    assert!(health_took < Duration::from_millis(200), "{health_took:?}");
-    let started = Instant::now();
-    let ready = http
-        .get(format!("{base}/readyz"))
-        .send()
-        .await
-        .expect("readyz");
-    let ready_took = started.elapsed();
-    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert!(ready_took < Duration::from_secs(1), "{ready_took:?}");
-    let started = Instant::now();
-    let metrics = http
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .expect("metrics");
-    let metrics_took = started.elapsed();
-    assert_eq!(metrics.status(), StatusCode::OK);
-    assert!(metrics_took < Duration::from_secs(1), "{metrics_took:?}");
-    eprintln!(
-        "database stalled: /healthz in {health_took:?}, /readyz 503 in {ready_took:?}, \
-         /metrics in {metrics_took:?}"
-    );
+    let probes = probes_answer_during_the_outage(http, &base).await;
+    eprintln!("database stalled: {probes}");
 
     cut.restore();
     let restored = Instant::now();

@@ -372,6 +372,30 @@ mod sealed_opt {
     }
 }
 
+/// Runs `write` until the database takes it: first after 200 ms, then
+/// every 500 ms while the database is unavailable. `Ok(stored)`, or the
+/// first error that is not an outage.
+pub async fn write_when_back<F, Fut>(mut write: F) -> Result<bool, sqlx::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<bool, sqlx::Error>>,
+{
+    let mut delay = STORE_RETRY_FIRST;
+    loop {
+        tokio::time::sleep(delay).await;
+        match write().await {
+            Err(err) if crate::db::is_unavailable(&err) => {
+                delay = (delay * 2).min(STORE_RETRY_MAX);
+            }
+            done => return done,
+        }
+    }
+}
+
+/// The first retry of a journalled write, and the longest wait between two.
+const STORE_RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(200);
+const STORE_RETRY_MAX: std::time::Duration = std::time::Duration::from_millis(500);
+
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
 #[cfg(test)]

@@ -53,9 +53,6 @@ const CONFIRM_AFTER_SECS: i64 = 2;
 /// Marks a permanent refusal that has not been confirmed yet (in
 /// `last_refresh_error`).
 pub const UNCONFIRMED: &str = "unconfirmed ";
-/// Retry delays of a write of refreshed tokens while the database is away.
-pub(crate) const STORE_RETRY_FIRST: Duration = Duration::from_millis(200);
-pub(crate) const STORE_RETRY_MAX: Duration = Duration::from_millis(500);
 const FIRST_BACKOFF: Duration = Duration::from_millis(5);
 const MAX_BACKOFF: Duration = Duration::from_millis(200);
 
@@ -667,30 +664,24 @@ async fn hold_until_stored(
         let (_local, _permit) = (local, permit);
         let key = entry.key();
         let since = Instant::now();
-        let mut delay = STORE_RETRY_FIRST;
-        loop {
-            tokio::time::sleep(delay).await;
-            match connections::store_refreshed(&task_state.db, entry.refreshed(&key, &owner)).await
-            {
-                Ok(stored) => {
-                    settle(&task_state, &key, entry.base_version).await;
-                    task_state.metrics.store_retried();
-                    task_state.metrics.journal_stored(stored);
-                    let pending = task_state.journal.pending_count();
-                    if stored {
-                        tracing::warn!(app_id = %key.app_id, provider = %key.provider, waited_ms = since.elapsed().as_millis(), pending, "database back: stored the journalled tokens");
-                    } else {
-                        tracing::warn!(app_id = %key.app_id, provider = %key.provider, waited_ms = since.elapsed().as_millis(), pending, "database back: newer tokens were stored meanwhile; dropped the journalled ones");
-                    }
-                    return;
+        let written = crate::journal::write_when_back(|| {
+            connections::store_refreshed(&task_state.db, entry.refreshed(&key, &owner))
+        })
+        .await;
+        match written {
+            Ok(stored) => {
+                settle(&task_state, &key, entry.base_version).await;
+                task_state.metrics.store_retried();
+                task_state.metrics.journal_stored(stored);
+                let pending = task_state.journal.pending_count();
+                if stored {
+                    tracing::warn!(app_id = %key.app_id, provider = %key.provider, waited_ms = since.elapsed().as_millis(), pending, "database back: stored the journalled tokens");
+                } else {
+                    tracing::warn!(app_id = %key.app_id, provider = %key.provider, waited_ms = since.elapsed().as_millis(), pending, "database back: newer tokens were stored meanwhile; dropped the journalled ones");
                 }
-                Err(err) if db::is_unavailable(&err) => {
-                    delay = (delay * 2).min(STORE_RETRY_MAX);
-                }
-                Err(err) => {
-                    tracing::error!(app_id = %key.app_id, provider = %key.provider, error = %err, "journalled tokens could not be written; kept in the journal for the next start");
-                    return;
-                }
+            }
+            Err(err) => {
+                tracing::error!(app_id = %key.app_id, provider = %key.provider, error = %err, "journalled tokens could not be written; kept in the journal for the next start");
             }
         }
     });

@@ -15,7 +15,7 @@ use super::confirm::SealedTokens;
 use crate::db;
 use crate::error::ApiError;
 use crate::journal::{Connect, Entry};
-use crate::refresh::{self, Served, STORE_RETRY_FIRST, STORE_RETRY_MAX};
+use crate::refresh::{self, Served};
 use crate::secrets::{digest_eq, Digest};
 use crate::store::connections::{self, ConnKey, NewConnection};
 use crate::store::providers::ProviderRecord;
@@ -188,28 +188,19 @@ pub async fn hold_until_stored(
         let (_local, _permit) = (local, permit);
         let key = entry.key();
         let since = Instant::now();
-        let mut delay = STORE_RETRY_FIRST;
-        loop {
-            tokio::time::sleep(delay).await;
-            match write(&task_state, &entry).await {
-                Ok(written) => {
-                    settle(&task_state, &entry).await;
-                    task_state.metrics.journal_stored(written);
-                    let pending = task_state.journal.pending_count();
-                    if written {
-                        tracing::warn!(app_id = %key.app_id, provider = %key.provider, waited_ms = since.elapsed().as_millis(), pending, "database back: stored the journalled connection");
-                    } else {
-                        tracing::warn!(app_id = %key.app_id, provider = %key.provider, waited_ms = since.elapsed().as_millis(), pending, "database back: tokens issued later were stored meanwhile; dropped the journalled connection");
-                    }
-                    return;
+        match crate::journal::write_when_back(|| write(&task_state, &entry)).await {
+            Ok(written) => {
+                settle(&task_state, &entry).await;
+                task_state.metrics.journal_stored(written);
+                let pending = task_state.journal.pending_count();
+                if written {
+                    tracing::warn!(app_id = %key.app_id, provider = %key.provider, waited_ms = since.elapsed().as_millis(), pending, "database back: stored the journalled connection");
+                } else {
+                    tracing::warn!(app_id = %key.app_id, provider = %key.provider, waited_ms = since.elapsed().as_millis(), pending, "database back: tokens issued later were stored meanwhile; dropped the journalled connection");
                 }
-                Err(err) if db::is_unavailable(&err) => {
-                    delay = (delay * 2).min(STORE_RETRY_MAX);
-                }
-                Err(err) => {
-                    tracing::error!(app_id = %key.app_id, provider = %key.provider, error = %err, "a journalled connection could not be written; kept in the journal for the next start");
-                    return;
-                }
+            }
+            Err(err) => {
+                tracing::error!(app_id = %key.app_id, provider = %key.provider, error = %err, "a journalled connection could not be written; kept in the journal for the next start");
             }
         }
     });
