@@ -24,16 +24,7 @@ async fn connect_path(
     if let Some(name) = display {
         body["user_display_name"] = json!(name);
     }
-    let reply = h
-        .as_app(&app.app_id, &app.app_key, "/v1/connect-sessions", body)
-        .await;
-    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
-    reply.json()["connect_url"]
-        .as_str()
-        .unwrap()
-        .strip_prefix(PUBLIC_URL)
-        .unwrap()
-        .to_owned()
+    h.connect_link(app, body).await
 }
 
 /// A forged post: what it is, its headers, its body.

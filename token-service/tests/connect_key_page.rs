@@ -47,16 +47,7 @@ async fn link(h: &Harness, app: &ConnectedApp, user: &str, return_to: Option<&st
     if let Some(r) = return_to {
         body["return_to"] = json!(r);
     }
-    let reply = h
-        .as_app(&app.app_id, &app.app_key, "/v1/connect-sessions", body)
-        .await;
-    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
-    reply.json()["connect_url"]
-        .as_str()
-        .unwrap()
-        .strip_prefix(PUBLIC_URL)
-        .unwrap()
-        .to_owned()
+    h.connect_link(app, body).await
 }
 
 /// Opens the page and posts `fields` as its browser does (same origin, the

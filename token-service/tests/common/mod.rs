@@ -472,6 +472,21 @@ impl Harness {
             .await
     }
 
+    /// The path of the connect link the app gets for the connect-session
+    /// request `body` (the page is not opened).
+    pub async fn connect_link(&self, app: &ConnectedApp, body: Value) -> String {
+        let reply = self
+            .as_app(&app.app_id, &app.app_key, "/v1/connect-sessions", body)
+            .await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
+        reply.json()["connect_url"]
+            .as_str()
+            .unwrap()
+            .strip_prefix(PUBLIC_URL)
+            .unwrap()
+            .to_owned()
+    }
+
     /// [`Self::start_connect`] with connection parameters.
     pub async fn start_connect_with(
         &self,
@@ -484,12 +499,7 @@ impl Harness {
         if let Some(r) = return_to {
             body["return_to"] = json!(r);
         }
-        let reply = self
-            .as_app(&app.app_id, &app.app_key, "/v1/connect-sessions", body)
-            .await;
-        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
-        let connect_url = reply.json()["connect_url"].as_str().unwrap().to_owned();
-        let path = connect_url.strip_prefix(PUBLIC_URL).unwrap().to_owned();
+        let path = self.connect_link(app, body).await;
         let page = self.get(&path).await;
         assert_eq!(page.status, StatusCode::OK, "{}", page.text());
         assert!(
