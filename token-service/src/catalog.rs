@@ -236,10 +236,11 @@ impl KeyCheck {
         if !p.starts_with('/')
             || p.starts_with("//")
             || p.len() > 512
-            || p.contains('#')
+            || p.contains(['#', '\\'])
             || p.chars().any(|c| c.is_control() || c.is_whitespace())
         {
-            errors.push("key_check.path must be an absolute path of at most 512 bytes without '#', spaces or control characters".into());
+            // A URL parser reads `/\host` as `//host`: another host.
+            errors.push("key_check.path must be an absolute path of at most 512 bytes without '#', '\\', spaces or control characters".into());
         }
         if !(200..=299).contains(&self.expect_status) {
             errors.push("key_check.expect_status must be a 2xx status".into());
@@ -1419,8 +1420,13 @@ mod tests {
         assert_eq!(with_check(check.clone(), true), "");
         assert!(with_check(check.clone(), false)
             .contains("key_check is neither referenced nor unverified"));
-        let bad = serde_json::json!({"path": "https://evil.test/x", "expect_status": 200});
-        assert!(with_check(bad, true).contains("key_check.path must be an absolute path"));
+        for path in ["https://evil.test/x", "//evil.test/x", "/\\evil.test/x"] {
+            let bad = serde_json::json!({"path": path, "expect_status": 200});
+            assert!(
+                with_check(bad, true).contains("key_check.path must be an absolute path"),
+                "{path}"
+            );
+        }
         let bad = serde_json::json!({"path": "/v1/models", "expect_status": 401});
         assert!(with_check(bad, true).contains("key_check.expect_status must be a 2xx"));
         let errors = key_entry_errors(|o| {

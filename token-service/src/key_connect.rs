@@ -327,6 +327,10 @@ async fn run_check(
     let url = base
         .join(&check.path)
         .map_err(|_| internal("path does not join"))?;
+    // The entered credential goes to the API's own origin or nowhere.
+    if url.origin() != base.origin() {
+        return Err(internal("path leaves the API origin"));
+    }
     let stamp = CredentialStamp {
         name: &provider.header_name,
         format: &provider.header_format,

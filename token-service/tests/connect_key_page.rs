@@ -385,6 +385,12 @@ async fn provider_configurations_with_wrong_form_fields_or_checks_are_refused() 
             "key_check.path must be an absolute path",
         ),
         (
+            "a check on another host, spelled with a backslash",
+            json!({"auth_type": "api_key", "api_base_url": base,
+                   "key_check": {"path": "/\\evil.test/steal", "expect_status": 200}}),
+            "key_check.path must be an absolute path",
+        ),
+        (
             "a check expecting a failure",
             json!({"auth_type": "api_key", "api_base_url": base,
                    "key_check": {"path": "/api/me", "expect_status": 401}}),
