@@ -82,9 +82,11 @@ pub async fn create_app(db: &Db, input: CreateApp) -> Result<CreatedApp, ApiErro
     })
 }
 
+/// How a provider's credential is put on requests: its name, the value
+/// template around the token, and its placement (the API field `header`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct HeaderSpec {
+pub struct CredentialSpec {
     pub name: String,
     pub format: String,
     /// `query`: the credential goes into the query parameter `name` instead
@@ -93,7 +95,7 @@ pub struct HeaderSpec {
     pub placement: Placement,
 }
 
-impl Default for HeaderSpec {
+impl Default for CredentialSpec {
     fn default() -> Self {
         Self {
             name: "authorization".into(),
@@ -152,7 +154,7 @@ pub struct PutProvider {
     #[serde(default)]
     pub connection_params: Option<Vec<ConnectionParam>>,
     #[serde(default)]
-    pub header: Option<HeaderSpec>,
+    pub header: Option<CredentialSpec>,
     /// The connect page's form fields (API-key and Basic providers).
     #[serde(default)]
     pub api_key_fields: Option<Vec<catalog::ApiKeyField>>,
@@ -186,7 +188,7 @@ pub struct ProviderView {
     pub scopes: Vec<String>,
     pub scope_separator: String,
     pub client_auth: ClientAuth,
-    pub header: HeaderSpec,
+    pub header: CredentialSpec,
     #[serde(flatten)]
     pub settings: ProviderSettings,
     /// This provider's refresh policy overrides.
@@ -220,7 +222,7 @@ impl ProviderView {
             scopes: p.scopes,
             scope_separator: p.scope_separator,
             client_auth: p.client_auth,
-            header: HeaderSpec {
+            header: CredentialSpec {
                 name: p.header_name,
                 format: p.header_format,
                 placement: p.settings.stamp_in,
@@ -361,12 +363,12 @@ pub async fn put_provider(
         .header
         .or_else(|| entry.as_ref().map(|e| e.header.clone()))
         .unwrap_or_else(|| match auth_type {
-            AuthType::Basic => HeaderSpec {
+            AuthType::Basic => CredentialSpec {
                 name: "authorization".into(),
                 format: "Basic {token}".into(),
                 placement: Placement::Header,
             },
-            _ => HeaderSpec::default(),
+            _ => CredentialSpec::default(),
         });
     let client_auth = input
         .client_auth

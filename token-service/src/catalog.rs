@@ -4,7 +4,7 @@
 //! module enforces; an app refers to an entry by name and overrides only
 //! what it needs (see [`crate::admin::PutProvider`]).
 
-use crate::admin::HeaderSpec;
+use crate::admin::CredentialSpec;
 use crate::error::ApiError;
 use crate::store::providers::ClientAuth;
 use crate::template::{self, Values};
@@ -377,7 +377,7 @@ pub struct CatalogEntry {
     pub connection_params: Vec<ConnectionParam>,
     pub token_response_quirks: Vec<String>,
     pub post_exchange_metadata: Option<PostExchangeMetadata>,
-    pub header: HeaderSpec,
+    pub header: CredentialSpec,
     pub api_key_fields: Vec<ApiKeyField>,
     /// Optional: the call the connect page makes to check entered credentials.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -2,7 +2,7 @@
 //! database directly and call the same service functions as the admin API.
 //! Every option also reads an `AUTHSTAMP_*` variable; secrets are never flags.
 
-use crate::admin::{self, CreateApp, HeaderSpec, PutProvider};
+use crate::admin::{self, CreateApp, CredentialSpec, PutProvider};
 use crate::app_keys;
 use crate::config::{self, PublicUrl, SecretEnv};
 use crate::connections::ConnectionView;
@@ -834,8 +834,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let header = match (&args.header_name, &args.header_format, args.header_in) {
                 (None, None, None) => None,
                 (name, format, location) => {
-                    let default = HeaderSpec::default();
-                    Some(HeaderSpec {
+                    let default = CredentialSpec::default();
+                    Some(CredentialSpec {
                         name: name.clone().unwrap_or(default.name),
                         format: format.clone().unwrap_or_else(|| match location {
                             Some(StampInArg::Query) => "{token}".to_owned(),
