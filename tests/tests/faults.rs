@@ -334,6 +334,40 @@ fn outage() -> Duration {
 
 const JOURNALLED_USERS: usize = 20;
 
+/// The rest of a journal test's database outage: the replica is SIGKILLed
+/// first when `kill` (only its journal remains), the outage runs its
+/// length from `began`, the database comes back, and a killed replica is
+/// started again: it must have replayed `journalled` entries before it
+/// announced itself. The replica to use from now on, when the database came
+/// back, and the new replica's metrics after a restart.
+async fn end_outage(
+    replicas: &mut Replicas,
+    cut: &authstamp_e2e::tcp_cut::TcpCut,
+    index: usize,
+    kill: bool,
+    began: Instant,
+    journalled: u64,
+) -> (usize, Instant, Option<String>) {
+    if kill {
+        replicas.services[index].kill();
+    }
+    // The outage (the fault under test, not a wait for readiness).
+    tokio::time::sleep(outage().saturating_sub(began.elapsed())).await;
+    cut.restore();
+    let restored = Instant::now();
+    if !kill {
+        return (index, restored, None);
+    }
+    let index = replicas.add_replica(&[]);
+    let metrics = replicas.metrics(index).await;
+    assert_eq!(
+        metric(&metrics, "authstamp_token_journal_replayed_total"),
+        journalled,
+        "{metrics}"
+    );
+    (index, restored, Some(metrics))
+}
+
 /// PostgreSQL goes away while 20 refreshes are in flight at a provider that
 /// rotates refresh tokens and detects their reuse. Every caller is served
 /// its new token during the outage (journalled first: sealed, never the
@@ -344,7 +378,7 @@ const JOURNALLED_USERS: usize = 20;
 async fn journalled_refreshes_survive(test_name: &str, kill: bool) {
     let mut replicas = Replicas::start(test_name, 1, true, &["--background-interval", "0s"]).await;
     let cut = replicas.cut_database().await;
-    let mut index = replicas.add_replica(&[]);
+    let index = replicas.add_replica(&[]);
     let users: Vec<String> = (0..JOURNALLED_USERS)
         .map(|i| format!("journalled-{i}"))
         .collect();
@@ -417,23 +451,16 @@ async fn journalled_refreshes_survive(test_name: &str, kill: bool) {
         "{JOURNALLED_USERS} callers served and journalled {:?} into the outage",
         outage_began.elapsed()
     );
-    if kill {
-        replicas.services[index].kill(); // SIGKILL: only the journal remains
-    }
-
-    // The outage (the fault under test, not a wait for readiness).
-    tokio::time::sleep(outage().saturating_sub(outage_began.elapsed())).await;
-    cut.restore();
-    let restored = Instant::now();
-    if kill {
-        // The journal is replayed before the new process announces itself.
-        index = replicas.add_replica(&[]);
-        let metrics = replicas.metrics(index).await;
-        assert_eq!(
-            metric(&metrics, "authstamp_token_journal_replayed_total"),
-            JOURNALLED_USERS as u64,
-            "{metrics}"
-        );
+    let (index, restored, replayed) = end_outage(
+        &mut replicas,
+        &cut,
+        index,
+        kill,
+        outage_began,
+        JOURNALLED_USERS as u64,
+    )
+    .await;
+    if let Some(metrics) = replayed {
         assert_eq!(
             metric(&metrics, "authstamp_token_journal_stored_total"),
             JOURNALLED_USERS as u64,
@@ -513,7 +540,7 @@ async fn journalled_refreshes_survive_a_sigkill_during_the_outage() {
 async fn a_journalled_connect_survives(test_name: &str, kill: bool) {
     let mut replicas = Replicas::start(test_name, 1, true, &["--background-interval", "0s"]).await;
     let cut = replicas.cut_database().await;
-    let mut index = replicas.add_replica(&[]);
+    let index = replicas.add_replica(&[]);
     let user = "connecting";
     let connect_url = replicas.connect_session(index, user).await;
     replicas.set_quirks(json!({"token_delay_ms": 3000})).await;
@@ -586,23 +613,7 @@ async fn a_journalled_connect_survives(test_name: &str, kill: bool) {
         "connected page and the token served {:?} into the outage",
         outage_began.elapsed()
     );
-    if kill {
-        replicas.services[index].kill(); // SIGKILL: only the journal remains
-    }
-
-    // The outage (the fault under test, not a wait for readiness).
-    tokio::time::sleep(outage().saturating_sub(outage_began.elapsed())).await;
-    cut.restore();
-    let restored = Instant::now();
-    if kill {
-        index = replicas.add_replica(&[]);
-        let metrics = replicas.metrics(index).await;
-        assert_eq!(
-            metric(&metrics, "authstamp_token_journal_replayed_total"),
-            1,
-            "{metrics}"
-        );
-    }
+    let (index, restored, _) = end_outage(&mut replicas, &cut, index, kill, outage_began, 1).await;
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let metrics = replicas.metrics(index).await;
