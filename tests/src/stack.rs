@@ -299,6 +299,21 @@ impl Stack {
             .header("x-authstamp-app-key", &self.app_key)
     }
 
+    /// Sum of the samples of `name` in Envoy's `/stats/prometheus` (the
+    /// filter's metrics, either build).
+    pub async fn envoy_metric(&self, name: &str) -> u64 {
+        let text = self
+            .http
+            .get(format!("{}/stats/prometheus", self.envoy_admin_url))
+            .send()
+            .await
+            .expect("envoy admin")
+            .text()
+            .await
+            .expect("envoy stats");
+        metric_sum(&text, name)
+    }
+
     /// Token lookups the token service has answered, from its `/metrics`.
     pub async fn token_lookups(&self) -> u64 {
         let text = self

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use authstamp_e2e::deploy::CredentialEcho;
-use authstamp_e2e::stack::{local_bootstrap_replacing, metric_sum, MAX_CACHE_TTL};
+use authstamp_e2e::stack::{local_bootstrap_replacing, MAX_CACHE_TTL};
 use authstamp_e2e::{Stack, StackOptions};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -155,16 +155,7 @@ async fn distinct_users_through_1024_slots_leave_envoy_memory_flat_and_never_mix
         users,
         "every request was a miss, none served from another user's entry"
     );
-    let stats = stack
-        .http
-        .get(format!("{}/stats/prometheus", stack.envoy_admin_url))
-        .send()
-        .await
-        .expect("envoy admin")
-        .text()
-        .await
-        .expect("stats");
-    let slots = metric_sum(&stats, "authstamp_cache_slots");
+    let slots = stack.envoy_metric("authstamp_cache_slots").await;
     assert!(
         (1..=CAPACITY).contains(&slots),
         "{slots} cache slots for capacity {CAPACITY}"

@@ -37,17 +37,12 @@ async fn admin_text(stack: &Stack, path: &str) -> String {
         .expect("admin text")
 }
 
-/// A metric of the filter as Envoy prints it at /stats/prometheus.
-async fn envoy_metric(stack: &Stack, name: &str) -> u64 {
-    metric_sum(&admin_text(stack, "/stats/prometheus").await, name)
-}
-
 /// Waits (up to 10 s) until `name` reaches `at_least`: hit counts are
 /// handed to Envoy in batches (every second), histograms on stats flushes.
 async fn wait_for_metric(stack: &Stack, name: &str, at_least: u64) -> u64 {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let value = envoy_metric(stack, name).await;
+        let value = stack.envoy_metric(name).await;
         if value >= at_least || Instant::now() > deadline {
             return value;
         }
@@ -144,9 +139,11 @@ async fn two_hundred_cold_requests_on_four_workers_make_one_lookup_natively_at_m
     assert_eq!(per_worker.len(), WORKERS as usize, "{stats}");
     assert!(per_worker.iter().all(|n| *n > 0), "{stats}");
 
-    let calls = envoy_metric(&stack, "authstamp_token_service_calls_total").await;
+    let calls = stack
+        .envoy_metric("authstamp_token_service_calls_total")
+        .await;
     assert_eq!(calls, lookups);
-    let coalesced = envoy_metric(&stack, "authstamp_coalesced_total").await;
+    let coalesced = stack.envoy_metric("authstamp_coalesced_total").await;
     let hits = wait_for_metric(
         &stack,
         "authstamp_cache_hits_total",
@@ -268,8 +265,8 @@ async fn a_small_cache_holds_many_users_without_growing_or_mixing_tokens() {
         }
         allocated.push(envoy_allocated(&stack).await);
     }
-    let slots = envoy_metric(&stack, "authstamp_cache_slots").await;
-    let misses = envoy_metric(&stack, "authstamp_cache_misses_total").await;
+    let slots = stack.envoy_metric("authstamp_cache_slots").await;
+    let misses = stack.envoy_metric("authstamp_cache_misses_total").await;
     eprintln!(
         "capacity 4: {slots} slots after {} users, {misses} misses; Envoy allocated per 500 users: {allocated:?}",
         users + 12
@@ -347,12 +344,14 @@ async fn a_provider_401_refreshes_the_token_for_the_replay_and_the_next_request(
     assert_eq!(bearer_seen(&again), fresh);
     assert_eq!(stack.token_lookups().await, 2);
     assert_eq!(
-        envoy_metric(&stack, "authstamp_provider_unauthorized_total").await,
+        stack
+            .envoy_metric("authstamp_provider_unauthorized_total")
+            .await,
         2,
         "the first attempt's and the replay's"
     );
     assert_eq!(
-        envoy_metric(&stack, "authstamp_forced_refreshes_total").await,
+        stack.envoy_metric("authstamp_forced_refreshes_total").await,
         1
     );
 }
@@ -446,7 +445,7 @@ async fn with_the_token_service_stopped_a_cached_token_still_valid_is_served() {
     // Until the entry is past its cache validity the requests are plain
     // hits; then each is a failed lookup answered from the stale entry.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while envoy_metric(&stack, "authstamp_stale_served_total").await == 0 {
+    while stack.envoy_metric("authstamp_stale_served_total").await == 0 {
         assert!(Instant::now() < deadline, "no stale token served");
         let response = stack
             .call(Method::GET, "/api/me", "sam")
@@ -463,7 +462,7 @@ async fn with_the_token_service_stopped_a_cached_token_still_valid_is_served() {
         .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(bearer_seen(&json_of(response).await), token);
-    assert!(envoy_metric(&stack, "authstamp_stale_served_total").await >= 2);
+    assert!(stack.envoy_metric("authstamp_stale_served_total").await >= 2);
 
     // A user without a cached token gets the outage.
     let response = stack

@@ -6,7 +6,6 @@
 
 use std::time::Duration;
 
-use authstamp_e2e::stack::metric_sum;
 use authstamp_e2e::{Stack, StackOptions};
 use reqwest::{Method, Response, StatusCode};
 use serde_json::Value;
@@ -24,19 +23,6 @@ fn bearer_seen(echo: &Value) -> String {
         .as_str()
         .expect("authorization at the provider")
         .to_string()
-}
-
-async fn envoy_metric(stack: &Stack, name: &str) -> u64 {
-    let text = stack
-        .http
-        .get(format!("{}/stats/prometheus", stack.envoy_admin_url))
-        .send()
-        .await
-        .expect("envoy admin")
-        .text()
-        .await
-        .expect("admin text");
-    metric_sum(&text, name)
 }
 
 /// Envoy's count of retries it sent to the provider clusters.
@@ -132,11 +118,13 @@ async fn a_revoked_access_token_is_healed_on_the_very_first_request() {
     assert_eq!(stack.refresh_calls().await, 1, "exactly one refresh");
     assert_eq!(envoy_retries(&stack).await, 1, "one replay");
     assert_eq!(
-        envoy_metric(&stack, "authstamp_healed_retries_total").await,
+        stack.envoy_metric("authstamp_healed_retries_total").await,
         1
     );
     assert_eq!(
-        envoy_metric(&stack, "authstamp_unhealed_unauthorized_total").await,
+        stack
+            .envoy_metric("authstamp_unhealed_unauthorized_total")
+            .await,
         0
     );
 
@@ -222,7 +210,9 @@ async fn a_body_over_the_retry_buffer_gets_its_401_and_the_next_request_the_fres
     assert_ne!(bearer_seen(&echo), refused);
     assert_eq!(stack.refresh_calls().await, 1, "the one forced refresh");
     assert_eq!(
-        envoy_metric(&stack, "authstamp_unhealed_unauthorized_total").await,
+        stack
+            .envoy_metric("authstamp_unhealed_unauthorized_total")
+            .await,
         1
     );
 }
@@ -269,7 +259,9 @@ async fn fifty_concurrent_requests_after_a_revocation_all_succeed_with_one_refre
     assert!(!tokens.contains(&refused));
     assert_eq!(stack.refresh_calls().await, 1, "one refresh");
     assert_eq!(
-        envoy_metric(&stack, "authstamp_unhealed_unauthorized_total").await,
+        stack
+            .envoy_metric("authstamp_unhealed_unauthorized_total")
+            .await,
         0
     );
 }
@@ -299,15 +291,19 @@ async fn a_provider_refusing_every_token_gets_one_retry_per_request_and_bounded_
     assert_eq!(stack.refresh_calls().await, 1);
     assert_eq!(envoy_retries(&stack).await, 1);
     assert_eq!(
-        envoy_metric(&stack, "authstamp_forced_refreshes_total").await,
+        stack.envoy_metric("authstamp_forced_refreshes_total").await,
         1
     );
     assert_eq!(
-        envoy_metric(&stack, "authstamp_forced_refreshes_refused_total").await,
+        stack
+            .envoy_metric("authstamp_forced_refreshes_refused_total")
+            .await,
         2
     );
     assert_eq!(
-        envoy_metric(&stack, "authstamp_unhealed_unauthorized_total").await,
+        stack
+            .envoy_metric("authstamp_unhealed_unauthorized_total")
+            .await,
         3
     );
     // The current token still works for requests the provider accepts.
