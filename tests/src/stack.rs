@@ -299,6 +299,27 @@ impl Stack {
             .header("x-authstamp-app-key", &self.app_key)
     }
 
+    /// `users` connections of `provider` for users `<prefix><n>`, seeded
+    /// straight into the token service's store (`authstamp bench-seed`;
+    /// `extra` its further flags, e.g. `--token-prefix`).
+    pub fn seed_users(&self, provider: &str, prefix: &str, users: u64, extra: &[&str]) {
+        let output = Command::new(crate::authstamp_bin())
+            .arg("bench-seed")
+            .arg("--data-dir")
+            .arg(self.log_dir.join("data"))
+            .args(["--app", &self.app_id, "--provider", provider])
+            .args(["--prefix", prefix, "--users", &users.to_string()])
+            .args(extra)
+            .env("AUTHSTAMP_MASTER_KEY", &self.master_key)
+            .output()
+            .expect("bench-seed");
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
     /// Sum of the samples of `name` in Envoy's `/stats/prometheus` (the
     /// filter's metrics, either build).
     pub async fn envoy_metric(&self, name: &str) -> u64 {

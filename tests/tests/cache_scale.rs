@@ -6,7 +6,6 @@
 //! carry that user's own token (the upstream echoes the credential it got),
 //! and Envoy's resident memory must stay flat from the warm-up to the end.
 
-use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -120,20 +119,11 @@ async fn distinct_users_through_1024_slots_leave_envoy_memory_flat_and_never_mix
         )
         .await;
     let seeding = Instant::now();
-    let output = Command::new(authstamp_e2e::authstamp_bin())
-        .arg("bench-seed")
-        .arg("--data-dir")
-        .arg(stack.log_dir.join("data"))
-        .args(["--app", &stack.app_id, "--provider", PROVIDER])
-        .args(["--prefix", USER_PREFIX, "--token-prefix", TOKEN_PREFIX])
-        .args(["--users", &users.to_string()])
-        .env("AUTHSTAMP_MASTER_KEY", &stack.master_key)
-        .output()
-        .expect("bench-seed");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    stack.seed_users(
+        PROVIDER,
+        USER_PREFIX,
+        users,
+        &["--token-prefix", TOKEN_PREFIX],
     );
     eprintln!("seeded {users} users in {:.1?}", seeding.elapsed());
 

@@ -2,7 +2,6 @@
 //! bounded cache, the forced refresh after a provider 401, and the filter's
 //! metrics in Envoy's admin output.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use authstamp_e2e::stack::{
@@ -221,27 +220,7 @@ async fn a_small_cache_holds_many_users_without_growing_or_mixing_tokens() {
         response.text().await
     );
     let users = 2000u32;
-    let output = Command::new(authstamp_e2e::authstamp_bin())
-        .arg("bench-seed")
-        .arg("--data-dir")
-        .arg(stack.log_dir.join("data"))
-        .args([
-            "--app",
-            &stack.app_id,
-            "--provider",
-            "bulk",
-            "--prefix",
-            "bulk-",
-        ])
-        .args(["--users", &users.to_string()])
-        .env("AUTHSTAMP_MASTER_KEY", &stack.master_key)
-        .output()
-        .expect("bench-seed");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    stack.seed_users("bulk", "bulk-", users.into(), &[]);
 
     let mut allocated = Vec::new();
     for batch in 0..4 {
