@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 pub const PROVIDER: &str = "standin";
 pub const CLIENT_ID: &str = "authstamp-refresh-client";
+/// Where connects made with [`Replicas::connect_session_returning`] send the browser back.
+pub const RETURN_TO: &str = "https://app.example/authstamp/back";
 
 pub struct Replicas {
     pub log_dir: PathBuf,
@@ -141,7 +143,7 @@ impl Replicas {
             .http
             .post(format!("{}/v1/apps", self.urls[0]))
             .bearer_auth(&self.admin_token)
-            .json(&json!({"name": "refresh"}))
+            .json(&json!({"name": "refresh", "allowed_return_to": [RETURN_TO]}))
             .send()
             .await
             .expect("create app");
@@ -200,12 +202,27 @@ impl Replicas {
 
     /// A connect link for `user` made at replica `index`.
     pub async fn connect_session(&self, index: usize, user: &str) -> String {
+        self.connect_session_with(index, json!({"provider": PROVIDER, "user": user}))
+            .await
+    }
+
+    /// A connect link for `user` that returns to the app ([`RETURN_TO`]),
+    /// which then confirms the result ([`Replicas::confirm`]).
+    pub async fn connect_session_returning(&self, index: usize, user: &str) -> String {
+        self.connect_session_with(
+            index,
+            json!({"provider": PROVIDER, "user": user, "return_to": RETURN_TO}),
+        )
+        .await
+    }
+
+    async fn connect_session_with(&self, index: usize, body: Value) -> String {
         let response = self
             .http
             .post(format!("{}/v1/connect-sessions", self.urls[index]))
             .header("x-authstamp-app", &self.app_id)
             .header("x-authstamp-app-key", &self.app_key)
-            .json(&json!({"provider": PROVIDER, "user": user}))
+            .json(&body)
             .send()
             .await
             .expect("connect session");
@@ -239,6 +256,22 @@ impl Replicas {
         tokio::spawn(async move {
             let _ = request.send().await;
         })
+    }
+
+    /// The app confirms the connect result `result` for `user` at replica
+    /// `index` (`POST /v1/connect-results/confirm`): (status, body).
+    pub async fn confirm(&self, index: usize, result: &str, user: &str) -> (StatusCode, Value) {
+        let response = self
+            .http
+            .post(format!("{}/v1/connect-results/confirm", self.urls[index]))
+            .header("x-authstamp-app", &self.app_id)
+            .header("x-authstamp-app-key", &self.app_key)
+            .json(&json!({"result": result, "user": user}))
+            .send()
+            .await
+            .expect("confirm");
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
     }
 
     /// `POST /v1/token-lookup` at replica `index`: (status, body).

@@ -664,6 +664,138 @@ async fn a_journalled_connect_survives_a_sigkill_during_the_outage() {
     a_journalled_connect_survives("faults_connect_journal_kill", true).await;
 }
 
+/// The same outage for a connect that returns to the app, which confirms
+/// the result afterwards: the provider's tokens wait in the journal (sealed
+/// to the result, 0600) instead of `connect_results`, the browser goes back
+/// to the app as usual, the app's confirmation answers 503
+/// `storage_unavailable` during the outage, and once the database is back
+/// (on this replica, or replayed by a restarted one after a SIGKILL) the
+/// confirmation makes the connection with the provider's first tokens.
+async fn a_journalled_connect_result_survives(test_name: &str, kill: bool) {
+    let mut replicas = Replicas::start(test_name, 1, true, &["--background-interval", "0s"]).await;
+    let cut = replicas.cut_database().await;
+    let index = replicas.add_replica(&[]);
+    let user = "returning";
+    let connect_url = replicas.connect_session_returning(index, user).await;
+    replicas.set_quirks(json!({"token_delay_ms": 3000})).await;
+    let exchanges_before = replicas.standin_stats().await["token_calls"]["authorization_code"]
+        .as_u64()
+        .expect("exchange count");
+    let walk = tokio::spawn(async move {
+        let browser = authstamp_e2e::browser::browser_client();
+        authstamp_e2e::browser::walk_connect(&browser, &connect_url, user).await
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while replicas.standin_stats().await["token_calls"]["authorization_code"].as_u64()
+        == Some(exchanges_before)
+    {
+        assert!(Instant::now() < deadline, "no code exchange in time");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cut.cut();
+    let outage_began = Instant::now();
+
+    let outcome = walk.await.expect("connect walk");
+    assert_eq!(
+        outcome.final_status,
+        StatusCode::FOUND,
+        "back to the app: {}",
+        outcome.final_body
+    );
+    let location = outcome.final_location.expect("a redirect to return_to");
+    assert!(
+        location.starts_with(authstamp_e2e::replicas::RETURN_TO),
+        "{location}"
+    );
+    let back = url::Url::parse(&location).expect("return_to URL");
+    let result = back
+        .query_pairs()
+        .find(|(name, _)| name == "authstamp_result")
+        .map(|(_, value)| value.into_owned())
+        .expect("authstamp_result");
+    let journal_path = replicas.data_dir.join("token-journal.jsonl");
+    let journal = std::fs::read_to_string(&journal_path).expect("the journal");
+    assert_eq!(journal.lines().count(), 1, "{journal}");
+    assert!(
+        !journal.contains(&result),
+        "the one-time result in the journal"
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&journal_path)
+            .expect("journal")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    assert!(
+        replicas
+            .all_output()
+            .contains("database unavailable after a code exchange: journalled the connect result"),
+        "the journalling is logged"
+    );
+    let (status, body) = replicas.confirm(index, &result, user).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"], "storage_unavailable", "{body}");
+
+    let (index, restored, _) = end_outage(&mut replicas, &cut, index, kill, outage_began, 1).await;
+    // The app retries its confirmation until the result is written.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let view = loop {
+        let (status, body) = replicas.confirm(index, &result, user).await;
+        if status == StatusCode::OK {
+            break body;
+        }
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert!(
+            Instant::now() < deadline,
+            "the confirmation still fails after the outage: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    eprintln!(
+        "outage {:?}; confirmed {:?} after it ended{}",
+        outage(),
+        restored.elapsed(),
+        if kill {
+            " (SIGKILL, restart, replay)"
+        } else {
+            ""
+        }
+    );
+    assert_eq!(view["status"], "active", "{view}");
+    assert!(!journal_path.exists(), "the journal is removed once stored");
+    let metrics = replicas.metrics(index).await;
+    assert_eq!(
+        metric(&metrics, "authstamp_token_journal_stored_total"),
+        1,
+        "{metrics}"
+    );
+    replicas.set_quirks(json!({"token_delay_ms": 0})).await;
+    let (status, body) = replicas.lookup(index, user).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(token(&body).starts_with("Bearer "), "{body}");
+    // The result was used up by the confirmation.
+    let (status, body) = replicas.confirm(index, &result, user).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(
+        replicas.standin_stats().await["token_calls"]["authorization_code"].as_u64(),
+        Some(exchanges_before + 1),
+        "one code exchange"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connect_returning_to_the_app_during_a_database_outage_is_confirmed_after_it() {
+    a_journalled_connect_result_survives("faults_result_journal", false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_journalled_connect_result_survives_a_sigkill_during_the_outage() {
+    a_journalled_connect_result_survives("faults_result_journal_kill", true).await;
+}
+
 /// One row of the provider fault matrix: the quirk that breaks the token
 /// endpoint, and whether a user without a valid token can recover (a 200
 /// with `invalid_grant` tells the service that refresh token is dead: such

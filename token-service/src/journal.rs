@@ -19,8 +19,14 @@
 //! middle of an append, before its fsync, so before any caller saw its
 //! tokens) is skipped.
 //!
-//! This module is the file and the in-memory map; the database side is in
-//! [`crate::refresh`] and, for code exchanges, [`crate::oauth::journalled_connect`].
+//! A finished authorization that returns to the app waits for the app's
+//! confirmation in `connect_results`; when the database cannot take it,
+//! it is journalled the same way (sealed to its result, standing for no
+//! connection) and written to `connect_results` once the database is back.
+//!
+//! This module is the file and the in-memory maps; the database side is in
+//! [`crate::refresh`] and, for code exchanges, [`crate::oauth::journalled_connect`]
+//! and [`crate::oauth::journalled_result`].
 
 use crate::store::connections::{ConnKey, ConnectionRecord, ConnectionStatus, Refreshed};
 use anyhow::Context as _;
@@ -57,6 +63,22 @@ pub struct Entry {
     /// issued later).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connect: Option<Connect>,
+    /// Set (with `connect`) for a finished authorization that waits for the
+    /// app's confirmation: the tokens are sealed to the result, not to a
+    /// connection, and stand for no connection until confirmed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<Held>,
+}
+
+/// A connect result (`connect_results`) the database could not take.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Held {
+    /// SHA-256 of the one-time result, base64 in the file (the result
+    /// itself is the browser's and never stored).
+    #[serde(with = "sealed")]
+    pub result_hash: Vec<u8>,
+    /// When the result expires (unix seconds); an expired one is dropped.
+    pub expires_at: i64,
 }
 
 /// What a code exchange's entry needs besides the tokens to store the
@@ -75,6 +97,7 @@ impl std::fmt::Debug for Entry {
             .field("base_version", &self.base_version)
             .field("expires_at", &self.expires_at)
             .field("connect", &self.connect.is_some())
+            .field("held", &self.held.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -92,12 +115,18 @@ impl Entry {
             scopes: r.scopes.map(str::to_owned),
             issued_at: r.now,
             connect: None,
+            held: None,
         }
     }
 
     /// Whether this is a refresh's entry (else a code exchange's).
     pub fn is_refresh(&self) -> bool {
         self.connect.is_none()
+    }
+
+    /// The result hash of a held connect result, or `None`.
+    pub fn held_result(&self) -> Option<&[u8]> {
+        self.held.as_ref().map(|h| h.result_hash.as_slice())
     }
 
     pub fn key(&self) -> ConnKey {
@@ -124,6 +153,9 @@ impl Entry {
 
     /// The connection a code exchange's entry stands for until it is written.
     pub fn as_connection(&self) -> Option<ConnectionRecord> {
+        if self.held.is_some() {
+            return None;
+        }
         let connect = self.connect.as_ref()?;
         Some(ConnectionRecord {
             key: self.key(),
@@ -163,18 +195,41 @@ impl Entry {
 }
 
 /// The journal: its file (`None`: memory only, for embedding and unit
-/// tests) and the entries not yet settled, one per connection.
+/// tests) and the entries not yet settled.
 #[derive(Debug)]
 pub struct Journal {
     path: Option<PathBuf>,
-    pending: Mutex<HashMap<ConnKey, Entry>>,
+    pending: Mutex<Pending>,
+}
+
+/// Unsettled entries: a connection's tokens (a refresh's or a code
+/// exchange's, one per connection) and held connect results (by result hash).
+#[derive(Debug, Default)]
+struct Pending {
+    tokens: HashMap<ConnKey, Entry>,
+    held: HashMap<Vec<u8>, Entry>,
+}
+
+impl Pending {
+    fn keep(&mut self, entry: Entry) {
+        match entry.held_result() {
+            Some(hash) => {
+                self.held.insert(hash.to_owned(), entry);
+            }
+            None => keep_newest(&mut self.tokens, entry),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.tokens.len() + self.held.len()
+    }
 }
 
 impl Journal {
     pub fn in_memory() -> Self {
         Self {
             path: None,
-            pending: Mutex::new(HashMap::new()),
+            pending: Mutex::new(Pending::default()),
         }
     }
 
@@ -183,13 +238,13 @@ impl Journal {
     pub fn open(data_dir: &Path) -> anyhow::Result<(Self, Vec<Entry>)> {
         crate::config::create_private_dir(data_dir)?;
         let path = data_dir.join(JOURNAL_FILE);
-        let mut pending: HashMap<ConnKey, Entry> = HashMap::new();
+        let mut pending = Pending::default();
         match std::fs::read_to_string(&path) {
             Ok(text) => {
                 crate::files::require_private_file(&path)?;
                 for (number, line) in text.lines().enumerate() {
                     match serde_json::from_str::<Entry>(line) {
-                        Ok(entry) => keep_newest(&mut pending, entry),
+                        Ok(entry) => pending.keep(entry),
                         Err(err) => {
                             tracing::warn!(path = %path.display(), line = number + 1, error = %err, "skipped an unreadable journal line (an append cut short by a crash)")
                         }
@@ -201,7 +256,12 @@ impl Journal {
                 return Err(err).with_context(|| format!("could not read {}", path.display()))
             }
         }
-        let mut left: Vec<Entry> = pending.values().cloned().collect();
+        let mut left: Vec<Entry> = pending
+            .tokens
+            .values()
+            .chain(pending.held.values())
+            .cloned()
+            .collect();
         left.sort_by_key(|e| e.issued_at);
         Ok((
             Self {
@@ -212,7 +272,7 @@ impl Journal {
         ))
     }
 
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<ConnKey, Entry>> {
+    fn map(&self) -> std::sync::MutexGuard<'_, Pending> {
         // A poisoned map is still a valid map.
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -231,13 +291,18 @@ impl Journal {
                 .with_context(|| format!("could not write {}", path.display()))?;
             sync_dir(path)?;
         }
-        keep_newest(&mut map, entry);
+        map.keep(entry);
         Ok(())
     }
 
-    /// The unsettled entry of `key`, if any.
+    /// The unsettled entry of `key`'s tokens, if any (held results aside).
     pub fn pending(&self, key: &ConnKey) -> Option<Entry> {
-        self.map().get(key).cloned()
+        self.map().tokens.get(key).cloned()
+    }
+
+    /// Whether the connect result hashed `result_hash` waits for the database.
+    pub fn holds_result(&self, result_hash: &[u8]) -> bool {
+        self.map().held.contains_key(result_hash)
     }
 
     pub fn pending_count(&self) -> usize {
@@ -256,18 +321,33 @@ impl Journal {
         self.settle_if(key, |e| !e.is_refresh() && e.issued_at <= issued_at)
     }
 
+    /// The database now holds the connect result hashed `result_hash` (or
+    /// it expired): its entry goes. Blocking I/O.
+    pub fn settle_held(&self, result_hash: &[u8]) -> anyhow::Result<()> {
+        let mut map = self.map();
+        if map.held.remove(result_hash).is_none() {
+            return Ok(());
+        }
+        self.rewrite(&map)
+    }
+
     fn settle_if(&self, key: &ConnKey, settled: impl Fn(&Entry) -> bool) -> anyhow::Result<()> {
         let mut map = self.map();
-        match map.get(key) {
+        match map.tokens.get(key) {
             Some(entry) if settled(entry) => {
-                map.remove(key);
+                map.tokens.remove(key);
             }
             _ => return Ok(()),
         }
+        self.rewrite(&map)
+    }
+
+    /// Replaces the file with what `map` has left (removes it when nothing).
+    fn rewrite(&self, map: &Pending) -> anyhow::Result<()> {
         let Some(path) = &self.path else {
             return Ok(());
         };
-        if map.is_empty() {
+        if map.len() == 0 {
             match std::fs::remove_file(path) {
                 Ok(()) => {}
                 Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
@@ -278,7 +358,7 @@ impl Journal {
             return sync_dir(path);
         }
         let mut text = Vec::new();
-        for entry in map.values() {
+        for entry in map.tokens.values().chain(map.held.values()) {
             text.extend(serde_json::to_vec(entry).context("could not encode a journal entry")?);
             text.push(b'\n');
         }
@@ -416,6 +496,7 @@ mod tests {
             scopes: None,
             issued_at: 10 + base_version,
             connect: None,
+            held: None,
         }
     }
 
@@ -456,6 +537,36 @@ mod tests {
         assert_eq!(reopened.pending_count(), 1);
         reopened.settle_connect(&key, 50).unwrap();
         assert_eq!(reopened.pending_count(), 0);
+        assert!(!dir.path().join(JOURNAL_FILE).exists());
+    }
+
+    #[test]
+    fn a_held_result_is_kept_beside_the_connections_tokens_and_stands_for_no_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let (journal, _) = Journal::open(dir.path()).unwrap();
+        let key = entry("a", 0).key();
+        let held = |hash: u8| Entry {
+            held: Some(Held {
+                result_hash: vec![hash; 32],
+                expires_at: 700,
+            }),
+            ..connect_entry("a", 60)
+        };
+        journal.append(entry("a", 3)).unwrap();
+        journal.append(held(1)).unwrap();
+        journal.append(held(2)).unwrap();
+        // Neither result replaces the refresh, nor is it served as the connection.
+        assert_eq!(journal.pending(&key), Some(entry("a", 3)));
+        assert_eq!(journal.pending_count(), 3);
+        let (reopened, left) = Journal::open(dir.path()).unwrap();
+        assert_eq!(left.len(), 3);
+        assert!(reopened.holds_result(&[1; 32]) && reopened.holds_result(&[2; 32]));
+        assert!(held(1).as_connection().is_none());
+        reopened.settle_held(&[1; 32]).unwrap();
+        reopened.settle(&key, 3).unwrap();
+        let (reopened, left) = Journal::open(dir.path()).unwrap();
+        assert_eq!(left, vec![held(2)]);
+        reopened.settle_held(&[2; 32]).unwrap();
         assert!(!dir.path().join(JOURNAL_FILE).exists());
     }
 

@@ -698,6 +698,30 @@ pub async fn replay_journal(state: &AppState, entries: Vec<Entry>) {
     let total = entries.len();
     let (mut stored, mut superseded, mut waiting, mut failed) = (0, 0, 0, 0);
     for entry in entries {
+        if entry.held.is_some() {
+            // A connect result waiting for the app: no connection to lock.
+            use crate::oauth::journalled_result as held;
+            match held::write(state, &entry).await {
+                Ok(written) => {
+                    held::settle(state, &entry).await;
+                    state.metrics.journal_stored(written);
+                    if written {
+                        stored += 1;
+                    } else {
+                        superseded += 1;
+                    }
+                }
+                Err(err) if db::is_unavailable(&err) => {
+                    waiting += 1;
+                    held::hold_until_stored(state, entry).await;
+                }
+                Err(err) => {
+                    failed += 1;
+                    tracing::error!(app_id = %entry.app_id, provider = %entry.provider, error = %err, "a journalled connect result could not be written; kept in the journal");
+                }
+            }
+            continue;
+        }
         let key = entry.key();
         let local = state.refresh_locks.lock_for(&key).lock_owned().await;
         let owner = state.lease_owner();

@@ -75,9 +75,9 @@ pub async fn hold(
     let sealed = seal_tokens(state, tokens, |field| {
         Aad::connect_result(&result_hash, field)
     })?;
-    connect_results::insert(
-        &state.db,
-        &ConnectResult {
+    super::journalled_result::insert_or_journal(
+        state,
+        ConnectResult {
             result_hash: result_hash.to_vec(),
             app_id: key.app_id.clone(),
             provider: key.provider.clone(),
@@ -116,6 +116,7 @@ pub async fn handler(
     validate::user_id(&input.user)?;
     let now = db::now();
     let result_hash = sha256(input.result.expose().as_bytes());
+    super::journalled_result::waiting(&state, &result_hash)?;
     let pending = connect_results::take(&state.db, &app.app_id, &result_hash)
         .await?
         .filter(|r| r.expires_at > now)

@@ -97,6 +97,7 @@ pub async fn store_or_journal(state: &AppState, c: NewConnect<'_>) -> Result<Sto
         connect: Some(Connect {
             params: c.params.clone(),
         }),
+        held: None,
     };
     let err = match write(state, &entry).await {
         Ok(_) => return Ok(Stored::InDatabase),

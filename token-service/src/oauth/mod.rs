@@ -6,6 +6,7 @@ pub mod client;
 pub mod confirm;
 pub mod connect;
 pub mod journalled_connect;
+pub mod journalled_result;
 
 use axum::http::{header, HeaderMap};
 

@@ -56,9 +56,19 @@ impl ConnectResult {
 }
 
 pub async fn insert(db: &Db, r: &ConnectResult) -> Result<(), sqlx::Error> {
-    sqlx::query(&format!(
+    insert_with(db, r, "").await.map(|_| ())
+}
+
+/// Inserts `r` unless its result is there already (a journalled result
+/// written twice: by its task and by a replay). Returns whether it inserted.
+pub async fn insert_unless_present(db: &Db, r: &ConnectResult) -> Result<bool, sqlx::Error> {
+    insert_with(db, r, " ON CONFLICT (result_hash) DO NOTHING").await
+}
+
+async fn insert_with(db: &Db, r: &ConnectResult, on_conflict: &str) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(&format!(
         "INSERT INTO connect_results ({COLUMNS}) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11){on_conflict}"
     ))
     .bind(&r.result_hash)
     .bind(&r.app_id)
@@ -73,7 +83,7 @@ pub async fn insert(db: &Db, r: &ConnectResult) -> Result<(), sqlx::Error> {
     .bind(r.expires_at)
     .execute(db.pool())
     .await?;
-    Ok(())
+    Ok(done.rows_affected() > 0)
 }
 
 /// Removes and returns the result of `app_id` (expired or not: the caller
