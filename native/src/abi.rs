@@ -1019,8 +1019,10 @@ fn with_filter<R>(
         match catch_unwind(AssertUnwindSafe(|| f(filter.as_mut(), &mut stream))) {
             Ok(result) => Outcome::Done(result),
             Err(_) => {
-                // Fail closed: no more filter code on this stream.
-                *guard = None;
+                // Fail closed: no more filter code on this stream (its
+                // `Drop` runs filter code too: behind the barrier as well).
+                let disabled = guard.take();
+                let _ = catch_unwind(AssertUnwindSafe(move || drop(disabled)));
                 Outcome::Panicked
             }
         }

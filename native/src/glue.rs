@@ -819,6 +819,7 @@ impl FilterFactory for Factory {
                 handle,
                 core,
                 worker,
+                completed: false,
             }),
             NewStream::Upstream(core) => {
                 worker.upstream.set(true);
@@ -827,6 +828,7 @@ impl FilterFactory for Factory {
                     handle,
                     core,
                     worker,
+                    completed: false,
                 })
             }
         }
@@ -853,6 +855,8 @@ struct NativeStream {
     handle: StreamHandle,
     core: StreamFilter,
     worker: Rc<Worker>,
+    /// `on_stream_complete` ran (else `Drop` does its work).
+    completed: bool,
 }
 
 impl HttpFilter for NativeStream {
@@ -916,6 +920,23 @@ impl HttpFilter for NativeStream {
         worker.core.borrow().worker().metrics.flush(&host);
         host.finish();
         worker.forget(self.id, self.handle);
+        self.completed = true;
+    }
+}
+
+/// A stream whose stream-complete hook did not reach the filter (it came
+/// while another hook of the stream ran, or a panic disabled the filter)
+/// ends here, or it would stay in the worker's maps for good.
+impl Drop for NativeStream {
+    fn drop(&mut self) {
+        if self.completed {
+            return;
+        }
+        let worker = Rc::clone(&self.worker);
+        let host = NativeHost::new(&worker, None, self.id);
+        self.core.on_done(&host);
+        host.finish();
+        worker.forget(self.id, self.handle);
     }
 }
 
@@ -963,6 +984,8 @@ struct NativeUpstream {
     handle: StreamHandle,
     core: UpstreamFilter,
     worker: Rc<Worker>,
+    /// `on_stream_complete` ran (else `Drop` does its work).
+    completed: bool,
 }
 
 impl HttpFilter for NativeUpstream {
@@ -1010,6 +1033,23 @@ impl HttpFilter for NativeUpstream {
     fn on_stream_complete(&mut self, stream: &mut Stream<'_>) {
         let worker = Rc::clone(&self.worker);
         let host = NativeHost::new(&worker, Some(stream), self.id);
+        self.core.on_done(&host);
+        host.finish();
+        worker.forget(self.id, self.handle);
+        self.completed = true;
+    }
+}
+
+/// Envoy 1.40 runs no stream-complete hook on an upstream attempt: its end
+/// runs here, when Envoy destroys the filter (else every attempt stayed in
+/// the worker's `streams` map, and held replays in the in-flight table).
+impl Drop for NativeUpstream {
+    fn drop(&mut self) {
+        if self.completed {
+            return;
+        }
+        let worker = Rc::clone(&self.worker);
+        let host = NativeHost::new(&worker, None, self.id);
         self.core.on_done(&host);
         host.finish();
         worker.forget(self.id, self.handle);
