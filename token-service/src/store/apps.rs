@@ -1,6 +1,7 @@
 //! `apps`: an app id, the SHA-256 of its key and where connect flows may
 //! return to.
 
+use crate::crypto::secrets::{hex, random_bytes};
 use crate::db::Db;
 use sqlx::any::AnyRow;
 use sqlx::Row as _;
@@ -46,7 +47,7 @@ pub async fn insert(db: &Db, app: &AppRecord) -> Result<(), sqlx::Error> {
          VALUES ($1, $2, $3, $4, NULL)",
     )
     .bind(&app.app_id)
-    .bind(crate::app_keys::new_key_id())
+    .bind(new_key_id())
     .bind(&app.key_hash)
     .bind(app.created_at)
     .execute(&mut *tx)
@@ -64,4 +65,9 @@ pub async fn get(db: &Db, app_id: &str) -> Result<Option<AppRecord>, sqlx::Error
     .as_ref()
     .map(AppRecord::from_row)
     .transpose()
+}
+
+/// A fresh id of an app key.
+pub fn new_key_id() -> String {
+    format!("key_{}", hex(&random_bytes::<6>()))
 }

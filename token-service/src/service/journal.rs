@@ -15,12 +15,12 @@
 //! `base_version`); the file is then rewritten with what is left (renamed
 //! into place, directory fsynced), and removed when nothing is left. At
 //! start the file is read back and replayed before the service listens (see
-//! [`crate::refresh::replay_journal`]). A torn last line (a crash in the
+//! [`crate::service::refresh::replay_journal`]). A torn last line (a crash in the
 //! middle of an append, before its fsync, so before any caller saw its
 //! tokens) is skipped.
 //!
 //! This module is the file and the in-memory map; the database side is in
-//! [`crate::refresh`] and, for code exchanges, [`crate::oauth::journalled_connect`].
+//! [`crate::service::refresh`] and, for code exchanges, [`crate::service::journalled_connect`].
 
 use crate::store::connections::{ConnKey, ConnectionRecord, ConnectionStatus, Refreshed};
 use anyhow::Context as _;

@@ -18,16 +18,12 @@
 //! its claim to expire ([`CLAIM`]); another replica, or the same after its
 //! restart, sends the event again with the same id.
 
-use crate::auth::AdminAuth;
+use crate::crypto::secrets::{hex, random_bytes};
+use crate::crypto::vault::{Aad, Vault};
 use crate::db::{self, Db};
-use crate::error::{ApiError, ApiJson, ApiPath};
-use crate::secrets::{hex, random_bytes};
+use crate::error::ApiError;
+use crate::service::state::AppState;
 use crate::store::webhook_outbox::{self as outbox, OutboxRow};
-use crate::vault::{Aad, Vault};
-use crate::AppState;
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::Json;
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
@@ -125,9 +121,9 @@ pub fn verify(secret: &[u8], header: &str, body: &[u8]) -> bool {
     };
     let expected = signature(secret, timestamp, body);
     let expected = expected.rsplit_once("v1=").map_or("", |(_, v)| v);
-    crate::secrets::digest_eq(
-        &crate::secrets::sha256(expected.as_bytes()),
-        &crate::secrets::sha256(given.as_bytes()),
+    crate::crypto::secrets::digest_eq(
+        &crate::crypto::secrets::sha256(expected.as_bytes()),
+        &crate::crypto::secrets::sha256(given.as_bytes()),
     )
 }
 
@@ -379,7 +375,7 @@ pub struct PutWebhook {
     pub url: String,
     /// Absent: a new random secret is made and returned once.
     #[serde(default)]
-    pub secret: Option<crate::secrets::ClientSecret>,
+    pub secret: Option<crate::crypto::secrets::ClientSecret>,
 }
 
 impl std::fmt::Debug for PutWebhook {
@@ -412,7 +408,7 @@ impl std::fmt::Debug for WebhookView {
     }
 }
 
-fn view(r: &WebhookRecord, secret: Option<String>) -> WebhookView {
+pub fn view(r: &WebhookRecord, secret: Option<String>) -> WebhookView {
     WebhookView {
         app_id: r.app_id.clone(),
         url: r.url.clone(),
@@ -468,41 +464,6 @@ pub async fn put(
         .ok_or_else(|| ApiError::internal("webhook vanished", "after insert"))?;
     tracing::info!(app_id, "stored webhook");
     Ok(view(&stored, shown))
-}
-
-// Admin HTTP handlers: PUT, GET and DELETE /v1/apps/{app_id}/webhook.
-
-pub async fn put_handler(
-    State(state): State<AppState>,
-    _admin: AdminAuth,
-    ApiPath(app_id): ApiPath<String>,
-    ApiJson(input): ApiJson<PutWebhook>,
-) -> Result<Json<WebhookView>, ApiError> {
-    put(&state.db, &state.vault, &app_id, input).await.map(Json)
-}
-
-pub async fn get_handler(
-    State(state): State<AppState>,
-    _admin: AdminAuth,
-    ApiPath(app_id): ApiPath<String>,
-) -> Result<Json<WebhookView>, ApiError> {
-    get(&state.db, &app_id)
-        .await?
-        .map(|r| Json(view(&r, None)))
-        .ok_or_else(|| ApiError::not_found(format!("app {app_id:?} has no webhook")))
-}
-
-pub async fn delete_handler(
-    State(state): State<AppState>,
-    _admin: AdminAuth,
-    ApiPath(app_id): ApiPath<String>,
-) -> Result<StatusCode, ApiError> {
-    if !delete(&state.db, &app_id).await? {
-        return Err(ApiError::not_found(format!(
-            "app {app_id:?} has no webhook"
-        )));
-    }
-    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Removes the webhook of `app_id`; `false`: it had none.

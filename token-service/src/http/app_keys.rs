@@ -4,12 +4,13 @@
 //! older keys stay valid until revoked (`DELETE …/keys/{key_id}`) or, with
 //! `grace`, until the grace period ends. An app always keeps one key.
 
-use crate::auth::AdminAuth;
+use crate::crypto::secrets::{sha256, AppKey, Digest};
 use crate::db::{self, Db};
 use crate::error::{ApiError, ApiPath};
-use crate::secrets::{hex, random_bytes, sha256, AppKey, Digest};
+use crate::http::auth::AdminAuth;
+use crate::service::state::AppState;
 use crate::store::apps;
-use crate::AppState;
+pub use crate::store::apps::new_key_id;
 use authstamp_protocol::ErrorCode;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -21,10 +22,6 @@ use std::time::Duration;
 pub const MAX_KEYS_PER_APP: i64 = 10;
 /// Longest grace period.
 pub const MAX_GRACE: Duration = Duration::from_secs(90 * 24 * 3600);
-
-pub fn new_key_id() -> String {
-    format!("key_{}", hex(&random_bytes::<6>()))
-}
 
 /// Digests of the app's keys that are valid now.
 pub async fn valid_digests(db: &Db, app_id: &str) -> Result<Vec<Digest>, sqlx::Error> {
