@@ -820,8 +820,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 },
             )
             .await;
-            db.close().await;
-            print_json(&created?)
+            close_and_print(db, created).await
         }
         Command::Provider {
             command: ProviderCommand::Set(args),
@@ -885,8 +884,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 input,
             )
             .await;
-            db.close().await;
-            print_json(&view?)
+            close_and_print(db, view).await
         }
         Command::Provider {
             command: ProviderCommand::Get(args),
@@ -899,8 +897,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let db = open_db(&args.store).await?;
             let view =
                 providers::get_provider(&db, public_url.as_ref(), &args.app, &args.provider).await;
-            db.close().await;
-            print_json(&view?)
+            close_and_print(db, view).await
         }
         Command::App {
             command: AppCommand::Key { command },
@@ -923,8 +920,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 batch: args.batch,
             };
             let seeded = crate::service::seed::run(&db, &vault, &seed).await;
-            db.close().await;
-            print_json(&seeded?)
+            close_and_print(db, seeded).await
         }
         Command::Keys {
             command: KeysCommand::Rotate(args),
@@ -973,8 +969,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             )?;
             let db = open_db(store).await?;
             let status = crate::service::keys::status(&db, &source, store.min_key_version).await;
-            db.close().await;
-            print_json(&status?)
+            close_and_print(db, status).await
         }
         Command::Keys {
             command: KeysCommand::Generate,
@@ -997,8 +992,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 &args.user,
             )
             .await;
-            db.close().await;
-            print_json(&view?)
+            close_and_print(db, view).await
         }
         Command::Connection {
             command: ConnectionCommand::List(args),
@@ -1093,14 +1087,12 @@ async fn app_key_command(command: AppKeyCommand) -> anyhow::Result<()> {
             let db = open_db(&args.store).await?;
             let key =
                 app_keys::rotate(&db, &args.app, app_keys::RotateKey { grace: args.grace }).await;
-            db.close().await;
-            print_json(&key?)
+            close_and_print(db, key).await
         }
         AppKeyCommand::List(args) => {
             let db = open_db(&args.store).await?;
             let keys = app_keys::list(&db, &args.app).await;
-            db.close().await;
-            print_json(&serde_json::json!({ "keys": keys? }))
+            close_and_print(db, keys.map(|keys| serde_json::json!({ "keys": keys }))).await
         }
         AppKeyCommand::Revoke(args) => {
             let db = open_db(&args.store).await?;
@@ -1163,8 +1155,7 @@ async fn webhook_command(command: WebhookCommand, env: &SecretEnv) -> anyhow::Re
             };
             let (db, vault) = open_vault_db(&args.store, env).await?;
             let view = webhooks::put(&db, &vault, &args.app, input).await;
-            db.close().await;
-            print_json(&view?)
+            close_and_print(db, view).await
         }
         WebhookCommand::Get(args) => {
             let db = open_db(&args.store).await?;
@@ -1236,6 +1227,16 @@ fn providers_command(command: ProvidersCommand) -> anyhow::Result<()> {
 
 async fn open_db(store: &StoreArgs) -> anyhow::Result<Db> {
     Db::open(store.database_url.as_deref(), &store.data_dir).await
+}
+
+/// Closes the database, also when the call on it failed, then prints the
+/// call's answer as JSON: the end of every one-shot store command.
+async fn close_and_print<T: serde::Serialize, E: Into<anyhow::Error>>(
+    db: Db,
+    answer: Result<T, E>,
+) -> anyhow::Result<()> {
+    db.close().await;
+    print_json(&answer.map_err(Into::into)?)
 }
 
 fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {

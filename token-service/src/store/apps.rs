@@ -71,3 +71,22 @@ pub async fn get(db: &Db, app_id: &str) -> Result<Option<AppRecord>, sqlx::Error
 pub fn new_key_id() -> String {
     format!("key_{}", hex(&random_bytes::<6>()))
 }
+
+/// Inside a write transaction: whether the app exists; on PostgreSQL the
+/// app row is locked until the transaction ends (SQLite: the database
+/// write lock is already held).
+pub async fn lock(
+    db: &Db,
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    app_id: &str,
+) -> Result<bool, sqlx::Error> {
+    let sql = match db.backend() {
+        crate::db::Backend::Sqlite => "SELECT app_id FROM apps WHERE app_id = $1",
+        crate::db::Backend::Postgres => "SELECT app_id FROM apps WHERE app_id = $1 FOR UPDATE",
+    };
+    let found: Option<(String,)> = sqlx::query_as(sql)
+        .bind(app_id)
+        .fetch_optional(&mut **tx)
+        .await?;
+    Ok(found.is_some())
+}

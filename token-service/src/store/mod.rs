@@ -1,6 +1,7 @@
 //! Row-level access to the tables, one module per table. Secrets arrive
 //! here already sealed by the vault; these functions never see plaintext.
 
+pub mod app_keys;
 pub mod apps;
 pub mod connect_results;
 pub mod connections;
