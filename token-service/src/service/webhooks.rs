@@ -23,7 +23,9 @@ use crate::crypto::vault::{Aad, Vault};
 use crate::db::{self, Db};
 use crate::error::ApiError;
 use crate::service::state::AppState;
+use crate::store;
 use crate::store::webhook_outbox::{self as outbox, OutboxRow};
+pub use crate::store::webhooks::{delete, get, WebhookRecord};
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
@@ -341,34 +343,6 @@ async fn send(state: &AppState, delivery: &Delivery, row: &OutboxRow) -> Result<
     }
 }
 
-/// A stored webhook.
-pub struct WebhookRecord {
-    pub app_id: String,
-    pub url: String,
-    /// Vault envelope.
-    pub secret: Vec<u8>,
-    pub created_at: i64,
-    pub updated_at: i64,
-}
-
-pub async fn get(db: &Db, app_id: &str) -> Result<Option<WebhookRecord>, sqlx::Error> {
-    let row: Option<(String, String, Vec<u8>, i64, i64)> = sqlx::query_as(
-        "SELECT app_id, url, secret, created_at, updated_at FROM webhooks WHERE app_id = $1",
-    )
-    .bind(app_id)
-    .fetch_optional(db.pool())
-    .await?;
-    Ok(row.map(
-        |(app_id, url, secret, created_at, updated_at)| WebhookRecord {
-            app_id,
-            url,
-            secret,
-            created_at,
-            updated_at,
-        },
-    ))
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PutWebhook {
@@ -448,31 +422,12 @@ pub async fn put(
     };
     let sealed = vault.seal_str(&Aad::webhook_secret(app_id), &secret)?;
     let now = db::now();
-    sqlx::query(
-        "INSERT INTO webhooks (app_id, url, secret, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $4) ON CONFLICT (app_id) DO UPDATE SET \
-         url = excluded.url, secret = excluded.secret, updated_at = excluded.updated_at",
-    )
-    .bind(app_id)
-    .bind(url.as_str())
-    .bind(sealed)
-    .bind(now)
-    .execute(db.pool())
-    .await?;
+    store::webhooks::upsert(db, app_id, url.as_str(), &sealed, now).await?;
     let stored = get(db, app_id)
         .await?
         .ok_or_else(|| ApiError::internal("webhook vanished", "after insert"))?;
     tracing::info!(app_id, "stored webhook");
     Ok(view(&stored, shown))
-}
-
-/// Removes the webhook of `app_id`; `false`: it had none.
-pub async fn delete(db: &Db, app_id: &str) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query("DELETE FROM webhooks WHERE app_id = $1")
-        .bind(app_id)
-        .execute(db.pool())
-        .await?;
-    Ok(done.rows_affected() > 0)
 }
 
 /// A stored webhook as the API shows it (never its secret).

@@ -9,6 +9,7 @@ pub mod leases;
 pub mod providers;
 pub mod sessions;
 pub mod webhook_outbox;
+pub mod webhooks;
 
 /// A JSON column that failed to parse, as a sqlx decode error.
 fn json_column<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, sqlx::Error> {
