@@ -2,16 +2,68 @@
 //! binary at build time (see `build.rs`) and validated when first used.
 //! `providers/README.md` describes every field and the validation rules this
 //! module enforces; an app refers to an entry by name and overrides only
-//! what it needs (see [`crate::admin::PutProvider`]).
+//! what it needs (see [`crate::http::providers::PutProvider`]).
 
-use crate::admin::CredentialSpec;
 use crate::error::ApiError;
-use crate::store::providers::ClientAuth;
 use crate::template::{self, Values};
+use authstamp_protocol::Placement;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::OnceLock;
+
+/// How a provider's credential is put on requests: its name, the value
+/// template around the token, and its placement (the API field `header`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialSpec {
+    pub name: String,
+    pub format: String,
+    /// `query`: the credential goes into the query parameter `name` instead
+    /// of a header (API keys that providers want in the URL).
+    #[serde(default, rename = "in", skip_serializing_if = "Placement::is_header")]
+    pub placement: Placement,
+}
+
+impl Default for CredentialSpec {
+    fn default() -> Self {
+        Self {
+            name: "authorization".into(),
+            format: "Bearer {token}".into(),
+            placement: Placement::Header,
+        }
+    }
+}
+
+/// How the client authenticates at the token endpoint (RFC 6749 §2.3.1).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    /// HTTP Basic with form-urlencoded id and secret.
+    #[default]
+    Basic,
+    /// `client_id` and `client_secret` in the request body.
+    Body,
+}
+
+impl ClientAuth {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClientAuth::Basic => "basic",
+            ClientAuth::Body => "body",
+        }
+    }
+
+    pub(crate) fn parse(text: &str) -> Result<Self, sqlx::Error> {
+        match text {
+            "basic" => Ok(ClientAuth::Basic),
+            "body" => Ok(ClientAuth::Body),
+            other => Err(sqlx::Error::Decode(
+                format!("unknown client_auth {other:?}").into(),
+            )),
+        }
+    }
+}
 
 mod files {
     include!(concat!(env!("OUT_DIR"), "/catalog_files.rs"));

@@ -2,7 +2,7 @@
 //! from flags (master key, admin token, filter token) with their local-mode
 //! files.
 
-use crate::secrets::{AdminToken, FilterToken, KeyRing, MasterKey};
+use crate::crypto::secrets::{AdminToken, FilterToken, KeyRing, MasterKey};
 use anyhow::{bail, Context as _};
 use std::fmt;
 use std::io::Write as _;
@@ -217,7 +217,7 @@ pub fn write_key_file(path: &Path, ring: &KeyRing) -> anyhow::Result<()> {
         .unwrap_or_else(|| "master.key".into());
     let temp = dir.join(format!(
         ".{name}.{}.tmp",
-        crate::secrets::hex(&crate::secrets::random_bytes::<6>())
+        crate::crypto::secrets::hex(&crate::crypto::secrets::random_bytes::<6>())
     ));
     let mut text = zeroize::Zeroizing::new(String::from(
         "# authstamp master keys, VERSION:BASE64 (written by `authstamp keys rotate`)\n",
@@ -308,7 +308,7 @@ fn load_bearer(
             if path.exists() {
                 return read_bearer_file(source.what, &path).map(Some);
             }
-            let token = crate::secrets::random_token::<32>();
+            let token = crate::crypto::secrets::random_token::<32>();
             write_new_private_file(data_dir, &path, format!("{}\n", token.as_str()).as_bytes())?;
             tracing::warn!(path = %path.display(), "local mode: created a new {} file", source.what);
             Ok(Some(token))

@@ -119,8 +119,8 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
-impl From<crate::vault::VaultError> for ApiError {
-    fn from(err: crate::vault::VaultError) -> Self {
+impl From<crate::crypto::vault::VaultError> for ApiError {
+    fn from(err: crate::crypto::vault::VaultError) -> Self {
         Self::internal("vault error", err)
     }
 }

@@ -5,7 +5,9 @@
 //! capped at 1 MiB, and never put in errors or logs (only a sanitized
 //! `error` code is kept).
 
-use crate::secrets::{AccessToken, AuthorizationCode, ClientSecret, PkceVerifier, RefreshToken};
+use crate::crypto::secrets::{
+    AccessToken, AuthorizationCode, ClientSecret, PkceVerifier, RefreshToken,
+};
 use crate::store::providers::ClientAuth;
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;

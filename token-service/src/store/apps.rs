@@ -1,6 +1,7 @@
 //! `apps`: an app id, the SHA-256 of its key and where connect flows may
 //! return to.
 
+use crate::crypto::secrets::{hex, random_bytes};
 use crate::db::Db;
 use sqlx::any::AnyRow;
 use sqlx::Row as _;
@@ -46,7 +47,7 @@ pub async fn insert(db: &Db, app: &AppRecord) -> Result<(), sqlx::Error> {
          VALUES ($1, $2, $3, $4, NULL)",
     )
     .bind(&app.app_id)
-    .bind(crate::app_keys::new_key_id())
+    .bind(new_key_id())
     .bind(&app.key_hash)
     .bind(app.created_at)
     .execute(&mut *tx)
@@ -64,4 +65,28 @@ pub async fn get(db: &Db, app_id: &str) -> Result<Option<AppRecord>, sqlx::Error
     .as_ref()
     .map(AppRecord::from_row)
     .transpose()
+}
+
+/// A fresh id of an app key.
+pub fn new_key_id() -> String {
+    format!("key_{}", hex(&random_bytes::<6>()))
+}
+
+/// Inside a write transaction: whether the app exists; on PostgreSQL the
+/// app row is locked until the transaction ends (SQLite: the database
+/// write lock is already held).
+pub async fn lock(
+    db: &Db,
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    app_id: &str,
+) -> Result<bool, sqlx::Error> {
+    let sql = match db.backend() {
+        crate::db::Backend::Sqlite => "SELECT app_id FROM apps WHERE app_id = $1",
+        crate::db::Backend::Postgres => "SELECT app_id FROM apps WHERE app_id = $1 FOR UPDATE",
+    };
+    let found: Option<(String,)> = sqlx::query_as(sql)
+        .bind(app_id)
+        .fetch_optional(&mut **tx)
+        .await?;
+    Ok(found.is_some())
 }

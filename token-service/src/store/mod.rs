@@ -1,6 +1,7 @@
 //! Row-level access to the tables, one module per table. Secrets arrive
 //! here already sealed by the vault; these functions never see plaintext.
 
+pub mod app_keys;
 pub mod apps;
 pub mod connect_results;
 pub mod connections;
@@ -8,6 +9,7 @@ pub mod leases;
 pub mod providers;
 pub mod sessions;
 pub mod webhook_outbox;
+pub mod webhooks;
 
 /// A JSON column that failed to parse, as a sqlx decode error.
 fn json_column<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, sqlx::Error> {

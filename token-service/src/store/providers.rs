@@ -1,6 +1,7 @@
 //! `providers`: one OAuth client configuration per (app, provider); the
 //! client secret is a vault envelope.
 
+pub use crate::catalog::ClientAuth;
 use crate::catalog::{
     ApiKeyField, AuthType, ConnectionParam, HttpMethod, KeyCheck, Pkce, PostExchangeMetadata,
     RevocationClientAuth, RevocationStyle, RevokedToken, TokenRequestParams,
@@ -13,36 +14,6 @@ use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
 use sqlx::Row as _;
 use std::collections::BTreeMap;
-
-/// How the client authenticates at the token endpoint (RFC 6749 §2.3.1).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ClientAuth {
-    /// HTTP Basic with form-urlencoded id and secret.
-    #[default]
-    Basic,
-    /// `client_id` and `client_secret` in the request body.
-    Body,
-}
-
-impl ClientAuth {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ClientAuth::Basic => "basic",
-            ClientAuth::Body => "body",
-        }
-    }
-
-    fn parse(text: &str) -> Result<Self, sqlx::Error> {
-        match text {
-            "basic" => Ok(ClientAuth::Basic),
-            "body" => Ok(ClientAuth::Body),
-            other => Err(sqlx::Error::Decode(
-                format!("unknown client_auth {other:?}").into(),
-            )),
-        }
-    }
-}
 
 /// The provider fields beyond the original columns, stored as JSON.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

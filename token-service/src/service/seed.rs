@@ -16,11 +16,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use serde::Serialize;
 
+use crate::crypto::vault::{Aad, Field, Vault};
 use crate::db::{self, Db};
 use crate::store::connections::{self, ConnKey, NewConnection};
 use crate::store::providers;
 use crate::validate;
-use crate::vault::{Aad, Field, Vault};
 
 /// What to seed.
 #[derive(Clone, Debug)]

@@ -6,38 +6,23 @@
 //! exist. A victim's browser lured through an attacker's link comes back
 //! logged in as the victim, so the attacker's connection is never made.
 
-use super::client::TokenSet;
 use super::connect::STATE_TTL_SECS;
-use crate::auth::AppAuth;
-use crate::connections::{get_connection, ConnectionView};
+use crate::crypto::secrets::{sha256, AccessToken, ConnectResultToken, RefreshToken};
+use crate::crypto::vault::{Aad, Field};
 use crate::db;
 use crate::error::{ApiError, ApiJson};
-use crate::secrets::{sha256, AccessToken, ConnectResultToken, RefreshToken};
+use crate::http::auth::AppAuth;
+use crate::http::connections::{get_connection, ConnectionView};
+use crate::oauth::client::TokenSet;
+pub use crate::service::journalled_connect::SealedTokens;
+use crate::service::state::AppState;
 use crate::store::connect_results::{self, ConnectResult};
 use crate::store::connections::ConnKey;
 use crate::validate;
-use crate::vault::{Aad, Field};
-use crate::AppState;
 use authstamp_protocol::ErrorCode;
 use axum::extract::State;
 use axum::Json;
 use serde::Deserialize;
-
-/// Tokens of a connection, sealed (to a connection row or a result row).
-pub struct SealedTokens {
-    pub access_token: Vec<u8>,
-    pub refresh_token: Option<Vec<u8>>,
-    pub expires_in: Option<u64>,
-    /// The scope the provider granted, when it said.
-    pub scope: Option<String>,
-}
-
-impl SealedTokens {
-    pub fn expires_at(&self, issued_at: i64) -> Option<i64> {
-        self.expires_in
-            .map(|secs| issued_at.saturating_add(i64::try_from(secs).unwrap_or(i64::MAX)))
-    }
-}
 
 /// Seals the tokens of `tokens` with the associated data `aad` gives per field.
 pub fn seal_tokens(
@@ -75,7 +60,7 @@ pub async fn hold(
     let sealed = seal_tokens(state, tokens, |field| {
         Aad::connect_result(&result_hash, field)
     })?;
-    super::journalled_result::insert_or_journal(
+    crate::service::journalled_result::insert_or_journal(
         state,
         ConnectResult {
             result_hash: result_hash.to_vec(),
@@ -116,7 +101,7 @@ pub async fn handler(
     validate::user_id(&input.user)?;
     let now = db::now();
     let result_hash = sha256(input.result.expose().as_bytes());
-    super::journalled_result::waiting(&state, &result_hash)?;
+    crate::service::journalled_result::waiting(&state, &result_hash)?;
     let pending = connect_results::take(&state.db, &app.app_id, &result_hash)
         .await?
         .filter(|r| r.expires_at > now)

@@ -1,7 +1,7 @@
 //! The tokens of a code exchange the database could not take. The provider
 //! has issued them on the user's consent; losing them would show the user
 //! an error after a successful authorization. So they are journalled like a
-//! refresh's (sealed, appended and fsynced, see [`crate::journal`]) before
+//! refresh's (sealed, appended and fsynced, see [`crate::service::journal`]) before
 //! the browser is shown the result page, lookups of that connection are
 //! served them meanwhile, and a task writes the connection as soon as the
 //! database is back (or the next process does, replaying the journal).
@@ -11,15 +11,14 @@
 //! app's key digests read at the callback, kept in memory with the
 //! provider's settings, and only for that connection.
 
-use super::confirm::SealedTokens;
+use crate::crypto::secrets::{digest_eq, Digest};
 use crate::db;
 use crate::error::ApiError;
-use crate::journal::{Connect, Entry};
-use crate::refresh::{self, Served};
-use crate::secrets::{digest_eq, Digest};
+use crate::service::journal::{Connect, Entry};
+use crate::service::refresh::{self, Served};
+use crate::service::state::AppState;
 use crate::store::connections::{self, ConnKey, NewConnection};
 use crate::store::providers::ProviderRecord;
-use crate::AppState;
 use authstamp_protocol::ErrorCode;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -154,7 +153,7 @@ pub async fn write(state: &AppState, entry: &Entry) -> Result<bool, sqlx::Error>
     )
     .await?;
     if written {
-        super::callback::announce_connected(state, &key);
+        announce_connected(state, &key);
     }
     Ok(written)
 }
@@ -189,7 +188,7 @@ pub async fn hold_until_stored(
         let (_local, _permit) = (local, permit);
         let key = entry.key();
         let since = Instant::now();
-        match crate::journal::write_when_back(|| write(&task_state, &entry)).await {
+        match crate::service::journal::write_when_back(|| write(&task_state, &entry)).await {
             Ok(written) => {
                 settle(&task_state, &entry).await;
                 task_state.metrics.journal_stored(written);
@@ -245,7 +244,7 @@ pub fn during_outage(
     force_refresh: bool,
 ) -> Option<(ProviderRecord, JournalledLookup)> {
     let context = state.journalled_connects.map().get(key).cloned()?;
-    let digest = crate::secrets::sha256(app_key.as_bytes());
+    let digest = crate::crypto::secrets::sha256(app_key.as_bytes());
     let mut matches = false;
     for candidate in &context.app_key_digests {
         matches |= digest_eq(&digest, candidate);
@@ -255,4 +254,32 @@ pub fn during_outage(
     }
     let served = served(state, &context.provider, key, force_refresh, db::now())?;
     Some((context.provider.clone(), served))
+}
+
+/// Tokens of a connection, sealed (to a connection row or a result row).
+pub struct SealedTokens {
+    pub access_token: Vec<u8>,
+    pub refresh_token: Option<Vec<u8>>,
+    pub expires_in: Option<u64>,
+    /// The scope the provider granted, when it said.
+    pub scope: Option<String>,
+}
+
+impl SealedTokens {
+    pub fn expires_at(&self, issued_at: i64) -> Option<i64> {
+        self.expires_in
+            .map(|secs| issued_at.saturating_add(i64::try_from(secs).unwrap_or(i64::MAX)))
+    }
+}
+
+/// Logs a stored connection and tells the app's webhook.
+pub fn announce_connected(state: &AppState, key: &ConnKey) {
+    tracing::info!(app_id = %key.app_id, provider = %key.provider, "connection stored");
+    crate::service::webhooks::emit(
+        state,
+        &key.app_id,
+        crate::service::webhooks::Event::Connected,
+        &key.provider,
+        &key.user_id,
+    );
 }

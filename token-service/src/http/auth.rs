@@ -2,10 +2,10 @@
 //! (bearer token or verified client certificate) and the app id + app key
 //! headers. Tokens and keys compare SHA-256 digests in constant time.
 
+use crate::crypto::secrets::{digest_eq, sha256};
 use crate::error::ApiError;
-use crate::secrets::{digest_eq, sha256};
+use crate::service::state::AppState;
 use crate::store::apps::{self, AppRecord};
-use crate::AppState;
 use authstamp_protocol::{headers, ErrorCode};
 use axum::extract::{FromRequestParts, Request, State};
 use axum::http::header::AUTHORIZATION;
@@ -125,7 +125,7 @@ impl AppAuth {
         // compared in constant time, all of them every time.
         let digest = sha256(key.as_bytes());
         let mut matches = false;
-        for candidate in crate::app_keys::valid_digests(&state.db, &app.app_id).await? {
+        for candidate in crate::http::app_keys::valid_digests(&state.db, &app.app_id).await? {
             matches |= digest_eq(&digest, &candidate);
         }
         if !matches {

@@ -9,16 +9,16 @@
 //!   session for an existing OAuth connection, with the same connection
 //!   parameters (the user consents again; the new tokens replace the old).
 
-use crate::auth::AppAuth;
 use crate::catalog::{AuthType, HttpMethod, RevocationClientAuth, RevocationStyle, RevokedToken};
+use crate::crypto::secrets::ClientSecret;
+use crate::crypto::vault::{Aad, Field};
 use crate::error::{ApiError, ApiPath};
-use crate::oauth::connect::{app_provider, new_session, CreateSession, CreatedSession};
-use crate::secrets::ClientSecret;
+use crate::http::auth::AppAuth;
+use crate::http::connect::{app_provider, new_session, CreateSession, CreatedSession};
+use crate::service::state::AppState;
 use crate::store::connections::{self, ConnKey};
 use crate::store::providers::{ClientAuth, ProviderRecord};
 use crate::validate;
-use crate::vault::{Aad, Field};
-use crate::AppState;
 use authstamp_protocol::ErrorCode;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -101,10 +101,10 @@ pub async fn disconnect(
     };
     let deleted = connections::delete(&state.db, &key).await?;
     tracing::info!(app_id, provider = provider_name, revocation = %revocation, "connection disconnected");
-    crate::webhooks::emit(
+    crate::service::webhooks::emit(
         state,
         app_id,
-        crate::webhooks::Event::Disconnected,
+        crate::service::webhooks::Event::Disconnected,
         &key.provider,
         user,
     );

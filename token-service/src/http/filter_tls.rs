@@ -4,9 +4,9 @@
 //!
 //! With a client CA every connection must present a certificate that CA
 //! signed; its requests carry [`VerifiedClientCert`], which is the filter
-//! credential's alternative (see [`crate::auth::FilterAuth`]).
+//! credential's alternative (see [`crate::http::auth::FilterAuth`]).
 
-use crate::auth::VerifiedClientCert;
+use crate::http::auth::VerifiedClientCert;
 use anyhow::{bail, Context as _};
 use axum::Router;
 use hyper_util::rt::TokioIo;

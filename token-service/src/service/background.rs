@@ -6,10 +6,10 @@
 //! a clock-skewed moment never refresh one connection twice.
 
 use crate::db;
-use crate::refresh::{self, Need};
+use crate::service::refresh::{self, Need};
+use crate::service::state::AppState;
 use crate::store::connections::{self, ConnKey, DueCandidate};
 use crate::store::{leases, providers};
-use crate::AppState;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
@@ -28,7 +28,8 @@ pub async fn run(state: AppState, shutdown: impl std::future::Future<Output = ()
             tracing::warn!(error = %err, "background refresh pass failed");
         }
         // A little jitter so that replicas started together do not race.
-        let jitter = Duration::from_millis(u64::from(crate::secrets::random_bytes::<1>()[0]));
+        let jitter =
+            Duration::from_millis(u64::from(crate::crypto::secrets::random_bytes::<1>()[0]));
         tokio::select! {
             () = tokio::time::sleep(interval + jitter) => {}
             () = &mut shutdown => break,

@@ -12,22 +12,22 @@
 //!   lookup and again when it is due (the refresh skew, at most half its
 //!   life), one fetch at a time per connection in a process.
 
-use crate::auth::AppAuth;
 use crate::catalog::{self, AuthType};
-use crate::connections::{self as views, ConnectionView};
+use crate::crypto::secrets::{AccessToken, ClientSecret};
+use crate::crypto::vault::{Aad, Field};
 use crate::db;
 use crate::error::{ApiError, ApiJson, ApiPath};
+use crate::http::auth::AppAuth;
+use crate::http::connect::{app_provider, APP_USER};
+use crate::http::connections::{self as views, ConnectionView};
 use crate::oauth::client::{ClientCredentials, GrantRequest, TokenError};
-use crate::oauth::connect::{app_provider, APP_USER};
 use crate::policy::secs;
-use crate::refresh::{provider_unavailable, Served};
-use crate::secrets::{AccessToken, ClientSecret};
+use crate::service::refresh::{provider_unavailable, Served};
+use crate::service::state::AppState;
 use crate::store::connections::{self, ConnKey, ConnectionRecord, NewConnection};
 use crate::store::providers::ProviderRecord;
 use crate::template::Values;
 use crate::validate;
-use crate::vault::{Aad, Field};
-use crate::AppState;
 use authstamp_protocol::ErrorCode;
 use axum::extract::State;
 use axum::Json;
@@ -217,10 +217,10 @@ pub async fn store_credentials(
         auth_type = auth_type.as_str(),
         "stored credentials"
     );
-    crate::webhooks::emit(
+    crate::service::webhooks::emit(
         state,
         &key.app_id,
-        crate::webhooks::Event::Connected,
+        crate::service::webhooks::Event::Connected,
         &key.provider,
         &key.user_id,
     );
@@ -270,7 +270,7 @@ pub async fn client_credentials_token(
     let policy = state.policy.with(&provider.policy);
     let (skew, max_lifetime) = (secs(policy.skew), secs(policy.max_token_lifetime));
     let serve = |c: &ConnectionRecord| -> Result<(Served, Values), ApiError> {
-        let token = crate::refresh::open_access_token(state, c)?;
+        let token = crate::service::refresh::open_access_token(state, c)?;
         Ok((
             Served {
                 access_token: token,
@@ -298,7 +298,12 @@ pub async fn client_credentials_token(
         if force {
             // The app token is fetched anew each time: its issue time is the
             // last refresh.
-            if !crate::refresh::forced_refresh_allowed(c, Some(c.issued_at), &policy, db::now()) {
+            if !crate::service::refresh::forced_refresh_allowed(
+                c,
+                Some(c.issued_at),
+                &policy,
+                db::now(),
+            ) {
                 state.metrics.forced_refresh_refused();
                 return serve(c);
             }
@@ -365,10 +370,10 @@ pub async fn client_credentials_token(
             )
             .await?;
             if current.is_none() {
-                crate::webhooks::emit(
+                crate::service::webhooks::emit(
                     state,
                     &key.app_id,
-                    crate::webhooks::Event::Connected,
+                    crate::service::webhooks::Event::Connected,
                     &key.provider,
                     APP_USER,
                 );
@@ -384,10 +389,10 @@ pub async fn client_credentials_token(
         }
         Err(err) => {
             tracing::warn!(app_id = %key.app_id, provider = %key.provider, reason = %err.reason(), "client-credentials token request failed");
-            crate::webhooks::emit(
+            crate::service::webhooks::emit(
                 state,
                 &key.app_id,
-                crate::webhooks::Event::RefreshFailed,
+                crate::service::webhooks::Event::RefreshFailed,
                 &key.provider,
                 APP_USER,
             );

@@ -5,9 +5,10 @@
 use crate::cli::ServeArgs;
 use crate::config::{self, PublicUrl, SecretEnv};
 use crate::db::Db;
-use crate::filter_tls::{FilterTls, FilterTlsFiles};
+use crate::http::filter_tls::{FilterTls, FilterTlsFiles};
+use crate::http::{app, filter_app};
 use crate::policy::RefreshPolicy;
-use crate::{app, filter_app, AppState, BackgroundOptions, StateOptions};
+use crate::service::state::{AppState, BackgroundOptions, StateOptions};
 use anyhow::Context as _;
 use std::io::Write as _;
 
@@ -55,9 +56,9 @@ pub async fn run(args: ServeArgs, env: SecretEnv) -> anyhow::Result<()> {
     )
     .await?;
     // A key that does not open this vault's key checks means no start.
-    let key_version = crate::keys::attach(&db, &vault).await?;
+    let key_version = crate::service::keys::attach(&db, &vault).await?;
     // Tokens a previous process journalled while the database was away.
-    let (journal, journalled) = crate::journal::Journal::open(&store.data_dir)?;
+    let (journal, journalled) = crate::service::journal::Journal::open(&store.data_dir)?;
 
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -107,7 +108,7 @@ pub async fn run(args: ServeArgs, env: SecretEnv) -> anyhow::Result<()> {
             journal: Some(journal),
         },
     )?;
-    crate::refresh::replay_journal(&state, journalled).await;
+    crate::service::refresh::replay_journal(&state, journalled).await;
 
     let shutdown = shutdown_signal()?;
     {
@@ -129,17 +130,23 @@ pub async fn run(args: ServeArgs, env: SecretEnv) -> anyhow::Result<()> {
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
     let mut stop_keys = stop_rx.clone();
     let mut stop_webhooks = stop_rx.clone();
-    let background = tokio::spawn(crate::background::run(state.clone(), async move {
+    let background = tokio::spawn(crate::service::background::run(state.clone(), async move {
         let _ = stop_rx.wait_for(|stop| *stop).await;
     }));
     // Webhook events waiting in the outbox, from this or any replica.
-    let webhooks = tokio::spawn(crate::webhooks::run_outbox(state.clone(), async move {
-        let _ = stop_webhooks.wait_for(|stop| *stop).await;
-    }));
+    let webhooks = tokio::spawn(crate::service::webhooks::run_outbox(
+        state.clone(),
+        async move {
+            let _ = stop_webhooks.wait_for(|stop| *stop).await;
+        },
+    ));
     // Key versions activated by `authstamp keys rotate` while we run.
-    let key_poller = tokio::spawn(crate::keys::run_poller(state.clone(), async move {
-        let _ = stop_keys.wait_for(|stop| *stop).await;
-    }));
+    let key_poller = tokio::spawn(crate::service::keys::run_poller(
+        state.clone(),
+        async move {
+            let _ = stop_keys.wait_for(|stop| *stop).await;
+        },
+    ));
     // One signal stops both listeners.
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let stopped = move |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -151,7 +158,7 @@ pub async fn run(args: ServeArgs, env: SecretEnv) -> anyhow::Result<()> {
     });
     // Both listeners with the same header, idle and request timeouts and
     // connection limit (the TLS one has its own handshake timeout).
-    let app_server = crate::server::serve(
+    let app_server = crate::http::server::serve(
         listener,
         app(state.clone()),
         args.http,
@@ -162,11 +169,16 @@ pub async fn run(args: ServeArgs, env: SecretEnv) -> anyhow::Result<()> {
     let filter_server = async move {
         match filter_tls {
             Some(tls) => {
-                crate::filter_tls::serve(filter_listener, tls, filter_router, stopped(shutdown_rx))
-                    .await
+                crate::http::filter_tls::serve(
+                    filter_listener,
+                    tls,
+                    filter_router,
+                    stopped(shutdown_rx),
+                )
+                .await
             }
             None => {
-                crate::server::serve(
+                crate::http::server::serve(
                     filter_listener,
                     filter_router,
                     filter_limits,
@@ -249,7 +261,7 @@ mod tests {
         ]);
         let env = SecretEnv {
             master_key: Some(
-                crate::secrets::MasterKey::generate()
+                crate::crypto::secrets::MasterKey::generate()
                     .to_base64()
                     .to_string(),
             ),

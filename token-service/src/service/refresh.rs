@@ -22,17 +22,17 @@
 //! counts, sets a cooldown (doubling per failure) during which nobody asks the
 //! provider again, and a still-valid token keeps being served.
 
+use crate::crypto::secrets::{AccessToken, ClientSecret, RefreshToken};
+use crate::crypto::vault::{Aad, Field};
 use crate::db;
 use crate::error::ApiError;
-use crate::journal::Entry;
 use crate::metrics::{Grant, RefreshOutcome};
 use crate::oauth::client::{ClientCredentials, GrantRequest, TokenError};
 use crate::policy::{secs, RefreshPolicy};
-use crate::secrets::{AccessToken, ClientSecret, RefreshToken};
+use crate::service::journal::Entry;
+use crate::service::state::AppState;
 use crate::store::connections::{self, ConnKey, ConnectionRecord, ConnectionStatus, Refreshed};
 use crate::store::providers::ProviderRecord;
-use crate::vault::{Aad, Field};
-use crate::AppState;
 use authstamp_protocol::ErrorCode;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -525,10 +525,10 @@ async fn attempt(
             .await?;
             if marked {
                 state.failing_since.recovered(key);
-                crate::webhooks::emit(
+                crate::service::webhooks::emit(
                     state,
                     &key.app_id,
-                    crate::webhooks::Event::ReauthRequired,
+                    crate::service::webhooks::Event::ReauthRequired,
                     &key.provider,
                     &key.user_id,
                 );
@@ -572,10 +572,10 @@ async fn attempt(
             .await?;
             state.provider_probes.touch(&key.app_id, &key.provider);
             state.failing_since.failed(key);
-            crate::webhooks::emit(
+            crate::service::webhooks::emit(
                 state,
                 &key.app_id,
-                crate::webhooks::Event::RefreshFailed,
+                crate::service::webhooks::Event::RefreshFailed,
                 &key.provider,
                 &key.user_id,
             );
@@ -592,7 +592,7 @@ async fn attempt(
 
 /// Writes refreshed tokens. While the database is unreachable the provider
 /// may already have rotated the refresh token, so giving up would lose the
-/// connection: the sealed tokens are journalled (see [`crate::journal`]:
+/// connection: the sealed tokens are journalled (see [`crate::service::journal`]:
 /// fsynced in the data directory, kept in memory) before the caller is
 /// served them, and a task of its own writes them as soon as the database
 /// is back, holding the connection's local lock so no refresh in this
@@ -630,7 +630,7 @@ async fn store_or_hold(
 /// Runs blocking journal I/O off the async workers.
 pub(crate) async fn journal_io<T: Send + 'static>(
     state: &AppState,
-    io: impl FnOnce(&crate::journal::Journal) -> anyhow::Result<T> + Send + 'static,
+    io: impl FnOnce(&crate::service::journal::Journal) -> anyhow::Result<T> + Send + 'static,
 ) -> anyhow::Result<T> {
     let task_state = state.clone();
     tokio::task::spawn_blocking(move || io(&task_state.journal))
@@ -664,7 +664,7 @@ async fn hold_until_stored(
         let (_local, _permit) = (local, permit);
         let key = entry.key();
         let since = Instant::now();
-        let written = crate::journal::write_when_back(|| {
+        let written = crate::service::journal::write_when_back(|| {
             connections::store_refreshed(&task_state.db, entry.refreshed(&key, &owner))
         })
         .await;
@@ -700,7 +700,7 @@ pub async fn replay_journal(state: &AppState, entries: Vec<Entry>) {
     for entry in entries {
         if entry.held.is_some() {
             // A connect result waiting for the app: no connection to lock.
-            use crate::oauth::journalled_result as held;
+            use crate::service::journalled_result as held;
             match held::write(state, &entry).await {
                 Ok(written) => {
                     held::settle(state, &entry).await;
@@ -728,14 +728,14 @@ pub async fn replay_journal(state: &AppState, entries: Vec<Entry>) {
         let written = if entry.is_refresh() {
             connections::store_refreshed(&state.db, entry.refreshed(&key, &owner)).await
         } else {
-            crate::oauth::journalled_connect::write(state, &entry).await
+            crate::service::journalled_connect::write(state, &entry).await
         };
         match written {
             Ok(written) => {
                 if entry.is_refresh() {
                     settle(state, &key, entry.base_version).await;
                 } else {
-                    crate::oauth::journalled_connect::settle(state, &entry).await;
+                    crate::service::journalled_connect::settle(state, &entry).await;
                 }
                 state.metrics.journal_stored(written);
                 if written {
@@ -749,7 +749,8 @@ pub async fn replay_journal(state: &AppState, entries: Vec<Entry>) {
                 if entry.is_refresh() {
                     hold_until_stored(state, entry, owner, local).await;
                 } else {
-                    crate::oauth::journalled_connect::hold_until_stored(state, entry, local).await;
+                    crate::service::journalled_connect::hold_until_stored(state, entry, local)
+                        .await;
                 }
             }
             Err(err) => {
@@ -918,7 +919,7 @@ pub struct LeaseOwners {
 impl LeaseOwners {
     pub fn new() -> Self {
         Self {
-            replica: crate::secrets::hex(&crate::secrets::random_bytes::<6>()),
+            replica: crate::crypto::secrets::hex(&crate::crypto::secrets::random_bytes::<6>()),
             next: AtomicU64::new(1),
         }
     }

@@ -1,21 +1,22 @@
 //! Apps and provider configurations: the service functions shared by the
 //! admin HTTP API and the CLI, and the thin HTTP handlers over them.
 
-use crate::auth::AdminAuth;
+pub use crate::catalog::CredentialSpec;
 use crate::catalog::{
     self, AuthType, CatalogEntry, ConnectionParam, Pkce, RevocationStyle, TokenRequestParams,
 };
 use crate::config::PublicUrl;
+use crate::crypto::secrets::{hex, random_bytes, sha256, AppKey, ClientSecret};
+use crate::crypto::vault::{Aad, Vault};
 use crate::db::{self, Db};
 use crate::discovery;
 use crate::error::{ApiError, ApiJson, ApiPath};
+use crate::http::auth::AdminAuth;
 use crate::policy::PolicyOverrides;
-use crate::secrets::{hex, random_bytes, sha256, AppKey, ClientSecret};
+use crate::service::state::AppState;
 use crate::store::apps::{self, AppRecord};
 use crate::store::providers::{self, ClientAuth, ProviderRecord, ProviderSettings};
 use crate::validate;
-use crate::vault::{Aad, Vault};
-use crate::AppState;
 use authstamp_protocol::Placement;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -80,29 +81,6 @@ pub async fn create_app(db: &Db, input: CreateApp) -> Result<CreatedApp, ApiErro
         app_id: record.app_id,
         app_key: key.expose().to_owned(),
     })
-}
-
-/// How a provider's credential is put on requests: its name, the value
-/// template around the token, and its placement (the API field `header`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CredentialSpec {
-    pub name: String,
-    pub format: String,
-    /// `query`: the credential goes into the query parameter `name` instead
-    /// of a header (API keys that providers want in the URL).
-    #[serde(default, rename = "in", skip_serializing_if = "Placement::is_header")]
-    pub placement: Placement,
-}
-
-impl Default for CredentialSpec {
-    fn default() -> Self {
-        Self {
-            name: "authorization".into(),
-            format: "Bearer {token}".into(),
-            placement: Placement::Header,
-        }
-    }
 }
 
 /// A provider configuration: a catalog entry plus overrides, or every field
@@ -496,7 +474,7 @@ pub async fn put_provider(
         let rule = url::Url::parse(&api_base_url)
             .map_err(|_| "api_base_url is not a URL")
             .and_then(|url| {
-                crate::lookup::upstream_of(&url).map_err(|_| "api_base_url has no host")
+                crate::http::lookup::upstream_of(&url).map_err(|_| "api_base_url has no host")
             })
             .and_then(|upstream| authstamp_protocol::upstream::check(&upstream));
         if let Err(reason) = rule {

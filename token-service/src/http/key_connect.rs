@@ -7,20 +7,20 @@
 //! page, or back to the app's `return_to` for its confirmation.
 
 use crate::catalog::{ApiKeyField, AuthType, KeyCheck};
-use crate::credentials::{self, FieldError, API_KEY_MAX, PASSWORD_MAX, USERNAME_MAX};
+use crate::crypto::secrets::{hex, sha256, AccessToken, CsrfToken, SessionToken};
 use crate::db;
 use crate::error::ApiError;
-use crate::html::{self, KeyConnectPage, KeyField};
-use crate::oauth::callback::redirect_to_return;
-use crate::oauth::client::{CredentialStamp, TokenSet};
-use crate::oauth::connect::{
+use crate::http::callback::redirect_to_return;
+use crate::http::connect::{
     app_name, finish_response, page_path, set_csrf_cookie, shown_user, CSRF_FIELD,
 };
-use crate::secrets::{hex, sha256, AccessToken, CsrfToken, SessionToken};
+use crate::http::credentials::{self, FieldError, API_KEY_MAX, PASSWORD_MAX, USERNAME_MAX};
+use crate::http::html::{self, KeyConnectPage, KeyField};
+use crate::oauth::client::{CredentialStamp, TokenSet};
+use crate::service::state::AppState;
 use crate::store::connections::ConnKey;
 use crate::store::providers::ProviderRecord;
 use crate::store::sessions::{self, ConnectSession};
-use crate::AppState;
 use authstamp_protocol::Placement;
 use axum::http::StatusCode;
 use axum::response::Response;
@@ -279,7 +279,7 @@ pub async fn submit(
                 derived: crate::template::Values::new(),
             };
             let result =
-                crate::oauth::confirm::hold(state, &key, "", &tokens, &session.params, db::now())
+                crate::http::confirm::hold(state, &key, "", &tokens, &session.params, db::now())
                     .await?;
             redirect_to_return(return_to, &result, StatusCode::SEE_OTHER)?
         }

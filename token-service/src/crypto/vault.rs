@@ -9,7 +9,7 @@
 //! active one; `keys.rs` keeps the active version in the database and
 //! re-encrypts rows on rotation.
 
-use crate::secrets::{KeyRing, MasterKey};
+use crate::crypto::secrets::{KeyRing, MasterKey};
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{Key, XChaCha20Poly1305, XNonce};
 use std::collections::BTreeMap;
@@ -312,7 +312,7 @@ impl Vault {
         aad: &Aad,
         plaintext: &[u8],
     ) -> Result<Vec<u8>, VaultError> {
-        let nonce: [u8; NONCE_LEN] = crate::secrets::random_bytes();
+        let nonce: [u8; NONCE_LEN] = crate::crypto::secrets::random_bytes();
         let mut header = Vec::with_capacity(HEADER_LEN);
         header.push(FORMAT_V1);
         header.extend_from_slice(&version.to_be_bytes());

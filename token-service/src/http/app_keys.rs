@@ -4,12 +4,13 @@
 //! older keys stay valid until revoked (`DELETE …/keys/{key_id}`) or, with
 //! `grace`, until the grace period ends. An app always keeps one key.
 
-use crate::auth::AdminAuth;
+use crate::crypto::secrets::{sha256, AppKey, Digest};
 use crate::db::{self, Db};
 use crate::error::{ApiError, ApiPath};
-use crate::secrets::{hex, random_bytes, sha256, AppKey, Digest};
-use crate::store::apps;
-use crate::AppState;
+use crate::http::auth::AdminAuth;
+use crate::service::state::AppState;
+pub use crate::store::apps::new_key_id;
+use crate::store::{self, apps};
 use authstamp_protocol::ErrorCode;
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -22,24 +23,12 @@ pub const MAX_KEYS_PER_APP: i64 = 10;
 /// Longest grace period.
 pub const MAX_GRACE: Duration = Duration::from_secs(90 * 24 * 3600);
 
-pub fn new_key_id() -> String {
-    format!("key_{}", hex(&random_bytes::<6>()))
-}
-
 /// Digests of the app's keys that are valid now.
 pub async fn valid_digests(db: &Db, app_id: &str) -> Result<Vec<Digest>, sqlx::Error> {
-    let rows: Vec<(Vec<u8>,)> = sqlx::query_as(
-        "SELECT key_hash FROM app_keys WHERE app_id = $1 \
-         AND (expires_at IS NULL OR expires_at > $2) LIMIT $3",
-    )
-    .bind(app_id)
-    .bind(db::now())
-    .bind(MAX_KEYS_PER_APP)
-    .fetch_all(db.pool())
-    .await?;
-    Ok(rows
-        .into_iter()
-        .filter_map(|(hash,)| Digest::try_from(hash.as_slice()).ok())
+    let hashes = store::app_keys::valid_digests(db, app_id, db::now(), MAX_KEYS_PER_APP).await?;
+    Ok(hashes
+        .iter()
+        .filter_map(|hash| Digest::try_from(hash.as_slice()).ok())
         .collect())
 }
 
@@ -96,35 +85,11 @@ async fn lock_app(
     tx: &mut sqlx::Transaction<'static, sqlx::Any>,
     app_id: &str,
 ) -> Result<(), ApiError> {
-    let sql = match db.backend() {
-        db::Backend::Sqlite => "SELECT app_id FROM apps WHERE app_id = $1",
-        db::Backend::Postgres => "SELECT app_id FROM apps WHERE app_id = $1 FOR UPDATE",
-    };
-    let found: Option<(String,)> = sqlx::query_as(sql)
-        .bind(app_id)
-        .fetch_optional(&mut **tx)
-        .await?;
-    found
-        .map(|_| ())
-        .ok_or_else(|| ApiError::not_found(format!("no app {app_id:?}")))
-}
-
-async fn count_valid(
-    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
-    app_id: &str,
-    except_key: Option<&str>,
-    now: i64,
-) -> Result<i64, sqlx::Error> {
-    let (count,): (i64,) = sqlx::query_as(
-        "SELECT COUNT(*) FROM app_keys WHERE app_id = $1 AND key_id <> $2 \
-         AND (expires_at IS NULL OR expires_at > $3)",
-    )
-    .bind(app_id)
-    .bind(except_key.unwrap_or(""))
-    .bind(now)
-    .fetch_one(&mut **tx)
-    .await?;
-    Ok(count)
+    if apps::lock(db, tx, app_id).await? {
+        Ok(())
+    } else {
+        Err(ApiError::not_found(format!("no app {app_id:?}")))
+    }
 }
 
 /// Adds a key. The count check and the insert are one write transaction, so
@@ -138,7 +103,7 @@ pub async fn rotate(db: &Db, app_id: &str, input: RotateKey) -> Result<NewKey, A
     let mut tx = db.begin_write().await?;
     lock_app(db, &mut tx, app_id).await?;
     let now = db::now();
-    let valid = count_valid(&mut tx, app_id, None, now).await?;
+    let valid = store::app_keys::count_valid(&mut tx, app_id, None, now).await?;
     if valid >= MAX_KEYS_PER_APP {
         return Err(ApiError::new(
             ErrorCode::Conflict,
@@ -151,25 +116,10 @@ pub async fn rotate(db: &Db, app_id: &str, input: RotateKey) -> Result<NewKey, A
         .grace
         .map(|g| now.saturating_add(i64::try_from(g.as_secs()).unwrap_or(i64::MAX)));
     if let Some(at) = others_expire_at {
-        sqlx::query(
-            "UPDATE app_keys SET expires_at = $2 WHERE app_id = $1 \
-             AND (expires_at IS NULL OR expires_at > $2)",
-        )
-        .bind(app_id)
-        .bind(at)
-        .execute(&mut *tx)
-        .await?;
+        store::app_keys::expire_valid_at(&mut tx, app_id, at).await?;
     }
-    sqlx::query(
-        "INSERT INTO app_keys (app_id, key_id, key_hash, created_at, expires_at) \
-         VALUES ($1, $2, $3, $4, NULL)",
-    )
-    .bind(app_id)
-    .bind(&key_id)
-    .bind(sha256(key.expose().as_bytes()).to_vec())
-    .bind(now)
-    .execute(&mut *tx)
-    .await?;
+    let key_hash = sha256(key.expose().as_bytes());
+    store::app_keys::insert(&mut tx, app_id, &key_id, &key_hash, now).await?;
     tx.commit().await?;
     tracing::info!(app_id, key_id = %key_id, others_expire_at, "added an app key");
     Ok(NewKey {
@@ -184,20 +134,14 @@ pub async fn rotate(db: &Db, app_id: &str, input: RotateKey) -> Result<NewKey, A
 pub async fn list(db: &Db, app_id: &str) -> Result<Vec<KeyView>, ApiError> {
     require_app(db, app_id).await?;
     let now = db::now();
-    let rows: Vec<(String, i64, Option<i64>)> = sqlx::query_as(
-        "SELECT key_id, created_at, expires_at FROM app_keys WHERE app_id = $1 \
-         ORDER BY created_at, key_id",
-    )
-    .bind(app_id)
-    .fetch_all(db.pool())
-    .await?;
-    Ok(rows
+    Ok(store::app_keys::list(db, app_id)
+        .await?
         .into_iter()
-        .map(|(key_id, created_at, expires_at)| KeyView {
-            key_id,
-            created_at,
-            expires_at,
-            valid: expires_at.is_none_or(|at| at > now),
+        .map(|row| KeyView {
+            key_id: row.key_id,
+            created_at: row.created_at,
+            expires_at: row.expires_at,
+            valid: row.expires_at.is_none_or(|at| at > now),
         })
         .collect())
 }
@@ -207,19 +151,14 @@ pub async fn list(db: &Db, app_id: &str) -> Result<Vec<KeyView>, ApiError> {
 pub async fn revoke(db: &Db, app_id: &str, key_id: &str) -> Result<(), ApiError> {
     let mut tx = db.begin_write().await?;
     lock_app(db, &mut tx, app_id).await?;
-    let others = count_valid(&mut tx, app_id, Some(key_id), db::now()).await?;
+    let others = store::app_keys::count_valid(&mut tx, app_id, Some(key_id), db::now()).await?;
     if others == 0 {
         return Err(ApiError::new(
             ErrorCode::Conflict,
             "an app keeps at least one valid key: add a new one before revoking this one",
         ));
     }
-    let done = sqlx::query("DELETE FROM app_keys WHERE app_id = $1 AND key_id = $2")
-        .bind(app_id)
-        .bind(key_id)
-        .execute(&mut *tx)
-        .await?;
-    if done.rows_affected() == 0 {
+    if !store::app_keys::delete(&mut tx, app_id, key_id).await? {
         return Err(ApiError::not_found(format!(
             "app {app_id:?} has no key {key_id:?}"
         )));

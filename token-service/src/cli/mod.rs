@@ -2,22 +2,23 @@
 //! database directly and call the same service functions as the admin API.
 //! Every option also reads an `AUTHSTAMP_*` variable; secrets are never flags.
 
-use crate::admin::{self, CreateApp, CredentialSpec, PutProvider};
-use crate::app_keys;
+pub mod serve;
+
 use crate::config::{self, PublicUrl, SecretEnv};
-use crate::connections::ConnectionView;
-use crate::credentials::PutCredentials;
+use crate::crypto::secrets::AccessToken;
+use crate::crypto::secrets::ClientSecret;
+use crate::crypto::vault::Vault;
 use crate::db::Db;
-use crate::logging::{self, LogFormat};
+use crate::http::app_keys;
+use crate::http::connections::ConnectionView;
+use crate::http::credentials::PutCredentials;
+use crate::http::logging::{self, LogFormat};
+use crate::http::providers::{self, CreateApp, CredentialSpec, PutProvider};
 use crate::policy::{PolicyOverrides, RefreshPolicy};
-use crate::secrets::AccessToken;
-use crate::secrets::ClientSecret;
-use crate::serve;
+use crate::service::state::{AppState, StateOptions};
+use crate::service::webhooks;
 use crate::store::connections::ConnectionStatus;
 use crate::store::providers::ClientAuth;
-use crate::vault::Vault;
-use crate::webhooks;
-use crate::{AppState, StateOptions};
 use anyhow::{bail, Context as _};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::io::{Read as _, Write as _};
@@ -446,7 +447,7 @@ pub struct StoreArgs {
 }
 
 /// The vault of the given keys (before it is attached to a database, see
-/// [`crate::keys::attach`]). A ring from a key file is read again when a
+/// [`crate::service::keys::attach`]). A ring from a key file is read again when a
 /// newer version appears.
 pub fn load_vault(store: &StoreArgs, env: &SecretEnv) -> anyhow::Result<Vault> {
     let source = config::load_key_ring(
@@ -466,7 +467,7 @@ pub fn load_vault(store: &StoreArgs, env: &SecretEnv) -> anyhow::Result<Vault> {
 async fn open_vault_db(store: &StoreArgs, env: &SecretEnv) -> anyhow::Result<(Db, Vault)> {
     let vault = load_vault(store, env)?;
     let db = open_db(store).await?;
-    if let Err(err) = crate::keys::attach(&db, &vault).await {
+    if let Err(err) = crate::service::keys::attach(&db, &vault).await {
         db.close().await;
         return Err(err);
     }
@@ -556,7 +557,7 @@ pub struct ServeArgs {
     #[arg(long, env = "AUTHSTAMP_FORCED_REFRESH_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
     pub forced_refresh_interval: Duration,
     #[command(flatten)]
-    pub http: crate::server::HttpLimits,
+    pub http: crate::http::server::HttpLimits,
 }
 
 #[derive(Debug, Subcommand)]
@@ -811,7 +812,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             command: AppCommand::Create(args),
         } => {
             let db = open_db(&args.store).await?;
-            let created = admin::create_app(
+            let created = providers::create_app(
                 &db,
                 CreateApp {
                     name: Some(args.name),
@@ -819,8 +820,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 },
             )
             .await;
-            db.close().await;
-            print_json(&created?)
+            close_and_print(db, created).await
         }
         Command::Provider {
             command: ProviderCommand::Set(args),
@@ -875,7 +875,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 ..PutProvider::default()
             };
             let (db, vault) = open_vault_db(store, &env).await?;
-            let view = admin::put_provider(
+            let view = providers::put_provider(
                 &db,
                 &vault,
                 public_url.as_ref(),
@@ -884,8 +884,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 input,
             )
             .await;
-            db.close().await;
-            print_json(&view?)
+            close_and_print(db, view).await
         }
         Command::Provider {
             command: ProviderCommand::Get(args),
@@ -897,9 +896,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .transpose()?;
             let db = open_db(&args.store).await?;
             let view =
-                admin::get_provider(&db, public_url.as_ref(), &args.app, &args.provider).await;
-            db.close().await;
-            print_json(&view?)
+                providers::get_provider(&db, public_url.as_ref(), &args.app, &args.provider).await;
+            close_and_print(db, view).await
         }
         Command::App {
             command: AppCommand::Key { command },
@@ -911,7 +909,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Providers { command } => providers_command(command),
         Command::BenchSeed(args) => {
             let (db, vault) = open_vault_db(&args.store, &env).await?;
-            let seed = crate::seed::Seed {
+            let seed = crate::service::seed::Seed {
                 app_id: args.app,
                 provider: args.provider,
                 users: args.users,
@@ -921,9 +919,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 expires_in: args.expires_in,
                 batch: args.batch,
             };
-            let seeded = crate::seed::run(&db, &vault, &seed).await;
-            db.close().await;
-            print_json(&seeded?)
+            let seeded = crate::service::seed::run(&db, &vault, &seed).await;
+            close_and_print(db, seeded).await
         }
         Command::Keys {
             command: KeysCommand::Rotate(args),
@@ -936,11 +933,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 &store.data_dir,
             )?;
             let db = open_db(store).await?;
-            let rotated = crate::keys::rotate(
+            let rotated = crate::service::keys::rotate(
                 &db,
                 &mut source,
                 store.min_key_version,
-                crate::keys::RotateOptions {
+                crate::service::keys::RotateOptions {
                     settle: args.settle,
                     batch: args.batch,
                     progress: !args.quiet,
@@ -971,14 +968,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 &store.data_dir,
             )?;
             let db = open_db(store).await?;
-            let status = crate::keys::status(&db, &source, store.min_key_version).await;
-            db.close().await;
-            print_json(&status?)
+            let status = crate::service::keys::status(&db, &source, store.min_key_version).await;
+            close_and_print(db, status).await
         }
         Command::Keys {
             command: KeysCommand::Generate,
         } => {
-            let key = crate::secrets::MasterKey::generate();
+            let key = crate::crypto::secrets::MasterKey::generate();
             let mut out = std::io::stdout().lock();
             writeln!(out, "{}", key.to_base64().as_str())?;
             out.flush()?;
@@ -988,7 +984,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             command: ConnectionCommand::Get(args),
         } => {
             let db = open_db(&args.store).await?;
-            let view = crate::connections::get_connection(
+            let view = crate::http::connections::get_connection(
                 &db,
                 &RefreshPolicy::default(),
                 &args.app,
@@ -996,8 +992,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 &args.user,
             )
             .await;
-            db.close().await;
-            print_json(&view?)
+            close_and_print(db, view).await
         }
         Command::Connection {
             command: ConnectionCommand::List(args),
@@ -1006,10 +1001,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let defaults = RefreshPolicy::default();
             let list = match &args.user {
                 Some(user) => {
-                    crate::connections::list_connections(&db, &defaults, &args.app, user).await
+                    crate::http::connections::list_connections(&db, &defaults, &args.app, user)
+                        .await
                 }
                 None => {
-                    crate::connections::list_app_connections(
+                    crate::http::connections::list_app_connections(
                         &db,
                         &defaults,
                         &args.app,
@@ -1031,7 +1027,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         } => {
             let state = open_state(&args.store, &env, None).await?;
             let done =
-                crate::lifecycle::disconnect(&state, &args.app, &args.provider, &args.user).await;
+                crate::http::lifecycle::disconnect(&state, &args.app, &args.provider, &args.user)
+                    .await;
             webhooks::settle(EVENT_WRITE_LIMIT).await;
             state.db.close().await;
             print_json(&done?)
@@ -1072,16 +1069,16 @@ async fn open_state(
 async fn reconnect(
     state: &AppState,
     args: &ConnectionReconnectArgs,
-) -> anyhow::Result<crate::oauth::connect::CreatedSession> {
+) -> anyhow::Result<crate::http::connect::CreatedSession> {
     let app = crate::store::apps::get(&state.db, &args.connection.app)
         .await?
         .ok_or_else(|| anyhow::anyhow!("no app {:?}", args.connection.app))?;
-    let input = crate::lifecycle::Reconnect {
+    let input = crate::http::lifecycle::Reconnect {
         return_to: args.return_to.clone(),
         user_display_name: None,
     };
     let key = &args.connection;
-    Ok(crate::lifecycle::reconnect(state, &app, &key.provider, &key.user, input).await?)
+    Ok(crate::http::lifecycle::reconnect(state, &app, &key.provider, &key.user, input).await?)
 }
 
 async fn app_key_command(command: AppKeyCommand) -> anyhow::Result<()> {
@@ -1090,14 +1087,12 @@ async fn app_key_command(command: AppKeyCommand) -> anyhow::Result<()> {
             let db = open_db(&args.store).await?;
             let key =
                 app_keys::rotate(&db, &args.app, app_keys::RotateKey { grace: args.grace }).await;
-            db.close().await;
-            print_json(&key?)
+            close_and_print(db, key).await
         }
         AppKeyCommand::List(args) => {
             let db = open_db(&args.store).await?;
             let keys = app_keys::list(&db, &args.app).await;
-            db.close().await;
-            print_json(&serde_json::json!({ "keys": keys? }))
+            close_and_print(db, keys.map(|keys| serde_json::json!({ "keys": keys }))).await
         }
         AppKeyCommand::Revoke(args) => {
             let db = open_db(&args.store).await?;
@@ -1132,9 +1127,14 @@ async fn credentials_set(args: CredentialsSetArgs, env: &SecretEnv) -> anyhow::R
     };
     let state = open_state(&args.connection.store, env, None).await?;
     let key = &args.connection;
-    let view =
-        crate::credentials::put_credentials(&state, &key.app, &key.provider, &key.user, input)
-            .await;
+    let view = crate::http::credentials::put_credentials(
+        &state,
+        &key.app,
+        &key.provider,
+        &key.user,
+        input,
+    )
+    .await;
     webhooks::settle(EVENT_WRITE_LIMIT).await;
     state.db.close().await;
     print_json(&view?)
@@ -1155,8 +1155,7 @@ async fn webhook_command(command: WebhookCommand, env: &SecretEnv) -> anyhow::Re
             };
             let (db, vault) = open_vault_db(&args.store, env).await?;
             let view = webhooks::put(&db, &vault, &args.app, input).await;
-            db.close().await;
-            print_json(&view?)
+            close_and_print(db, view).await
         }
         WebhookCommand::Get(args) => {
             let db = open_db(&args.store).await?;
@@ -1228,6 +1227,16 @@ fn providers_command(command: ProvidersCommand) -> anyhow::Result<()> {
 
 async fn open_db(store: &StoreArgs) -> anyhow::Result<Db> {
     Db::open(store.database_url.as_deref(), &store.data_dir).await
+}
+
+/// Closes the database, also when the call on it failed, then prints the
+/// call's answer as JSON: the end of every one-shot store command.
+async fn close_and_print<T: serde::Serialize, E: Into<anyhow::Error>>(
+    db: Db,
+    answer: Result<T, E>,
+) -> anyhow::Result<()> {
+    db.close().await;
+    print_json(&answer.map_err(Into::into)?)
 }
 
 fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {

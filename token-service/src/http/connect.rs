@@ -1,16 +1,18 @@
 //! Starting a connection: the app asks for a connect link, the user's
 //! browser opens it and is sent to the provider's authorize endpoint.
 
-use crate::auth::AppAuth;
 use crate::catalog::{self, AuthType};
+use crate::crypto::secrets::{
+    digest_eq, sha256, BrowserNonce, CsrfToken, OAuthState, SessionToken,
+};
+use crate::crypto::vault::Aad;
 use crate::db;
 use crate::error::{ApiError, ApiJson, ApiPath};
-use crate::secrets::{digest_eq, sha256, BrowserNonce, CsrfToken, OAuthState, SessionToken};
+use crate::http::auth::AppAuth;
+use crate::service::state::AppState;
 use crate::store::providers::{self, ProviderRecord};
 use crate::store::sessions::{self, ConnectSession, OAuthStateRecord};
 use crate::validate;
-use crate::vault::Aad;
-use crate::AppState;
 use authstamp_protocol::{paths, ErrorCode};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -175,21 +177,21 @@ pub async fn page(
         .filter(|s| s.expires_at > now)
         .ok_or_else(ApiError::invalid_state)?;
     let provider = app_provider(&state, &session.app_id, &session.provider).await?;
-    if crate::key_connect::is_key_provider(provider.auth_type) {
-        return crate::key_connect::form_page(
+    if crate::http::key_connect::is_key_provider(provider.auth_type) {
+        return crate::http::key_connect::form_page(
             &state,
             &token,
             &session,
             &provider,
             StatusCode::OK,
-            &crate::key_connect::Shown::default(),
+            &crate::http::key_connect::Shown::default(),
         )
         .await;
     }
     let app_name = app_name(&state, &session).await?;
     let action = page_path(&state, &token);
     let csrf = CsrfToken::generate();
-    let mut response = crate::html::connect_page(&crate::html::ConnectPage {
+    let mut response = crate::http::html::connect_page(&crate::http::html::ConnectPage {
         provider: provider.shown_name(),
         app: &app_name,
         user: shown_user(&session),
@@ -342,7 +344,7 @@ pub fn check_same_origin(
 /// `POST /v1/connect/{session_token}` (the page's Connect button): checks
 /// that the post comes from the page ([`check_same_origin`]); for an
 /// API-key or Basic provider the form is the credentials
-/// ([`crate::key_connect::submit`]); otherwise consumes the session, stores
+/// ([`crate::http::key_connect::submit`]); otherwise consumes the session, stores
 /// a state with a PKCE verifier and a browser nonce, and sends the browser
 /// to the provider (303).
 pub async fn start(
@@ -361,8 +363,8 @@ pub async fn start(
         .filter(|s| s.expires_at > now)
         .ok_or_else(ApiError::invalid_state)?;
     let provider = app_provider(&state, &peeked.app_id, &peeked.provider).await?;
-    if crate::key_connect::is_key_provider(provider.auth_type) {
-        return crate::key_connect::submit(&state, &token, &peeked, &provider, &form).await;
+    if crate::http::key_connect::is_key_provider(provider.auth_type) {
+        return crate::http::key_connect::submit(&state, &token, &peeked, &provider, &form).await;
     }
     let session = sessions::take_session(&state.db, &sha256(token.expose().as_bytes()))
         .await?

@@ -1,21 +1,21 @@
 //! `POST /v1/token-lookup`: the filter asks what to stamp for (app,
 //! provider, user). Served on the filter listener only, behind
-//! [`crate::auth::require_filter`]; the app key is checked as well. Tokens due for a refresh are refreshed first (see
-//! [`crate::refresh`]: one refresh per connection across replicas).
+//! [`crate::http::auth::require_filter`]; the app key is checked as well. Tokens due for a refresh are refreshed first (see
+//! [`crate::service::refresh`]: one refresh per connection across replicas).
 
-use crate::auth::AppAuth;
 use crate::catalog::AuthType;
-use crate::credentials;
 use crate::db;
 use crate::error::{ApiError, ApiJson};
-use crate::oauth::connect::app_provider;
-use crate::oauth::connect::APP_USER;
-use crate::oauth::journalled_connect;
-use crate::refresh::{self, Need, Served};
+use crate::http::auth::AppAuth;
+use crate::http::connect::app_provider;
+use crate::http::connect::APP_USER;
+use crate::http::credentials;
+use crate::service::journalled_connect;
+use crate::service::refresh::{self, Need, Served};
+use crate::service::state::AppState;
 use crate::store::connections::{self, ConnKey, ConnectionStatus};
 use crate::store::providers::ProviderRecord;
 use crate::validate::{self, TOKEN_PLACEHOLDER};
-use crate::AppState;
 use authstamp_protocol::{
     headers, Credential, ErrorCode, TokenLookupRequest, TokenLookupResponse, Upstream,
 };

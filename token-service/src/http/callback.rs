@@ -2,19 +2,20 @@
 //! code (or an error). The state is taken once, checked against the
 //! browser's nonce cookie, and the code is exchanged for tokens.
 
-use super::client::{sanitize_code, ClientCredentials, GrantRequest, TokenError, TokenSet};
 use super::connect::{app_provider, NONCE_COOKIE};
-use crate::db;
-use crate::error::ApiError;
-use crate::html;
-use crate::metrics::Grant;
-use crate::secrets::{
+use crate::crypto::secrets::{
     digest_eq, sha256, AuthorizationCode, ClientSecret, OAuthState, PkceVerifier,
 };
+use crate::crypto::vault::Aad;
+use crate::db;
+use crate::error::ApiError;
+use crate::http::html;
+use crate::metrics::Grant;
+use crate::oauth::client::{sanitize_code, ClientCredentials, GrantRequest, TokenError, TokenSet};
+use crate::service::journalled_connect::announce_connected;
+use crate::service::state::AppState;
 use crate::store::connections::{self, ConnKey, NewConnection};
 use crate::store::sessions::{self, OAuthStateRecord};
-use crate::vault::Aad;
-use crate::AppState;
 use authstamp_protocol::{paths, ErrorCode};
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -133,7 +134,7 @@ pub async fn handler(
     // journalled after the exchange are checked against these.
     let app_key_digests = match record.return_to {
         Some(_) => Vec::new(),
-        None => crate::app_keys::valid_digests(&state.db, &record.app_id).await?,
+        None => crate::http::app_keys::valid_digests(&state.db, &record.app_id).await?,
     };
     let tokens = exchange(&state, &provider, &record, &code).await?;
     let mut params = record.params.clone();
@@ -164,9 +165,9 @@ pub async fn handler(
             })?;
             // The tokens exist at the provider now: kept even if the
             // database cannot take them (journalled, written later).
-            super::journalled_connect::store_or_journal(
+            crate::service::journalled_connect::store_or_journal(
                 &state,
-                super::journalled_connect::NewConnect {
+                crate::service::journalled_connect::NewConnect {
                     key: &key,
                     tokens: sealed,
                     requested_scope: &record.requested_scope,
@@ -202,7 +203,7 @@ pub async fn handler(
 /// app confirms.
 pub(crate) fn redirect_to_return(
     return_to: &str,
-    result: &crate::secrets::ConnectResultToken,
+    result: &crate::crypto::secrets::ConnectResultToken,
     status: StatusCode,
 ) -> Result<Response, ApiError> {
     let mut url =
@@ -355,18 +356,6 @@ pub(crate) async fn store_connection_until(
     .await?;
     announce_connected(state, key);
     Ok(())
-}
-
-/// Logs a stored connection and tells the app's webhook.
-pub(crate) fn announce_connected(state: &AppState, key: &ConnKey) {
-    tracing::info!(app_id = %key.app_id, provider = %key.provider, "connection stored");
-    crate::webhooks::emit(
-        state,
-        &key.app_id,
-        crate::webhooks::Event::Connected,
-        &key.provider,
-        &key.user_id,
-    );
 }
 
 #[cfg(test)]

@@ -15,9 +15,9 @@
 //! until `--min-key-version` retires them.
 
 use crate::config::{self, KeySource};
+use crate::crypto::secrets::MasterKey;
+use crate::crypto::vault::{envelope_version, Aad, Field, Vault, VaultError};
 use crate::db::{self, Db};
-use crate::secrets::MasterKey;
-use crate::vault::{envelope_version, Aad, Field, Vault, VaultError};
 use anyhow::{bail, Context as _};
 use serde::Serialize;
 use sqlx::Row as _;
@@ -141,7 +141,10 @@ pub async fn poll(db: &Db, vault: &Vault) -> anyhow::Result<()> {
 }
 
 /// A running service's poller: every [`POLL_INTERVAL`] until `stop`.
-pub async fn run_poller(state: crate::AppState, stop: impl std::future::Future<Output = ()>) {
+pub async fn run_poller(
+    state: crate::service::state::AppState,
+    stop: impl std::future::Future<Output = ()>,
+) {
     tokio::pin!(stop);
     loop {
         tokio::select! {
@@ -172,7 +175,7 @@ impl KeyPart {
     fn label(&self) -> String {
         match self {
             KeyPart::Text(t) => t.clone(),
-            KeyPart::Bytes(b) => crate::secrets::hex(b),
+            KeyPart::Bytes(b) => crate::crypto::secrets::hex(b),
         }
     }
 }

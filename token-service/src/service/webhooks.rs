@@ -18,16 +18,14 @@
 //! its claim to expire ([`CLAIM`]); another replica, or the same after its
 //! restart, sends the event again with the same id.
 
-use crate::auth::AdminAuth;
+use crate::crypto::secrets::{hex, random_bytes};
+use crate::crypto::vault::{Aad, Vault};
 use crate::db::{self, Db};
-use crate::error::{ApiError, ApiJson, ApiPath};
-use crate::secrets::{hex, random_bytes};
+use crate::error::ApiError;
+use crate::service::state::AppState;
+use crate::store;
 use crate::store::webhook_outbox::{self as outbox, OutboxRow};
-use crate::vault::{Aad, Vault};
-use crate::AppState;
-use axum::extract::State;
-use axum::http::StatusCode;
-use axum::Json;
+pub use crate::store::webhooks::{delete, get, WebhookRecord};
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
@@ -125,9 +123,9 @@ pub fn verify(secret: &[u8], header: &str, body: &[u8]) -> bool {
     };
     let expected = signature(secret, timestamp, body);
     let expected = expected.rsplit_once("v1=").map_or("", |(_, v)| v);
-    crate::secrets::digest_eq(
-        &crate::secrets::sha256(expected.as_bytes()),
-        &crate::secrets::sha256(given.as_bytes()),
+    crate::crypto::secrets::digest_eq(
+        &crate::crypto::secrets::sha256(expected.as_bytes()),
+        &crate::crypto::secrets::sha256(given.as_bytes()),
     )
 }
 
@@ -345,41 +343,13 @@ async fn send(state: &AppState, delivery: &Delivery, row: &OutboxRow) -> Result<
     }
 }
 
-/// A stored webhook.
-pub struct WebhookRecord {
-    pub app_id: String,
-    pub url: String,
-    /// Vault envelope.
-    pub secret: Vec<u8>,
-    pub created_at: i64,
-    pub updated_at: i64,
-}
-
-pub async fn get(db: &Db, app_id: &str) -> Result<Option<WebhookRecord>, sqlx::Error> {
-    let row: Option<(String, String, Vec<u8>, i64, i64)> = sqlx::query_as(
-        "SELECT app_id, url, secret, created_at, updated_at FROM webhooks WHERE app_id = $1",
-    )
-    .bind(app_id)
-    .fetch_optional(db.pool())
-    .await?;
-    Ok(row.map(
-        |(app_id, url, secret, created_at, updated_at)| WebhookRecord {
-            app_id,
-            url,
-            secret,
-            created_at,
-            updated_at,
-        },
-    ))
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PutWebhook {
     pub url: String,
     /// Absent: a new random secret is made and returned once.
     #[serde(default)]
-    pub secret: Option<crate::secrets::ClientSecret>,
+    pub secret: Option<crate::crypto::secrets::ClientSecret>,
 }
 
 impl std::fmt::Debug for PutWebhook {
@@ -412,7 +382,7 @@ impl std::fmt::Debug for WebhookView {
     }
 }
 
-fn view(r: &WebhookRecord, secret: Option<String>) -> WebhookView {
+pub fn view(r: &WebhookRecord, secret: Option<String>) -> WebhookView {
     WebhookView {
         app_id: r.app_id.clone(),
         url: r.url.clone(),
@@ -452,66 +422,12 @@ pub async fn put(
     };
     let sealed = vault.seal_str(&Aad::webhook_secret(app_id), &secret)?;
     let now = db::now();
-    sqlx::query(
-        "INSERT INTO webhooks (app_id, url, secret, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $4) ON CONFLICT (app_id) DO UPDATE SET \
-         url = excluded.url, secret = excluded.secret, updated_at = excluded.updated_at",
-    )
-    .bind(app_id)
-    .bind(url.as_str())
-    .bind(sealed)
-    .bind(now)
-    .execute(db.pool())
-    .await?;
+    store::webhooks::upsert(db, app_id, url.as_str(), &sealed, now).await?;
     let stored = get(db, app_id)
         .await?
         .ok_or_else(|| ApiError::internal("webhook vanished", "after insert"))?;
     tracing::info!(app_id, "stored webhook");
     Ok(view(&stored, shown))
-}
-
-// Admin HTTP handlers: PUT, GET and DELETE /v1/apps/{app_id}/webhook.
-
-pub async fn put_handler(
-    State(state): State<AppState>,
-    _admin: AdminAuth,
-    ApiPath(app_id): ApiPath<String>,
-    ApiJson(input): ApiJson<PutWebhook>,
-) -> Result<Json<WebhookView>, ApiError> {
-    put(&state.db, &state.vault, &app_id, input).await.map(Json)
-}
-
-pub async fn get_handler(
-    State(state): State<AppState>,
-    _admin: AdminAuth,
-    ApiPath(app_id): ApiPath<String>,
-) -> Result<Json<WebhookView>, ApiError> {
-    get(&state.db, &app_id)
-        .await?
-        .map(|r| Json(view(&r, None)))
-        .ok_or_else(|| ApiError::not_found(format!("app {app_id:?} has no webhook")))
-}
-
-pub async fn delete_handler(
-    State(state): State<AppState>,
-    _admin: AdminAuth,
-    ApiPath(app_id): ApiPath<String>,
-) -> Result<StatusCode, ApiError> {
-    if !delete(&state.db, &app_id).await? {
-        return Err(ApiError::not_found(format!(
-            "app {app_id:?} has no webhook"
-        )));
-    }
-    Ok(StatusCode::NO_CONTENT)
-}
-
-/// Removes the webhook of `app_id`; `false`: it had none.
-pub async fn delete(db: &Db, app_id: &str) -> Result<bool, sqlx::Error> {
-    let done = sqlx::query("DELETE FROM webhooks WHERE app_id = $1")
-        .bind(app_id)
-        .execute(db.pool())
-        .await?;
-    Ok(done.rows_affected() > 0)
 }
 
 /// A stored webhook as the API shows it (never its secret).

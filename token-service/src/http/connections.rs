@@ -1,15 +1,15 @@
 //! `GET /v1/connections?user=…` and `GET /v1/connections/{provider}/{user}`:
 //! an app reads the state of its users' connections (never a token).
 
-use crate::auth::AppAuth;
 use crate::db::Db;
 use crate::error::{ApiError, ApiPath};
+use crate::http::auth::AppAuth;
 use crate::policy::RefreshPolicy;
-use crate::refresh;
+use crate::service::refresh;
+use crate::service::state::AppState;
 use crate::store::connections::{self, ConnKey, ConnectionRecord};
 use crate::store::providers;
 use crate::validate;
-use crate::AppState;
 use authstamp_protocol::ErrorCode;
 use axum::extract::{Query, State};
 use axum::Json;

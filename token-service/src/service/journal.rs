@@ -15,7 +15,7 @@
 //! `base_version`); the file is then rewritten with what is left (renamed
 //! into place, directory fsynced), and removed when nothing is left. At
 //! start the file is read back and replayed before the service listens (see
-//! [`crate::refresh::replay_journal`]). A torn last line (a crash in the
+//! [`crate::service::refresh::replay_journal`]). A torn last line (a crash in the
 //! middle of an append, before its fsync, so before any caller saw its
 //! tokens) is skipped.
 //!
@@ -25,8 +25,8 @@
 //! connection) and written to `connect_results` once the database is back.
 //!
 //! This module is the file and the in-memory maps; the database side is in
-//! [`crate::refresh`] and, for code exchanges, [`crate::oauth::journalled_connect`]
-//! and [`crate::oauth::journalled_result`].
+//! [`crate::service::refresh`] and, for code exchanges,
+//! [`crate::service::journalled_connect`] and [`crate::service::journalled_result`].
 
 use crate::store::connections::{ConnKey, ConnectionRecord, ConnectionStatus, Refreshed};
 use anyhow::Context as _;

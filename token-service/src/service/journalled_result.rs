@@ -2,7 +2,7 @@
 //! cannot take its result. The provider has issued tokens on the user's
 //! consent; the app still has to confirm who came back. So the result is
 //! journalled (sealed to the result, as in `connect_results`, appended and
-//! fsynced, see [`crate::journal`]), the browser goes back to the app as
+//! fsynced, see [`crate::service::journal`]), the browser goes back to the app as
 //! usual, and a task writes it to `connect_results` as soon as the
 //! database is back (or the next process does, replaying the journal).
 //! Until then the app's confirmation answers 503 `storage_unavailable`:
@@ -10,9 +10,9 @@
 
 use crate::db;
 use crate::error::ApiError;
-use crate::journal::{Connect, Entry, Held};
+use crate::service::journal::{Connect, Entry, Held};
+use crate::service::state::AppState;
 use crate::store::connect_results::{self, ConnectResult};
-use crate::AppState;
 use authstamp_protocol::ErrorCode;
 use std::time::Instant;
 
@@ -26,7 +26,7 @@ pub async fn insert_or_journal(state: &AppState, result: ConnectResult) -> Resul
         Err(err) => return Err(err.into()),
     };
     let entry = entry_of(result);
-    let appended = crate::refresh::journal_io(state, {
+    let appended = crate::service::refresh::journal_io(state, {
         let entry = entry.clone();
         move |journal| journal.append(entry)
     })
@@ -73,8 +73,10 @@ pub async fn settle(state: &AppState, entry: &Entry) {
     let Some(result_hash) = entry.held_result().map(<[u8]>::to_vec) else {
         return;
     };
-    let settled =
-        crate::refresh::journal_io(state, move |journal| journal.settle_held(&result_hash)).await;
+    let settled = crate::service::refresh::journal_io(state, move |journal| {
+        journal.settle_held(&result_hash)
+    })
+    .await;
     if let Err(err) = settled {
         tracing::error!(app_id = %entry.app_id, provider = %entry.provider, error = %format_args!("{err:#}"), "could not remove a stored connect result from the token journal; it is replayed harmlessly at the next start");
     }
@@ -87,7 +89,7 @@ pub async fn hold_until_stored(state: &AppState, entry: Entry) {
     tokio::spawn(async move {
         let _permit = permit;
         let since = Instant::now();
-        match crate::journal::write_when_back(|| write(&task_state, &entry)).await {
+        match crate::service::journal::write_when_back(|| write(&task_state, &entry)).await {
             Ok(written) => {
                 settle(&task_state, &entry).await;
                 task_state.metrics.journal_stored(written);
