@@ -17,7 +17,6 @@
 //! round. `authstamp-bench --help` lists the knobs.
 
 mod configs;
-mod process;
 mod report;
 
 use std::path::{Path, PathBuf};
@@ -27,8 +26,8 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context as _};
 use serde_json::{json, Value};
 
+use authstamp_testkit::process::{self, rss_kib, Process};
 use configs::{Kind, Ports, STATIC_CREDENTIAL};
-use process::{rss_kib, Process};
 use report::{Run, Scenario};
 
 const READY: Duration = Duration::from_secs(30);
@@ -264,7 +263,7 @@ async fn start_envoy(
         .args(["-l", "warn"])
         .env(configs::FILTER_TOKEN_ENV, &tools.filter_token)
         .env(NATIVE_PATH_ENV, native_dir);
-    let mut process = Process::spawn(name, command, dir, "\u{0}never")?;
+    let mut process = Process::try_spawn(name, command, dir, "\u{0}never")?;
     let deadline = Instant::now() + READY;
     loop {
         if Instant::now() > deadline {
@@ -329,7 +328,7 @@ impl TokenService {
             .await?
             .text()
             .await?;
-        Ok(report::metric_sum(&text, "authstamp_token_lookups_total") as u64)
+        Ok(authstamp_testkit::prom::sum(&text, "authstamp_token_lookups_total") as u64)
     }
 }
 
@@ -356,7 +355,7 @@ async fn start_token_service(
         .env("AUTHSTAMP_ADMIN_TOKEN", &admin_token)
         .env(configs::FILTER_TOKEN_ENV, &tools.filter_token)
         .env("RUST_LOG", "warn");
-    let mut process = Process::spawn("token-service", command, dir, "listening on")?;
+    let mut process = Process::try_spawn("token-service", command, dir, "listening on")?;
     let (url, filter_url) = match process.listen_urls(READY)?.as_slice() {
         [app, filter] => (app.clone(), filter.clone()),
         other => bail!("authstamp serve: not an app and a filter URL: {other:?}"),
@@ -653,7 +652,7 @@ async fn main() -> anyhow::Result<()> {
         .status()
         .is_ok_and(|s| s.success());
 
-    let mut upstream = Process::spawn(
+    let mut upstream = Process::try_spawn(
         "upstream",
         {
             let mut c = Command::new(&tools.upstream);

@@ -134,33 +134,13 @@ impl Scenario {
     }
 }
 
-/// Sum of every sample of `name` in Prometheus text.
-pub fn metric_sum(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|line| !line.starts_with('#'))
-        .filter(|line| {
-            line.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
-        })
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// Every `authstamp_*` sample Envoy prints (histogram buckets left out).
 pub fn authstamp_metrics(text: &str) -> Value {
-    let mut out = serde_json::Map::new();
-    for line in text.lines() {
-        if line.starts_with('#') || !line.starts_with("authstamp_") || line.contains("_bucket") {
-            continue;
-        }
-        if let Some((name, value)) = line.rsplit_once(' ') {
-            if let Ok(v) = value.parse::<f64>() {
-                if v != 0.0 {
-                    out.insert(name.to_string(), json!(v));
-                }
-            }
-        }
-    }
+    let out: serde_json::Map<String, Value> = authstamp_testkit::prom::samples(text)
+        .filter(|s| s.name.starts_with("authstamp_") && !s.name.ends_with("_bucket"))
+        .filter(|s| s.value != 0.0)
+        .map(|s| (s.series.to_string(), json!(s.value)))
+        .collect();
     Value::Object(out)
 }
 
@@ -468,7 +448,10 @@ mod tests {
         let text = "# TYPE authstamp_cache_hits_total counter\nauthstamp_cache_hits_total 5\n\
                     authstamp_token_fetch_us_bucket{le=\"1\"} 0\nauthstamp_errors_internal_total 0\n\
                     envoy_x 3\nauthstamp_token_lookups_total{outcome=\"ok\"} 2\nauthstamp_token_lookups_total{outcome=\"x\"} 1\n";
-        assert_eq!(metric_sum(text, "authstamp_token_lookups_total"), 3.0);
+        assert_eq!(
+            authstamp_testkit::prom::sum(text, "authstamp_token_lookups_total"),
+            3.0
+        );
         let m = authstamp_metrics(text);
         assert_eq!(m["authstamp_cache_hits_total"], json!(5.0));
         assert!(m.get("authstamp_errors_internal_total").is_none());

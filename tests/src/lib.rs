@@ -9,8 +9,6 @@ pub mod chromium;
 pub mod deploy;
 pub mod docs;
 pub mod page_server;
-pub mod postgres;
-pub mod process;
 pub mod replicas;
 pub mod stack;
 pub mod tcp_cut;
@@ -19,6 +17,8 @@ pub mod webhook_receiver;
 use std::path::{Path, PathBuf};
 
 pub use stack::{Stack, StackOptions};
+// The shared test kit, under the paths the tests have always used.
+pub use authstamp_testkit::{postgres, process, prom};
 
 /// The workspace root (the parent of this crate's folder).
 pub fn workspace_root() -> PathBuf {

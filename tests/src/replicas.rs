@@ -9,7 +9,7 @@ use reqwest::{Client, StatusCode};
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 pub const PROVIDER: &str = "standin";
@@ -314,26 +314,12 @@ impl Replicas {
     }
 
     pub async fn set_quirks(&self, quirks: Value) {
-        let response = self
-            .http
-            .post(format!("{}/_standin/quirks", self.standin_url))
-            .json(&quirks)
-            .send()
-            .await
-            .expect("quirks");
-        assert!(response.status().is_success());
+        authstamp_testkit::standin::set_quirks(&self.http, &self.standin_url, &quirks).await;
     }
 
     /// The stand-in's counters (`GET /_standin/stats`).
     pub async fn standin_stats(&self) -> Value {
-        self.http
-            .get(format!("{}/_standin/stats", self.standin_url))
-            .send()
-            .await
-            .expect("stats")
-            .json()
-            .await
-            .expect("stats json")
+        authstamp_testkit::standin::stats(&self.http, &self.standin_url).await
     }
 
     /// Replicas started from now on reach PostgreSQL through a
@@ -352,27 +338,18 @@ impl Replicas {
     }
 
     pub async fn refresh_calls(&self) -> u64 {
-        let stats: Value = self
-            .http
-            .get(format!("{}/_standin/stats", self.standin_url))
-            .send()
-            .await
-            .expect("stats")
-            .json()
-            .await
-            .expect("stats json");
-        stats["token_calls"]["refresh_token"]
-            .as_u64()
-            .expect("refresh count")
+        authstamp_testkit::standin::refresh_calls(&self.http, &self.standin_url).await
     }
 
     /// Waits until the provider has seen `n` refresh calls.
     pub async fn wait_for_refresh_calls(&self, n: u64, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        while self.refresh_calls().await < n {
-            assert!(Instant::now() < deadline, "no refresh call {n} in time");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        authstamp_testkit::standin::wait_for_refresh_calls(
+            &self.http,
+            &self.standin_url,
+            n,
+            timeout,
+        )
+        .await;
     }
 
     pub fn all_output(&self) -> String {
@@ -426,7 +403,5 @@ pub async fn lookup_at(
 /// The first sample of `name` (with its labels, e.g. `x{a="b"}`) in
 /// Prometheus text.
 pub fn metric(text: &str, name: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
-        .unwrap_or_else(|| panic!("no {name} in metrics")) as u64
+    crate::prom::value(text, name).unwrap_or_else(|| panic!("no {name} in metrics")) as u64
 }

@@ -350,31 +350,15 @@ impl Stack {
     }
 
     pub async fn standin_stats(&self) -> Value {
-        self.http
-            .get(format!("{}/_standin/stats", self.standin_url))
-            .send()
-            .await
-            .expect("standin stats")
-            .json()
-            .await
-            .expect("stats json")
+        authstamp_testkit::standin::stats(&self.http, &self.standin_url).await
     }
 
     pub async fn refresh_calls(&self) -> u64 {
-        self.standin_stats().await["token_calls"]["refresh_token"]
-            .as_u64()
-            .expect("refresh count")
+        authstamp_testkit::standin::refresh_calls(&self.http, &self.standin_url).await
     }
 
     pub async fn set_quirks(&self, quirks: Value) {
-        let response = self
-            .http
-            .post(format!("{}/_standin/quirks", self.standin_url))
-            .json(&quirks)
-            .send()
-            .await
-            .expect("quirks");
-        assert!(response.status().is_success());
+        authstamp_testkit::standin::set_quirks(&self.http, &self.standin_url, &quirks).await;
     }
 
     /// Everything every process of the stack printed so far.
@@ -416,18 +400,16 @@ pub const NATIVE_CLUSTER_STATS_PREFIX: &str = "envoy_cluster_dynamicmodulescusto
 /// Sum of every sample of `name` in Prometheus text (with or without
 /// [`NATIVE_STATS_PREFIX`]).
 pub fn metric_sum(text: &str, name: &str) -> u64 {
-    text.lines()
-        .filter(|line| !line.starts_with('#'))
-        .map(|line| {
-            line.strip_prefix(NATIVE_STATS_PREFIX)
-                .or_else(|| line.strip_prefix(NATIVE_CLUSTER_STATS_PREFIX))
-                .unwrap_or(line)
+    crate::prom::samples(text)
+        .filter(|sample| {
+            let plain = sample
+                .name
+                .strip_prefix(NATIVE_STATS_PREFIX)
+                .or_else(|| sample.name.strip_prefix(NATIVE_CLUSTER_STATS_PREFIX))
+                .unwrap_or(sample.name);
+            plain == name
         })
-        .filter(|line| {
-            line.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
-        })
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .map(|sample| sample.value)
         .sum::<f64>() as u64
 }
 

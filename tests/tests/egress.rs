@@ -9,8 +9,8 @@ use authstamp_e2e::deploy::{
 };
 use authstamp_e2e::stack::PROVIDER;
 use authstamp_e2e::{Stack, StackOptions};
+use authstamp_testkit::json_of;
 use reqwest::{Response, StatusCode};
-use serde_json::Value;
 
 const LISTENER: &str = "authstamp_transparent_egress";
 
@@ -24,11 +24,6 @@ async fn start_egress(stack: &Stack, name: &str, unmapped: &str) -> Envoy {
         &[("AUTHSTAMP_APP_KEY", stack.app_key.as_str())],
     )
     .await
-}
-
-async fn json_of(response: Response) -> Value {
-    let text = response.text().await.expect("body");
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }
 
 async fn assert_refused(response: Response, status: StatusCode, code: &str) {

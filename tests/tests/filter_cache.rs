@@ -2,20 +2,16 @@
 //! bounded cache, the forced refresh after a provider 401, and the filter's
 //! metrics in Envoy's admin output.
 
+use authstamp_testkit::{eventually, json_of};
 use std::time::{Duration, Instant};
 
 use authstamp_e2e::stack::{
     local_bootstrap_replacing, metric_sum, MAX_CACHE_TTL, NATIVE_STATS_PREFIX,
 };
 use authstamp_e2e::{FilterBuild, Stack, StackOptions};
-use reqwest::{Method, Response, StatusCode};
+use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use tokio::task::JoinSet;
-
-async fn json_of(response: Response) -> Value {
-    let text = response.text().await.expect("body");
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
-}
 
 fn bearer_seen(echo: &Value) -> String {
     echo["headers"]["authorization"][0]
@@ -39,14 +35,12 @@ async fn admin_text(stack: &Stack, path: &str) -> String {
 /// Waits (up to 10 s) until `name` reaches `at_least`: hit counts are
 /// handed to Envoy in batches (every second), histograms on stats flushes.
 async fn wait_for_metric(stack: &Stack, name: &str, at_least: u64) -> u64 {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    let what = format!("{name} >= {at_least}");
+    eventually(&what, Duration::from_secs(10), || async move {
         let value = stack.envoy_metric(name).await;
-        if value >= at_least || Instant::now() > deadline {
-            return value;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        (value >= at_least).then_some(value)
+    })
+    .await
 }
 
 /// Envoy's tcmalloc `allocated` bytes (admin /memory).

@@ -4,6 +4,7 @@
 //! to the app; bodies over the retry buffer and refused refreshes pass the
 //! 401 through; forced refreshes stay bounded.
 
+use authstamp_testkit::json_of;
 use std::time::Duration;
 
 use authstamp_e2e::{Stack, StackOptions};
@@ -11,12 +12,6 @@ use reqwest::{Method, Response, StatusCode};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tokio::task::JoinSet;
-
-async fn json_of(response: Response) -> Value {
-    let status = response.status();
-    let text = response.text().await.expect("body");
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}), {status}: {text}"))
-}
 
 fn bearer_seen(echo: &Value) -> String {
     echo["headers"]["authorization"][0]

@@ -8,7 +8,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use std::collections::BTreeSet;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const DASHBOARD: &str = "deploy/grafana/authstamp.json";
 const ALERTS: &str = "deploy/prometheus/alerts.yml";
@@ -52,9 +52,7 @@ fn metric_names(text: &str) -> BTreeSet<String> {
 /// The metric names a Prometheus or OpenMetrics text exposition declares
 /// (`# TYPE`); an OpenMetrics counter family `x` is exported as `x_total`.
 fn exported_families(text: &str) -> BTreeSet<String> {
-    text.lines()
-        .filter_map(|line| line.strip_prefix("# TYPE "))
-        .filter_map(|rest| rest.split_once(' '))
+    authstamp_e2e::prom::families(text)
         .flat_map(|(name, kind)| {
             let total =
                 (kind == "counter" && !name.ends_with("_total")).then(|| format!("{name}_total"));
@@ -139,14 +137,23 @@ async fn every_metric_the_dashboard_and_alerts_use_is_exported() {
     };
     let service = scrape(format!("{}/metrics", stack.service_url)).await;
     // Envoy prints histograms only after its stats flush (5 s by default).
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let envoy = loop {
-        let text = scrape(format!("{}/stats/prometheus", stack.envoy_admin_url)).await;
-        if text.contains("# TYPE authstamp_token_fetch_us histogram") || Instant::now() > deadline {
-            break text;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
+    let (scrape, envoy_stats) = (
+        &scrape,
+        format!("{}/stats/prometheus", stack.envoy_admin_url),
+    );
+    let envoy = authstamp_testkit::eventually(
+        "Envoy's histogram after a stats flush",
+        Duration::from_secs(20),
+        || {
+            let url = envoy_stats.clone();
+            async move {
+                let text = scrape(url).await;
+                text.contains("# TYPE authstamp_token_fetch_us histogram")
+                    .then_some(text)
+            }
+        },
+    )
+    .await;
     let mut exported = exported_families(&service);
     exported.extend(exported_families(&envoy));
 

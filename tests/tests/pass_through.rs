@@ -3,13 +3,9 @@
 
 use authstamp_e2e::stack::{metric_sum, PROVIDER};
 use authstamp_e2e::{sha256_hex, Stack, StackOptions};
+use authstamp_testkit::json_of;
 use reqwest::{Method, Response, StatusCode};
 use serde_json::{json, Value};
-
-async fn json_of(response: Response) -> Value {
-    let text = response.text().await.expect("body");
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
-}
 
 /// Asserts a local error reply of the filter or the token service.
 async fn assert_error(response: Response, status: StatusCode, code: &str) {

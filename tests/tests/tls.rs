@@ -12,8 +12,8 @@ use authstamp_e2e::deploy::{
 };
 use authstamp_e2e::stack::local_bootstrap;
 use authstamp_e2e::{Stack, StackOptions};
+use authstamp_testkit::json_of;
 use reqwest::StatusCode;
-use serde_json::Value;
 use std::path::Path;
 
 /// One TLS listener of the TLS stand-in: its name and certificate.
@@ -91,11 +91,6 @@ static_resources:
 "#,
         listeners.join("")
     )
-}
-
-async fn json_of(response: reqwest::Response) -> Value {
-    let text = response.text().await.expect("body");
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

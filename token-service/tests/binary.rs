@@ -4,14 +4,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
+use authstamp_testkit::process::Service;
 use authstamp_token_service::secrets::MasterKey;
 use axum::routing::post;
 use axum::Router;
 use serde_json::{json, Value};
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::io::Write as _;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_authstamp");
@@ -43,81 +43,21 @@ fn with_test_env(mut cmd: Command, data_dir: &Path) -> Command {
     cmd
 }
 
-struct Server {
-    child: Child,
-    url: String,
-    /// The filter listener (token lookups).
-    filter_url: String,
-    stderr: Arc<Mutex<Vec<u8>>>,
-}
-
-impl Server {
-    fn start(mut cmd: Command) -> Self {
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let sink = stderr.clone();
-        let mut pipe = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = pipe.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock().unwrap().extend_from_slice(&buf[..n]);
-            }
-        });
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert!(
-            line.starts_with("authstamp listening on "),
-            "unexpected first line {line:?}; stderr: {}",
-            String::from_utf8_lossy(&stderr.lock().unwrap())
-        );
-        let (url, filter_url) = authstamp_e2e::process::service_urls(&line);
-        assert!(url.starts_with("http://127.0.0.1:"), "{url}");
-        assert!(filter_url.starts_with("http://127.0.0.1:"), "{filter_url}");
-        assert_ne!(url, filter_url);
-        Self {
-            child,
-            url,
-            filter_url,
-            stderr,
-        }
-    }
-
-    fn stderr(&self) -> String {
-        String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
-    }
-
-    /// SIGTERM, then wait for a clean exit.
-    fn stop(mut self) -> String {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                assert!(
-                    status.success(),
-                    "exit status {status}; stderr: {}",
-                    self.stderr()
-                );
-                break;
-            }
-            assert!(Instant::now() < deadline, "did not stop on SIGTERM");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        std::thread::sleep(Duration::from_millis(100));
-        self.stderr()
-    }
+/// `authstamp serve` from `cmd`, both listeners on loopback and apart.
+fn start_server(cmd: Command) -> Service {
+    let server = Service::start(cmd);
+    assert!(
+        server.url.starts_with("http://127.0.0.1:"),
+        "{}",
+        server.url
+    );
+    assert!(
+        server.filter_url.starts_with("http://127.0.0.1:"),
+        "{}",
+        server.filter_url
+    );
+    assert_ne!(server.url, server.filter_url);
+    server
 }
 
 fn http() -> reqwest::Client {
@@ -148,7 +88,7 @@ async fn local_mode_creates_its_secrets_and_serves() {
     let mut cmd = command(&data);
     cmd.args(["serve", "--local", "--listen", "127.0.0.1:0"])
         .args(["--filter-listen", "127.0.0.1:0"]);
-    let server = Server::start(cmd);
+    let server = start_server(cmd);
 
     let key_path = data.join("master.key");
     let token_path = data.join("admin.token");
@@ -208,7 +148,7 @@ async fn local_mode_creates_its_secrets_and_serves() {
     let mut cmd = command(&data);
     cmd.args(["serve", "--local", "--listen", "127.0.0.1:0"])
         .args(["--filter-listen", "127.0.0.1:0"]);
-    let server = Server::start(cmd);
+    let server = start_server(cmd);
     assert_eq!(std::fs::read_to_string(&key_path).unwrap(), key);
     server.stop();
 }
@@ -312,7 +252,7 @@ async fn cli_admin_commands_then_a_connect_flow_over_http() {
         .env("AUTHSTAMP_LOG_FORMAT", "json")
         .args(["serve", "--listen", "127.0.0.1:0"])
         .args(["--filter-listen", "127.0.0.1:0"]);
-    let server = Server::start(cmd);
+    let server = start_server(cmd);
     let base = server.url.clone();
     let client = http();
 
@@ -509,7 +449,7 @@ fn files_at_rest_are_private_and_open_secret_files_refuse_the_start() {
             .args(["--filter-listen", "127.0.0.1:0"]);
         cmd
     };
-    let server = Server::start(serve());
+    let server = start_server(serve());
     assert_eq!(mode_of(&data), 0o700);
     let files = [
         "authstamp.db",
@@ -540,7 +480,7 @@ fn files_at_rest_are_private_and_open_secret_files_refuse_the_start() {
 
     set_mode(&data, 0o755);
     set_mode(&data.join("authstamp.db"), 0o644);
-    let server = Server::start(serve());
+    let server = start_server(serve());
     assert_eq!(mode_of(&data.join("authstamp.db")), 0o600, "tightened");
     let logs = server.stop();
     assert!(
@@ -585,7 +525,7 @@ async fn errors_outside_the_handlers_are_json() {
     let mut cmd = command(&data);
     cmd.args(["serve", "--local", "--listen", "127.0.0.1:0"])
         .args(["--filter-listen", "127.0.0.1:0"]);
-    let server = Server::start(cmd);
+    let server = start_server(cmd);
     let admin = std::fs::read_to_string(data.join("admin.token")).unwrap();
     let admin = admin.trim();
     let big = format!("{{\"name\": \"{}\"}}", "x".repeat(70 * 1024));
@@ -680,7 +620,7 @@ async fn slow_clients_are_closed_while_normal_clients_are_answered() {
         "--header-read-timeout",
         "2s",
     ]);
-    let server = Server::start(cmd);
+    let server = start_server(cmd);
     let addr = server.url.strip_prefix("http://").unwrap().to_owned();
 
     let started = Instant::now();
@@ -767,7 +707,7 @@ async fn idle_keep_alive_connections_are_closed() {
         "--header-read-timeout",
         "20s",
     ]);
-    let server = Server::start(cmd);
+    let server = start_server(cmd);
     let addr = server.url.strip_prefix("http://").unwrap();
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     stream

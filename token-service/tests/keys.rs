@@ -7,13 +7,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code
 
-use authstamp_e2e::postgres::TestPostgres;
+use authstamp_testkit::postgres::TestPostgres;
+use authstamp_testkit::process::Service;
 use authstamp_token_service::db::Db;
 use authstamp_token_service::secrets::MasterKey;
 use serde_json::{json, Value};
-use std::io::{BufRead as _, BufReader, Read as _};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -101,65 +101,7 @@ fn run_json(cmd: Command) -> Value {
     serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", out.stdout))
 }
 
-struct Server {
-    child: Child,
-    url: String,
-    /// The filter listener, where lookups go.
-    filter_url: String,
-    stderr: Arc<Mutex<Vec<u8>>>,
-}
-
-impl Server {
-    fn start(mut cmd: Command) -> Self {
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let sink = stderr.clone();
-        let mut pipe = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = pipe.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock().unwrap().extend_from_slice(&buf[..n]);
-            }
-        });
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert!(
-            line.starts_with("authstamp listening on "),
-            "no ready line {line:?}; stderr: {}",
-            String::from_utf8_lossy(&stderr.lock().unwrap())
-        );
-        let (url, filter_url) = authstamp_e2e::process::service_urls(&line);
-        Self {
-            child,
-            url,
-            filter_url,
-            stderr,
-        }
-    }
-
-    fn stderr(&self) -> String {
-        String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn serve(vault: &Vault, extra: &[&str]) -> Server {
+fn serve(vault: &Vault, extra: &[&str]) -> Service {
     let mut args = vec![
         "serve",
         "--listen",
@@ -170,7 +112,7 @@ fn serve(vault: &Vault, extra: &[&str]) -> Server {
         "0s",
     ];
     args.extend_from_slice(extra);
-    Server::start(vault.command(&args))
+    Service::start(vault.command(&args))
 }
 
 struct App {

@@ -22,10 +22,9 @@ fn token_of(reply: &Reply) -> String {
     reply.json()["header"]["value"].as_str().unwrap().to_owned()
 }
 
-fn metric(text: &str, line_prefix: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(line_prefix)?.trim().parse::<f64>().ok())
-        .unwrap_or_else(|| panic!("no {line_prefix} in\n{text}")) as u64
+fn metric(text: &str, series: &str) -> u64 {
+    authstamp_testkit::prom::value(text, series).unwrap_or_else(|| panic!("no {series} in\n{text}"))
+        as u64
 }
 
 /// A provider that rotates: `rt-N` → `at-(N+1)` + `rt-(N+1)`; an old refresh
@@ -99,8 +98,8 @@ async fn two_replicas_case(backend: Backend) {
     )
     .await
     .text();
-    let waits = metric(&a, "authstamp_refresh_lease_waits_total ")
-        + metric(&b, "authstamp_refresh_lease_waits_total ");
+    let waits = metric(&a, "authstamp_refresh_lease_waits_total")
+        + metric(&b, "authstamp_refresh_lease_waits_total");
     assert!(waits >= 1, "{a}\n{b}");
     assert_eq!(
         metric(&a, "authstamp_refreshes_total{outcome=\"ok\"}")
@@ -136,8 +135,8 @@ async fn dead_lease_case(backend: Backend) {
     assert!(waited < Duration::from_secs(5), "{waited:?}");
     assert_eq!(h.provider.calls_of("refresh_token").len(), 1);
     let text = h.get("/metrics").await.text();
-    assert_eq!(metric(&text, "authstamp_refresh_lease_takeovers_total "), 1);
-    assert_eq!(metric(&text, "authstamp_refresh_lease_waits_total "), 1);
+    assert_eq!(metric(&text, "authstamp_refresh_lease_takeovers_total"), 1);
+    assert_eq!(metric(&text, "authstamp_refresh_lease_waits_total"), 1);
     // Released after the write.
     let (owner,): (Option<String>,) = sqlx::query_as("SELECT refresh_lease_owner FROM connections")
         .fetch_one(h.state.db.pool())

@@ -23,10 +23,10 @@
 //! `BENCH_SERVICE_REQUESTS` overrides the measured requests per cell.
 
 use authstamp_e2e::postgres::TestPostgres;
+use authstamp_e2e::process::{self, Process};
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -103,13 +103,13 @@ struct Store {
 }
 
 struct Server {
-    child: Child,
+    process: Process,
     /// The filter listener (token lookups).
     url: String,
 }
 
 impl Server {
-    fn start(bin: &Path, store: &Store, log: &Path) -> Server {
+    fn start(bin: &Path, store: &Store, log_dir: &Path) -> Server {
         let mut command = Command::new(bin);
         command
             .args(["serve", "--listen", "127.0.0.1:0"])
@@ -121,65 +121,28 @@ impl Server {
                 authstamp_e2e::FILTER_TOKEN_ENV,
                 authstamp_e2e::filter_token(),
             )
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(std::fs::File::create(log).expect("log file")));
+            .env("RUST_LOG", "warn");
         if let Some(url) = &store.database_url {
             command.env("AUTHSTAMP_DATABASE_URL", url);
         }
-        let mut child = command.spawn().expect("start authstamp serve");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let line = lines
-            .next()
-            .and_then(Result::ok)
-            .unwrap_or_else(|| panic!("authstamp serve printed nothing; see {}", log.display()));
+        let mut process = Process::spawn("serve", command, log_dir, "listening on");
+        let line = process.wait_for_line(Duration::from_secs(60));
         // The lookups go to the filter listener.
         let (_, url) = authstamp_e2e::process::service_urls(&line);
-        // Keep draining stdout.
-        std::thread::spawn(move || for _ in lines {});
-        Server { child, url }
+        Server { process, url }
     }
 
     /// (resident, peak resident) memory in MiB.
     fn memory_mib(&self) -> (f64, f64) {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap_or_default();
-        let kib = |name: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|rest| rest.split_whitespace().next()?.parse::<f64>().ok())
-                .unwrap_or(0.0)
-        };
-        (kib("VmRSS:") / 1024.0, kib("VmHWM:") / 1024.0)
+        let pid = self.process.pid().unwrap_or(0);
+        let mib = |kib: Option<u64>| kib.unwrap_or(0) as f64 / 1024.0;
+        (mib(process::rss_kib(pid)), mib(process::peak_rss_kib(pid)))
     }
 
     /// CPU time (user + system, all threads) the server has used so far.
     fn cpu_time(&self) -> Duration {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        // Fields after the parenthesised command name; utime and stime are
-        // the 14th and 15th fields, in USER_HZ (100 per second on Linux).
-        let ticks: u64 = stat
-            .rsplit_once(')')
-            .map(|(_, rest)| {
-                rest.split_whitespace()
-                    .skip(11)
-                    .take(2)
-                    .filter_map(|f| f.parse::<u64>().ok())
-                    .sum()
-            })
-            .unwrap_or(0);
-        Duration::from_millis(ticks * 10)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let micros = self.process.pid().and_then(process::cpu_micros);
+        Duration::from_micros(micros.unwrap_or(0))
     }
 }
 
@@ -351,7 +314,7 @@ async fn prepare(
     );
     let seed_wall = seed_started.elapsed().as_secs_f64();
     assert_eq!(seeded["inserted"].as_u64(), Some(connections));
-    let server = Server::start(bin, &store, &dir.join("serve.log"));
+    let server = Server::start(bin, &store, &dir);
     let (idle_rss, _) = server.memory_mib();
     let warm = load(&server.url, &app_id, &app_key, connections, plan.warmup).await;
     assert_eq!(

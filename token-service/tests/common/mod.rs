@@ -3,7 +3,7 @@
 
 #![allow(dead_code)]
 
-use authstamp_e2e::postgres::TestPostgres;
+use authstamp_testkit::postgres::TestPostgres;
 use authstamp_token_service::config::PublicUrl;
 use authstamp_token_service::db::Db;
 use authstamp_token_service::policy::RefreshPolicy;
