@@ -18,7 +18,8 @@
 //! - `service`: the operations: [`AppState`], refresh, the journal,
 //!   webhook delivery, key rotation, seeding.
 //! - `oauth` (the provider's token endpoint client), `metrics`.
-//! - `store`: every SQL statement, one module per table.
+//! - `store`: the SQL of each table, one module per table (key rotation in
+//!   `service/keys.rs` and the schema and ping in `db.rs` still hold their own).
 //! - `catalog` (provider types and the embedded entries), `discovery`,
 //!   `validate`, `policy`, then `error` (the API's JSON error), `db`,
 //!   `config`, `crypto` (vault, secrets), and `ratelimit`, `template`,
