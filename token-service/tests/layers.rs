@@ -21,7 +21,7 @@ const LAYERS: &[(&str, u32)] = &[
     // The provider's token endpoint client.
     ("oauth", 8),
     ("metrics", 8),
-    // Every SQL statement, one module per table.
+    // The SQL of each table, one module per table.
     ("store", 7),
     // The provider catalog and its provider types.
     ("catalog", 6),
