@@ -1,7 +1,7 @@
 //! The OAuth callback's query string and the RFC 9207 issuer check.
 #![no_main]
 
-use authstamp_token_service::oauth::callback::{check_issuer, parse_query};
+use authstamp_token_service::http::callback::{check_issuer, parse_query};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
