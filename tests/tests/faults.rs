@@ -334,6 +334,54 @@ fn outage() -> Duration {
 
 const JOURNALLED_USERS: usize = 20;
 
+/// Walks the connect link `connect_url` for `user` while the provider's
+/// token endpoint takes 3 s, and cuts the database once the callback has
+/// read its session and waits for the code exchange. The walk's outcome,
+/// the exchanges the stand-in had counted before, and when the outage began.
+async fn walk_connect_into_outage(
+    replicas: &Replicas,
+    cut: &authstamp_e2e::tcp_cut::TcpCut,
+    connect_url: String,
+    user: &'static str,
+) -> (authstamp_e2e::browser::ConnectOutcome, u64, Instant) {
+    replicas.set_quirks(json!({"token_delay_ms": 3000})).await;
+    let exchanges_before = replicas.standin_stats().await["token_calls"]["authorization_code"]
+        .as_u64()
+        .expect("exchange count");
+    let walk = tokio::spawn(async move {
+        let browser = authstamp_e2e::browser::browser_client();
+        authstamp_e2e::browser::walk_connect(&browser, &connect_url, user).await
+    });
+    // The callback has read its session and waits for the provider.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while replicas.standin_stats().await["token_calls"]["authorization_code"].as_u64()
+        == Some(exchanges_before)
+    {
+        assert!(Instant::now() < deadline, "no code exchange in time");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cut.cut();
+    let outage_began = Instant::now();
+    let outcome = walk.await.expect("connect walk");
+    (outcome, exchanges_before, outage_began)
+}
+
+/// The journal at `path` holds one line and is readable by its owner only.
+fn one_private_journal_line(path: &std::path::Path) -> String {
+    let journal = std::fs::read_to_string(path).expect("the journal");
+    assert_eq!(journal.lines().count(), 1, "{journal}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(path)
+            .expect("journal")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    journal
+}
+
 /// The rest of a journal test's database outage: the replica is SIGKILLed
 /// first when `kill` (only its journal remains), the outage runs its
 /// length from `began`, the database comes back, and a killed replica is
@@ -543,26 +591,8 @@ async fn a_journalled_connect_survives(test_name: &str, kill: bool) {
     let index = replicas.add_replica(&[]);
     let user = "connecting";
     let connect_url = replicas.connect_session(index, user).await;
-    replicas.set_quirks(json!({"token_delay_ms": 3000})).await;
-    let exchanges_before = replicas.standin_stats().await["token_calls"]["authorization_code"]
-        .as_u64()
-        .expect("exchange count");
-    let walk = tokio::spawn(async move {
-        let browser = authstamp_e2e::browser::browser_client();
-        authstamp_e2e::browser::walk_connect(&browser, &connect_url, user).await
-    });
-    // The callback has read its session and waits for the provider.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while replicas.standin_stats().await["token_calls"]["authorization_code"].as_u64()
-        == Some(exchanges_before)
-    {
-        assert!(Instant::now() < deadline, "no code exchange in time");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    cut.cut();
-    let outage_began = Instant::now();
-
-    let outcome = walk.await.expect("connect walk");
+    let (outcome, exchanges_before, outage_began) =
+        walk_connect_into_outage(&replicas, &cut, connect_url, user).await;
     assert_eq!(
         outcome.final_status,
         StatusCode::OK,
@@ -590,19 +620,9 @@ async fn a_journalled_connect_survives(test_name: &str, kill: bool) {
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_eq!(body["error"], "storage_unavailable", "{body}");
     let journal_path = replicas.data_dir.join("token-journal.jsonl");
-    let journal = std::fs::read_to_string(&journal_path).expect("the journal");
-    assert_eq!(journal.lines().count(), 1, "{journal}");
+    let journal = one_private_journal_line(&journal_path);
     let raw = served.trim_start_matches("Bearer ");
     assert!(!journal.contains(raw), "a plaintext token in the journal");
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt as _;
-        let mode = std::fs::metadata(&journal_path)
-            .expect("journal")
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o777, 0o600);
-    }
     assert!(
         replicas
             .all_output()
@@ -677,25 +697,8 @@ async fn a_journalled_connect_result_survives(test_name: &str, kill: bool) {
     let index = replicas.add_replica(&[]);
     let user = "returning";
     let connect_url = replicas.connect_session_returning(index, user).await;
-    replicas.set_quirks(json!({"token_delay_ms": 3000})).await;
-    let exchanges_before = replicas.standin_stats().await["token_calls"]["authorization_code"]
-        .as_u64()
-        .expect("exchange count");
-    let walk = tokio::spawn(async move {
-        let browser = authstamp_e2e::browser::browser_client();
-        authstamp_e2e::browser::walk_connect(&browser, &connect_url, user).await
-    });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while replicas.standin_stats().await["token_calls"]["authorization_code"].as_u64()
-        == Some(exchanges_before)
-    {
-        assert!(Instant::now() < deadline, "no code exchange in time");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    cut.cut();
-    let outage_began = Instant::now();
-
-    let outcome = walk.await.expect("connect walk");
+    let (outcome, exchanges_before, outage_began) =
+        walk_connect_into_outage(&replicas, &cut, connect_url, user).await;
     assert_eq!(
         outcome.final_status,
         StatusCode::FOUND,
@@ -714,21 +717,11 @@ async fn a_journalled_connect_result_survives(test_name: &str, kill: bool) {
         .map(|(_, value)| value.into_owned())
         .expect("authstamp_result");
     let journal_path = replicas.data_dir.join("token-journal.jsonl");
-    let journal = std::fs::read_to_string(&journal_path).expect("the journal");
-    assert_eq!(journal.lines().count(), 1, "{journal}");
+    let journal = one_private_journal_line(&journal_path);
     assert!(
         !journal.contains(&result),
         "the one-time result in the journal"
     );
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt as _;
-        let mode = std::fs::metadata(&journal_path)
-            .expect("journal")
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o777, 0o600);
-    }
     assert!(
         replicas
             .all_output()
