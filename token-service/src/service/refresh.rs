@@ -698,45 +698,13 @@ pub async fn replay_journal(state: &AppState, entries: Vec<Entry>) {
     let total = entries.len();
     let (mut stored, mut superseded, mut waiting, mut failed) = (0, 0, 0, 0);
     for entry in entries {
-        if entry.held.is_some() {
-            // A connect result waiting for the app: no connection to lock.
-            use crate::service::journalled_result as held;
-            match held::write(state, &entry).await {
-                Ok(written) => {
-                    held::settle(state, &entry).await;
-                    state.metrics.journal_stored(written);
-                    if written {
-                        stored += 1;
-                    } else {
-                        superseded += 1;
-                    }
-                }
-                Err(err) if db::is_unavailable(&err) => {
-                    waiting += 1;
-                    held::hold_until_stored(state, entry).await;
-                }
-                Err(err) => {
-                    failed += 1;
-                    tracing::error!(app_id = %entry.app_id, provider = %entry.provider, error = %err, "a journalled connect result could not be written; kept in the journal");
-                }
-            }
-            continue;
-        }
-        let key = entry.key();
-        let local = state.refresh_locks.lock_for(&key).lock_owned().await;
-        let owner = state.lease_owner();
-        let written = if entry.is_refresh() {
-            connections::store_refreshed(&state.db, entry.refreshed(&key, &owner)).await
+        let replayed = if entry.held.is_some() {
+            replay_held(state, entry).await
         } else {
-            crate::service::journalled_connect::write(state, &entry).await
+            replay_tokens(state, entry).await
         };
-        match written {
-            Ok(written) => {
-                if entry.is_refresh() {
-                    settle(state, &key, entry.base_version).await;
-                } else {
-                    crate::service::journalled_connect::settle(state, &entry).await;
-                }
+        match replayed {
+            Replayed::Written(written) => {
                 state.metrics.journal_stored(written);
                 if written {
                     stored += 1;
@@ -744,19 +712,8 @@ pub async fn replay_journal(state: &AppState, entries: Vec<Entry>) {
                     superseded += 1;
                 }
             }
-            Err(err) if db::is_unavailable(&err) => {
-                waiting += 1;
-                if entry.is_refresh() {
-                    hold_until_stored(state, entry, owner, local).await;
-                } else {
-                    crate::service::journalled_connect::hold_until_stored(state, entry, local)
-                        .await;
-                }
-            }
-            Err(err) => {
-                failed += 1;
-                tracing::error!(app_id = %key.app_id, provider = %key.provider, error = %err, "a journalled entry could not be written; kept in the journal");
-            }
+            Replayed::Waiting => waiting += 1,
+            Replayed::Failed => failed += 1,
         }
     }
     state.metrics.journal_replayed(total);
@@ -768,6 +725,72 @@ pub async fn replay_journal(state: &AppState, entries: Vec<Entry>) {
         failed,
         "replayed the token journal left by the previous process"
     );
+}
+
+/// What became of one replayed journal entry.
+enum Replayed {
+    /// Settled: written (`true`) or superseded by newer tokens.
+    Written(bool),
+    /// The database is still away: a task writes it once it is back.
+    Waiting,
+    /// The database refused it; it stays in the journal.
+    Failed,
+}
+
+/// Replays a connection's tokens (a refresh's or a code exchange's) under
+/// the connection's local refresh lock.
+async fn replay_tokens(state: &AppState, entry: Entry) -> Replayed {
+    use crate::service::journalled_connect as connect;
+    let key = entry.key();
+    let local = state.refresh_locks.lock_for(&key).lock_owned().await;
+    let owner = state.lease_owner();
+    let written = if entry.is_refresh() {
+        connections::store_refreshed(&state.db, entry.refreshed(&key, &owner)).await
+    } else {
+        connect::write(state, &entry).await
+    };
+    match written {
+        Ok(written) => {
+            if entry.is_refresh() {
+                settle(state, &key, entry.base_version).await;
+            } else {
+                connect::settle(state, &entry).await;
+            }
+            Replayed::Written(written)
+        }
+        Err(err) if db::is_unavailable(&err) => {
+            if entry.is_refresh() {
+                hold_until_stored(state, entry, owner, local).await;
+            } else {
+                connect::hold_until_stored(state, entry, local).await;
+            }
+            Replayed::Waiting
+        }
+        Err(err) => {
+            tracing::error!(app_id = %key.app_id, provider = %key.provider, error = %err, "a journalled entry could not be written; kept in the journal");
+            Replayed::Failed
+        }
+    }
+}
+
+/// Replays a connect result waiting for the app: it stands for no
+/// connection, so there is no lock to take.
+async fn replay_held(state: &AppState, entry: Entry) -> Replayed {
+    use crate::service::journalled_result as held;
+    match held::write(state, &entry).await {
+        Ok(written) => {
+            held::settle(state, &entry).await;
+            Replayed::Written(written)
+        }
+        Err(err) if db::is_unavailable(&err) => {
+            held::hold_until_stored(state, entry).await;
+            Replayed::Waiting
+        }
+        Err(err) => {
+            tracing::error!(app_id = %entry.app_id, provider = %entry.provider, error = %err, "a journalled connect result could not be written; kept in the journal");
+            Replayed::Failed
+        }
+    }
 }
 
 /// A journalled refresh this caller finds after taking the lease (a
