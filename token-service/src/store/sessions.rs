@@ -179,7 +179,8 @@ pub async fn take_state(
     .transpose()
 }
 
-/// Drops sessions, states and unconfirmed results that expired before `now`.
+/// Drops sessions, states, unconfirmed results and the marks of used ones
+/// that expired before `now`.
 pub async fn purge_expired(db: &Db, now: i64) -> Result<(), sqlx::Error> {
     sqlx::query("DELETE FROM connect_sessions WHERE expires_at < $1")
         .bind(now)
@@ -190,6 +191,10 @@ pub async fn purge_expired(db: &Db, now: i64) -> Result<(), sqlx::Error> {
         .execute(db.pool())
         .await?;
     sqlx::query("DELETE FROM connect_results WHERE expires_at < $1")
+        .bind(now)
+        .execute(db.pool())
+        .await?;
+    sqlx::query("DELETE FROM used_connect_results WHERE expires_at < $1")
         .bind(now)
         .execute(db.pool())
         .await?;
