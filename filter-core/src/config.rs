@@ -184,6 +184,10 @@ pub struct Config {
     /// Mesh mode: workload identities (peer certificate URI SAN or source
     /// principal) allowed to use the bound app; empty: not checked.
     pub allowed_workloads: Vec<String>,
+    /// Marks each request whose 401 a replay can heal with
+    /// `x-authstamp-heal: 1`, for a route that retries a 401 only then and
+    /// runs the replay instance on the retry alone (see `heal.rs`).
+    pub mark_healable: bool,
 }
 
 /// Why a configuration was refused; the message names the field.
@@ -226,6 +230,8 @@ struct RawConfig {
     provider_hosts: Option<BTreeMap<String, String>>,
     #[serde(default)]
     unmapped_hosts: Option<Unmapped>,
+    #[serde(default)]
+    mark_healable: bool,
 }
 
 #[derive(Deserialize)]
@@ -261,18 +267,33 @@ struct RawHeaders {
     app_key: Option<String>,
 }
 
-/// The configuration of the filter's second instance, the upstream HTTP
-/// filter of the provider clusters: `{"role": "upstream"}`, nothing else
-/// (it works with what the first instance recorded for the request).
+/// The configuration of a filter instance that runs on upstream attempts
+/// (the provider clusters' upstream HTTP filter): `{"role": "upstream"}` or
+/// `{"role": "replay"}`, nothing else (it works with what the stamping
+/// instance recorded for the request).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawUpstream {
-    role: String,
+struct RawAttemptRole {
+    role: AttemptRole,
 }
 
-/// Whether `raw` configures the upstream instance.
-pub fn is_upstream_role(raw: &[u8]) -> bool {
-    serde_json::from_slice::<RawUpstream>(raw).is_ok_and(|r| r.role == "upstream")
+/// What a filter instance on upstream attempts does (see `heal.rs`).
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AttemptRole {
+    /// Sees every attempt: marks a healable 401 for the route's retry and
+    /// restamps the replay.
+    Upstream,
+    /// Runs on the route's retry of a 401 only: forces the refresh and
+    /// restamps it.
+    Replay,
+}
+
+/// The role `raw` configures, if it configures an instance on attempts.
+pub fn attempt_role(raw: &[u8]) -> Option<AttemptRole> {
+    serde_json::from_slice::<RawAttemptRole>(raw)
+        .ok()
+        .map(|r| r.role)
 }
 
 impl Config {
@@ -444,6 +465,7 @@ impl Config {
             headers,
             egress,
             allowed_workloads,
+            mark_healable: raw.mark_healable,
         })
     }
 

@@ -1,28 +1,40 @@
 //! A provider 401 healed before the app sees it.
 //!
 //! The filter runs twice on a request: as the listener's HTTP filter
-//! (`filter.rs`), which stamps, and as the upstream HTTP filter of the
-//! provider clusters (configuration `{"role": "upstream"}`), which sees each
-//! attempt the router makes. Both instances live in one VM per worker: the
-//! stamping instance records each stamped request in [`Stamps`] and hands
-//! the record's id to the upstream instance in the request's filter state.
+//! (`filter.rs`), which stamps, and as an upstream HTTP filter of the
+//! provider clusters, which sees attempts the router makes. Both instances
+//! live in one VM per worker: the stamping instance records each stamped
+//! request in [`Stamps`] and hands the record's id to the other instance in
+//! the request's filter state. The second instance has one of two roles.
 //!
-//! When the provider answers 401, the upstream instance looks for a token
-//! fresher than the refused one ([`on_refused`]: one already cached, the
-//! forced refresh in flight, or a new forced refresh, at most one per
-//! connection per `forced_refresh_interval`). If there is or will be one it
-//! adds `x-authstamp-retry: 1` to the 401: the route's retry policy (on that
-//! header, one retry) replays the buffered request, whose headers wait in
-//! the upstream instance for the fresh token and get it; if the refresh
-//! fails the replay goes out as it was and its 401 gets
+//! `{"role": "replay"}` (the Wasm bootstraps): the stamping instance, with
+//! `mark_healable`, adds [`HEAL_HEADER`] to each request whose 401 a
+//! replay can heal ([`marks`]); the route retries a 401 once, for marked
+//! requests only, and a composite filter runs the replay instance on that
+//! retry alone (`x-envoy-attempt-count` 2), so a request the provider
+//! accepts creates no second Wasm context. The replay instance
+//! ([`on_replay_request`]) looks for a token fresher than the refused one
+//! ([`on_refused`]) and restamps the replay with it, or waits for the forced
+//! refresh; if there is none (the refresh failed, or the bound) the replay
+//! goes out as it was and its 401 gets `x-authstamp-error: <code>`.
+//!
+//! `{"role": "upstream"}` (the native bootstraps): the instance sees every
+//! attempt. On a 401 it looks for a fresher token ([`on_refused`]: one
+//! already cached, the forced refresh in flight, or a new forced refresh,
+//! at most one per connection per `forced_refresh_interval`). If there is
+//! or will be one it adds `x-authstamp-retry: 1` to the 401: the route's
+//! retry policy (on that header, one retry) replays the buffered request,
+//! whose headers wait in the upstream instance for the fresh token and get
+//! it; if the refresh fails the replay goes out as it was and its 401 gets
 //! `x-authstamp-error: <code>`. Without a fresher token (the bound) the
-//! first 401 gets `x-authstamp-error` and goes to the app. A 401 the router
-//! does not replay (body over the retry buffer) reaches the stamping
-//! instance, which drops `x-authstamp-retry`.
+//! first 401 gets `x-authstamp-error` and goes to the app.
 //!
-//! The 401 itself is never held back: a response held and resumed from the
-//! root context would be replayed by the router while Envoy still delivers
-//! its buffered body to the deleted upstream context.
+//! Either way a 401 the router does not replay (body over the retry buffer)
+//! reaches the stamping instance, which forces the refresh for the next
+//! requests (and drops `x-authstamp-retry`). The 401 itself is never held
+//! back: a response held and resumed from the root context would be
+//! replayed by the router while Envoy still delivers its buffered body to
+//! the deleted upstream context.
 
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -30,6 +42,7 @@ use std::rc::Rc;
 use authstamp_protocol::{headers, Credential, ErrorCode, Placement, Upstream};
 
 use crate::cache;
+use crate::config::AttemptRole;
 use crate::filter::{self, Verdict, Worker};
 use crate::host::Host;
 use crate::inflight::{Left, Lookup};
@@ -41,6 +54,10 @@ pub const STAMP_PROPERTY: &str = "authstamp_stamp";
 /// Added by the upstream instance to a provider 401 it can heal; the route
 /// retries on it. Never reaches the app.
 pub const RETRY_HEADER: &str = "x-authstamp-retry";
+/// Added by the stamping instance (`mark_healable`) to a request whose 401
+/// the replay instance can heal: the route retries a 401 only for requests
+/// with it. An upstream filter removes it before the provider.
+pub const HEAL_HEADER: &str = "x-authstamp-heal";
 
 /// Where a stamped request is on the healing path.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -93,6 +110,25 @@ pub fn is_static(header: &Credential) -> bool {
                 .is_some_and(|scheme| scheme.eq_ignore_ascii_case("basic ")))
 }
 
+/// Whether the request stamped now with `credential` for `lookup` is marked
+/// healable ([`HEAL_HEADER`]): `mark_healable` is on, the credential can be
+/// refreshed, and no forced refresh of the connection started on this
+/// worker within `forced_refresh_interval` (its 401 would not be healed).
+/// No host call unless such a refresh is on record.
+pub fn marks(host: &dyn Host, worker: &Worker, lookup: &Lookup, credential: &Credential) -> bool {
+    if !lookup.config.mark_healable || is_static(credential) {
+        return false;
+    }
+    let stamps = worker.stamps.borrow();
+    let Some(at_ms) = stamps.forced_at_ms.get(&lookup.cache_key.key) else {
+        return true;
+    };
+    let interval_ms =
+        u64::try_from(lookup.config.forced_refresh_interval.as_millis()).unwrap_or(u64::MAX);
+    host.now_unix_millis()
+        .is_none_or(|now_ms| now_ms >= at_ms.saturating_add(interval_ms))
+}
+
 /// The stamped requests of one worker, shared by both instances.
 #[derive(Debug, Default)]
 pub struct Stamps {
@@ -101,7 +137,14 @@ pub struct Stamps {
     /// Records with a replay due: while there is none, the upstream
     /// instance does nothing on request headers.
     retries_due: usize,
+    /// When this worker last saw a forced refresh start, by cache key:
+    /// within `forced_refresh_interval` of it a 401 cannot be healed (the
+    /// bound), so [`marks`] asks for no replay.
+    forced_at_ms: HashMap<String, u64>,
 }
+
+/// Entries of [`Stamps::forced_at_ms`] beyond which stale ones are dropped.
+const FORCED_MEMO_LIMIT: usize = 256;
 
 impl Stamps {
     pub fn add(&mut self, stamp: Stamp) -> u64 {
@@ -166,6 +209,16 @@ impl Stamps {
 
     pub fn retries_due(&self) -> usize {
         self.retries_due
+    }
+
+    /// A forced refresh of `key` started at `at_ms`.
+    fn note_forced(&mut self, key: &str, at_ms: u64, interval_ms: u64, now_ms: u64) {
+        if self.forced_at_ms.len() >= FORCED_MEMO_LIMIT {
+            self.forced_at_ms
+                .retain(|_, at| now_ms < at.saturating_add(interval_ms));
+        }
+        let at = self.forced_at_ms.entry(key.to_owned()).or_insert(at_ms);
+        *at = (*at).max(at_ms);
     }
 
     pub fn len(&self) -> usize {
@@ -251,7 +304,11 @@ pub fn on_refused(host: &dyn Host, worker: &Worker, id: u64, replay: bool) -> De
     // Nobody else asks for the connection now (we hold the marker): a
     // refusal means its last forced refresh is done, and brought no better
     // token than this one.
-    if cache::may_force(host, key, now_ms, interval_ms) != cache::Force::Allowed {
+    if let cache::Force::Refused { at_ms } = cache::may_force(host, key, now_ms, interval_ms) {
+        worker
+            .stamps
+            .borrow_mut()
+            .note_forced(&key.key, at_ms, interval_ms, now_ms);
         cache::release(host, key, until_ms);
         log::info!(
             "authstamp: provider answered 401 again within forced_refresh_interval provider={}",
@@ -269,6 +326,10 @@ pub fn on_refused(host: &dyn Host, worker: &Worker, id: u64, replay: bool) -> De
         "authstamp: provider answered 401; refreshing provider={}",
         lookup.identity.provider
     );
+    worker
+        .stamps
+        .borrow_mut()
+        .note_forced(&key.key, now_ms, interval_ms, now_ms);
     let pending = worker.inflight.borrow_mut().start_forced(forced, until_ms);
     host.set_tick_period(filter::TICK);
     waiting(pending, replay)
@@ -363,6 +424,34 @@ pub fn on_upstream_request(host: &dyn Host, worker: &Worker, context: u32) -> (A
     let Some(id) = stamp_id(host) else {
         return (Attempt::Unknown, Verdict::Continue);
     };
+    send_attempt(host, worker, context, id)
+}
+
+/// Request headers of the route's retry of a refused request (the replay
+/// instance runs on nothing else): the refused token leaves the cache and
+/// the replay gets a fresher one, now or after the forced refresh, or goes
+/// out as it was with its 401 marked for the app.
+pub fn on_replay_request(host: &dyn Host, worker: &Worker, context: u32) -> (Attempt, Verdict) {
+    let Some(id) = stamp_id(host) else {
+        return (Attempt::Unknown, Verdict::Continue);
+    };
+    if worker.stamps.borrow().heal(id) != Some(Heal::Idle) {
+        return (Attempt::Of(id), Verdict::Continue);
+    }
+    worker.metrics.unauthorized(host);
+    let heal = match on_refused(host, worker, id, true) {
+        Decision::Wait(pending) => Heal::Awaiting(pending),
+        Decision::Retry(header) => Heal::Retry(header),
+        Decision::Unhealed(code) => Heal::Failed(code),
+        Decision::Refreshing | Decision::PassThrough => Heal::Unhealed,
+    };
+    worker.stamps.borrow_mut().set_heal(id, heal);
+    send_attempt(host, worker, context, id)
+}
+
+/// Attempt `context` of stamped request `id` goes out: restamped if a
+/// fresher credential is due, held while it is awaited.
+fn send_attempt(host: &dyn Host, worker: &Worker, context: u32, id: u64) -> (Attempt, Verdict) {
     let heal = worker.stamps.borrow().heal(id);
     match heal {
         Some(Heal::Retry(_)) => match replay(host, worker, id) {
@@ -426,8 +515,14 @@ fn restamp(host: &dyn Host, header: &Credential) -> Result<(), Rejection> {
 }
 
 /// Response headers of an upstream attempt: a first 401 is marked for the
-/// replay or for the app; a replay's 401 for the app.
-pub fn on_upstream_response(host: &dyn Host, worker: &Worker, attempt: Attempt) -> Attempt {
+/// replay or for the app (the upstream role; the replay role never sees a
+/// first attempt); a replay's 401 for the app.
+pub fn on_upstream_response(
+    host: &dyn Host,
+    worker: &Worker,
+    attempt: Attempt,
+    role: AttemptRole,
+) -> Attempt {
     if host.response_status() != Some(401) {
         return attempt;
     }
@@ -440,7 +535,7 @@ pub fn on_upstream_response(host: &dyn Host, worker: &Worker, attempt: Attempt) 
     };
     let heal = worker.stamps.borrow().heal(id);
     let code = match heal {
-        Some(Heal::Idle) => {
+        Some(Heal::Idle) if role == AttemptRole::Upstream => {
             worker.metrics.unauthorized(host);
             let decision = on_refused(host, worker, id, true);
             apply(host, worker, id, &decision);

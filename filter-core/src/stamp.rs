@@ -164,7 +164,8 @@ fn is_stripped(name: &str, names: &HeaderNames, stamp_name: &str) -> bool {
 /// Stamps the effective stream's request: removes every authstamp header
 /// (prefix and configured names), any inbound credential and forwarded host,
 /// then sets the token header, `:authority`, `:path` (base path + original
-/// path) and the route header for Envoy's route table.
+/// path), the route header for Envoy's route table and, if `healable`, the
+/// heal marker for the route's retry (see `heal.rs`).
 ///
 /// A request without a provider header got its provider from its host
 /// (transparent egress, see [`crate::egress`]; classification refuses it
@@ -175,10 +176,11 @@ pub fn stamp(
     names: &HeaderNames,
     header: &Credential,
     upstream: &Upstream,
+    healable: bool,
 ) -> Result<(), Rejection> {
     let request = host.request_headers();
     let path = request_path(&request)?;
-    stamp_request(host, names, header, upstream, &request, path)
+    stamp_request(host, names, header, upstream, &request, path, healable)
 }
 
 /// [`stamp`] with the request headers the caller already read and their
@@ -191,6 +193,7 @@ pub fn stamp_request(
     upstream: &Upstream,
     request: &HeaderPairs,
     path: String,
+    healable: bool,
 ) -> Result<(), Rejection> {
     let transparent = !request
         .iter()
@@ -216,7 +219,7 @@ pub fn stamp_request(
     };
     // A query credential strips no header of its name (it has none).
     let stamp_header_name = stamp_header.map_or("", |h| h.name.as_str());
-    let mut stamped: Vec<(&str, &[u8])> = Vec::with_capacity(request.len() + 3);
+    let mut stamped: Vec<(&str, &[u8])> = Vec::with_capacity(request.len() + 4);
     let mut has_authority = false;
     for (name, value) in request {
         if name.eq_ignore_ascii_case(":authority") {
@@ -237,6 +240,9 @@ pub fn stamp_request(
         stamped.push((&header.name, header.value.as_bytes()));
     }
     stamped.push((headers::ROUTE, upstream.scheme.as_bytes()));
+    if healable {
+        stamped.push((crate::heal::HEAL_HEADER, b"1"));
+    }
     host.set_request_headers(&stamped)
         .map_err(|_| header_write_failed())
 }
@@ -388,7 +394,7 @@ mod tests {
         );
         host.enter(3);
         let up = upstream("https", "maps.example.com", "/api");
-        stamp(&host, &names, &query("key", "s3cret key"), &up).unwrap();
+        stamp(&host, &names, &query("key", "s3cret key"), &up, false).unwrap();
         assert_eq!(
             host.header(3, ":path").as_deref(),
             Some("/api/maps?q=x&key=s3cret%20key")
@@ -417,7 +423,7 @@ mod tests {
             ],
         );
         host.enter(7);
-        stamp(&host, &names, &token, &graph).unwrap();
+        stamp(&host, &names, &token, &graph, false).unwrap();
         assert_eq!(host.header(7, ":path").as_deref(), Some("/v1.0/me?x=1"));
         assert_eq!(
             host.header(7, ":authority").as_deref(),
@@ -438,7 +444,7 @@ mod tests {
             ],
         );
         host.enter(8);
-        stamp(&host, &names, &token, &graph).unwrap();
+        stamp(&host, &names, &token, &graph, false).unwrap();
         assert_eq!(host.header(8, ":path").as_deref(), Some("/v1.0/me"));
 
         // A host that is not the connection's API host gets no token.
@@ -451,7 +457,7 @@ mod tests {
             ],
         );
         host.enter(9);
-        let err = stamp(&host, &names, &token, &graph).unwrap_err();
+        let err = stamp(&host, &names, &token, &graph, false).unwrap_err();
         assert_eq!(
             (err.status, err.code),
             (403, ErrorCode::ForbiddenDestination)

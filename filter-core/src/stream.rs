@@ -8,7 +8,7 @@
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use crate::config::{self, Config};
+use crate::config::{self, AttemptRole, Config};
 use crate::filter::{self, State, Verdict, Worker};
 use crate::heal::{self, Attempt, Stamps};
 use crate::host::Host;
@@ -18,8 +18,9 @@ use crate::metrics::Metrics;
 pub enum NewStream {
     /// The stamping instance (the listener's HTTP filter).
     Stream(StreamFilter),
-    /// The upstream instance (`{"role": "upstream"}`, the provider
-    /// clusters' upstream HTTP filter): heals a provider 401.
+    /// An instance on upstream attempts (`{"role": "upstream"}` or
+    /// `{"role": "replay"}`, the provider clusters' upstream HTTP filter):
+    /// heals a provider 401.
     Upstream(UpstreamFilter),
 }
 
@@ -27,7 +28,8 @@ pub enum NewStream {
 pub struct WorkerFilter {
     worker: Rc<Worker>,
     config: Option<Rc<Config>>,
-    upstream: bool,
+    /// `None`: the stamping instance.
+    role: Option<AttemptRole>,
     metrics_defined: bool,
 }
 
@@ -38,7 +40,7 @@ impl WorkerFilter {
         WorkerFilter {
             worker: Rc::new(Worker::sharing(root, Metrics::default(), stamps)),
             config: None,
-            upstream: false,
+            role: None,
             metrics_defined: false,
         }
     }
@@ -62,9 +64,9 @@ impl WorkerFilter {
             ));
             self.metrics_defined = true;
         }
-        if config::is_upstream_role(raw) {
-            log::info!("authstamp: configured role=upstream");
-            self.upstream = true;
+        if let Some(role) = config::attempt_role(raw) {
+            log::info!("authstamp: configured role={role:?}");
+            self.role = Some(role);
             host.set_tick_period(filter::IDLE_TICK);
             return true;
         }
@@ -89,13 +91,13 @@ impl WorkerFilter {
 
     /// Uses an already parsed configuration (the stamping role).
     pub fn set_config(&mut self, config: Rc<Config>) {
-        self.upstream = false;
+        self.role = None;
         self.config = Some(config);
     }
 
-    /// Makes this the upstream instance.
-    pub fn set_upstream(&mut self) {
-        self.upstream = true;
+    /// Makes this an instance on upstream attempts.
+    pub fn set_role(&mut self, role: AttemptRole) {
+        self.role = Some(role);
     }
 
     /// Defines the metrics with `host` now (hosts whose configuration is
@@ -120,11 +122,12 @@ impl WorkerFilter {
 
     /// A new HTTP stream with context id `id`.
     pub fn new_stream(&self, id: u32) -> NewStream {
-        if self.upstream {
+        if let Some(role) = self.role {
             NewStream::Upstream(UpstreamFilter {
                 id,
                 worker: Rc::clone(&self.worker),
                 attempt: Attempt::Unknown,
+                role,
             })
         } else {
             NewStream::Stream(StreamFilter::new(
@@ -235,19 +238,22 @@ impl StreamFilter {
     }
 }
 
-/// One per attempt the router makes to a provider (the upstream instance).
+/// One per attempt the router makes to a provider (the upstream instance),
+/// or per retry of a 401 (the replay instance).
 pub struct UpstreamFilter {
     id: u32,
     worker: Rc<Worker>,
     attempt: Attempt,
+    role: AttemptRole,
 }
 
 impl UpstreamFilter {
-    pub fn new(id: u32, worker: Rc<Worker>) -> UpstreamFilter {
+    pub fn new(id: u32, worker: Rc<Worker>, role: AttemptRole) -> UpstreamFilter {
         UpstreamFilter {
             id,
             worker,
             attempt: Attempt::Unknown,
+            role,
         }
     }
 
@@ -256,7 +262,10 @@ impl UpstreamFilter {
     }
 
     pub fn on_request_headers(&mut self, host: &dyn Host) -> Verdict {
-        let (attempt, verdict) = heal::on_upstream_request(host, &self.worker, self.id);
+        let (attempt, verdict) = match self.role {
+            AttemptRole::Upstream => heal::on_upstream_request(host, &self.worker, self.id),
+            AttemptRole::Replay => heal::on_replay_request(host, &self.worker, self.id),
+        };
         self.attempt = attempt;
         verdict
     }
@@ -270,7 +279,7 @@ impl UpstreamFilter {
     }
 
     pub fn on_response_headers(&mut self, host: &dyn Host) -> Verdict {
-        self.attempt = heal::on_upstream_response(host, &self.worker, self.attempt);
+        self.attempt = heal::on_upstream_response(host, &self.worker, self.attempt, self.role);
         Verdict::Continue
     }
 

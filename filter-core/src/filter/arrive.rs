@@ -62,6 +62,7 @@ fn stamp_hit(
     path: String,
 ) -> (State, Verdict) {
     let metrics = &worker.metrics;
+    let healable = heal::marks(host, worker, &lookup, &entry.credential);
     match stamp::stamp_request(
         host,
         &lookup.config.headers,
@@ -69,6 +70,7 @@ fn stamp_hit(
         &entry.upstream,
         request,
         path,
+        healable,
     ) {
         Ok(()) => {
             metrics.hit_stamped(host);

@@ -80,7 +80,7 @@ impl Bench {
         other_root.set_config(Rc::clone(&config));
         let mut upstream_root = WorkerFilter::new(UPSTREAM_ROOT, Rc::clone(&root.worker().stamps));
         upstream_root.define_metrics(&host);
-        upstream_root.set_upstream();
+        upstream_root.set_role(crate::config::AttemptRole::Upstream);
         Bench {
             worker: Rc::clone(root.worker()),
             other: Rc::clone(other_root.worker()),
@@ -2001,6 +2001,196 @@ fn unmarked_and_refused_requests_ignore_the_response() {
     bench.response_arrives(3, 401);
     assert_eq!(bench.host.metric(metrics::PROVIDER_UNAUTHORIZED), 0);
     assert_eq!(bench.host.tick(), None);
+}
+
+// --- healing a provider 401 (replay instance) -----------------------------
+
+fn healing() -> Rc<Config> {
+    config_from(
+        r#"{"token_service": {"cluster": "ts_cluster", "authority": "ts.internal", "timeout": "750ms"},
+            "refresh_skew": "30s", "max_cache_ttl": "5m", "app_key_recheck": "1h",
+            "mark_healable": true}"#,
+    )
+}
+
+impl Bench {
+    /// A bench whose second instance has the replay role: it runs on the
+    /// route's retry of a 401 only (see `heal.rs`).
+    fn replaying(config: Rc<Config>) -> Self {
+        let mut bench = Bench::new(config);
+        bench
+            .upstream_root
+            .set_role(crate::config::AttemptRole::Replay);
+        bench
+    }
+
+    fn heal_mark(&self, stream: u32) -> Vec<String> {
+        self.host.header_values(stream, heal::HEAL_HEADER)
+    }
+}
+
+/// Alice's cached token stamped on stream 3, whose first attempt the
+/// provider refused: the router replays it (context 11).
+fn refused_and_replayed() -> Bench {
+    let bench = Bench::replaying(healing());
+    bench.call(2, "alice", KEY);
+    bench.answer_last(Some(200), &token_answer(None));
+    bench.call(3, "alice", KEY);
+    assert_eq!(bench.heal_mark(3), vec!["1".to_string()]);
+    assert_eq!(bench.attempt(11, 3), Verdict::Pause, "waits for the refresh");
+    bench
+}
+
+#[test]
+fn only_mark_healable_marks_and_only_refreshable_credentials() {
+    let plain = Bench::new(gateway());
+    plain.call(2, "alice", KEY);
+    plain.answer_last(Some(200), &token_answer(None));
+    plain.call(3, "alice", KEY);
+    for stream in [2, 3] {
+        assert!(plain.heal_mark(stream).is_empty(), "{stream}");
+    }
+
+    let bench = Bench::replaying(healing());
+    bench.call(2, "alice", KEY);
+    bench.answer_last(Some(200), &token_answer(None));
+    bench.call(3, "alice", KEY);
+    for stream in [2, 3] {
+        assert_eq!(bench.heal_mark(stream), vec!["1".to_string()], "{stream}");
+    }
+    let basic = answer_json(
+        "authorization",
+        "Basic Ym9iOnB3",
+        "https",
+        "slack.com",
+        "/api-base",
+        None,
+    );
+    bench.call(4, "bob", KEY);
+    bench.answer_last(Some(200), &basic);
+    bench.call(5, "bob", KEY);
+    for stream in [4, 5] {
+        assert!(bench.heal_mark(stream).is_empty(), "static: {stream}");
+    }
+}
+
+#[test]
+fn a_replay_forces_the_refresh_and_goes_out_with_the_fresh_token() {
+    let bench = refused_and_replayed();
+    assert!(
+        bench.entry_of("alice").is_none(),
+        "the refused token is gone"
+    );
+    assert_eq!(bench.host.metric(metrics::PROVIDER_UNAUTHORIZED), 1);
+    // New requests wait, on this worker and the other.
+    assert_eq!(bench.call(4, "alice", KEY), Verdict::Pause);
+    assert_eq!(bench.call_on_other(5, "alice", KEY), Verdict::Pause);
+    assert_eq!(bench.attempt_body(11), Verdict::Pause);
+    bench.tick_upstream();
+    let forced = bench.host.dispatches().last().cloned().unwrap();
+    assert_eq!(forced.from, UPSTREAM_ROOT);
+    let body: TokenLookupRequest = serde_json::from_slice(&forced.body).unwrap();
+    assert!(body.force_refresh);
+    bench.answer(UPSTREAM_ROOT, forced.token, Some(200), &refreshed_answer());
+    assert_eq!(bench.host.resumed(11), 1);
+    assert_eq!(
+        bench.host.header_values(11, "authorization"),
+        vec!["Bearer xoxb-fresh".to_string()]
+    );
+    assert_eq!(bench.attempt_body(11), Verdict::Continue);
+    bench.tick();
+    bench.tick_other();
+    for stream in [4, 5] {
+        assert_eq!(
+            bench.host.header_values(stream, "authorization"),
+            vec!["Bearer xoxb-fresh".to_string()],
+            "{stream}"
+        );
+    }
+    bench.attempt_answered(11, 200);
+    assert!(bench.added(11).is_empty());
+    bench.response_arrives(3, 200);
+    assert_eq!(bench.host.dispatch_count(), 2, "one forced refresh");
+    assert_eq!(bench.host.metric(metrics::HEALED_RETRIES), 1);
+    assert_eq!(bench.host.metric(metrics::UNHEALED), 0);
+    bench.done(3);
+    assert_eq!(bench.worker.stamps.borrow().retries_due(), 0);
+}
+
+#[test]
+fn a_replay_whose_refresh_fails_goes_out_as_it_was_and_marks_its_401() {
+    let bench = refused_and_replayed();
+    bench.tick_upstream();
+    bench.answer_last(Some(409), &error_json("reauth_required", "connect again"));
+    assert_eq!(bench.host.resumed(11), 1);
+    assert_eq!(
+        bench.host.header_values(11, "authorization"),
+        vec!["Bearer xoxb-secret".to_string()]
+    );
+    bench.attempt_answered(11, 401);
+    assert_eq!(bench.added(11), vec![error_header("reauth_required")]);
+    bench.response_arrives(3, 401);
+    assert_eq!(bench.host.metric(metrics::UNHEALED), 1);
+    assert_eq!(bench.host.metric(metrics::HEALED_RETRIES), 0);
+    assert_eq!(bench.host.dispatch_count(), 2, "no second forced refresh");
+}
+
+#[test]
+fn within_the_interval_a_refused_replay_is_marked_and_new_requests_are_not() {
+    let bench = refused_and_replayed();
+    bench.tick_upstream();
+    bench.answer_last(Some(200), &refreshed_answer());
+    bench.attempt_answered(11, 401);
+    assert_eq!(bench.added(11), vec![error_header("token_refused")]);
+    bench.response_arrives(3, 401);
+
+    // The fresh token is refused too: within forced_refresh_interval a new
+    // request is not marked, so the route does not replay its 401 ...
+    bench.call(6, "alice", KEY);
+    assert!(bench.state(6).is_stamped());
+    assert!(bench.heal_mark(6).is_empty());
+    bench.response_arrives(6, 401);
+    assert_eq!(bench.host.metric(metrics::FORCED_REFUSED), 1);
+    assert_eq!(bench.host.dispatch_count(), 2);
+    assert_eq!(
+        bench.entry_of("alice").unwrap().credential.value,
+        "Bearer xoxb-fresh"
+    );
+    // ... and a replay that still comes is not restamped.
+    bench.call(7, "alice", KEY);
+    assert_eq!(bench.attempt(12, 7), Verdict::Continue);
+    bench.attempt_answered(12, 401);
+    assert_eq!(bench.added(12), vec![error_header("token_refused")]);
+    assert_eq!(bench.host.dispatch_count(), 2);
+
+    // Past the interval requests are marked again and a replay heals.
+    bench.host.advance_millis(30_000);
+    bench.call(8, "alice", KEY);
+    assert_eq!(bench.heal_mark(8), vec!["1".to_string()]);
+    assert_eq!(bench.attempt(13, 8), Verdict::Pause);
+    bench.tick_upstream();
+    assert_eq!(bench.host.dispatch_count(), 3);
+}
+
+#[test]
+fn an_unreplayed_401_of_a_marked_request_forces_the_refresh_for_the_next() {
+    // A body over the retry buffer: the route does not replay, the 401
+    // reaches the stamping instance.
+    let bench = Bench::replaying(healing());
+    bench.call(2, "alice", KEY);
+    bench.answer_last(Some(200), &token_answer(None));
+    bench.call(3, "alice", KEY);
+    bench.response_arrives(3, 401);
+    assert!(bench.added(3).is_empty(), "the provider's 401 as it was");
+    assert_eq!(bench.host.metric(metrics::UNHEALED), 1);
+    assert_eq!(bench.call(4, "alice", KEY), Verdict::Pause);
+    bench.tick();
+    bench.answer_last(Some(200), &refreshed_answer());
+    bench.tick();
+    assert_eq!(
+        bench.host.header_values(4, "authorization"),
+        vec!["Bearer xoxb-fresh".to_string()]
+    );
 }
 
 // --- app key rechecks ----------------------------------------------------

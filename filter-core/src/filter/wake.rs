@@ -54,6 +54,7 @@ pub(super) fn complete(
                 &lookup.config.headers,
                 &answer.credential,
                 &answer.upstream,
+                heal::marks(host, worker, lookup, &answer.credential),
             )
             .map(|()| {
                 record_stamp(
