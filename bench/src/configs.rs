@@ -16,18 +16,19 @@ pub enum Kind {
     RouteHeader,
     /// (c) the native credential_injector filter, generic credential.
     CredentialInjector,
-    /// (d) and (e): the authstamp filter, with its upstream instance and
-    /// the route's retry policy as in envoy/envoy.yaml.
+    /// (d) and (e): the authstamp filter, with its healable mark, replay
+    /// instance and the route's retry policy as in envoy/envoy.yaml.
     Authstamp,
-    /// The authstamp filter alone (builds before the upstream instance, for
-    /// A/B rows: AUTHSTAMP_BENCH_ALT_WASM).
+    /// The authstamp filter alone: no mark, no replay instance, no retry
+    /// policy (the heal machinery off, to measure what it costs a hit; also
+    /// the A/B rows of AUTHSTAMP_BENCH_ALT_WASM).
     AuthstampWithoutHealing,
     /// (d'): the authstamp native module (libauthstamp_native.so from
-    /// ENVOY_DYNAMIC_MODULES_SEARCH_PATH), with its upstream instance, as in
+    /// ENVOY_DYNAMIC_MODULES_SEARCH_PATH), with the heal machinery, as in
     /// envoy/envoy-native.yaml.
     Native,
-    /// The native module alone: no upstream instance, no retry policy (the
-    /// heal machinery off, to measure what it costs a hit).
+    /// The native module alone: no mark, no replay instance, no retry policy
+    /// (the heal machinery off, to measure what it costs a hit).
     NativeWithoutHealing,
     /// Reference rows: the cheapest proxy-wasm filter (bench/floor-filter),
     /// doing nothing (`false`) or setting one static header (`true`).
@@ -52,8 +53,18 @@ const ROUTER: &str = r#"
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"#;
 
-/// The filter configuration of (d) and (e), as in envoy/envoy.yaml.
+/// The filter configuration of (d) and (e), as in envoy/envoy.yaml, minus
+/// `mark_healable` (added with the heal machinery).
 pub const AUTHSTAMP_CONFIG: &str = r#"{"token_service": {"cluster": "authstamp_token_service", "authority": "authstamp-token-service", "timeout": "2s", "credential_env": "AUTHSTAMP_FILTER_TOKEN"}, "refresh_skew": "30s", "max_cache_ttl": "5m"}"#;
+
+/// [`AUTHSTAMP_CONFIG`] with `"mark_healable": true`, or as it is.
+fn authstamp_config(healing: bool) -> String {
+    if healing {
+        AUTHSTAMP_CONFIG.replacen('}', r#"}, "mark_healable": true"#, 1)
+    } else {
+        AUTHSTAMP_CONFIG.to_string()
+    }
+}
 
 /// Envoy's environment variable with the filter credential (`credential_env`).
 pub const FILTER_TOKEN_ENV: &str = "AUTHSTAMP_FILTER_TOKEN";
@@ -97,16 +108,18 @@ fn native_filter(name: &str, configuration: &str) -> String {
 /// The routes' retry policy of envoy/envoy.yaml.
 const RETRY_POLICY: &str = r#"
                   retry_policy:
-                    retry_on: retriable-headers
+                    retry_on: retriable-status-codes
+                    retriable_status_codes: [401]
                     num_retries: 1
-                    retriable_headers:
-                    - name: x-authstamp-retry
+                    retriable_request_headers:
+                    - name: x-authstamp-heal
                       string_match: { exact: "1" }
                     retry_back_off: { base_interval: 0.001s, max_interval: 0.002s }"#;
 
-/// The upstream instance of the filter on the upstream cluster, as on the
-/// provider clusters of envoy/envoy.yaml.
-fn upstream_instance(wasm: &Path) -> String {
+/// The replay instance of the filter on the upstream cluster, as on the
+/// provider clusters of envoy/envoy.yaml: `filter` is its innermost
+/// typed_config (the Wasm filter or the native module).
+fn replay_instance(filter: &str) -> String {
     format!(
         r#"
     circuit_breakers:
@@ -117,51 +130,71 @@ fn upstream_instance(wasm: &Path) -> String {
         "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
         explicit_http_config: {{ http_protocol_options: {{}} }}
         http_filters:
-        - name: authstamp_upstream
+        - name: authstamp_replay
           typed_config:
-            "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
-            config:
-              name: authstamp_upstream
-              root_id: authstamp_upstream
-              fail_open: false
-              configuration:
-                "@type": type.googleapis.com/google.protobuf.StringValue
-                value: '{{"role": "upstream"}}'
-              vm_config:
-                vm_id: authstamp
-                runtime: envoy.wasm.runtime.v8
-                code: {{ local: {{ filename: "{wasm}" }} }}
+            "@type": type.googleapis.com/envoy.extensions.common.matching.v3.ExtensionWithMatcher
+            extension_config:
+              name: authstamp_replay_composite
+              typed_config:
+                "@type": type.googleapis.com/envoy.extensions.filters.http.composite.v3.Composite
+            xds_matcher:
+              matcher_tree:
+                input:
+                  name: attempt_count
+                  typed_config:
+                    "@type": type.googleapis.com/envoy.type.matcher.v3.HttpRequestHeaderMatchInput
+                    header_name: x-envoy-attempt-count
+                exact_match_map:
+                  map:
+                    "2":
+                      action:
+                        name: replay
+                        typed_config:
+                          "@type": type.googleapis.com/envoy.extensions.filters.http.composite.v3.ExecuteFilterAction
+                          typed_config:
+                            name: authstamp_replay
+                            typed_config:{filter}
+        - name: envoy.filters.http.header_mutation
+          typed_config:
+            "@type": type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation
+            mutations:
+              request_mutations:
+              - remove: x-envoy-attempt-count
+              - remove: x-authstamp-heal
         - name: envoy.filters.http.upstream_codec
           typed_config:
-            "@type": type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec"#,
+            "@type": type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec"#
+    )
+}
+
+/// The Wasm filter's replay instance (the listener's VM).
+fn wasm_replay(wasm: &Path) -> String {
+    format!(
+        r#"
+                              "@type": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
+                              config:
+                                name: authstamp_replay
+                                root_id: authstamp_replay
+                                fail_open: false
+                                configuration:
+                                  "@type": type.googleapis.com/google.protobuf.StringValue
+                                  value: '{{"role": "replay"}}'
+                                vm_config:
+                                  vm_id: authstamp
+                                  runtime: envoy.wasm.runtime.v8
+                                  code: {{ local: {{ filename: "{wasm}" }} }}"#,
         wasm = wasm.display()
     )
 }
 
-/// The native module's upstream instance on the upstream cluster.
-fn native_upstream_instance() -> String {
-    r#"
-    circuit_breakers:
-      thresholds:
-      - max_retries: 1024
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: { http_protocol_options: {} }
-        http_filters:
-        - name: authstamp_upstream
-          typed_config:
-            "@type": type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter
-            dynamic_module_config: { name: authstamp_native, do_not_close: true }
-            filter_name: authstamp_upstream
-            filter_config:
-              "@type": type.googleapis.com/google.protobuf.StringValue
-              value: '{"role": "upstream"}'
-        - name: envoy.filters.http.upstream_codec
-          typed_config:
-            "@type": type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec"#
-        .to_string()
-}
+/// The native module's replay instance.
+const NATIVE_REPLAY: &str = r#"
+                              "@type": type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter
+                              dynamic_module_config: { name: authstamp_native, do_not_close: true }
+                              filter_name: authstamp_replay
+                              filter_config:
+                                "@type": type.googleapis.com/google.protobuf.StringValue
+                                value: '{"role": "replay"}'"#;
 
 /// `wasm`: the authstamp filter; `floor_wasm`: bench/floor-filter.
 pub fn bootstrap(kind: Kind, ports: &Ports, wasm: &Path, floor_wasm: &Path) -> String {
@@ -245,9 +278,9 @@ pub fn bootstrap(kind: Kind, ports: &Ports, wasm: &Path, floor_wasm: &Path) -> S
                 retry = if healing { RETRY_POLICY } else { "" }
             ),
             if native {
-                native_filter("authstamp", AUTHSTAMP_CONFIG)
+                native_filter("authstamp", &authstamp_config(healing))
             } else {
-                wasm_filter("authstamp", "authstamp", AUTHSTAMP_CONFIG, wasm)
+                wasm_filter("authstamp", "authstamp", &authstamp_config(healing), wasm)
             },
             format!(
                 r#"
@@ -283,7 +316,7 @@ static_resources:
             name: bench
             virtual_hosts:
             - name: bench
-              domains: ["*"]
+              domains: ["*"]{attempt_count}
               routes:{routes}
           http_filters:{filters}
   clusters:
@@ -297,10 +330,15 @@ static_resources:
         - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {upstream} }} }} }}{upstream_filters}{extra_clusters}{secrets}
 "#,
         upstream = ports.upstream,
+        attempt_count = if healing {
+            "\n              include_request_attempt_count: true"
+        } else {
+            ""
+        },
         upstream_filters = if native && healing {
-            native_upstream_instance()
+            replay_instance(NATIVE_REPLAY)
         } else if healing {
-            upstream_instance(wasm)
+            replay_instance(&wasm_replay(wasm))
         } else {
             String::new()
         },

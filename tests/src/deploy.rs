@@ -115,27 +115,12 @@ impl Snippet {
             ["local"]["filename"];
         assert_eq!(*code, Yaml::from(SNIPPET_WASM_PATH));
         *code = Yaml::from(wasm);
-        // The upstream instances (the provider clusters' http_filters) load the same file.
+        // The replay instances (in the provider clusters' http_filters) load the same file.
+        let mut replays = 0;
         for cluster in &mut edited.clusters {
-            let filters = cluster
-                .get_mut("typed_extension_protocol_options")
-                .and_then(|o| o.get_mut("envoy.extensions.upstreams.http.v3.HttpProtocolOptions"))
-                .and_then(|o| o.get_mut("http_filters"))
-                .and_then(Yaml::as_sequence_mut);
-            for filter in filters.into_iter().flatten() {
-                let code = filter
-                    .get_mut("typed_config")
-                    .and_then(|c| c.get_mut("config"))
-                    .and_then(|c| c.get_mut("vm_config"))
-                    .and_then(|c| c.get_mut("code"))
-                    .and_then(|c| c.get_mut("local"))
-                    .and_then(|c| c.get_mut("filename"));
-                if let Some(code) = code {
-                    assert_eq!(*code, Yaml::from(SNIPPET_WASM_PATH));
-                    *code = Yaml::from(wasm);
-                }
-            }
+            replays += set_wasm_files(cluster, wasm);
         }
+        assert_eq!(replays, 2, "one replay instance per provider cluster");
         edited
     }
 
@@ -161,6 +146,8 @@ impl Snippet {
             .iter_mut()
             .find(|v| v["name"].as_str() == Some(virtual_host))
             .unwrap_or_else(|| panic!("virtual host {virtual_host}"));
+        // Piece 2's comment: the replay instance matches on the attempt count.
+        host["include_request_attempt_count"] = Yaml::from(true);
         let routes = host["routes"].as_sequence_mut().expect("routes list");
         for (i, route) in self.routes.iter().enumerate() {
             routes.insert(i, route.clone());
@@ -214,6 +201,34 @@ impl Snippet {
                 cluster["name"]
             );
         }
+    }
+}
+
+/// Sets every Wasm `vm_config`'s file under `node` (the snippet's path) to
+/// `wasm`; how many there were.
+fn set_wasm_files(node: &mut Yaml, wasm: &str) -> usize {
+    match node {
+        Yaml::Mapping(mapping) => {
+            let mut found = 0;
+            if let Some(code) = mapping
+                .get_mut("vm_config")
+                .and_then(|c| c.get_mut("code"))
+                .and_then(|c| c.get_mut("local"))
+                .and_then(|c| c.get_mut("filename"))
+            {
+                assert_eq!(*code, Yaml::from(SNIPPET_WASM_PATH));
+                *code = Yaml::from(wasm);
+                found += 1;
+            }
+            found
+                + mapping
+                    .iter_mut()
+                    .filter(|(key, _)| key.as_str() != Some("vm_config"))
+                    .map(|(_, value)| set_wasm_files(value, wasm))
+                    .sum::<usize>()
+        }
+        Yaml::Sequence(items) => items.iter_mut().map(|i| set_wasm_files(i, wasm)).sum(),
+        _ => 0,
     }
 }
 

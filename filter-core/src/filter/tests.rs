@@ -2066,11 +2066,19 @@ fn only_mark_healable_marks_and_only_refreshable_credentials() {
         "/api-base",
         None,
     );
-    bench.call(4, "bob", KEY);
-    bench.answer_last(Some(200), &basic);
-    bench.call(5, "bob", KEY);
-    for stream in [4, 5] {
-        assert!(bench.heal_mark(stream).is_empty(), "static: {stream}");
+    let query = serde_json::json!({
+        "header": {"name": "api_key", "value": "k-1", "in": "query"},
+        "upstream": {"scheme": "https", "authority": "slack.com", "base_path": "/api-base"},
+        "expires_at": null,
+    })
+    .to_string();
+    for (user, answer, stream) in [("bob", &basic, 4), ("carol", &query, 6)] {
+        bench.call(stream, user, KEY);
+        bench.answer_last(Some(200), answer);
+        bench.call(stream + 1, user, KEY);
+        for stream in [stream, stream + 1] {
+            assert!(bench.heal_mark(stream).is_empty(), "static: {user} {stream}");
+        }
     }
 }
 
@@ -2150,6 +2158,7 @@ fn within_the_interval_a_refused_replay_is_marked_and_new_requests_are_not() {
     assert!(bench.state(6).is_stamped());
     assert!(bench.heal_mark(6).is_empty());
     bench.response_arrives(6, 401);
+    assert_eq!(bench.added(6), vec![error_header("token_refused")]);
     assert_eq!(bench.host.metric(metrics::FORCED_REFUSED), 1);
     assert_eq!(bench.host.dispatch_count(), 2);
     assert_eq!(
