@@ -731,7 +731,7 @@ async fn main() -> anyhow::Result<()> {
         .map(|(p, id)| (id, PathBuf::from(p)))
         .collect();
     // AUTHSTAMP_BENCH_ALT_SHIPPED=1: the alternative builds run as (d) is
-    // shipped (upstream instance, retry policy), for A/B rows of builds
+    // shipped (healable mark, replay instance, retry policy), for A/B rows of builds
     // that have them.
     let alt_shipped = std::env::var("AUTHSTAMP_BENCH_ALT_SHIPPED").is_ok_and(|v| v == "1");
     for (id, path) in &alts {
@@ -748,7 +748,7 @@ async fn main() -> anyhow::Result<()> {
         } else {
             (
                 *id,
-                format!("authstamp, cache hit ({stem}, without the upstream instance)"),
+                format!("authstamp, cache hit ({stem}, heal machinery off)"),
                 Kind::AuthstampWithoutHealing,
             )
         });

@@ -7,7 +7,7 @@
 //! request in [`Stamps`] and hands the record's id to the other instance in
 //! the request's filter state. The second instance has one of two roles.
 //!
-//! `{"role": "replay"}` (the Wasm bootstraps): the stamping instance, with
+//! `{"role": "replay"}` (the shipped bootstraps): the stamping instance, with
 //! `mark_healable`, adds [`HEAL_HEADER`] to each request whose 401 a
 //! replay can heal ([`marks`]); the route retries a 401 once, for marked
 //! requests only, and a composite filter runs the replay instance on that
@@ -18,8 +18,8 @@
 //! refresh; if there is none (the refresh failed, or the bound) the replay
 //! goes out as it was and its 401 gets `x-authstamp-error: <code>`.
 //!
-//! `{"role": "upstream"}` (the native bootstraps): the instance sees every
-//! attempt. On a 401 it looks for a fresher token ([`on_refused`]: one
+//! `{"role": "upstream"}` (for a virtual host without attempt counts): the
+//! instance sees every attempt. On a 401 it looks for a fresher token ([`on_refused`]: one
 //! already cached, the forced refresh in flight, or a new forced refresh,
 //! at most one per connection per `forced_refresh_interval`). If there is
 //! or will be one it adds `x-authstamp-retry: 1` to the 401: the route's

@@ -2037,7 +2037,11 @@ fn refused_and_replayed() -> Bench {
     bench.answer_last(Some(200), &token_answer(None));
     bench.call(3, "alice", KEY);
     assert_eq!(bench.heal_mark(3), vec!["1".to_string()]);
-    assert_eq!(bench.attempt(11, 3), Verdict::Pause, "waits for the refresh");
+    assert_eq!(
+        bench.attempt(11, 3),
+        Verdict::Pause,
+        "waits for the refresh"
+    );
     bench
 }
 
@@ -2077,7 +2081,10 @@ fn only_mark_healable_marks_and_only_refreshable_credentials() {
         bench.answer_last(Some(200), answer);
         bench.call(stream + 1, user, KEY);
         for stream in [stream, stream + 1] {
-            assert!(bench.heal_mark(stream).is_empty(), "static: {user} {stream}");
+            assert!(
+                bench.heal_mark(stream).is_empty(),
+                "static: {user} {stream}"
+            );
         }
     }
 }
