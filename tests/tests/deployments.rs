@@ -71,6 +71,45 @@ fn each_native_bootstrap_is_its_wasm_bootstrap_with_the_filter_entries_replaced(
     }
 }
 
+/// Every Wasm `vm_config` under `node`.
+fn wasm_vm_configs(node: &serde_yaml_ng::Value, found: &mut Vec<serde_yaml_ng::Value>) {
+    use serde_yaml_ng::Value as Yaml;
+    match node {
+        Yaml::Mapping(mapping) => {
+            if let Some(vm_config) = mapping.get("vm_config") {
+                found.push(vm_config.clone());
+            }
+            mapping.values().for_each(|v| wasm_vm_configs(v, found));
+        }
+        Yaml::Sequence(items) => items.iter().for_each(|i| wasm_vm_configs(i, found)),
+        _ => {}
+    }
+}
+
+#[test]
+fn the_replay_instances_share_the_stamping_instances_vm() {
+    // One VM per worker holds the stamped requests' records: an instance
+    // with another vm_config gets a VM of its own and finds none of them.
+    for path in [
+        "envoy/envoy.yaml",
+        "envoy/egress.yaml",
+        "envoy/compose.yaml",
+        SNIPPET_PATH,
+    ] {
+        let mut found = Vec::new();
+        wasm_vm_configs(&parse_yaml(&read_repo_file(path)), &mut found);
+        assert_eq!(
+            found.len(),
+            3,
+            "{path}: the stamping and two replay instances"
+        );
+        assert!(
+            found.iter().all(|c| *c == found[0]),
+            "{path}: every instance must have the stamping instance's vm_config"
+        );
+    }
+}
+
 #[test]
 fn the_local_compose_and_egress_bootstraps_carry_the_snippet() {
     let snippet = Snippet::load();
