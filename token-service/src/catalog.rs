@@ -2,7 +2,7 @@
 //! binary at build time (see `build.rs`) and validated when first used.
 //! `providers/README.md` describes every field and the validation rules this
 //! module enforces; an app refers to an entry by name and overrides only
-//! what it needs (see [`crate::http::providers::PutProvider`]).
+//! what it needs (see [`crate::service::providers::PutProvider`]).
 
 use crate::error::ApiError;
 use crate::template::{self, Values};

@@ -152,6 +152,24 @@ fn path_is_under(path: &str, base: &str) -> bool {
             .is_some_and(|rest| rest.starts_with('/'))
 }
 
+/// The upstream the filter sends a connection's requests to: scheme,
+/// `host[:port]` and the path without its trailing `/`.
+pub fn upstream_of(api: &Url) -> Result<authstamp_protocol::Upstream, ApiError> {
+    let host = api
+        .host_str()
+        .ok_or_else(|| ApiError::internal("stored api_base_url has no host", "no host"))?;
+    // `url` already drops a port that is the scheme's default.
+    let authority = match api.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_owned(),
+    };
+    Ok(authstamp_protocol::Upstream {
+        scheme: api.scheme().to_owned(),
+        authority,
+        base_path: api.path().trim_end_matches('/').to_owned(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

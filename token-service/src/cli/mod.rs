@@ -9,12 +9,13 @@ use crate::crypto::secrets::AccessToken;
 use crate::crypto::secrets::ClientSecret;
 use crate::crypto::vault::Vault;
 use crate::db::Db;
-use crate::http::app_keys;
 use crate::http::connections::ConnectionView;
 use crate::http::credentials::PutCredentials;
 use crate::http::logging::{self, LogFormat};
-use crate::http::providers::{self, CreateApp, CredentialSpec, PutProvider};
 use crate::policy::{PolicyOverrides, RefreshPolicy};
+use crate::service::apps as app_keys;
+use crate::service::apps::CreateApp;
+use crate::service::providers::{self, CredentialSpec, PutProvider};
 use crate::service::state::{AppState, StateOptions};
 use crate::service::webhooks;
 use crate::store::connections::ConnectionStatus;
@@ -812,7 +813,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             command: AppCommand::Create(args),
         } => {
             let db = open_db(&args.store).await?;
-            let created = providers::create_app(
+            let created = crate::service::apps::create_app(
                 &db,
                 CreateApp {
                     name: Some(args.name),

@@ -125,7 +125,7 @@ impl AppAuth {
         // compared in constant time, all of them every time.
         let digest = sha256(key.as_bytes());
         let mut matches = false;
-        for candidate in crate::http::app_keys::valid_digests(&state.db, &app.app_id).await? {
+        for candidate in crate::service::apps::valid_digests(&state.db, &app.app_id).await? {
             matches |= digest_eq(&digest, &candidate);
         }
         if !matches {

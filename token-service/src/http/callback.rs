@@ -134,7 +134,7 @@ pub async fn handler(
     // journalled after the exchange are checked against these.
     let app_key_digests = match record.return_to {
         Some(_) => Vec::new(),
-        None => crate::http::app_keys::valid_digests(&state.db, &record.app_id).await?,
+        None => crate::service::apps::valid_digests(&state.db, &record.app_id).await?,
     };
     let tokens = exchange(&state, &provider, &record, &code).await?;
     let mut params = record.params.clone();

@@ -16,9 +16,7 @@ use crate::service::state::AppState;
 use crate::store::connections::{self, ConnKey, ConnectionStatus};
 use crate::store::providers::ProviderRecord;
 use crate::validate::{self, TOKEN_PLACEHOLDER};
-use authstamp_protocol::{
-    headers, Credential, ErrorCode, TokenLookupRequest, TokenLookupResponse, Upstream,
-};
+use authstamp_protocol::{headers, Credential, ErrorCode, TokenLookupRequest, TokenLookupResponse};
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
@@ -194,7 +192,7 @@ fn answer(
             "the connection's API host is not one of the provider's api_hosts",
         ));
     }
-    let upstream = upstream_of(&api)?;
+    let upstream = validate::upstream_of(&api)?;
     let response = TokenLookupResponse {
         credential: Credential {
             placement: provider.settings.stamp_in,
@@ -219,22 +217,4 @@ fn answer(
             )
         })?;
     Ok(response)
-}
-
-/// The upstream the filter sends a connection's requests to: scheme,
-/// `host[:port]` and the path without its trailing `/`.
-pub fn upstream_of(api: &Url) -> Result<Upstream, ApiError> {
-    let host = api
-        .host_str()
-        .ok_or_else(|| ApiError::internal("stored api_base_url has no host", "no host"))?;
-    // `url` already drops a port that is the scheme's default.
-    let authority = match api.port() {
-        Some(port) => format!("{host}:{port}"),
-        None => host.to_owned(),
-    };
-    Ok(Upstream {
-        scheme: api.scheme().to_owned(),
-        authority,
-        base_path: api.path().trim_end_matches('/').to_owned(),
-    })
 }
