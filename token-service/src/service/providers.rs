@@ -604,9 +604,16 @@ mod tests {
     }
 
     type Check = fn(&ResolvedProvider);
-
     /// (case, request, catalog entry, discovered metadata, what must hold or
     /// the start of the error message).
+    type Case = (
+        &'static str,
+        serde_json::Value,
+        Option<&'static str>,
+        bool,
+        Result<Check, &'static str>,
+    );
+
     #[test]
     fn resolve_merges_request_entry_discovery_and_defaults() {
         let discovered = discovery::Metadata {
@@ -617,7 +624,7 @@ mod tests {
             code_challenge_methods_supported: Some(vec!["plain".into(), "S256".into()]),
             token_endpoint_auth_methods_supported: Some(vec!["client_secret_post".into()]),
         };
-        let cases: Vec<(&str, serde_json::Value, Option<&str>, bool, Result<Check, &str>)> = vec![
+        let cases: Vec<Case> = vec![
             ("custom oauth2: defaults and the host of api_base_url", oauth(), None, false, Ok(|p| {
                 assert_eq!(p.auth_type, AuthType::Oauth2);
                 assert_eq!(p.client_id, "cid");
