@@ -71,17 +71,23 @@ fn each_native_bootstrap_is_its_wasm_bootstrap_with_the_filter_entries_replaced(
     }
 }
 
-/// Every Wasm `vm_config` under `node`.
-fn wasm_vm_configs(node: &serde_yaml_ng::Value, found: &mut Vec<serde_yaml_ng::Value>) {
+/// Calls `f` on every Wasm `vm_config` under `node`.
+fn for_each_vm_config(
+    node: &mut serde_yaml_ng::Value,
+    f: &mut dyn FnMut(&mut serde_yaml_ng::Value),
+) {
     use serde_yaml_ng::Value as Yaml;
     match node {
         Yaml::Mapping(mapping) => {
-            if let Some(vm_config) = mapping.get("vm_config") {
-                found.push(vm_config.clone());
+            for (key, value) in mapping.iter_mut() {
+                if key.as_str() == Some("vm_config") {
+                    f(value);
+                } else {
+                    for_each_vm_config(value, f);
+                }
             }
-            mapping.values().for_each(|v| wasm_vm_configs(v, found));
         }
-        Yaml::Sequence(items) => items.iter().for_each(|i| wasm_vm_configs(i, found)),
+        Yaml::Sequence(items) => items.iter_mut().for_each(|i| for_each_vm_config(i, f)),
         _ => {}
     }
 }
@@ -97,7 +103,9 @@ fn the_replay_instances_share_the_stamping_instances_vm() {
         SNIPPET_PATH,
     ] {
         let mut found = Vec::new();
-        wasm_vm_configs(&parse_yaml(&read_repo_file(path)), &mut found);
+        for_each_vm_config(&mut parse_yaml(&read_repo_file(path)), &mut |vm| {
+            found.push(vm.clone())
+        });
         assert_eq!(
             found.len(),
             3,
@@ -123,31 +131,17 @@ fn the_local_compose_and_egress_bootstraps_carry_the_snippet() {
     // Its upstream instances share the first instance's vm_config, the app
     // key's environment included (one VM for both); the snippet's name only
     // the filter credential.
-    for cluster in egress["static_resources"]["clusters"]
-        .as_sequence_mut()
-        .expect("clusters")
-    {
-        let filters = cluster
-            .get_mut("typed_extension_protocol_options")
-            .and_then(|o| o.get_mut("envoy.extensions.upstreams.http.v3.HttpProtocolOptions"))
-            .and_then(|o| o.get_mut("http_filters"))
-            .and_then(serde_yaml_ng::Value::as_sequence_mut);
-        for filter in filters.into_iter().flatten() {
-            let vm = filter
-                .get_mut("typed_config")
-                .and_then(|c| c.get_mut("config"))
-                .and_then(|c| c.get_mut("vm_config"))
-                .and_then(serde_yaml_ng::Value::as_mapping_mut);
-            if let Some(vm) = vm {
-                let env = vm.get_mut("environment_variables").expect("environment");
-                assert_eq!(
-                    env["host_env_keys"],
-                    parse_yaml("[AUTHSTAMP_APP_KEY, AUTHSTAMP_FILTER_TOKEN]")
-                );
-                *env = parse_yaml("host_env_keys: [AUTHSTAMP_FILTER_TOKEN]");
-            }
-        }
-    }
+    let mut replays = 0;
+    for_each_vm_config(&mut egress["static_resources"]["clusters"], &mut |vm| {
+        let env = &mut vm["environment_variables"];
+        assert_eq!(
+            env["host_env_keys"],
+            parse_yaml("[AUTHSTAMP_APP_KEY, AUTHSTAMP_FILTER_TOKEN]")
+        );
+        *env = parse_yaml("host_env_keys: [AUTHSTAMP_FILTER_TOKEN]");
+        replays += 1;
+    });
+    assert_eq!(replays, 2, "one replay instance per provider cluster");
     snippet
         .edited("127.0.0.1", 8081, LOCAL_WASM)
         .assert_routes_and_clusters(&egress, "authstamp_transparent_egress", "everything");
