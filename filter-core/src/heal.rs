@@ -19,13 +19,14 @@
 //! goes out as it was and its 401 gets `x-authstamp-error: <code>`.
 //!
 //! `{"role": "upstream"}` (for a virtual host without attempt counts): the
-//! instance sees every attempt. On a 401 it looks for a fresher token ([`on_refused`]: one
-//! already cached, the forced refresh in flight, or a new forced refresh,
-//! at most one per connection per `forced_refresh_interval`). If there is
-//! or will be one it adds `x-authstamp-retry: 1` to the 401: the route's
-//! retry policy (on that header, one retry) replays the buffered request,
-//! whose headers wait in the upstream instance for the fresh token and get
-//! it; if the refresh fails the replay goes out as it was and its 401 gets
+//! instance sees every attempt. On a 401 it looks for a fresher token
+//! ([`on_refused`]: one already cached, the forced refresh in flight, or a
+//! new forced refresh, at most one per connection per
+//! `forced_refresh_interval`). If there is or will be one it adds
+//! `x-authstamp-retry: 1` to the 401: the route's retry policy (on that
+//! header, one retry) replays the buffered request, whose headers wait in
+//! the upstream instance for the fresh token and get it; if the refresh
+//! fails the replay goes out as it was and its 401 gets
 //! `x-authstamp-error: <code>`. Without a fresher token (the bound) the
 //! first 401 gets `x-authstamp-error` and goes to the app.
 //!
