@@ -48,7 +48,7 @@ const NATIVE_HIT: char = 'h';
 /// (e'): the native module, a miss on every request.
 const NATIVE_MISS: char = 'm';
 /// (f) and (g): the Wasm and the native cache hit with the heal machinery
-/// off (no upstream instance, no retry policy).
+/// off (no mark, no replay instance, no retry policy).
 const WASM_HIT_NO_HEAL: char = 'f';
 const NATIVE_HIT_NO_HEAL: char = 'g';
 /// The native module's file name in ENVOY_DYNAMIC_MODULES_SEARCH_PATH.

@@ -295,7 +295,7 @@ pub fn render(scenarios: &[Scenario], meta: Value) -> (Value, String) {
             g["measured"].as_str().unwrap_or_default()
         ));
     }
-    // What the heal machinery (upstream instance, retry policy) costs a
+    // What the heal machinery (mark, replay instance, retry policy) costs a
     // hit: each build against itself without it, in the same rounds.
     let mut heal = Vec::new();
     for (with, without, build) in [('d', 'f', "Wasm"), ('h', 'g', "native")] {

@@ -978,7 +978,8 @@ fn deliver_answer(
     host.finish();
 }
 
-/// An attempt of the upstream instance (`{"role": "upstream"}`).
+/// An upstream attempt the filter runs on (`{"role": "upstream"}`, or
+/// `{"role": "replay"}` on a retry).
 struct NativeUpstream {
     id: u32,
     handle: StreamHandle,

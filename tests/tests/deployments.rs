@@ -128,7 +128,7 @@ fn the_local_compose_and_egress_bootstraps_carry_the_snippet() {
     let compose = parse_yaml(&read_repo_file("envoy/compose.yaml"));
     snippet.assert_carried_by(&compose, "authstamp_egress", "providers");
     let mut egress = parse_yaml(&read_repo_file("envoy/egress.yaml"));
-    // Its upstream instances share the first instance's vm_config, the app
+    // Its replay instances share the first instance's vm_config, the app
     // key's environment included (one VM for both); the snippet's name only
     // the filter credential.
     let mut replays = 0;

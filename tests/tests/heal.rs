@@ -1,5 +1,5 @@
 //! A provider 401 healed before the app sees it (envoy/envoy.yaml's
-//! upstream instance of the filter and its route retry): one forced
+//! healable mark, replay instance of the filter and its route retry): one forced
 //! refresh, one replay with the fresh token, the provider's second answer
 //! to the app; bodies over the retry buffer and refused refreshes pass the
 //! 401 through; forced refreshes stay bounded.
