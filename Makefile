@@ -13,7 +13,7 @@ export ENVOY_BIN := $(ENVOY)
 # wheel is built without the V8 Wasm runtime.
 ENVOY_MATRIX ?= 1.36.4 1.38.2 1.40.0
 # The end-to-end smoke suite each of them runs.
-E2E_SMOKE := --test pass_through --test deployments --test egress --test tls --test heal
+E2E_SMOKE := --test pass_through --test deployments --test egress --test tls
 
 .PHONY: help deps deps-run build wasm wasm-target service native native-probe envoy validate-envoy test unit e2e lint check fmt run clean
 .PHONY: validate-deployments test-envoy-matrix compose wasm-sha256
