@@ -204,32 +204,34 @@ impl Snippet {
     }
 }
 
+/// Calls `f` on every Wasm `vm_config` under `node`.
+pub fn for_each_vm_config(node: &mut Yaml, f: &mut dyn FnMut(&mut Yaml)) {
+    match node {
+        Yaml::Mapping(mapping) => {
+            for (key, value) in mapping.iter_mut() {
+                if key.as_str() == Some("vm_config") {
+                    f(value);
+                } else {
+                    for_each_vm_config(value, f);
+                }
+            }
+        }
+        Yaml::Sequence(items) => items.iter_mut().for_each(|i| for_each_vm_config(i, f)),
+        _ => {}
+    }
+}
+
 /// Sets every Wasm `vm_config`'s file under `node` (the snippet's path) to
 /// `wasm`; how many there were.
 fn set_wasm_files(node: &mut Yaml, wasm: &str) -> usize {
-    match node {
-        Yaml::Mapping(mapping) => {
-            let mut found = 0;
-            if let Some(code) = mapping
-                .get_mut("vm_config")
-                .and_then(|c| c.get_mut("code"))
-                .and_then(|c| c.get_mut("local"))
-                .and_then(|c| c.get_mut("filename"))
-            {
-                assert_eq!(*code, Yaml::from(SNIPPET_WASM_PATH));
-                *code = Yaml::from(wasm);
-                found += 1;
-            }
-            found
-                + mapping
-                    .iter_mut()
-                    .filter(|(key, _)| key.as_str() != Some("vm_config"))
-                    .map(|(_, value)| set_wasm_files(value, wasm))
-                    .sum::<usize>()
-        }
-        Yaml::Sequence(items) => items.iter_mut().map(|i| set_wasm_files(i, wasm)).sum(),
-        _ => 0,
-    }
+    let mut found = 0;
+    for_each_vm_config(node, &mut |vm| {
+        let code = &mut vm["code"]["local"]["filename"];
+        assert_eq!(*code, Yaml::from(SNIPPET_WASM_PATH));
+        *code = Yaml::from(wasm);
+        found += 1;
+    });
+    found
 }
 
 /// The `typed_config` of listener `listener`'s HttpConnectionManager.

@@ -4,8 +4,8 @@
 //! docker-compose trial (validated: this machine has no Docker engine).
 
 use authstamp_e2e::deploy::{
-    compose_bootstrap, parse_yaml, port_of, read_repo_file, replace_once, EchoServer, Envoy,
-    Snippet, SNIPPET_PATH, SNIPPET_TOKEN_SERVICE_HOST, SNIPPET_WASM_PATH,
+    compose_bootstrap, for_each_vm_config, parse_yaml, port_of, read_repo_file, replace_once,
+    EchoServer, Envoy, Snippet, SNIPPET_PATH, SNIPPET_TOKEN_SERVICE_HOST, SNIPPET_WASM_PATH,
 };
 use authstamp_e2e::stack::PROVIDER;
 use authstamp_e2e::{filter_wasm, Stack, StackOptions};
@@ -68,27 +68,6 @@ fn each_native_bootstrap_is_its_wasm_bootstrap_with_the_filter_entries_replaced(
             expected == parse_yaml(&read_repo_file(native)),
             "{native} must be {wasm} with each Wasm filter entry replaced by the module's"
         );
-    }
-}
-
-/// Calls `f` on every Wasm `vm_config` under `node`.
-fn for_each_vm_config(
-    node: &mut serde_yaml_ng::Value,
-    f: &mut dyn FnMut(&mut serde_yaml_ng::Value),
-) {
-    use serde_yaml_ng::Value as Yaml;
-    match node {
-        Yaml::Mapping(mapping) => {
-            for (key, value) in mapping.iter_mut() {
-                if key.as_str() == Some("vm_config") {
-                    f(value);
-                } else {
-                    for_each_vm_config(value, f);
-                }
-            }
-        }
-        Yaml::Sequence(items) => items.iter_mut().for_each(|i| for_each_vm_config(i, f)),
-        _ => {}
     }
 }
 
