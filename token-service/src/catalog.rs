@@ -4,7 +4,7 @@
 //! module enforces; an app refers to an entry by name and overrides only
 //! what it needs (see [`crate::service::providers::PutProvider`]).
 
-use crate::error::ApiError;
+use crate::error::Error;
 use crate::template::{self, Values};
 use authstamp_protocol::Placement;
 use serde::{Deserialize, Serialize};
@@ -595,9 +595,9 @@ pub fn embedded() -> Result<&'static Catalog, &'static [String]> {
 }
 
 /// [`embedded`] for request handlers: a broken catalog is an internal error.
-pub fn get() -> Result<&'static Catalog, ApiError> {
+pub fn get() -> Result<&'static Catalog, Error> {
     embedded()
-        .map_err(|errors| ApiError::internal("the provider catalog is invalid", errors.join("; ")))
+        .map_err(|errors| Error::internal("the provider catalog is invalid", errors.join("; ")))
 }
 
 fn parse_entry(file: &str, text: &str) -> Result<CatalogEntry, Vec<String>> {
@@ -1161,10 +1161,10 @@ fn validate_references(e: &CatalogEntry) -> Vec<String> {
 pub fn resolve_params(
     declared: &[ConnectionParam],
     given: &BTreeMap<String, String>,
-) -> Result<Values, ApiError> {
+) -> Result<Values, Error> {
     for name in given.keys() {
         if !declared.iter().any(|p| &p.name == name) {
-            return Err(ApiError::bad_request(format!(
+            return Err(Error::bad_request(format!(
                 "unknown connection parameter {name:?}"
             )));
         }
@@ -1175,16 +1175,16 @@ pub fn resolve_params(
             (Some(v), _) => v.clone(),
             (None, Some(d)) => d.clone(),
             (None, None) => {
-                return Err(ApiError::bad_request(format!(
+                return Err(Error::bad_request(format!(
                     "connection parameter {:?} is required ({})",
                     p.name, p.description
                 )))
             }
         };
         let re = compile_pattern(&p.pattern)
-            .map_err(|e| ApiError::internal("stored connection parameter pattern", e))?;
+            .map_err(|e| Error::internal("stored connection parameter pattern", e))?;
         if value.len() > 253 || !re.is_match(&value) {
-            return Err(ApiError::bad_request(format!(
+            return Err(Error::bad_request(format!(
                 "connection parameter {:?} does not match {}",
                 p.name, p.pattern
             )));

@@ -7,7 +7,7 @@
 //! for (RFC 8414 §3.3, OIDC Discovery §4.3): a document that names another
 //! issuer is refused.
 
-use crate::error::ApiError;
+use crate::error::Error;
 use serde::Deserialize;
 use std::time::Duration;
 use url::Url;
@@ -44,20 +44,20 @@ pub fn metadata_urls(issuer: &Url) -> Vec<Url> {
 }
 
 /// Fetches and checks the metadata of `issuer`.
-pub async fn discover(issuer: &str, timeout: Duration) -> Result<Metadata, ApiError> {
+pub async fn discover(issuer: &str, timeout: Duration) -> Result<Metadata, Error> {
     let issuer_url = crate::validate::http_url_without_query("issuer", issuer)?;
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(timeout)
         .user_agent(concat!("authstamp/", env!("CARGO_PKG_VERSION")))
         .build()
-        .map_err(|e| ApiError::internal("discovery client", e))?;
+        .map_err(|e| Error::internal("discovery client", e))?;
     let mut last = String::from("no metadata document");
     for url in metadata_urls(&issuer_url) {
         match fetch(&http, &url).await {
             Ok(metadata) => {
                 if metadata.issuer.trim_end_matches('/') != issuer.trim_end_matches('/') {
-                    return Err(ApiError::bad_request(format!(
+                    return Err(Error::bad_request(format!(
                         "the metadata at {url} names another issuer ({:?})",
                         metadata.issuer
                     )));
@@ -67,7 +67,7 @@ pub async fn discover(issuer: &str, timeout: Duration) -> Result<Metadata, ApiEr
             Err(reason) => last = format!("{url}: {reason}"),
         }
     }
-    Err(ApiError::bad_request(format!(
+    Err(Error::bad_request(format!(
         "discovery of {issuer} failed ({last})"
     )))
 }

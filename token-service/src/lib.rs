@@ -21,7 +21,7 @@
 //! - `store`: the SQL of each table, one module per table (key rotation in
 //!   `service/keys.rs` and the schema and ping in `db.rs` still hold their own).
 //! - `catalog` (provider types and the embedded entries), `discovery`,
-//!   `validate`, `policy`, then `error` (the API's JSON error), `db`,
+//!   `validate`, `policy`, then `error` (the domain error; `http::error` answers it), `db`,
 //!   `config`, `crypto` (vault, secrets), and `ratelimit`, `template`,
 //!   `files` at the bottom.
 //!

@@ -1,7 +1,7 @@
 //! Refresh policy: the service's defaults (flags of `authstamp serve`) and the
 //! per-provider overrides stored with each provider configuration.
 
-use crate::error::ApiError;
+use crate::error::Error;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
@@ -88,7 +88,7 @@ pub struct PolicyOverrides {
 }
 
 impl PolicyOverrides {
-    pub fn validate(&self) -> Result<(), ApiError> {
+    pub fn validate(&self) -> Result<(), Error> {
         for (name, value) in [
             ("skew", self.skew),
             ("max_token_lifetime", self.max_token_lifetime),
@@ -97,13 +97,13 @@ impl PolicyOverrides {
             ("failure_cooldown", self.failure_cooldown),
         ] {
             if value.is_some_and(|d| d.as_secs() > MAX_SECS) {
-                return Err(ApiError::bad_request(format!(
+                return Err(Error::bad_request(format!(
                     "refresh.{name} must be at most ten years"
                 )));
             }
         }
         if self.max_token_lifetime.is_some_and(|d| d.as_secs() < 10) {
-            return Err(ApiError::bad_request(
+            return Err(Error::bad_request(
                 "refresh.max_token_lifetime must be at least 10s: tokens are never refreshed on every call",
             ));
         }
@@ -111,7 +111,7 @@ impl PolicyOverrides {
             .keepalive
             .is_some_and(|d| !d.is_zero() && d.as_secs() < 10)
         {
-            return Err(ApiError::bad_request(
+            return Err(Error::bad_request(
                 "refresh.keepalive must be 0s (off) or at least 10s",
             ));
         }

@@ -1,12 +1,12 @@
 //! Input checks shared by the admin API, the CLI and the app API. Each
 //! returns a `bad_request` with a message naming the field.
 
-use crate::error::ApiError;
+use crate::error::Error;
 use authstamp_protocol::Placement;
 use url::Url;
 
 /// `[a-z0-9][a-z0-9_.-]{0,63}`
-pub fn provider_name(name: &str) -> Result<(), ApiError> {
+pub fn provider_name(name: &str) -> Result<(), Error> {
     let bytes = name.as_bytes();
     let ok = !bytes.is_empty()
         && bytes.len() <= 64
@@ -17,16 +17,16 @@ pub fn provider_name(name: &str) -> Result<(), ApiError> {
     if ok {
         Ok(())
     } else {
-        Err(ApiError::bad_request(
+        Err(Error::bad_request(
             "provider must match [a-z0-9][a-z0-9_.-]{0,63}",
         ))
     }
 }
 
 /// The app's identifier of its end user: 1..=256 bytes, no control characters.
-pub fn user_id(user: &str) -> Result<(), ApiError> {
+pub fn user_id(user: &str) -> Result<(), Error> {
     if user.is_empty() || user.len() > 256 || user.chars().any(char::is_control) {
-        return Err(ApiError::bad_request(
+        return Err(Error::bad_request(
             "user must be 1 to 256 bytes without control characters",
         ));
     }
@@ -34,10 +34,10 @@ pub fn user_id(user: &str) -> Result<(), ApiError> {
 }
 
 /// A short free-text field without control characters.
-pub fn plain_text(field: &str, value: &str, max: usize, required: bool) -> Result<(), ApiError> {
+pub fn plain_text(field: &str, value: &str, max: usize, required: bool) -> Result<(), Error> {
     if (required && value.is_empty()) || value.len() > max || value.chars().any(char::is_control) {
         let need = if required { "1" } else { "0" };
-        return Err(ApiError::bad_request(format!(
+        return Err(Error::bad_request(format!(
             "{field} must be {need} to {max} bytes without control characters"
         )));
     }
@@ -45,26 +45,26 @@ pub fn plain_text(field: &str, value: &str, max: usize, required: bool) -> Resul
 }
 
 /// An absolute http(s) URL with a host, without user info or fragment.
-pub fn http_url(field: &str, value: &str) -> Result<Url, ApiError> {
+pub fn http_url(field: &str, value: &str) -> Result<Url, Error> {
     let url = Url::parse(value)
-        .map_err(|_| ApiError::bad_request(format!("{field} must be an absolute URL")))?;
+        .map_err(|_| Error::bad_request(format!("{field} must be an absolute URL")))?;
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none_or(str::is_empty) {
-        return Err(ApiError::bad_request(format!(
+        return Err(Error::bad_request(format!(
             "{field} must be an http:// or https:// URL with a host"
         )));
     }
     if !url.username().is_empty() || url.password().is_some() {
-        return Err(ApiError::bad_request(format!(
+        return Err(Error::bad_request(format!(
             "{field} must not contain user info"
         )));
     }
     if url.fragment().is_some() {
-        return Err(ApiError::bad_request(format!(
+        return Err(Error::bad_request(format!(
             "{field} must not contain a fragment"
         )));
     }
     if value.len() > 2048 {
-        return Err(ApiError::bad_request(format!(
+        return Err(Error::bad_request(format!(
             "{field} must be at most 2048 bytes"
         )));
     }
@@ -72,10 +72,10 @@ pub fn http_url(field: &str, value: &str) -> Result<Url, ApiError> {
 }
 
 /// Like [`http_url`], and without a query either.
-pub fn http_url_without_query(field: &str, value: &str) -> Result<Url, ApiError> {
+pub fn http_url_without_query(field: &str, value: &str) -> Result<Url, Error> {
     let url = http_url(field, value)?;
     if url.query().is_some() {
-        return Err(ApiError::bad_request(format!(
+        return Err(Error::bad_request(format!(
             "{field} must not contain a query"
         )));
     }
@@ -85,37 +85,37 @@ pub fn http_url_without_query(field: &str, value: &str) -> Result<Url, ApiError>
 /// Whether a credential may be sent as `name` at `placement`: the rules of
 /// `authstamp_protocol::credential`, which the filter applies again before
 /// it stamps.
-pub fn credential_name(placement: Placement, name: &str) -> Result<(), ApiError> {
+pub fn credential_name(placement: Placement, name: &str) -> Result<(), Error> {
     authstamp_protocol::credential::check_name(placement, name)
-        .map_err(|reason| ApiError::bad_request(format!("header.name {name:?}: {reason}")))
+        .map_err(|reason| Error::bad_request(format!("header.name {name:?}: {reason}")))
 }
 
 pub const TOKEN_PLACEHOLDER: &str = "{token}";
 
 /// A header value template with `{token}` exactly once and no control
 /// characters (so no CR/LF).
-pub fn header_format(format: &str) -> Result<(), ApiError> {
+pub fn header_format(format: &str) -> Result<(), Error> {
     if format.matches(TOKEN_PLACEHOLDER).count() != 1 {
-        return Err(ApiError::bad_request(
+        return Err(Error::bad_request(
             "header.format must contain {token} exactly once",
         ));
     }
     if format.len() > 256 || format.chars().any(|c| c.is_control() && c != '\t') {
-        return Err(ApiError::bad_request(
+        return Err(Error::bad_request(
             "header.format must be at most 256 bytes without control characters (no CR/LF)",
         ));
     }
     Ok(())
 }
 
-pub fn scopes(scopes: &[String], separator: &str) -> Result<(), ApiError> {
+pub fn scopes(scopes: &[String], separator: &str) -> Result<(), Error> {
     if separator.is_empty() || separator.len() > 4 || separator.chars().any(|c| c.is_control()) {
-        return Err(ApiError::bad_request(
+        return Err(Error::bad_request(
             "scope_separator must be 1 to 4 characters without control characters",
         ));
     }
     if scopes.len() > 100 {
-        return Err(ApiError::bad_request("at most 100 scopes"));
+        return Err(Error::bad_request("at most 100 scopes"));
     }
     for scope in scopes {
         if scope.is_empty()
@@ -123,7 +123,7 @@ pub fn scopes(scopes: &[String], separator: &str) -> Result<(), ApiError> {
             || scope.contains(separator)
             || scope.chars().any(|c| c.is_control() || c.is_whitespace())
         {
-            return Err(ApiError::bad_request(
+            return Err(Error::bad_request(
                 "each scope must be 1 to 512 bytes without whitespace, control characters or the separator",
             ));
         }
@@ -154,10 +154,10 @@ fn path_is_under(path: &str, base: &str) -> bool {
 
 /// The upstream the filter sends a connection's requests to: scheme,
 /// `host[:port]` and the path without its trailing `/`.
-pub fn upstream_of(api: &Url) -> Result<authstamp_protocol::Upstream, ApiError> {
+pub fn upstream_of(api: &Url) -> Result<authstamp_protocol::Upstream, Error> {
     let host = api
         .host_str()
-        .ok_or_else(|| ApiError::internal("stored api_base_url has no host", "no host"))?;
+        .ok_or_else(|| Error::internal("stored api_base_url has no host", "no host"))?;
     // `url` already drops a port that is the scheme's default.
     let authority = match api.port() {
         Some(port) => format!("{host}:{port}"),

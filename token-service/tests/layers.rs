@@ -28,7 +28,7 @@ const LAYERS: &[(&str, u32)] = &[
     ("discovery", 6),
     ("validate", 5),
     ("policy", 5),
-    // The JSON error of the API (still used below `http`).
+    // The domain error (`http::error` answers it as JSON).
     ("error", 4),
     ("db", 3),
     ("config", 2),
@@ -287,4 +287,46 @@ fn the_checker_sees_references_and_cycles() {
     graph.insert("a".to_owned(), BTreeSet::from(["b".to_owned()]));
     graph.insert("b".to_owned(), BTreeSet::from(["a".to_owned()]));
     assert_eq!(find_cycle(&graph).unwrap(), ["a", "b", "a"]);
+}
+
+/// The `crate::http::<module>` paths of `text`.
+fn http_modules(text: &str) -> BTreeSet<String> {
+    let mut modules = BTreeSet::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("crate::http::") {
+        let after = &rest[at + "crate::http::".len()..];
+        if after.starts_with('{') {
+            modules.extend(braced_heads(after));
+        } else {
+            modules.insert(ident_at(after).to_owned());
+        }
+        rest = after;
+    }
+    modules
+}
+
+/// The commands call the operations in `service/`, which return the domain
+/// error: no handler, extractor or `ApiError` between a command and its
+/// answer. Only the process (`cli/serve.rs`) starts the HTTP listeners.
+#[test]
+fn commands_call_service_and_never_http_handlers() {
+    let text = |rel: &str| without_comments(&std::fs::read_to_string(src_dir().join(rel)).unwrap());
+    let commands = http_modules(&text("cli/mod.rs"));
+    let allowed = BTreeSet::from(["logging".to_owned(), "server".to_owned()]);
+    assert!(
+        commands.is_subset(&allowed),
+        "cli/mod.rs reaches into http: {:?} (call service/ instead)",
+        commands.difference(&allowed).collect::<Vec<_>>()
+    );
+    assert!(text("cli/mod.rs").contains("crate::service::connections::"));
+    let mut files = Vec::new();
+    rust_files(&src_dir().join("service"), &mut files);
+    for file in files {
+        let body = without_comments(&std::fs::read_to_string(&file).unwrap());
+        assert!(
+            !body.contains("ApiError") && !body.contains("axum::"),
+            "{}: service/ returns the domain error and knows no HTTP",
+            file.display()
+        );
+    }
 }

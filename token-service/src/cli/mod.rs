@@ -9,12 +9,12 @@ use crate::crypto::secrets::AccessToken;
 use crate::crypto::secrets::ClientSecret;
 use crate::crypto::vault::Vault;
 use crate::db::Db;
-use crate::http::connections::ConnectionView;
-use crate::http::credentials::PutCredentials;
 use crate::http::logging::{self, LogFormat};
 use crate::policy::{PolicyOverrides, RefreshPolicy};
 use crate::service::apps as app_keys;
 use crate::service::apps::CreateApp;
+use crate::service::connections::ConnectionView;
+use crate::service::credentials::PutCredentials;
 use crate::service::providers::{self, CredentialSpec, PutProvider};
 use crate::service::state::{AppState, StateOptions};
 use crate::service::webhooks;
@@ -985,7 +985,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             command: ConnectionCommand::Get(args),
         } => {
             let db = open_db(&args.store).await?;
-            let view = crate::http::connections::get_connection(
+            let view = crate::service::connections::get_connection(
                 &db,
                 &RefreshPolicy::default(),
                 &args.app,
@@ -1002,11 +1002,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let defaults = RefreshPolicy::default();
             let list = match &args.user {
                 Some(user) => {
-                    crate::http::connections::list_connections(&db, &defaults, &args.app, user)
+                    crate::service::connections::list_connections(&db, &defaults, &args.app, user)
                         .await
                 }
                 None => {
-                    crate::http::connections::list_app_connections(
+                    crate::service::connections::list_app_connections(
                         &db,
                         &defaults,
                         &args.app,
@@ -1027,9 +1027,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             command: ConnectionCommand::Disconnect(args),
         } => {
             let state = open_state(&args.store, &env, None).await?;
-            let done =
-                crate::http::lifecycle::disconnect(&state, &args.app, &args.provider, &args.user)
-                    .await;
+            let done = crate::service::lifecycle::disconnect(
+                &state,
+                &args.app,
+                &args.provider,
+                &args.user,
+            )
+            .await;
             webhooks::settle(EVENT_WRITE_LIMIT).await;
             state.db.close().await;
             print_json(&done?)
@@ -1070,16 +1074,16 @@ async fn open_state(
 async fn reconnect(
     state: &AppState,
     args: &ConnectionReconnectArgs,
-) -> anyhow::Result<crate::http::connect::CreatedSession> {
+) -> anyhow::Result<crate::service::connect::CreatedSession> {
     let app = crate::store::apps::get(&state.db, &args.connection.app)
         .await?
         .ok_or_else(|| anyhow::anyhow!("no app {:?}", args.connection.app))?;
-    let input = crate::http::lifecycle::Reconnect {
+    let input = crate::service::lifecycle::Reconnect {
         return_to: args.return_to.clone(),
         user_display_name: None,
     };
     let key = &args.connection;
-    Ok(crate::http::lifecycle::reconnect(state, &app, &key.provider, &key.user, input).await?)
+    Ok(crate::service::lifecycle::reconnect(state, &app, &key.provider, &key.user, input).await?)
 }
 
 async fn app_key_command(command: AppKeyCommand) -> anyhow::Result<()> {
@@ -1128,7 +1132,7 @@ async fn credentials_set(args: CredentialsSetArgs, env: &SecretEnv) -> anyhow::R
     };
     let state = open_state(&args.connection.store, env, None).await?;
     let key = &args.connection;
-    let view = crate::http::credentials::put_credentials(
+    let view = crate::service::credentials::put_credentials(
         &state,
         &key.app,
         &key.provider,

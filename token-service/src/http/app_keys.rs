@@ -1,8 +1,8 @@
 //! `/v1/apps/{app_id}/keys`: adding, listing and revoking an app's keys
 //! (the operations are in [`crate::service::apps`]).
 
-use crate::error::{ApiError, ApiPath};
 use crate::http::auth::AdminAuth;
+use crate::http::error::{ApiError, ApiPath};
 use crate::service::apps::{self, RotateKey};
 use crate::service::state::AppState;
 use axum::extract::State;

@@ -3,7 +3,7 @@
 //! headers. Tokens and keys compare SHA-256 digests in constant time.
 
 use crate::crypto::secrets::{digest_eq, sha256};
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use crate::service::state::AppState;
 use crate::store::apps::{self, AppRecord};
 use authstamp_protocol::{headers, ErrorCode};

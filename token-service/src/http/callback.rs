@@ -2,16 +2,17 @@
 //! code (or an error). The state is taken once, checked against the
 //! browser's nonce cookie, and the code is exchanged for tokens.
 
-use super::connect::{app_provider, NONCE_COOKIE};
+use super::connect::NONCE_COOKIE;
 use crate::crypto::secrets::{
     digest_eq, sha256, AuthorizationCode, ClientSecret, OAuthState, PkceVerifier,
 };
 use crate::crypto::vault::Aad;
 use crate::db;
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use crate::http::html;
 use crate::metrics::Grant;
 use crate::oauth::client::{sanitize_code, ClientCredentials, GrantRequest, TokenError, TokenSet};
+use crate::service::connect::app_provider;
 use crate::service::journalled_connect::announce_connected;
 use crate::service::state::AppState;
 use crate::store::connections::{self, ConnKey, NewConnection};

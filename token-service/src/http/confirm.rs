@@ -10,10 +10,10 @@ use super::connect::STATE_TTL_SECS;
 use crate::crypto::secrets::{sha256, AccessToken, ConnectResultToken, RefreshToken};
 use crate::crypto::vault::{Aad, Field};
 use crate::db;
-use crate::error::{ApiError, ApiJson};
 use crate::http::auth::AppAuth;
-use crate::http::connections::{get_connection, ConnectionView};
+use crate::http::error::{ApiError, ApiJson};
 use crate::oauth::client::TokenSet;
+use crate::service::connections::{get_connection, ConnectionView};
 pub use crate::service::journalled_connect::SealedTokens;
 use crate::service::state::AppState;
 use crate::store::connect_results::{self, ConnectResult};
@@ -159,13 +159,14 @@ pub async fn handler(
         now,
     )
     .await?;
-    get_connection(
-        &state.db,
-        &state.policy,
-        &key.app_id,
-        &key.provider,
-        &key.user_id,
-    )
-    .await
-    .map(Json)
+    Ok(Json(
+        get_connection(
+            &state.db,
+            &state.policy,
+            &key.app_id,
+            &key.provider,
+            &key.user_id,
+        )
+        .await?,
+    ))
 }

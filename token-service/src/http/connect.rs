@@ -1,25 +1,25 @@
 //! Starting a connection: the app asks for a connect link, the user's
 //! browser opens it and is sent to the provider's authorize endpoint.
 
-use crate::catalog::{self, AuthType};
 use crate::crypto::secrets::{
     digest_eq, sha256, BrowserNonce, CsrfToken, OAuthState, SessionToken,
 };
 use crate::crypto::vault::Aad;
 use crate::db;
-use crate::error::{ApiError, ApiJson, ApiPath};
 use crate::http::auth::AppAuth;
+use crate::http::error::{ApiError, ApiJson, ApiPath};
+use crate::service::connect::{
+    app_provider, new_session, CreateSession, CreatedSession, CONNECT_PATH,
+};
 use crate::service::state::AppState;
-use crate::store::providers::{self, ProviderRecord};
+use crate::store::providers::ProviderRecord;
 use crate::store::sessions::{self, ConnectSession, OAuthStateRecord};
-use crate::validate;
 use authstamp_protocol::{paths, ErrorCode};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use oauth2::PkceCodeChallenge;
-use serde::{Deserialize, Serialize};
 use url::Url;
 
 /// How long the browser has between opening the connect link and coming
@@ -30,54 +30,6 @@ pub const NONCE_COOKIE: &str = "authstamp_connect";
 pub const CSRF_COOKIE: &str = "authstamp_csrf";
 /// The form field of the CSRF token.
 pub const CSRF_FIELD: &str = "csrf";
-/// Longest `user_display_name`, in characters.
-pub const DISPLAY_NAME_MAX: usize = 120;
-pub const CONNECT_PATH: &str = "/v1/connect";
-/// The user id of app-level connections (client credentials, an app's own
-/// API key): the app sends `x-authstamp-user: -`.
-pub const APP_USER: &str = "-";
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateSession {
-    pub provider: String,
-    pub user: String,
-    #[serde(default)]
-    pub return_to: Option<String>,
-    /// How the connect page names the user (the app's own label, e.g. an
-    /// e-mail address), so a user can tell a link made for someone else.
-    #[serde(default)]
-    pub user_display_name: Option<String>,
-    /// Connection parameters the provider declares (a Zendesk subdomain, a
-    /// Shopify shop), checked against their patterns.
-    #[serde(default)]
-    pub params: std::collections::BTreeMap<String, String>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct CreatedSession {
-    pub connect_url: String,
-    pub expires_at: i64,
-}
-
-pub(crate) async fn app_provider(
-    state: &AppState,
-    app_id: &str,
-    provider: &str,
-) -> Result<ProviderRecord, ApiError> {
-    let unknown = || {
-        ApiError::new(
-            ErrorCode::UnknownProvider,
-            format!("the app has no provider {provider:?}"),
-        )
-    };
-    if validate::provider_name(provider).is_err() {
-        return Err(unknown());
-    }
-    providers::get(&state.db, app_id, provider)
-        .await?
-        .ok_or_else(unknown)
-}
 
 /// `POST /v1/connect-sessions`: a single-use connect link for one user.
 pub async fn create_session(
@@ -92,73 +44,6 @@ pub async fn create_session(
         .map_err(|wait| ApiError::rate_limited("connect sessions", wait))?;
     let created = new_session(&state, &app, input).await?;
     Ok((StatusCode::CREATED, Json(created)))
-}
-
-/// A single-use connect link for one user of `app` (a new connection, or a
-/// reconnect of an existing one).
-pub async fn new_session(
-    state: &AppState,
-    app: &crate::store::apps::AppRecord,
-    input: CreateSession,
-) -> Result<CreatedSession, ApiError> {
-    validate::user_id(&input.user)?;
-    if let Some(name) = &input.user_display_name {
-        display_name(name)?;
-    }
-    let provider = app_provider(state, &app.app_id, &input.provider).await?;
-    if provider.auth_type == AuthType::Oauth2ClientCredentials {
-        return Err(ApiError::bad_request(format!(
-            "provider {:?} uses {} credentials: there is nothing to connect in a browser (the service fetches its token itself)",
-            provider.provider,
-            provider.auth_type.as_str(),
-        )));
-    }
-    if input.user == APP_USER {
-        return Err(ApiError::bad_request(format!(
-            "user {APP_USER:?} is reserved for app-level credentials"
-        )));
-    }
-    let params = catalog::resolve_params(&provider.settings.connection_params, &input.params)?;
-    let urls = if provider.auth_type == AuthType::Oauth2 {
-        provider.check_connect_urls(&params)
-    } else {
-        provider.urls(&params).map(|_| ())
-    };
-    urls.map_err(|e| ApiError::bad_request(format!("connection parameters: {e}")))?;
-    let return_to = match &input.return_to {
-        None => None,
-        Some(text) => {
-            let url = validate::http_url("return_to", text)?;
-            if !validate::return_to_allowed(&url, &app.allowed_return_to) {
-                return Err(ApiError::bad_request(
-                    "return_to is not under any of the app's allowed_return_to URLs",
-                ));
-            }
-            Some(url.to_string())
-        }
-    };
-    let now = db::now();
-    let ttl = i64::try_from(state.connect_session_ttl.as_secs()).unwrap_or(i64::MAX);
-    let token = SessionToken::generate();
-    let session = ConnectSession {
-        token_hash: sha256(token.expose().as_bytes()).to_vec(),
-        app_id: app.app_id.clone(),
-        provider: provider.provider,
-        user_id: input.user,
-        return_to,
-        user_display_name: input.user_display_name,
-        params,
-        created_at: now,
-        expires_at: now.saturating_add(ttl),
-    };
-    sessions::purge_expired(&state.db, now).await?;
-    sessions::insert_session(&state.db, &session).await?;
-    Ok(CreatedSession {
-        connect_url: state
-            .public_url
-            .join(&format!("{CONNECT_PATH}/{}", token.expose())),
-        expires_at: session.expires_at,
-    })
 }
 
 /// `GET /v1/connect/{session_token}`: the connect page. Shows the app, the
@@ -275,18 +160,6 @@ fn csrf_cookie(state: &AppState, path: &str, value: &str, max_age: i64) -> Strin
         cookie.push_str("; Secure");
     }
     cookie
-}
-
-/// A display name the page can show: 1 to 120 characters, no control
-/// characters (it is escaped on the page all the same).
-fn display_name(name: &str) -> Result<(), ApiError> {
-    let chars = name.chars().count();
-    if chars == 0 || chars > DISPLAY_NAME_MAX || name.chars().any(char::is_control) {
-        return Err(ApiError::bad_request(format!(
-            "user_display_name must be 1 to {DISPLAY_NAME_MAX} characters without control characters"
-        )));
-    }
-    Ok(())
 }
 
 /// The Connect button's post must come from the connect page itself: a

@@ -2,7 +2,7 @@
 //! `askama` templates in `templates/`: compiled in, and every value is
 //! HTML-escaped unless a template says otherwise (none does).
 
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use askama::Template;
 use axum::http::{header, HeaderValue};
 use axum::response::{Html, IntoResponse, Response};

@@ -9,14 +9,14 @@
 use crate::catalog::{ApiKeyField, AuthType, KeyCheck};
 use crate::crypto::secrets::{hex, sha256, AccessToken, CsrfToken, SessionToken};
 use crate::db;
-use crate::error::ApiError;
 use crate::http::callback::redirect_to_return;
 use crate::http::connect::{
     app_name, finish_response, page_path, set_csrf_cookie, shown_user, CSRF_FIELD,
 };
-use crate::http::credentials::{self, FieldError, API_KEY_MAX, PASSWORD_MAX, USERNAME_MAX};
+use crate::http::error::ApiError;
 use crate::http::html::{self, KeyConnectPage, KeyField};
 use crate::oauth::client::{CredentialStamp, TokenSet};
+use crate::service::credentials::{self, FieldError, API_KEY_MAX, PASSWORD_MAX, USERNAME_MAX};
 use crate::service::state::AppState;
 use crate::store::connections::ConnKey;
 use crate::store::providers::ProviderRecord;

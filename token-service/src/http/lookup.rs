@@ -5,11 +5,11 @@
 
 use crate::catalog::AuthType;
 use crate::db;
-use crate::error::{ApiError, ApiJson};
 use crate::http::auth::AppAuth;
-use crate::http::connect::app_provider;
-use crate::http::connect::APP_USER;
-use crate::http::credentials;
+use crate::http::error::{ApiError, ApiJson};
+use crate::service::connect::app_provider;
+use crate::service::connect::APP_USER;
+use crate::service::credentials;
 use crate::service::journalled_connect;
 use crate::service::refresh::{self, Need, Served};
 use crate::service::state::AppState;
@@ -108,7 +108,11 @@ fn during_outage(
     if let Err(wait) = state.limits.lookups.check(&key.app_id) {
         return Some(Err(ApiError::rate_limited("token lookups", wait)));
     }
-    Some(served.and_then(|(served, params)| answer(&provider, &params, &served)))
+    Some(
+        served
+            .map_err(ApiError::from)
+            .and_then(|(served, params)| answer(&provider, &params, &served)),
+    )
 }
 
 pub async fn lookup(
@@ -149,7 +153,7 @@ pub async fn lookup(
         )
     })?;
     if connection.status == ConnectionStatus::ReauthRequired {
-        return Err(refresh::reauth_required());
+        return Err(refresh::reauth_required().into());
     }
     let policy = state.policy.with(&provider.policy);
     let params = connection.params.clone();

@@ -9,6 +9,7 @@ pub mod confirm;
 pub mod connect;
 pub mod connections;
 pub mod credentials;
+pub mod error;
 pub mod filter_tls;
 pub mod html;
 pub mod key_connect;
@@ -21,7 +22,6 @@ pub mod webhooks;
 
 use crate::catalog;
 use crate::db;
-use crate::error::{self, ApiError};
 use crate::metrics;
 use crate::service::keys;
 use crate::service::state::{AppState, PROBE_DB_TIMEOUT};
@@ -31,6 +31,7 @@ use axum::http::{header, HeaderMap};
 use axum::response::IntoResponse;
 use axum::routing::{get, post, put, MethodRouter};
 use axum::{Json, Router};
+use error::ApiError;
 
 /// Request bodies larger than this are refused.
 pub const BODY_LIMIT: usize = 64 * 1024;
@@ -188,7 +189,7 @@ async fn catalog_list() -> Result<impl IntoResponse, ApiError> {
 
 /// `GET /v1/catalog/{name}`: one catalog entry.
 async fn catalog_entry(
-    crate::error::ApiPath(name): crate::error::ApiPath<String>,
+    error::ApiPath(name): error::ApiPath<String>,
 ) -> Result<impl IntoResponse, ApiError> {
     catalog::get()?
         .get(&name)

@@ -2,8 +2,8 @@
 //! handlers; the operations are in [`crate::service::apps`] and
 //! [`crate::service::providers`].
 
-use crate::error::{ApiError, ApiJson, ApiPath};
 use crate::http::auth::AdminAuth;
+use crate::http::error::{ApiError, ApiJson, ApiPath};
 use crate::service::apps::{self, CreateApp, CreatedApp};
 use crate::service::providers::{self, ProviderView, PutProvider};
 use crate::service::state::AppState;
@@ -44,6 +44,7 @@ pub async fn put_provider_handler(
     )
     .await
     .map(Json)
+    .map_err(ApiError::from)
 }
 
 pub async fn get_provider_handler(
@@ -51,7 +52,7 @@ pub async fn get_provider_handler(
     _admin: AdminAuth,
     ApiPath((app_id, provider)): ApiPath<(String, String)>,
 ) -> Result<Json<ProviderView>, ApiError> {
-    providers::get_provider(&state.db, Some(&state.public_url), &app_id, &provider)
-        .await
-        .map(Json)
+    let view =
+        providers::get_provider(&state.db, Some(&state.public_url), &app_id, &provider).await?;
+    Ok(Json(view))
 }

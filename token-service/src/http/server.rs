@@ -3,7 +3,7 @@
 //! and a cap on open connections, so that slow or idle clients cannot hold
 //! the service's file descriptors.
 
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use authstamp_protocol::ErrorCode;
 use axum::body::Body;
 use axum::extract::{Request, State};

@@ -1,7 +1,7 @@
 //! `PUT`, `GET` and `DELETE /v1/apps/{app_id}/webhook` (admin).
 
-use crate::error::{ApiError, ApiJson, ApiPath};
 use crate::http::auth::AdminAuth;
+use crate::http::error::{ApiError, ApiJson, ApiPath};
 use crate::service::state::AppState;
 use crate::service::webhooks::{delete, get, put, view, PutWebhook, WebhookView};
 use axum::extract::State;
@@ -14,7 +14,7 @@ pub async fn put_handler(
     ApiPath(app_id): ApiPath<String>,
     ApiJson(input): ApiJson<PutWebhook>,
 ) -> Result<Json<WebhookView>, ApiError> {
-    put(&state.db, &state.vault, &app_id, input).await.map(Json)
+    Ok(Json(put(&state.db, &state.vault, &app_id, input).await?))
 }
 
 pub async fn get_handler(

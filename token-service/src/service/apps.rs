@@ -6,7 +6,7 @@
 
 use crate::crypto::secrets::{hex, random_bytes, sha256, AppKey, Digest};
 use crate::db::{self, Db};
-use crate::error::ApiError;
+use crate::error::Error;
 use crate::store;
 pub use crate::store::apps::new_key_id;
 use crate::store::apps::{self, AppRecord};
@@ -40,19 +40,17 @@ impl std::fmt::Debug for CreatedApp {
     }
 }
 
-pub async fn create_app(db: &Db, input: CreateApp) -> Result<CreatedApp, ApiError> {
+pub async fn create_app(db: &Db, input: CreateApp) -> Result<CreatedApp, Error> {
     let name = input.name.unwrap_or_default();
     validate::plain_text("name", &name, 200, false)?;
     if input.allowed_return_to.len() > 50 {
-        return Err(ApiError::bad_request(
-            "at most 50 allowed_return_to entries",
-        ));
+        return Err(Error::bad_request("at most 50 allowed_return_to entries"));
     }
     let mut allowed = Vec::with_capacity(input.allowed_return_to.len());
     for entry in &input.allowed_return_to {
         let url = validate::http_url("allowed_return_to", entry)?;
         if url.query().is_some() {
-            return Err(ApiError::bad_request(
+            return Err(Error::bad_request(
                 "allowed_return_to entries must not contain a query",
             ));
         }
@@ -127,10 +125,10 @@ pub struct KeyView {
 }
 
 /// The app `app_id`, or `not_found`.
-pub async fn require(db: &Db, app_id: &str) -> Result<AppRecord, ApiError> {
+pub async fn require(db: &Db, app_id: &str) -> Result<AppRecord, Error> {
     apps::get(db, app_id)
         .await?
-        .ok_or_else(|| ApiError::not_found(format!("no app {app_id:?}")))
+        .ok_or_else(|| Error::not_found(format!("no app {app_id:?}")))
 }
 
 /// Inside a [`Db::begin_write`] transaction: the app exists, and concurrent
@@ -140,19 +138,19 @@ async fn lock_app(
     db: &Db,
     tx: &mut sqlx::Transaction<'static, sqlx::Any>,
     app_id: &str,
-) -> Result<(), ApiError> {
+) -> Result<(), Error> {
     if apps::lock(db, tx, app_id).await? {
         Ok(())
     } else {
-        Err(ApiError::not_found(format!("no app {app_id:?}")))
+        Err(Error::not_found(format!("no app {app_id:?}")))
     }
 }
 
 /// Adds a key. The count check and the insert are one write transaction, so
 /// concurrent rotations never pass [`MAX_KEYS_PER_APP`].
-pub async fn rotate(db: &Db, app_id: &str, input: RotateKey) -> Result<NewKey, ApiError> {
+pub async fn rotate(db: &Db, app_id: &str, input: RotateKey) -> Result<NewKey, Error> {
     if input.grace.is_some_and(|g| g > MAX_GRACE) {
-        return Err(ApiError::bad_request("grace must be at most 90 days"));
+        return Err(Error::bad_request("grace must be at most 90 days"));
     }
     let key = AppKey::generate();
     let key_id = new_key_id();
@@ -161,7 +159,7 @@ pub async fn rotate(db: &Db, app_id: &str, input: RotateKey) -> Result<NewKey, A
     let now = db::now();
     let valid = store::app_keys::count_valid(&mut tx, app_id, None, now).await?;
     if valid >= MAX_KEYS_PER_APP {
-        return Err(ApiError::new(
+        return Err(Error::new(
             ErrorCode::Conflict,
             format!(
                 "the app has {valid} valid keys: revoke one first (at most {MAX_KEYS_PER_APP})"
@@ -187,7 +185,7 @@ pub async fn rotate(db: &Db, app_id: &str, input: RotateKey) -> Result<NewKey, A
     })
 }
 
-pub async fn list(db: &Db, app_id: &str) -> Result<Vec<KeyView>, ApiError> {
+pub async fn list(db: &Db, app_id: &str) -> Result<Vec<KeyView>, Error> {
     require(db, app_id).await?;
     let now = db::now();
     Ok(store::app_keys::list(db, app_id)
@@ -204,18 +202,18 @@ pub async fn list(db: &Db, app_id: &str) -> Result<Vec<KeyView>, ApiError> {
 
 /// Deletes a key unless it is the app's last valid one; check and delete are
 /// one write transaction, so concurrent revocations never remove them all.
-pub async fn revoke(db: &Db, app_id: &str, key_id: &str) -> Result<(), ApiError> {
+pub async fn revoke(db: &Db, app_id: &str, key_id: &str) -> Result<(), Error> {
     let mut tx = db.begin_write().await?;
     lock_app(db, &mut tx, app_id).await?;
     let others = store::app_keys::count_valid(&mut tx, app_id, Some(key_id), db::now()).await?;
     if others == 0 {
-        return Err(ApiError::new(
+        return Err(Error::new(
             ErrorCode::Conflict,
             "an app keeps at least one valid key: add a new one before revoking this one",
         ));
     }
     if !store::app_keys::delete(&mut tx, app_id, key_id).await? {
-        return Err(ApiError::not_found(format!(
+        return Err(Error::not_found(format!(
             "app {app_id:?} has no key {key_id:?}"
         )));
     }

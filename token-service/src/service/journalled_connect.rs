@@ -13,7 +13,7 @@
 
 use crate::crypto::secrets::{digest_eq, Digest};
 use crate::db;
-use crate::error::ApiError;
+use crate::error::Error;
 use crate::service::journal::{Connect, Entry};
 use crate::service::refresh::{self, Served};
 use crate::service::state::AppState;
@@ -76,7 +76,7 @@ pub enum Stored {
 /// it. Fails only when the database refuses for another reason, or is away
 /// and the journal cannot be written either (nothing is retired by a code
 /// exchange: the user can connect again).
-pub async fn store_or_journal(state: &AppState, c: NewConnect<'_>) -> Result<Stored, ApiError> {
+pub async fn store_or_journal(state: &AppState, c: NewConnect<'_>) -> Result<Stored, Error> {
     let expires_at = c.tokens.expires_at(c.now);
     let scopes = c
         .tokens
@@ -111,7 +111,7 @@ pub async fn store_or_journal(state: &AppState, c: NewConnect<'_>) -> Result<Sto
     .await;
     if let Err(journal_err) = appended {
         tracing::error!(app_id = %key.app_id, provider = %key.provider, error = %err, journal_error = %format_args!("{journal_err:#}"), "database unavailable after a code exchange and the journal could not be written: the connection is not stored; the user has to connect again");
-        return Err(ApiError::new(
+        return Err(Error::new(
             ErrorCode::StorageUnavailable,
             "the token service could not save the connection (its database and its journal are unavailable); connect again shortly",
         ));
@@ -208,7 +208,7 @@ pub async fn hold_until_stored(
 
 /// A lookup's answer from a journalled connection: the token and the
 /// connection's parameters.
-pub type JournalledLookup = Result<(Served, crate::template::Values), ApiError>;
+pub type JournalledLookup = Result<(Served, crate::template::Values), Error>;
 
 /// The journalled, unwritten connection `key` as a lookup is served it:
 /// `None` when there is none (the database's row is current).
@@ -225,7 +225,7 @@ pub fn served(
         .and_then(|entry| entry.as_connection())?;
     if force_refresh || !connection.is_valid_at(now) {
         // A refresh needs the stored connection: soon.
-        return Some(Err(ApiError::new(
+        return Some(Err(Error::new(
             ErrorCode::StorageUnavailable,
             "the connection is being saved; retry shortly",
         )));

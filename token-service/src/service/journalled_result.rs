@@ -9,7 +9,7 @@
 //! retried, it succeeds once the result is written.
 
 use crate::db;
-use crate::error::ApiError;
+use crate::error::Error;
 use crate::service::journal::{Connect, Entry, Held};
 use crate::service::state::AppState;
 use crate::store::connect_results::{self, ConnectResult};
@@ -19,7 +19,7 @@ use std::time::Instant;
 /// Stores `result`, or journals it when the database cannot take it. Fails
 /// only when the database refuses for another reason, or is away and the
 /// journal cannot be written either.
-pub async fn insert_or_journal(state: &AppState, result: ConnectResult) -> Result<(), ApiError> {
+pub async fn insert_or_journal(state: &AppState, result: ConnectResult) -> Result<(), Error> {
     let err = match connect_results::insert(&state.db, &result).await {
         Ok(()) => return Ok(()),
         Err(err) if db::is_unavailable(&err) => err,
@@ -33,7 +33,7 @@ pub async fn insert_or_journal(state: &AppState, result: ConnectResult) -> Resul
     .await;
     if let Err(journal_err) = appended {
         tracing::error!(app_id = %entry.app_id, provider = %entry.provider, error = %err, journal_error = %format_args!("{journal_err:#}"), "database unavailable after a code exchange and the journal could not be written: the connect result is not kept; the user has to connect again");
-        return Err(ApiError::new(
+        return Err(Error::new(
             ErrorCode::StorageUnavailable,
             "the token service could not save the connection (its database and its journal are unavailable); connect again shortly",
         ));
@@ -46,9 +46,9 @@ pub async fn insert_or_journal(state: &AppState, result: ConnectResult) -> Resul
 
 /// Whether the app's confirmation of `result_hash` must wait: its result
 /// is journalled and not yet written.
-pub fn waiting(state: &AppState, result_hash: &[u8]) -> Result<(), ApiError> {
+pub fn waiting(state: &AppState, result_hash: &[u8]) -> Result<(), Error> {
     if state.journal.holds_result(result_hash) {
-        return Err(ApiError::new(
+        return Err(Error::new(
             ErrorCode::StorageUnavailable,
             "the connect result is being saved; retry shortly",
         ));

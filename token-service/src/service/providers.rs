@@ -11,7 +11,7 @@ use crate::crypto::secrets::ClientSecret;
 use crate::crypto::vault::{Aad, Vault};
 use crate::db::{self, Db};
 use crate::discovery;
-use crate::error::ApiError;
+use crate::error::Error;
 use crate::policy::PolicyOverrides;
 use crate::service::apps;
 use crate::store::providers::{self, ClientAuth, ProviderRecord, ProviderSettings};
@@ -180,12 +180,12 @@ pub struct ResolvedProvider {
 }
 
 /// The catalog entry `input` starts from, if it names one.
-fn catalog_entry(input: &PutProvider) -> Result<Option<CatalogEntry>, ApiError> {
+fn catalog_entry(input: &PutProvider) -> Result<Option<CatalogEntry>, Error> {
     let Some(name) = &input.catalog else {
         return Ok(None);
     };
     catalog::get()?.get(name).cloned().map(Some).ok_or_else(|| {
-        ApiError::bad_request(format!(
+        Error::bad_request(format!(
             "no provider {name:?} in the catalog (GET /v1/catalog lists them)"
         ))
     })
@@ -206,7 +206,7 @@ pub fn resolve(
     input: PutProvider,
     entry: Option<&CatalogEntry>,
     discovered: Option<&discovery::Metadata>,
-) -> Result<ResolvedProvider, ApiError> {
+) -> Result<ResolvedProvider, Error> {
     let from_entry = |f: fn(&CatalogEntry) -> Option<String>| entry.and_then(f);
     let auth_type = input
         .auth_type
@@ -245,7 +245,7 @@ pub fn resolve(
                 m
             });
     if input.metadata_url.is_some() && post_exchange_metadata.is_none() {
-        return Err(ApiError::bad_request(
+        return Err(Error::bad_request(
             "metadata_url overrides the catalog entry's post_exchange_metadata, which it has none of",
         ));
     }
@@ -256,7 +256,7 @@ pub fn resolve(
     let api_base_url = input
         .api_base_url
         .or_else(|| from_entry(|e| e.api_base_url.clone()))
-        .ok_or_else(|| ApiError::bad_request("api_base_url is required"))?;
+        .ok_or_else(|| Error::bad_request("api_base_url is required"))?;
     let connection_params = input
         .connection_params
         .or_else(|| entry.map(|e| e.connection_params.clone()))
@@ -333,14 +333,14 @@ pub fn resolve(
     let (client_id, client_secret) = if auth_type.is_oauth() {
         let client_id = input
             .client_id
-            .ok_or_else(|| ApiError::bad_request("client_id is required for OAuth providers"))?;
-        let secret = input.client_secret.ok_or_else(|| {
-            ApiError::bad_request("client_secret is required for OAuth providers")
-        })?;
+            .ok_or_else(|| Error::bad_request("client_id is required for OAuth providers"))?;
+        let secret = input
+            .client_secret
+            .ok_or_else(|| Error::bad_request("client_secret is required for OAuth providers"))?;
         (client_id, Some(secret))
     } else {
         if input.client_id.is_some() || input.client_secret.is_some() {
-            return Err(ApiError::bad_request(format!(
+            return Err(Error::bad_request(format!(
                 "{} providers take no client_id or client_secret: the credential is stored per connection",
                 auth_type.as_str()
             )));
@@ -348,12 +348,12 @@ pub fn resolve(
         (String::new(), None)
     };
     if auth_type == AuthType::Oauth2 && authorize_url.is_none() {
-        return Err(ApiError::bad_request(
+        return Err(Error::bad_request(
             "authorize_url is required (or an issuer to discover it from)",
         ));
     }
     if auth_type.is_oauth() && token_url.is_none() {
-        return Err(ApiError::bad_request(
+        return Err(Error::bad_request(
             "token_url is required (or an issuer to discover it from)",
         ));
     }
@@ -398,13 +398,13 @@ pub fn resolve(
 
 /// Checks a resolved configuration: every field's form, the templates, and
 /// that a fixed API URL is an upstream the filter accepts.
-pub fn validate(p: &ResolvedProvider) -> Result<(), ApiError> {
+pub fn validate(p: &ResolvedProvider) -> Result<(), Error> {
     validate::plain_text("display_name", &p.display_name, 100, false)?;
     if let Some(secret) = &p.client_secret {
         validate::plain_text("client_id", &p.client_id, 1024, true)?;
         let text = secret.expose();
         if text.is_empty() || text.len() > 4096 || text.chars().any(char::is_control) {
-            return Err(ApiError::bad_request(
+            return Err(Error::bad_request(
                 "client_secret must be 1 to 4096 bytes without control characters",
             ));
         }
@@ -457,7 +457,7 @@ pub fn validate(p: &ResolvedProvider) -> Result<(), ApiError> {
         }
     }
     if let Some(first) = problems.first() {
-        return Err(ApiError::bad_request(format!(
+        return Err(Error::bad_request(format!(
             "invalid provider configuration: {first}{}",
             if problems.len() > 1 {
                 format!(" (and {} more)", problems.len() - 1)
@@ -475,7 +475,7 @@ pub fn validate(p: &ResolvedProvider) -> Result<(), ApiError> {
         // as a plain string, so kept exactly as given.
         let url = validate::http_url_without_query("issuer", issuer)?;
         if url.fragment().is_some() || issuer.len() > 2048 {
-            return Err(ApiError::bad_request(
+            return Err(Error::bad_request(
                 "issuer must be a URL without query or fragment",
             ));
         }
@@ -491,7 +491,7 @@ pub fn seal(
     app_id: &str,
     provider: &str,
     now: i64,
-) -> Result<ProviderRecord, ApiError> {
+) -> Result<ProviderRecord, Error> {
     let client_secret = match &p.client_secret {
         Some(secret) => vault.seal_str(&Aad::provider_secret(app_id, provider), secret.expose())?,
         None => Vec::new(),
@@ -529,7 +529,7 @@ pub async fn put_provider(
     app_id: &str,
     provider: &str,
     input: PutProvider,
-) -> Result<ProviderView, ApiError> {
+) -> Result<ProviderView, Error> {
     validate::provider_name(provider)?;
     let entry = catalog_entry(&input)?;
     let discovered = match &input.issuer {
@@ -548,11 +548,11 @@ pub async fn put_provider(
 }
 
 /// The host part of a URL template (placeholders kept), lowercase.
-fn host_template(url: &str) -> Result<String, ApiError> {
+fn host_template(url: &str) -> Result<String, Error> {
     let after = url
         .split_once("://")
         .map(|(_, rest)| rest)
-        .ok_or_else(|| ApiError::bad_request("api_base_url must be an absolute URL"))?;
+        .ok_or_else(|| Error::bad_request("api_base_url must be an absolute URL"))?;
     let authority = &after[..after.find(['/', '?', '#']).unwrap_or(after.len())];
     let host = match authority.rsplit_once(':') {
         Some((host, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => host,
@@ -566,12 +566,12 @@ pub async fn get_provider(
     public_url: Option<&PublicUrl>,
     app_id: &str,
     provider: &str,
-) -> Result<ProviderView, ApiError> {
+) -> Result<ProviderView, Error> {
     apps::require(db, app_id).await?;
     providers::get(db, app_id, provider)
         .await?
         .map(|p| ProviderView::new(p, public_url))
-        .ok_or_else(|| ApiError::not_found(format!("app {app_id:?} has no provider {provider:?}")))
+        .ok_or_else(|| Error::not_found(format!("app {app_id:?} has no provider {provider:?}")))
 }
 
 #[cfg(test)]

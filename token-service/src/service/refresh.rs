@@ -25,7 +25,7 @@
 use crate::crypto::secrets::{AccessToken, ClientSecret, RefreshToken};
 use crate::crypto::vault::{Aad, Field};
 use crate::db;
-use crate::error::ApiError;
+use crate::error::Error;
 use crate::metrics::{Grant, RefreshOutcome};
 use crate::oauth::client::{ClientCredentials, GrantRequest, TokenError};
 use crate::policy::{secs, RefreshPolicy};
@@ -73,15 +73,15 @@ pub enum Need {
     Background,
 }
 
-pub fn reauth_required() -> ApiError {
-    ApiError::new(
+pub fn reauth_required() -> Error {
+    Error::new(
         ErrorCode::ReauthRequired,
         "the provider no longer accepts this connection; the user must connect again",
     )
 }
 
-pub fn provider_unavailable(reason: &str) -> ApiError {
-    ApiError::new(
+pub fn provider_unavailable(reason: &str) -> Error {
+    Error::new(
         ErrorCode::ProviderUnavailable,
         format!("the provider's token endpoint failed ({reason}) and no valid token is left"),
     )
@@ -144,7 +144,7 @@ pub fn reported_expiry(c: &ConnectionRecord, p: &RefreshPolicy) -> Option<i64> {
         .or_else(|| refresh_due_at(c, p).filter(|_| c.expires_at.is_none()))
 }
 
-pub fn open_access_token(state: &AppState, c: &ConnectionRecord) -> Result<AccessToken, ApiError> {
+pub fn open_access_token(state: &AppState, c: &ConnectionRecord) -> Result<AccessToken, Error> {
     let aad = Aad::connection(
         &c.key.app_id,
         &c.key.provider,
@@ -160,7 +160,7 @@ pub(crate) fn serve(
     state: &AppState,
     c: &ConnectionRecord,
     p: &RefreshPolicy,
-) -> Result<Served, ApiError> {
+) -> Result<Served, Error> {
     Ok(Served {
         access_token: open_access_token(state, c)?,
         expires_at: reported_expiry(c, p),
@@ -174,7 +174,7 @@ pub async fn refresh(
     provider: &ProviderRecord,
     snapshot: ConnectionRecord,
     need: Need,
-) -> Result<Served, ApiError> {
+) -> Result<Served, Error> {
     let policy = state.policy.with(&provider.policy);
     // Served instead if the refresh takes longer than a valid token may wait.
     let fallback = (need == Need::Due && snapshot.is_valid_at(db::now()))
@@ -197,7 +197,7 @@ pub async fn refresh(
             }
         },
     };
-    joined.map_err(|e| ApiError::internal("refresh task failed", e))?
+    joined.map_err(|e| Error::internal("refresh task failed", e))?
 }
 
 /// Records the time a caller spent waiting for someone else's lease.
@@ -219,7 +219,7 @@ async fn run(
     provider: &ProviderRecord,
     snapshot: ConnectionRecord,
     need: Need,
-) -> Result<Served, ApiError> {
+) -> Result<Served, Error> {
     let policy = state.policy.with(&provider.policy);
     if snapshot.refresh_token.is_none() {
         // Nothing to refresh with: serve what is left, if anything.
@@ -243,7 +243,7 @@ async fn run(
         let now_ms = db::now_ms();
         let current = connections::get(&state.db, &key)
             .await?
-            .ok_or_else(|| ApiError::new(ErrorCode::NotConnected, "the connection was removed"))?;
+            .ok_or_else(|| Error::new(ErrorCode::NotConnected, "the connection was removed"))?;
         if current.status == ConnectionStatus::ReauthRequired {
             return Err(reauth_required());
         }
@@ -375,7 +375,7 @@ async fn attempt(
     owner: &str,
     need: Need,
     local: tokio::sync::OwnedMutexGuard<()>,
-) -> Result<Served, ApiError> {
+) -> Result<Served, Error> {
     let key = &current.key;
     let aad = |field| Aad::connection(&key.app_id, &key.provider, &key.user_id, field);
     let Some(refresh_blob) = current.refresh_token.as_ref() else {
@@ -399,13 +399,13 @@ async fn attempt(
     );
     let token_url = provider
         .refresh_url_for(&current.params)
-        .map_err(|e| ApiError::internal("stored token_url is invalid", e))?;
+        .map_err(|e| Error::internal("stored token_url is invalid", e))?;
     let extra = provider
         .token_params_for(
             &provider.settings.token_request_params.refresh,
             &current.params,
         )
-        .map_err(|e| ApiError::internal("stored token_request_params are invalid", e))?;
+        .map_err(|e| Error::internal("stored token_request_params are invalid", e))?;
     state.metrics.provider_call(Grant::RefreshToken);
     if need == Need::Background {
         state.metrics.background_refresh();
@@ -601,7 +601,7 @@ async fn store_or_hold(
     state: &AppState,
     refreshed: Refreshed<'_>,
     local: tokio::sync::OwnedMutexGuard<()>,
-) -> Result<bool, ApiError> {
+) -> Result<bool, Error> {
     let err = match connections::store_refreshed(&state.db, refreshed.clone()).await {
         Ok(stored) => return Ok(stored),
         Err(err) if db::is_unavailable(&err) => err,
@@ -802,7 +802,7 @@ async fn store_journalled(
     policy: &RefreshPolicy,
     fresh: &ConnectionRecord,
     owner: &str,
-) -> Result<Journalled, ApiError> {
+) -> Result<Journalled, Error> {
     let Some(entry) = state
         .journal
         .pending(&fresh.key)
@@ -841,7 +841,7 @@ pub fn journalled(
     c: &ConnectionRecord,
     p: &RefreshPolicy,
     now: i64,
-) -> Option<Result<Served, ApiError>> {
+) -> Option<Result<Served, Error>> {
     let entry = state
         .journal
         .pending(&c.key)

@@ -21,7 +21,7 @@
 use crate::crypto::secrets::{hex, random_bytes};
 use crate::crypto::vault::{Aad, Vault};
 use crate::db::{self, Db};
-use crate::error::ApiError;
+use crate::error::Error;
 use crate::service::state::AppState;
 use crate::store;
 use crate::store::webhook_outbox::{self as outbox, OutboxRow};
@@ -400,16 +400,16 @@ pub async fn put(
     vault: &Vault,
     app_id: &str,
     input: PutWebhook,
-) -> Result<WebhookView, ApiError> {
+) -> Result<WebhookView, Error> {
     let url = crate::validate::http_url("url", &input.url)?;
     crate::store::apps::get(db, app_id)
         .await?
-        .ok_or_else(|| ApiError::not_found(format!("no app {app_id:?}")))?;
+        .ok_or_else(|| Error::not_found(format!("no app {app_id:?}")))?;
     let (secret, shown) = match input.secret {
         Some(secret) => {
             let text = secret.expose();
             if text.len() < 16 || text.len() > 512 || text.chars().any(char::is_control) {
-                return Err(ApiError::bad_request(
+                return Err(Error::bad_request(
                     "secret must be 16 to 512 bytes without control characters",
                 ));
             }
@@ -425,7 +425,7 @@ pub async fn put(
     store::webhooks::upsert(db, app_id, url.as_str(), &sealed, now).await?;
     let stored = get(db, app_id)
         .await?
-        .ok_or_else(|| ApiError::internal("webhook vanished", "after insert"))?;
+        .ok_or_else(|| Error::internal("webhook vanished", "after insert"))?;
     tracing::info!(app_id, "stored webhook");
     Ok(view(&stored, shown))
 }
@@ -452,10 +452,10 @@ pub const TEST_EVENT: &str = "test";
 
 /// POSTs one signed `test` event to the app's webhook now, once, with the
 /// headers and signature of a real delivery (outside the outbox).
-pub async fn send_test(db: &Db, vault: &Vault, app_id: &str) -> Result<TestDelivery, ApiError> {
+pub async fn send_test(db: &Db, vault: &Vault, app_id: &str) -> Result<TestDelivery, Error> {
     let hook = get(db, app_id)
         .await?
-        .ok_or_else(|| ApiError::not_found(format!("app {app_id:?} has no webhook")))?;
+        .ok_or_else(|| Error::not_found(format!("app {app_id:?} has no webhook")))?;
     let secret = vault.open(&Aad::webhook_secret(app_id), &hook.secret)?;
     let id = format!("evt_{}", hex(&random_bytes::<12>()));
     let body = serde_json::json!({
@@ -468,7 +468,7 @@ pub async fn send_test(db: &Db, vault: &Vault, app_id: &str) -> Result<TestDeliv
     })
     .to_string()
     .into_bytes();
-    let delivery = delivery().ok_or_else(|| ApiError::internal("webhook client", "unavailable"))?;
+    let delivery = delivery().ok_or_else(|| Error::internal("webhook client", "unavailable"))?;
     let response = delivery
         .http
         .post(&hook.url)
