@@ -330,3 +330,22 @@ fn commands_call_service_and_never_http_handlers() {
         );
     }
 }
+
+/// Every SQL statement is in `store/` (one module per table), apart from
+/// the pool's own in `db.rs` (schema migration, ping).
+#[test]
+fn every_sql_statement_is_under_store() {
+    let root = src_dir();
+    let mut files = Vec::new();
+    rust_files(&root, &mut files);
+    let outside: Vec<String> = files
+        .iter()
+        .filter(|f| !f.starts_with(root.join("store")) && !f.ends_with("db.rs"))
+        .filter(|f| {
+            let text = without_comments(&std::fs::read_to_string(f).unwrap());
+            text.contains("sqlx::query")
+        })
+        .map(|f| f.strip_prefix(&root).unwrap().display().to_string())
+        .collect();
+    assert!(outside.is_empty(), "SQL outside store/: {outside:?}");
+}

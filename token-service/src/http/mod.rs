@@ -23,7 +23,6 @@ pub mod webhooks;
 use crate::catalog;
 use crate::db;
 use crate::metrics;
-use crate::service::keys;
 use crate::service::state::{AppState, PROBE_DB_TIMEOUT};
 use authstamp_protocol::paths;
 use axum::extract::{DefaultBodyLimit, State};
@@ -173,7 +172,10 @@ async fn metrics_text(State(state): State<AppState>) -> impl IntoResponse {
     // timeout, not two.
     let (counts, active_key) = tokio::join!(
         state.status_counts(),
-        tokio::time::timeout(PROBE_DB_TIMEOUT, keys::active_key_activation(&state.db)),
+        tokio::time::timeout(
+            PROBE_DB_TIMEOUT,
+            crate::store::vault_keys::active(&state.db)
+        ),
     );
     let active_key = active_key.ok().and_then(Result::ok).flatten();
     let text = state.metrics.render(counts, active_key);

@@ -16,11 +16,12 @@
 
 use crate::config::{self, KeySource};
 use crate::crypto::secrets::MasterKey;
-use crate::crypto::vault::{envelope_version, Aad, Field, Vault, VaultError};
-use crate::db::{self, Db};
+use crate::crypto::vault::{envelope_version, Vault, VaultError};
+use crate::db::Db;
+use crate::store::sealed::{self, KeyPart, SealedRow, SealedTable};
+use crate::store::vault_keys;
 use anyhow::{bail, Context as _};
 use serde::Serialize;
-use sqlx::Row as _;
 use std::collections::BTreeMap;
 use std::io::{IsTerminal as _, Write as _};
 use std::time::{Duration, Instant};
@@ -33,39 +34,11 @@ pub const DEFAULT_SETTLE: Duration = Duration::from_secs(6);
 /// Passes after which a rotation gives up on rows that keep changing.
 const MAX_PASSES: u32 = 10;
 
-async fn registered(db: &Db) -> Result<BTreeMap<u32, Vec<u8>>, sqlx::Error> {
-    let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as("SELECT version, key_check FROM vault_keys")
-        .fetch_all(db.pool())
-        .await?;
-    Ok(rows
-        .into_iter()
-        .filter_map(|(version, check)| Some((u32::try_from(version).ok()?, check)))
-        .collect())
-}
-
-/// The active (highest) key version and when it was activated (unix
-/// seconds), for the key-age gauge of `/metrics`.
-pub async fn active_key_activation(db: &Db) -> Result<Option<(u32, i64)>, sqlx::Error> {
-    let row: Option<(i64, i64)> =
-        sqlx::query_as("SELECT version, created_at FROM vault_keys ORDER BY version DESC LIMIT 1")
-            .fetch_optional(db.pool())
-            .await?;
-    Ok(row.and_then(|(version, at)| Some((u32::try_from(version).ok()?, at))))
-}
-
 async fn register(db: &Db, vault: &Vault, version: u32) -> anyhow::Result<()> {
     let check = vault.key_check(version)?;
-    sqlx::query(
-        "INSERT INTO vault_keys (version, key_check, created_at) VALUES ($1, $2, $3) \
-         ON CONFLICT (version) DO NOTHING",
-    )
-    .bind(i64::from(version))
-    .bind(check)
-    .bind(db::now())
-    .execute(db.pool())
-    .await
-    .context("could not record the key version")?;
-    Ok(())
+    vault_keys::insert(db, version, &check)
+        .await
+        .context("could not record the key version")
 }
 
 /// Checks the vault's keys against the database and sets its active
@@ -74,7 +47,7 @@ async fn register(db: &Db, vault: &Vault, version: u32) -> anyhow::Result<()> {
 /// service must not start with a key that cannot read (or would fork) the
 /// vault.
 pub async fn attach(db: &Db, vault: &Vault) -> anyhow::Result<u32> {
-    let mut rows = registered(db).await?;
+    let mut rows = vault_keys::all(db).await?;
     if rows.is_empty() {
         let first = vault
             .versions()
@@ -82,7 +55,7 @@ pub async fn attach(db: &Db, vault: &Vault) -> anyhow::Result<u32> {
             .copied()
             .context("the key ring is empty")?;
         register(db, vault, first).await?;
-        rows = registered(db).await?;
+        rows = vault_keys::all(db).await?;
     }
     for (version, check) in &rows {
         if vault.versions().contains(version) && !vault.check_matches(*version, check)? {
@@ -114,7 +87,7 @@ pub async fn attach(db: &Db, vault: &Vault) -> anyhow::Result<u32> {
 
 /// Picks up a version activated by a rotation since the last look.
 pub async fn poll(db: &Db, vault: &Vault) -> anyhow::Result<()> {
-    let rows = registered(db).await?;
+    let rows = vault_keys::all(db).await?;
     let Some((&active, check)) = rows.iter().next_back() else {
         return Ok(());
     };
@@ -157,145 +130,6 @@ pub async fn run_poller(
     }
 }
 
-/// A part of a row's primary key.
-#[derive(Clone, Debug)]
-enum KeyPart {
-    Text(String),
-    Bytes(Vec<u8>),
-}
-
-impl KeyPart {
-    fn text(&self) -> &str {
-        match self {
-            KeyPart::Text(t) => t,
-            KeyPart::Bytes(_) => "",
-        }
-    }
-
-    fn label(&self) -> String {
-        match self {
-            KeyPart::Text(t) => t.clone(),
-            KeyPart::Bytes(b) => crate::crypto::secrets::hex(b),
-        }
-    }
-}
-
-/// A table with sealed columns: its primary key, the columns and how each
-/// blob's associated data is built from the key.
-struct SealedTable {
-    table: &'static str,
-    key: &'static [&'static str],
-    key_is_bytes: bool,
-    columns: &'static [(&'static str, Field)],
-    aad: fn(&[KeyPart], Field) -> Aad,
-}
-
-fn bytes_of(part: &KeyPart) -> &[u8] {
-    match part {
-        KeyPart::Bytes(b) => b,
-        KeyPart::Text(t) => t.as_bytes(),
-    }
-}
-
-const SEALED_TABLES: &[SealedTable] = &[
-    SealedTable {
-        table: "providers",
-        key: &["app_id", "provider"],
-        key_is_bytes: false,
-        columns: &[("client_secret", Field::ClientSecret)],
-        aad: |k, _| Aad::provider_secret(k[0].text(), k[1].text()),
-    },
-    SealedTable {
-        table: "connections",
-        key: &["app_id", "provider", "user_id"],
-        key_is_bytes: false,
-        columns: &[
-            ("access_token", Field::AccessToken),
-            ("refresh_token", Field::RefreshToken),
-        ],
-        aad: |k, field| Aad::connection(k[0].text(), k[1].text(), k[2].text(), field),
-    },
-    SealedTable {
-        table: "webhooks",
-        key: &["app_id"],
-        key_is_bytes: false,
-        columns: &[("secret", Field::WebhookSecret)],
-        aad: |k, _| Aad::webhook_secret(k[0].text()),
-    },
-    SealedTable {
-        table: "oauth_states",
-        key: &["state_hash"],
-        key_is_bytes: true,
-        columns: &[("pkce_verifier", Field::PkceVerifier)],
-        aad: |k, _| Aad::oauth_state(bytes_of(&k[0])),
-    },
-    SealedTable {
-        table: "connect_results",
-        key: &["result_hash"],
-        key_is_bytes: true,
-        columns: &[
-            ("access_token", Field::AccessToken),
-            ("refresh_token", Field::RefreshToken),
-        ],
-        aad: |k, field| Aad::connect_result(bytes_of(&k[0]), field),
-    },
-];
-
-struct SealedRow {
-    key: Vec<KeyPart>,
-    blobs: Vec<Option<Vec<u8>>>,
-}
-
-/// One page of `t` after `after` in primary-key order.
-async fn page(
-    db: &Db,
-    t: &SealedTable,
-    after: Option<&[KeyPart]>,
-    limit: i64,
-) -> Result<Vec<SealedRow>, sqlx::Error> {
-    let key_list = t.key.join(", ");
-    let columns: Vec<&str> = t.columns.iter().map(|(c, _)| *c).collect();
-    let mut sql = format!("SELECT {key_list}, {} FROM {}", columns.join(", "), t.table);
-    let mut n = 0;
-    if after.is_some() {
-        let params: Vec<String> = t
-            .key
-            .iter()
-            .map(|_| {
-                n += 1;
-                format!("${n}")
-            })
-            .collect();
-        sql.push_str(&format!(" WHERE ({key_list}) > ({})", params.join(", ")));
-    }
-    sql.push_str(&format!(" ORDER BY {key_list} LIMIT ${}", n + 1));
-    let mut query = sqlx::query(&sql);
-    for part in after.unwrap_or_default() {
-        query = match part {
-            KeyPart::Text(text) => query.bind(text.clone()),
-            KeyPart::Bytes(bytes) => query.bind(bytes.clone()),
-        };
-    }
-    let rows = query.bind(limit).fetch_all(db.pool()).await?;
-    rows.iter()
-        .map(|row| {
-            let mut key = Vec::with_capacity(t.key.len());
-            for (i, _) in t.key.iter().enumerate() {
-                key.push(if t.key_is_bytes {
-                    KeyPart::Bytes(row.try_get(i)?)
-                } else {
-                    KeyPart::Text(row.try_get(i)?)
-                });
-            }
-            let mut blobs = Vec::with_capacity(t.columns.len());
-            for i in 0..t.columns.len() {
-                blobs.push(row.try_get::<Option<Vec<u8>>, _>(t.key.len() + i)?);
-            }
-            Ok(SealedRow { key, blobs })
-        })
-        .collect()
-}
-
 /// The row's blobs opened and sealed again with the active version (`None`
 /// for a column that is NULL).
 fn reseal(
@@ -318,58 +152,6 @@ fn reseal(
         .collect()
 }
 
-/// Writes re-sealed blobs if the row still holds the ones that were read.
-/// `Ok(false)`: the row changed (or went) meanwhile.
-async fn store_resealed(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-    t: &SealedTable,
-    row: &SealedRow,
-    new_blobs: Vec<Option<Vec<u8>>>,
-) -> Result<bool, sqlx::Error> {
-    let mut n = 0;
-    let mut next = || {
-        n += 1;
-        format!("${n}")
-    };
-    let mut sets = Vec::new();
-    for ((column, _), blob) in t.columns.iter().zip(&new_blobs) {
-        if blob.is_some() {
-            sets.push(format!("{column} = {}", next()));
-        }
-    }
-    if sets.is_empty() {
-        return Ok(true);
-    }
-    let mut conditions: Vec<String> = t.key.iter().map(|k| format!("{k} = {}", next())).collect();
-    for ((column, _), blob) in t.columns.iter().zip(&row.blobs) {
-        conditions.push(match blob {
-            Some(_) => format!("{column} = {}", next()),
-            None => format!("{column} IS NULL"),
-        });
-    }
-    let sql = format!(
-        "UPDATE {} SET {} WHERE {}",
-        t.table,
-        sets.join(", "),
-        conditions.join(" AND ")
-    );
-    let mut query = sqlx::query(&sql);
-    for blob in new_blobs.into_iter().flatten() {
-        query = query.bind(blob);
-    }
-    for part in &row.key {
-        query = match part {
-            KeyPart::Text(text) => query.bind(text.clone()),
-            KeyPart::Bytes(bytes) => query.bind(bytes.clone()),
-        };
-    }
-    for blob in row.blobs.iter().flatten() {
-        query = query.bind(blob.clone());
-    }
-    let done = query.execute(&mut **tx).await?;
-    Ok(done.rows_affected() == 1)
-}
-
 /// Blob counts by key version (and unreadable ones) over every sealed table.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct BlobCensus {
@@ -389,10 +171,10 @@ impl BlobCensus {
 
 pub async fn census(db: &Db, batch: i64) -> anyhow::Result<BlobCensus> {
     let mut census = BlobCensus::default();
-    for t in SEALED_TABLES {
+    for t in sealed::TABLES {
         let mut after: Option<Vec<KeyPart>> = None;
         loop {
-            let rows = page(db, t, after.as_deref(), batch).await?;
+            let rows = sealed::page(db, t, after.as_deref(), batch).await?;
             for row in &rows {
                 census.rows += 1;
                 for blob in row.blobs.iter().flatten() {
@@ -411,17 +193,6 @@ pub async fn census(db: &Db, batch: i64) -> anyhow::Result<BlobCensus> {
     Ok(census)
 }
 
-async fn count_rows(db: &Db) -> anyhow::Result<u64> {
-    let mut total = 0u64;
-    for t in SEALED_TABLES {
-        let (n,): (i64,) = sqlx::query_as(&format!("SELECT COUNT(*) FROM {}", t.table))
-            .fetch_one(db.pool())
-            .await?;
-        total += u64::try_from(n).unwrap_or(0);
-    }
-    Ok(total)
-}
-
 #[derive(Clone, Copy, Debug, Default)]
 struct PassResult {
     scanned: u64,
@@ -438,10 +209,10 @@ async fn pass(
 ) -> anyhow::Result<PassResult> {
     let active = vault.active_version();
     let mut result = PassResult::default();
-    for t in SEALED_TABLES {
+    for t in sealed::TABLES {
         let mut after: Option<Vec<KeyPart>> = None;
         loop {
-            let rows = page(db, t, after.as_deref(), batch).await?;
+            let rows = sealed::page(db, t, after.as_deref(), batch).await?;
             // Open and seal outside the transaction; write the page in one.
             let mut resealed = Vec::new();
             for row in &rows {
@@ -466,7 +237,7 @@ async fn pass(
             if !resealed.is_empty() {
                 let mut tx = db.pool().begin().await?;
                 for (row, blobs) in resealed {
-                    if store_resealed(&mut tx, t, row, blobs).await? {
+                    if sealed::write_if_unchanged(&mut tx, t, row, blobs).await? {
                         result.resealed += 1;
                     } else {
                         result.changed += 1;
@@ -561,7 +332,7 @@ pub async fn rotate(
         );
     };
     register(db, &vault, new).await?;
-    let rows = registered(db).await?;
+    let rows = vault_keys::all(db).await?;
     let active = rows.keys().next_back().copied().unwrap_or(new);
     if active != new
         || !rows
@@ -579,7 +350,7 @@ pub async fn rotate(
         "activated key version; re-encrypting"
     );
 
-    rotated.rows = count_rows(db).await?;
+    rotated.rows = sealed::count_rows(db).await?;
     let mut progress = options
         .progress
         .then(|| Progress::new("re-encrypting", rotated.rows));
@@ -625,7 +396,7 @@ pub async fn status(db: &Db, source: &KeySource, min_version: u32) -> anyhow::Re
     let blobs = census(db, 500).await?;
     Ok(KeyStatus {
         active_key_version: active,
-        registered_versions: registered(db).await?.keys().copied().collect(),
+        registered_versions: vault_keys::all(db).await?.keys().copied().collect(),
         ring_versions: source.ring.versions(),
         min_key_version: vault.min_version(),
         blobs_below_active: blobs.below(active),

@@ -7,7 +7,9 @@ pub mod connect_results;
 pub mod connections;
 pub mod leases;
 pub mod providers;
+pub mod sealed;
 pub mod sessions;
+pub mod vault_keys;
 pub mod webhook_outbox;
 pub mod webhooks;
 
