@@ -1,28 +1,22 @@
 //! `POST /v1/token-lookup`: the filter asks what to stamp for (app,
 //! provider, user). Served on the filter listener only, behind
-//! [`crate::http::auth::require_filter`]; the app key is checked as well. Tokens due for a refresh are refreshed first (see
-//! [`crate::service::refresh`]: one refresh per connection across replicas).
+//! [`crate::http::auth::require_filter`]; the app key is checked here, the
+//! rate limit applied, storage blips retried, and [`crate::service::lookup`]
+//! answers (refreshing first when due: one refresh per connection across
+//! replicas).
 
-use crate::catalog::AuthType;
-use crate::db;
 use crate::http::auth::AppAuth;
 use crate::http::error::{ApiError, ApiJson};
-use crate::service::connect::app_provider;
-use crate::service::connect::APP_USER;
-use crate::service::credentials;
 use crate::service::journalled_connect;
-use crate::service::refresh::{self, Need, Served};
+use crate::service::lookup::{answer, lookup};
 use crate::service::state::AppState;
-use crate::store::connections::{self, ConnKey, ConnectionStatus};
-use crate::store::providers::ProviderRecord;
-use crate::validate::{self, TOKEN_PLACEHOLDER};
-use authstamp_protocol::{headers, Credential, ErrorCode, TokenLookupRequest, TokenLookupResponse};
+use crate::store::connections::ConnKey;
+use authstamp_protocol::{headers, ErrorCode, TokenLookupRequest, TokenLookupResponse};
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use std::time::Instant;
-use url::Url;
 
 /// Storage failures within this time of the request are broken pooled
 /// connections, worth a retry on the next one (at most [`FAST_RETRIES`]).
@@ -82,7 +76,7 @@ async fn authenticated_lookup(
         .lookups
         .check(&app.app_id)
         .map_err(|wait| ApiError::rate_limited("token lookups", wait))?;
-    lookup(state, &app.app_id, request).await
+    Ok(lookup(state, &app.app_id, request).await?)
 }
 
 /// A lookup of a journalled, unwritten connection while the database is
@@ -110,115 +104,7 @@ fn during_outage(
     }
     Some(
         served
-            .map_err(ApiError::from)
-            .and_then(|(served, params)| answer(&provider, &params, &served)),
+            .and_then(|(served, params)| answer(&provider, &params, &served))
+            .map_err(ApiError::from),
     )
-}
-
-pub async fn lookup(
-    state: &AppState,
-    app_id: &str,
-    request: &TokenLookupRequest,
-) -> Result<TokenLookupResponse, ApiError> {
-    validate::user_id(&request.user)?;
-    let provider = app_provider(state, app_id, &request.provider).await?;
-    if provider.auth_type == AuthType::Oauth2ClientCredentials {
-        if request.user != APP_USER {
-            return Err(ApiError::bad_request(format!(
-                "provider {:?} uses an app-level client-credentials token: send the user {APP_USER:?}",
-                provider.provider
-            )));
-        }
-        let (served, params) =
-            credentials::client_credentials_token(state, &provider, request.force_refresh).await?;
-        return answer(&provider, &params, &served);
-    }
-    let key = ConnKey {
-        app_id: app_id.to_owned(),
-        provider: provider.provider.clone(),
-        user_id: request.user.clone(),
-    };
-    let now = db::now();
-    if let Some(journalled) =
-        journalled_connect::served(state, &provider, &key, request.force_refresh, now)
-    {
-        // Connected while the database was away, not written yet.
-        let (served, params) = journalled?;
-        return answer(&provider, &params, &served);
-    }
-    let connection = connections::get(&state.db, &key).await?.ok_or_else(|| {
-        ApiError::new(
-            ErrorCode::NotConnected,
-            "the user has not connected this provider",
-        )
-    })?;
-    if connection.status == ConnectionStatus::ReauthRequired {
-        return Err(refresh::reauth_required().into());
-    }
-    let policy = state.policy.with(&provider.policy);
-    let params = connection.params.clone();
-    let journalled = (!request.force_refresh)
-        .then(|| refresh::journalled(state, &connection, &policy, now))
-        .flatten();
-    let served = if let Some(served) = journalled {
-        // Refreshed while the database was away, not written yet.
-        served?
-    } else if request.force_refresh {
-        refresh::refresh(state, &provider, connection, Need::Force).await?
-    } else if refresh::is_due(&connection, &policy, now) || !connection.is_valid_at(now) {
-        refresh::refresh(state, &provider, connection, Need::Due).await?
-    } else {
-        Served {
-            access_token: refresh::open_access_token(state, &connection)?,
-            expires_at: refresh::reported_expiry(&connection, &policy),
-        }
-    };
-    answer(&provider, &params, &served)
-}
-
-fn answer(
-    provider: &ProviderRecord,
-    params: &crate::template::Values,
-    served: &Served,
-) -> Result<TokenLookupResponse, ApiError> {
-    let api: Url = provider.api_base_url_for(params).map_err(|e| {
-        ApiError::new(
-            ErrorCode::Internal,
-            format!("the connection's API URL cannot be built ({e})"),
-        )
-    })?;
-    let api_hosts = provider
-        .api_hosts(params)
-        .map_err(|e| ApiError::internal("stored api_hosts are invalid", e))?;
-    if !api_hosts.iter().any(|h| Some(h.as_str()) == api.host_str()) {
-        return Err(ApiError::new(
-            ErrorCode::ForbiddenDestination,
-            "the connection's API host is not one of the provider's api_hosts",
-        ));
-    }
-    let upstream = validate::upstream_of(&api)?;
-    let response = TokenLookupResponse {
-        credential: Credential {
-            placement: provider.settings.stamp_in,
-            name: provider.header_name.clone(),
-            value: provider.header_format.replacen(
-                TOKEN_PLACEHOLDER,
-                served.access_token.expose(),
-                1,
-            ),
-        },
-        upstream,
-        expires_at: served.expires_at.and_then(|at| u64::try_from(at).ok()),
-    };
-    // The filter applies the same rules and would refuse the answer: say
-    // here what is wrong rather than leave it a bad answer there.
-    authstamp_protocol::credential::check(&response.credential)
-        .and_then(|()| authstamp_protocol::upstream::check(&response.upstream))
-        .map_err(|reason| {
-            ApiError::new(
-                ErrorCode::Internal,
-                format!("the connection's credential or upstream is invalid: {reason}"),
-            )
-        })?;
-    Ok(response)
 }

@@ -15,6 +15,7 @@ pub mod journalled_connect;
 pub mod journalled_result;
 pub mod keys;
 pub mod lifecycle;
+pub mod lookup;
 pub mod providers;
 pub mod refresh;
 pub mod seed;
