@@ -808,7 +808,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     logging::init(cli.log_format);
     let env = SecretEnv::from_process();
     match cli.command {
-        Command::Serve(args) => serve::run(*args, env).await,
+        Command::Serve(args) => serve::run(serve::ServeConfig::try_from(*args)?, env).await,
         Command::App {
             command: AppCommand::Create(args),
         } => {

@@ -2,17 +2,90 @@
 //! and the filter listener, announce both addresses on stdout, serve until
 //! SIGINT/SIGTERM.
 
-use crate::cli::ServeArgs;
+use crate::cli::{ServeArgs, StoreArgs};
 use crate::config::{self, PublicUrl, SecretEnv};
 use crate::db::Db;
 use crate::http::filter_tls::{FilterTls, FilterTlsFiles};
+use crate::http::server::HttpLimits;
 use crate::http::{app, filter_app};
 use crate::policy::RefreshPolicy;
+use crate::ratelimit::RateLimits;
 use crate::service::state::{AppState, BackgroundOptions, StateOptions};
 use anyhow::Context as _;
 use std::io::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
 
-pub async fn run(args: ServeArgs, env: SecretEnv) -> anyhow::Result<()> {
+/// Everything `serve` runs with, as plain values: from the command line
+/// (`TryFrom<ServeArgs>`) or built by code.
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    pub store: StoreArgs,
+    pub listen: SocketAddr,
+    pub filter_listen: SocketAddr,
+    pub admin_token_file: Option<PathBuf>,
+    pub filter_token_file: Option<PathBuf>,
+    pub filter_tls: FilterTlsFiles,
+    /// `None`: `http://` and the app listener's address.
+    pub public_url: Option<PublicUrl>,
+    pub db_timeout: Duration,
+    pub http: HttpLimits,
+    pub policy: RefreshPolicy,
+    pub max_failure_cooldown: Duration,
+    pub provider_timeout: Duration,
+    pub refresh_lease: Option<Duration>,
+    pub valid_token_max_wait: Duration,
+    pub background_interval: Duration,
+    pub connect_session_ttl: Duration,
+    pub rate_limits: RateLimits,
+}
+
+impl TryFrom<ServeArgs> for ServeConfig {
+    type Error = anyhow::Error;
+
+    fn try_from(args: ServeArgs) -> anyhow::Result<Self> {
+        Ok(Self {
+            public_url: args
+                .public_url
+                .as_deref()
+                .map(PublicUrl::parse)
+                .transpose()?,
+            store: args.store,
+            listen: args.listen,
+            filter_listen: args.filter_listen,
+            admin_token_file: args.admin_token_file,
+            filter_token_file: args.filter_token_file,
+            filter_tls: FilterTlsFiles {
+                cert: args.filter_tls_cert,
+                key: args.filter_tls_key,
+                client_ca: args.filter_client_ca,
+            },
+            db_timeout: args.db_timeout,
+            http: args.http,
+            policy: RefreshPolicy {
+                skew: args.refresh_skew,
+                max_token_lifetime: args.max_token_lifetime,
+                background_window: args.background_window,
+                keepalive: args.keepalive,
+                failure_cooldown: args.failure_cooldown,
+                forced_refresh_interval: args.forced_refresh_interval,
+            },
+            max_failure_cooldown: args.max_failure_cooldown,
+            provider_timeout: args.provider_timeout,
+            refresh_lease: args.refresh_lease,
+            valid_token_max_wait: args.valid_token_max_wait,
+            background_interval: args.background_interval,
+            connect_session_ttl: args.connect_session_ttl,
+            rate_limits: RateLimits {
+                lookups: args.rate_limit_lookups,
+                connect_sessions: args.rate_limit_connect,
+            },
+        })
+    }
+}
+
+pub async fn run(args: ServeConfig, env: SecretEnv) -> anyhow::Result<()> {
     if args.filter_listen == args.listen && args.listen.port() != 0 {
         anyhow::bail!("--filter-listen must differ from --listen: the lookup answers raw tokens and has its own listener");
     }
@@ -35,20 +108,11 @@ pub async fn run(args: ServeArgs, env: SecretEnv) -> anyhow::Result<()> {
         store.local,
         &store.data_dir,
     )?;
-    let filter_tls = FilterTls::load(&FilterTlsFiles {
-        cert: args.filter_tls_cert.clone(),
-        key: args.filter_tls_key.clone(),
-        client_ca: args.filter_client_ca.clone(),
-    })?;
+    let filter_tls = FilterTls::load(&args.filter_tls)?;
     let mutual_tls = filter_tls.as_ref().is_some_and(|tls| tls.mutual);
     if filter_token.is_none() && !mutual_tls {
         tracing::warn!("no filter token configured (AUTHSTAMP_FILTER_TOKEN or --filter-token-file) and no --filter-client-ca: every token lookup answers 401");
     }
-    let public_url = args
-        .public_url
-        .as_deref()
-        .map(PublicUrl::parse)
-        .transpose()?;
     let db = Db::open_with(
         store.database_url.as_deref(),
         &store.data_dir,
@@ -73,7 +137,7 @@ pub async fn run(args: ServeArgs, env: SecretEnv) -> anyhow::Result<()> {
             )
         })?;
     let filter_addr = filter_listener.local_addr()?;
-    let public_url = match public_url {
+    let public_url = match args.public_url {
         Some(url) => url,
         None => PublicUrl::parse(&format!("http://{addr}"))?,
     };
@@ -84,14 +148,7 @@ pub async fn run(args: ServeArgs, env: SecretEnv) -> anyhow::Result<()> {
             public_url: public_url.clone(),
             admin_token,
             filter_token,
-            policy: RefreshPolicy {
-                skew: args.refresh_skew,
-                max_token_lifetime: args.max_token_lifetime,
-                background_window: args.background_window,
-                keepalive: args.keepalive,
-                failure_cooldown: args.failure_cooldown,
-                forced_refresh_interval: args.forced_refresh_interval,
-            },
+            policy: args.policy,
             max_failure_cooldown: args.max_failure_cooldown,
             provider_timeout: args.provider_timeout,
             refresh_lease: args.refresh_lease,
@@ -101,10 +158,7 @@ pub async fn run(args: ServeArgs, env: SecretEnv) -> anyhow::Result<()> {
                 ..BackgroundOptions::default()
             },
             connect_session_ttl: args.connect_session_ttl,
-            rate_limits: crate::ratelimit::RateLimits {
-                lookups: args.rate_limit_lookups,
-                connect_sessions: args.rate_limit_connect,
-            },
+            rate_limits: args.rate_limits,
             journal: Some(journal),
         },
     )?;
@@ -226,13 +280,37 @@ mod tests {
     use crate::cli::{Cli, Command};
     use clap::Parser as _;
 
-    fn serve_args(extra: &[&str]) -> ServeArgs {
+    fn serve_args(extra: &[&str]) -> ServeConfig {
         let mut argv = vec!["authstamp", "serve", "--listen", "127.0.0.1:0"];
         argv.extend_from_slice(extra);
         match Cli::try_parse_from(argv).unwrap().command {
-            Command::Serve(args) => *args,
+            Command::Serve(args) => ServeConfig::try_from(*args).unwrap(),
             _ => unreachable!(),
         }
+    }
+
+    #[test]
+    fn the_command_line_becomes_the_plain_config() {
+        let config = serve_args(&[
+            "--refresh-skew",
+            "90s",
+            "--rate-limit-lookups",
+            "5/s",
+            "--filter-tls-cert",
+            "/c.pem",
+            "--public-url",
+            "https://auth.example.com/base",
+        ]);
+        assert_eq!(config.policy.skew, Duration::from_secs(90));
+        assert_eq!(config.policy.max_token_lifetime, Duration::from_secs(3600));
+        assert_eq!(config.rate_limits.lookups.to_string(), "5/s");
+        assert_eq!(config.filter_tls.cert, Some(PathBuf::from("/c.pem")));
+        assert!(config.public_url.as_ref().is_some_and(PublicUrl::is_https));
+        let bad = Cli::try_parse_from(["authstamp", "serve", "--public-url", "ftp://x"]).unwrap();
+        let Command::Serve(args) = bad.command else {
+            unreachable!()
+        };
+        assert!(ServeConfig::try_from(*args).is_err());
     }
 
     #[tokio::test]
