@@ -11,9 +11,8 @@ use crate::crypto::vault::Vault;
 use crate::db::Db;
 use crate::http::logging::{self, LogFormat};
 use crate::policy::{PolicyOverrides, RefreshPolicy};
-use crate::service::apps as app_keys;
-use crate::service::apps::CreateApp;
-use crate::service::connections::ConnectionView;
+use crate::service::apps;
+use crate::service::connections::{self, ConnectionView};
 use crate::service::credentials::PutCredentials;
 use crate::service::providers::{self, CredentialSpec, PutProvider};
 use crate::service::state::{AppState, StateOptions};
@@ -812,16 +811,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::App {
             command: AppCommand::Create(args),
         } => {
-            let db = open_db(&args.store).await?;
-            let created = crate::service::apps::create_app(
-                &db,
-                CreateApp {
-                    name: Some(args.name),
-                    allowed_return_to: args.allow_return_to,
-                },
-            )
-            .await;
-            close_and_print(db, created).await
+            let input = apps::CreateApp {
+                name: Some(args.name),
+                allowed_return_to: args.allow_return_to,
+            };
+            print_json(&with_db(&args.store, async |db| apps::create_app(db, input).await).await?)
         }
         Command::Provider {
             command: ProviderCommand::Set(args),
@@ -875,17 +869,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 refresh: args.policy.clone().into(),
                 ..PutProvider::default()
             };
-            let (db, vault) = open_vault_db(store, &env).await?;
-            let view = providers::put_provider(
-                &db,
-                &vault,
-                public_url.as_ref(),
-                &args.app,
-                &args.provider,
-                input,
-            )
-            .await;
-            close_and_print(db, view).await
+            let view = with_vault_db(store, &env, async |db, vault| {
+                let url = public_url.as_ref();
+                providers::put_provider(db, vault, url, &args.app, &args.provider, input).await
+            })
+            .await?;
+            print_json(&view)
         }
         Command::Provider {
             command: ProviderCommand::Get(args),
@@ -895,10 +884,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .as_deref()
                 .map(PublicUrl::parse)
                 .transpose()?;
-            let db = open_db(&args.store).await?;
-            let view =
-                providers::get_provider(&db, public_url.as_ref(), &args.app, &args.provider).await;
-            close_and_print(db, view).await
+            let view = with_db(&args.store, async |db| {
+                providers::get_provider(db, public_url.as_ref(), &args.app, &args.provider).await
+            })
+            .await?;
+            print_json(&view)
         }
         Command::App {
             command: AppCommand::Key { command },
@@ -909,7 +899,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Webhook { command } => webhook_command(command, &env).await,
         Command::Providers { command } => providers_command(command),
         Command::BenchSeed(args) => {
-            let (db, vault) = open_vault_db(&args.store, &env).await?;
             let seed = crate::service::seed::Seed {
                 app_id: args.app,
                 provider: args.provider,
@@ -920,8 +909,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 expires_in: args.expires_in,
                 batch: args.batch,
             };
-            let seeded = crate::service::seed::run(&db, &vault, &seed).await;
-            close_and_print(db, seeded).await
+            let seeded = with_vault_db(&args.store, &env, async |db, vault| {
+                crate::service::seed::run(db, vault, &seed).await
+            })
+            .await?;
+            print_json(&seeded)
         }
         Command::Keys {
             command: KeysCommand::Rotate(args),
@@ -933,20 +925,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 store.local,
                 &store.data_dir,
             )?;
-            let db = open_db(store).await?;
-            let rotated = crate::service::keys::rotate(
-                &db,
-                &mut source,
-                store.min_key_version,
-                crate::service::keys::RotateOptions {
-                    settle: args.settle,
-                    batch: args.batch,
-                    progress: !args.quiet,
-                },
-            )
-            .await;
-            db.close().await;
-            let rotated = rotated?;
+            let options = crate::service::keys::RotateOptions {
+                settle: args.settle,
+                batch: args.batch,
+                progress: !args.quiet,
+            };
+            let rotated = with_db(store, async |db| {
+                crate::service::keys::rotate(db, &mut source, store.min_key_version, options).await
+            })
+            .await?;
             print_json(&rotated)?;
             if rotated.unreadable > 0 || rotated.remaining_below_active > 0 {
                 bail!(
@@ -968,9 +955,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 store.local,
                 &store.data_dir,
             )?;
-            let db = open_db(store).await?;
-            let status = crate::service::keys::status(&db, &source, store.min_key_version).await;
-            close_and_print(db, status).await
+            let status = with_db(store, async |db| {
+                crate::service::keys::status(db, &source, store.min_key_version).await
+            })
+            .await?;
+            print_json(&status)
         }
         Command::Keys {
             command: KeysCommand::Generate,
@@ -984,40 +973,27 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Connection {
             command: ConnectionCommand::Get(args),
         } => {
-            let db = open_db(&args.store).await?;
-            let view = crate::service::connections::get_connection(
-                &db,
-                &RefreshPolicy::default(),
-                &args.app,
-                &args.provider,
-                &args.user,
-            )
-            .await;
-            close_and_print(db, view).await
+            let view = with_db(&args.store, async |db| {
+                let defaults = RefreshPolicy::default();
+                connections::get_connection(db, &defaults, &args.app, &args.provider, &args.user)
+                    .await
+            })
+            .await?;
+            print_json(&view)
         }
         Command::Connection {
             command: ConnectionCommand::List(args),
         } => {
-            let db = open_db(&args.store).await?;
             let defaults = RefreshPolicy::default();
-            let list = match &args.user {
-                Some(user) => {
-                    crate::service::connections::list_connections(&db, &defaults, &args.app, user)
+            let stored = args.status.map(StatusArg::stored);
+            let mut list = with_db(&args.store, async |db| match &args.user {
+                Some(user) => connections::list_connections(db, &defaults, &args.app, user).await,
+                None => {
+                    connections::list_app_connections(db, &defaults, &args.app, stored, args.limit)
                         .await
                 }
-                None => {
-                    crate::service::connections::list_app_connections(
-                        &db,
-                        &defaults,
-                        &args.app,
-                        args.status.map(StatusArg::stored),
-                        args.limit,
-                    )
-                    .await
-                }
-            };
-            db.close().await;
-            let mut list = list?;
+            })
+            .await?;
             if let Some(status) = args.status {
                 list.connections.retain(|view| status.matches(view));
             }
@@ -1089,21 +1065,23 @@ async fn reconnect(
 async fn app_key_command(command: AppKeyCommand) -> anyhow::Result<()> {
     match command {
         AppKeyCommand::Rotate(args) => {
-            let db = open_db(&args.store).await?;
-            let key =
-                app_keys::rotate(&db, &args.app, app_keys::RotateKey { grace: args.grace }).await;
-            close_and_print(db, key).await
+            let grace = apps::RotateKey { grace: args.grace };
+            print_json(
+                &with_db(&args.store, async |db| {
+                    apps::rotate(db, &args.app, grace).await
+                })
+                .await?,
+            )
         }
         AppKeyCommand::List(args) => {
-            let db = open_db(&args.store).await?;
-            let keys = app_keys::list(&db, &args.app).await;
-            close_and_print(db, keys.map(|keys| serde_json::json!({ "keys": keys }))).await
+            let keys = with_db(&args.store, async |db| apps::list(db, &args.app).await).await?;
+            print_json(&serde_json::json!({ "keys": keys }))
         }
         AppKeyCommand::Revoke(args) => {
-            let db = open_db(&args.store).await?;
-            let done = app_keys::revoke(&db, &args.app, &args.key).await;
-            db.close().await;
-            done?;
+            with_db(&args.store, async |db| {
+                apps::revoke(db, &args.app, &args.key).await
+            })
+            .await?;
             print_json(
                 &serde_json::json!({ "app_id": args.app, "key_id": args.key, "revoked": true }),
             )
@@ -1158,31 +1136,33 @@ async fn webhook_command(command: WebhookCommand, env: &SecretEnv) -> anyhow::Re
                 url: args.url.clone(),
                 secret: secret.map(|s| ClientSecret::new(s.as_str())),
             };
-            let (db, vault) = open_vault_db(&args.store, env).await?;
-            let view = webhooks::put(&db, &vault, &args.app, input).await;
-            close_and_print(db, view).await
+            let view = with_vault_db(&args.store, env, async |db, vault| {
+                webhooks::put(db, vault, &args.app, input).await
+            })
+            .await?;
+            print_json(&view)
         }
         WebhookCommand::Get(args) => {
-            let db = open_db(&args.store).await?;
-            let hook = webhooks::get(&db, &args.app).await;
-            db.close().await;
-            let hook = hook?.ok_or_else(|| anyhow::anyhow!("app {:?} has no webhook", args.app))?;
+            let hook = with_db(&args.store, async |db| webhooks::get(db, &args.app).await)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("app {:?} has no webhook", args.app))?;
             print_json(&webhooks::view_of(&hook))
         }
         WebhookCommand::Delete(args) => {
-            let db = open_db(&args.store).await?;
-            let deleted = webhooks::delete(&db, &args.app).await;
-            db.close().await;
-            if !deleted? {
+            if !with_db(&args.store, async |db| {
+                webhooks::delete(db, &args.app).await
+            })
+            .await?
+            {
                 bail!("app {:?} has no webhook", args.app);
             }
             print_json(&serde_json::json!({ "app_id": args.app, "deleted": true }))
         }
         WebhookCommand::Test(args) => {
-            let (db, vault) = open_vault_db(&args.store, env).await?;
-            let sent = webhooks::send_test(&db, &vault, &args.app).await;
-            db.close().await;
-            let sent = sent?;
+            let sent = with_vault_db(&args.store, env, async |db, vault| {
+                webhooks::send_test(db, vault, &args.app).await
+            })
+            .await?;
             print_json(&sent)?;
             if !sent.delivered {
                 bail!("the webhook receiver did not accept the test event");
@@ -1234,14 +1214,29 @@ async fn open_db(store: &StoreArgs) -> anyhow::Result<Db> {
     Db::open(store.database_url.as_deref(), &store.data_dir).await
 }
 
-/// Closes the database, also when the call on it failed, then prints the
-/// call's answer as JSON: the end of every one-shot store command.
-async fn close_and_print<T: serde::Serialize, E: Into<anyhow::Error>>(
-    db: Db,
-    answer: Result<T, E>,
-) -> anyhow::Result<()> {
+/// Opens the store's database, runs `call` on it and closes it again, also
+/// when the call failed: the shape of every one-shot store command.
+async fn with_db<T, E: Into<anyhow::Error>>(
+    store: &StoreArgs,
+    call: impl AsyncFnOnce(&Db) -> Result<T, E>,
+) -> anyhow::Result<T> {
+    let db = open_db(store).await?;
+    let answer = call(&db).await;
     db.close().await;
-    print_json(&answer.map_err(Into::into)?)
+    answer.map_err(Into::into)
+}
+
+/// [`with_db`] for calls that seal or open secrets: the vault attached to
+/// the database's key versions first.
+async fn with_vault_db<T, E: Into<anyhow::Error>>(
+    store: &StoreArgs,
+    env: &SecretEnv,
+    call: impl AsyncFnOnce(&Db, &Vault) -> Result<T, E>,
+) -> anyhow::Result<T> {
+    let (db, vault) = open_vault_db(store, env).await?;
+    let answer = call(&db, &vault).await;
+    db.close().await;
+    answer.map_err(Into::into)
 }
 
 fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
