@@ -16,12 +16,14 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 
 /// A connection as its app sees it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = Connection)]
 pub struct ConnectionView {
     pub provider: String,
     pub user: String,
     /// `active`, `refreshing` (a refresh is running right now) or
     /// `reauth_required`.
+    #[schema(value_type = crate::http::openapi::ConnectionStatus)]
     pub status: String,
     pub scopes: String,
     /// When the access token expires, as the provider said (`null`: it gave no lifetime).
@@ -72,7 +74,7 @@ impl ConnectionView {
     }
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ConnectionList {
     pub connections: Vec<ConnectionView>,
 }
@@ -135,6 +137,16 @@ pub struct ListQuery {
     user: Option<String>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/connections",
+    operation_id = "listConnections",
+    summary = "Every connection of one user (never a secret)",
+    tag = "connections",
+    security(("appId" = [], "appKey" = [])),
+    params(("user" = String, Query, description = "The user.")),
+    responses((status = 200, description = "connections", body = inline(ConnectionList))),
+)]
 pub async fn list_handler(
     State(state): State<AppState>,
     AppAuth(app): AppAuth,
@@ -149,6 +161,16 @@ pub async fn list_handler(
         .map(Json)
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/connections/{provider}/{user}",
+    operation_id = "getConnection",
+    summary = "One connection's status (never a secret)",
+    tag = "connections",
+    security(("appId" = [], "appKey" = [])),
+    params(("provider" = String, Path, description = "The provider configuration name, e.g. `slack`."), ("user" = String, Path, description = "The app's own id of its end user; `-` for app-level credentials.")),
+    responses((status = 200, description = "connection", body = ConnectionView)),
+)]
 pub async fn get_handler(
     State(state): State<AppState>,
     AppAuth(app): AppAuth,

@@ -38,14 +38,17 @@ use std::collections::BTreeMap;
 /// Body of `PUT /v1/connections/{provider}/{user}/credentials`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[derive(utoipa::ToSchema)]
 pub struct PutCredentials {
     /// For `api_key` providers.
     #[serde(default)]
+    #[schema(value_type = Option<String>)]
     pub api_key: Option<AccessToken>,
     /// For `basic` providers.
     #[serde(default)]
     pub username: Option<String>,
     #[serde(default)]
+    #[schema(value_type = Option<String>)]
     pub password: Option<AccessToken>,
     /// Connection parameters the provider declares.
     #[serde(default)]
@@ -227,6 +230,17 @@ pub async fn store_credentials(
     Ok(())
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/connections/{provider}/{user}/credentials",
+    operation_id = "putCredentials",
+    summary = "Store a user's API key or Basic credentials (sealed in the vault)",
+    tag = "connections",
+    security(("appId" = [], "appKey" = [])),
+    params(("provider" = String, Path, description = "The provider configuration name, e.g. `slack`."), ("user" = String, Path, description = "The app's own id of its end user; `-` for app-level credentials.")),
+    request_body = PutCredentials,
+    responses((status = 200, description = "connection", body = ConnectionView)),
+)]
 /// `PUT /v1/connections/{provider}/{user}/credentials` (app auth).
 pub async fn put_handler(
     State(state): State<AppState>,

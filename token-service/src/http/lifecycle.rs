@@ -33,7 +33,7 @@ use zeroize::Zeroizing;
 const REVOCATION_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What a disconnect did.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Disconnected {
     pub provider: String,
     pub user: String,
@@ -43,6 +43,7 @@ pub struct Disconnected {
     /// `failed`: it did not (see `revocation_error`), the local delete
     /// happened anyway; `unsupported`: the provider has no RFC 7009
     /// endpoint (or the credential is not an OAuth token): local delete only.
+    #[schema(value_type = crate::http::openapi::RevocationOutcome)]
     pub revocation: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub revocation_error: Option<String>,
@@ -229,6 +230,16 @@ fn revocation_form(
     Zeroizing::new(form.finish())
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/connections/{provider}/{user}",
+    operation_id = "disconnect",
+    summary = "Disconnect: RFC 7009 revocation at the provider where supported, local delete always",
+    tag = "connections",
+    security(("appId" = [], "appKey" = [])),
+    params(("provider" = String, Path, description = "The provider configuration name, e.g. `slack`."), ("user" = String, Path, description = "The app's own id of its end user; `-` for app-level credentials.")),
+    responses((status = 200, description = "what happened", body = Disconnected)),
+)]
 pub async fn disconnect_handler(
     State(state): State<AppState>,
     AppAuth(app): AppAuth,
@@ -241,13 +252,26 @@ pub async fn disconnect_handler(
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[derive(utoipa::ToSchema)]
 pub struct Reconnect {
     #[serde(default)]
     pub return_to: Option<String>,
     #[serde(default)]
+    #[schema(max_length = 120)]
     pub user_display_name: Option<String>,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/connections/{provider}/{user}/reconnect",
+    operation_id = "reconnect",
+    summary = "A new connect session for an existing OAuth connection (same parameters)",
+    tag = "connections",
+    security(("appId" = [], "appKey" = [])),
+    params(("provider" = String, Path, description = "The provider configuration name, e.g. `slack`."), ("user" = String, Path, description = "The app's own id of its end user; `-` for app-level credentials.")),
+    request_body(content = Option<Reconnect>, description = "Optional: an empty body means no return_to."),
+    responses((status = 201, description = "created", body = CreatedSession)),
+)]
 /// `POST /v1/connections/{provider}/{user}/reconnect`.
 pub async fn reconnect_handler(
     State(state): State<AppState>,
