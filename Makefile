@@ -15,7 +15,7 @@ ENVOY_MATRIX ?= 1.36.4 1.38.2 1.40.0
 # The end-to-end smoke suite each of them runs.
 E2E_SMOKE := --test pass_through --test deployments --test egress --test tls
 
-.PHONY: help deps deps-run build wasm wasm-target service native native-probe envoy validate-envoy test unit e2e lint check fmt run clean
+.PHONY: help deps deps-run build wasm wasm-target service native native-probe envoy validate-envoy test unit e2e lint check fmt openapi run clean
 .PHONY: validate-deployments test-envoy-matrix compose wasm-sha256
 
 help: ## this list (every target with a one-line description)
@@ -86,6 +86,9 @@ check: lint ## fmt check, clippy (native and wasm) and unit tests: a few minutes
 
 fmt: ## rustfmt every crate
 	cargo fmt --all
+
+openapi: ## regenerate token-service/openapi.json from the handlers' #[utoipa::path] annotations
+	cargo run -q -p authstamp-token-service --bin authstamp -- openapi > token-service/openapi.json
 
 # FILTER=native runs envoy/envoy-native.yaml (the native module) instead.
 FILTER ?= wasm

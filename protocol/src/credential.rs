@@ -12,6 +12,7 @@ use crate::headers;
 /// e.g. `?api_key=<key>`, replacing every parameter of that name the request
 /// carried. The value is a secret.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Credential {
     pub name: String,
     pub value: String,
@@ -33,6 +34,7 @@ impl fmt::Debug for Credential {
 /// Where a credential goes (OpenAPI's `in` of an API key).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Placement {
     /// A request header (`name` is a lowercase header name).
     #[default]

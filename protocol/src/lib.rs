@@ -46,6 +46,7 @@ pub mod paths {
 /// an [`ErrorBody`] and the value of the `x-authstamp-error` header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum ErrorCode {
     /// Malformed request: missing or invalid field, header or parameter.
     BadRequest,
@@ -244,6 +245,7 @@ impl fmt::Display for ErrorCode {
 
 /// The JSON body of every error: `{"error": "<code>", "message": "…"}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = Error))]
 pub struct ErrorBody {
     pub error: ErrorCode,
     pub message: String,
@@ -253,6 +255,7 @@ pub struct ErrorBody {
 /// `x-authstamp-app` and `x-authstamp-app-key` headers of the lookup.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TokenLookupRequest {
     pub provider: String,
     pub user: String,
@@ -264,6 +267,7 @@ pub struct TokenLookupRequest {
 
 /// Answer of `POST /v1/token-lookup`: what to stamp and where to send it.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TokenLookupResponse {
     /// Serialized as `header`, its name before query credentials existed.
     #[serde(rename = "header")]

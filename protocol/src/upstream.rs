@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 /// Where the connection's API lives: the request goes to
 /// `scheme://authority` + `base_path` + the request's own path.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Upstream {
     /// `http` or `https`.
     pub scheme: String,

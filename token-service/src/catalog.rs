@@ -16,6 +16,8 @@ use std::sync::OnceLock;
 /// template around the token, and its placement (the API field `header`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[derive(utoipa::ToSchema)]
+#[schema(as = Header)]
 pub struct CredentialSpec {
     pub name: String,
     pub format: String,
@@ -38,6 +40,7 @@ impl Default for CredentialSpec {
 /// How the client authenticates at the token endpoint (RFC 6749 §2.3.1).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[derive(utoipa::ToSchema)]
 pub enum ClientAuth {
     /// HTTP Basic with form-urlencoded id and secret.
     #[default]
@@ -72,6 +75,7 @@ mod files {
 /// How a connection's credential is obtained.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[derive(utoipa::ToSchema)]
 pub enum AuthType {
     /// OAuth 2.0 authorization code grant (a user connects in a browser).
     #[default]
@@ -114,6 +118,7 @@ impl AuthType {
 /// PKCE (S256) policy of a provider.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[derive(utoipa::ToSchema)]
 pub enum Pkce {
     Required,
     #[default]
@@ -189,6 +194,7 @@ pub struct Revocation {
 /// Extra form fields of token requests, per grant.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[derive(utoipa::ToSchema)]
 pub struct TokenRequestParams {
     #[serde(default)]
     pub exchange: BTreeMap<String, String>,
@@ -235,8 +241,10 @@ pub struct PostExchangeMetadata {
 /// One field of an API-key or Basic connect form.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[derive(utoipa::ToSchema)]
 pub struct ApiKeyField {
     /// `api_key`, `username` or `password` (what the credentials API takes).
+    #[schema(pattern = "^(api_key|username|password)$")]
     pub name: String,
     pub label: String,
     pub secret: bool,
@@ -249,6 +257,7 @@ pub struct ApiKeyField {
 /// The HTTP method of a [`KeyCheck`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
+#[derive(utoipa::ToSchema)]
 pub enum CheckMethod {
     #[default]
     Get,
@@ -271,6 +280,7 @@ impl CheckMethod {
 /// other status than `expect_status` refuses them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[derive(utoipa::ToSchema)]
 pub struct KeyCheck {
     #[serde(default)]
     pub method: CheckMethod,
@@ -357,6 +367,7 @@ pub fn key_field_problems(auth_type: AuthType, fields: &[ApiKeyField]) -> Vec<St
 /// A per-tenant value of a connection (a Zendesk subdomain, a Shopify shop).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[derive(utoipa::ToSchema)]
 pub struct ConnectionParam {
     pub name: String,
     pub description: String,

@@ -47,6 +47,7 @@ pub mod template;
 pub mod validate;
 
 pub use crypto::{secrets, vault};
-pub use http::{app, filter_app, filter_routes, routes, BODY_LIMIT, OPENAPI};
+pub use http::openapi::{openapi_json, ApiDoc};
+pub use http::{app, filter_app, filter_routes, routes, BODY_LIMIT};
 pub use service::state::{AppState, BackgroundOptions, StateOptions, MAX_REFRESH_TASKS};
 pub use service::{background, refresh, seed, webhooks};

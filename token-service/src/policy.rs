@@ -54,31 +54,42 @@ impl Default for RefreshPolicy {
 /// Per-provider overrides; absent fields follow the service's defaults.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[derive(utoipa::ToSchema)]
 pub struct PolicyOverrides {
+    /// A duration, e.g. `90s` or `2h` (humantime).
+    #[schema(value_type = Option<String>)]
     #[serde(
         default,
         with = "humantime_serde",
         skip_serializing_if = "Option::is_none"
     )]
     pub skew: Option<Duration>,
+    /// A duration, e.g. `90s` or `2h` (humantime).
+    #[schema(value_type = Option<String>)]
     #[serde(
         default,
         with = "humantime_serde",
         skip_serializing_if = "Option::is_none"
     )]
     pub max_token_lifetime: Option<Duration>,
+    /// A duration, e.g. `90s` or `2h` (humantime).
+    #[schema(value_type = Option<String>)]
     #[serde(
         default,
         with = "humantime_serde",
         skip_serializing_if = "Option::is_none"
     )]
     pub background_window: Option<Duration>,
+    /// A duration, e.g. `90s` or `2h` (humantime).
+    #[schema(value_type = Option<String>)]
     #[serde(
         default,
         with = "humantime_serde",
         skip_serializing_if = "Option::is_none"
     )]
     pub keepalive: Option<Duration>,
+    /// A duration, e.g. `90s` or `2h` (humantime).
+    #[schema(value_type = Option<String>)]
     #[serde(
         default,
         with = "humantime_serde",

@@ -127,3 +127,23 @@ async fn every_route_is_documented_and_every_operation_routed() {
         assert!(doc.pointer(&pointer).is_some(), "dangling $ref {pointer}");
     }
 }
+
+/// `token-service/openapi.json` is the document the service serves, byte
+/// for byte (Istio manifests and other tests read the file).
+#[tokio::test]
+async fn committed_document_is_the_generated_one() {
+    let h = Harness::new().await;
+    let reply = h.get("/v1/openapi.json").await;
+    assert_eq!(reply.status, 200);
+    let served = String::from_utf8(reply.body.clone()).unwrap();
+    assert_eq!(served, authstamp_token_service::openapi_json().unwrap());
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.json");
+    let committed = std::fs::read_to_string(path).unwrap_or_default();
+    assert!(
+        committed == served,
+        "token-service/openapi.json differs from the document the service serves \
+         (generated from the #[utoipa::path] annotations); regenerate it with \
+         `make openapi`, i.e. \
+         `cargo run -q -p authstamp-token-service --bin authstamp -- openapi > token-service/openapi.json`"
+    );
+}

@@ -83,6 +83,9 @@ pub enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Print the OpenAPI document of the HTTP API (what `GET /v1/openapi.json`
+    /// serves; `make openapi` writes it to token-service/openapi.json).
+    Openapi,
     /// Benchmarks only: insert N connected users with fake tokens (see seed.rs).
     #[command(hide = true)]
     BenchSeed(BenchSeedArgs),
@@ -808,6 +811,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let env = SecretEnv::from_process();
     match cli.command {
         Command::Serve(args) => serve::run(serve::ServeConfig::try_from(*args)?, env).await,
+        Command::Openapi => {
+            let json = crate::http::openapi::openapi_json().map_err(|err| {
+                anyhow::anyhow!("could not serialise the OpenAPI document: {err}")
+            })?;
+            let mut out = std::io::stdout().lock();
+            out.write_all(json.as_bytes())?;
+            out.flush()?;
+            Ok(())
+        }
         Command::App {
             command: AppCommand::Create(args),
         } => {

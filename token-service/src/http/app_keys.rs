@@ -11,6 +11,17 @@ use axum::Json;
 
 // HTTP handlers (admin).
 
+#[utoipa::path(
+    post,
+    path = "/v1/apps/{app_id}/keys",
+    operation_id = "addAppKey",
+    summary = "Add an app key (rotation); the others stay valid until revoked or the grace ends",
+    tag = "admin",
+    security(("adminToken" = [])),
+    params(("app_id" = String, Path, description = "The app id (`app_…`).")),
+    request_body(content = Option<RotateKey>, description = "Optional: an empty body is an empty object."),
+    responses((status = 201, description = "the new key, shown only here", body = apps::NewKey)),
+)]
 pub async fn rotate_handler(
     State(state): State<AppState>,
     _admin: AdminAuth,
@@ -28,6 +39,16 @@ pub async fn rotate_handler(
     Ok((StatusCode::CREATED, Json(created)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/apps/{app_id}/keys",
+    operation_id = "listAppKeys",
+    summary = "List the app's keys (never a key or digest)",
+    tag = "admin",
+    security(("adminToken" = [])),
+    params(("app_id" = String, Path, description = "The app id (`app_…`).")),
+    responses((status = 200, description = "keys", body = inline(crate::http::openapi::KeyList))),
+)]
 pub async fn list_handler(
     State(state): State<AppState>,
     _admin: AdminAuth,
@@ -37,6 +58,16 @@ pub async fn list_handler(
     Ok(Json(serde_json::json!({ "keys": keys })))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/apps/{app_id}/keys/{key_id}",
+    operation_id = "revokeAppKey",
+    summary = "Revoke an app key",
+    tag = "admin",
+    security(("adminToken" = [])),
+    params(("app_id" = String, Path, description = "The app id (`app_…`)."), ("key_id" = String, Path, description = "The key id.")),
+    responses((status = 204, description = "revoked")),
+)]
 pub async fn revoke_handler(
     State(state): State<AppState>,
     _admin: AdminAuth,

@@ -79,6 +79,24 @@ fn nonce_cookies(headers: &HeaderMap) -> impl Iterator<Item = &str> {
     super::cookie_values(headers, NONCE_COOKIE)
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/oauth/callback",
+    operation_id = "oauthCallback",
+    summary = "Browser: the provider's redirect back (code and state); with a return_to, 302 there with authstamp_status=confirmation_required and a one-time authstamp_result for the app's backend to confirm; without one, the connection is stored and a result page shown",
+    tag = "connect",
+    security(()),
+    params(
+        ("code" = Option<String>, Query, description = "Authorization code."),
+        ("state" = Option<String>, Query, description = "OAuth state."),
+        ("error" = Option<String>, Query, description = "Provider error."),
+        ("iss" = Option<String>, Query, description = "RFC 9207 issuer."),
+    ),
+    responses(
+        (status = 200, description = "result page", content_type = "text/html", body = String),
+        (status = 302, description = "to return_to with authstamp_status=connected"),
+    ),
+)]
 pub async fn handler(
     State(state): State<AppState>,
     headers: HeaderMap,

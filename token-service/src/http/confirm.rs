@@ -83,13 +83,25 @@ pub async fn hold(
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[derive(utoipa::ToSchema)]
 pub struct ConfirmRequest {
     /// `authstamp_result` from the `return_to` URL.
+    #[schema(value_type = String)]
     pub result: ConnectResultToken,
     /// The app's user logged in on the browser that came back.
     pub user: String,
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/connect-results/confirm",
+    operation_id = "confirmConnectResult",
+    summary = "Confirm a finished connect: the connection becomes active only if user is the one the connect link was made for (else 403 user_mismatch and the tokens are discarded); the result is used up either way",
+    tag = "connect",
+    security(("appId" = [], "appKey" = [])),
+    request_body = ConfirmRequest,
+    responses((status = 200, description = "the connection, active", body = ConnectionView)),
+)]
 /// `POST /v1/connect-results/confirm` (app auth): the connection becomes
 /// active if `user` is the user of the connect link; otherwise it is
 /// discarded (403 `user_mismatch`). Either way the result is used up.

@@ -31,6 +31,16 @@ pub const CSRF_COOKIE: &str = "authstamp_csrf";
 /// The form field of the CSRF token.
 pub const CSRF_FIELD: &str = "csrf";
 
+#[utoipa::path(
+    post,
+    path = "/v1/connect-sessions",
+    operation_id = "createConnectSession",
+    summary = "A single-use connect link for one user",
+    tag = "connect",
+    security(("appId" = [], "appKey" = [])),
+    request_body = CreateSession,
+    responses((status = 201, description = "created", body = CreatedSession)),
+)]
 /// `POST /v1/connect-sessions`: a single-use connect link for one user.
 pub async fn create_session(
     State(state): State<AppState>,
@@ -46,6 +56,16 @@ pub async fn create_session(
     Ok((StatusCode::CREATED, Json(created)))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/connect/{session_token}",
+    operation_id = "connectPage",
+    summary = "Browser: the connect page (provider, permissions asked, a Connect button; for api_key and basic providers a form with one input per api_key_fields entry); does not use the session up",
+    tag = "connect",
+    security(()),
+    params(("session_token" = String, Path, description = "From connect_url.")),
+    responses((status = 200, description = "the page", content_type = "text/html", body = String)),
+)]
 /// `GET /v1/connect/{session_token}`: the connect page. Shows the app, the
 /// user it is for, the provider, what is asked and a Connect button (a form
 /// posting to the same URL with a CSRF token that a cookie of this page
@@ -214,6 +234,20 @@ pub fn check_same_origin(
     Ok(())
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/connect/{session_token}",
+    operation_id = "connectStart",
+    summary = "Browser: the Connect button; refused (403 cross_site_request) unless sent from the connect page itself (Sec-Fetch-Site same-origin when sent, Origin of this service when sent, the page's CSRF token equal to its cookie); uses the session up, sets the browser-binding cookie and sends the browser to the provider. For api_key and basic providers the form's credentials: checked with the provider's key_check when it has one, then the session is used up and they are sealed (result page, or 303 to return_to for the app's confirmation); an invalid (400), refused (422), unchecked (502) or sixth-in-a-minute (429) entry shows the form again and keeps the session",
+    tag = "connect",
+    security(()),
+    params(("session_token" = String, Path, description = "From connect_url.")),
+    request_body(content = inline(crate::http::openapi::ConnectForm), content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 200, description = "api_key and basic providers: the result page", content_type = "text/html", body = String),
+        (status = 303, description = "to the provider's authorize URL (state, PKCE S256); api_key and basic providers with a return_to: to return_to with authstamp_result"),
+    ),
+)]
 /// `POST /v1/connect/{session_token}` (the page's Connect button): checks
 /// that the post comes from the page ([`check_same_origin`]); for an
 /// API-key or Basic provider the form is the credentials

@@ -17,6 +17,16 @@ pub struct ListQuery {
     user: Option<String>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/connections",
+    operation_id = "listConnections",
+    summary = "Every connection of one user (never a secret)",
+    tag = "connections",
+    security(("appId" = [], "appKey" = [])),
+    params(("user" = String, Query, description = "The user.")),
+    responses((status = 200, description = "connections", body = inline(ConnectionList))),
+)]
 pub async fn list_handler(
     State(state): State<AppState>,
     AppAuth(app): AppAuth,
@@ -31,6 +41,16 @@ pub async fn list_handler(
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/connections/{provider}/{user}",
+    operation_id = "getConnection",
+    summary = "One connection's status (never a secret)",
+    tag = "connections",
+    security(("appId" = [], "appKey" = [])),
+    params(("provider" = String, Path, description = "The provider configuration name, e.g. `slack`."), ("user" = String, Path, description = "The app's own id of its end user; `-` for app-level credentials.")),
+    responses((status = 200, description = "connection", body = ConnectionView)),
+)]
 pub async fn get_handler(
     State(state): State<AppState>,
     AppAuth(app): AppAuth,

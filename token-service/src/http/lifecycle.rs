@@ -18,6 +18,16 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 
+#[utoipa::path(
+    delete,
+    path = "/v1/connections/{provider}/{user}",
+    operation_id = "disconnect",
+    summary = "Disconnect: RFC 7009 revocation at the provider where supported, local delete always",
+    tag = "connections",
+    security(("appId" = [], "appKey" = [])),
+    params(("provider" = String, Path, description = "The provider configuration name, e.g. `slack`."), ("user" = String, Path, description = "The app's own id of its end user; `-` for app-level credentials.")),
+    responses((status = 200, description = "what happened", body = Disconnected)),
+)]
 pub async fn disconnect_handler(
     State(state): State<AppState>,
     AppAuth(app): AppAuth,
@@ -28,6 +38,17 @@ pub async fn disconnect_handler(
     ))
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/connections/{provider}/{user}/reconnect",
+    operation_id = "reconnect",
+    summary = "A new connect session for an existing OAuth connection (same parameters)",
+    tag = "connections",
+    security(("appId" = [], "appKey" = [])),
+    params(("provider" = String, Path, description = "The provider configuration name, e.g. `slack`."), ("user" = String, Path, description = "The app's own id of its end user; `-` for app-level credentials.")),
+    request_body(content = Option<Reconnect>, description = "Optional: an empty body means no return_to."),
+    responses((status = 201, description = "created", body = CreatedSession)),
+)]
 /// `POST /v1/connections/{provider}/{user}/reconnect`.
 pub async fn reconnect_handler(
     State(state): State<AppState>,

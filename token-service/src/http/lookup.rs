@@ -23,6 +23,17 @@ use std::time::Instant;
 const FAST_FAILURE: std::time::Duration = std::time::Duration::from_millis(250);
 const FAST_RETRIES: usize = 16;
 
+#[utoipa::path(
+    post,
+    path = "/v1/token-lookup",
+    operation_id = "tokenLookup",
+    summary = "What to stamp for (app, provider, user), refreshing first when due",
+    description = "Answers raw tokens, so only to the authstamp filter: the filter credential (bearer AUTHSTAMP_FILTER_TOKEN, or a client certificate under --filter-client-ca) plus the app's id and key. Without the filter credential every request on the filter listener is 401 `unauthorized`.",
+    tag = "filter",
+    security(("filterToken" = [], "appId" = [], "appKey" = [])),
+    request_body = TokenLookupRequest,
+    responses((status = 200, description = "stamp", body = TokenLookupResponse)),
+)]
 pub async fn handler(
     State(state): State<AppState>,
     request_headers: HeaderMap,

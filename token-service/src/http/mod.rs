@@ -16,6 +16,7 @@ pub mod key_connect;
 pub mod lifecycle;
 pub mod logging;
 pub mod lookup;
+pub mod openapi;
 pub mod providers;
 pub mod server;
 pub mod webhooks;
@@ -39,7 +40,10 @@ pub const BODY_LIMIT: usize = 64 * 1024;
 /// from this list, [`filter_app`] from [`filter_routes`], and
 /// `tests/openapi.rs` checks both against the OpenAPI document served at
 /// `/v1/openapi.json` (every route documented, every documented operation
-/// routed): add a route here and to `openapi.json` together.
+/// routed). That document is generated from the handlers'
+/// `#[utoipa::path]` annotations ([`openapi::ApiDoc`]): add a route here,
+/// annotate its handler and list the handler in `ApiDoc`'s `paths`, then
+/// regenerate `token-service/openapi.json` (`make openapi`).
 pub fn routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
     vec![
         ("/healthz", get(healthz)),
@@ -131,19 +135,46 @@ fn router_of(
         .with_state(state)
 }
 
-/// The OpenAPI 3 document of this API (`token-service/openapi.json`).
-pub const OPENAPI: &str = include_str!("../../openapi.json");
-
-async fn openapi_document() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/json")], OPENAPI)
+#[utoipa::path(
+    get,
+    path = "/v1/openapi.json",
+    operation_id = "openapiDocument",
+    summary = "This document",
+    tag = "service",
+    security(()),
+    responses((status = 200, description = "OpenAPI 3 document", body = Object)),
+)]
+/// The OpenAPI 3 document of this API, generated ([`openapi::ApiDoc`]).
+async fn openapi_document() -> Result<impl IntoResponse, ApiError> {
+    let json = openapi::openapi_json()
+        .map_err(|err| ApiError::internal("could not serialise the OpenAPI document", err))?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], json))
 }
 
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    operation_id = "healthz",
+    summary = "Liveness: 200 while the process answers; never touches the database",
+    tag = "service",
+    security(()),
+    responses((status = 200, description = "ok", body = inline(openapi::Health))),
+)]
 /// Liveness: the process answers. Never touches the database, so a probe
 /// does not restart the service in the middle of a database outage.
 async fn healthz() -> impl IntoResponse {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    operation_id = "readyz",
+    summary = "Readiness: 200 when the database answers within 500 ms, else 503 storage_unavailable naming the failing check",
+    tag = "service",
+    security(()),
+    responses((status = 200, description = "ok", body = inline(openapi::Readiness))),
+)]
 /// Readiness: the database answers; 503 `storage_unavailable` naming the
 /// failing check otherwise.
 async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
@@ -167,6 +198,15 @@ async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, ApiE
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    operation_id = "metrics",
+    summary = "Prometheus metrics",
+    tag = "service",
+    security(()),
+    responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain", body = String)),
+)]
 async fn metrics_text(State(state): State<AppState>) -> impl IntoResponse {
     // Side by side, so a database that does not answer costs one probe
     // timeout, not two.
@@ -182,6 +222,15 @@ async fn metrics_text(State(state): State<AppState>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text)
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/catalog",
+    operation_id = "listCatalog",
+    summary = "The built-in provider catalog",
+    tag = "catalog",
+    security(()),
+    responses((status = 200, description = "entries", body = inline(openapi::CatalogList))),
+)]
 /// `GET /v1/catalog`: every catalog entry (public data, no authentication).
 async fn catalog_list() -> Result<impl IntoResponse, ApiError> {
     Ok(Json(
@@ -189,6 +238,16 @@ async fn catalog_list() -> Result<impl IntoResponse, ApiError> {
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/catalog/{name}",
+    operation_id = "getCatalogEntry",
+    summary = "One catalog entry",
+    tag = "catalog",
+    security(()),
+    params(("name" = String, Path, description = "Catalog name, e.g. `zendesk`.")),
+    responses((status = 200, description = "entry", body = crate::catalog::CatalogEntry)),
+)]
 /// `GET /v1/catalog/{name}`: one catalog entry.
 async fn catalog_entry(
     error::ApiPath(name): error::ApiPath<String>,

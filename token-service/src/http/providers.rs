@@ -11,6 +11,16 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 
+#[utoipa::path(
+    post,
+    path = "/v1/apps",
+    operation_id = "createApp",
+    summary = "Create an app; its key is shown only here",
+    tag = "admin",
+    security(("adminToken" = [])),
+    request_body(content = Option<CreateApp>, description = "Optional: an empty body is an empty object."),
+    responses((status = 201, description = "created", body = CreatedApp)),
+)]
 pub async fn create_app_handler(
     State(state): State<AppState>,
     _admin: AdminAuth,
@@ -28,6 +38,17 @@ pub async fn create_app_handler(
     Ok((StatusCode::CREATED, Json(created)))
 }
 
+#[utoipa::path(
+    put,
+    path = "/v1/apps/{app_id}/providers/{provider}",
+    operation_id = "putProvider",
+    summary = "Create or replace a provider configuration (from the catalog plus overrides, or custom)",
+    tag = "admin",
+    security(("adminToken" = [])),
+    params(("app_id" = String, Path, description = "The app id (`app_…`)."), ("provider" = String, Path, description = "The provider configuration name, e.g. `slack`.")),
+    request_body = PutProvider,
+    responses((status = 200, description = "the stored configuration, without the secret", body = ProviderView)),
+)]
 pub async fn put_provider_handler(
     State(state): State<AppState>,
     _admin: AdminAuth,
@@ -47,6 +68,16 @@ pub async fn put_provider_handler(
     .map_err(ApiError::from)
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/apps/{app_id}/providers/{provider}",
+    operation_id = "getProvider",
+    summary = "Read a provider configuration (without the secret)",
+    tag = "admin",
+    security(("adminToken" = [])),
+    params(("app_id" = String, Path, description = "The app id (`app_…`)."), ("provider" = String, Path, description = "The provider configuration name, e.g. `slack`.")),
+    responses((status = 200, description = "configuration", body = ProviderView)),
+)]
 pub async fn get_provider_handler(
     State(state): State<AppState>,
     _admin: AdminAuth,

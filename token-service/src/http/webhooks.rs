@@ -8,6 +8,17 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 
+#[utoipa::path(
+    put,
+    path = "/v1/apps/{app_id}/webhook",
+    operation_id = "putWebhook",
+    summary = "Set the app's webhook URL (and signing secret; made and shown once if absent)",
+    tag = "admin",
+    security(("adminToken" = [])),
+    params(("app_id" = String, Path, description = "The app id (`app_…`).")),
+    request_body = PutWebhook,
+    responses((status = 200, description = "webhook", body = WebhookView)),
+)]
 pub async fn put_handler(
     State(state): State<AppState>,
     _admin: AdminAuth,
@@ -17,6 +28,16 @@ pub async fn put_handler(
     Ok(Json(put(&state.db, &state.vault, &app_id, input).await?))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/apps/{app_id}/webhook",
+    operation_id = "getWebhook",
+    summary = "Read the app's webhook (never the secret)",
+    tag = "admin",
+    security(("adminToken" = [])),
+    params(("app_id" = String, Path, description = "The app id (`app_…`).")),
+    responses((status = 200, description = "webhook", body = WebhookView)),
+)]
 pub async fn get_handler(
     State(state): State<AppState>,
     _admin: AdminAuth,
@@ -28,6 +49,16 @@ pub async fn get_handler(
         .ok_or_else(|| ApiError::not_found(format!("app {app_id:?} has no webhook")))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/v1/apps/{app_id}/webhook",
+    operation_id = "deleteWebhook",
+    summary = "Remove the app's webhook",
+    tag = "admin",
+    security(("adminToken" = [])),
+    params(("app_id" = String, Path, description = "The app id (`app_…`).")),
+    responses((status = 204, description = "removed")),
+)]
 pub async fn delete_handler(
     State(state): State<AppState>,
     _admin: AdminAuth,

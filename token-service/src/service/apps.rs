@@ -17,6 +17,7 @@ use std::time::Duration;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[derive(utoipa::ToSchema)]
 pub struct CreateApp {
     #[serde(default)]
     pub name: Option<String>,
@@ -25,7 +26,7 @@ pub struct CreateApp {
 }
 
 /// The only place an app key is ever shown.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct CreatedApp {
     pub app_id: String,
     pub app_key: String,
@@ -88,14 +89,16 @@ pub async fn valid_digests(db: &Db, app_id: &str) -> Result<Vec<Digest>, sqlx::E
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[derive(utoipa::ToSchema)]
 pub struct RotateKey {
     /// The other keys expire this long from now (absent: valid until revoked).
     #[serde(default, with = "humantime_serde")]
+    #[schema(value_type = Option<String>)]
     pub grace: Option<Duration>,
 }
 
 /// The only place a new key is shown.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct NewKey {
     pub app_id: String,
     pub key_id: String,
@@ -116,7 +119,7 @@ impl std::fmt::Debug for NewKey {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct KeyView {
     pub key_id: String,
     pub created_at: i64,

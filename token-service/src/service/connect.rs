@@ -12,7 +12,7 @@ use crate::validate;
 use authstamp_protocol::ErrorCode;
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateSession {
     pub provider: String,
@@ -22,6 +22,7 @@ pub struct CreateSession {
     /// How the connect page names the user (the app's own label, e.g. an
     /// e-mail address), so a user can tell a link made for someone else.
     #[serde(default)]
+    #[schema(max_length = 120)]
     pub user_display_name: Option<String>,
     /// Connection parameters the provider declares (a Zendesk subdomain, a
     /// Shopify shop), checked against their patterns.
@@ -29,7 +30,7 @@ pub struct CreateSession {
     pub params: std::collections::BTreeMap<String, String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct CreatedSession {
     pub connect_url: String,
     pub expires_at: i64,

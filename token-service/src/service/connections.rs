@@ -12,12 +12,14 @@ use authstamp_protocol::ErrorCode;
 use serde::{Deserialize, Serialize};
 
 /// A connection as its app sees it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = Connection)]
 pub struct ConnectionView {
     pub provider: String,
     pub user: String,
     /// `active`, `refreshing` (a refresh is running right now) or
     /// `reauth_required`.
+    #[schema(value_type = ViewStatus)]
     pub status: String,
     pub scopes: String,
     /// When the access token expires, as the provider said (`null`: it gave no lifetime).
@@ -68,7 +70,17 @@ impl ConnectionView {
     }
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+/// A connection's `status`.
+#[derive(utoipa::ToSchema)]
+#[schema(as = ConnectionStatus, rename_all = "snake_case")]
+#[allow(dead_code)] // only its schema is used (the OpenAPI document)
+pub enum ViewStatus {
+    Active,
+    Refreshing,
+    ReauthRequired,
+}
+
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ConnectionList {
     pub connections: Vec<ConnectionView>,
 }

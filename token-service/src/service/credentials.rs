@@ -33,16 +33,18 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 
 /// Body of `PUT /v1/connections/{provider}/{user}/credentials`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PutCredentials {
     /// For `api_key` providers.
     #[serde(default)]
+    #[schema(value_type = Option<String>)]
     pub api_key: Option<AccessToken>,
     /// For `basic` providers.
     #[serde(default)]
     pub username: Option<String>,
     #[serde(default)]
+    #[schema(value_type = Option<String>)]
     pub password: Option<AccessToken>,
     /// Connection parameters the provider declares.
     #[serde(default)]

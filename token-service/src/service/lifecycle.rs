@@ -22,8 +22,18 @@ use zeroize::Zeroizing;
 /// Bound of a revocation call; a slow provider never holds a disconnect.
 const REVOCATION_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// What a disconnect's revocation did.
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "snake_case")]
+#[allow(dead_code)] // only its schema is used (the OpenAPI document)
+pub enum RevocationOutcome {
+    Revoked,
+    Failed,
+    Unsupported,
+}
+
 /// What a disconnect did.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Disconnected {
     pub provider: String,
     pub user: String,
@@ -33,6 +43,7 @@ pub struct Disconnected {
     /// `failed`: it did not (see `revocation_error`), the local delete
     /// happened anyway; `unsupported`: the provider has no RFC 7009
     /// endpoint (or the credential is not an OAuth token): local delete only.
+    #[schema(value_type = RevocationOutcome)]
     pub revocation: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub revocation_error: Option<String>,
@@ -219,12 +230,13 @@ fn revocation_form(
     Zeroizing::new(form.finish())
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Reconnect {
     #[serde(default)]
     pub return_to: Option<String>,
     #[serde(default)]
+    #[schema(max_length = 120)]
     pub user_display_name: Option<String>,
 }
 

@@ -25,6 +25,7 @@ use std::collections::BTreeMap;
 /// issuer's discovery document), then from the defaults.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[derive(utoipa::ToSchema)]
 pub struct PutProvider {
     /// A catalog entry (`authstamp providers list`) to start from.
     #[serde(default)]
@@ -36,6 +37,7 @@ pub struct PutProvider {
     #[serde(default)]
     pub client_id: Option<String>,
     #[serde(default)]
+    #[schema(value_type = Option<String>)]
     pub client_secret: Option<ClientSecret>,
     #[serde(default)]
     pub authorize_url: Option<String>,

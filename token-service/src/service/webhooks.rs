@@ -51,6 +51,8 @@ const POLL: Duration = Duration::from_secs(1);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[derive(utoipa::ToSchema)]
+#[schema(as = WebhookEvent)]
 pub enum Event {
     /// A user connected (or reconnected), or the app stored credentials, or
     /// the first client-credentials token was fetched.
@@ -345,10 +347,12 @@ async fn send(state: &AppState, delivery: &Delivery, row: &OutboxRow) -> Result<
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+#[derive(utoipa::ToSchema)]
 pub struct PutWebhook {
     pub url: String,
     /// Absent: a new random secret is made and returned once.
     #[serde(default)]
+    #[schema(value_type = Option<String>)]
     pub secret: Option<crate::crypto::secrets::ClientSecret>,
 }
 
@@ -360,13 +364,15 @@ impl std::fmt::Debug for PutWebhook {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Webhook)]
 pub struct WebhookView {
     pub app_id: String,
     pub url: String,
     /// Only when the service made the secret, once.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub secret: Option<String>,
+    #[schema(value_type = Vec<Event>)]
     pub events: Vec<&'static str>,
     pub signature_header: &'static str,
     pub created_at: i64,
