@@ -77,6 +77,7 @@ test: deps build native-probe envoy validate-envoy validate-deployments ## every
 lint: wasm-target ## rustfmt check, clippy native and clippy for wasm32-wasip1
 	cargo fmt --all -- --check
 	cargo clippy --workspace --all-targets -- -D warnings
+	cargo clippy -p authstamp-native --features probe,floor -- -D warnings
 	cargo clippy -p authstamp-filter --target wasm32-wasip1 -- -D warnings
 
 # The fast loop: formatting, clippy on both targets, and the unit tests of
@@ -177,8 +178,9 @@ bench-build: wasm-target envoy ## build what make bench runs
 	cargo build --release --target wasm32-wasip1 -p authstamp-filter -p authstamp-bench-floor
 	cargo build --profile service -p authstamp-token-service -p authstamp-bench
 	cargo build --profile native -p authstamp-native
+	cargo build --profile native -p authstamp-native --features floor --target-dir target/native-floor
 
-bench: bench-build ## the filter benchmark: Envoy configured five ways plus two Wasm reference rows
+bench: bench-build ## the filter benchmark: Envoy configured five ways plus the Wasm and native reference rows
 	target/service/authstamp-bench
 
 bench-quick: bench-build ## one short round of make bench (CI)

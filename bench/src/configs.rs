@@ -33,6 +33,9 @@ pub enum Kind {
     /// Reference rows: the cheapest proxy-wasm filter (bench/floor-filter),
     /// doing nothing (`false`) or setting one static header (`true`).
     WasmFloor { stamp: bool },
+    /// The same for a dynamic module: authstamp-native built with its
+    /// `floor` feature (target/native-floor), the floor of any module.
+    NativeFloor { stamp: bool },
 }
 
 pub struct Ports {
@@ -213,6 +216,19 @@ pub fn bootstrap(kind: Kind, ports: &Ports, wasm: &Path, floor_wasm: &Path) -> S
                 "floor",
                 if stamp { "stamp" } else { "noop" },
                 floor_wasm,
+            ),
+            String::new(),
+            String::new(),
+        ),
+        Kind::NativeFloor { stamp } => (
+            route_to_upstream(""),
+            native_filter(
+                "floor",
+                if stamp {
+                    r#"{"floor": "stamp"}"#
+                } else {
+                    r#"{"floor": "noop"}"#
+                },
             ),
             String::new(),
             String::new(),

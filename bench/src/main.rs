@@ -181,6 +181,8 @@ struct Tools {
     floor_wasm: PathBuf,
     /// The folder of libauthstamp_native.so (`--profile native`).
     native_dir: PathBuf,
+    /// The folder of the floor build of it (feature `floor`), rows (o), (t).
+    native_floor_dir: PathBuf,
     scripts: PathBuf,
     /// The filter credential the token service and every Envoy get.
     filter_token: String,
@@ -222,6 +224,13 @@ impl Tools {
             native_dir: file_from(
                 "AUTHSTAMP_NATIVE",
                 root.join("target/native").join(NATIVE_FILE),
+            )?
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default(),
+            native_floor_dir: file_from(
+                "AUTHSTAMP_BENCH_FLOOR_NATIVE",
+                root.join("target/native-floor/native").join(NATIVE_FILE),
             )?
             .parent()
             .map(Path::to_path_buf)
@@ -716,6 +725,16 @@ async fn main() -> anyhow::Result<()> {
             "reference: Wasm filter setting one static header",
             Kind::WasmFloor { stamp: true },
         ),
+        (
+            'o',
+            "reference: no-op native module",
+            Kind::NativeFloor { stamp: false },
+        ),
+        (
+            't',
+            "reference: native module setting one static header",
+            Kind::NativeFloor { stamp: true },
+        ),
     ]
     .into_iter()
     .filter(|(id, ..)| opts.wants(*id))
@@ -786,7 +805,13 @@ async fn main() -> anyhow::Result<()> {
             .iter()
             .find(|(alt, _)| *alt == id)
             .and_then(|(_, p)| p.parent().map(Path::to_path_buf))
-            .unwrap_or_else(|| tools.native_dir.clone())
+            .unwrap_or_else(|| {
+                if matches!(id, 'o' | 't') {
+                    tools.native_floor_dir.clone()
+                } else {
+                    tools.native_dir.clone()
+                }
+            })
     };
 
     // Validate, then start, every Envoy.
@@ -845,8 +870,8 @@ async fn main() -> anyhow::Result<()> {
         let probe = format!("{MISS_PREFIX}{}", opts.miss_users + 5);
         let probe_expected = format!("Bearer {TOKEN_PREFIX}{probe}");
         match id {
-            'a' | 'n' => check(&http, envoy, &headers, Some(HIT_USER), None).await?,
-            'b' | 'c' | 's' => {
+            'a' | 'n' | 'o' => check(&http, envoy, &headers, Some(HIT_USER), None).await?,
+            'b' | 'c' | 's' | 't' => {
                 check(&http, envoy, &headers, Some(HIT_USER), static_expected).await?
             }
             id if is_hit(*id) => check(&http, envoy, &headers, Some(HIT_USER), Some(&hit)).await?,

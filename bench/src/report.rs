@@ -316,6 +316,28 @@ pub fn render(scenarios: &[Scenario], meta: Value) -> (Value, String) {
             }));
         }
     }
+    // Where a hit's Envoy CPU goes: Envoy's cost of any filter of that kind
+    // (its floor stamping one header, over (b)) and the filter's own work
+    // (the hit over that floor).
+    let mut split = Vec::new();
+    for (hit, floor, build) in [('d', 's', "Wasm"), ('h', 't', "native")] {
+        if let (Some(b), Some(h), Some(f)) = (&base, get(hit), get(floor)) {
+            md.push_str(&format!(
+                "- {build} hit ({hit}): Envoy CPU {:+.1} µs/req over (b), of which the {build} floor ({floor}) {:+.1} and authstamp's own work {:+.1}\n",
+                h.envoy_cpu_us - b.envoy_cpu_us,
+                f.envoy_cpu_us - b.envoy_cpu_us,
+                h.envoy_cpu_us - f.envoy_cpu_us
+            ));
+            split.push(json!({
+                "build": build,
+                "hit": hit.to_string(),
+                "floor": floor.to_string(),
+                "hit_over_b_us": h.envoy_cpu_us - b.envoy_cpu_us,
+                "floor_over_b_us": f.envoy_cpu_us - b.envoy_cpu_us,
+                "hit_over_floor_us": h.envoy_cpu_us - f.envoy_cpu_us,
+            }));
+        }
+    }
     md.push_str(&format!(
         "\nrps and loaded p50/p99: wrk {} connection(s), {} thread(s), {} s; p50/p99/p99.9: one connection, {} s; \
          Envoy --concurrency {}; medians of {} round(s); {} CPUs, load {} → {}.\n",
@@ -324,7 +346,7 @@ pub fn render(scenarios: &[Scenario], meta: Value) -> (Value, String) {
         meta["loadavg_before"].as_str().unwrap_or_default(),
         meta["loadavg_after"].as_str().unwrap_or_default()
     ));
-    let doc = json!({ "scenarios": rows, "goals": goals, "heal_machinery": heal, "meta": meta });
+    let doc = json!({ "scenarios": rows, "goals": goals, "heal_machinery": heal, "floor_split": split, "meta": meta });
     (doc, md)
 }
 
@@ -424,6 +446,7 @@ mod tests {
             with_cpu('h', 980.0, 52.0),
             with_cpu('g', 1000.0, 50.0),
             with_cpu('m', 400.0, 180.0),
+            with_cpu('t', 1000.0, 51.5),
         ];
         let (doc, md) = render(&rows, json!({}));
         let goals = doc["goals"].as_array().unwrap();
@@ -441,6 +464,12 @@ mod tests {
             "{md}"
         );
         assert_eq!(doc["heal_machinery"][0]["envoy_cpu_added_us"], json!(2.0));
+        assert!(
+            md.contains("native hit (h): Envoy CPU +2.0 µs/req over (b), of which the native floor (t) +1.5 and authstamp's own work +0.5"),
+            "{md}"
+        );
+        // No Wasm floor row, no Wasm split.
+        assert_eq!(doc["floor_split"].as_array().map(Vec::len), Some(1));
     }
 
     #[test]

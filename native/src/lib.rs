@@ -8,6 +8,8 @@
 //! - [`reply`]: the module's own 500 `internal` reply.
 //! - `probe` (feature `probe`, tests only): a filter that exercises every
 //!   host call and panics on demand.
+//! - `floor` (feature `floor`, benchmark only): a filter that does nothing
+//!   or stamps one constant header, the floor of a dynamic module.
 #![deny(unsafe_code)]
 
 // The panic barrier needs unwinding: build with `--profile native` (or any
@@ -16,6 +18,8 @@
 compile_error!("authstamp-native needs panic = \"unwind\": build it with `--profile native`");
 
 pub mod abi;
+#[cfg(feature = "floor")]
+pub mod floor;
 pub mod glue;
 pub mod host;
 #[cfg(feature = "probe")]
@@ -29,6 +33,10 @@ use host::{FilterFactory, LogLevel};
 fn new_factory(context: &ConfigContext<'_>) -> Result<Box<dyn FilterFactory>, String> {
     #[cfg(feature = "probe")]
     if let Some(factory) = probe::factory(context)? {
+        return Ok(factory);
+    }
+    #[cfg(feature = "floor")]
+    if let Some(factory) = floor::factory(context)? {
         return Ok(factory);
     }
     glue::factory(context)
