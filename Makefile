@@ -13,7 +13,7 @@ export ENVOY_BIN := $(ENVOY)
 # wheel is built without the V8 Wasm runtime.
 ENVOY_MATRIX ?= 1.36.4 1.38.2 1.40.0
 # The end-to-end smoke suite each of them runs.
-E2E_SMOKE := --test pass_through --test deployments --test egress --test tls
+E2E_SMOKE := --test pass_through --test deployments --test egress --test tls --test heal
 
 .PHONY: help deps deps-run build wasm wasm-target service native native-probe envoy validate-envoy test unit e2e lint check fmt openapi run clean
 .PHONY: validate-deployments test-envoy-matrix compose wasm-sha256
@@ -214,7 +214,7 @@ fuzz: fuzz-tools ## every fuzz target for FUZZ_SECONDS (nightly + cargo-fuzz)
 # filter, run against envoy/envoy-native.yaml, plus the module's own tests.
 NATIVE_E2E := --test pass_through --test filter_cache --test refresh --test heal --test native_module \
   --test bad_input --test callers --test credentials --test destinations --test no_secrets --test tls --test envoy_edges \
-  --test egress --test cache_scale
+  --test egress --test cache_scale --test observability
 .PHONY: test-native test-native-matrix test-native-scale
 test-native: build native-probe envoy ## the end-to-end filter suites against the native module (AUTHSTAMP_E2E_FILTER=native)
 	AUTHSTAMP_E2E_FILTER=native cargo test -p authstamp-e2e $(NATIVE_E2E)

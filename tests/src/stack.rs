@@ -396,9 +396,13 @@ pub const NATIVE_STATS_PREFIX: &str = "envoy_dynamicmodulescustom_";
 /// The same for the native upstream instance's stats, kept per provider
 /// cluster (label `envoy_cluster_name`).
 pub const NATIVE_CLUSTER_STATS_PREFIX: &str = "envoy_cluster_dynamicmodulescustom_";
+/// The Wasm replay instance's stats on Envoy 1.36–1.38, which keeps them
+/// per provider cluster (1.39 and later: unprefixed, like the stamping
+/// instance's).
+pub const WASM_CLUSTER_STATS_PREFIX: &str = "envoy_cluster_wasmcustom_";
 
-/// Sum of every sample of `name` in Prometheus text (with or without
-/// [`NATIVE_STATS_PREFIX`]).
+/// Sum of every sample of `name` in Prometheus text (with or without one of
+/// the prefixes above: deploy/prometheus/scrape-envoy.yml strips the same).
 pub fn metric_sum(text: &str, name: &str) -> u64 {
     crate::prom::samples(text)
         .filter(|sample| {
@@ -406,6 +410,7 @@ pub fn metric_sum(text: &str, name: &str) -> u64 {
                 .name
                 .strip_prefix(NATIVE_STATS_PREFIX)
                 .or_else(|| sample.name.strip_prefix(NATIVE_CLUSTER_STATS_PREFIX))
+                .or_else(|| sample.name.strip_prefix(WASM_CLUSTER_STATS_PREFIX))
                 .unwrap_or(sample.name);
             plain == name
         })

@@ -1,7 +1,9 @@
-//! What an operator looks at: the Grafana dashboard (deploy/grafana) and the
-//! Prometheus alert rules (deploy/prometheus). The rules pass `promtool test
-//! rules`, and every metric either of them names is exported by a running
-//! token service or Envoy loading the filter.
+//! What an operator looks at: the Grafana dashboard (deploy/grafana), the
+//! Prometheus alert rules and the Envoy scrape job (deploy/prometheus). The
+//! rules pass `promtool test rules`, the scrape job `promtool check config`,
+//! and every metric the dashboard or the rules name is exported by a running
+//! token service or by Envoy loading the filter (either build), as the
+//! scrape job's relabelling names Envoy's stats.
 
 use authstamp_e2e::{workspace_root, Stack, StackOptions};
 use reqwest::{Method, StatusCode};
@@ -13,6 +15,7 @@ use std::time::Duration;
 const DASHBOARD: &str = "deploy/grafana/authstamp.json";
 const ALERTS: &str = "deploy/prometheus/alerts.yml";
 const ALERT_TESTS: &str = "deploy/prometheus/alerts.test.yml";
+const SCRAPE: &str = "deploy/prometheus/scrape-envoy.yml";
 
 fn read(path: &str) -> String {
     std::fs::read_to_string(workspace_root().join(path)).expect("read repository file")
@@ -59,6 +62,53 @@ fn exported_families(text: &str) -> BTreeSet<String> {
             std::iter::once(name.to_string()).chain(total)
         })
         .collect()
+}
+
+/// The scrape job's `metric_relabel_configs` rule applied to a metric name,
+/// as Prometheus applies it (the regex anchored at both ends).
+fn relabelled(name: &str) -> String {
+    let scrape: serde_yaml_ng::Value = serde_yaml_ng::from_str(&read(SCRAPE)).expect("scrape YAML");
+    let rule = &scrape["scrape_configs"][0]["metric_relabel_configs"][0];
+    assert_eq!(rule["source_labels"][0].as_str(), Some("__name__"));
+    assert_eq!(rule["target_label"].as_str(), Some("__name__"));
+    let pattern = rule["regex"].as_str().expect("relabel regex");
+    let replacement = rule["replacement"].as_str().expect("relabel replacement");
+    let regex = regex::Regex::new(&format!("^(?:{pattern})$")).expect("relabel regex compiles");
+    match regex.is_match(name) {
+        true => regex.replace(name, replacement).into_owned(),
+        false => name.to_owned(),
+    }
+}
+
+#[test]
+fn the_scrape_job_names_every_build_s_stats_as_the_dashboard_does() {
+    promtool(&["check", "config", SCRAPE]);
+    let cases = [
+        ("authstamp_cache_hits_total", "authstamp_cache_hits_total"),
+        (
+            "envoy_dynamicmodulescustom_authstamp_cache_hits_total",
+            "authstamp_cache_hits_total",
+        ),
+        (
+            "envoy_cluster_wasmcustom_authstamp_healed_retries_total",
+            "authstamp_healed_retries_total",
+        ),
+        (
+            "envoy_cluster_dynamicmodulescustom_authstamp_healed_retries_total",
+            "authstamp_healed_retries_total",
+        ),
+        (
+            "envoy_cluster_upstream_rq_total",
+            "envoy_cluster_upstream_rq_total",
+        ),
+        (
+            "envoy_wasmcustom_other_total",
+            "envoy_wasmcustom_other_total",
+        ),
+    ];
+    for (scraped, stored) in cases {
+        assert_eq!(relabelled(scraped), stored, "{scraped}");
+    }
 }
 
 fn dashboard_exprs() -> Vec<String> {
@@ -148,14 +198,19 @@ async fn every_metric_the_dashboard_and_alerts_use_is_exported() {
             let url = envoy_stats.clone();
             async move {
                 let text = scrape(url).await;
-                text.contains("# TYPE authstamp_token_fetch_us histogram")
+                // `# TYPE [envoy_dynamicmodulescustom_]authstamp_token_fetch_us histogram`
+                text.contains("authstamp_token_fetch_us histogram")
                     .then_some(text)
             }
         },
     )
     .await;
     let mut exported = exported_families(&service);
-    exported.extend(exported_families(&envoy));
+    exported.extend(
+        exported_families(&envoy)
+            .iter()
+            .map(|name| relabelled(name)),
+    );
 
     let mut used = metric_names(&read(ALERTS));
     for expr in dashboard_exprs() {
