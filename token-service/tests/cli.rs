@@ -485,3 +485,19 @@ async fn connection_list_by_status_reconnect_and_disconnect() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("not connected"), "{}", stderr(&out));
 }
+
+/// A reader that stops early (`authstamp providers list | head -1`) is no
+/// error: the command exits 0 and says nothing on stderr.
+#[test]
+fn a_closed_stdout_ends_a_command_quietly() {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(BIN)
+        .args(["providers", "list"])
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(stderr(&out), "");
+}
