@@ -36,6 +36,8 @@ pub enum Kind {
     /// The same for a dynamic module: authstamp-native built with its
     /// `floor` feature (target/native-floor), the floor of any module.
     NativeFloor { stamp: bool },
+    /// That module making a hit's host calls without its logic (row (u)).
+    NativeHitWrites,
 }
 
 pub struct Ports {
@@ -230,6 +232,12 @@ pub fn bootstrap(kind: Kind, ports: &Ports, wasm: &Path, floor_wasm: &Path) -> S
                     r#"{"floor": "noop"}"#
                 },
             ),
+            String::new(),
+            String::new(),
+        ),
+        Kind::NativeHitWrites => (
+            route_to_upstream(""),
+            native_filter("floor", r#"{"floor": "writes"}"#),
             String::new(),
             String::new(),
         ),

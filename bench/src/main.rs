@@ -735,6 +735,11 @@ async fn main() -> anyhow::Result<()> {
             "reference: native module setting one static header",
             Kind::NativeFloor { stamp: true },
         ),
+        (
+            'u',
+            "reference: native module making a hit's header calls (no logic)",
+            Kind::NativeHitWrites,
+        ),
     ]
     .into_iter()
     .filter(|(id, ..)| opts.wants(*id))
@@ -806,7 +811,7 @@ async fn main() -> anyhow::Result<()> {
             .find(|(alt, _)| *alt == id)
             .and_then(|(_, p)| p.parent().map(Path::to_path_buf))
             .unwrap_or_else(|| {
-                if matches!(id, 'o' | 't') {
+                if matches!(id, 'o' | 't' | 'u') {
                     tools.native_floor_dir.clone()
                 } else {
                     tools.native_dir.clone()
@@ -871,7 +876,7 @@ async fn main() -> anyhow::Result<()> {
         let probe_expected = format!("Bearer {TOKEN_PREFIX}{probe}");
         match id {
             'a' | 'n' | 'o' => check(&http, envoy, &headers, Some(HIT_USER), None).await?,
-            'b' | 'c' | 's' | 't' => {
+            'b' | 'c' | 's' | 't' | 'u' => {
                 check(&http, envoy, &headers, Some(HIT_USER), static_expected).await?
             }
             id if is_hit(*id) => check(&http, envoy, &headers, Some(HIT_USER), Some(&hit)).await?,

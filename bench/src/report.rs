@@ -338,6 +338,16 @@ pub fn render(scenarios: &[Scenario], meta: Value) -> (Value, String) {
             }));
         }
     }
+    // The native hit's work split once more: the host calls a hit makes,
+    // made by the floor module without any logic (u), and the rest.
+    if let (Some(h), Some(t), Some(u)) = (get('h'), get('t'), get('u')) {
+        md.push_str(&format!(
+            "- native hit (h) over its floor (t) {:+.1} µs/req: a hit's header calls alone (u) {:+.1}, authstamp's logic (h) − (u) {:+.1}\n",
+            h.envoy_cpu_us - t.envoy_cpu_us,
+            u.envoy_cpu_us - t.envoy_cpu_us,
+            h.envoy_cpu_us - u.envoy_cpu_us
+        ));
+    }
     md.push_str(&format!(
         "\nrps and loaded p50/p99: wrk {} connection(s), {} thread(s), {} s; p50/p99/p99.9: one connection, {} s; \
          Envoy --concurrency {}; medians of {} round(s); {} CPUs, load {} → {}.\n",
@@ -447,6 +457,7 @@ mod tests {
             with_cpu('g', 1000.0, 50.0),
             with_cpu('m', 400.0, 180.0),
             with_cpu('t', 1000.0, 51.5),
+            with_cpu('u', 1000.0, 51.75),
         ];
         let (doc, md) = render(&rows, json!({}));
         let goals = doc["goals"].as_array().unwrap();
@@ -466,6 +477,10 @@ mod tests {
         assert_eq!(doc["heal_machinery"][0]["envoy_cpu_added_us"], json!(2.0));
         assert!(
             md.contains("native hit (h): Envoy CPU +2.0 µs/req over (b), of which the native floor (t) +1.5 and authstamp's own work +0.5"),
+            "{md}"
+        );
+        assert!(
+            md.contains("native hit (h) over its floor (t) +0.5 µs/req: a hit's header calls alone (u) +0.2, authstamp's logic (h) − (u) +0.2"),
             "{md}"
         );
         // No Wasm floor row, no Wasm split.

@@ -4,8 +4,12 @@
 //! (d') is authstamp's own work; what is between (t) and (b) is Envoy's
 //! cost of a dynamic-module filter.
 //!
-//! Configuration: `{"floor": "noop"}` (nothing per request) or
-//! `{"floor": "stamp"}` (sets `authorization` to a constant, one host call).
+//! Configuration: `{"floor": "noop"}` (nothing per request),
+//! `{"floor": "stamp"}` (sets `authorization` to a constant, one host call)
+//! or `{"floor": "writes"}` (row (u): the host calls of an authstamp hit
+//! without its logic: every request header read, the four authstamp
+//! headers removed, `:authority`, `:path`, the credential and the route
+//! header written, the route chosen again).
 #![forbid(unsafe_code)]
 
 use serde::Deserialize;
@@ -26,7 +30,16 @@ struct FloorConfig {
 enum Mode {
     Noop,
     Stamp,
+    Writes,
 }
+
+/// What a hit removes and writes (the names of the benchmark's request).
+const REMOVED: [&str; 4] = [
+    "x-authstamp-provider",
+    "x-authstamp-user",
+    "x-authstamp-app",
+    "x-authstamp-app-key",
+];
 
 struct Floor(Mode);
 
@@ -55,9 +68,34 @@ impl HttpFilter for Floor {
         stream: &mut Stream<'_>,
         _end_of_stream: bool,
     ) -> HeadersStatus {
-        if let Mode::Stamp = self.0 {
-            // A failed write shows in the benchmark's check of the header.
-            let _ = stream.set_request_header("authorization", CREDENTIAL);
+        // A failed write shows in the benchmark's check of the header.
+        match self.0 {
+            Mode::Noop => {}
+            Mode::Stamp => {
+                let _ = stream.set_request_header("authorization", CREDENTIAL);
+            }
+            Mode::Writes => {
+                let read: Vec<(Vec<u8>, Vec<u8>)> = stream
+                    .request_headers()
+                    .into_iter()
+                    .map(|(n, v)| (n.to_vec(), v.to_vec()))
+                    .collect();
+                let value = |name: &[u8]| {
+                    read.iter()
+                        .find(|(n, _)| n.as_slice() == name)
+                        .map(|(_, v)| v.clone())
+                        .unwrap_or_default()
+                };
+                let (authority, path) = (value(b":authority"), value(b":path"));
+                for name in REMOVED {
+                    let _ = stream.remove_request_header(name);
+                }
+                let _ = stream.set_request_header(":authority", &authority);
+                let _ = stream.set_request_header(":path", &path);
+                let _ = stream.set_request_header("authorization", CREDENTIAL);
+                let _ = stream.set_request_header("x-authstamp-route", b"http");
+                stream.clear_route_cache();
+            }
         }
         HeadersStatus::Continue
     }
