@@ -1077,13 +1077,11 @@ async fn reconnect(
 async fn app_key_command(command: AppKeyCommand) -> anyhow::Result<()> {
     match command {
         AppKeyCommand::Rotate(args) => {
-            let grace = apps::RotateKey { grace: args.grace };
-            print_json(
-                &with_db(&args.store, async |db| {
-                    apps::rotate(db, &args.app, grace).await
-                })
-                .await?,
-            )
+            let input = apps::RotateKey { grace: args.grace };
+            let key = with_db(&args.store, async |db| {
+                apps::rotate(db, &args.app, input).await
+            });
+            print_json(&key.await?)
         }
         AppKeyCommand::List(args) => {
             let keys = with_db(&args.store, async |db| apps::list(db, &args.app).await).await?;
