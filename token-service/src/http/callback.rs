@@ -3,9 +3,7 @@
 //! browser's nonce cookie, and the code is exchanged for tokens.
 
 use super::connect::NONCE_COOKIE;
-use crate::crypto::secrets::{
-    digest_eq, sha256, AuthorizationCode, ClientSecret, OAuthState, PkceVerifier,
-};
+use crate::crypto::secrets::{digest_eq, sha256, AuthorizationCode, OAuthState, PkceVerifier};
 use crate::crypto::vault::Aad;
 use crate::db;
 use crate::http::error::ApiError;
@@ -266,15 +264,7 @@ async fn exchange(
             .open_string(&Aad::oauth_state(&record.state_hash), &record.pkce_verifier)?
             .as_str(),
     );
-    let secret = ClientSecret::new(
-        state
-            .vault
-            .open_string(
-                &Aad::provider_secret(&provider.app_id, &provider.provider),
-                &provider.client_secret,
-            )?
-            .as_str(),
-    );
+    let secret = state.client_secret(provider)?;
     let token_url = provider
         .token_url_for(&record.params)
         .map_err(|e| ApiError::internal("stored token_url is invalid", e))?;

@@ -13,7 +13,7 @@
 //!   life), one fetch at a time per connection in a process.
 
 use crate::catalog::{self, AuthType};
-use crate::crypto::secrets::{AccessToken, ClientSecret};
+use crate::crypto::secrets::AccessToken;
 use crate::crypto::vault::{Aad, Field};
 use crate::db;
 use crate::error::Error;
@@ -309,15 +309,7 @@ pub async fn client_credentials_token(
             &params,
         )
         .map_err(|e| Error::internal("stored token_request_params are invalid", e))?;
-    let secret = ClientSecret::new(
-        state
-            .vault
-            .open_string(
-                &Aad::provider_secret(&provider.app_id, &provider.provider),
-                &provider.client_secret,
-            )?
-            .as_str(),
-    );
+    let secret = state.client_secret(provider)?;
     let scope = provider.scopes.join(&provider.scope_separator);
     let result = state
         .token_client

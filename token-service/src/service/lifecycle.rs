@@ -133,16 +133,7 @@ async fn revoke(
     let mut values = provider.values(params);
     values.insert("refresh_token".into(), token.to_owned());
     let url = crate::template::render_url(template, &values)?;
-    let secret = ClientSecret::new(
-        state
-            .vault
-            .open_string(
-                &Aad::provider_secret(&provider.app_id, &provider.provider),
-                &provider.client_secret,
-            )
-            .map_err(|e| e.to_string())?
-            .as_str(),
-    );
+    let secret = state.client_secret(provider).map_err(|e| e.to_string())?;
     let client_auth =
         provider
             .settings

@@ -22,7 +22,7 @@
 //! counts, sets a cooldown (doubling per failure) during which nobody asks the
 //! provider again, and a still-valid token keeps being served.
 
-use crate::crypto::secrets::{AccessToken, ClientSecret, RefreshToken};
+use crate::crypto::secrets::{AccessToken, RefreshToken};
 use crate::crypto::vault::{Aad, Field};
 use crate::db;
 use crate::error::Error;
@@ -388,15 +388,7 @@ async fn attempt(
             .open_string(&aad(Field::RefreshToken), refresh_blob)?
             .as_str(),
     );
-    let secret = ClientSecret::new(
-        state
-            .vault
-            .open_string(
-                &Aad::provider_secret(&provider.app_id, &provider.provider),
-                &provider.client_secret,
-            )?
-            .as_str(),
-    );
+    let secret = state.client_secret(provider)?;
     let token_url = provider
         .refresh_url_for(&current.params)
         .map_err(|e| Error::internal("stored token_url is invalid", e))?;

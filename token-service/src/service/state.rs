@@ -3,8 +3,8 @@
 
 use crate::catalog;
 use crate::config::PublicUrl;
-use crate::crypto::secrets::{sha256, AdminToken, Digest, FilterToken};
-use crate::crypto::vault::Vault;
+use crate::crypto::secrets::{sha256, AdminToken, ClientSecret, Digest, FilterToken};
+use crate::crypto::vault::{Aad, Vault, VaultError};
 use crate::db::Db;
 use crate::metrics::Metrics;
 use crate::oauth::client::TokenClient;
@@ -149,6 +149,18 @@ impl StateOptions {
 }
 
 impl AppState {
+    /// The provider's OAuth client secret, opened from the vault.
+    pub fn client_secret(
+        &self,
+        provider: &store::providers::ProviderRecord,
+    ) -> Result<ClientSecret, VaultError> {
+        let secret = self.vault.open_string(
+            &Aad::provider_secret(&provider.app_id, &provider.provider),
+            &provider.client_secret,
+        )?;
+        Ok(ClientSecret::new(secret.as_str()))
+    }
+
     pub fn new(db: Db, vault: Vault, options: StateOptions) -> anyhow::Result<Self> {
         let refresh_lease = options
             .refresh_lease
